@@ -1,0 +1,177 @@
+//! The account: one item that holds everything a balance change must see at once — plan,
+//! balance, lifetime totals, the month's allowance use, open holds, auto-recharge settings.
+//! Every change to it is a compare-and-swap on `version` (see `store`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::money::Micros;
+use crate::profile::Profile;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub sms_opt_in: bool,
+}
+
+/// A reservation for a metered session (SPEC §6): allowance units and credits set aside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub consumable: String,
+    /// Units reserved in all.
+    pub units: i64,
+    /// Of those, units reserved from the month's allowance.
+    pub allowance_units: i64,
+    /// Credits reserved for the rest.
+    pub micros: Micros,
+    /// The allowance month the units were reserved from.
+    pub month: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoRecharge {
+    pub enabled: bool,
+    pub threshold: Micros,
+    pub amount: Micros,
+    pub monthly_max: u32,
+    /// Recharges made in `month`.
+    pub used_month: String,
+    pub used_this_month: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMethod {
+    pub id: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeError {
+    pub code: String,
+    pub message: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub plan: String,
+    pub contacts: Vec<Contact>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Bumped by every change; the compare-and-swap guard of all writes.
+    pub version: u64,
+    pub balance: Micros,
+    pub lifetime_added: Micros,
+    pub lifetime_spent: Micros,
+    /// The month `usage` counts (UTC `YYYY-MM`); another month means nothing used yet.
+    pub usage_month: String,
+    pub usage: BTreeMap<String, i64>,
+    pub holds: BTreeMap<String, Hold>,
+    pub auto_recharge: AutoRecharge,
+    pub payment_method: Option<PaymentMethod>,
+    pub last_recharge_error: Option<RechargeError>,
+}
+
+impl Account {
+    /// A new account on `plan`, with auto-recharge off and the profile's defaults.
+    pub fn new(profile: &Profile, id: &str, plan: &str, contacts: Vec<Contact>, now: i64) -> Account {
+        let ar = &profile.auto_recharge;
+        let month = clock::month_of(now);
+        let monthly_max = profile.plan(plan).map_or(0, |p| ar.monthly_max_default.min(p.monthly_reload_limit));
+        Account {
+            id: id.to_string(),
+            plan: plan.to_string(),
+            contacts,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+            balance: Micros::ZERO,
+            lifetime_added: Micros::ZERO,
+            lifetime_spent: Micros::ZERO,
+            usage_month: month.clone(),
+            usage: BTreeMap::new(),
+            holds: BTreeMap::new(),
+            auto_recharge: AutoRecharge {
+                enabled: false,
+                threshold: ar.default_threshold,
+                amount: ar.default_amount,
+                monthly_max,
+                used_month: month,
+                used_this_month: 0,
+            },
+            payment_method: None,
+            last_recharge_error: None,
+        }
+    }
+
+    /// Units of `consumable` used in `month`.
+    pub fn used(&self, consumable: &str, month: &str) -> i64 {
+        if self.usage_month == month {
+            self.usage.get(consumable).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Holds that have not expired at `now`. Expired ones reserve nothing: they release
+    /// themselves, and the next write drops them.
+    pub fn live_holds(&self, now: i64) -> impl Iterator<Item = (&String, &Hold)> {
+        self.holds.iter().filter(move |(_, h)| h.expires_at > now)
+    }
+
+    /// Credits reserved by live holds.
+    pub fn held(&self, now: i64) -> Micros {
+        Micros(self.live_holds(now).map(|(_, h)| h.micros.0).sum())
+    }
+
+    /// Allowance units of `consumable` reserved by live holds in `month`.
+    pub fn held_allowance(&self, consumable: &str, month: &str, now: i64) -> i64 {
+        self.live_holds(now)
+            .filter(|(_, h)| h.consumable == consumable && h.month == month)
+            .map(|(_, h)| h.allowance_units)
+            .sum()
+    }
+
+    /// Balance minus what live holds reserve: what a debit may draw.
+    pub fn available(&self, now: i64) -> Micros {
+        Micros(self.balance.0 - self.held(now).0)
+    }
+
+    /// The threshold that `low_balance` and `BalanceLow` use (SPEC §11).
+    pub fn low_balance_threshold(&self, profile: &Profile) -> Micros {
+        if self.auto_recharge.enabled {
+            self.auto_recharge.threshold
+        } else {
+            profile.low_balance.default_threshold
+        }
+    }
+
+    /// The state a write starts from at `now`: next version, month counters rolled over,
+    /// expired holds dropped.
+    pub fn next(&self, now: i64) -> Account {
+        let mut next = self.clone();
+        next.version = self.version + 1;
+        next.updated_at = now;
+        let month = clock::month_of(now);
+        if next.usage_month != month {
+            next.usage_month = month.clone();
+            next.usage.clear();
+        }
+        if next.auto_recharge.used_month != month {
+            next.auto_recharge.used_month = month;
+            next.auto_recharge.used_this_month = 0;
+        }
+        next.holds.retain(|_, h| h.expires_at > now);
+        next
+    }
+}

@@ -1,0 +1,94 @@
+//! Configuration from the environment, read once in each function's `main`.
+
+use std::fmt;
+
+use crate::profile::{Profile, ProfileError};
+
+/// A secret that never prints: `Debug` and `Display` show `***`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {0} is invalid: {1}")]
+    Invalid(&'static str, String),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub profile: Profile,
+    /// DynamoDB table of accounts, ledger, holds and idempotency keys (`TOPUP_TABLE`).
+    pub table: String,
+    /// EventBridge bus for domain events (`TOPUP_EVENT_BUS`).
+    pub event_bus: String,
+    /// HS256 secret for `Authorization: Bearer` tokens when no API Gateway authorizer ran
+    /// (`TOPUP_LOCAL_JWT_SECRET`). The SAM template never sets it.
+    pub local_jwt_secret: Option<Secret>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let profile_name = get("TOPUP_PROFILE").ok_or(ConfigError::Missing("TOPUP_PROFILE"))?;
+        let profile = Profile::load(profile_name.trim())?;
+        let table = get("TOPUP_TABLE").unwrap_or_else(|| "topup".into());
+        let event_bus = get("TOPUP_EVENT_BUS").unwrap_or_else(|| "topup".into());
+        let local_jwt_secret = match get("TOPUP_LOCAL_JWT_SECRET") {
+            None => None,
+            Some(s) if s.len() < 16 => {
+                return Err(ConfigError::Invalid("TOPUP_LOCAL_JWT_SECRET", "must be at least 16 bytes".into()))
+            }
+            Some(s) => Some(Secret::new(s)),
+        };
+        Ok(Config { profile, table, event_bus, local_jwt_secret })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("sk_live_123");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+    }
+
+    #[test]
+    fn profile_is_required_and_validated() {
+        let e = Config::from_lookup(|_| None).unwrap_err();
+        assert!(e.to_string().contains("TOPUP_PROFILE"));
+        let e = Config::from_lookup(|k| (k == "TOPUP_PROFILE").then(|| "gold".to_string())).unwrap_err();
+        assert!(e.to_string().contains("unknown profile `gold`"));
+        let c = Config::from_lookup(|k| (k == "TOPUP_PROFILE").then(|| "org-runs".to_string())).unwrap();
+        assert_eq!((c.profile.name.as_str(), c.table.as_str()), ("org-runs", "topup"));
+    }
+}

@@ -1,0 +1,369 @@
+//! The DynamoDB adapter of `Store`: one table, keys `pk`/`sk`, `ttl` for expiry.
+//!
+//! | item          | pk              | sk                     |
+//! |---------------|-----------------|------------------------|
+//! | account       | `ACCOUNT#{id}`  | `ACCOUNT`              |
+//! | ledger entry  | `ACCOUNT#{id}`  | `TX#{seq:020}`         |
+//! | idempotency   | `ACCOUNT#{id}`  | `IDEM#{scope}:{key}`   |
+//! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
+//! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
+//!
+//! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
+//! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
+use aws_sdk_dynamodb::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Number, Value};
+
+use crate::account::Account;
+use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
+use crate::store::{Commit, CommitError, HoldWrite, Store, StoreError};
+
+type Item = HashMap<String, AttributeValue>;
+
+const OUTBOX_PK: &str = "OUTBOX";
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore { client, table: table.into() }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+fn account_pk(id: &str) -> String {
+    format!("ACCOUNT#{id}")
+}
+
+fn ledger_sk(seq: u64) -> String {
+    format!("TX#{seq:020}")
+}
+
+fn outbox_sk(e: &DomainEvent) -> String {
+    format!("{:013}#{}", e.created_at, e.id)
+}
+
+fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
+    let message = format!("{what}: {}", DisplayErrorContext(&e));
+    tracing::warn!(error = %message, "dynamodb call failed");
+    StoreError::Unavailable(message)
+}
+
+/// JSON → DynamoDB attribute. Numbers are integers only (SPEC §2).
+pub fn to_attr(v: &Value) -> AttributeValue {
+    match v {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(n) => AttributeValue::N(n.to_string()),
+        Value::String(s) => AttributeValue::S(s.clone()),
+        Value::Array(a) => AttributeValue::L(a.iter().map(to_attr).collect()),
+        Value::Object(o) => AttributeValue::M(o.iter().map(|(k, v)| (k.clone(), to_attr(v))).collect()),
+    }
+}
+
+/// DynamoDB attribute → JSON; a non-integer number or an unknown type is corrupt data.
+pub fn from_attr(a: &AttributeValue) -> Result<Value, StoreError> {
+    Ok(match a {
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::N(n) => {
+            if let Ok(i) = n.parse::<i64>() {
+                Value::Number(i.into())
+            } else if let Ok(u) = n.parse::<u64>() {
+                Value::Number(Number::from(u))
+            } else {
+                return Err(StoreError::Corrupt(format!("non-integer number {n}")));
+            }
+        }
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::L(l) => Value::Array(l.iter().map(from_attr).collect::<Result<_, _>>()?),
+        AttributeValue::M(m) => {
+            Value::Object(m.iter().map(|(k, v)| Ok((k.clone(), from_attr(v)?))).collect::<Result<Map<_, _>, StoreError>>()?)
+        }
+        _ => return Err(StoreError::Corrupt("unsupported attribute type".into())),
+    })
+}
+
+fn to_item<T: Serialize>(value: &T, pk: String, sk: String, ttl_ms: Option<i64>) -> Result<Item, StoreError> {
+    let json = serde_json::to_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let Value::Object(fields) = json else { return Err(StoreError::Corrupt("item is not an object".into())) };
+    let mut item: Item = fields.iter().map(|(k, v)| (k.clone(), to_attr(v))).collect();
+    item.insert("pk".into(), AttributeValue::S(pk));
+    item.insert("sk".into(), AttributeValue::S(sk));
+    if let Some(ms) = ttl_ms {
+        item.insert("ttl".into(), AttributeValue::N((ms / 1000).to_string()));
+    }
+    Ok(item)
+}
+
+fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    let mut obj = Map::new();
+    for (k, v) in item {
+        if k != "pk" && k != "sk" && k != "ttl" {
+            obj.insert(k.clone(), from_attr(v)?);
+        }
+    }
+    serde_json::from_value(Value::Object(obj)).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+impl DynamoStore {
+    fn put(&self, item: Item, condition: Option<(&str, Vec<(&str, AttributeValue)>)>) -> Result<TransactWriteItem, StoreError> {
+        let mut b = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some((expr, values)) = condition {
+            b = b.condition_expression(expr);
+            for (k, v) in values {
+                b = b.expression_attribute_values(k, v);
+            }
+            if expr.contains("#status") {
+                b = b.expression_attribute_names("#status", "status");
+            }
+        }
+        let put = b.build().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        Ok(out.item)
+    }
+}
+
+/// Which transaction item is which, to read the cancellation reasons by position.
+enum Slot {
+    Account,
+    Idempotency,
+    Hold,
+    Other,
+}
+
+fn reason_item<T: DeserializeOwned>(r: &CancellationReason) -> Option<Box<T>> {
+    r.item().and_then(|i| from_item::<T>(i).ok()).map(Box::new)
+}
+
+impl Store for DynamoStore {
+    async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        self.get(account_pk(id), "ACCOUNT".into()).await?.map(|i| from_item(&i)).transpose()
+    }
+
+    async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        let pk = account_pk(&c.account.id);
+        let mut items = Vec::with_capacity(4 + c.outbox.len());
+        let mut slots = Vec::with_capacity(items.capacity());
+        let st = CommitError::Store;
+
+        let account_item = to_item(&c.account, pk.clone(), "ACCOUNT".into(), None).map_err(st)?;
+        let guard = if c.expected_version == 0 {
+            ("attribute_not_exists(pk)", vec![])
+        } else {
+            ("version = :expected", vec![(":expected", AttributeValue::N(c.expected_version.to_string()))])
+        };
+        items.push(self.put(account_item, Some(guard)).map_err(st)?);
+        slots.push(Slot::Account);
+
+        if let Some(e) = &c.ledger {
+            let item = to_item(e, pk.clone(), ledger_sk(e.seq), None).map_err(st)?;
+            items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
+            slots.push(Slot::Other);
+        }
+        if let Some(r) = &c.idempotency {
+            let item = to_item(r, pk.clone(), format!("IDEM#{}", r.scope_key), Some(r.created_at + IDEMPOTENCY_TTL_MS)).map_err(st)?;
+            items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
+            slots.push(Slot::Idempotency);
+        }
+        match &c.hold {
+            Some(HoldWrite::Create(r)) => {
+                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS)).map_err(st)?;
+                items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
+                slots.push(Slot::Hold);
+            }
+            Some(HoldWrite::Settle(r)) => {
+                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS)).map_err(st)?;
+                items.push(self.put(item, Some(("#status = :open", vec![(":open", s("open"))]))).map_err(st)?);
+                slots.push(Slot::Hold);
+            }
+            None => {}
+        }
+        for e in &c.outbox {
+            let item = to_item(e, OUTBOX_PK.into(), outbox_sk(e), Some(e.created_at + 14 * DAY_MS)).map_err(st)?;
+            items.push(self.put(item, None).map_err(st)?);
+            slots.push(Slot::Other);
+        }
+
+        let result = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
+        let err = match result {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let service = match err.into_service_error() {
+            TransactWriteItemsError::TransactionCanceledException(t) => t,
+            other => {
+                if other.meta().code() == Some("TransactionConflictException") {
+                    return Err(CommitError::Conflict);
+                }
+                return Err(CommitError::Store(unavailable("TransactWriteItems", other)));
+            }
+        };
+        let reasons = service.cancellation_reasons();
+        let failed = |slot: fn(&Slot) -> bool| {
+            slots.iter().zip(reasons).find(|(s, r)| slot(s) && r.code() == Some("ConditionalCheckFailed")).map(|(_, r)| r)
+        };
+        // A claimed key answers first: the first result is returned whatever else changed.
+        if let Some(r) = failed(|s| matches!(s, Slot::Idempotency)) {
+            return match reason_item::<IdemRecord>(r) {
+                Some(rec) => Err(CommitError::KeyClaimed(rec)),
+                None => Err(CommitError::Stale(None)),
+            };
+        }
+        if let Some(r) = failed(|s| matches!(s, Slot::Hold)) {
+            return Err(CommitError::HoldNotOpen(reason_item::<HoldRecord>(r)));
+        }
+        if let Some(r) = failed(|s| matches!(s, Slot::Account)) {
+            return Err(CommitError::Stale(reason_item::<Account>(r)));
+        }
+        if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
+            return Err(CommitError::Conflict);
+        }
+        let codes: Vec<_> = reasons.iter().filter_map(|r| r.code()).collect();
+        Err(CommitError::Store(StoreError::Unavailable(format!("transaction cancelled: {codes:?}"))))
+    }
+
+    async fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+        let hi = match before_seq {
+            Some(0) => return Ok((vec![], false)),
+            Some(seq) => ledger_sk(seq - 1),
+            None => "TX#~".to_string(),
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(account_pk(account_id)))
+            .expression_attribute_values(":lo", s("TX#"))
+            .expression_attribute_values(":hi", s(hi))
+            .scan_index_forward(false)
+            .consistent_read(true)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query", e))?;
+        let mut entries = out.items().iter().map(from_item::<LedgerEntry>).collect::<Result<Vec<_>, _>>()?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok((entries, more))
+    }
+
+    async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
+        self.get(account_pk(account_id), format!("HOLD#{hold_id}")).await?.map(|i| from_item(&i)).transpose()
+    }
+
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        self.get(account_pk(account_id), format!("IDEM#{scope_key}")).await?.map(|i| from_item(&i)).transpose()
+    }
+
+    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        for chunk in events.chunks(25) {
+            let items = chunk
+                .iter()
+                .map(|e| {
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .key("pk", s(OUTBOX_PK))
+                        .key("sk", s(outbox_sk(e)))
+                        .build()
+                        .map(|d| TransactWriteItem::builder().delete(d).build())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await
+                .map_err(|e| unavailable("TransactWriteItems(outbox)", e))?;
+        }
+        Ok(())
+    }
+
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(OUTBOX_PK))
+            .consistent_read(true)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query(outbox)", e))?;
+        out.items().iter().map(from_item).collect()
+    }
+}
+
+/// Creates the table as the SAM template does (used by the local stack and tests).
+pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let attr = |n: &str| {
+        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(|e| StoreError::Corrupt(e.to_string()));
+    let res = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .send()
+        .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let se = e.into_service_error();
+            if se.is_resource_in_use_exception() {
+                Ok(())
+            } else {
+                Err(unavailable("CreateTable", se))
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Domain events to the EventBridge bus. Events are first written to the outbox inside the
+//! transaction that caused them (`store::Commit::outbox`), then published here, then cleared.
+//! An entry PutEvents rejects is retried, and if it still fails it stays in the outbox:
+//! nothing is silently dropped, and `redeliver_outbox` publishes what is left.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_eventbridge::error::DisplayErrorContext;
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use aws_sdk_eventbridge::Client;
+use serde_json::json;
+
+use crate::ledger::DomainEvent;
+use crate::store::{Store, StoreError};
+
+/// The `source` of every event topup puts on its bus.
+pub const SOURCE: &str = "topup";
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} event(s) not published: {reason}", failed.len())]
+pub struct PublishError {
+    pub failed: Vec<DomainEvent>,
+    pub reason: String,
+}
+
+pub trait EventBus: Send + Sync {
+    /// Publishes all of `events`; on error, names those that did not go out.
+    fn publish(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// The EventBridge `Detail` of an event: its payload plus the id and time.
+pub fn detail_json(e: &DomainEvent) -> serde_json::Value {
+    let mut d = e.detail.clone();
+    if let Some(o) = d.as_object_mut() {
+        o.insert("event_id".into(), json!(e.id));
+        o.insert("account_id".into(), json!(e.account_id));
+        o.insert("occurred_at".into(), json!(crate::clock::rfc3339(e.created_at)));
+    }
+    d
+}
+
+#[derive(Clone)]
+pub struct EventBridgeBus {
+    client: Client,
+    bus: String,
+}
+
+impl EventBridgeBus {
+    pub fn new(client: Client, bus: impl Into<String>) -> Self {
+        EventBridgeBus { client, bus: bus.into() }
+    }
+
+    async fn put_once(&self, events: &[DomainEvent]) -> Result<Vec<DomainEvent>, String> {
+        let entries = events
+            .iter()
+            .map(|e| {
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.bus)
+                    .source(SOURCE)
+                    .detail_type(&e.detail_type)
+                    .detail(detail_json(e).to_string())
+                    .resources(format!("topup:account:{}", e.account_id))
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .put_events()
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        if out.failed_entry_count() == 0 {
+            return Ok(vec![]);
+        }
+        // Results are positional: an entry with an error code was not accepted.
+        let failed = out
+            .entries()
+            .iter()
+            .zip(events)
+            .filter(|(r, _)| r.error_code().is_some() || r.event_id().is_none())
+            .map(|(r, e)| {
+                tracing::warn!(event_id = %e.id, code = r.error_code().unwrap_or("?"), "PutEvents entry rejected");
+                e.clone()
+            })
+            .collect();
+        Ok(failed)
+    }
+}
+
+impl EventBus for EventBridgeBus {
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
+        let mut pending: Vec<DomainEvent> = events.to_vec();
+        let mut reason = String::new();
+        for attempt in 0..3u32 {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            let mut still = Vec::new();
+            // PutEvents takes at most 10 entries a call.
+            for chunk in pending.chunks(10) {
+                match self.put_once(chunk).await {
+                    Ok(failed) => {
+                        if !failed.is_empty() {
+                            reason = "entries rejected by PutEvents".into();
+                        }
+                        still.extend(failed)
+                    }
+                    Err(e) => {
+                        reason = e;
+                        still.extend_from_slice(chunk)
+                    }
+                }
+            }
+            pending = still;
+        }
+        if pending.is_empty() { Ok(()) } else { Err(PublishError { failed: pending, reason }) }
+    }
+}
+
+/// Records events in memory; can be told to fail, for tests of the outbox.
+#[derive(Default)]
+pub struct MemoryBus {
+    pub published: Mutex<Vec<DomainEvent>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl EventBus for MemoryBus {
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PublishError { failed: events.to_vec(), reason: "bus down".into() });
+        }
+        if let Ok(mut p) = self.published.lock() {
+            p.extend_from_slice(events);
+        }
+        Ok(())
+    }
+}
+
+/// Publishes `events` that a commit wrote to the outbox, then clears them. Failures leave the
+/// outbox entry for `redeliver_outbox`; the caller's request has already succeeded.
+pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events: &[DomainEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    let published: Vec<DomainEvent> = match bus.publish(events).await {
+        Ok(()) => events.to_vec(),
+        Err(e) => {
+            for ev in &e.failed {
+                tracing::error!(event_id = %ev.id, account_id = %ev.account_id, detail_type = %ev.detail_type, reason = %e.reason, "event left in the outbox for redelivery");
+            }
+            events.iter().filter(|ev| !e.failed.iter().any(|f| f.id == ev.id)).cloned().collect()
+        }
+    };
+    if let Err(e) = store.clear_outbox(&published).await {
+        // The events went out; redelivery may send them again, and consumers dedupe by id.
+        tracing::warn!(error = %e, "outbox not cleared after publishing");
+    }
+}
+
+/// Publishes what is left in the outbox (events whose first publication failed). Consumers
+/// dedupe by `event_id`, so a redelivered event is harmless. Returns how many went out.
+pub async fn redeliver_outbox<S: Store, B: EventBus>(store: &S, bus: &B, limit: usize) -> Result<usize, StoreError> {
+    let pending = store.pending_outbox(limit).await?;
+    let mut sent = Vec::new();
+    for e in pending {
+        match bus.publish(std::slice::from_ref(&e)).await {
+            Ok(()) => sent.push(e),
+            Err(err) => tracing::error!(event_id = %e.id, reason = %err.reason, "outbox redelivery failed"),
+        }
+    }
+    store.clear_outbox(&sent).await?;
+    Ok(sent.len())
+}

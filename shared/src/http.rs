@@ -1,0 +1,186 @@
+//! The HTTP edge shared by every API function: identity, strict JSON bodies with errors that
+//! name the field, path matching, and responses that never carry debug text.
+
+use std::collections::HashMap;
+
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::{Map, Value};
+
+use crate::auth::{verify_hs256, Identity};
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// Longest id accepted in a path (account, hold).
+pub const MAX_ID_LEN: usize = 64;
+
+/// The caller's identity: API Gateway's JWT authorizer claims when present; otherwise a
+/// `Bearer` token checked against `TOPUP_LOCAL_JWT_SECRET` when that is configured; else 401.
+pub fn identity(req: &Request, config: &Config) -> Result<Identity, ApiError> {
+    if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref() {
+        if let Some(claims) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.claims) {
+            if !claims.is_empty() {
+                return Identity::from_claims(claims);
+            }
+        }
+    }
+    let Some(secret) = &config.local_jwt_secret else { return Err(ApiError::Unauthenticated) };
+    let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthenticated)?;
+    let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(ApiError::Unauthenticated)?;
+    let claims: HashMap<String, String> = verify_hs256(token.trim(), secret, crate::clock::now_ms() / 1000)?;
+    Identity::from_claims(&claims)
+}
+
+/// The path's segments, without the stage: `/v1/accounts/a1/usage` → `["v1","accounts","a1","usage"]`.
+pub fn segments(req: &Request) -> Vec<String> {
+    let path = req.raw_http_path();
+    let path = if path.is_empty() { req.uri().path() } else { path };
+    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An id from the path: 1–64 of `[A-Za-z0-9_-]`, else 400.
+pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(ApiError::invalid(format!("`{what}` must be 1 to {MAX_ID_LEN} letters, digits, `_` or `-`.")));
+    }
+    Ok(())
+}
+
+/// The body as a JSON object whose fields are all in `allowed`; 415 for another content
+/// type, 400 naming the problem otherwise.
+pub fn json_object(req: &Request, allowed: &[&str]) -> Result<Fields, ApiError> {
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json" {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes: &[u8] = match req.body() {
+        Body::Empty => b"",
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    };
+    if bytes.len() > 64 * 1024 {
+        return Err(ApiError::invalid("The request body is too large."));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid(format!("The body is not valid JSON (line {}, column {}).", e.line(), e.column()))
+    })?;
+    let Value::Object(map) = value else { return Err(ApiError::invalid("The body must be a JSON object.")) };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(format!("Unknown field `{unknown}`.")));
+    }
+    Ok(Fields(map))
+}
+
+/// A JSON object's fields, read with errors that name the field (400 `invalid_request`).
+pub struct Fields(pub Map<String, Value>);
+
+impl Fields {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn str(&self, name: &str) -> Result<&str, ApiError> {
+        self.opt_str(name)?.ok_or_else(|| ApiError::invalid(format!("Field `{name}` is required.")))
+    }
+
+    pub fn opt_str(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::invalid(format!("Field `{name}` must be a string."))),
+        }
+    }
+
+    pub fn i64(&self, name: &str) -> Result<i64, ApiError> {
+        self.opt_i64(name)?.ok_or_else(|| ApiError::invalid(format!("Field `{name}` is required.")))
+    }
+
+    /// An integer within i64; floats, strings and numbers beyond 64 bits are 400.
+    pub fn opt_i64(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(format!("Field `{name}` must be an integer within the signed 64-bit range."))),
+            Some(_) => Err(ApiError::invalid(format!("Field `{name}` must be an integer."))),
+        }
+    }
+
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::invalid(format!("Field `{name}` must be true or false."))),
+        }
+    }
+
+    pub fn array(&self, name: &str) -> Result<&Vec<Value>, ApiError> {
+        match self.get(name) {
+            Some(Value::Array(a)) => Ok(a),
+            None => Err(ApiError::invalid(format!("Field `{name}` is required."))),
+            Some(_) => Err(ApiError::invalid(format!("Field `{name}` must be an array."))),
+        }
+    }
+}
+
+pub fn json_response(status: u16, body: &Value) -> Response<Body> {
+    let mut resp = Response::new(Body::Text(body.to_string()));
+    *resp.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or(lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert("content-type", lambda_http::http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.status(), &e.body())
+}
+
+/// Turns a handler's result into a response, logging without secrets or bodies.
+pub fn respond(route: &str, result: Result<(u16, Value), ApiError>) -> Response<Body> {
+    match result {
+        Ok((status, body)) => {
+            tracing::info!(route, status, "handled");
+            json_response(status, &body)
+        }
+        Err(e) => {
+            tracing::info!(route, status = e.status(), code = e.code(), "refused");
+            error_response(&e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("account_id", "acme-1_x").is_ok());
+        assert!(check_id("account_id", &"a".repeat(65)).is_err());
+        assert!(check_id("account_id", "a b").is_err());
+        assert!(check_id("account_id", "").is_err());
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("a%2"), "a%2");
+    }
+}

@@ -1,0 +1,595 @@
+//! Where a balance changes. Every operation plans the account's next state from a known
+//! state, then commits it with a compare-and-swap on `version` in one transaction with its
+//! ledger entry, idempotency claim, hold record and outbox events (SPEC §6, §10).
+//!
+//! The known state comes from a per-process cache of the last state this process wrote or
+//! read, so the normal path is exactly one write and no read. When another writer got there
+//! first, the failed condition returns the current item and the plan is made again. A refusal
+//! (402, 422) decided on cached state is re-checked on a fresh read before it is returned.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::account::{Account, Contact};
+use crate::clock;
+use crate::error::ApiError;
+use crate::events::{publish_committed, EventBus};
+use crate::ledger::{
+    self, crossing_events, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, IdemRecord, LedgerEntry,
+};
+use crate::money::Micros;
+use crate::profile::{Profile, Purchase};
+use crate::store::{Commit, CommitError, HoldWrite, Store, StoreError};
+
+/// Attempts before a contended write answers 503 `account_busy`.
+const MAX_ATTEMPTS: u32 = 200;
+/// Open holds an account may have at once.
+pub const MAX_OPEN_HOLDS: usize = 100;
+const CACHE_CAP: usize = 10_000;
+
+/// What one attempt plans to write and answer.
+struct Planned {
+    next: Account,
+    ledger: Option<LedgerEntry>,
+    hold: Option<HoldWrite>,
+    status: u16,
+    response: Value,
+    cause: &'static str,
+}
+
+enum Applied {
+    Done(u16, Value),
+    HoldNotOpen(Option<Box<HoldRecord>>),
+}
+
+/// An idempotency claim: scope and key, and the hash of the request it belongs to.
+struct Claim {
+    scope_key: String,
+    hash: String,
+}
+
+pub struct Credits<S, B> {
+    pub profile: Profile,
+    pub store: S,
+    pub bus: B,
+    cache: Mutex<HashMap<String, Account>>,
+}
+
+fn upstream(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failure");
+    ApiError::Upstream
+}
+
+fn replay(rec: &IdemRecord, claim: &Claim) -> Result<(u16, Value), ApiError> {
+    if rec.request_hash == claim.hash {
+        Ok((rec.status, rec.response.clone()))
+    } else {
+        Err(ApiError::IdempotencyConflict)
+    }
+}
+
+/// Validates a client-chosen key: non-empty, at most 255 printable ASCII characters.
+pub fn check_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(ApiError::invalid(format!("`{field}` must be 1 to 255 printable characters without spaces.")));
+    }
+    Ok(())
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    pub fn new(profile: Profile, store: S, bus: B) -> Self {
+        Credits { profile, store, bus, cache: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, id: &str) -> Option<Account> {
+        self.cache.lock().ok().and_then(|c| c.get(id).cloned())
+    }
+
+    fn remember(&self, account: &Account) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_CAP && !c.contains_key(&account.id) {
+                c.clear();
+            }
+            let newer = c.get(&account.id).is_none_or(|old| old.version <= account.version);
+            if newer {
+                c.insert(account.id.clone(), account.clone());
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(id);
+        }
+    }
+
+    /// The account, read fresh; 404 if there is none.
+    async fn load(&self, id: &str) -> Result<Account, ApiError> {
+        match self.store.load_account(id).await.map_err(upstream)? {
+            Some(a) => {
+                self.remember(&a);
+                Ok(a)
+            }
+            None => {
+                self.forget(id);
+                Err(ApiError::account_not_found())
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        account_id: &str,
+        claim: Option<&Claim>,
+        mut plan: impl FnMut(&Account, i64) -> Result<Planned, ApiError>,
+    ) -> Result<Applied, ApiError> {
+        let (mut current, mut fresh) = match self.cached(account_id) {
+            Some(a) => (a, false),
+            None => (self.load(account_id).await?, true),
+        };
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = clock::now_ms();
+            let planned = match plan(&current, now) {
+                Ok(p) => p,
+                Err(refusal) => {
+                    // An applied key answers with its first result, not with today's refusal.
+                    if let Some(c) = claim {
+                        if let Some(rec) = self.store.load_idempotency(account_id, &c.scope_key).await.map_err(upstream)? {
+                            return replay(&rec, c).map(|(s, v)| Applied::Done(s, v));
+                        }
+                    }
+                    if !fresh {
+                        current = self.load(account_id).await?;
+                        fresh = true;
+                        continue;
+                    }
+                    return Err(refusal);
+                }
+            };
+            debug_assert_eq!(planned.next.version, current.version + 1);
+            let outbox = crossing_events(&self.profile, &current, &planned.next, now, planned.cause);
+            let idempotency = claim.map(|c| IdemRecord {
+                account_id: account_id.to_string(),
+                scope_key: c.scope_key.clone(),
+                request_hash: c.hash.clone(),
+                status: planned.status,
+                response: planned.response.clone(),
+                created_at: now,
+            });
+            let commit = Commit {
+                account: planned.next.clone(),
+                expected_version: current.version,
+                ledger: planned.ledger,
+                idempotency,
+                hold: planned.hold,
+                outbox: outbox.clone(),
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.remember(&planned.next);
+                    publish_committed(&self.store, &self.bus, &outbox).await;
+                    return Ok(Applied::Done(planned.status, planned.response));
+                }
+                Err(CommitError::KeyClaimed(rec)) => {
+                    let c = claim.ok_or(ApiError::Upstream)?;
+                    return replay(&rec, c).map(|(s, v)| Applied::Done(s, v));
+                }
+                Err(CommitError::HoldNotOpen(rec)) => return Ok(Applied::HoldNotOpen(rec)),
+                Err(CommitError::Stale(Some(a))) => {
+                    self.remember(&a);
+                    current = *a;
+                    fresh = true;
+                }
+                Err(CommitError::Stale(None)) => {
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                }
+                Err(CommitError::Conflict) => {
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                }
+                Err(CommitError::Store(e)) => {
+                    self.forget(account_id);
+                    return Err(upstream(e));
+                }
+            }
+            if attempt >= 2 {
+                // Contention: back off a little, with jitter, so writers spread out.
+                let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 8);
+                tokio::time::sleep(Duration::from_millis(jitter + u64::from(attempt.min(10)))).await;
+            }
+        }
+        tracing::warn!(account_id, "write did not settle under contention");
+        Err(ApiError::Busy)
+    }
+
+    // ---- accounts -------------------------------------------------------------------------
+
+    /// `PUT /v1/accounts/{id}`: 201 created or 200 updated.
+    pub async fn upsert_account(&self, id: &str, plan: &str, contacts: Vec<Contact>) -> Result<(u16, Value), ApiError> {
+        let Some(plan_rules) = self.profile.plan(plan) else {
+            return Err(ApiError::rule("unknown_plan", format!("`{plan}` is not a plan of this product.")));
+        };
+        let limit = plan_rules.monthly_reload_limit;
+        let allows = plan_rules.auto_recharge;
+        if self.store.load_account(id).await.map_err(upstream)?.is_none() {
+            let now = clock::now_ms();
+            let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
+            account.version = 1;
+            let commit = Commit { account: account.clone(), expected_version: 0, ledger: None, idempotency: None, hold: None, outbox: vec![] };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.remember(&account);
+                    return Ok((201, account_json(&account)));
+                }
+                // Created meanwhile by another request: update it below.
+                Err(CommitError::Stale(_)) | Err(CommitError::Conflict) => {}
+                Err(CommitError::Store(e)) => return Err(upstream(e)),
+                Err(_) => return Err(ApiError::Upstream),
+            }
+        }
+        let applied = self
+            .apply(id, None, |a, now| {
+                let mut next = a.next(now);
+                next.plan = plan.to_string();
+                next.contacts = contacts.clone();
+                // A plan that does not allow auto-recharge turns it off (SPEC §4, seed 004).
+                if !allows {
+                    next.auto_recharge.enabled = false;
+                }
+                next.auto_recharge.monthly_max = next.auto_recharge.monthly_max.min(limit);
+                Ok(Planned { response: account_json(&next), next, ledger: None, hold: None, status: 200, cause: "account_update" })
+            })
+            .await?;
+        done(applied)
+    }
+
+    // ---- debits and holds -----------------------------------------------------------------
+
+    /// `POST /v1/accounts/{id}/usage`.
+    pub async fn debit(&self, id: &str, consumable: &str, quantity: i64, key: &str) -> Result<(u16, Value), ApiError> {
+        let claim = Claim {
+            scope_key: format!("usage:{key}"),
+            hash: request_hash(&json!({"consumable": consumable, "quantity": quantity})),
+        };
+        let profile = &self.profile;
+        let applied = self
+            .apply(id, Some(&claim), |a, now| {
+                let d = ledger::draw(profile, a, consumable, quantity, now)?;
+                let mut next = a.next(now);
+                ledger::apply_draw(&mut next, consumable, &d);
+                let entry = (d.cost.0 > 0).then(|| LedgerEntry {
+                    id: new_id("txn"),
+                    account_id: id.to_string(),
+                    seq: next.version,
+                    kind: EntryKind::Consumption,
+                    amount: Micros(-d.cost.0),
+                    balance_after: next.balance,
+                    created_at: now,
+                    description: usage_description(consumable, quantity, d.from_allowance),
+                });
+                let response = json!({
+                    "from_allowance": d.from_allowance,
+                    "from_credits": d.cost.0,
+                    "balance": next.balance.0,
+                    "transaction_id": entry.as_ref().map(|e| e.id.clone()),
+                });
+                Ok(Planned { next, ledger: entry, hold: None, status: 200, response, cause: "usage" })
+            })
+            .await?;
+        done(applied)
+    }
+
+    /// `POST /v1/accounts/{id}/usage/holds`.
+    pub async fn reserve(&self, id: &str, consumable: &str, quantity: i64, ttl_seconds: i64, key: &str) -> Result<(u16, Value), ApiError> {
+        if !(1..=86_400).contains(&ttl_seconds) {
+            return Err(ApiError::rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
+        }
+        let claim = Claim {
+            scope_key: format!("hold:{key}"),
+            hash: request_hash(&json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds})),
+        };
+        let profile = &self.profile;
+        let hold_id = new_id("hold");
+        let applied = self
+            .apply(id, Some(&claim), |a, now| {
+                let hold = ledger::reserve(profile, a, consumable, quantity, now, ttl_seconds * 1000)?;
+                let mut next = a.next(now);
+                if next.holds.len() >= MAX_OPEN_HOLDS {
+                    return Err(ApiError::rule("too_many_holds", format!("An account may have at most {MAX_OPEN_HOLDS} open holds.")));
+                }
+                next.holds.insert(hold_id.clone(), hold.clone());
+                let response = json!({
+                    "hold_id": hold_id,
+                    "consumable": consumable,
+                    "reserved": hold.micros.0,
+                    "reserved_units": hold.units,
+                    "reserved_allowance_units": hold.allowance_units,
+                    "expires_at": clock::rfc3339(hold.expires_at),
+                });
+                let record = HoldRecord {
+                    hold_id: hold_id.clone(),
+                    account_id: id.to_string(),
+                    hold,
+                    status: HoldStatus::Open,
+                    created_at: now,
+                    settle_hash: None,
+                    settle_response: None,
+                };
+                Ok(Planned { next, ledger: None, hold: Some(HoldWrite::Create(record)), status: 201, response, cause: "hold" })
+            })
+            .await?;
+        done(applied)
+    }
+
+    /// `POST /v1/accounts/{id}/usage/holds/{hold_id}/settle`. The threshold is checked here,
+    /// at the end of the session, never while it runs.
+    pub async fn settle(&self, id: &str, hold_id: &str, quantity: i64) -> Result<(u16, Value), ApiError> {
+        ledger::check_quantity(quantity, true)?;
+        let hash = request_hash(&json!({"quantity": quantity}));
+        let profile = &self.profile;
+        let result = self
+            .apply(id, None, |a, now| {
+                let Some(hold) = a.holds.get(hold_id).cloned() else { return Err(hold_not_found()) };
+                if hold.expires_at <= now {
+                    return Err(ApiError::HoldExpired);
+                }
+                let mut next = a.next(now);
+                next.holds.remove(hold_id);
+                let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
+                let entry = (s.from_credits.0 > 0).then(|| LedgerEntry {
+                    id: new_id("txn"),
+                    account_id: id.to_string(),
+                    seq: next.version,
+                    kind: EntryKind::Consumption,
+                    amount: Micros(-s.from_credits.0),
+                    balance_after: next.balance,
+                    created_at: now,
+                    description: usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
+                });
+                let response = json!({
+                    "hold_id": hold_id,
+                    "from_hold": s.from_hold,
+                    "from_allowance": s.from_allowance,
+                    "from_credits": s.from_credits.0,
+                    "unbilled": s.unbilled,
+                    "balance": next.balance.0,
+                    "transaction_id": entry.as_ref().map(|e| e.id.clone()),
+                });
+                let record = HoldRecord {
+                    hold_id: hold_id.to_string(),
+                    account_id: id.to_string(),
+                    hold,
+                    status: HoldStatus::Settled,
+                    created_at: now,
+                    settle_hash: Some(hash.clone()),
+                    settle_response: Some(response.clone()),
+                };
+                Ok(Planned { next, ledger: entry, hold: Some(HoldWrite::Settle(record)), status: 200, response, cause: "settle" })
+            })
+            .await;
+        let not_open = match result {
+            Ok(Applied::Done(s, v)) => return Ok((s, v)),
+            Ok(Applied::HoldNotOpen(rec)) => rec.map(|r| *r),
+            // Not among the account's open holds: settled, expired or unknown? The record says.
+            Err(e) if e.code() == "hold_not_found" || e.code() == "hold_expired" => {
+                self.store.load_hold(id, hold_id).await.map_err(upstream)?
+            }
+            Err(e) => return Err(e),
+        };
+        match not_open {
+            Some(r) if r.status == HoldStatus::Settled => match (r.settle_hash, r.settle_response) {
+                (Some(h), Some(resp)) if h == hash => Ok((200, resp)),
+                _ => Err(ApiError::IdempotencyConflict),
+            },
+            Some(_) => Err(ApiError::HoldExpired),
+            None => Err(hold_not_found()),
+        }
+    }
+
+    // ---- adjustments ----------------------------------------------------------------------
+
+    /// `POST /v1/accounts/{id}/credits/adjustments`: a signed grant or correction.
+    pub async fn adjust(&self, id: &str, amount: i64, reason: &str, key: &str) -> Result<(u16, Value), ApiError> {
+        if amount == 0 {
+            return Err(ApiError::rule("invalid_amount", "An adjustment must not be zero."));
+        }
+        let claim = Claim { scope_key: format!("adjustment:{key}"), hash: request_hash(&json!({"amount": amount, "reason": reason})) };
+        let applied = self
+            .apply(id, Some(&claim), |a, now| {
+                let mut next = a.next(now);
+                if amount < 0 && next.available(now).0 < -amount {
+                    return Err(ApiError::rule(
+                        "insufficient_balance",
+                        "A negative adjustment may not take the balance below zero (or below what open holds reserve).",
+                    ));
+                }
+                next.balance = next
+                    .balance
+                    .checked_add(Micros(amount))
+                    .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+                if amount > 0 {
+                    next.lifetime_added = next
+                        .lifetime_added
+                        .checked_add(Micros(amount))
+                        .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+                }
+                let entry = LedgerEntry {
+                    id: new_id("txn"),
+                    account_id: id.to_string(),
+                    seq: next.version,
+                    kind: EntryKind::Adjustment,
+                    amount: Micros(amount),
+                    balance_after: next.balance,
+                    created_at: now,
+                    description: reason.to_string(),
+                };
+                let response = entry.to_json();
+                Ok(Planned { next, ledger: Some(entry), hold: None, status: 201, response, cause: "adjustment" })
+            })
+            .await?;
+        done(applied)
+    }
+
+    // ---- views ----------------------------------------------------------------------------
+
+    /// `GET /v1/accounts/{id}/credits`: the credits view (SPEC §5, §11).
+    pub async fn view(&self, id: &str) -> Result<Value, ApiError> {
+        let a = self.load(id).await?;
+        let (recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
+        let now = clock::now_ms();
+        let p = &self.profile;
+        let month = clock::month_of(now);
+        let plan = p.plan(&a.plan);
+        let allowances: Vec<Value> = p
+            .consumables
+            .keys()
+            .map(|c| {
+                let included = plan.and_then(|pl| pl.consumables.get(c)).map_or(0, |pc| pc.included);
+                json!({"consumable": c, "included": included, "used": a.used(c, &month)})
+            })
+            .collect();
+        let threshold = a.low_balance_threshold(p);
+        let ar = &a.auto_recharge;
+        let used = if ar.used_month == month { ar.used_this_month } else { 0 };
+        // seed 004: the bar "turns yellow above 50% and red above 80%".
+        let (u, m) = (u64::from(used) * 100, u64::from(ar.monthly_max));
+        let level = if m > 0 && u > m * 80 {
+            "critical"
+        } else if m > 0 && u > m * 50 {
+            "warning"
+        } else {
+            "ok"
+        };
+        let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
+        let paused = if !plan_allows {
+            json!({"reason": "plan", "message": format!("Auto-reload not available on {} plan", title(&a.plan))})
+        } else if ar.enabled && ar.monthly_max > 0 && used >= ar.monthly_max {
+            json!({"reason": "monthly_limit", "message": "You've reached your monthly auto-reload limit. Auto-reload is paused until next month."})
+        } else {
+            Value::Null
+        };
+        let rules = &p.auto_recharge;
+        Ok(json!({
+            "account_id": a.id,
+            "plan": a.plan,
+            "unit": p.unit,
+            "balance": a.balance.0,
+            "available": a.available(now).0,
+            "held": a.held(now).0,
+            "low_balance": a.balance <= threshold,
+            "low_balance_threshold": threshold.0,
+            "lifetime_added": a.lifetime_added.0,
+            "lifetime_spent": a.lifetime_spent.0,
+            "recent_transactions": recent.iter().map(LedgerEntry::to_json).collect::<Vec<_>>(),
+            "allowances": allowances,
+            "auto_recharge": {
+                "enabled": ar.enabled,
+                "threshold": ar.threshold.0,
+                "amount": if rules.fixed_amount { Value::Null } else { json!(ar.amount.0) },
+                "monthly_max": ar.monthly_max,
+                "used_this_month": used,
+                "level": level,
+                "paused": paused,
+                "available_on_plan": plan_allows,
+                "limits": {
+                    "threshold_min": rules.threshold_min.0,
+                    "threshold_max": rules.threshold_max.map(|m| m.0),
+                    "amount_min": rules.amount_min.0,
+                    "amount_max": rules.amount_max.0,
+                    "monthly_max_default": rules.monthly_max_default,
+                    "monthly_max_limit": plan.map_or(0, |pl| pl.monthly_reload_limit),
+                },
+            },
+            "payment_method": a.payment_method.as_ref().map(|m| json!({
+                "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month, "exp_year": m.exp_year,
+            })),
+            "last_recharge_error": a.last_recharge_error.as_ref().map(|e| json!({
+                "code": e.code, "message": e.message, "time": clock::rfc3339(e.at),
+            })),
+            "purchase_options": purchase_options(p, &a.plan),
+        }))
+    }
+
+    /// `GET /v1/accounts/{id}/credits/transactions`: newest first, `cursor` from the last page.
+    pub async fn transactions(&self, id: &str, limit: usize, cursor: Option<u64>) -> Result<Value, ApiError> {
+        self.load(id).await?;
+        let (page, more) = self.store.ledger_page(id, limit, cursor).await.map_err(upstream)?;
+        let next_cursor = if more { page.last().map(|e| encode_cursor(e.seq)) } else { None };
+        Ok(json!({
+            "transactions": page.iter().map(LedgerEntry::to_json).collect::<Vec<_>>(),
+            "next_cursor": next_cursor,
+        }))
+    }
+}
+
+fn done(applied: Applied) -> Result<(u16, Value), ApiError> {
+    match applied {
+        Applied::Done(s, v) => Ok((s, v)),
+        Applied::HoldNotOpen(_) => Err(ApiError::Upstream),
+    }
+}
+
+fn hold_not_found() -> ApiError {
+    ApiError::NotFound("hold_not_found", "No open hold with this id exists.".into())
+}
+
+fn usage_description(consumable: &str, quantity: i64, from_allowance: i64) -> String {
+    if from_allowance > 0 {
+        format!("{quantity} {consumable} ({from_allowance} from the monthly allowance)")
+    } else {
+        format!("{quantity} {consumable}")
+    }
+}
+
+fn title(plan: &str) -> String {
+    let mut c = plan.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({
+        "account_id": a.id,
+        "plan": a.plan,
+        "billing_contacts": a.contacts,
+        "created_at": clock::rfc3339(a.created_at),
+    })
+}
+
+/// `purchase_options` of the credits view (SPEC §11).
+pub fn purchase_options(p: &Profile, plan: &str) -> Value {
+    match &p.purchase {
+        Purchase::Amount { default_cents, min_cents, max_cents, step_cents, .. } => {
+            json!({"kind": "amount", "default": default_cents, "min": min_cents, "max": max_cents, "step": step_cents, "currency": p.currency})
+        }
+        Purchase::Packages { packages, custom, .. } => json!({
+            "kind": "packages",
+            "currency": p.currency,
+            "packages": packages.iter().map(|k| json!({"id": k.id, "price": k.price_cents, "credits": k.credits.0})).collect::<Vec<_>>(),
+            "custom": custom.as_ref().map(|c| json!({"min": c.min_cents, "max": c.max_cents})),
+        }),
+        Purchase::Blocks { units_per_block, min_blocks, max_blocks } => json!({
+            "kind": "blocks",
+            "currency": p.currency,
+            "minutes_per_block": units_per_block,
+            "min": min_blocks,
+            "max": max_blocks,
+            "price_per_block": p.plan(plan).and_then(|pl| pl.block_price_cents),
+        }),
+    }
+}
+
+/// Cursors are opaque to clients: `c` and the sequence in hex.
+pub fn encode_cursor(seq: u64) -> String {
+    format!("c{seq:x}")
+}
+
+pub fn decode_cursor(s: &str) -> Result<u64, ApiError> {
+    s.strip_prefix('c')
+        .filter(|h| !h.is_empty() && h.len() <= 16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this API returned."))
+}

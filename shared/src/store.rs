@@ -1,0 +1,181 @@
+//! Persistence behind one small trait. A `Commit` is everything one balance change writes:
+//! the account's new state (compare-and-swap on `version`), the ledger entry, the idempotency
+//! claim, the hold record, and the outbox of events, all or nothing (SPEC §6, §10.7).
+//!
+//! `dynamo::DynamoStore` is the real adapter; `MemoryStore` is an in-memory one with the same
+//! semantics for fast unit tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+
+use crate::account::Account;
+use crate::ledger::{DomainEvent, HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused for a reason the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that does not decode: a bug or corruption, never retried blindly.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Why a commit wrote nothing.
+#[derive(Debug, Clone)]
+pub enum CommitError {
+    /// The account changed since `expected_version` (or does not exist). Carries the current
+    /// state when the store returned it with the failure, so a retry needs no read.
+    Stale(Option<Box<Account>>),
+    /// The idempotency key was already claimed; carries the first result.
+    KeyClaimed(Box<IdemRecord>),
+    /// The hold being settled is not open; carries its record if it exists.
+    HoldNotOpen(Option<Box<HoldRecord>>),
+    /// Two writers collided inside the store (DynamoDB `TransactionConflict`): retry.
+    Conflict,
+    Store(StoreError),
+}
+
+/// What to do with a hold record in a commit.
+#[derive(Debug, Clone)]
+pub enum HoldWrite {
+    /// A new hold.
+    Create(HoldRecord),
+    /// Settle an open hold: written only if the stored one is still open.
+    Settle(HoldRecord),
+}
+
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The new state; its `version` must be `expected_version + 1`.
+    pub account: Account,
+    /// 0 creates the account (it must not exist).
+    pub expected_version: u64,
+    pub ledger: Option<LedgerEntry>,
+    pub idempotency: Option<IdemRecord>,
+    pub hold: Option<HoldWrite>,
+    /// Events written to the outbox in the same transaction, published after it.
+    pub outbox: Vec<DomainEvent>,
+}
+
+pub trait Store: Send + Sync {
+    /// The account, read with strong consistency.
+    fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
+    fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send;
+    /// Ledger entries newest first, strictly older than `before_seq` when given.
+    fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> impl Future<Output = Result<(Vec<LedgerEntry>, bool), StoreError>> + Send;
+    fn load_hold(&self, account_id: &str, hold_id: &str) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send;
+    fn load_idempotency(&self, account_id: &str, scope_key: &str) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    /// Removes outbox entries once their events are on the bus.
+    fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Outbox entries whose publication has not been confirmed, oldest first.
+    fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send;
+}
+
+/// In-memory store with the semantics of the DynamoDB adapter (one lock = one transaction).
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
+    accounts: HashMap<String, Account>,
+    ledger: HashMap<String, BTreeMap<u64, LedgerEntry>>,
+    idem: HashMap<(String, String), IdemRecord>,
+    holds: HashMap<(String, String), HoldRecord>,
+    outbox: BTreeMap<(i64, String), DomainEvent>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Memory>, StoreError> {
+        self.inner.lock().map_err(|_| StoreError::Unavailable("memory store poisoned".into()))
+    }
+}
+
+impl Store for MemoryStore {
+    async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self.lock()?.accounts.get(id).cloned())
+    }
+
+    async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        let mut m = self.lock().map_err(CommitError::Store)?;
+        let id = c.account.id.clone();
+        let current = m.accounts.get(&id);
+        let stale = match current {
+            None => c.expected_version != 0,
+            Some(a) => a.version != c.expected_version,
+        };
+        let idem_claimed = c.idempotency.as_ref().and_then(|r| m.idem.get(&(id.clone(), r.scope_key.clone())).cloned());
+        let hold_problem = match &c.hold {
+            Some(HoldWrite::Settle(r)) => match m.holds.get(&(id.clone(), r.hold_id.clone())) {
+                Some(h) if h.status == HoldStatus::Open => None,
+                other => Some(other.cloned()),
+            },
+            _ => None,
+        };
+        // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
+        if let Some(r) = idem_claimed {
+            return Err(CommitError::KeyClaimed(Box::new(r)));
+        }
+        if let Some(h) = hold_problem {
+            return Err(CommitError::HoldNotOpen(h.map(Box::new)));
+        }
+        if stale {
+            return Err(CommitError::Stale(current.cloned().map(Box::new)));
+        }
+        if let Some(e) = c.ledger {
+            m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
+        }
+        if let Some(r) = c.idempotency {
+            m.idem.insert((id.clone(), r.scope_key.clone()), r);
+        }
+        match c.hold {
+            Some(HoldWrite::Create(r)) | Some(HoldWrite::Settle(r)) => {
+                m.holds.insert((id.clone(), r.hold_id.clone()), r);
+            }
+            None => {}
+        }
+        for e in c.outbox {
+            m.outbox.insert((e.created_at, e.id.clone()), e);
+        }
+        m.accounts.insert(id, c.account);
+        Ok(())
+    }
+
+    async fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+        let m = self.lock()?;
+        let Some(entries) = m.ledger.get(account_id) else { return Ok((vec![], false)) };
+        let mut page: Vec<LedgerEntry> =
+            entries.range(..before_seq.unwrap_or(u64::MAX)).rev().take(limit + 1).map(|(_, e)| e.clone()).collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
+    }
+
+    async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
+        Ok(self.lock()?.holds.get(&(account_id.to_string(), hold_id.to_string())).cloned())
+    }
+
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
+    }
+
+    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        let mut m = self.lock()?;
+        for e in events {
+            m.outbox.remove(&(e.created_at, e.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        Ok(self.lock()?.outbox.values().take(limit).cloned().collect())
+    }
+}
