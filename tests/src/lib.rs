@@ -1,1 +1,292 @@
+//! Shared fixtures for the integration tests: the local stack's endpoint, a fresh table and bus
+//! per test, handlers called in-process over the real SDK clients, tokens, and the invariant
+//! checks of SPEC §10.
+//!
+//! The stack is started by `./scripts/test` (moto on 127.0.0.1); its address comes in
+//! `TOPUP_TEST_AWS_ENDPOINT`. Each test makes its own table and bus, so tests run in parallel
+//! without resetting one another.
 
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use lambda_http::{Body, Request, Response};
+use serde_json::{json, Value};
+use topup::auth::sign_hs256;
+use topup::config::{Config, Secret};
+use topup::dynamo::{create_table, DynamoStore};
+use topup::events::EventBridgeBus;
+use topup::ledger::{EntryKind, LedgerEntry};
+use topup::profile::Profile;
+use topup::service::Credits;
+use topup::store::Store;
+
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
+
+pub type LiveCredits = Credits<DynamoStore, EventBridgeBus>;
+
+/// The moto endpoint of the running local stack.
+pub fn endpoint() -> String {
+    std::env::var("TOPUP_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!("TOPUP_TEST_AWS_ENDPOINT is not set: run the integration tests with ./scripts/test, which starts the local stack")
+    })
+}
+
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await
+}
+
+/// One test's world: its own table and bus on the emulator, a profile, and the handlers.
+pub struct World {
+    pub config: Config,
+    pub credits: LiveCredits,
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub events: aws_sdk_eventbridge::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub aws: aws_config::SdkConfig,
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+impl World {
+    pub async fn new(profile: &str) -> World {
+        let aws = aws_config().await;
+        let table = unique("topup");
+        let bus = unique("bus");
+        let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+        let events = aws_sdk_eventbridge::Client::new(&aws);
+        create_table(&dynamo, &table).await.expect("create table on the emulator");
+        events.create_event_bus().name(&bus).send().await.expect("create bus on the emulator");
+        let config = Config {
+            profile: Profile::load(profile).expect("shipped profile"),
+            table: table.clone(),
+            event_bus: bus.clone(),
+            local_jwt_secret: Some(Secret::new(JWT_SECRET)),
+        };
+        let credits = topup::live(&config, &aws);
+        World { config, credits, dynamo, events, sqs: aws_sdk_sqs::Client::new(&aws), aws }
+    }
+
+    /// Another process's view of the same table and bus: a fresh cache, as a second Lambda
+    /// instance would have.
+    pub fn another_instance(&self) -> LiveCredits {
+        topup::live(&self.config, &self.aws)
+    }
+
+    /// A queue that receives every event on this world's bus (a rule with an SQS target).
+    pub async fn observe_bus(&self) -> Observer {
+        let name = unique("q");
+        let q = self.sqs.create_queue().queue_name(&name).send().await.expect("create queue");
+        let url = q.queue_url().expect("queue url").to_string();
+        let arn = format!("arn:aws:sqs:us-east-1:123456789012:{name}");
+        let rule = unique("all");
+        self.events
+            .put_rule()
+            .name(&rule)
+            .event_bus_name(&self.config.event_bus)
+            .event_pattern(json!({"source": ["topup"]}).to_string())
+            .send()
+            .await
+            .expect("put rule");
+        self.events
+            .put_targets()
+            .rule(&rule)
+            .event_bus_name(&self.config.event_bus)
+            .targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(arn).build().expect("target"))
+            .send()
+            .await
+            .expect("put targets");
+        Observer { sqs: self.sqs.clone(), url }
+    }
+
+    pub async fn debit(&self, req: Request) -> (u16, Value) {
+        read(debit::handle(&self.config, &self.credits, req).await)
+    }
+
+    pub async fn api(&self, req: Request) -> (u16, Value) {
+        read(credits_api::handle(&self.config, &self.credits, req).await)
+    }
+
+    /// Creates an account through `PUT /v1/accounts/{id}`.
+    pub async fn account(&self, id: &str, plan: &str) {
+        let (s, b) = self
+            .api(put(&format!("/v1/accounts/{id}"), &service(), json!({"plan": plan, "billing_contacts": [{"email": "billing@example.com"}]})))
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+
+    /// Grants credits with a service adjustment.
+    pub async fn grant(&self, id: &str, micros: i64) {
+        let (s, b) = self
+            .api(post(
+                &format!("/v1/accounts/{id}/credits/adjustments"),
+                &service(),
+                json!({"amount": micros, "reason": "test grant", "idempotency_key": unique("grant")}),
+            ))
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+
+    pub async fn usage(&self, id: &str, consumable: &str, quantity: i64) -> (u16, Value) {
+        self.debit(post(
+            &format!("/v1/accounts/{id}/usage"),
+            &service(),
+            json!({"consumable": consumable, "quantity": quantity, "idempotency_key": unique("u")}),
+        ))
+        .await
+    }
+
+    pub async fn view(&self, id: &str) -> Value {
+        let (s, b) = self.api(get(&format!("/v1/accounts/{id}/credits"), &service())).await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    /// Every ledger entry of the account, oldest first.
+    pub async fn ledger(&self, id: &str) -> Vec<LedgerEntry> {
+        let mut all = Vec::new();
+        let mut before = None;
+        loop {
+            let (page, more) = self.credits.store.ledger_page(id, 100, before).await.expect("ledger page");
+            before = page.last().map(|e| e.seq);
+            all.extend(page);
+            if !more {
+                break;
+            }
+        }
+        all.reverse();
+        all
+    }
+
+    /// Everything stored for the account (all items under its partition), to prove that a
+    /// refused request changed nothing.
+    pub async fn snapshot(&self, id: &str) -> Vec<std::collections::HashMap<String, AttributeValue>> {
+        let out = self
+            .dynamo
+            .query()
+            .table_name(&self.config.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("ACCOUNT#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("query");
+        out.items().to_vec()
+    }
+
+    /// SPEC §10.1: the balance is the sum of the ledger; lifetime totals are their sums;
+    /// running balances chain; §10.4: never below zero.
+    pub async fn assert_invariants(&self, id: &str) {
+        let account = self.credits.store.load_account(id).await.expect("load").expect("account exists");
+        let ledger = self.ledger(id).await;
+        let sum: i64 = ledger.iter().map(|e| e.amount.0).sum();
+        assert_eq!(account.balance.0, sum, "balance equals the sum of the ledger");
+        let added: i64 = ledger
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge) || (e.kind == EntryKind::Adjustment && e.amount.0 > 0))
+            .map(|e| e.amount.0)
+            .sum();
+        let spent: i64 = ledger.iter().filter(|e| e.kind == EntryKind::Consumption).map(|e| -e.amount.0).sum();
+        assert_eq!(account.lifetime_added.0, added, "lifetime added");
+        assert_eq!(account.lifetime_spent.0, spent, "lifetime spent");
+        let mut running = 0;
+        for e in &ledger {
+            running += e.amount.0;
+            assert_eq!(e.balance_after.0, running, "running balance of {}", e.id);
+            assert!(running >= 0, "never below zero");
+        }
+        assert!(account.balance.0 >= 0);
+    }
+}
+
+/// Reads events from an observer queue.
+pub struct Observer {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl Observer {
+    /// Drains the queue until it has been empty for `quiet`; returns the EventBridge envelopes.
+    pub async fn drain(&self, quiet: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut idle_since = std::time::Instant::now();
+        loop {
+            let r = self.sqs.receive_message().queue_url(&self.url).max_number_of_messages(10).send().await.expect("receive");
+            let msgs = r.messages();
+            if msgs.is_empty() {
+                if idle_since.elapsed() >= quiet {
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            idle_since = std::time::Instant::now();
+            for m in msgs {
+                out.push(serde_json::from_str(m.body().unwrap_or("null")).expect("event json"));
+                if let Some(h) = m.receipt_handle() {
+                    self.sqs.delete_message().queue_url(&self.url).receipt_handle(h).send().await.expect("delete");
+                }
+            }
+        }
+    }
+}
+
+pub fn of_type<'a>(events: &'a [Value], detail_type: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["detail-type"] == detail_type).collect()
+}
+
+// ---- requests -----------------------------------------------------------------------------
+
+pub fn token(claims: Value) -> String {
+    sign_hs256(&claims, &Secret::new(JWT_SECRET))
+}
+
+pub fn service() -> String {
+    token(json!({"sub": "backend", "role": "service"}))
+}
+
+pub fn person(role: &str, account: &str) -> String {
+    token(json!({"sub": "user-1", "role": role, "account_id": account}))
+}
+
+pub fn request(method: &str, path: &str, bearer: Option<&str>, content_type: Option<&str>, body: Option<String>) -> Request {
+    let mut b = lambda_http::http::Request::builder().method(method).uri(format!("https://api.example.com{path}"));
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    b.body(body.map_or(Body::Empty, Body::Text)).expect("request")
+}
+
+pub fn post(path: &str, bearer: &str, body: Value) -> Request {
+    request("POST", path, Some(bearer), Some("application/json"), Some(body.to_string()))
+}
+
+pub fn put(path: &str, bearer: &str, body: Value) -> Request {
+    request("PUT", path, Some(bearer), Some("application/json"), Some(body.to_string()))
+}
+
+pub fn get(path: &str, bearer: &str) -> Request {
+    request("GET", path, Some(bearer), None, None)
+}
+
+pub fn read(resp: Response<Body>) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body = match resp.body() {
+        Body::Text(t) => serde_json::from_str(t).expect("json body"),
+        Body::Binary(b) => serde_json::from_slice(b).expect("json body"),
+        _ => Value::Null,
+    };
+    (status, body)
+}
+
+/// Micro-credits in one credit.
+pub const C: i64 = topup::money::MICROS_PER_CREDIT;

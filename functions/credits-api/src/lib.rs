@@ -1,0 +1,137 @@
+//! The `credits-api` function: accounts, the credits view, the ledger, adjustments (SPEC §4–§5).
+//!
+//! - `PUT /v1/accounts/{id}` (service) `{plan, billing_contacts}`
+//! - `GET /v1/accounts/{id}/credits` (view roles)
+//! - `GET /v1/accounts/{id}/credits/transactions?limit=&cursor=` (view roles)
+//! - `POST /v1/accounts/{id}/credits/adjustments` (service) `{amount, reason, idempotency_key}`
+
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::Value;
+use topup::account::Contact;
+use topup::auth::Access;
+use topup::events::EventBus;
+use topup::http::{check_id, identity, json_object, respond, segments};
+use topup::service::{check_key, decode_cursor, Credits};
+use topup::store::Store;
+use topup::{ApiError, Config};
+
+pub const DEFAULT_PAGE: usize = 20;
+pub const MAX_PAGE: usize = 100;
+pub const MAX_CONTACTS: usize = 10;
+
+pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S, B>, req: Request) -> Response<Body> {
+    let segs = segments(&req);
+    let route = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["v1", "accounts", _] => "account",
+        ["v1", "accounts", _, "credits"] => "credits",
+        ["v1", "accounts", _, "credits", "transactions"] => "transactions",
+        ["v1", "accounts", _, "credits", "adjustments"] => "adjustments",
+        _ => return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into()))),
+    };
+    respond(route, route_request(config, credits, &req, route, &segs[2]).await)
+}
+
+async fn route_request<S: Store, B: EventBus>(
+    config: &Config,
+    credits: &Credits<S, B>,
+    req: &Request,
+    route: &str,
+    account_id: &str,
+) -> Result<(u16, Value), ApiError> {
+    let who = identity(req, config)?;
+    let method = req.method().as_str();
+    let expected = match route {
+        "account" => "PUT",
+        "adjustments" => "POST",
+        _ => "GET",
+    };
+    if method != expected {
+        return Err(ApiError::MethodNotAllowed(method.to_string()));
+    }
+    check_id("account_id", account_id)?;
+    match route {
+        "account" => {
+            who.authorize(&config.profile, Access::Service, account_id)?;
+            let body = json_object(req, &["plan", "billing_contacts"])?;
+            let plan = body.str("plan")?;
+            let contacts = contacts(body.array("billing_contacts")?)?;
+            credits.upsert_account(account_id, plan, contacts).await
+        }
+        "credits" => {
+            who.authorize(&config.profile, Access::View, account_id)?;
+            Ok((200, credits.view(account_id).await?))
+        }
+        "transactions" => {
+            who.authorize(&config.profile, Access::View, account_id)?;
+            let q = req.query_string_parameters();
+            let limit = match q.first("limit") {
+                None => DEFAULT_PAGE,
+                Some(l) => l
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}.")))?,
+            };
+            let cursor = q.first("cursor").map(decode_cursor).transpose()?;
+            Ok((200, credits.transactions(account_id, limit, cursor).await?))
+        }
+        _ => {
+            who.authorize(&config.profile, Access::Service, account_id)?;
+            let body = json_object(req, &["amount", "reason", "idempotency_key"])?;
+            let amount = body.i64("amount")?;
+            let reason = body.str("reason")?.trim();
+            if reason.is_empty() || reason.chars().count() > 500 {
+                return Err(ApiError::invalid("`reason` must be 1 to 500 characters."));
+            }
+            let key = body.str("idempotency_key")?;
+            check_key("idempotency_key", key)?;
+            credits.adjust(account_id, amount, reason, key).await
+        }
+    }
+}
+
+/// Billing contacts: an email each, optionally an E.164 phone with `sms_opt_in`.
+fn contacts(list: &[Value]) -> Result<Vec<Contact>, ApiError> {
+    if list.len() > MAX_CONTACTS {
+        return Err(ApiError::rule("too_many_contacts", format!("At most {MAX_CONTACTS} billing contacts.")));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let Value::Object(o) = v else { return Err(ApiError::invalid(format!("`billing_contacts[{i}]` must be an object."))) };
+            let fields = topup::http::Fields(o.clone());
+            if let Some(k) = o.keys().find(|k| !["email", "phone", "sms_opt_in"].contains(&k.as_str())) {
+                return Err(ApiError::invalid(format!("Unknown field `billing_contacts[{i}].{k}`.")));
+            }
+            let email = fields.str("email").map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].email` is required and must be a string.")))?;
+            if !valid_email(email) {
+                return Err(ApiError::rule("invalid_email", format!("`billing_contacts[{i}].email` is not an email address.")));
+            }
+            let phone = fields.opt_str("phone").map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].phone` must be a string.")))?;
+            if let Some(p) = phone {
+                if !valid_e164(p) {
+                    return Err(ApiError::rule("invalid_phone", format!("`billing_contacts[{i}].phone` must be in E.164 form, like +15550100.")));
+                }
+            }
+            let sms_opt_in = fields.opt_bool("sms_opt_in").map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].sms_opt_in` must be true or false.")))?.unwrap_or(false);
+            if sms_opt_in && phone.is_none() {
+                return Err(ApiError::rule("invalid_phone", format!("`billing_contacts[{i}]` opts in to SMS without a phone.")));
+            }
+            Ok(Contact { email: email.to_string(), phone: phone.map(str::to_string), sms_opt_in })
+        })
+        .collect()
+}
+
+fn valid_email(e: &str) -> bool {
+    let Some((local, domain)) = e.rsplit_once('@') else { return false };
+    e.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn valid_e164(p: &str) -> bool {
+    p.strip_prefix('+').is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
+}
