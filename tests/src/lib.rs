@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
 use topup::auth::sign_hs256;
 use topup::config::{Config, Secret};
@@ -263,7 +263,13 @@ pub fn request(method: &str, path: &str, bearer: Option<&str>, content_type: Opt
     if let Some(ct) = content_type {
         b = b.header("content-type", ct);
     }
-    b.body(body.map_or(Body::Empty, Body::Text)).expect("request")
+    let req: Request = b.body(body.map_or(Body::Empty, Body::Text)).expect("request");
+    // As lambda_http does for API Gateway events: the query also as parsed parameters.
+    let query: std::collections::HashMap<String, String> = path
+        .split_once('?')
+        .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .unwrap_or_default();
+    req.with_query_string_parameters(query)
 }
 
 pub fn post(path: &str, bearer: &str, body: Value) -> Request {
