@@ -25,7 +25,10 @@ use crate::profile::{Profile, Purchase};
 use crate::store::{Commit, CommitError, HoldWrite, Store, StoreError};
 
 /// Attempts before a contended write answers 503 `account_busy`.
-const MAX_ATTEMPTS: u32 = 200;
+const MAX_ATTEMPTS: u32 = 100;
+/// Writes to one account from one process queue on one of these stripes instead of racing
+/// each other; writers in other processes are resolved by the compare-and-swap.
+const STRIPES: usize = 256;
 /// Open holds an account may have at once.
 pub const MAX_OPEN_HOLDS: usize = 100;
 const CACHE_CAP: usize = 10_000;
@@ -56,6 +59,7 @@ pub struct Credits<S, B> {
     pub store: S,
     pub bus: B,
     cache: Mutex<HashMap<String, Account>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 fn upstream(e: StoreError) -> ApiError {
@@ -81,7 +85,14 @@ pub fn check_key(field: &str, key: &str) -> Result<(), ApiError> {
 
 impl<S: Store, B: EventBus> Credits<S, B> {
     pub fn new(profile: Profile, store: S, bus: B) -> Self {
-        Credits { profile, store, bus, cache: Mutex::new(HashMap::new()) }
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Credits { profile, store, bus, cache: Mutex::new(HashMap::new()), stripes }
+    }
+
+    fn stripe(&self, account_id: &str) -> &tokio::sync::Mutex<()> {
+        // FNV-1a: stable and cheap; any spread will do.
+        let h = account_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        &self.stripes[(h % STRIPES as u64) as usize]
     }
 
     fn cached(&self, id: &str) -> Option<Account> {
@@ -126,6 +137,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         claim: Option<&Claim>,
         mut plan: impl FnMut(&Account, i64) -> Result<Planned, ApiError>,
     ) -> Result<Applied, ApiError> {
+        let _queue = self.stripe(account_id).lock().await;
         let (mut current, mut fresh) = match self.cached(account_id) {
             Some(a) => (a, false),
             None => (self.load(account_id).await?, true),
@@ -196,10 +208,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(upstream(e));
                 }
             }
-            if attempt >= 2 {
-                // Contention: back off a little, with jitter, so writers spread out.
-                let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 8);
-                tokio::time::sleep(Duration::from_millis(jitter + u64::from(attempt.min(10)))).await;
+            if attempt >= 1 {
+                // Contention with another process: exponential backoff with full jitter.
+                let cap = (4u64 << attempt.min(6)).min(250);
+                let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+                tokio::time::sleep(Duration::from_millis(r % cap)).await;
             }
         }
         tracing::warn!(account_id, "write did not settle under contention");

@@ -200,10 +200,11 @@ async fn exactly_one_balance_low_for_concurrent_crossing_debits() {
     w.account("acme", "free").await;
     w.usage("acme", "api_calls", 1_000).await;
     w.grant("acme", 8 * C).await; // $8, threshold $5 (strictly below)
+    let instances: Vec<_> = (0..8).map(|_| Arc::new(w.another_instance())).collect();
     let mut tasks = Vec::new();
     for i in 0..40 {
         let w = w.clone();
-        let inst = Arc::new(w.another_instance());
+        let inst = instances[i % 8].clone();
         tasks.push(tokio::spawn(async move {
             // 200 calls = $0.20 each; 40 of them = $8.
             let req = post("/v1/accounts/acme/usage", &service(), json!({"consumable": "api_calls", "quantity": 200, "idempotency_key": format!("c{i}")}));
