@@ -1,0 +1,28 @@
+//! The sample events in `events/` (API Gateway HTTP API payloads with JWT authorizer claims)
+//! run through the handlers in the order of `events/expected.json`, each with its status.
+//! The same files drive `cargo lambda invoke` in `./scripts/test`.
+
+use topup_tests::*;
+
+#[tokio::test]
+async fn every_sample_event_answers_its_expected_status() {
+    // usd-overage: the samples' member is refused the credits view (owners and admins only).
+    let w = World::new("usd-overage").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events");
+    let manifest: Vec<(String, u16)> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("expected.json")).expect("manifest");
+    let listed: std::collections::BTreeSet<_> = manifest.iter().map(|(f, _)| f.clone()).collect();
+    let on_disk: std::collections::BTreeSet<_> = std::fs::read_dir(&dir)
+        .expect("events dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".json") && n != "expected.json")
+        .collect();
+    assert_eq!(listed, on_disk, "every sample event is listed in expected.json");
+    for (file, expected) in manifest {
+        let text = std::fs::read_to_string(dir.join(&file)).expect("sample");
+        let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let (status, body) = if file.starts_with("debit-") { w.debit(req).await } else { w.api(req).await };
+        assert_eq!(status, expected, "{file}: {body}");
+    }
+    w.assert_invariants("acme").await;
+}

@@ -1,0 +1,56 @@
+//! The SAM template: never the local-auth secret, and every HTTP route it declares is one
+//! the named function serves (the local router reads the same routes).
+
+use topup_tests::*;
+
+fn template() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+    std::fs::read_to_string(path).expect("infra/template.yaml")
+}
+
+#[test]
+fn the_template_never_sets_the_local_jwt_secret() {
+    let t = template();
+    assert!(!t.contains("TOPUP_LOCAL_JWT_SECRET"), "the deployed functions must only trust API Gateway's authorizer");
+    assert!(t.contains("DefaultAuthorizer: Jwt"));
+    for must in ["provided.al2023", "arm64", "rust-cargolambda", "PointInTimeRecoveryEnabled: true", "AttributeName: ttl", "PAY_PER_REQUEST"] {
+        assert!(t.contains(must), "template lacks {must}");
+    }
+    assert!(!t.contains("Action: \"*\"") && !t.contains("Action: '*'") && !t.contains("- \"*\""), "no wildcard actions");
+}
+
+/// (binary, method, path) for every HttpApi event in the template.
+fn routes() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let (mut binary, mut path) = (String::new(), String::new());
+    for line in template().lines() {
+        let l = line.trim();
+        if let Some(b) = l.strip_prefix("Binary: ") {
+            binary = b.trim().to_string();
+        } else if let Some(p) = l.strip_prefix("Path: ") {
+            path = p.trim().to_string();
+        } else if let Some(m) = l.strip_prefix("Method: ") {
+            out.push((binary.clone(), m.trim().to_string(), path.clone()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_template_route_is_served_by_its_function() {
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    let routes = routes();
+    assert_eq!(routes.len(), 7, "{routes:?}");
+    for (binary, method, path) in routes {
+        let concrete = path.replace("{account_id}", "acme").replace("{hold_id}", "hold_x");
+        let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
+        let (status, body) = match binary.as_str() {
+            "debit" => w.debit(req).await,
+            "credits-api" => w.api(req).await,
+            other => panic!("unknown binary {other}"),
+        };
+        assert_ne!(body["error"]["code"], "route_not_found", "{method} {path} → {binary}");
+        assert_ne!(status, 405, "{method} {path} → {binary}");
+    }
+}
