@@ -1,0 +1,426 @@
+#!/usr/bin/env python3
+"""topup's local stack, on 127.0.0.1 only, with no AWS account and no internet.
+
+    serve   moto (DynamoDB, EventBridge, SES v2, SNS, SQS), localstripe, `cargo lambda watch`
+            and an API router on :9000 that serves the template's routes; runs until Ctrl-C.
+    test    every test: unit, handler and integration tests against the emulators, the
+            template lint, and an end-to-end pass through `cargo lambda watch`, the router and
+            `cargo lambda invoke` with the sample events. Starts and stops its own servers.
+    bench   the benchmarks of BENCHMARKS.md.
+    token   prints a local JWT (HS256, TOPUP_LOCAL_JWT_SECRET).
+
+Run through ./scripts/dev, ./scripts/test, ./scripts/bench and ./scripts/token, which first
+install the pinned tools into .venv (scripts/bootstrap).
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+LOGS = ROOT / ".local" / "logs"
+DEFAULT_SECRET = "topup-local-dev-secret-do-not-deploy"
+REGION = "us-east-1"
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def log(msg: str) -> None:
+    print(f"[stack] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, headers: dict | None = None) -> None:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            urllib.request.urlopen(req, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except Exception as e:  # not up yet
+            last = e
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up: {last}")
+
+
+class Stack:
+    """Processes this script started; each in its own process group, stopped by PID."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        LOGS.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+        out = open(LOGS / f"{name}.log", "w")
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env or os.environ.copy(), stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.procs.append((name, p))
+        log(f"started {name} (pid {p.pid}), log: {LOGS / (name + '.log')}")
+        return p
+
+    def stop(self) -> None:
+        for name, p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for name, p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+            log(f"stopped {name} (pid {p.pid})")
+        self.procs.clear()
+
+
+def aws_env(endpoint: str) -> dict:
+    env = os.environ.copy()
+    env.update({
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def start_emulators(stack: Stack, moto_port: int, stripe_port: int) -> tuple[str, str]:
+    python = str(VENV_BIN / "python")
+    stack.spawn("moto", [python, str(ROOT / "tests/support/moto_serial.py"), str(moto_port)])
+    stack.spawn("localstripe", [python, str(ROOT / "tests/support/localstripe_local.py"), str(stripe_port)])
+    moto = f"http://127.0.0.1:{moto_port}"
+    stripe = f"http://127.0.0.1:{stripe_port}"
+    wait_http(f"{moto}/moto-api/data.json")
+    wait_http(f"{stripe}/v1/customers", headers={"Authorization": "Bearer sk_test_local"})
+    return moto, stripe
+
+
+def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) -> None:
+    """What the SAM template creates, made in the emulator: table (with TTL), bus, sender."""
+    import boto3  # from the venv (moto depends on it)
+
+    kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test")
+    ddb = boto3.client("dynamodb", **kw)
+    try:
+        ddb.create_table(
+            TableName=table, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+        ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
+    except ddb.exceptions.ResourceInUseException:
+        pass
+    events = boto3.client("events", **kw)
+    try:
+        events.create_event_bus(Name=bus)
+    except events.exceptions.ResourceAlreadyExistsException:
+        pass
+    ses = boto3.client("sesv2", **kw)
+    if sender_domain not in [i["IdentityName"] for i in ses.list_email_identities().get("EmailIdentities", [])]:
+        ses.create_email_identity(EmailIdentity=sender_domain)
+
+
+def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str) -> dict:
+    env = aws_env(endpoint)
+    env.update({
+        "TOPUP_PROFILE": profile,
+        "TOPUP_TABLE": table,
+        "TOPUP_EVENT_BUS": bus,
+        "TOPUP_LOCAL_JWT_SECRET": secret,
+        "AWS_LAMBDA_LOG_LEVEL": env.get("AWS_LAMBDA_LOG_LEVEL", "info"),
+    })
+    return env
+
+
+def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int):
+    import router  # needs PyYAML from the venv
+    # Build first so the first request does not wait for a compile.
+    subprocess.run(["cargo", "build", "--bins"], cwd=ROOT, env=env, check=True)
+    stack.spawn("cargo-lambda-watch", ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1",
+                                       "--invoke-port", str(watch_port)], env=env)
+    wait_http(f"http://127.0.0.1:{watch_port}/")
+    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}")
+    r.serve("127.0.0.1", api_port)
+    log(f"API router on http://127.0.0.1:{api_port} → cargo lambda watch :{watch_port}")
+    return r
+
+
+def sign(claims: dict, secret: str) -> str:
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = b64(hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+def token_for(role: str, account: str | None, secret: str, hours: int = 12) -> str:
+    claims = {"sub": f"local-{role}", "role": role, "exp": int(time.time()) + hours * 3600}
+    if account:
+        claims["account_id"] = account
+    return sign(claims, secret)
+
+
+# ---- serve --------------------------------------------------------------------------------
+
+def serve(args) -> int:
+    secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)
+    stack = Stack()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        moto, stripe = start_emulators(stack, args.moto_port, args.stripe_port)
+        create_resources(moto, "topup", "topup", "example.com")
+        env = function_env(moto, args.profile, "topup", "topup", secret)
+        r = start_functions(stack, env, args.watch_port, args.port)
+        svc = token_for("service", None, secret)
+        print(f"""
+topup is serving on http://127.0.0.1:{args.port} (profile {args.profile})
+  moto (AWS)      {moto}   data: {moto}/moto-api/data.json
+  localstripe     {stripe}
+  functions       cargo lambda watch on :{args.watch_port}
+
+Tokens (HS256 with TOPUP_LOCAL_JWT_SECRET):
+  ./scripts/token service              # the product's backend
+  ./scripts/token owner --account acme # a person on account acme
+
+Try:
+  T=$(./scripts/token service)
+  curl -s -X PUT http://127.0.0.1:{args.port}/v1/accounts/acme -H "authorization: Bearer $T" \\
+       -H 'content-type: application/json' -d '{{"plan":"free","billing_contacts":[{{"email":"you@example.com"}}]}}'
+  curl -s -X POST http://127.0.0.1:{args.port}/v1/accounts/acme/credits/adjustments -H "authorization: Bearer $T" \\
+       -H 'content-type: application/json' -d '{{"amount":10000000,"reason":"welcome","idempotency_key":"w1"}}'
+  curl -s http://127.0.0.1:{args.port}/v1/accounts/acme/credits -H "authorization: Bearer $T"
+
+Ctrl-C stops everything.
+""", flush=True)
+        del svc
+        while not stopping.is_set():
+            for name, p in stack.procs:
+                if p.poll() is not None:
+                    log(f"{name} exited with {p.returncode}; see {LOGS / (name + '.log')}")
+                    return 1
+            stopping.wait(1.0)
+        r.shutdown()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+
+
+# ---- test ---------------------------------------------------------------------------------
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        if ok:
+            self.passed += 1
+            print(f"  ok    {name}", flush=True)
+        else:
+            self.failed += 1
+            print(f"  FAIL  {name} {detail}", flush=True)
+
+
+def http(method: str, url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
+    import boto3
+
+    stack = Stack()
+    try:
+        create_resources(moto, "topup", "topup", "example.com")
+        kw = dict(endpoint_url=moto, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test")
+        # Observe the bus as a consumer would: a rule with an SQS target.
+        sqs = boto3.client("sqs", **kw)
+        q = sqs.create_queue(QueueName="e2e-events")["QueueUrl"]
+        ev = boto3.client("events", **kw)
+        ev.put_rule(Name="e2e-all", EventBusName="topup", EventPattern=json.dumps({"source": ["topup"]}))
+        ev.put_targets(Rule="e2e-all", EventBusName="topup",
+                       Targets=[{"Id": "q", "Arn": "arn:aws:sqs:us-east-1:123456789012:e2e-events"}])
+
+        env = function_env(moto, "usd-overage", "topup", "topup", secret)
+        watch_port, api_port = free_port(), free_port()
+        r = start_functions(stack, env, watch_port, api_port)
+        api = f"http://127.0.0.1:{api_port}"
+        svc = token_for("service", None, secret)
+        owner = token_for("owner", "e2e", secret)
+
+        s, b = http("PUT", f"{api}/v1/accounts/e2e", svc, {"plan": "free", "billing_contacts": [{"email": "ops@example.com"}]})
+        checks.check("PUT /v1/accounts/e2e → 201", s == 201, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/credits/adjustments", svc,
+                    {"amount": 6_000_000, "reason": "e2e grant", "idempotency_key": "g1"})
+        checks.check("POST adjustments → 201", s == 201, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
+                    {"consumable": "api_calls", "quantity": 2_500, "idempotency_key": "u1"})
+        checks.check("POST usage crosses $5 → 200, $1.50 from credits",
+                     s == 200 and b.get("from_credits") == 1_500_000 and b.get("balance") == 4_500_000, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage/holds", svc,
+                    {"consumable": "voice_minutes", "quantity": 30, "idempotency_key": "h1"})
+        checks.check("POST holds → 201", s == 201, f"{s} {b}")
+        hold_id = (b or {}).get("hold_id", "missing")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage/holds/{hold_id}/settle", svc, {"quantity": 12})
+        checks.check("POST settle → 200", s == 200 and b.get("from_hold") == 12, f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+        checks.check("GET credits as owner → 200 with balance and low badge",
+                     s == 200 and b.get("balance") == 4_400_000 and b.get("low_balance") is True, f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits/transactions?limit=2", owner)
+        checks.check("GET transactions?limit=2 → a page and a cursor",
+                     s == 200 and len(b.get("transactions", [])) == 2 and b.get("next_cursor"), f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits")
+        checks.check("no token → 401", s == 401, f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/nowhere", svc)
+        checks.check("unknown route → 404", s == 404, f"{s} {b}")
+
+        got = []
+        deadline = time.time() + 10
+        while time.time() < deadline and not got:
+            for m in sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+                got.append(json.loads(m["Body"]))
+        low = [e for e in got if e.get("detail-type") == "BalanceLow"]
+        checks.check("the served debit put one BalanceLow on the bus", len(low) == 1, f"{got}")
+
+        # The sample events through `cargo lambda invoke`, as a person would run them.
+        manifest = json.loads((ROOT / "events/expected.json").read_text())
+        for file, expected in manifest:
+            fn = "debit" if file.startswith("debit-") else "credits-api"
+            out = subprocess.run(["cargo", "lambda", "invoke", fn, "--data-file", f"events/{file}",
+                                  "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port)],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            try:
+                status = json.loads(out.stdout).get("statusCode")
+            except json.JSONDecodeError:
+                status = None
+            checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
+                         status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
+        r.shutdown()
+    finally:
+        stack.stop()
+
+
+def test(args) -> int:
+    env0 = aws_env("http://127.0.0.1:1")
+    started = time.time()
+    log("building the workspace and its tests")
+    subprocess.run(["cargo", "build", "--workspace", "--all-targets", "--locked"], cwd=ROOT, env=env0, check=True)
+    stack = Stack()
+    rc = 0
+    checks = Checks()
+    try:
+        moto, stripe = start_emulators(stack, free_port(), free_port())
+        env = aws_env(moto)
+        env["TOPUP_TEST_AWS_ENDPOINT"] = moto
+        env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
+        log("cargo test --workspace (unit, handler and integration tests against the emulators)")
+        if subprocess.run(["cargo", "test", "--workspace", "--locked"], cwd=ROOT, env=env).returncode != 0:
+            rc = 1
+        log("cfn-lint infra/template.yaml")
+        lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "infra/template.yaml"], cwd=ROOT)
+        checks.check("cfn-lint infra/template.yaml", lint.returncode == 0)
+        log("end to end through cargo lambda watch and the router")
+        end_to_end(moto, stripe, DEFAULT_SECRET, checks)
+    finally:
+        stack.stop()
+    if checks.failed:
+        rc = 1
+    print(f"\nstack checks: {checks.passed} passed, {checks.failed} failed", flush=True)
+    log(f"done in {time.time() - started:.0f}s, {'green' if rc == 0 else 'RED'}")
+    return rc
+
+
+# ---- bench --------------------------------------------------------------------------------
+
+def bench(args) -> int:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import startup  # noqa: E402
+
+    env0 = aws_env("http://127.0.0.1:1")
+    log("release build of the functions and the throughput bench")
+    subprocess.run(["cargo", "build", "--release", "--bins", "-p", "debit", "-p", "credits-api"], cwd=ROOT, env=env0, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "topup-tests", "--example", "bench_debits"], cwd=ROOT, env=env0, check=True)
+    stack = Stack()
+    try:
+        moto, _ = start_emulators(stack, free_port(), free_port())
+        env = aws_env(moto)
+        env["TOPUP_TEST_AWS_ENDPOINT"] = moto
+        subprocess.run([str(ROOT / "target/release/examples/bench_debits")], cwd=ROOT, env=env, check=True)
+        print()
+        startup.report(ROOT, ["debit", "credits-api"], aws_env(moto))
+    finally:
+        stack.stop()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--profile", default=os.environ.get("TOPUP_PROFILE", "usd-overage"))
+    s.add_argument("--port", type=int, default=int(os.environ.get("TOPUP_API_PORT", "9000")))
+    s.add_argument("--watch-port", type=int, default=int(os.environ.get("TOPUP_WATCH_PORT", "9001")))
+    s.add_argument("--moto-port", type=int, default=int(os.environ.get("TOPUP_MOTO_PORT", "4566")))
+    s.add_argument("--stripe-port", type=int, default=int(os.environ.get("TOPUP_STRIPE_PORT", "8420")))
+    sub.add_parser("test")
+    sub.add_parser("bench")
+    t = sub.add_parser("token")
+    t.add_argument("role", choices=["service", "owner", "admin", "member", "editor"])
+    t.add_argument("--account", default=None)
+    t.add_argument("--hours", type=int, default=12)
+    args = p.parse_args()
+    if args.cmd == "serve":
+        return serve(args)
+    if args.cmd == "test":
+        return test(args)
+    if args.cmd == "bench":
+        return bench(args)
+    secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)
+    if args.role != "service" and not args.account:
+        p.error("a person's token needs --account")
+    print(token_for(args.role, args.account, secret, args.hours))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
