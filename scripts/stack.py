@@ -365,8 +365,9 @@ def test(args) -> int:
         stack.stop()
     if checks.failed:
         rc = 1
-    print(f"\nstack checks: {checks.passed} passed, {checks.failed} failed", flush=True)
-    log(f"done in {time.time() - started:.0f}s, {'green' if rc == 0 else 'RED'}")
+    log(f"done in {time.time() - started:.0f}s, {'green' if rc == 0 else 'RED (see above)'}")
+    # The stack's own checks, as the closing line (cargo test printed its results above).
+    print(f"\nstack: {checks.passed} passed, {checks.failed} failed", flush=True)
     return rc
 
 

@@ -1,0 +1,42 @@
+//! Events are never silently dropped: a crossing event is written to the outbox in the same
+//! transaction as the debit; if the bus refuses it, it stays there, and redelivery publishes it.
+
+use std::time::Duration;
+
+use topup::dynamo::DynamoStore;
+use topup::events::{redeliver_outbox, EventBridgeBus};
+use topup::service::Credits;
+use topup::store::Store;
+use topup_tests::*;
+
+#[tokio::test]
+async fn an_event_the_bus_refuses_stays_in_the_outbox_until_redelivered() {
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    w.account("acme", "free").await;
+    w.usage("acme", "api_calls", 1_000).await;
+    w.grant("acme", 6 * C).await;
+
+    // The same table, but a bus that does not exist: PutEvents fails for the entry.
+    let store = DynamoStore::new(w.dynamo.clone(), w.config.table.clone());
+    let broken = EventBridgeBus::new(w.events.clone(), "no-such-bus");
+    let credits = Credits::new(w.config.profile.clone(), store.clone(), broken.clone());
+    let (s, b) = credits.debit("acme", "api_calls", 2_000, "cross").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((s, b["balance"].as_i64()), (200, Some(4 * C)), "the debit itself succeeds");
+
+    let pending = store.pending_outbox(10).await.expect("outbox");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].detail_type, "BalanceLow");
+    assert!(observer.drain(Duration::from_millis(500)).await.is_empty());
+
+    // Redelivery through a bus that refuses keeps it; through the real bus publishes and clears.
+    assert_eq!(redeliver_outbox(&store, &broken, 10).await.expect("redeliver"), 0);
+    assert_eq!(store.pending_outbox(10).await.expect("outbox").len(), 1);
+    let bus = EventBridgeBus::new(w.events.clone(), w.config.event_bus.clone());
+    assert_eq!(redeliver_outbox(&store, &bus, 10).await.expect("redeliver"), 1);
+    assert!(store.pending_outbox(10).await.expect("outbox").is_empty());
+    let events = observer.drain(Duration::from_secs(1)).await;
+    assert_eq!(of_type(&events, "BalanceLow").len(), 1);
+    assert_eq!(events[0]["detail"]["event_id"], serde_json::json!(pending[0].id), "the id consumers dedupe on");
+    w.assert_invariants("acme").await;
+}
