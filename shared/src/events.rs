@@ -123,6 +123,12 @@ impl EventBus for EventBridgeBus {
     }
 }
 
+impl<B: EventBus> EventBus for std::sync::Arc<B> {
+    fn publish(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), PublishError>> + Send {
+        (**self).publish(events)
+    }
+}
+
 /// Records events in memory; can be told to fail, for tests of the outbox.
 #[derive(Default)]
 pub struct MemoryBus {

@@ -31,6 +31,8 @@ const MAX_ATTEMPTS: u32 = 100;
 const STRIPES: usize = 256;
 /// Open holds an account may have at once.
 pub const MAX_OPEN_HOLDS: usize = 100;
+/// The largest adjustment either way: a billion credits.
+pub const MAX_ADJUSTMENT: i64 = 1_000_000_000 * crate::money::MICROS_PER_CREDIT;
 const CACHE_CAP: usize = 10_000;
 
 /// What one attempt plans to write and answer.
@@ -227,6 +229,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Err(ApiError::rule("unknown_plan", format!("`{plan}` is not a plan of this product.")));
         };
         let limit = plan_rules.monthly_reload_limit;
+        let default_max = self.profile.auto_recharge.monthly_max_default;
         let allows = plan_rules.auto_recharge;
         if self.store.load_account(id).await.map_err(upstream)?.is_none() {
             let now = clock::now_ms();
@@ -253,7 +256,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 if !allows {
                     next.auto_recharge.enabled = false;
                 }
-                next.auto_recharge.monthly_max = next.auto_recharge.monthly_max.min(limit);
+                // Keep the chosen monthly maximum within the new plan's limit; coming from a
+                // plan that allowed none, start from the profile's default.
+                let ar = &mut next.auto_recharge;
+                ar.monthly_max = if ar.monthly_max == 0 { default_max.min(limit) } else { ar.monthly_max.min(limit) };
                 Ok(Planned { response: account_json(&next), next, ledger: None, hold: None, status: 200, cause: "account_update" })
             })
             .await?;
@@ -407,8 +413,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// `POST /v1/accounts/{id}/credits/adjustments`: a signed grant or correction.
     pub async fn adjust(&self, id: &str, amount: i64, reason: &str, key: &str) -> Result<(u16, Value), ApiError> {
-        if amount == 0 {
-            return Err(ApiError::rule("invalid_amount", "An adjustment must not be zero."));
+        if amount == 0 || amount.unsigned_abs() > MAX_ADJUSTMENT.unsigned_abs() {
+            return Err(ApiError::rule(
+                "invalid_amount",
+                format!("An adjustment must be non-zero and at most {MAX_ADJUSTMENT} micro-credits either way."),
+            ));
         }
         let claim = Claim { scope_key: format!("adjustment:{key}"), hash: request_hash(&json!({"amount": amount, "reason": reason})) };
         let applied = self
@@ -605,4 +614,77 @@ pub fn decode_cursor(s: &str) -> Result<u64, ApiError> {
         .filter(|h| !h.is_empty() && h.len() <= 16)
         .and_then(|h| u64::from_str_radix(h, 16).ok())
         .ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this API returned."))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fast tests over the in-memory store and bus; the same behaviour is tested against the
+    //! emulators in `tests/`.
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::events::MemoryBus;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::store::MemoryStore;
+
+    fn credits(profile: &str) -> Credits<Arc<MemoryStore>, Arc<MemoryBus>> {
+        Credits::new(Profile::load(profile).unwrap(), Arc::new(MemoryStore::default()), Arc::new(MemoryBus::default()))
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_from_a_plan_without_reloads_restores_the_default_maximum() {
+        let c = credits("voice-minutes");
+        assert_eq!(c.upsert_account("a", "free", vec![]).await.unwrap().0, 201);
+        assert_eq!(c.store.load_account("a").await.unwrap().unwrap().auto_recharge.monthly_max, 0);
+        assert_eq!(c.upsert_account("a", "pro", vec![]).await.unwrap().0, 200);
+        assert_eq!(c.store.load_account("a").await.unwrap().unwrap().auto_recharge.monthly_max, 10);
+    }
+
+    #[tokio::test]
+    async fn adjustments_are_bounded_and_never_overflow() {
+        let c = credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        for amount in [0, i64::MIN, i64::MAX, MAX_ADJUSTMENT + 1, -MAX_ADJUSTMENT - 1] {
+            assert_eq!(c.adjust("a", amount, "x", &format!("k{amount}")).await.unwrap_err().code(), "invalid_amount");
+        }
+        assert_eq!(c.adjust("a", MAX_ADJUSTMENT, "x", "max").await.unwrap().0, 201);
+    }
+
+    #[tokio::test]
+    async fn a_second_instance_with_a_stale_cache_never_overdraws() {
+        let store = Arc::new(MemoryStore::default());
+        let bus = Arc::new(MemoryBus::default());
+        let p = Profile::load("org-runs").unwrap();
+        let one = Credits::new(p.clone(), store.clone(), bus.clone());
+        let two = Credits::new(p, store.clone(), bus.clone());
+        one.upsert_account("a", "free", vec![]).await.unwrap();
+        one.debit("a", "runs", 1_000, "allowance").await.unwrap();
+        one.adjust("a", C, "grant", "g").await.unwrap();
+        // `two` caches the account, then `one` spends most of it.
+        two.debit("a", "runs", 10, "t1").await.unwrap();
+        one.debit("a", "runs", 85, "o1").await.unwrap();
+        // `two` plans on its stale cache (0.9 left), the CAS refuses, the fresh state (0.05
+        // left) refuses 10 runs with 402, and the balance never went negative.
+        let e = two.debit("a", "runs", 10, "t2").await.unwrap_err();
+        assert_eq!(e.code(), "out_of_credits");
+        let a = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(a.balance.0, C - 95 * 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_leaves_the_event_in_the_outbox() {
+        let c = credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "api_calls", 1_000, "allowance").await.unwrap();
+        c.adjust("a", 6 * C, "grant", "g").await.unwrap();
+        c.bus.fail.store(true, Ordering::SeqCst);
+        c.debit("a", "api_calls", 2_000, "cross").await.unwrap();
+        let pending = c.store.pending_outbox(10).await.unwrap();
+        assert_eq!(pending.iter().map(|e| e.detail_type.as_str()).collect::<Vec<_>>(), ["BalanceLow"]);
+        c.bus.fail.store(false, Ordering::SeqCst);
+        assert_eq!(crate::events::redeliver_outbox(&c.store, &c.bus, 10).await.unwrap(), 1);
+        assert!(c.store.pending_outbox(10).await.unwrap().is_empty());
+        assert_eq!(c.bus.published.lock().unwrap().len(), 1);
+    }
 }

@@ -179,3 +179,28 @@ impl Store for MemoryStore {
         Ok(self.lock()?.outbox.values().take(limit).cloned().collect())
     }
 }
+
+/// A shared store is a store: several services (as several Lambda instances would) over one.
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send {
+        (**self).load_account(id)
+    }
+    fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send {
+        (**self).commit(commit)
+    }
+    fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> impl Future<Output = Result<(Vec<LedgerEntry>, bool), StoreError>> + Send {
+        (**self).ledger_page(account_id, limit, before_seq)
+    }
+    fn load_hold(&self, account_id: &str, hold_id: &str) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send {
+        (**self).load_hold(account_id, hold_id)
+    }
+    fn load_idempotency(&self, account_id: &str, scope_key: &str) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
+        (**self).load_idempotency(account_id, scope_key)
+    }
+    fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).clear_outbox(events)
+    }
+    fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send {
+        (**self).pending_outbox(limit)
+    }
+}
