@@ -172,7 +172,7 @@ async fn main() {
     let bus = EventBridgeBus::new(world.events.clone(), world.config.event_bus.clone());
 
     println!("# debit throughput vs the emulator's raw writes ({OPS} operations each, one run)");
-    println!("# every phase on a fresh table: moto copies a table on each transaction, so size matters");
+    println!("# moto serves one request at a time (tests/support/moto_serial.py); each phase on a fresh table");
     println!("{:<44} {:>10} {:>10} {:>10}", "phase", "ops/s", "vs raw upd", "vs raw txn");
     for concurrency in [1usize, 16] {
         let raw_table = fresh_table(&world.dynamo).await;
