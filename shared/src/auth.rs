@@ -72,7 +72,11 @@ impl Identity {
             (Role::Person(r), Access::View) => profile.can_view(r),
             (Role::Person(r), Access::Billing) => profile.can_bill(r),
         };
-        if allowed { Ok(()) } else { Err(ApiError::Forbidden) }
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! | account       | `ACCOUNT#{id}`  | `ACCOUNT`              |
 //! | ledger entry  | `ACCOUNT#{id}`  | `TX#{seq:020}`         |
 //! | idempotency   | `ACCOUNT#{id}`  | `IDEM#{scope}:{key}`   |
+//! | payment claim | `ACCOUNT#{id}`  | `IDEM#payment:{id}` (no TTL) |
 //! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
 //! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
 //!
@@ -98,9 +99,9 @@ pub fn from_attr(a: &AttributeValue) -> Result<Value, StoreError> {
         }
         AttributeValue::S(s) => Value::String(s.clone()),
         AttributeValue::L(l) => Value::Array(l.iter().map(from_attr).collect::<Result<_, _>>()?),
-        AttributeValue::M(m) => {
-            Value::Object(m.iter().map(|(k, v)| Ok((k.clone(), from_attr(v)?))).collect::<Result<Map<_, _>, StoreError>>()?)
-        }
+        AttributeValue::M(m) => Value::Object(
+            m.iter().map(|(k, v)| Ok((k.clone(), from_attr(v)?))).collect::<Result<Map<_, _>, StoreError>>()?,
+        ),
         _ => return Err(StoreError::Corrupt("unsupported attribute type".into())),
     })
 }
@@ -132,7 +133,11 @@ fn s(v: impl Into<String>) -> AttributeValue {
 }
 
 impl DynamoStore {
-    fn put(&self, item: Item, condition: Option<(&str, Vec<(&str, AttributeValue)>)>) -> Result<TransactWriteItem, StoreError> {
+    fn put(
+        &self,
+        item: Item,
+        condition: Option<(&str, Vec<(&str, AttributeValue)>)>,
+    ) -> Result<TransactWriteItem, StoreError> {
         let mut b = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -203,18 +208,21 @@ impl Store for DynamoStore {
             slots.push(Slot::Other);
         }
         if let Some(r) = &c.idempotency {
-            let item = to_item(r, pk.clone(), format!("IDEM#{}", r.scope_key), Some(r.created_at + IDEMPOTENCY_TTL_MS)).map_err(st)?;
+            let ttl = (!r.permanent).then_some(r.created_at + IDEMPOTENCY_TTL_MS);
+            let item = to_item(r, pk.clone(), format!("IDEM#{}", r.scope_key), ttl).map_err(st)?;
             items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
             slots.push(Slot::Idempotency);
         }
         match &c.hold {
             Some(HoldWrite::Create(r)) => {
-                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS)).map_err(st)?;
+                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS))
+                    .map_err(st)?;
                 items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
                 slots.push(Slot::Hold);
             }
             Some(HoldWrite::Settle(r)) => {
-                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS)).map_err(st)?;
+                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS))
+                    .map_err(st)?;
                 items.push(self.put(item, Some(("#status = :open", vec![(":open", s("open"))]))).map_err(st)?);
                 slots.push(Slot::Hold);
             }
@@ -242,7 +250,11 @@ impl Store for DynamoStore {
         };
         let reasons = service.cancellation_reasons();
         let failed = |slot: fn(&Slot) -> bool| {
-            slots.iter().zip(reasons).find(|(s, r)| slot(s) && r.code() == Some("ConditionalCheckFailed")).map(|(_, r)| r)
+            slots
+                .iter()
+                .zip(reasons)
+                .find(|(s, r)| slot(s) && r.code() == Some("ConditionalCheckFailed"))
+                .map(|(_, r)| r)
         };
         // A claimed key answers first: the first result is returned whatever else changed.
         if let Some(r) = failed(|s| matches!(s, Slot::Idempotency)) {
@@ -264,7 +276,12 @@ impl Store for DynamoStore {
         Err(CommitError::Store(StoreError::Unavailable(format!("transaction cancelled: {codes:?}"))))
     }
 
-    async fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+    async fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
         let hi = match before_seq {
             Some(0) => return Ok((vec![], false)),
             Some(seq) => ledger_sk(seq - 1),
@@ -342,9 +359,19 @@ impl Store for DynamoStore {
 pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let attr = |n: &str| {
-        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().map_err(|e| StoreError::Corrupt(e.to_string()))
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
     };
-    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(|e| StoreError::Corrupt(e.to_string()));
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
     let res = client
         .create_table()
         .table_name(table)

@@ -119,7 +119,11 @@ impl EventBus for EventBridgeBus {
             }
             pending = still;
         }
-        if pending.is_empty() { Ok(()) } else { Err(PublishError { failed: pending, reason }) }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(PublishError { failed: pending, reason })
+        }
     }
 }
 

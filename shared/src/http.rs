@@ -26,7 +26,8 @@ pub fn identity(req: &Request, config: &Config) -> Result<Identity, ApiError> {
     }
     let Some(secret) = &config.local_jwt_secret else { return Err(ApiError::Unauthenticated) };
     let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthenticated)?;
-    let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(ApiError::Unauthenticated)?;
+    let token =
+        header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(ApiError::Unauthenticated)?;
     let claims: HashMap<String, String> = verify_hs256(token.trim(), secret, crate::clock::now_ms() / 1000)?;
     Identity::from_claims(&claims)
 }
@@ -59,7 +60,10 @@ fn percent_decode(s: &str) -> String {
 
 /// An id from the path: 1–64 of `[A-Za-z0-9_-]`, else 400.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(ApiError::invalid(format!("`{what}` must be 1 to {MAX_ID_LEN} letters, digits, `_` or `-`.")));
     }
     Ok(())
@@ -120,10 +124,9 @@ impl Fields {
     pub fn opt_i64(&self, name: &str) -> Result<Option<i64>, ApiError> {
         match self.get(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(format!("Field `{name}` must be an integer within the signed 64-bit range."))),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
+                ApiError::invalid(format!("Field `{name}` must be an integer within the signed 64-bit range."))
+            }),
             Some(_) => Err(ApiError::invalid(format!("Field `{name}` must be an integer."))),
         }
     }
@@ -147,7 +150,8 @@ impl Fields {
 
 pub fn json_response(status: u16, body: &Value) -> Response<Body> {
     let mut resp = Response::new(Body::Text(body.to_string()));
-    *resp.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or(lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        lambda_http::http::StatusCode::from_u16(status).unwrap_or(lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert("content-type", lambda_http::http::HeaderValue::from_static("application/json"));
     resp
 }

@@ -67,12 +67,15 @@ pub struct DomainEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
     pub account_id: String,
-    /// `usage:<key>`, `hold:<key>`, `adjustment:<key>`.
+    /// `usage:<key>`, `hold:<key>`, `adjustment:<key>`, `payment:<id>`.
     pub scope_key: String,
     pub request_hash: String,
     pub status: u16,
     pub response: Value,
     pub created_at: i64,
+    /// Kept forever: the claim that a payment was credited must outlive any retry.
+    #[serde(default)]
+    pub permanent: bool,
 }
 
 /// How long idempotency keys are kept (SPEC §6: at least 24 hours).
@@ -106,9 +109,16 @@ pub fn request_hash(canonical: &Value) -> String {
 /// The largest quantity one request may carry; far above any real use, far below overflow.
 pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
 
-fn plan_consumable<'p>(profile: &'p Profile, account: &Account, consumable: &str) -> Result<&'p PlanConsumable, ApiError> {
+fn plan_consumable<'p>(
+    profile: &'p Profile,
+    account: &Account,
+    consumable: &str,
+) -> Result<&'p PlanConsumable, ApiError> {
     if !profile.consumables.contains_key(consumable) {
-        return Err(ApiError::rule("unknown_consumable", format!("`{consumable}` is not a consumable of this product.")));
+        return Err(ApiError::rule(
+            "unknown_consumable",
+            format!("`{consumable}` is not a consumable of this product."),
+        ));
     }
     profile
         .plan(&account.plan)
@@ -149,7 +159,8 @@ pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i6
     check_quantity(quantity, false)?;
     let pc = plan_consumable(profile, account, consumable)?;
     let month = clock::month_of(now);
-    let remaining = (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0);
+    let remaining =
+        (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0);
     let from_allowance = quantity.min(remaining);
     let credit_units = quantity - from_allowance;
     let cost = pc.rate.cost(credit_units).ok_or_else(|| out_of_credits(profile, account, consumable))?;
@@ -167,7 +178,14 @@ pub fn apply_draw(next: &mut Account, consumable: &str, draw: &Draw) {
 }
 
 /// A hold of `quantity` units: allowance first, credits for the rest; 402 if not coverable.
-pub fn reserve(profile: &Profile, account: &Account, consumable: &str, quantity: i64, now: i64, ttl_ms: i64) -> Result<Hold, ApiError> {
+pub fn reserve(
+    profile: &Profile,
+    account: &Account,
+    consumable: &str,
+    quantity: i64,
+    now: i64,
+    ttl_ms: i64,
+) -> Result<Hold, ApiError> {
     let d = draw(profile, account, consumable, quantity, now)?;
     Ok(Hold {
         consumable: consumable.to_string(),
@@ -194,7 +212,13 @@ pub struct Settlement {
 
 /// Settles `hold` (already removed from `next.holds`) for `quantity` actual units, applying
 /// usage and balance to `next`. Use beyond the hold draws what remains, never below zero.
-pub fn settle(profile: &Profile, next: &mut Account, hold: &Hold, quantity: i64, now: i64) -> Result<Settlement, ApiError> {
+pub fn settle(
+    profile: &Profile,
+    next: &mut Account,
+    hold: &Hold,
+    quantity: i64,
+    now: i64,
+) -> Result<Settlement, ApiError> {
     check_quantity(quantity, true)?;
     let pc = *plan_consumable(profile, next, &hold.consumable)?;
     let month = clock::month_of(now);
@@ -210,7 +234,8 @@ pub fn settle(profile: &Profile, next: &mut Account, hold: &Hold, quantity: i64,
     next.balance = Micros(next.balance.0 - hold_cost.0);
 
     let extra = quantity - from_hold;
-    let remaining = (pc.included - next.used(&hold.consumable, &month) - next.held_allowance(&hold.consumable, &month, now)).max(0);
+    let remaining =
+        (pc.included - next.used(&hold.consumable, &month) - next.held_allowance(&hold.consumable, &month, now)).max(0);
     let extra_allowance = extra.min(remaining);
     let extra_credit_units = extra - extra_allowance;
     let affordable = pc.rate.units_affordable(next.available(now)).min(extra_credit_units);
@@ -230,7 +255,13 @@ pub fn settle(profile: &Profile, next: &mut Account, hold: &Hold, quantity: i64,
 /// Events for a balance change from `before` to `after` (SPEC §6): `BalanceLow` when the
 /// balance crosses into low, `BalanceDepleted` when it reaches zero. Writes are serialized by
 /// version, so exactly one change crosses however many run at once.
-pub fn crossing_events(profile: &Profile, before: &Account, after: &Account, now: i64, cause: &str) -> Vec<DomainEvent> {
+pub fn crossing_events(
+    profile: &Profile,
+    before: &Account,
+    after: &Account,
+    now: i64,
+    cause: &str,
+) -> Vec<DomainEvent> {
     let mut out = Vec::new();
     let threshold = after.low_balance_threshold(profile);
     let trigger = profile.low_balance.trigger;
@@ -366,7 +397,8 @@ mod tests {
         after.balance = Micros(5 * C);
         assert_eq!(crossing_events(&runs, &before, &after, NOW, "t").len(), 1, "at or below for org-runs");
         after.balance = Micros::ZERO;
-        let kinds: Vec<_> = crossing_events(&runs, &before, &after, NOW, "t").into_iter().map(|e| e.detail_type).collect();
+        let kinds: Vec<_> =
+            crossing_events(&runs, &before, &after, NOW, "t").into_iter().map(|e| e.detail_type).collect();
         assert_eq!(kinds, ["BalanceLow", "BalanceDepleted"]);
         // Already low: a further debit crosses nothing (until it reaches zero).
         let mut low = before.clone();

@@ -21,7 +21,9 @@ pub const PERSON_ROLES: [&str; 4] = ["owner", "admin", "member", "editor"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
-    #[error("unknown profile `{0}` (TOPUP_PROFILE); shipped profiles: usd-overage, request-packs, org-runs, voice-minutes")]
+    #[error(
+        "unknown profile `{0}` (TOPUP_PROFILE); shipped profiles: usd-overage, request-packs, org-runs, voice-minutes"
+    )]
     Unknown(String),
     #[error("profile `{profile}` does not parse: {message}")]
     Parse { profile: String, message: String },
@@ -216,10 +218,18 @@ impl Profile {
 
     fn validate(&self) -> Result<(), ProfileError> {
         let positive = |field: &str, v: i64| {
-            if v > 0 { Ok(()) } else { Err(self.invalid(field, format!("must be positive, is {v}"))) }
+            if v > 0 {
+                Ok(())
+            } else {
+                Err(self.invalid(field, format!("must be positive, is {v}")))
+            }
         };
         let ordered = |field: &str, lo: i64, hi: i64| {
-            if lo <= hi { Ok(()) } else { Err(self.invalid(field, format!("range is empty: {lo} > {hi}"))) }
+            if lo <= hi {
+                Ok(())
+            } else {
+                Err(self.invalid(field, format!("range is empty: {lo} > {hi}")))
+            }
         };
         if self.currency.len() != 3 || !self.currency.chars().all(|c| c.is_ascii_lowercase()) {
             return Err(self.invalid("currency", "must be a lower-case ISO 4217 code"));
@@ -292,7 +302,9 @@ impl Profile {
         if let Some(r) = self.roles.billing.iter().find(|r| !self.roles.view.contains(r)) {
             return Err(self.invalid("roles.billing", format!("role `{r}` may bill but not view")));
         }
-        for (field, types) in [("notifications.email", &self.notifications.email), ("notifications.sms", &self.notifications.sms)] {
+        for (field, types) in
+            [("notifications.email", &self.notifications.email), ("notifications.sms", &self.notifications.sms)]
+        {
             if let Some(t) = types.iter().find(|t| !NOTIFICATION_TYPES.contains(&t.as_str())) {
                 return Err(self.invalid(field, format!("names unknown notification `{t}`")));
             }
@@ -330,7 +342,8 @@ impl Profile {
                 }
             }
             if let Some(extra) = plan.consumables.keys().find(|k| !self.consumables.contains_key(*k)) {
-                return Err(self.invalid(format!("plans.{plan_name}.consumables.{extra}"), "is not a consumable of this profile"));
+                return Err(self
+                    .invalid(format!("plans.{plan_name}.consumables.{extra}"), "is not a consumable of this profile"));
             }
         }
         Ok(())

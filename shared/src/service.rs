@@ -18,7 +18,8 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::events::{publish_committed, EventBus};
 use crate::ledger::{
-    self, crossing_events, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, IdemRecord, LedgerEntry,
+    self, crossing_events, new_id, request_hash, DomainEvent, EntryKind, HoldRecord, HoldStatus, IdemRecord,
+    LedgerEntry,
 };
 use crate::money::Micros;
 use crate::profile::{Profile, Purchase};
@@ -43,6 +44,8 @@ struct Planned {
     status: u16,
     response: Value,
     cause: &'static str,
+    /// Events besides the threshold crossings, written to the outbox with the change.
+    events: Vec<DomainEvent>,
 }
 
 enum Applied {
@@ -54,6 +57,7 @@ enum Applied {
 struct Claim {
     scope_key: String,
     hash: String,
+    permanent: bool,
 }
 
 pub struct Credits<S, B> {
@@ -93,7 +97,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     fn stripe(&self, account_id: &str) -> &tokio::sync::Mutex<()> {
         // FNV-1a: stable and cheap; any spread will do.
-        let h = account_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let h =
+            account_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         &self.stripes[(h % STRIPES as u64) as usize]
     }
 
@@ -151,7 +156,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Err(refusal) => {
                     // An applied key answers with its first result, not with today's refusal.
                     if let Some(c) = claim {
-                        if let Some(rec) = self.store.load_idempotency(account_id, &c.scope_key).await.map_err(upstream)? {
+                        if let Some(rec) =
+                            self.store.load_idempotency(account_id, &c.scope_key).await.map_err(upstream)?
+                        {
                             return replay(&rec, c).map(|(s, v)| Applied::Done(s, v));
                         }
                     }
@@ -164,7 +171,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
             };
             debug_assert_eq!(planned.next.version, current.version + 1);
-            let outbox = crossing_events(&self.profile, &current, &planned.next, now, planned.cause);
+            let mut outbox = planned.events;
+            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
             let idempotency = claim.map(|c| IdemRecord {
                 account_id: account_id.to_string(),
                 scope_key: c.scope_key.clone(),
@@ -172,6 +180,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 status: planned.status,
                 response: planned.response.clone(),
                 created_at: now,
+                permanent: c.permanent,
             });
             let commit = Commit {
                 account: planned.next.clone(),
@@ -235,7 +244,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let now = clock::now_ms();
             let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
             account.version = 1;
-            let commit = Commit { account: account.clone(), expected_version: 0, ledger: None, idempotency: None, hold: None, outbox: vec![] };
+            let commit = Commit {
+                account: account.clone(),
+                expected_version: 0,
+                ledger: None,
+                idempotency: None,
+                hold: None,
+                outbox: vec![],
+            };
             match self.store.commit(commit).await {
                 Ok(()) => {
                     self.remember(&account);
@@ -260,7 +276,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 // plan that allowed none, start from the profile's default.
                 let ar = &mut next.auto_recharge;
                 ar.monthly_max = if ar.monthly_max == 0 { default_max.min(limit) } else { ar.monthly_max.min(limit) };
-                Ok(Planned { response: account_json(&next), next, ledger: None, hold: None, status: 200, cause: "account_update" })
+                Ok(Planned {
+                    response: account_json(&next),
+                    next,
+                    ledger: None,
+                    hold: None,
+                    status: 200,
+                    cause: "account_update",
+                    events: vec![],
+                })
             })
             .await?;
         done(applied)
@@ -273,6 +297,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let claim = Claim {
             scope_key: format!("usage:{key}"),
             hash: request_hash(&json!({"consumable": consumable, "quantity": quantity})),
+            permanent: false,
         };
         let profile = &self.profile;
         let applied = self
@@ -296,20 +321,28 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     "balance": next.balance.0,
                     "transaction_id": entry.as_ref().map(|e| e.id.clone()),
                 });
-                Ok(Planned { next, ledger: entry, hold: None, status: 200, response, cause: "usage" })
+                Ok(Planned { next, ledger: entry, hold: None, status: 200, response, cause: "usage", events: vec![] })
             })
             .await?;
         done(applied)
     }
 
     /// `POST /v1/accounts/{id}/usage/holds`.
-    pub async fn reserve(&self, id: &str, consumable: &str, quantity: i64, ttl_seconds: i64, key: &str) -> Result<(u16, Value), ApiError> {
+    pub async fn reserve(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        ttl_seconds: i64,
+        key: &str,
+    ) -> Result<(u16, Value), ApiError> {
         if !(1..=86_400).contains(&ttl_seconds) {
             return Err(ApiError::rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
         }
         let claim = Claim {
             scope_key: format!("hold:{key}"),
             hash: request_hash(&json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds})),
+            permanent: false,
         };
         let profile = &self.profile;
         let hold_id = new_id("hold");
@@ -318,7 +351,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let hold = ledger::reserve(profile, a, consumable, quantity, now, ttl_seconds * 1000)?;
                 let mut next = a.next(now);
                 if next.holds.len() >= MAX_OPEN_HOLDS {
-                    return Err(ApiError::rule("too_many_holds", format!("An account may have at most {MAX_OPEN_HOLDS} open holds.")));
+                    return Err(ApiError::rule(
+                        "too_many_holds",
+                        format!("An account may have at most {MAX_OPEN_HOLDS} open holds."),
+                    ));
                 }
                 next.holds.insert(hold_id.clone(), hold.clone());
                 let response = json!({
@@ -338,7 +374,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     settle_hash: None,
                     settle_response: None,
                 };
-                Ok(Planned { next, ledger: None, hold: Some(HoldWrite::Create(record)), status: 201, response, cause: "hold" })
+                Ok(Planned {
+                    next,
+                    ledger: None,
+                    hold: Some(HoldWrite::Create(record)),
+                    status: 201,
+                    response,
+                    cause: "hold",
+                    events: vec![],
+                })
             })
             .await?;
         done(applied)
@@ -387,7 +431,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     settle_hash: Some(hash.clone()),
                     settle_response: Some(response.clone()),
                 };
-                Ok(Planned { next, ledger: entry, hold: Some(HoldWrite::Settle(record)), status: 200, response, cause: "settle" })
+                Ok(Planned {
+                    next,
+                    ledger: entry,
+                    hold: Some(HoldWrite::Settle(record)),
+                    status: 200,
+                    response,
+                    cause: "settle",
+                    events: vec![],
+                })
             })
             .await;
         let not_open = match result {
@@ -419,7 +471,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 format!("An adjustment must be non-zero and at most {MAX_ADJUSTMENT} micro-credits either way."),
             ));
         }
-        let claim = Claim { scope_key: format!("adjustment:{key}"), hash: request_hash(&json!({"amount": amount, "reason": reason})) };
+        let claim = Claim {
+            scope_key: format!("adjustment:{key}"),
+            hash: request_hash(&json!({"amount": amount, "reason": reason})),
+            permanent: false,
+        };
         let applied = self
             .apply(id, Some(&claim), |a, now| {
                 let mut next = a.next(now);
@@ -450,7 +506,82 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     description: reason.to_string(),
                 };
                 let response = entry.to_json();
-                Ok(Planned { next, ledger: Some(entry), hold: None, status: 201, response, cause: "adjustment" })
+                Ok(Planned {
+                    next,
+                    ledger: Some(entry),
+                    hold: None,
+                    status: 201,
+                    response,
+                    cause: "adjustment",
+                    events: vec![],
+                })
+            })
+            .await?;
+        done(applied)
+    }
+
+    // ---- payments -------------------------------------------------------------------------
+
+    /// Credits a paid payment exactly once (SPEC §7, §10.2): the ledger entry, the balance and
+    /// lifetime added, and a permanent claim on `payment_id` commit in one transaction, so
+    /// however many deliveries race — webhook retries, out-of-order events, the auto-recharge
+    /// call and its webhook — one credits and the others get the first result back.
+    /// Emits `CreditsAdded` with the change. `payment_id` is Stripe's PaymentIntent id.
+    pub async fn credit_payment(&self, id: &str, payment: &Payment) -> Result<(u16, Value), ApiError> {
+        if payment.credits.0 <= 0 {
+            return Err(ApiError::rule("invalid_amount", "A payment must add a positive number of credits."));
+        }
+        if !matches!(payment.kind, EntryKind::Purchase | EntryKind::AutoRecharge) {
+            return Err(ApiError::rule("invalid_purchase", "Only purchases and auto-recharges credit a payment."));
+        }
+        let claim = Claim {
+            scope_key: format!("payment:{}", payment.payment_id),
+            hash: request_hash(
+                &json!({"kind": payment.kind, "credits": payment.credits.0, "charge": payment.charge_cents}),
+            ),
+            permanent: true,
+        };
+        let applied = self
+            .apply(id, Some(&claim), |a, now| {
+                let mut next = a.next(now);
+                let overflow = || ApiError::rule("invalid_amount", "The balance would overflow.");
+                next.balance = next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
+                next.lifetime_added = next.lifetime_added.checked_add(payment.credits).ok_or_else(overflow)?;
+                let entry = LedgerEntry {
+                    id: new_id("txn"),
+                    account_id: id.to_string(),
+                    seq: next.version,
+                    kind: payment.kind,
+                    amount: payment.credits,
+                    balance_after: next.balance,
+                    created_at: now,
+                    description: payment.description.clone(),
+                };
+                let event = DomainEvent {
+                    id: new_id("evt"),
+                    detail_type: "CreditsAdded".into(),
+                    account_id: id.to_string(),
+                    created_at: now,
+                    detail: json!({
+                        "kind": payment.kind,
+                        "payment_id": payment.payment_id,
+                        "reference": payment.reference,
+                        "credits": payment.credits.0,
+                        "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
+                        "balance": next.balance.0,
+                        "transaction_id": entry.id,
+                    }),
+                };
+                let response = entry.to_json();
+                Ok(Planned {
+                    next,
+                    ledger: Some(entry),
+                    hold: None,
+                    status: 201,
+                    response,
+                    cause: "payment",
+                    events: vec![event],
+                })
             })
             .await?;
         done(applied)
@@ -546,6 +677,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             "next_cursor": next_cursor,
         }))
     }
+}
+
+/// A payment to credit once: a purchase's or an auto-recharge's PaymentIntent.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub payment_id: String,
+    pub kind: EntryKind,
+    pub credits: Micros,
+    pub charge_cents: i64,
+    /// The purchase or recharge id this payment belongs to.
+    pub reference: String,
+    pub description: String,
 }
 
 fn done(applied: Applied) -> Result<(u16, Value), ApiError> {
@@ -686,5 +829,47 @@ mod tests {
         assert_eq!(crate::events::redeliver_outbox(&c.store, &c.bus, 10).await.unwrap(), 1);
         assert!(c.store.pending_outbox(10).await.unwrap().is_empty());
         assert_eq!(c.bus.published.lock().unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod payment_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::events::MemoryBus;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::store::MemoryStore;
+
+    fn payment(id: &str, credits: i64) -> Payment {
+        Payment {
+            payment_id: id.into(),
+            kind: EntryKind::Purchase,
+            credits: Micros(credits),
+            charge_cents: credits / 10_000,
+            reference: "pur_1".into(),
+            description: "$10.00 of credits".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payment_credits_once_and_replays_answer_the_first_entry() {
+        let c = Credits::new(
+            Profile::load("usd-overage").unwrap(),
+            Arc::new(MemoryStore::default()),
+            Arc::new(MemoryBus::default()),
+        );
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        let first = c.credit_payment("a", &payment("pi_1", 10 * C)).await.unwrap();
+        assert_eq!(first.0, 201);
+        assert_eq!(c.credit_payment("a", &payment("pi_1", 10 * C)).await.unwrap(), first);
+        assert_eq!(c.credit_payment("a", &payment("pi_1", 11 * C)).await.unwrap_err().code(), "idempotency_conflict");
+        c.credit_payment("a", &payment("pi_2", 5 * C)).await.unwrap();
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        assert_eq!((a.balance.0, a.lifetime_added.0), (15 * C, 15 * C));
+        let added: Vec<_> =
+            c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type == "CreditsAdded").cloned().collect();
+        assert_eq!(added.len(), 2, "one CreditsAdded per payment");
+        assert_eq!(c.credit_payment("a", &payment("pi_3", 0)).await.unwrap_err().code(), "invalid_amount");
     }
 }

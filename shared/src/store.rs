@@ -70,8 +70,16 @@ pub trait Store: Send + Sync {
         limit: usize,
         before_seq: Option<u64>,
     ) -> impl Future<Output = Result<(Vec<LedgerEntry>, bool), StoreError>> + Send;
-    fn load_hold(&self, account_id: &str, hold_id: &str) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send;
-    fn load_idempotency(&self, account_id: &str, scope_key: &str) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    fn load_hold(
+        &self,
+        account_id: &str,
+        hold_id: &str,
+    ) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send;
+    fn load_idempotency(
+        &self,
+        account_id: &str,
+        scope_key: &str,
+    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
     /// Removes outbox entries once their events are on the bus.
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Outbox entries whose publication has not been confirmed, oldest first.
@@ -149,7 +157,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+    async fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
         let m = self.lock()?;
         let Some(entries) = m.ledger.get(account_id) else { return Ok((vec![], false)) };
         let mut page: Vec<LedgerEntry> =
@@ -188,13 +201,26 @@ impl<S: Store> Store for std::sync::Arc<S> {
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send {
         (**self).commit(commit)
     }
-    fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> impl Future<Output = Result<(Vec<LedgerEntry>, bool), StoreError>> + Send {
+    fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> impl Future<Output = Result<(Vec<LedgerEntry>, bool), StoreError>> + Send {
         (**self).ledger_page(account_id, limit, before_seq)
     }
-    fn load_hold(&self, account_id: &str, hold_id: &str) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send {
+    fn load_hold(
+        &self,
+        account_id: &str,
+        hold_id: &str,
+    ) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send {
         (**self).load_hold(account_id, hold_id)
     }
-    fn load_idempotency(&self, account_id: &str, scope_key: &str) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
+    fn load_idempotency(
+        &self,
+        account_id: &str,
+        scope_key: &str,
+    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
         (**self).load_idempotency(account_id, scope_key)
     }
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {

@@ -32,7 +32,8 @@ impl Intercept for Counter {
         _rc: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let op = ctx.request().headers().get("x-amz-target").unwrap_or("?").rsplit('.').next().unwrap_or("?").to_string();
+        let op =
+            ctx.request().headers().get("x-amz-target").unwrap_or("?").rsplit('.').next().unwrap_or("?").to_string();
         if let Ok(mut m) = self.0.lock() {
             *m.entry(op).or_default() += 1;
         }
@@ -132,7 +133,13 @@ async fn raw_transactions(client: &aws_sdk_dynamodb::Client, table: &str, concur
     OPS as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn handler_debits(config: &topup::Config, credits: &Arc<Credits<DynamoStore, EventBridgeBus>>, accounts: &[String], concurrency: usize, tag: &str) -> f64 {
+async fn handler_debits(
+    config: &topup::Config,
+    credits: &Arc<Credits<DynamoStore, EventBridgeBus>>,
+    accounts: &[String],
+    concurrency: usize,
+    tag: &str,
+) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -168,7 +175,9 @@ async fn fresh_table(client: &aws_sdk_dynamodb::Client) -> String {
 async fn main() {
     let world = World::new("usd-overage").await;
     let counter = Counter::default();
-    let dynamo = aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&world.aws).interceptor(counter.clone()).build());
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&world.aws).interceptor(counter.clone()).build(),
+    );
     let bus = EventBridgeBus::new(world.events.clone(), world.config.event_bus.clone());
 
     println!("# debit throughput vs the emulator's raw writes ({OPS} operations each, one run)");
@@ -191,23 +200,38 @@ async fn main() {
                 .expect("seed");
         }
         let txn = raw_transactions(&world.dynamo, &txn_table, concurrency).await;
-        println!("{:<44} {:>10.0} {:>10} {:>10}", format!("raw conditional UpdateItem, c={concurrency}"), raw, "1.00", "");
-        println!("{:<44} {:>10.0} {:>10.2} {:>10}", format!("raw 3-item TransactWriteItems, c={concurrency}"), txn, txn / raw, "1.00");
+        println!(
+            "{:<44} {:>10.0} {:>10} {:>10}",
+            format!("raw conditional UpdateItem, c={concurrency}"),
+            raw,
+            "1.00",
+            ""
+        );
+        println!(
+            "{:<44} {:>10.0} {:>10.2} {:>10}",
+            format!("raw 3-item TransactWriteItems, c={concurrency}"),
+            txn,
+            txn / raw,
+            "1.00"
+        );
 
-        for (label, n_accounts) in [("debit handler, one account per worker", concurrency), ("debit handler, one hot account", 1)] {
+        for (label, n_accounts) in
+            [("debit handler, one account per worker", concurrency), ("debit handler, one hot account", 1)]
+        {
             if concurrency == 1 && n_accounts == 1 && label.contains("hot") {
                 continue;
             }
             let table = fresh_table(&world.dynamo).await;
             let mut cfg = world.config.clone();
             cfg.table = table.clone();
-            let credits = Arc::new(Credits::new(cfg.profile.clone(), DynamoStore::new(dynamo.clone(), table.clone()), bus.clone()));
+            let credits = Arc::new(Credits::new(
+                cfg.profile.clone(),
+                DynamoStore::new(dynamo.clone(), table.clone()),
+                bus.clone(),
+            ));
             let accounts: Vec<String> = (0..n_accounts).map(|i| format!("acct{i}")).collect();
             for a in &accounts {
-                let (s, b) = credits
-                    .upsert_account(a, "free", vec![])
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let (s, b) = credits.upsert_account(a, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(s, 201, "{b}");
                 credits.adjust(a, 1_000 * C, "bench", &unique("g")).await.unwrap_or_else(|e| panic!("{e}"));
                 // Past the allowance so every debit draws credits.
@@ -216,9 +240,23 @@ async fn main() {
             counter.take();
             let rate = handler_debits(&cfg, &credits, &accounts, concurrency, &unique("d")).await;
             let counts = counter.take();
-            println!("{:<44} {:>10.0} {:>10.2} {:>10.2}", format!("{label}, c={concurrency}"), rate, rate / raw, rate / txn);
-            let writes: u64 = counts.iter().filter(|(k, _)| matches!(k.as_str(), "TransactWriteItems" | "PutItem" | "UpdateItem" | "DeleteItem")).map(|(_, v)| v).sum();
-            let reads: u64 = counts.iter().filter(|(k, _)| matches!(k.as_str(), "GetItem" | "Query" | "BatchGetItem" | "TransactGetItems")).map(|(_, v)| v).sum();
+            println!(
+                "{:<44} {:>10.0} {:>10.2} {:>10.2}",
+                format!("{label}, c={concurrency}"),
+                rate,
+                rate / raw,
+                rate / txn
+            );
+            let writes: u64 = counts
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "TransactWriteItems" | "PutItem" | "UpdateItem" | "DeleteItem"))
+                .map(|(_, v)| v)
+                .sum();
+            let reads: u64 = counts
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "GetItem" | "Query" | "BatchGetItem" | "TransactGetItems"))
+                .map(|(_, v)| v)
+                .sum();
             println!(
                 "    requests per debit: {:.3} writes, {:.3} reads   ({counts:?})",
                 writes as f64 / OPS as f64,

@@ -116,7 +116,11 @@ impl World {
     /// Creates an account through `PUT /v1/accounts/{id}`.
     pub async fn account(&self, id: &str, plan: &str) {
         let (s, b) = self
-            .api(put(&format!("/v1/accounts/{id}"), &service(), json!({"plan": plan, "billing_contacts": [{"email": "billing@example.com"}]})))
+            .api(put(
+                &format!("/v1/accounts/{id}"),
+                &service(),
+                json!({"plan": plan, "billing_contacts": [{"email": "billing@example.com"}]}),
+            ))
             .await;
         assert_eq!(s, 201, "{b}");
     }
@@ -189,7 +193,10 @@ impl World {
         assert_eq!(account.balance.0, sum, "balance equals the sum of the ledger");
         let added: i64 = ledger
             .iter()
-            .filter(|e| matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge) || (e.kind == EntryKind::Adjustment && e.amount.0 > 0))
+            .filter(|e| {
+                matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge)
+                    || (e.kind == EntryKind::Adjustment && e.amount.0 > 0)
+            })
             .map(|e| e.amount.0)
             .sum();
         let spent: i64 = ledger.iter().filter(|e| e.kind == EntryKind::Consumption).map(|e| -e.amount.0).sum();
@@ -217,7 +224,14 @@ impl Observer {
         let mut out = Vec::new();
         let mut idle_since = std::time::Instant::now();
         loop {
-            let r = self.sqs.receive_message().queue_url(&self.url).max_number_of_messages(10).send().await.expect("receive");
+            let r = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .expect("receive");
             let msgs = r.messages();
             if msgs.is_empty() {
                 if idle_since.elapsed() >= quiet {
@@ -255,7 +269,13 @@ pub fn person(role: &str, account: &str) -> String {
     token(json!({"sub": "user-1", "role": role, "account_id": account}))
 }
 
-pub fn request(method: &str, path: &str, bearer: Option<&str>, content_type: Option<&str>, body: Option<String>) -> Request {
+pub fn request(
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<String>,
+) -> Request {
     let mut b = lambda_http::http::Request::builder().method(method).uri(format!("https://api.example.com{path}"));
     if let Some(t) = bearer {
         b = b.header("authorization", format!("Bearer {t}"));
@@ -267,7 +287,9 @@ pub fn request(method: &str, path: &str, bearer: Option<&str>, content_type: Opt
     // As lambda_http does for API Gateway events: the query also as parsed parameters.
     let query: std::collections::HashMap<String, String> = path
         .split_once('?')
-        .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .map(|(_, q)| {
+            q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        })
         .unwrap_or_default();
     req.with_query_string_parameters(query)
 }

@@ -15,36 +15,247 @@ async fn every_bad_request_is_refused_with_its_code_and_changes_nothing() {
     let json_ct = Some("application/json");
     let long_id = "a".repeat(65);
     let cases: Vec<(&str, lambda_http::Request, u16, &str)> = vec![
-        ("malformed json", request("POST", USAGE, Some(&svc), json_ct, Some("{\"consumable\":".into())), 400, "invalid_request"),
+        (
+            "malformed json",
+            request("POST", USAGE, Some(&svc), json_ct, Some("{\"consumable\":".into())),
+            400,
+            "invalid_request",
+        ),
         ("not an object", request("POST", USAGE, Some(&svc), json_ct, Some("[1,2]".into())), 400, "invalid_request"),
         ("empty body", request("POST", USAGE, Some(&svc), json_ct, None), 400, "invalid_request"),
-        ("missing quantity", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "idempotency_key": "k"}))), 400, "invalid_request"),
-        ("missing key", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": 1}))), 400, "invalid_request"),
-        ("empty key", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": ""}))), 400, "invalid_request"),
-        ("overlong key", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k".repeat(256)}))), 400, "invalid_request"),
-        ("string quantity", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": "5", "idempotency_key": "k"}))), 400, "invalid_request"),
-        ("fractional quantity", request("POST", USAGE, Some(&svc), json_ct, Some(r#"{"consumable":"api_calls","quantity":1.5,"idempotency_key":"k"}"#.into())), 400, "invalid_request"),
-        ("quantity beyond i64", request("POST", USAGE, Some(&svc), json_ct, Some(r#"{"consumable":"api_calls","quantity":9223372036854775808,"idempotency_key":"k"}"#.into())), 400, "invalid_request"),
-        ("a price from the client", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k", "price": 0}))), 400, "invalid_request"),
-        ("zero quantity", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": 0, "idempotency_key": "k"}))), 422, "invalid_quantity"),
-        ("negative quantity", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": -5, "idempotency_key": "k"}))), 422, "invalid_quantity"),
-        ("huge quantity", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": i64::MAX, "idempotency_key": "k"}))), 422, "invalid_quantity"),
-        ("unknown consumable", request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "gold", "quantity": 1, "idempotency_key": "k"}))), 422, "unknown_consumable"),
-        ("wrong content type", request("POST", USAGE, Some(&svc), Some("text/plain"), body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"}))), 415, "unsupported_media_type"),
-        ("no token", request("POST", USAGE, None, json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"}))), 401, "unauthenticated"),
-        ("bad token", request("POST", USAGE, Some("not.a.jwt"), json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"}))), 401, "unauthenticated"),
-        ("a person on a service route", request("POST", USAGE, Some(&person("owner", "acme")), json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"}))), 403, "forbidden"),
-        ("another account's service token", request("POST", USAGE, Some(&token(json!({"sub": "s", "role": "service", "account_id": "other"}))), json_ct, body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"}))), 403, "forbidden"),
+        (
+            "missing quantity",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "idempotency_key": "k"})),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "missing key",
+            request("POST", USAGE, Some(&svc), json_ct, body(json!({"consumable": "api_calls", "quantity": 1}))),
+            400,
+            "invalid_request",
+        ),
+        (
+            "empty key",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": ""})),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "overlong key",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k".repeat(256)})),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "string quantity",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": "5", "idempotency_key": "k"})),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "fractional quantity",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                Some(r#"{"consumable":"api_calls","quantity":1.5,"idempotency_key":"k"}"#.into()),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "quantity beyond i64",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                Some(r#"{"consumable":"api_calls","quantity":9223372036854775808,"idempotency_key":"k"}"#.into()),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "a price from the client",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k", "price": 0})),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "zero quantity",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 0, "idempotency_key": "k"})),
+            ),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            "negative quantity",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": -5, "idempotency_key": "k"})),
+            ),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            "huge quantity",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": i64::MAX, "idempotency_key": "k"})),
+            ),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            "unknown consumable",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                json_ct,
+                body(json!({"consumable": "gold", "quantity": 1, "idempotency_key": "k"})),
+            ),
+            422,
+            "unknown_consumable",
+        ),
+        (
+            "wrong content type",
+            request(
+                "POST",
+                USAGE,
+                Some(&svc),
+                Some("text/plain"),
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})),
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no token",
+            request(
+                "POST",
+                USAGE,
+                None,
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})),
+            ),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "bad token",
+            request(
+                "POST",
+                USAGE,
+                Some("not.a.jwt"),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})),
+            ),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "a person on a service route",
+            request(
+                "POST",
+                USAGE,
+                Some(&person("owner", "acme")),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})),
+            ),
+            403,
+            "forbidden",
+        ),
+        (
+            "another account's service token",
+            request(
+                "POST",
+                USAGE,
+                Some(&token(json!({"sub": "s", "role": "service", "account_id": "other"}))),
+                json_ct,
+                body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})),
+            ),
+            403,
+            "forbidden",
+        ),
         ("wrong method", request("GET", USAGE, Some(&svc), None, None), 405, "method_not_allowed"),
-        ("settle unknown hold", request("POST", "/v1/accounts/acme/usage/holds/hold_nope/settle", Some(&svc), json_ct, body(json!({"quantity": 1}))), 404, "hold_not_found"),
-        ("settle negative", request("POST", "/v1/accounts/acme/usage/holds/hold_nope/settle", Some(&svc), json_ct, body(json!({"quantity": -1}))), 422, "invalid_quantity"),
+        (
+            "settle unknown hold",
+            request(
+                "POST",
+                "/v1/accounts/acme/usage/holds/hold_nope/settle",
+                Some(&svc),
+                json_ct,
+                body(json!({"quantity": 1})),
+            ),
+            404,
+            "hold_not_found",
+        ),
+        (
+            "settle negative",
+            request(
+                "POST",
+                "/v1/accounts/acme/usage/holds/hold_nope/settle",
+                Some(&svc),
+                json_ct,
+                body(json!({"quantity": -1})),
+            ),
+            422,
+            "invalid_quantity",
+        ),
     ];
     for (name, req, status, code) in cases {
         let before = w.snapshot("acme").await;
         let (s, b) = w.debit(req).await;
         assert_eq!((s, b["error"]["code"].as_str()), (status, Some(code)), "{name}: {b}");
         let message = b["error"]["message"].as_str().unwrap_or_default();
-        assert!(!message.is_empty() && !message.contains("Error {") && !message.contains("panicked"), "{name}: {message}");
+        assert!(
+            !message.is_empty() && !message.contains("Error {") && !message.contains("panicked"),
+            "{name}: {message}"
+        );
         assert_eq!(before, w.snapshot("acme").await, "{name} changed state");
     }
 
@@ -53,7 +264,11 @@ async fn every_bad_request_is_refused_with_its_code_and_changes_nothing() {
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("account_not_found")));
     assert!(w.snapshot("ghost").await.is_empty());
     let (s, b) = w
-        .debit(post(&format!("/v1/accounts/{long_id}/usage"), &svc, json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})))
+        .debit(post(
+            &format!("/v1/accounts/{long_id}/usage"),
+            &svc,
+            json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"}),
+        ))
         .await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")));
     w.assert_invariants("acme").await;
@@ -67,16 +282,69 @@ async fn bad_account_and_adjustment_input_is_refused() {
     let svc = service();
     let adj = "/v1/accounts/acme/credits/adjustments";
     let cases = vec![
-        ("unknown plan", put("/v1/accounts/acme", &svc, json!({"plan": "gold", "billing_contacts": []})), 422, "unknown_plan"),
+        (
+            "unknown plan",
+            put("/v1/accounts/acme", &svc, json!({"plan": "gold", "billing_contacts": []})),
+            422,
+            "unknown_plan",
+        ),
         ("missing contacts", put("/v1/accounts/acme", &svc, json!({"plan": "pro"})), 400, "invalid_request"),
-        ("bad email", put("/v1/accounts/acme", &svc, json!({"plan": "pro", "billing_contacts": [{"email": "nope"}]})), 422, "invalid_email"),
-        ("bad phone", put("/v1/accounts/acme", &svc, json!({"plan": "pro", "billing_contacts": [{"email": "a@b.co", "phone": "555"}]})), 422, "invalid_phone"),
-        ("sms without phone", put("/v1/accounts/acme", &svc, json!({"plan": "pro", "billing_contacts": [{"email": "a@b.co", "sms_opt_in": true}]})), 422, "invalid_phone"),
-        ("person creates accounts", put("/v1/accounts/acme", &person("owner", "acme"), json!({"plan": "pro", "billing_contacts": []})), 403, "forbidden"),
-        ("zero adjustment", post(adj, &svc, json!({"amount": 0, "reason": "x", "idempotency_key": "a0"})), 422, "invalid_amount"),
-        ("below zero", post(adj, &svc, json!({"amount": -3 * C, "reason": "x", "idempotency_key": "a1"})), 422, "insufficient_balance"),
-        ("no reason", post(adj, &svc, json!({"amount": 5, "reason": " ", "idempotency_key": "a2"})), 400, "invalid_request"),
-        ("admin adjusts", post(adj, &person("admin", "acme"), json!({"amount": 5, "reason": "x", "idempotency_key": "a3"})), 403, "forbidden"),
+        (
+            "bad email",
+            put("/v1/accounts/acme", &svc, json!({"plan": "pro", "billing_contacts": [{"email": "nope"}]})),
+            422,
+            "invalid_email",
+        ),
+        (
+            "bad phone",
+            put(
+                "/v1/accounts/acme",
+                &svc,
+                json!({"plan": "pro", "billing_contacts": [{"email": "a@b.co", "phone": "555"}]}),
+            ),
+            422,
+            "invalid_phone",
+        ),
+        (
+            "sms without phone",
+            put(
+                "/v1/accounts/acme",
+                &svc,
+                json!({"plan": "pro", "billing_contacts": [{"email": "a@b.co", "sms_opt_in": true}]}),
+            ),
+            422,
+            "invalid_phone",
+        ),
+        (
+            "person creates accounts",
+            put("/v1/accounts/acme", &person("owner", "acme"), json!({"plan": "pro", "billing_contacts": []})),
+            403,
+            "forbidden",
+        ),
+        (
+            "zero adjustment",
+            post(adj, &svc, json!({"amount": 0, "reason": "x", "idempotency_key": "a0"})),
+            422,
+            "invalid_amount",
+        ),
+        (
+            "below zero",
+            post(adj, &svc, json!({"amount": -3 * C, "reason": "x", "idempotency_key": "a1"})),
+            422,
+            "insufficient_balance",
+        ),
+        (
+            "no reason",
+            post(adj, &svc, json!({"amount": 5, "reason": " ", "idempotency_key": "a2"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "admin adjusts",
+            post(adj, &person("admin", "acme"), json!({"amount": 5, "reason": "x", "idempotency_key": "a3"})),
+            403,
+            "forbidden",
+        ),
         ("bad cursor", get("/v1/accounts/acme/credits/transactions?cursor=zzz", &svc), 400, "invalid_request"),
         ("bad limit", get("/v1/accounts/acme/credits/transactions?limit=0", &svc), 400, "invalid_request"),
         ("unknown route", get("/v1/accounts/acme/credits/nope", &svc), 404, "route_not_found"),

@@ -22,19 +22,28 @@ async fn the_credits_view_has_every_field_with_the_seed_numbers() {
     w.usage("acme", "api_calls", 2_000).await; // $1.00
     let v = w.view("acme").await;
     assert_eq!(v["unit"], json!({"code": "usd", "symbol": "$", "micros_per_unit": 1_000_000}));
-    assert_eq!((v["balance"].as_i64(), v["lifetime_added"].as_i64(), v["lifetime_spent"].as_i64()), (Some(11 * C), Some(12 * C), Some(C)));
+    assert_eq!(
+        (v["balance"].as_i64(), v["lifetime_added"].as_i64(), v["lifetime_spent"].as_i64()),
+        (Some(11 * C), Some(12 * C), Some(C))
+    );
     assert_eq!((v["low_balance"].as_bool(), v["low_balance_threshold"].as_i64()), (Some(false), Some(5 * C)));
     assert_eq!(v["plan"], "pro");
     let recent = v["recent_transactions"].as_array().cloned().unwrap_or_default();
     assert_eq!(recent.len(), 2);
-    assert_eq!((recent[0]["kind"].as_str(), recent[0]["amount"].as_i64(), recent[0]["balance_after"].as_i64()), (Some("consumption"), Some(-C), Some(11 * C)));
+    assert_eq!(
+        (recent[0]["kind"].as_str(), recent[0]["amount"].as_i64(), recent[0]["balance_after"].as_i64()),
+        (Some("consumption"), Some(-C), Some(11 * C))
+    );
     assert_eq!(recent[1]["kind"], "adjustment");
     assert!(recent[0]["created_at"].as_str().unwrap_or_default().ends_with('Z'));
     let api_calls = v["allowances"].as_array().and_then(|a| a.iter().find(|x| x["consumable"] == "api_calls").cloned());
     assert_eq!(api_calls, Some(json!({"consumable": "api_calls", "included": 100_000, "used": 100_000})));
     assert_eq!(v["allowances"].as_array().map(Vec::len), Some(7));
     let ar = &v["auto_recharge"];
-    assert_eq!((ar["enabled"].as_bool(), ar["threshold"].as_i64(), ar["amount"].as_i64()), (Some(false), Some(5 * C), Some(10 * C)));
+    assert_eq!(
+        (ar["enabled"].as_bool(), ar["threshold"].as_i64(), ar["amount"].as_i64()),
+        (Some(false), Some(5 * C), Some(10 * C))
+    );
     assert_eq!((ar["used_this_month"].as_i64(), ar["level"].as_str()), (Some(0), Some("ok")));
     assert!(ar["paused"].is_null());
     assert_eq!(ar["limits"]["amount_min"], 5 * C);
@@ -42,7 +51,14 @@ async fn the_credits_view_has_every_field_with_the_seed_numbers() {
     assert!(ar["limits"]["threshold_max"].is_null(), "up to the purchase amount");
     assert!(v["payment_method"].is_null() && v["last_recharge_error"].is_null());
     assert_eq!(v["purchase_options"]["kind"], "amount");
-    assert_eq!((v["purchase_options"]["default"].as_i64(), v["purchase_options"]["min"].as_i64(), v["purchase_options"]["max"].as_i64()), (Some(1000), Some(500), Some(100_000)));
+    assert_eq!(
+        (
+            v["purchase_options"]["default"].as_i64(),
+            v["purchase_options"]["min"].as_i64(),
+            v["purchase_options"]["max"].as_i64()
+        ),
+        (Some(1000), Some(500), Some(100_000))
+    );
 
     // At the threshold is low (seed 001: "at or below").
     w.usage("acme", "api_calls", 12_000).await; // $6.00 → $5.00
@@ -91,18 +107,43 @@ async fn the_ledger_pages_newest_first_with_a_cursor() {
 async fn adjustments_are_idempotent_and_never_take_the_balance_below_zero() {
     let w = World::new("request-packs").await;
     w.account("team", "free").await;
-    let grant = || post("/v1/accounts/team/credits/adjustments", &service(), json!({"amount": 25 * C, "reason": "Goodwill credit", "idempotency_key": "goodwill-1"}));
+    let grant = || {
+        post(
+            "/v1/accounts/team/credits/adjustments",
+            &service(),
+            json!({"amount": 25 * C, "reason": "Goodwill credit", "idempotency_key": "goodwill-1"}),
+        )
+    };
     let (s, first) = w.api(grant()).await;
     assert_eq!(s, 201, "{first}");
-    assert_eq!((first["kind"].as_str(), first["amount"].as_i64(), first["balance_after"].as_i64()), (Some("adjustment"), Some(25 * C), Some(25 * C)));
+    assert_eq!(
+        (first["kind"].as_str(), first["amount"].as_i64(), first["balance_after"].as_i64()),
+        (Some("adjustment"), Some(25 * C), Some(25 * C))
+    );
     assert_eq!(first["description"], "Goodwill credit");
     assert_eq!(w.api(grant()).await, (201, first.clone()), "a replay returns the first entry");
-    let (s, b) = w.api(post("/v1/accounts/team/credits/adjustments", &service(), json!({"amount": 1, "reason": "other", "idempotency_key": "goodwill-1"}))).await;
+    let (s, b) = w
+        .api(post(
+            "/v1/accounts/team/credits/adjustments",
+            &service(),
+            json!({"amount": 1, "reason": "other", "idempotency_key": "goodwill-1"}),
+        ))
+        .await;
     assert_eq!((s, b["error"]["code"].as_str()), (409, Some("idempotency_conflict")));
-    let (s, b) = w.api(post("/v1/accounts/team/credits/adjustments", &service(), json!({"amount": -25 * C, "reason": "Correction", "idempotency_key": "fix-1"}))).await;
+    let (s, b) = w
+        .api(post(
+            "/v1/accounts/team/credits/adjustments",
+            &service(),
+            json!({"amount": -25 * C, "reason": "Correction", "idempotency_key": "fix-1"}),
+        ))
+        .await;
     assert_eq!((s, b["balance_after"].as_i64()), (201, Some(0)));
     let v = w.view("team").await;
-    assert_eq!((v["balance"].as_i64(), v["lifetime_added"].as_i64()), (Some(0), Some(25 * C)), "negative adjustments are not in lifetime totals");
+    assert_eq!(
+        (v["balance"].as_i64(), v["lifetime_added"].as_i64()),
+        (Some(0), Some(25 * C)),
+        "negative adjustments are not in lifetime totals"
+    );
     w.assert_invariants("team").await;
 }
 
@@ -130,7 +171,9 @@ async fn roles_follow_each_profile() {
         // A person's token without an account, or with `*`: 401.
         let (s, _) = w.api(get("/v1/accounts/a1/credits", &token(json!({"sub": "u", "role": "owner"})))).await;
         assert_eq!(s, 401);
-        let (s, _) = w.api(get("/v1/accounts/a1/credits", &token(json!({"sub": "u", "role": "owner", "account_id": "*"})))).await;
+        let (s, _) = w
+            .api(get("/v1/accounts/a1/credits", &token(json!({"sub": "u", "role": "owner", "account_id": "*"}))))
+            .await;
         assert_eq!(s, 401);
     }
 }
@@ -147,19 +190,39 @@ async fn voice_minutes_free_shows_the_seed_notice_and_a_downgrade_turns_auto_rel
     next.auto_recharge.used_this_month = 9; // 9 of 10: above 80%
     w.credits
         .store
-        .commit(Commit { expected_version: a.version, account: next.clone(), ledger: None, idempotency: None, hold: None, outbox: vec![] })
+        .commit(Commit {
+            expected_version: a.version,
+            account: next.clone(),
+            ledger: None,
+            idempotency: None,
+            hold: None,
+            outbox: vec![],
+        })
         .await
         .map_err(|e| format!("{e:?}"))
         .expect("commit");
     a = next;
     let other = w.another_instance();
     let (_, v) = read(credits_api::handle(&w.config, &other, get("/v1/accounts/clinic/credits", &service())).await);
-    assert_eq!((v["auto_recharge"]["enabled"].as_bool(), v["auto_recharge"]["level"].as_str()), (Some(true), Some("critical")));
+    assert_eq!(
+        (v["auto_recharge"]["enabled"].as_bool(), v["auto_recharge"]["level"].as_str()),
+        (Some(true), Some("critical"))
+    );
     assert!(v["auto_recharge"]["amount"].is_null(), "voice-minutes reloads exactly one block");
-    assert_eq!(v["purchase_options"], json!({"kind": "blocks", "currency": "usd", "minutes_per_block": 100, "min": 1, "max": 100, "price_per_block": 2000}));
+    assert_eq!(
+        v["purchase_options"],
+        json!({"kind": "blocks", "currency": "usd", "minutes_per_block": 100, "min": 1, "max": 100, "price_per_block": 2000})
+    );
 
     // Downgrade to Free: credits survive, auto-reload turns off, the seed's notice shows.
-    let (s, b) = read(credits_api::handle(&w.config, &other, put("/v1/accounts/clinic", &service(), json!({"plan": "free", "billing_contacts": []}))).await);
+    let (s, b) = read(
+        credits_api::handle(
+            &w.config,
+            &other,
+            put("/v1/accounts/clinic", &service(), json!({"plan": "free", "billing_contacts": []})),
+        )
+        .await,
+    );
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["created_at"], topup::clock::rfc3339(a.created_at));
     let v = w.view("clinic").await;

@@ -73,9 +73,7 @@ async fn request_packs_charge_per_feature_and_disable_at_zero() {
     let (s, b) = w.usage("team", "agent_requests", 1).await;
     assert_eq!((s, b["error"]["code"].as_str()), (402, Some("out_of_credits")));
     // Pro includes 500 requests a month.
-    let (s, _) = w
-        .api(put("/v1/accounts/team", &service(), json!({"plan": "pro", "billing_contacts": []})))
-        .await;
+    let (s, _) = w.api(put("/v1/accounts/team", &service(), json!({"plan": "pro", "billing_contacts": []}))).await;
     assert_eq!(s, 200);
     let (s, b) = w.usage("team", "agent_requests", 500).await;
     assert_eq!((s, b["from_allowance"].as_i64()), (200, Some(500)), "{b}");
@@ -127,7 +125,11 @@ async fn fifty_concurrent_debits_never_overdraw() {
         let inst = instances[i % 5].clone();
         tasks.push(tokio::spawn(async move {
             // 30 runs each = 0.3 credits; 50 × 0.3 = 15 credits > 10.
-            let req = post("/v1/accounts/org/usage", &service(), json!({"consumable": "runs", "quantity": 30, "idempotency_key": format!("k{i}")}));
+            let req = post(
+                "/v1/accounts/org/usage",
+                &service(),
+                json!({"consumable": "runs", "quantity": 30, "idempotency_key": format!("k{i}")}),
+            );
             read(debit::handle(&w.config, &inst, req).await)
         }));
     }
@@ -162,7 +164,11 @@ async fn concurrent_replays_of_one_key_apply_once() {
         let inst = Arc::new(w.another_instance());
         tasks.push(tokio::spawn(async move {
             let _ = i;
-            let req = post("/v1/accounts/acme/usage", &service(), json!({"consumable": "api_calls", "quantity": 100, "idempotency_key": "same"}));
+            let req = post(
+                "/v1/accounts/acme/usage",
+                &service(),
+                json!({"consumable": "api_calls", "quantity": 100, "idempotency_key": "same"}),
+            );
             read(debit::handle(&w.config, &inst, req).await)
         }));
     }
@@ -177,7 +183,11 @@ async fn concurrent_replays_of_one_key_apply_once() {
     // Same key, another body: 409, nothing changes.
     let before = w.snapshot("acme").await;
     let (s, b) = w
-        .debit(post("/v1/accounts/acme/usage", &service(), json!({"consumable": "api_calls", "quantity": 101, "idempotency_key": "same"})))
+        .debit(post(
+            "/v1/accounts/acme/usage",
+            &service(),
+            json!({"consumable": "api_calls", "quantity": 101, "idempotency_key": "same"}),
+        ))
         .await;
     assert_eq!((s, b["error"]["code"].as_str()), (409, Some("idempotency_conflict")));
     assert_eq!(before, w.snapshot("acme").await);
@@ -185,7 +195,11 @@ async fn concurrent_replays_of_one_key_apply_once() {
     w.usage("acme", "api_calls", 9_900).await;
     assert_eq!(w.view("acme").await["balance"], 0);
     let (s, b) = w
-        .debit(post("/v1/accounts/acme/usage", &service(), json!({"consumable": "api_calls", "quantity": 100, "idempotency_key": "same"})))
+        .debit(post(
+            "/v1/accounts/acme/usage",
+            &service(),
+            json!({"consumable": "api_calls", "quantity": 100, "idempotency_key": "same"}),
+        ))
         .await;
     assert_eq!((s, &b), (200, &bodies[0]));
     w.assert_invariants("acme").await;
@@ -207,7 +221,11 @@ async fn exactly_one_balance_low_for_concurrent_crossing_debits() {
         let inst = instances[i % 8].clone();
         tasks.push(tokio::spawn(async move {
             // 200 calls = $0.20 each; 40 of them = $8.
-            let req = post("/v1/accounts/acme/usage", &service(), json!({"consumable": "api_calls", "quantity": 200, "idempotency_key": format!("c{i}")}));
+            let req = post(
+                "/v1/accounts/acme/usage",
+                &service(),
+                json!({"consumable": "api_calls", "quantity": 200, "idempotency_key": format!("c{i}")}),
+            );
             read(debit::handle(&w.config, &inst, req).await)
         }));
     }

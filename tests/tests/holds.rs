@@ -15,8 +15,12 @@ async fn hold(w: &World, account: &str, quantity: i64, ttl: Option<i64>, key: &s
 }
 
 async fn settle(w: &World, account: &str, hold_id: &str, quantity: i64) -> (u16, Value) {
-    w.debit(post(&format!("/v1/accounts/{account}/usage/holds/{hold_id}/settle"), &service(), json!({"quantity": quantity})))
-        .await
+    w.debit(post(
+        &format!("/v1/accounts/{account}/usage/holds/{hold_id}/settle"),
+        &service(),
+        json!({"quantity": quantity}),
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -42,7 +46,10 @@ async fn a_call_reserves_minutes_and_settles_the_actual_use() {
     // The call used 8 minutes: 8 debited, 4 released; the balance crosses 10 at settle.
     let (s, r) = settle(&w, "clinic", &hold_id, 8).await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!((r["from_hold"].as_i64(), r["from_credits"].as_i64(), r["unbilled"].as_i64()), (Some(8), Some(8 * C), Some(0)));
+    assert_eq!(
+        (r["from_hold"].as_i64(), r["from_credits"].as_i64(), r["unbilled"].as_i64()),
+        (Some(8), Some(8 * C), Some(0))
+    );
     assert_eq!(r["balance"], 7 * C);
     let events = observer.drain(Duration::from_secs(1)).await;
     assert_eq!(of_type(&events, "BalanceLow").len(), 1, "{events:?}");
@@ -66,7 +73,10 @@ async fn a_call_that_runs_past_its_hold_completes_and_never_overdraws() {
     let (s, r) = settle(&w, "clinic", &hold_id, 9).await;
     assert_eq!(s, 200, "{r}");
     // 3 from the hold, 2 more from what remained, 4 unbilled; never below zero.
-    assert_eq!((r["from_hold"].as_i64(), r["from_credits"].as_i64(), r["unbilled"].as_i64(), r["balance"].as_i64()), (Some(3), Some(5 * C), Some(4), Some(0)));
+    assert_eq!(
+        (r["from_hold"].as_i64(), r["from_credits"].as_i64(), r["unbilled"].as_i64(), r["balance"].as_i64()),
+        (Some(3), Some(5 * C), Some(4), Some(0))
+    );
     w.assert_invariants("clinic").await;
 }
 

@@ -10,7 +10,8 @@ async fn every_sample_event_answers_its_expected_status() {
     let w = World::new("usd-overage").await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events");
     let manifest: Vec<(String, u16)> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("expected.json")).expect("manifest");
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("expected.json"))
+            .expect("manifest");
     let listed: std::collections::BTreeSet<_> = manifest.iter().map(|(f, _)| f.clone()).collect();
     let on_disk: std::collections::BTreeSet<_> = std::fs::read_dir(&dir)
         .expect("events dir")

@@ -13,10 +13,20 @@ fn the_template_never_sets_the_local_jwt_secret() {
     let t = template();
     assert!(!t.contains("TOPUP_LOCAL_JWT_SECRET"), "the deployed functions must only trust API Gateway's authorizer");
     assert!(t.contains("DefaultAuthorizer: Jwt"));
-    for must in ["provided.al2023", "arm64", "rust-cargolambda", "PointInTimeRecoveryEnabled: true", "AttributeName: ttl", "PAY_PER_REQUEST"] {
+    for must in [
+        "provided.al2023",
+        "arm64",
+        "rust-cargolambda",
+        "PointInTimeRecoveryEnabled: true",
+        "AttributeName: ttl",
+        "PAY_PER_REQUEST",
+    ] {
         assert!(t.contains(must), "template lacks {must}");
     }
-    assert!(!t.contains("Action: \"*\"") && !t.contains("Action: '*'") && !t.contains("- \"*\""), "no wildcard actions");
+    assert!(
+        !t.contains("Action: \"*\"") && !t.contains("Action: '*'") && !t.contains("- \"*\""),
+        "no wildcard actions"
+    );
 }
 
 /// (binary, method, path) for every HttpApi event in the template.

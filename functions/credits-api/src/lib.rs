@@ -66,11 +66,9 @@ async fn route_request<S: Store, B: EventBus>(
             let q = req.query_string_parameters();
             let limit = match q.first("limit") {
                 None => DEFAULT_PAGE,
-                Some(l) => l
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}.")))?,
+                Some(l) => l.parse::<usize>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+                    ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))
+                })?,
             };
             let cursor = q.first("cursor").map(decode_cursor).transpose()?;
             Ok((200, credits.transactions(account_id, limit, cursor).await?))
@@ -98,24 +96,42 @@ fn contacts(list: &[Value]) -> Result<Vec<Contact>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, v)| {
-            let Value::Object(o) = v else { return Err(ApiError::invalid(format!("`billing_contacts[{i}]` must be an object."))) };
+            let Value::Object(o) = v else {
+                return Err(ApiError::invalid(format!("`billing_contacts[{i}]` must be an object.")));
+            };
             let fields = topup::http::Fields(o.clone());
             if let Some(k) = o.keys().find(|k| !["email", "phone", "sms_opt_in"].contains(&k.as_str())) {
                 return Err(ApiError::invalid(format!("Unknown field `billing_contacts[{i}].{k}`.")));
             }
-            let email = fields.str("email").map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].email` is required and must be a string.")))?;
+            let email = fields.str("email").map_err(|_| {
+                ApiError::invalid(format!("`billing_contacts[{i}].email` is required and must be a string."))
+            })?;
             if !valid_email(email) {
-                return Err(ApiError::rule("invalid_email", format!("`billing_contacts[{i}].email` is not an email address.")));
+                return Err(ApiError::rule(
+                    "invalid_email",
+                    format!("`billing_contacts[{i}].email` is not an email address."),
+                ));
             }
-            let phone = fields.opt_str("phone").map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].phone` must be a string.")))?;
+            let phone = fields
+                .opt_str("phone")
+                .map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].phone` must be a string.")))?;
             if let Some(p) = phone {
                 if !valid_e164(p) {
-                    return Err(ApiError::rule("invalid_phone", format!("`billing_contacts[{i}].phone` must be in E.164 form, like +15550100.")));
+                    return Err(ApiError::rule(
+                        "invalid_phone",
+                        format!("`billing_contacts[{i}].phone` must be in E.164 form, like +15550100."),
+                    ));
                 }
             }
-            let sms_opt_in = fields.opt_bool("sms_opt_in").map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].sms_opt_in` must be true or false.")))?.unwrap_or(false);
+            let sms_opt_in = fields
+                .opt_bool("sms_opt_in")
+                .map_err(|_| ApiError::invalid(format!("`billing_contacts[{i}].sms_opt_in` must be true or false.")))?
+                .unwrap_or(false);
             if sms_opt_in && phone.is_none() {
-                return Err(ApiError::rule("invalid_phone", format!("`billing_contacts[{i}]` opts in to SMS without a phone.")));
+                return Err(ApiError::rule(
+                    "invalid_phone",
+                    format!("`billing_contacts[{i}]` opts in to SMS without a phone."),
+                ));
             }
             Ok(Contact { email: email.to_string(), phone: phone.map(str::to_string), sms_opt_in })
         })
@@ -133,5 +149,6 @@ fn valid_email(e: &str) -> bool {
 }
 
 fn valid_e164(p: &str) -> bool {
-    p.strip_prefix('+').is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
+    p.strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
 }

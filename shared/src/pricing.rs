@@ -1,0 +1,223 @@
+//! What a purchase costs and what it buys, computed on the server from the profile (SPEC §2,
+//! §3, §10.8): a client names an amount of money, a package or a number of blocks, never a
+//! price or a number of credits.
+
+use crate::error::ApiError;
+use crate::money::{Cents, Micros};
+use crate::profile::{Profile, Purchase};
+
+/// What the client asked for: exactly one of these, or nothing for the profile's default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PurchaseChoice {
+    pub amount: Option<i64>,
+    pub package: Option<String>,
+    pub blocks: Option<i64>,
+}
+
+/// The server's price: charge this much money, add these credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    pub charge: Cents,
+    pub credits: Micros,
+    /// A human description for the ledger and Stripe: "$10.00 of credits", "pack_20".
+    pub description: String,
+}
+
+/// `1234` cents of `usd` → `$12.34`; other currencies → `12.34 EUR`.
+pub fn format_money(cents: i64, currency: &str) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let c = cents.unsigned_abs();
+    let whole = (c / 100).to_string();
+    let mut grouped = String::new();
+    for (i, ch) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(ch);
+    }
+    match currency {
+        "usd" => format!("{sign}${grouped}.{:02}", c % 100),
+        other => format!("{sign}{grouped}.{:02} {}", c % 100, other.to_uppercase()),
+    }
+}
+
+fn mul(a: i64, b: i64) -> Result<i64, ApiError> {
+    a.checked_mul(b).ok_or_else(|| ApiError::rule("amount_out_of_range", "The purchase is too large."))
+}
+
+/// Prices a purchase for an account on `plan`.
+pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Quote, ApiError> {
+    let cur = profile.currency.as_str();
+    let given =
+        [choice.amount.is_some(), choice.package.is_some(), choice.blocks.is_some()].iter().filter(|b| **b).count();
+    if given > 1 {
+        return Err(ApiError::invalid("Send one of `amount`, `package` or `blocks`."));
+    }
+    match &profile.purchase {
+        Purchase::Amount { default_cents, min_cents, max_cents, step_cents, micros_per_cent } => {
+            if choice.package.is_some() || choice.blocks.is_some() {
+                return Err(ApiError::rule(
+                    "invalid_purchase",
+                    "This product sells credits by amount: send `amount` in cents.",
+                ));
+            }
+            let amount = choice.amount.unwrap_or(*default_cents);
+            if amount < *min_cents || amount > *max_cents {
+                return Err(ApiError::rule(
+                    "amount_out_of_range",
+                    format!(
+                        "The amount must be between {} and {}.",
+                        format_money(*min_cents, cur),
+                        format_money(*max_cents, cur)
+                    ),
+                ));
+            }
+            if amount % step_cents != 0 {
+                return Err(ApiError::rule(
+                    "invalid_amount",
+                    format!("The amount must be a multiple of {}.", format_money(*step_cents, cur)),
+                ));
+            }
+            Ok(Quote {
+                charge: Cents(amount),
+                credits: Micros(mul(amount, *micros_per_cent)?),
+                description: format!("{} of credits", format_money(amount, cur)),
+            })
+        }
+        Purchase::Packages { packages, custom, micros_per_cent } => {
+            if choice.blocks.is_some() {
+                return Err(ApiError::rule(
+                    "invalid_purchase",
+                    "This product sells packages: send `package` or a custom `amount`.",
+                ));
+            }
+            if let Some(id) = &choice.package {
+                let p = packages.iter().find(|p| &p.id == id).ok_or_else(|| {
+                    ApiError::rule("unknown_package", format!("`{id}` is not a package of this product."))
+                })?;
+                return Ok(Quote {
+                    charge: Cents(p.price_cents),
+                    credits: p.credits,
+                    description: format!("Package {}", p.id),
+                });
+            }
+            let (Some(amount), Some(c)) = (choice.amount, custom) else {
+                return Err(ApiError::invalid("Field `package` is required."));
+            };
+            if amount < c.min_cents || amount > c.max_cents {
+                return Err(ApiError::rule(
+                    "amount_out_of_range",
+                    format!(
+                        "A custom amount must be between {} and {}.",
+                        format_money(c.min_cents, cur),
+                        format_money(c.max_cents, cur)
+                    ),
+                ));
+            }
+            Ok(Quote {
+                charge: Cents(amount),
+                credits: Micros(mul(amount, *micros_per_cent)?),
+                description: format!("{} of credits", format_money(amount, cur)),
+            })
+        }
+        Purchase::Blocks { units_per_block, min_blocks, max_blocks } => {
+            if choice.amount.is_some() || choice.package.is_some() {
+                return Err(ApiError::rule("invalid_purchase", "This product sells blocks: send `blocks`."));
+            }
+            let blocks = choice.blocks.ok_or_else(|| ApiError::invalid("Field `blocks` is required."))?;
+            if blocks < *min_blocks || blocks > *max_blocks {
+                return Err(ApiError::rule(
+                    "blocks_out_of_range",
+                    format!("Choose {min_blocks} to {max_blocks} blocks."),
+                ));
+            }
+            let price = profile
+                .plan(plan)
+                .and_then(|p| p.block_price_cents)
+                .ok_or_else(|| ApiError::rule("unknown_plan", "The account's plan has no block price."))?;
+            let units = mul(blocks, *units_per_block)?;
+            Ok(Quote {
+                charge: Cents(mul(blocks, price)?),
+                credits: Micros(mul(units, profile.unit.micros_per_unit)?),
+                description: format!("{blocks} × {units_per_block}-{} block", profile.unit.code),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::MICROS_PER_CREDIT as C;
+
+    fn q(profile: &str, plan: &str, choice: PurchaseChoice) -> Result<Quote, ApiError> {
+        quote(&Profile::load(profile).unwrap(), plan, &choice)
+    }
+
+    fn amount(a: i64) -> PurchaseChoice {
+        PurchaseChoice { amount: Some(a), ..Default::default() }
+    }
+
+    #[test]
+    fn money_formats_like_the_seeds() {
+        assert_eq!(format_money(1000, "usd"), "$10.00");
+        assert_eq!(format_money(10_000_000, "usd"), "$100,000.00");
+        assert_eq!(format_money(1250, "eur"), "12.50 EUR");
+    }
+
+    #[test]
+    fn usd_overage_default_min_max() {
+        let d = q("usd-overage", "free", PurchaseChoice::default()).unwrap();
+        assert_eq!((d.charge, d.credits), (Cents(1000), Micros(10 * C)), "default $10");
+        assert_eq!(q("usd-overage", "free", amount(500)).unwrap().credits, Micros(5 * C));
+        assert_eq!(q("usd-overage", "free", amount(100_000)).unwrap().credits, Micros(1000 * C));
+        let e = q("usd-overage", "free", amount(499)).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("amount_out_of_range", "The amount must be between $5.00 and $1,000.00.")
+        );
+        assert_eq!(q("usd-overage", "free", amount(100_001)).unwrap_err().code(), "amount_out_of_range");
+        assert_eq!(q("usd-overage", "free", amount(-1)).unwrap_err().code(), "amount_out_of_range");
+        assert_eq!(
+            q("usd-overage", "free", PurchaseChoice { blocks: Some(1), ..Default::default() }).unwrap_err().code(),
+            "invalid_purchase"
+        );
+    }
+
+    #[test]
+    fn request_packs_packages_and_custom_amounts_at_the_same_rate() {
+        let p =
+            |id: &str| q("request-packs", "free", PurchaseChoice { package: Some(id.into()), ..Default::default() });
+        assert_eq!(p("pack_20").unwrap().credits, Micros(500 * C));
+        assert_eq!(p("pack_100").unwrap().charge, Cents(10_000));
+        assert_eq!(p("pack_500").unwrap().credits, Micros(12_500 * C));
+        assert_eq!(p("pack_7").unwrap_err().code(), "unknown_package");
+        assert_eq!(
+            q("request-packs", "free", amount(2000)).unwrap().credits,
+            Micros(500 * C),
+            "$20 custom = pack_20's rate"
+        );
+        assert_eq!(q("request-packs", "free", amount(499)).unwrap_err().code(), "amount_out_of_range");
+        assert_eq!(q("request-packs", "free", PurchaseChoice::default()).unwrap_err().code(), "invalid_request");
+    }
+
+    #[test]
+    fn org_runs_whole_dollars_buy_whole_credits() {
+        let r = q("org-runs", "pro", amount(500)).unwrap();
+        assert_eq!((r.charge, r.credits), (Cents(500), Micros(5 * C)), "credits added = dollars charged");
+        assert_eq!(q("org-runs", "pro", amount(400)).unwrap_err().code(), "amount_out_of_range", "minimum $5");
+        assert_eq!(q("org-runs", "pro", amount(550)).unwrap_err().code(), "invalid_amount");
+    }
+
+    #[test]
+    fn voice_minutes_blocks_at_the_plans_rate() {
+        let b = |plan: &str, n: i64| q("voice-minutes", plan, PurchaseChoice { blocks: Some(n), ..Default::default() });
+        let one = b("free", 1).unwrap();
+        assert_eq!((one.charge, one.credits), (Cents(2800), Micros(100 * C)), "$0.28/min on Free");
+        assert_eq!(b("free", 100).unwrap().charge, Cents(280_000));
+        assert_eq!(b("pro", 2).unwrap().charge, Cents(4000));
+        assert_eq!(b("free", 0).unwrap_err().code(), "blocks_out_of_range");
+        assert_eq!(b("free", 101).unwrap_err().code(), "blocks_out_of_range");
+        assert_eq!(q("voice-minutes", "free", amount(2800)).unwrap_err().code(), "invalid_purchase");
+    }
+}
