@@ -36,6 +36,26 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
+    /// The entry that records `amount` moving into (or out of) `next`, the state it produced.
+    pub fn after(
+        next: &Account,
+        kind: EntryKind,
+        amount: Micros,
+        now: i64,
+        description: impl Into<String>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            id: new_id("txn"),
+            account_id: next.id.clone(),
+            seq: next.version,
+            kind,
+            amount,
+            balance_after: next.balance,
+            created_at: now,
+            description: description.into(),
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,

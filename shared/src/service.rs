@@ -305,15 +305,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let d = ledger::draw(profile, a, consumable, quantity, now)?;
                 let mut next = a.next(now);
                 ledger::apply_draw(&mut next, consumable, &d);
-                let entry = (d.cost.0 > 0).then(|| LedgerEntry {
-                    id: new_id("txn"),
-                    account_id: id.to_string(),
-                    seq: next.version,
-                    kind: EntryKind::Consumption,
-                    amount: Micros(-d.cost.0),
-                    balance_after: next.balance,
-                    created_at: now,
-                    description: usage_description(consumable, quantity, d.from_allowance),
+                let entry = (d.cost.0 > 0).then(|| {
+                    LedgerEntry::after(
+                        &next,
+                        EntryKind::Consumption,
+                        Micros(-d.cost.0),
+                        now,
+                        usage_description(consumable, quantity, d.from_allowance),
+                    )
                 });
                 let response = json!({
                     "from_allowance": d.from_allowance,
@@ -403,15 +402,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let mut next = a.next(now);
                 next.holds.remove(hold_id);
                 let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
-                let entry = (s.from_credits.0 > 0).then(|| LedgerEntry {
-                    id: new_id("txn"),
-                    account_id: id.to_string(),
-                    seq: next.version,
-                    kind: EntryKind::Consumption,
-                    amount: Micros(-s.from_credits.0),
-                    balance_after: next.balance,
-                    created_at: now,
-                    description: usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
+                let entry = (s.from_credits.0 > 0).then(|| {
+                    LedgerEntry::after(
+                        &next,
+                        EntryKind::Consumption,
+                        Micros(-s.from_credits.0),
+                        now,
+                        usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
+                    )
                 });
                 let response = json!({
                     "hold_id": hold_id,
@@ -495,16 +493,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         .checked_add(Micros(amount))
                         .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
                 }
-                let entry = LedgerEntry {
-                    id: new_id("txn"),
-                    account_id: id.to_string(),
-                    seq: next.version,
-                    kind: EntryKind::Adjustment,
-                    amount: Micros(amount),
-                    balance_after: next.balance,
-                    created_at: now,
-                    description: reason.to_string(),
-                };
+                let entry = LedgerEntry::after(&next, EntryKind::Adjustment, Micros(amount), now, reason.to_string());
                 let response = entry.to_json();
                 Ok(Planned {
                     next,
@@ -547,16 +536,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let overflow = || ApiError::rule("invalid_amount", "The balance would overflow.");
                 next.balance = next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
                 next.lifetime_added = next.lifetime_added.checked_add(payment.credits).ok_or_else(overflow)?;
-                let entry = LedgerEntry {
-                    id: new_id("txn"),
-                    account_id: id.to_string(),
-                    seq: next.version,
-                    kind: payment.kind,
-                    amount: payment.credits,
-                    balance_after: next.balance,
-                    created_at: now,
-                    description: payment.description.clone(),
-                };
+                let entry = LedgerEntry::after(&next, payment.kind, payment.credits, now, payment.description.clone());
                 let event = DomainEvent {
                     id: new_id("evt"),
                     detail_type: "CreditsAdded".into(),

@@ -12,7 +12,7 @@ use topup_tests::*;
 async fn usd_overage_draws_the_allowance_then_credits_and_blocks_chat_when_out() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
-    w.grant("acme", 1 * C).await; // $1.00 of credit
+    w.grant("acme", C).await; // $1.00 of credit
 
     // Free includes 1,000 API calls: the allowance first, nothing from credits.
     let (s, b) = w.usage("acme", "api_calls", 1_000).await;
@@ -51,7 +51,7 @@ async fn usd_overage_draws_the_allowance_then_credits_and_blocks_chat_when_out()
 async fn usd_overage_pro_rounds_a_fractional_rate_up() {
     let w = World::new("usd-overage").await;
     w.account("acme", "pro").await;
-    w.grant("acme", 1 * C).await;
+    w.grant("acme", C).await;
     // Pro: 2,000,000 tokens included, then 2.5 micro-credits a token.
     let (_, b) = w.usage("acme", "llm_tokens", 2_000_000).await;
     assert_eq!(b["from_credits"], 0);
