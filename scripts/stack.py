@@ -194,7 +194,9 @@ def serve(args) -> int:
     secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)
     stack = Stack()
     stopping = threading.Event()
+    # Ctrl-C or a TERM stops everything this command started.
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
         moto, stripe = start_emulators(stack, args.moto_port, args.stripe_port)
         create_resources(moto, "topup", "topup", "example.com")
