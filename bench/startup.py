@@ -49,7 +49,7 @@ def cold_init_ms(binary: pathlib.Path, env: dict) -> float:
 
 
 def report(root: pathlib.Path, binaries: list[str], env: dict) -> None:
-    print("# release binaries (x86_64, opt-level=s, thin LTO, stripped)")
+    print("# release binaries (x86_64, opt-level=z, fat LTO, stripped)")
     print(f"{'function':<14} {'size MB':>8} {'goal':>6} {'cold init ms (median of %d)' % RUNS:>30} {'goal':>6}")
     for name in binaries:
         path = root / "target" / "release" / name

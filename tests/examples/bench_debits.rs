@@ -171,6 +171,55 @@ async fn fresh_table(client: &aws_sdk_dynamodb::Client) -> String {
     t
 }
 
+/// Rounds of every phase, interleaved, so a slow spell of the emulator hits all phases alike;
+/// the table shows medians.
+const ROUNDS: usize = 3;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn seeded_txn_table(world: &World, concurrency: usize) -> String {
+    let table = fresh_table(&world.dynamo).await;
+    for w in 0..concurrency {
+        world
+            .dynamo
+            .put_item()
+            .table_name(&table)
+            .item("pk", AttributeValue::S(format!("RAW#{w}")))
+            .item("sk", AttributeValue::S("R".into()))
+            .item("n", AttributeValue::N("1000000000".into()))
+            .send()
+            .await
+            .expect("seed");
+    }
+    table
+}
+
+/// A fresh table with `n` funded accounts past their allowance, and a service over it whose
+/// DynamoDB client counts requests.
+async fn handler_setup(
+    world: &World,
+    dynamo: &aws_sdk_dynamodb::Client,
+    bus: &EventBridgeBus,
+    n: usize,
+) -> (topup::Config, Arc<Credits<DynamoStore, EventBridgeBus>>, Vec<String>) {
+    let table = fresh_table(&world.dynamo).await;
+    let mut cfg = world.config.clone();
+    cfg.table = table.clone();
+    let credits = Arc::new(Credits::new(cfg.profile.clone(), DynamoStore::new(dynamo.clone(), table), bus.clone()));
+    let accounts: Vec<String> = (0..n).map(|i| format!("acct{i}")).collect();
+    for a in &accounts {
+        let (s, b) = credits.upsert_account(a, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s, 201, "{b}");
+        credits.adjust(a, 1_000 * C, "bench", &unique("g")).await.unwrap_or_else(|e| panic!("{e}"));
+        // Past the allowance so every debit draws credits.
+        credits.debit(a, "api_calls", 1_000, &unique("warm")).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    (cfg, credits, accounts)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let world = World::new("usd-overage").await;
@@ -180,87 +229,67 @@ async fn main() {
     );
     let bus = EventBridgeBus::new(world.events.clone(), world.config.event_bus.clone());
 
-    println!("# debit throughput vs the emulator's raw writes ({OPS} operations each, one run)");
-    println!("# moto serves one request at a time (tests/support/moto_serial.py); each phase on a fresh table");
-    println!("{:<44} {:>10} {:>10} {:>10}", "phase", "ops/s", "vs raw upd", "vs raw txn");
+    println!("# debit throughput vs the emulator's raw writes: {OPS} operations a phase, {ROUNDS} interleaved rounds, medians");
+    println!("# moto serves one request at a time (tests/support/moto_serial.py); every phase on a fresh table");
+    println!("{:<44} {:>8} {:>11} {:>11}", "phase", "ops/s", "vs raw upd", "vs raw txn");
     for concurrency in [1usize, 16] {
-        let raw_table = fresh_table(&world.dynamo).await;
-        let raw = raw_updates(&world.dynamo, &raw_table, concurrency, concurrency).await;
-        let txn_table = fresh_table(&world.dynamo).await;
-        for w in 0..concurrency {
-            world
-                .dynamo
-                .put_item()
-                .table_name(&txn_table)
-                .item("pk", AttributeValue::S(format!("RAW#{w}")))
-                .item("sk", AttributeValue::S("R".into()))
-                .item("n", AttributeValue::N("1000000000".into()))
-                .send()
-                .await
-                .expect("seed");
+        let phases: Vec<(&str, usize)> = if concurrency == 1 {
+            vec![("debit handler, one account per worker", 1)]
+        } else {
+            vec![("debit handler, one account per worker", concurrency), ("debit handler, one hot account", 1)]
+        };
+        let (mut raw, mut txn) = (Vec::new(), Vec::new());
+        let mut handler: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
+        let mut counts: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); phases.len()];
+        for _ in 0..ROUNDS {
+            let t = fresh_table(&world.dynamo).await;
+            raw.push(raw_updates(&world.dynamo, &t, concurrency, concurrency).await);
+            let t = seeded_txn_table(&world, concurrency).await;
+            txn.push(raw_transactions(&world.dynamo, &t, concurrency).await);
+            for (i, (_, n)) in phases.iter().enumerate() {
+                let (cfg, credits, accounts) = handler_setup(&world, &dynamo, &bus, *n).await;
+                counter.take();
+                handler[i].push(handler_debits(&cfg, &credits, &accounts, concurrency, &unique("d")).await);
+                for (k, v) in counter.take() {
+                    *counts[i].entry(k).or_default() += v;
+                }
+            }
         }
-        let txn = raw_transactions(&world.dynamo, &txn_table, concurrency).await;
+        let (raw, txn) = (median(&mut raw), median(&mut txn));
         println!(
-            "{:<44} {:>10.0} {:>10} {:>10}",
+            "{:<44} {:>8.0} {:>11} {:>11}",
             format!("raw conditional UpdateItem, c={concurrency}"),
             raw,
             "1.00",
             ""
         );
         println!(
-            "{:<44} {:>10.0} {:>10.2} {:>10}",
+            "{:<44} {:>8.0} {:>11.2} {:>11}",
             format!("raw 3-item TransactWriteItems, c={concurrency}"),
             txn,
             txn / raw,
             "1.00"
         );
-
-        for (label, n_accounts) in
-            [("debit handler, one account per worker", concurrency), ("debit handler, one hot account", 1)]
-        {
-            if concurrency == 1 && n_accounts == 1 && label.contains("hot") {
-                continue;
-            }
-            let table = fresh_table(&world.dynamo).await;
-            let mut cfg = world.config.clone();
-            cfg.table = table.clone();
-            let credits = Arc::new(Credits::new(
-                cfg.profile.clone(),
-                DynamoStore::new(dynamo.clone(), table.clone()),
-                bus.clone(),
-            ));
-            let accounts: Vec<String> = (0..n_accounts).map(|i| format!("acct{i}")).collect();
-            for a in &accounts {
-                let (s, b) = credits.upsert_account(a, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!(s, 201, "{b}");
-                credits.adjust(a, 1_000 * C, "bench", &unique("g")).await.unwrap_or_else(|e| panic!("{e}"));
-                // Past the allowance so every debit draws credits.
-                credits.debit(a, "api_calls", 1_000, &unique("warm")).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-            counter.take();
-            let rate = handler_debits(&cfg, &credits, &accounts, concurrency, &unique("d")).await;
-            let counts = counter.take();
+        for (i, (label, _)) in phases.iter().enumerate() {
+            let rate = median(&mut handler[i]);
             println!(
-                "{:<44} {:>10.0} {:>10.2} {:>10.2}",
+                "{:<44} {:>8.0} {:>11.2} {:>11.2}",
                 format!("{label}, c={concurrency}"),
                 rate,
                 rate / raw,
                 rate / txn
             );
-            let writes: u64 = counts
-                .iter()
-                .filter(|(k, _)| matches!(k.as_str(), "TransactWriteItems" | "PutItem" | "UpdateItem" | "DeleteItem"))
-                .map(|(_, v)| v)
-                .sum();
-            let reads: u64 = counts
-                .iter()
-                .filter(|(k, _)| matches!(k.as_str(), "GetItem" | "Query" | "BatchGetItem" | "TransactGetItems"))
-                .map(|(_, v)| v)
-                .sum();
+            let total = (OPS * ROUNDS) as f64;
+            let sum = |ops: &[&str]| {
+                counts[i].iter().filter(|(k, _)| ops.contains(&k.as_str())).map(|(_, v)| *v).sum::<u64>()
+            };
+            let writes = sum(&["TransactWriteItems", "PutItem", "UpdateItem", "DeleteItem"]);
+            let reads = sum(&["GetItem", "Query", "BatchGetItem", "TransactGetItems"]);
             println!(
-                "    requests per debit: {:.3} writes, {:.3} reads   ({counts:?})",
-                writes as f64 / OPS as f64,
-                reads as f64 / OPS as f64
+                "    DynamoDB requests per debit: {:.3} writes, {:.3} reads   {:?}",
+                writes as f64 / total,
+                reads as f64 / total,
+                counts[i]
             );
         }
     }
