@@ -7,6 +7,7 @@
 //! | idempotency   | `ACCOUNT#{id}`  | `IDEM#{scope}:{key}`   |
 //! | payment claim | `ACCOUNT#{id}`  | `IDEM#payment:{id}` (no TTL) |
 //! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
+//! | purchase      | `ACCOUNT#{id}`  | `PURCHASE#{purchase_id}` |
 //! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
@@ -26,7 +27,8 @@ use serde_json::{Map, Number, Value};
 
 use crate::account::Account;
 use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
-use crate::store::{Commit, CommitError, HoldWrite, Store, StoreError};
+use crate::purchase::PurchaseRecord;
+use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -155,6 +157,19 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// The conditional put of a purchase record: new, or moving from one of `from`.
+    fn purchase_put(&self, w: &PurchaseWrite) -> Result<TransactWriteItem, StoreError> {
+        let r = &w.record;
+        let item = to_item(r, account_pk(&r.account_id), format!("PURCHASE#{}", r.purchase_id), None)?;
+        if w.from.is_empty() {
+            return self.put(item, Some(("attribute_not_exists(pk)", vec![])));
+        }
+        let names: Vec<String> = (0..w.from.len()).map(|i| format!(":from{i}")).collect();
+        let expr = format!("#status IN ({})", names.join(", "));
+        let values = names.iter().zip(&w.from).map(|(n, st)| (n.as_str(), s(st.as_str()))).collect();
+        self.put(item, Some((&expr, values)))
+    }
+
     async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -175,6 +190,7 @@ enum Slot {
     Account,
     Idempotency,
     Hold,
+    Purchase,
     Other,
 }
 
@@ -228,6 +244,10 @@ impl Store for DynamoStore {
             }
             None => {}
         }
+        if let Some(w) = &c.purchase {
+            items.push(self.purchase_put(w).map_err(st)?);
+            slots.push(Slot::Purchase);
+        }
         for e in &c.outbox {
             let item = to_item(e, OUTBOX_PK.into(), outbox_sk(e), Some(e.created_at + 14 * DAY_MS)).map_err(st)?;
             items.push(self.put(item, None).map_err(st)?);
@@ -265,6 +285,9 @@ impl Store for DynamoStore {
         }
         if let Some(r) = failed(|s| matches!(s, Slot::Hold)) {
             return Err(CommitError::HoldNotOpen(reason_item::<HoldRecord>(r)));
+        }
+        if let Some(r) = failed(|s| matches!(s, Slot::Purchase)) {
+            return Err(CommitError::PurchaseNotInState(reason_item::<PurchaseRecord>(r)));
         }
         if let Some(r) = failed(|s| matches!(s, Slot::Account)) {
             return Err(CommitError::Stale(reason_item::<Account>(r)));
@@ -309,6 +332,29 @@ impl Store for DynamoStore {
 
     async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
         self.get(account_pk(account_id), format!("HOLD#{hold_id}")).await?.map(|i| from_item(&i)).transpose()
+    }
+
+    async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
+        let put = self.purchase_put(&w).map_err(CommitError::Store)?;
+        // One conditional write; a transaction of one item so the failure carries the item.
+        match self.client.transact_write_items().transact_items(put).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.into_service_error() {
+                TransactWriteItemsError::TransactionCanceledException(t) => {
+                    let reason = t.cancellation_reasons().first();
+                    if reason.and_then(|r| r.code()) == Some("ConditionalCheckFailed") {
+                        Err(CommitError::PurchaseNotInState(reason.and_then(reason_item::<PurchaseRecord>)))
+                    } else {
+                        Err(CommitError::Conflict)
+                    }
+                }
+                other => Err(CommitError::Store(unavailable("TransactWriteItems(purchase)", other))),
+            },
+        }
+    }
+
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+        self.get(account_pk(account_id), format!("PURCHASE#{purchase_id}")).await?.map(|i| from_item(&i)).transpose()
     }
 
     async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {

@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod money;
 pub mod pricing;
 pub mod profile;
+pub mod purchase;
 pub mod service;
 pub mod store;
 

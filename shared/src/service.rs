@@ -22,8 +22,10 @@ use crate::ledger::{
     LedgerEntry,
 };
 use crate::money::Micros;
+use crate::pricing::{self, PurchaseChoice};
 use crate::profile::{Profile, Purchase};
-use crate::store::{Commit, CommitError, HoldWrite, Store, StoreError};
+use crate::purchase::{purchase_id, PurchaseRecord, PurchaseStatus};
+use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
 
 /// Attempts before a contended write answers 503 `account_busy`.
 const MAX_ATTEMPTS: u32 = 100;
@@ -46,11 +48,15 @@ struct Planned {
     cause: &'static str,
     /// Events besides the threshold crossings, written to the outbox with the change.
     events: Vec<DomainEvent>,
+    /// A purchase state change committed with this balance change.
+    purchase: Option<PurchaseWrite>,
 }
 
 enum Applied {
     Done(u16, Value),
     HoldNotOpen(Option<Box<HoldRecord>>),
+    /// The purchase moved on meanwhile (another delivery): read it again.
+    PurchaseNotInState,
 }
 
 /// An idempotency claim: scope and key, and the hash of the request it belongs to.
@@ -188,6 +194,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ledger: planned.ledger,
                 idempotency,
                 hold: planned.hold,
+                purchase: planned.purchase,
                 outbox: outbox.clone(),
             };
             match self.store.commit(commit).await {
@@ -201,6 +208,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return replay(&rec, c).map(|(s, v)| Applied::Done(s, v));
                 }
                 Err(CommitError::HoldNotOpen(rec)) => return Ok(Applied::HoldNotOpen(rec)),
+                Err(CommitError::PurchaseNotInState(_)) => return Ok(Applied::PurchaseNotInState),
                 Err(CommitError::Stale(Some(a))) => {
                     self.remember(&a);
                     current = *a;
@@ -250,6 +258,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ledger: None,
                 idempotency: None,
                 hold: None,
+                purchase: None,
                 outbox: vec![],
             };
             match self.store.commit(commit).await {
@@ -284,6 +293,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     status: 200,
                     cause: "account_update",
                     events: vec![],
+                    purchase: None,
                 })
             })
             .await?;
@@ -320,7 +330,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     "balance": next.balance.0,
                     "transaction_id": entry.as_ref().map(|e| e.id.clone()),
                 });
-                Ok(Planned { next, ledger: entry, hold: None, status: 200, response, cause: "usage", events: vec![] })
+                Ok(Planned {
+                    next,
+                    ledger: entry,
+                    hold: None,
+                    status: 200,
+                    response,
+                    cause: "usage",
+                    events: vec![],
+                    purchase: None,
+                })
             })
             .await?;
         done(applied)
@@ -381,6 +400,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     response,
                     cause: "hold",
                     events: vec![],
+                    purchase: None,
                 })
             })
             .await?;
@@ -437,12 +457,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     response,
                     cause: "settle",
                     events: vec![],
+                    purchase: None,
                 })
             })
             .await;
         let not_open = match result {
             Ok(Applied::Done(s, v)) => return Ok((s, v)),
             Ok(Applied::HoldNotOpen(rec)) => rec.map(|r| *r),
+            Ok(Applied::PurchaseNotInState) => return Err(ApiError::Upstream),
             // Not among the account's open holds: settled, expired or unknown? The record says.
             Err(e) if e.code() == "hold_not_found" || e.code() == "hold_expired" => {
                 self.store.load_hold(id, hold_id).await.map_err(upstream)?
@@ -503,6 +525,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     response,
                     cause: "adjustment",
                     events: vec![],
+                    purchase: None,
                 })
             })
             .await?;
@@ -517,6 +540,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// call and its webhook — one credits and the others get the first result back.
     /// Emits `CreditsAdded` with the change. `payment_id` is Stripe's PaymentIntent id.
     pub async fn credit_payment(&self, id: &str, payment: &Payment) -> Result<(u16, Value), ApiError> {
+        done(self.credit(id, payment, None).await?)
+    }
+
+    /// Credits `payment`; with `purchase`, marks that purchase succeeded in the same transaction.
+    async fn credit(
+        &self,
+        id: &str,
+        payment: &Payment,
+        purchase: Option<&PurchaseRecord>,
+    ) -> Result<Applied, ApiError> {
         if payment.credits.0 <= 0 {
             return Err(ApiError::rule("invalid_amount", "A payment must add a positive number of credits."));
         }
@@ -553,6 +586,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }),
                 };
                 let response = entry.to_json();
+                // A paid payment credits even if the purchase had meanwhile been marked failed or
+                // expired: the money was taken (SPEC §10.2).
+                let purchase = purchase.map(|r| PurchaseWrite {
+                    record: PurchaseRecord {
+                        status: PurchaseStatus::Succeeded,
+                        payment_intent_id: Some(payment.payment_id.clone()),
+                        transaction_id: Some(entry.id.clone()),
+                        updated_at: now,
+                        ..r.clone()
+                    },
+                    from: vec![
+                        PurchaseStatus::Pending,
+                        PurchaseStatus::Processing,
+                        PurchaseStatus::Failed,
+                        PurchaseStatus::Expired,
+                    ],
+                });
                 Ok(Planned {
                     next,
                     ledger: Some(entry),
@@ -561,10 +611,145 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     response,
                     cause: "payment",
                     events: vec![event],
+                    purchase,
                 })
             })
             .await?;
-        done(applied)
+        Ok(applied)
+    }
+
+    // ---- purchases ------------------------------------------------------------------------
+
+    /// Records a pending purchase priced by the server. With an `Idempotency-Key`, the same key
+    /// and request name the same purchase (201 again with it); another request under the key
+    /// is 409.
+    pub async fn record_purchase(
+        &self,
+        id: &str,
+        choice: &PurchaseChoice,
+        key: Option<&str>,
+    ) -> Result<(u16, PurchaseRecord), ApiError> {
+        let account = self.load(id).await?;
+        let quote = pricing::quote(&self.profile, &account.plan, choice)?;
+        let hash = request_hash(&json!({"amount": choice.amount, "package": choice.package, "blocks": choice.blocks}));
+        let now = clock::now_ms();
+        let record = PurchaseRecord {
+            purchase_id: purchase_id(id, key),
+            account_id: id.to_string(),
+            status: PurchaseStatus::Pending,
+            charge: quote.charge,
+            currency: self.profile.currency.clone(),
+            credits: quote.credits,
+            description: quote.description,
+            request_hash: hash.clone(),
+            created_at: now,
+            updated_at: now,
+            checkout_session_id: None,
+            payment_intent_id: None,
+            transaction_id: None,
+        };
+        match self.store.put_purchase(PurchaseWrite { record: record.clone(), from: vec![] }).await {
+            Ok(()) => Ok((201, record)),
+            Err(CommitError::PurchaseNotInState(Some(existing))) if existing.request_hash == hash => {
+                Ok((201, *existing))
+            }
+            Err(CommitError::PurchaseNotInState(_)) => Err(ApiError::IdempotencyConflict),
+            Err(CommitError::Store(e)) => Err(upstream(e)),
+            Err(_) => Err(ApiError::Busy),
+        }
+    }
+
+    pub async fn purchase(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.store
+            .load_purchase(id, purchase_id)
+            .await
+            .map_err(upstream)?
+            .ok_or_else(|| ApiError::NotFound("purchase_not_found", "No purchase with this id exists.".into()))
+    }
+
+    /// Moves a purchase from one of `from` to `to` (no credits move). A purchase already past
+    /// that point is left as it is and returned: webhook deliveries arrive in any order.
+    async fn move_purchase(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        from: &[PurchaseStatus],
+        edit: impl Fn(&mut PurchaseRecord),
+    ) -> Result<PurchaseRecord, ApiError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.purchase(id, purchase_id).await?;
+            if !from.contains(&current.status) {
+                return Ok(current);
+            }
+            let mut next = current.clone();
+            edit(&mut next);
+            next.updated_at = clock::now_ms();
+            match self.store.put_purchase(PurchaseWrite { record: next.clone(), from: vec![current.status] }).await {
+                Ok(()) => return Ok(next),
+                Err(CommitError::Store(e)) => return Err(upstream(e)),
+                Err(_) => continue, // moved meanwhile: look again
+            }
+        }
+        Err(ApiError::Busy)
+    }
+
+    /// The Checkout Session made for a pending purchase.
+    pub async fn attach_checkout(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        session_id: &str,
+    ) -> Result<PurchaseRecord, ApiError> {
+        let session = session_id.to_string();
+        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| {
+            p.checkout_session_id = Some(session.clone())
+        })
+        .await
+    }
+
+    /// Checkout completed but the payment settles later (bank debits): `processing`.
+    pub async fn purchase_processing(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| p.status = PurchaseStatus::Processing).await
+    }
+
+    /// The payment failed: `failed`, never credited.
+    pub async fn purchase_failed(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending, PurchaseStatus::Processing], |p| {
+            p.status = PurchaseStatus::Failed
+        })
+        .await
+    }
+
+    /// The Checkout Session expired unpaid.
+    pub async fn purchase_expired(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| p.status = PurchaseStatus::Expired).await
+    }
+
+    /// The purchase's payment succeeded: credit it exactly once and mark it `succeeded`, in one
+    /// transaction keyed by the PaymentIntent.
+    pub async fn purchase_paid(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        payment_intent_id: &str,
+    ) -> Result<PurchaseRecord, ApiError> {
+        let current = self.purchase(id, purchase_id).await?;
+        if current.status == PurchaseStatus::Succeeded {
+            return Ok(current);
+        }
+        let payment = Payment {
+            payment_id: payment_intent_id.to_string(),
+            kind: EntryKind::Purchase,
+            credits: current.credits,
+            charge_cents: current.charge.0,
+            reference: purchase_id.to_string(),
+            description: current.description.clone(),
+        };
+        match self.credit(id, &payment, Some(&current)).await? {
+            Applied::Done(..) | Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => {
+                self.purchase(id, purchase_id).await
+            }
+        }
     }
 
     // ---- views ----------------------------------------------------------------------------
@@ -674,7 +859,7 @@ pub struct Payment {
 fn done(applied: Applied) -> Result<(u16, Value), ApiError> {
     match applied {
         Applied::Done(s, v) => Ok((s, v)),
-        Applied::HoldNotOpen(_) => Err(ApiError::Upstream),
+        Applied::HoldNotOpen(_) | Applied::PurchaseNotInState => Err(ApiError::Upstream),
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use crate::account::Account;
 use crate::ledger::{DomainEvent, HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
+use crate::purchase::{PurchaseRecord, PurchaseStatus};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +33,8 @@ pub enum CommitError {
     KeyClaimed(Box<IdemRecord>),
     /// The hold being settled is not open; carries its record if it exists.
     HoldNotOpen(Option<Box<HoldRecord>>),
+    /// The purchase is not in a state the write moves from; carries it if it exists.
+    PurchaseNotInState(Option<Box<PurchaseRecord>>),
     /// Two writers collided inside the store (DynamoDB `TransactionConflict`): retry.
     Conflict,
     Store(StoreError),
@@ -46,6 +49,14 @@ pub enum HoldWrite {
     Settle(HoldRecord),
 }
 
+/// A purchase record written only if the stored one is in one of `from` (empty: only if none
+/// exists yet).
+#[derive(Debug, Clone)]
+pub struct PurchaseWrite {
+    pub record: PurchaseRecord,
+    pub from: Vec<PurchaseStatus>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Commit {
     /// The new state; its `version` must be `expected_version + 1`.
@@ -55,6 +66,8 @@ pub struct Commit {
     pub ledger: Option<LedgerEntry>,
     pub idempotency: Option<IdemRecord>,
     pub hold: Option<HoldWrite>,
+    /// A purchase state change that must commit with this balance change (crediting it).
+    pub purchase: Option<PurchaseWrite>,
     /// Events written to the outbox in the same transaction, published after it.
     pub outbox: Vec<DomainEvent>,
 }
@@ -80,6 +93,13 @@ pub trait Store: Send + Sync {
         account_id: &str,
         scope_key: &str,
     ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    /// Writes a purchase record on its own (a state change that moves no credits).
+    fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send;
+    fn load_purchase(
+        &self,
+        account_id: &str,
+        purchase_id: &str,
+    ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send;
     /// Removes outbox entries once their events are on the bus.
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Outbox entries whose publication has not been confirmed, oldest first.
@@ -98,12 +118,27 @@ struct Memory {
     ledger: HashMap<String, BTreeMap<u64, LedgerEntry>>,
     idem: HashMap<(String, String), IdemRecord>,
     holds: HashMap<(String, String), HoldRecord>,
+    purchases: HashMap<(String, String), PurchaseRecord>,
     outbox: BTreeMap<(i64, String), DomainEvent>,
 }
 
 impl MemoryStore {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Memory>, StoreError> {
         self.inner.lock().map_err(|_| StoreError::Unavailable("memory store poisoned".into()))
+    }
+}
+
+/// `Some(current)` when `w` may not be written over what is stored.
+fn purchase_conflict(m: &Memory, account_id: &str, w: &PurchaseWrite) -> Option<Option<PurchaseRecord>> {
+    let current = m.purchases.get(&(account_id.to_string(), w.record.purchase_id.clone()));
+    let ok = match current {
+        None => w.from.is_empty(),
+        Some(p) => w.from.contains(&p.status),
+    };
+    if ok {
+        None
+    } else {
+        Some(current.cloned())
     }
 }
 
@@ -128,6 +163,7 @@ impl Store for MemoryStore {
             },
             _ => None,
         };
+        let purchase_problem = c.purchase.as_ref().and_then(|w| purchase_conflict(&m, &id, w));
         // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
         if let Some(r) = idem_claimed {
             return Err(CommitError::KeyClaimed(Box::new(r)));
@@ -135,8 +171,14 @@ impl Store for MemoryStore {
         if let Some(h) = hold_problem {
             return Err(CommitError::HoldNotOpen(h.map(Box::new)));
         }
+        if let Some(p) = purchase_problem {
+            return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
+        }
         if stale {
             return Err(CommitError::Stale(current.cloned().map(Box::new)));
+        }
+        if let Some(w) = c.purchase {
+            m.purchases.insert((id.clone(), w.record.purchase_id.clone()), w.record);
         }
         if let Some(e) = c.ledger {
             m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
@@ -174,6 +216,20 @@ impl Store for MemoryStore {
 
     async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
         Ok(self.lock()?.holds.get(&(account_id.to_string(), hold_id.to_string())).cloned())
+    }
+
+    async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
+        let mut m = self.lock().map_err(CommitError::Store)?;
+        let id = w.record.account_id.clone();
+        if let Some(p) = purchase_conflict(&m, &id, &w) {
+            return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
+        }
+        m.purchases.insert((id, w.record.purchase_id.clone()), w.record);
+        Ok(())
+    }
+
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+        Ok(self.lock()?.purchases.get(&(account_id.to_string(), purchase_id.to_string())).cloned())
     }
 
     async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
@@ -222,6 +278,16 @@ impl<S: Store> Store for std::sync::Arc<S> {
         scope_key: &str,
     ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
         (**self).load_idempotency(account_id, scope_key)
+    }
+    fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send {
+        (**self).put_purchase(write)
+    }
+    fn load_purchase(
+        &self,
+        account_id: &str,
+        purchase_id: &str,
+    ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send {
+        (**self).load_purchase(account_id, purchase_id)
     }
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).clear_outbox(events)

@@ -196,6 +196,7 @@ async fn voice_minutes_free_shows_the_seed_notice_and_a_downgrade_turns_auto_rel
             ledger: None,
             idempotency: None,
             hold: None,
+            purchase: None,
             outbox: vec![],
         })
         .await
