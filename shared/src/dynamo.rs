@@ -165,8 +165,13 @@ impl DynamoStore {
             return self.put(item, Some(("attribute_not_exists(pk)", vec![])));
         }
         let names: Vec<String> = (0..w.from.len()).map(|i| format!(":from{i}")).collect();
-        let expr = format!("#status IN ({})", names.join(", "));
-        let values = names.iter().zip(&w.from).map(|(n, st)| (n.as_str(), s(st.as_str()))).collect();
+        let mut expr = format!("#status IN ({})", names.join(", "));
+        let mut values: Vec<(&str, AttributeValue)> =
+            names.iter().zip(&w.from).map(|(n, st)| (n.as_str(), s(st.as_str()))).collect();
+        if let Some(u) = w.expected_updated_at {
+            expr.push_str(" AND updated_at = :seen");
+            values.push((":seen", AttributeValue::N(u.to_string())));
+        }
         self.put(item, Some((&expr, values)))
     }
 

@@ -593,7 +593,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         status: PurchaseStatus::Succeeded,
                         payment_intent_id: Some(payment.payment_id.clone()),
                         transaction_id: Some(entry.id.clone()),
-                        updated_at: now,
+                        updated_at: now.max(r.updated_at + 1),
                         ..r.clone()
                     },
                     from: vec![
@@ -602,6 +602,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         PurchaseStatus::Failed,
                         PurchaseStatus::Expired,
                     ],
+                    expected_updated_at: Some(r.updated_at),
                 });
                 Ok(Planned {
                     next,
@@ -648,7 +649,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             payment_intent_id: None,
             transaction_id: None,
         };
-        match self.store.put_purchase(PurchaseWrite { record: record.clone(), from: vec![] }).await {
+        match self
+            .store
+            .put_purchase(PurchaseWrite { record: record.clone(), from: vec![], expected_updated_at: None })
+            .await
+        {
             Ok(()) => Ok((201, record)),
             Err(CommitError::PurchaseNotInState(Some(existing))) if existing.request_hash == hash => {
                 Ok((201, *existing))
@@ -683,8 +688,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = current.clone();
             edit(&mut next);
-            next.updated_at = clock::now_ms();
-            match self.store.put_purchase(PurchaseWrite { record: next.clone(), from: vec![current.status] }).await {
+            next.updated_at = clock::now_ms().max(current.updated_at + 1);
+            let write = PurchaseWrite {
+                record: next.clone(),
+                from: vec![current.status],
+                expected_updated_at: Some(current.updated_at),
+            };
+            match self.store.put_purchase(write).await {
                 Ok(()) => return Ok(next),
                 Err(CommitError::Store(e)) => return Err(upstream(e)),
                 Err(_) => continue, // moved meanwhile: look again
@@ -733,23 +743,29 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         purchase_id: &str,
         payment_intent_id: &str,
     ) -> Result<PurchaseRecord, ApiError> {
-        let current = self.purchase(id, purchase_id).await?;
-        if current.status == PurchaseStatus::Succeeded {
-            return Ok(current);
-        }
-        let payment = Payment {
-            payment_id: payment_intent_id.to_string(),
-            kind: EntryKind::Purchase,
-            credits: current.credits,
-            charge_cents: current.charge.0,
-            reference: purchase_id.to_string(),
-            description: current.description.clone(),
-        };
-        match self.credit(id, &payment, Some(&current)).await? {
-            Applied::Done(..) | Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => {
-                self.purchase(id, purchase_id).await
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.purchase(id, purchase_id).await?;
+            if current.status == PurchaseStatus::Succeeded {
+                return Ok(current);
+            }
+            let payment = Payment {
+                payment_id: payment_intent_id.to_string(),
+                kind: EntryKind::Purchase,
+                credits: current.credits,
+                charge_cents: current.charge.0,
+                reference: purchase_id.to_string(),
+                description: current.description.clone(),
+            };
+            match self.credit(id, &payment, Some(&current)).await? {
+                // Credited now, or this payment was credited before (same transaction, so the
+                // purchase says succeeded).
+                Applied::Done(..) => return self.purchase(id, purchase_id).await,
+                // The purchase changed since it was read (another delivery moved it): nothing
+                // was written; read it again and credit unless it has succeeded meanwhile.
+                Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
             }
         }
+        Err(ApiError::Busy)
     }
 
     // ---- views ----------------------------------------------------------------------------

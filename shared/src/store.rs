@@ -50,11 +50,13 @@ pub enum HoldWrite {
 }
 
 /// A purchase record written only if the stored one is in one of `from` (empty: only if none
-/// exists yet).
+/// exists yet) and, when given, was last written at `expected_updated_at` — so two writers that
+/// read the same record cannot both write (`updated_at` strictly increases with each write).
 #[derive(Debug, Clone)]
 pub struct PurchaseWrite {
     pub record: PurchaseRecord,
     pub from: Vec<PurchaseStatus>,
+    pub expected_updated_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +135,7 @@ fn purchase_conflict(m: &Memory, account_id: &str, w: &PurchaseWrite) -> Option<
     let current = m.purchases.get(&(account_id.to_string(), w.record.purchase_id.clone()));
     let ok = match current {
         None => w.from.is_empty(),
-        Some(p) => w.from.contains(&p.status),
+        Some(p) => w.from.contains(&p.status) && w.expected_updated_at.is_none_or(|u| u == p.updated_at),
     };
     if ok {
         None

@@ -123,3 +123,32 @@ async fn a_failed_payment_is_never_credited_and_says_so() {
     assert_eq!(w.credits.purchase("org", "pur_nope").await.expect_err("404").code(), "purchase_not_found");
     w.assert_invariants("org").await;
 }
+
+/// Two writers that read the same purchase cannot both write it: the second finds it changed
+/// (no lost update of, say, the Checkout Session id when a webhook moves it at the same time).
+#[tokio::test]
+async fn a_purchase_write_from_a_stale_read_is_refused() {
+    use topup::store::{CommitError, PurchaseWrite, Store};
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    let (_, p) = w.credits.record_purchase("acme", &amount(1000), None).await.expect("record");
+    let write = |session: &str| PurchaseWrite {
+        record: topup::purchase::PurchaseRecord {
+            checkout_session_id: Some(session.into()),
+            updated_at: p.updated_at + 1,
+            ..p.clone()
+        },
+        from: vec![PurchaseStatus::Pending],
+        expected_updated_at: Some(p.updated_at),
+    };
+    w.credits.store.put_purchase(write("cs_first")).await.map_err(|e| format!("{e:?}")).expect("first write");
+    match w.credits.store.put_purchase(write("cs_second")).await {
+        Err(CommitError::PurchaseNotInState(Some(current))) => {
+            assert_eq!(current.checkout_session_id.as_deref(), Some("cs_first"))
+        }
+        other => panic!("a stale write must be refused, got {other:?}"),
+    }
+    // The service's own moves read again and succeed.
+    let moved = w.credits.purchase_processing("acme", &p.purchase_id).await.expect("processing");
+    assert_eq!((moved.status, moved.checkout_session_id.as_deref()), (PurchaseStatus::Processing, Some("cs_first")));
+}
