@@ -768,6 +768,110 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Err(ApiError::Busy)
     }
 
+    // ---- auto-recharge settings -------------------------------------------------------------
+
+    /// `PUT /v1/accounts/{id}/credits/auto-recharge` (SPEC §5, §8): validated against the
+    /// profile and the plan; each broken rule is a 422 with its own code and nothing changes.
+    pub async fn set_auto_recharge(&self, id: &str, input: &AutoRechargeInput) -> Result<(u16, Value), ApiError> {
+        let p = &self.profile;
+        let rules = &p.auto_recharge;
+        let applied = self
+            .apply(id, None, |a, now| {
+                let plan = p
+                    .plan(&a.plan)
+                    .ok_or_else(|| ApiError::rule("unknown_plan", "The account's plan is not part of this product."))?;
+                if input.amount.is_some() && rules.fixed_amount {
+                    return Err(ApiError::rule(
+                        "amount_not_configurable",
+                        format!(
+                            "Each auto-reload buys exactly {}; there is no amount to set.",
+                            format_credits(p, rules.default_amount)
+                        ),
+                    ));
+                }
+                if input.enabled && !plan.auto_recharge {
+                    return Err(ApiError::rule("auto_recharge_unavailable", plan_unavailable_message(&a.plan)));
+                }
+                if input.enabled && a.payment_method.is_none() {
+                    return Err(ApiError::rule(
+                        "payment_method_required",
+                        "Add a default payment method before turning on auto-recharge.",
+                    ));
+                }
+                let current = &a.auto_recharge;
+                let amount =
+                    if rules.fixed_amount { rules.default_amount } else { input.amount.map_or(current.amount, Micros) };
+                let threshold = input.threshold.map_or(current.threshold, Micros);
+                if amount < rules.amount_min || amount > rules.amount_max {
+                    return Err(ApiError::rule(
+                        "amount_out_of_range",
+                        format!(
+                            "The amount must be between {} and {}.",
+                            format_credits(p, rules.amount_min),
+                            format_credits(p, rules.amount_max)
+                        ),
+                    ));
+                }
+                if threshold < rules.threshold_min {
+                    return Err(ApiError::rule(
+                        "threshold_out_of_range",
+                        format!("The threshold must be at least {}.", format_credits(p, rules.threshold_min)),
+                    ));
+                }
+                match rules.threshold_max {
+                    Some(max) if threshold > max => {
+                        return Err(ApiError::rule(
+                            "threshold_out_of_range",
+                            format!("The threshold can be at most {}.", format_credits(p, max)),
+                        ))
+                    }
+                    // seed 000: "$0 up to the purchase amount".
+                    None if threshold > amount => {
+                        return Err(ApiError::rule(
+                            "threshold_above_amount",
+                            "The threshold can be at most the amount each recharge adds.",
+                        ))
+                    }
+                    _ => {}
+                }
+                let monthly_max = match input.monthly_max {
+                    None => current.monthly_max,
+                    Some(m) if m < 1 => {
+                        return Err(ApiError::rule("invalid_monthly_max", "The monthly maximum must be at least 1."))
+                    }
+                    Some(m) => u32::try_from(m).unwrap_or(u32::MAX),
+                };
+                if input.monthly_max.is_some() && monthly_max > plan.monthly_reload_limit {
+                    return Err(ApiError::rule(
+                        "monthly_max_above_limit",
+                        format!(
+                            "The monthly maximum can be raised up to your plan's limit of {}.",
+                            plan.monthly_reload_limit
+                        ),
+                    ));
+                }
+                let mut next = a.next(now);
+                let ar = &mut next.auto_recharge;
+                ar.enabled = input.enabled;
+                ar.threshold = threshold;
+                ar.amount = amount;
+                ar.monthly_max = monthly_max;
+                let response = auto_recharge_json(p, &next, &clock::month_of(now));
+                Ok(Planned {
+                    next,
+                    ledger: None,
+                    hold: None,
+                    status: 200,
+                    response,
+                    cause: "auto_recharge_settings",
+                    events: vec![],
+                    purchase: None,
+                })
+            })
+            .await?;
+        done(applied)
+    }
+
     // ---- views ----------------------------------------------------------------------------
 
     /// `GET /v1/accounts/{id}/credits`: the credits view (SPEC §5, §11).
@@ -787,26 +891,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             })
             .collect();
         let threshold = a.low_balance_threshold(p);
-        let ar = &a.auto_recharge;
-        let used = if ar.used_month == month { ar.used_this_month } else { 0 };
-        // seed 004: the bar "turns yellow above 50% and red above 80%".
-        let (u, m) = (u64::from(used) * 100, u64::from(ar.monthly_max));
-        let level = if m > 0 && u > m * 80 {
-            "critical"
-        } else if m > 0 && u > m * 50 {
-            "warning"
-        } else {
-            "ok"
-        };
-        let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
-        let paused = if !plan_allows {
-            json!({"reason": "plan", "message": format!("Auto-reload not available on {} plan", title(&a.plan))})
-        } else if ar.enabled && ar.monthly_max > 0 && used >= ar.monthly_max {
-            json!({"reason": "monthly_limit", "message": "You've reached your monthly auto-reload limit. Auto-reload is paused until next month."})
-        } else {
-            Value::Null
-        };
-        let rules = &p.auto_recharge;
         Ok(json!({
             "account_id": a.id,
             "plan": a.plan,
@@ -820,24 +904,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             "lifetime_spent": a.lifetime_spent.0,
             "recent_transactions": recent.iter().map(LedgerEntry::to_json).collect::<Vec<_>>(),
             "allowances": allowances,
-            "auto_recharge": {
-                "enabled": ar.enabled,
-                "threshold": ar.threshold.0,
-                "amount": if rules.fixed_amount { Value::Null } else { json!(ar.amount.0) },
-                "monthly_max": ar.monthly_max,
-                "used_this_month": used,
-                "level": level,
-                "paused": paused,
-                "available_on_plan": plan_allows,
-                "limits": {
-                    "threshold_min": rules.threshold_min.0,
-                    "threshold_max": rules.threshold_max.map(|m| m.0),
-                    "amount_min": rules.amount_min.0,
-                    "amount_max": rules.amount_max.0,
-                    "monthly_max_default": rules.monthly_max_default,
-                    "monthly_max_limit": plan.map_or(0, |pl| pl.monthly_reload_limit),
-                },
-            },
+            "auto_recharge": auto_recharge_json(p, &a, &month),
             "payment_method": a.payment_method.as_ref().map(|m| json!({
                 "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month, "exp_year": m.exp_year,
             })),
@@ -905,6 +972,81 @@ fn account_json(a: &Account) -> Value {
     })
 }
 
+/// The auto-recharge part of the credits view (SPEC §5, §11; seed 004's counter and notices).
+pub fn auto_recharge_json(p: &Profile, a: &Account, month: &str) -> Value {
+    let plan = p.plan(&a.plan);
+    let ar = &a.auto_recharge;
+    let used = if ar.used_month == month { ar.used_this_month } else { 0 };
+    // seed 004: the bar "turns yellow above 50% and red above 80%".
+    let (u, m) = (u64::from(used) * 100, u64::from(ar.monthly_max));
+    let level = if m > 0 && u > m * 80 {
+        "critical"
+    } else if m > 0 && u > m * 50 {
+        "warning"
+    } else {
+        "ok"
+    };
+    let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
+    let paused = if !plan_allows {
+        json!({"reason": "plan", "message": plan_unavailable_message(&a.plan)})
+    } else if ar.enabled && ar.monthly_max > 0 && used >= ar.monthly_max {
+        json!({"reason": "monthly_limit", "message": "You've reached your monthly auto-reload limit. Auto-reload is paused until next month."})
+    } else {
+        Value::Null
+    };
+    let rules = &p.auto_recharge;
+    json!({
+        "enabled": ar.enabled,
+        "threshold": ar.threshold.0,
+        "amount": if rules.fixed_amount { Value::Null } else { json!(ar.amount.0) },
+        "monthly_max": ar.monthly_max,
+        "used_this_month": used,
+        "level": level,
+        "paused": paused,
+        "available_on_plan": plan_allows,
+        "limits": {
+            "threshold_min": rules.threshold_min.0,
+            "threshold_max": rules.threshold_max.map(|m| m.0),
+            "amount_min": rules.amount_min.0,
+            "amount_max": rules.amount_max.0,
+            "monthly_max_default": rules.monthly_max_default,
+            "monthly_max_limit": plan.map_or(0, |pl| pl.monthly_reload_limit),
+        },
+    })
+}
+
+/// seed 004: "Auto-reload not available on Free plan".
+fn plan_unavailable_message(plan: &str) -> String {
+    format!("Auto-reload not available on {} plan", title(plan))
+}
+
+/// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
+pub fn format_credits(p: &Profile, micros: Micros) -> String {
+    let per = p.unit.micros_per_unit.max(1);
+    if p.unit.code == p.currency {
+        return pricing::format_money(micros.0 / (per / 100).max(1), &p.currency);
+    }
+    let whole = micros.0 / per;
+    let frac = (micros.0 % per).abs();
+    let digits = per.to_string().len() - 1;
+    let n = if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{frac:0digits$}").trim_end_matches('0').to_string()
+    };
+    let unit = if n == "1" { p.unit.code.clone() } else { format!("{}s", p.unit.code) };
+    format!("{n} {unit}")
+}
+
+/// Settings asked for in `PUT .../credits/auto-recharge`; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct AutoRechargeInput {
+    pub enabled: bool,
+    pub threshold: Option<i64>,
+    pub amount: Option<i64>,
+    pub monthly_max: Option<i64>,
+}
+
 /// `purchase_options` of the credits view (SPEC §11).
 pub fn purchase_options(p: &Profile, plan: &str) -> Value {
     match &p.purchase {
@@ -954,6 +1096,18 @@ mod tests {
 
     fn credits(profile: &str) -> Credits<Arc<MemoryStore>, Arc<MemoryBus>> {
         Credits::new(Profile::load(profile).unwrap(), Arc::new(MemoryStore::default()), Arc::new(MemoryBus::default()))
+    }
+
+    #[test]
+    fn credits_read_in_the_profiles_unit() {
+        let usd = Profile::load("usd-overage").unwrap();
+        assert_eq!(format_credits(&usd, Micros(12_500_000)), "$12.50");
+        assert_eq!(format_credits(&usd, Micros(100_000 * C)), "$100,000.00");
+        let voice = Profile::load("voice-minutes").unwrap();
+        assert_eq!(format_credits(&voice, Micros(100 * C)), "100 minutes");
+        assert_eq!(format_credits(&voice, Micros(C)), "1 minute");
+        let runs = Profile::load("org-runs").unwrap();
+        assert_eq!(format_credits(&runs, Micros(1_500_000)), "1.5 credits");
     }
 
     #[tokio::test]

@@ -152,6 +152,30 @@ impl World {
         b
     }
 
+    /// Saves a default card on the account the way the `setup_intent.succeeded` webhook will:
+    /// one compare-and-swap of the account.
+    pub async fn save_card(&self, id: &str) {
+        let a = self.credits.store.load_account(id).await.expect("load").expect("account exists");
+        let mut next = a.next(topup::clock::now_ms());
+        next.payment_method = Some(topup::account::PaymentMethod {
+            id: "pm_card_visa".into(),
+            brand: "visa".into(),
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2030,
+        });
+        let commit = topup::store::Commit {
+            expected_version: a.version,
+            account: next,
+            ledger: None,
+            idempotency: None,
+            hold: None,
+            purchase: None,
+            outbox: vec![],
+        };
+        self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("save card");
+    }
+
     /// Every ledger entry of the account, oldest first.
     pub async fn ledger(&self, id: &str) -> Vec<LedgerEntry> {
         let mut all = Vec::new();

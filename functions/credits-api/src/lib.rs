@@ -4,6 +4,7 @@
 //! - `GET /v1/accounts/{id}/credits` (view roles)
 //! - `GET /v1/accounts/{id}/credits/transactions?limit=&cursor=` (view roles)
 //! - `POST /v1/accounts/{id}/credits/adjustments` (service) `{amount, reason, idempotency_key}`
+//! - `PUT /v1/accounts/{id}/credits/auto-recharge` (billing roles) `{enabled, threshold?, amount?, monthly_max?}`
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
@@ -11,7 +12,7 @@ use topup::account::Contact;
 use topup::auth::Access;
 use topup::events::EventBus;
 use topup::http::{check_id, identity, json_object, respond, segments};
-use topup::service::{check_key, decode_cursor, Credits};
+use topup::service::{check_key, decode_cursor, AutoRechargeInput, Credits};
 use topup::store::Store;
 use topup::{ApiError, Config};
 
@@ -26,6 +27,7 @@ pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S,
         ["v1", "accounts", _, "credits"] => "credits",
         ["v1", "accounts", _, "credits", "transactions"] => "transactions",
         ["v1", "accounts", _, "credits", "adjustments"] => "adjustments",
+        ["v1", "accounts", _, "credits", "auto-recharge"] => "auto_recharge",
         _ => return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into()))),
     };
     respond(route, route_request(config, credits, &req, route, &segs[2]).await)
@@ -41,7 +43,7 @@ async fn route_request<S: Store, B: EventBus>(
     let who = identity(req, config)?;
     let method = req.method().as_str();
     let expected = match route {
-        "account" => "PUT",
+        "account" | "auto_recharge" => "PUT",
         "adjustments" => "POST",
         _ => "GET",
     };
@@ -60,6 +62,18 @@ async fn route_request<S: Store, B: EventBus>(
         "credits" => {
             who.authorize(&config.profile, Access::View, account_id)?;
             Ok((200, credits.view(account_id).await?))
+        }
+        "auto_recharge" => {
+            who.authorize(&config.profile, Access::Billing, account_id)?;
+            let body = json_object(req, &["enabled", "threshold", "amount", "monthly_max"])?;
+            let enabled = body.opt_bool("enabled")?.ok_or_else(|| ApiError::invalid("Field `enabled` is required."))?;
+            let input = AutoRechargeInput {
+                enabled,
+                threshold: body.opt_i64("threshold")?,
+                amount: body.opt_i64("amount")?,
+                monthly_max: body.opt_i64("monthly_max")?,
+            };
+            credits.set_auto_recharge(account_id, &input).await
         }
         "transactions" => {
             who.authorize(&config.profile, Access::View, account_id)?;
