@@ -43,6 +43,22 @@ pub struct AutoRecharge {
     /// Recharges made in `month`.
     pub used_month: String,
     pub used_this_month: u32,
+    /// The recharge being charged now: one at a time per account (SPEC §8).
+    #[serde(default)]
+    pub in_flight: Option<RechargeClaim>,
+    /// Set by a failed charge; cleared by a new card or a manual purchase. No automatic retry.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// A claimed recharge: what will be charged, under which id (the Stripe idempotency key is
+/// derived from it, so a recovered claim can never charge twice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeClaim {
+    pub recharge_id: String,
+    pub claimed_at: i64,
+    pub credits: Micros,
+    pub charge_cents: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +73,9 @@ pub struct PaymentMethod {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RechargeError {
     pub code: String,
+    /// The card network's reason (`insufficient_funds`, ...), when the charge was declined.
+    #[serde(default)]
+    pub decline_code: Option<String>,
     pub message: String,
     pub at: i64,
 }
@@ -108,6 +127,8 @@ impl Account {
                 monthly_max,
                 used_month: month,
                 used_this_month: 0,
+                in_flight: None,
+                suspended: false,
             },
             payment_method: None,
             last_recharge_error: None,

@@ -145,6 +145,28 @@ pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Q
     }
 }
 
+/// What one auto-recharge of `credits` costs on `plan`: at the purchase rate of the profile
+/// (the block price for blocks; seed 004: "charged at the same per-minute rate as a manual
+/// purchase"). A fraction of a cent is charged up.
+pub fn recharge_charge(profile: &Profile, plan: &str, credits: Micros) -> Result<Cents, ApiError> {
+    let per_cent = match &profile.purchase {
+        Purchase::Amount { micros_per_cent, .. } | Purchase::Packages { micros_per_cent, .. } => *micros_per_cent,
+        Purchase::Blocks { units_per_block, .. } => {
+            let price = profile
+                .plan(plan)
+                .and_then(|p| p.block_price_cents)
+                .ok_or_else(|| ApiError::rule("unknown_plan", "The account's plan has no block price."))?;
+            let block_micros = mul(*units_per_block, profile.unit.micros_per_unit)?;
+            let cents = i128::from(credits.0) * i128::from(price);
+            let per = i128::from(block_micros);
+            return i64::try_from((cents + per - 1) / per)
+                .map(Cents)
+                .map_err(|_| ApiError::rule("amount_out_of_range", "Too large."));
+        }
+    };
+    Ok(Cents((credits.0 + per_cent - 1) / per_cent))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +178,20 @@ mod tests {
 
     fn amount(a: i64) -> PurchaseChoice {
         PurchaseChoice { amount: Some(a), ..Default::default() }
+    }
+
+    #[test]
+    fn recharges_cost_what_a_purchase_of_the_same_credits_costs() {
+        let p = |name: &str| Profile::load(name).unwrap();
+        assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros(10 * C)).unwrap(), Cents(1000));
+        assert_eq!(recharge_charge(&p("request-packs"), "free", Micros(500 * C)).unwrap(), Cents(2000));
+        assert_eq!(recharge_charge(&p("org-runs"), "pro", Micros(20 * C)).unwrap(), Cents(2000));
+        assert_eq!(
+            recharge_charge(&p("voice-minutes"), "pro", Micros(100 * C)).unwrap(),
+            Cents(2000),
+            "one block on Pro"
+        );
+        assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros(1)).unwrap(), Cents(1), "rounded up");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::account::{Account, Contact};
+use crate::account::{Account, Contact, RechargeClaim, RechargeError};
 use crate::clock;
 use crate::error::ApiError;
 use crate::events::{publish_committed, EventBus};
@@ -585,6 +585,30 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         "transaction_id": entry.id,
                     }),
                 };
+                let mut events = vec![event];
+                match payment.kind {
+                    // seed 000: buying credits by hand restores a suspended auto-recharge.
+                    EntryKind::Purchase => next.auto_recharge.suspended = false,
+                    _ => {
+                        let ar = &mut next.auto_recharge;
+                        if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id == payment.reference) {
+                            ar.in_flight = None;
+                        }
+                        events.push(DomainEvent {
+                            id: new_id("evt"),
+                            detail_type: "AutoRechargeSucceeded".into(),
+                            account_id: id.to_string(),
+                            created_at: now,
+                            detail: json!({
+                                "recharge_id": payment.reference,
+                                "payment_id": payment.payment_id,
+                                "credits": payment.credits.0,
+                                "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
+                                "balance": next.balance.0,
+                            }),
+                        });
+                    }
+                }
                 let response = entry.to_json();
                 // A paid payment credits even if the purchase had meanwhile been marked failed or
                 // expired: the money was taken (SPEC §10.2).
@@ -611,7 +635,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     status: 201,
                     response,
                     cause: "payment",
-                    events: vec![event],
+                    events,
                     purchase,
                 })
             })
@@ -768,6 +792,139 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Err(ApiError::Busy)
     }
 
+    // ---- auto-recharge: claim, complete, fail ---------------------------------------------
+
+    /// Claims a recharge if one is due (SPEC §8): enabled on a plan that allows it, a card on
+    /// file, not suspended, nothing in flight, the balance low by the profile's comparison, and
+    /// the month's count under the cap. One conditional write; of any number of concurrent
+    /// triggers for one low balance, exactly one gets `Claimed`. The count is taken at claim so
+    /// the cap holds even with a charge in flight; a failed charge gives it back.
+    pub async fn claim_recharge(&self, id: &str) -> Result<RechargeDecision, ApiError> {
+        let p = &self.profile;
+        let recharge_id = new_id("rch");
+        let result = self
+            .apply(id, None, |a, now| {
+                let mut next = a.next(now);
+                let ar = &next.auto_recharge;
+                let not = |why: &'static str| Err(ApiError::rule(RECHARGE_NOT_DUE, why));
+                if !ar.enabled {
+                    return not("disabled");
+                }
+                if !p.plan(&next.plan).is_some_and(|pl| pl.auto_recharge) {
+                    return not("plan");
+                }
+                if next.payment_method.is_none() {
+                    return not("no_payment_method");
+                }
+                if ar.suspended {
+                    return not("suspended");
+                }
+                if ar.in_flight.is_some() {
+                    return not("in_flight");
+                }
+                if !p.low_balance.trigger.is_low(next.balance, ar.threshold) {
+                    return not("not_low");
+                }
+                if ar.used_this_month >= ar.monthly_max {
+                    return not("monthly_cap");
+                }
+                let credits = ar.amount;
+                let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
+                let claim = RechargeClaim { recharge_id: recharge_id.clone(), claimed_at: now, credits, charge_cents };
+                next.auto_recharge.used_this_month += 1;
+                next.auto_recharge.in_flight = Some(claim.clone());
+                let response = serde_json::to_value(&claim).unwrap_or(Value::Null);
+                Ok(Planned {
+                    next,
+                    ledger: None,
+                    hold: None,
+                    status: 200,
+                    response,
+                    cause: "recharge_claim",
+                    events: vec![],
+                    purchase: None,
+                })
+            })
+            .await;
+        match result {
+            Ok(Applied::Done(_, v)) => {
+                serde_json::from_value(v).map(RechargeDecision::Claimed).map_err(|_| ApiError::Upstream)
+            }
+            Ok(_) => Err(ApiError::Upstream),
+            Err(ApiError::Rule(RECHARGE_NOT_DUE, why)) => Ok(RechargeDecision::NotDue(why)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The claimed recharge's PaymentIntent succeeded: credit it through the same exactly-once
+    /// path as the webhook (either may come first), release the claim, emit
+    /// `AutoRechargeSucceeded`.
+    pub async fn complete_recharge(
+        &self,
+        id: &str,
+        claim: &RechargeClaim,
+        payment_intent_id: &str,
+    ) -> Result<(u16, Value), ApiError> {
+        let payment = Payment {
+            payment_id: payment_intent_id.to_string(),
+            kind: EntryKind::AutoRecharge,
+            credits: claim.credits,
+            charge_cents: claim.charge_cents,
+            reference: claim.recharge_id.clone(),
+            description: format!("Auto-recharge of {}", format_credits(&self.profile, claim.credits)),
+        };
+        done(self.credit(id, &payment, None).await?)
+    }
+
+    /// The claimed recharge's charge failed (a decline, `authentication_required`, a
+    /// PaymentIntent left needing action): nothing is added, the error is recorded, the claim
+    /// and its count are given back, and auto-recharge is suspended until a new card or a
+    /// manual purchase — no automatic retry (seed 000). Emits `AutoRechargeFailed`. A claim that
+    /// is no longer in flight (completed or failed already) is left alone: `false`.
+    pub async fn fail_recharge(&self, id: &str, recharge_id: &str, failure: &RechargeError) -> Result<bool, ApiError> {
+        let result = self
+            .apply(id, None, |a, now| {
+                if !a.auto_recharge.in_flight.as_ref().is_some_and(|c| c.recharge_id == recharge_id) {
+                    return Err(ApiError::rule(RECHARGE_NOT_DUE, "not_in_flight"));
+                }
+                let mut next = a.next(now);
+                let ar = &mut next.auto_recharge;
+                ar.in_flight = None;
+                ar.suspended = true;
+                ar.used_this_month = ar.used_this_month.saturating_sub(1);
+                next.last_recharge_error = Some(RechargeError { at: now, ..failure.clone() });
+                let event = DomainEvent {
+                    id: new_id("evt"),
+                    detail_type: "AutoRechargeFailed".into(),
+                    account_id: id.to_string(),
+                    created_at: now,
+                    detail: json!({
+                        "recharge_id": recharge_id,
+                        "code": failure.code,
+                        "decline_code": failure.decline_code,
+                        "message": failure.message,
+                        "balance": next.balance.0,
+                    }),
+                };
+                Ok(Planned {
+                    next,
+                    ledger: None,
+                    hold: None,
+                    status: 200,
+                    response: Value::Null,
+                    cause: "recharge_failed",
+                    events: vec![event],
+                    purchase: None,
+                })
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(ApiError::Rule(RECHARGE_NOT_DUE, _)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     // ---- auto-recharge settings -------------------------------------------------------------
 
     /// `PUT /v1/accounts/{id}/credits/auto-recharge` (SPEC §5, §8): validated against the
@@ -909,7 +1066,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month, "exp_year": m.exp_year,
             })),
             "last_recharge_error": a.last_recharge_error.as_ref().map(|e| json!({
-                "code": e.code, "message": e.message, "time": clock::rfc3339(e.at),
+                "code": e.code, "decline_code": e.decline_code, "message": e.message, "time": clock::rfc3339(e.at),
             })),
             "purchase_options": purchase_options(p, &a.plan),
         }))
@@ -925,6 +1082,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             "next_cursor": next_cursor,
         }))
     }
+}
+
+/// Why no recharge was claimed (an internal refusal code, never sent to a client).
+const RECHARGE_NOT_DUE: &str = "recharge_not_due";
+
+/// The outcome of `claim_recharge`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RechargeDecision {
+    Claimed(RechargeClaim),
+    /// `disabled`, `plan`, `no_payment_method`, `suspended`, `in_flight`, `not_low`, `monthly_cap`.
+    NotDue(String),
 }
 
 /// A payment to credit once: a purchase's or an auto-recharge's PaymentIntent.
@@ -989,6 +1157,8 @@ pub fn auto_recharge_json(p: &Profile, a: &Account, month: &str) -> Value {
     let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
     let paused = if !plan_allows {
         json!({"reason": "plan", "message": plan_unavailable_message(&a.plan)})
+    } else if ar.enabled && ar.suspended {
+        json!({"reason": "payment_failed", "message": "Auto-recharge is paused because the last charge failed. Update your card or buy credits to restore it."})
     } else if ar.enabled && ar.monthly_max > 0 && used >= ar.monthly_max {
         json!({"reason": "monthly_limit", "message": "You've reached your monthly auto-reload limit. Auto-reload is paused until next month."})
     } else {

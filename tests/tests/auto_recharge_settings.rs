@@ -34,10 +34,21 @@ async fn usd_overage_threshold_up_to_the_amount_and_five_dollars_to_a_hundred_th
     }
     let (s, b) = set(&w, "acme", &admin, json!({"enabled": true, "threshold": 0})).await;
     assert_eq!(s, 200, "threshold $0 is allowed: {b}");
-    let (s, b) = set(&w, "acme", &admin, json!({"enabled": true, "threshold": 100_000 * C, "amount": 100_000 * C, "monthly_max": 50})).await;
+    let (s, b) = set(
+        &w,
+        "acme",
+        &admin,
+        json!({"enabled": true, "threshold": 100_000 * C, "amount": 100_000 * C, "monthly_max": 50}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = set(&w, "acme", &admin, json!({"enabled": true, "threshold": 20 * C, "amount": 50 * C, "monthly_max": 5})).await;
-    assert_eq!((s, b["enabled"].as_bool(), b["threshold"].as_i64(), b["amount"].as_i64()), (200, Some(true), Some(20 * C), Some(50 * C)));
+    let (s, b) =
+        set(&w, "acme", &admin, json!({"enabled": true, "threshold": 20 * C, "amount": 50 * C, "monthly_max": 5}))
+            .await;
+    assert_eq!(
+        (s, b["enabled"].as_bool(), b["threshold"].as_i64(), b["amount"].as_i64()),
+        (200, Some(true), Some(20 * C), Some(50 * C))
+    );
     let v = w.view("acme").await;
     assert_eq!(v["auto_recharge"]["monthly_max"], 5);
     assert_eq!(v["low_balance_threshold"], 20 * C, "the auto-recharge threshold when it is on");
@@ -46,7 +57,10 @@ async fn usd_overage_threshold_up_to_the_amount_and_five_dollars_to_a_hundred_th
     let (s, _) = set(&w, "acme", &admin, json!({"enabled": false})).await;
     assert_eq!(s, 200);
     let v = w.view("acme").await;
-    assert_eq!((v["auto_recharge"]["enabled"].as_bool(), v["auto_recharge"]["threshold"].as_i64()), (Some(false), Some(20 * C)));
+    assert_eq!(
+        (v["auto_recharge"]["enabled"].as_bool(), v["auto_recharge"]["threshold"].as_i64()),
+        (Some(false), Some(20 * C))
+    );
     assert_eq!(v["low_balance_threshold"], 5 * C);
 }
 
@@ -76,7 +90,10 @@ async fn voice_minutes_reloads_one_block_up_to_the_plans_limit_and_not_on_free()
     w.save_card("clinic").await;
     let admin = person("admin", "clinic");
     let (s, b) = set(&w, "clinic", &admin, json!({"enabled": true})).await;
-    assert_eq!((s, b["error"]["code"].as_str(), b["error"]["message"].as_str()), (422, Some("auto_recharge_unavailable"), Some("Auto-reload not available on Free plan")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str(), b["error"]["message"].as_str()),
+        (422, Some("auto_recharge_unavailable"), Some("Auto-reload not available on Free plan"))
+    );
     let (s, _) = set(&w, "clinic", &person("editor", "clinic"), json!({"enabled": true})).await;
     assert_eq!(s, 403, "editors can see but not change auto-reload");
 
