@@ -884,7 +884,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn fail_recharge(&self, id: &str, recharge_id: &str, failure: &RechargeError) -> Result<bool, ApiError> {
         let result = self
             .apply(id, None, |a, now| {
-                if !a.auto_recharge.in_flight.as_ref().is_some_and(|c| c.recharge_id == recharge_id) {
+                if a.auto_recharge.in_flight.as_ref().is_none_or(|c| c.recharge_id != recharge_id) {
                     return Err(ApiError::rule(RECHARGE_NOT_DUE, "not_in_flight"));
                 }
                 let mut next = a.next(now);
