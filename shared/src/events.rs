@@ -1,7 +1,8 @@
 //! Domain events to the EventBridge bus. Events are first written to the outbox inside the
 //! transaction that caused them (`store::Commit::outbox`), then published here, then cleared.
 //! An entry PutEvents rejects is retried, and if it still fails it stays in the outbox:
-//! nothing is silently dropped, and `redeliver_outbox` publishes what is left.
+//! nothing is silently dropped. The next successful publication sends along what is left
+//! (`redeliver_outbox`), as will the scheduled sweep.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -158,8 +159,12 @@ pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events
     if events.is_empty() {
         return;
     }
+    let mut healthy = false;
     let published: Vec<DomainEvent> = match bus.publish(events).await {
-        Ok(()) => events.to_vec(),
+        Ok(()) => {
+            healthy = true;
+            events.to_vec()
+        }
         Err(e) => {
             for ev in &e.failed {
                 tracing::error!(event_id = %ev.id, account_id = %ev.account_id, detail_type = %ev.detail_type, reason = %e.reason, "event left in the outbox for redelivery");
@@ -171,7 +176,19 @@ pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events
         // The events went out; redelivery may send them again, and consumers dedupe by id.
         tracing::warn!(error = %e, "outbox not cleared after publishing");
     }
+    // The bus took these: send along whatever an earlier failure left behind. This runs only
+    // when a change emitted events (rare), so ordinary debits keep their single write.
+    if healthy {
+        match redeliver_outbox(store, bus, REDELIVER_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(redelivered = n, "outbox events redelivered"),
+            Err(e) => tracing::warn!(error = %e, "outbox redelivery failed"),
+        }
+    }
 }
+
+/// How many left-behind events one successful publication sends along.
+const REDELIVER_BATCH: usize = 10;
 
 /// Publishes what is left in the outbox (events whose first publication failed). Consumers
 /// dedupe by `event_id`, so a redelivered event is harmless. Returns how many went out.

@@ -40,3 +40,24 @@ async fn an_event_the_bus_refuses_stays_in_the_outbox_until_redelivered() {
     assert_eq!(events[0]["detail"]["event_id"], serde_json::json!(pending[0].id), "the id consumers dedupe on");
     w.assert_invariants("acme").await;
 }
+
+/// The next change that publishes successfully sends along what an earlier failure left.
+#[tokio::test]
+async fn the_next_successful_publication_redelivers_what_was_left() {
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    w.account("acme", "free").await;
+    w.usage("acme", "api_calls", 1_000).await;
+    w.grant("acme", 6 * C).await;
+    let store = DynamoStore::new(w.dynamo.clone(), w.config.table.clone());
+    let broken =
+        Credits::new(w.config.profile.clone(), store.clone(), EventBridgeBus::new(w.events.clone(), "no-such-bus"));
+    broken.debit("acme", "api_calls", 2_000, "cross").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.pending_outbox(10).await.expect("outbox").len(), 1, "BalanceLow left behind");
+    // Through the healthy bus, a debit to zero publishes BalanceDepleted and the left BalanceLow.
+    let (s, b) = w.usage("acme", "api_calls", 4_000).await;
+    assert_eq!((s, b["balance"].as_i64()), (200, Some(0)));
+    assert!(store.pending_outbox(10).await.expect("outbox").is_empty());
+    let events = observer.drain(Duration::from_secs(1)).await;
+    assert_eq!((of_type(&events, "BalanceLow").len(), of_type(&events, "BalanceDepleted").len()), (1, 1), "{events:?}");
+}
