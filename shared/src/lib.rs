@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod ledger;
 pub mod money;
+pub mod notify;
 pub mod pricing;
 pub mod profile;
 pub mod purchase;

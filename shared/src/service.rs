@@ -577,6 +577,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     created_at: now,
                     detail: json!({
                         "kind": payment.kind,
+                        // seed 000: "We'll email you when it completes" — only for payments
+                        // that went through `processing`.
+                        "settled_after_processing": purchase.is_some_and(|r| r.status == PurchaseStatus::Processing),
                         "payment_id": payment.payment_id,
                         "reference": payment.reference,
                         "credits": payment.credits.0,
