@@ -19,6 +19,17 @@ pub struct Contact {
     pub sms_opt_in: bool,
 }
 
+/// A plausible email address: one `@`, a dotted domain, no spaces; at most 254 characters.
+pub fn valid_email(e: &str) -> bool {
+    let Some((local, domain)) = e.rsplit_once('@') else { return false };
+    e.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// A reservation for a metered session (SPEC §6): allowance units and credits set aside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {

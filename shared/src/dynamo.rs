@@ -8,6 +8,7 @@
 //! | payment claim | `ACCOUNT#{id}`  | `IDEM#payment:{id}` (no TTL) |
 //! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
 //! | purchase      | `ACCOUNT#{id}`  | `PURCHASE#{purchase_id}` |
+//! | delivery      | `ACCOUNT#{id}`  | `NOTIFY#{occurred:013}#{event}#{channel}#{to}` |
 //! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
@@ -28,7 +29,7 @@ use serde_json::{Map, Number, Value};
 use crate::account::Account;
 use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
 use crate::purchase::PurchaseRecord;
-use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
+use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -364,6 +365,59 @@ impl Store for DynamoStore {
 
     async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
         self.get(account_pk(account_id), format!("IDEM#{scope_key}")).await?.map(|i| from_item(&i)).transpose()
+    }
+
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #status = :retry")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":retry", s("retry"))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let se = e.into_service_error();
+                if se.is_conditional_check_failed_exception() {
+                    Ok(false)
+                } else {
+                    Err(unavailable("PutItem(delivery)", se))
+                }
+            }
+        }
+    }
+
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem(delivery)", e))?;
+        Ok(())
+    }
+
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :notify)")
+            .expression_attribute_values(":pk", s(account_pk(account_id)))
+            .expression_attribute_values(":notify", s("NOTIFY#"))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query(deliveries)", e))?;
+        out.items().iter().map(from_item).collect()
     }
 
     async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {

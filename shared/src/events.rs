@@ -38,6 +38,7 @@ pub fn detail_json(e: &DomainEvent) -> serde_json::Value {
         o.insert("event_id".into(), json!(e.id));
         o.insert("account_id".into(), json!(e.account_id));
         o.insert("occurred_at".into(), json!(crate::clock::rfc3339(e.created_at)));
+        o.insert("occurred_ms".into(), json!(e.created_at));
     }
     d
 }

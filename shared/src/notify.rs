@@ -3,12 +3,17 @@
 //! a link to the billing page, and a short SMS without links. Amounts are shown in the
 //! profile's unit ($12.50, 340 minutes, 12 credits).
 
+use std::future::Future;
+
 use serde_json::Value;
 
+use crate::account::valid_email;
+use crate::clock;
 use crate::money::Micros;
 use crate::pricing::format_money;
 use crate::profile::Profile;
 use crate::service::format_credits;
+use crate::store::{DeliveryRecord, Store};
 
 /// One notification, ready for each channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +159,213 @@ pub fn render(
     Rendered { kind, subject, text, html, sms }
 }
 
+/// Why a message did not go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Throttling, a timeout, an outage: the delivery may be tried again.
+    Retryable(String),
+    /// The provider refused this message for good (a rejected address, a bad number).
+    Rejected(String),
+}
+
+/// Email and SMS. `AwsChannels` sends through SES v2 and SNS.
+pub trait Channels: Send + Sync {
+    fn email(&self, to: &str, message: &Rendered) -> impl Future<Output = Result<(), SendError>> + Send;
+    fn sms(&self, phone: &str, text: &str) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+pub struct AwsChannels {
+    ses: aws_sdk_sesv2::Client,
+    sns: aws_sdk_sns::Client,
+    from: String,
+}
+
+impl AwsChannels {
+    pub fn new(ses: aws_sdk_sesv2::Client, sns: aws_sdk_sns::Client, from: impl Into<String>) -> Self {
+        AwsChannels { ses, sns, from: from.into() }
+    }
+}
+
+impl Channels for AwsChannels {
+    async fn email(&self, to: &str, m: &Rendered) -> Result<(), SendError> {
+        use aws_sdk_sesv2::error::ProvideErrorMetadata;
+        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+        let content = |data: &str| {
+            Content::builder().data(data).charset("UTF-8").build().map_err(|e| SendError::Rejected(e.to_string()))
+        };
+        let message = Message::builder()
+            .subject(content(&m.subject)?)
+            .body(Body::builder().text(content(&m.text)?).html(content(&m.html)?).build())
+            .build();
+        let res = self
+            .ses
+            .send_email()
+            .from_email_address(&self.from)
+            .destination(Destination::builder().to_addresses(to).build())
+            .content(EmailContent::builder().simple(message).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = e.into_service_error();
+                let text = aws_sdk_sesv2::error::DisplayErrorContext(&e).to_string();
+                if e.is_too_many_requests_exception() || e.is_limit_exceeded_exception() || e.code().is_none() {
+                    Err(SendError::Retryable(text))
+                } else {
+                    Err(SendError::Rejected(text))
+                }
+            }
+        }
+    }
+
+    async fn sms(&self, phone: &str, text: &str) -> Result<(), SendError> {
+        use aws_sdk_sns::error::ProvideErrorMetadata;
+        match self.sns.publish().phone_number(phone).message(text).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = e.into_service_error();
+                let detail = aws_sdk_sns::error::DisplayErrorContext(&e).to_string();
+                if e.code() == Some("Throttling") || e.is_internal_error_exception() || e.code().is_none() {
+                    Err(SendError::Retryable(detail))
+                } else {
+                    Err(SendError::Rejected(detail))
+                }
+            }
+        }
+    }
+}
+
+/// What one delivery of an event did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub kind: Option<&'static str>,
+    pub sent: usize,
+    /// Claimed by an earlier delivery of the same event: not sent again.
+    pub already: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("delivery incomplete, retry: {0}")]
+pub struct RetryLater(pub String);
+
+/// Sends the notifications bus events call for, each message at most once.
+pub struct Notifier<S, C> {
+    pub profile: Profile,
+    pub store: S,
+    pub channels: C,
+    pub billing_url: String,
+}
+
+impl<S: Store, C: Channels> Notifier<S, C> {
+    /// Delivers one bus event. A delivery per (event, channel, recipient) is claimed with a
+    /// conditional write before it is sent, so however often EventBridge delivers the event, each
+    /// message goes out at most once. A retryable failure releases its claim and makes the whole
+    /// call fail, so EventBridge tries again and only what did not go out is sent.
+    pub async fn deliver(&self, detail_type: &str, detail: &Value) -> Result<Report, RetryLater> {
+        let Some(kind) = notification_kind(detail_type, detail) else { return Ok(Report::default()) };
+        let mut report = Report { kind: Some(kind), ..Report::default() };
+        let (Some(account_id), Some(event_id)) = (detail["account_id"].as_str(), detail["event_id"].as_str()) else {
+            tracing::warn!(detail_type, "event without account_id or event_id: nothing to send");
+            return Ok(report);
+        };
+        let wants = |list: &[String]| list.iter().any(|k| k == kind);
+        let (email_on, sms_on) = (wants(&self.profile.notifications.email), wants(&self.profile.notifications.sms));
+        if !email_on && !sms_on {
+            return Ok(report);
+        }
+        let account = match self.store.load_account(account_id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                tracing::warn!(account_id, event_id, "notification for an unknown account");
+                return Ok(report);
+            }
+            Err(e) => return Err(RetryLater(e.to_string())),
+        };
+        let message = render(&self.profile, kind, detail_type, account_id, detail, &self.billing_url);
+        let occurred_ms = detail["occurred_ms"].as_i64().unwrap_or(0);
+        let mut targets = Vec::new();
+        for c in &account.contacts {
+            if email_on {
+                targets.push(("email", c.email.clone(), valid_email(&c.email)));
+            }
+            if sms_on && c.sms_opt_in {
+                if let Some(phone) = &c.phone {
+                    targets.push(("sms", phone.clone(), true));
+                }
+            }
+        }
+        let mut retry = None;
+        for (channel, to, usable) in targets {
+            let mut record = DeliveryRecord {
+                account_id: account_id.to_string(),
+                event_id: event_id.to_string(),
+                occurred_ms,
+                kind: kind.to_string(),
+                channel: channel.to_string(),
+                to: to.clone(),
+                status: "sending".into(),
+                detail: None,
+                updated_at: clock::now_ms(),
+            };
+            if !usable {
+                tracing::warn!(account_id, event_id, channel, "contact skipped: not a usable address");
+                record.status = "skipped".into();
+                record.detail = Some("not a usable address".into());
+                report.skipped += 1;
+                if let Err(e) = self.store.finish_delivery(&record).await {
+                    retry = Some(e.to_string());
+                }
+                continue;
+            }
+            match self.store.claim_delivery(&record).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    report.already += 1;
+                    continue;
+                }
+                Err(e) => {
+                    retry = Some(e.to_string());
+                    continue;
+                }
+            }
+            let sent = match channel {
+                "email" => self.channels.email(&to, &message).await,
+                _ => self.channels.sms(&to, &message.sms).await,
+            };
+            match sent {
+                Ok(()) => {
+                    record.status = "sent".into();
+                    report.sent += 1;
+                }
+                Err(SendError::Rejected(why)) => {
+                    tracing::warn!(account_id, event_id, channel, reason = %why, "message rejected");
+                    record.status = "failed".into();
+                    record.detail = Some(why);
+                    report.failed += 1;
+                }
+                Err(SendError::Retryable(why)) => {
+                    tracing::warn!(account_id, event_id, channel, reason = %why, "message will be retried");
+                    record.status = "retry".into();
+                    record.detail = Some(why.clone());
+                    retry = Some(why);
+                }
+            }
+            record.updated_at = clock::now_ms();
+            if let Err(e) = self.store.finish_delivery(&record).await {
+                // The message went (or failed for good); a lost record only shows in the list.
+                tracing::warn!(account_id, event_id, error = %e, "delivery record not written");
+            }
+        }
+        match retry {
+            Some(why) => Err(RetryLater(why)),
+            None => Ok(report),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +442,125 @@ mod tests {
         let p = Profile::load("usd-overage").unwrap();
         let m = render(&p, "credit_balance_depleted", "BalanceDepleted", "<script>", &json!({"balance": 0}), URL);
         assert!(m.html.contains("&lt;script&gt;") && !m.html.contains("<script>"));
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::account::Contact;
+    use crate::events::MemoryBus;
+    use crate::service::Credits;
+    use crate::store::MemoryStore;
+
+    #[derive(Default)]
+    struct Fake {
+        sent: Mutex<Vec<(String, String)>>,
+        reject: HashSet<String>,
+        flaky: Mutex<HashSet<String>>,
+    }
+
+    impl Channels for Fake {
+        async fn email(&self, to: &str, m: &Rendered) -> Result<(), SendError> {
+            self.send("email", to, &m.subject)
+        }
+        async fn sms(&self, phone: &str, text: &str) -> Result<(), SendError> {
+            self.send("sms", phone, text)
+        }
+    }
+
+    impl Fake {
+        fn send(&self, channel: &str, to: &str, _what: &str) -> Result<(), SendError> {
+            if self.reject.contains(to) {
+                return Err(SendError::Rejected("address rejected".into()));
+            }
+            if self.flaky.lock().unwrap().remove(to) {
+                return Err(SendError::Retryable("throttled".into()));
+            }
+            self.sent.lock().unwrap().push((channel.into(), to.into()));
+            Ok(())
+        }
+    }
+
+    async fn setup(profile: &str, fake: Fake) -> Arc<Notifier<Arc<MemoryStore>, Fake>> {
+        let store = Arc::new(MemoryStore::default());
+        let p = Profile::load(profile).unwrap();
+        let credits = Credits::new(p.clone(), store.clone(), MemoryBus::default());
+        let contacts = vec![
+            Contact { email: "a@acme.example".into(), phone: Some("+15550101".into()), sms_opt_in: true },
+            Contact { email: "b@acme.example".into(), phone: Some("+15550102".into()), sms_opt_in: false },
+            Contact { email: "not-an-address".into(), phone: None, sms_opt_in: false },
+        ];
+        credits.upsert_account("acme", "pro", contacts).await.unwrap();
+        Arc::new(Notifier { profile: p, store, channels: fake, billing_url: "https://app.example/billing".into() })
+    }
+
+    fn depleted() -> Value {
+        json!({"event_id": "evt_1", "account_id": "acme", "occurred_ms": 1, "balance": 0})
+    }
+
+    #[tokio::test]
+    async fn ten_concurrent_deliveries_send_each_message_once_and_sms_only_to_opted_in() {
+        let n = setup("usd-overage", Fake::default()).await;
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let n = n.clone();
+            tasks.push(tokio::spawn(async move { n.deliver("BalanceDepleted", &depleted()).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut sent = n.channels.sent.lock().unwrap().clone();
+        sent.sort();
+        let want: Vec<(String, String)> =
+            [("email", "a@acme.example"), ("email", "b@acme.example"), ("sms", "+15550101")]
+                .iter()
+                .map(|(c, t)| (c.to_string(), t.to_string()))
+                .collect();
+        assert_eq!(sent, want, "one per contact and channel; the invalid address skipped");
+        let records = n.store.recent_deliveries("acme", 10).await.unwrap();
+        assert!(records.iter().any(|r| r.status == "skipped" && r.to == "not-an-address"));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_recipient_does_not_stop_the_others_and_is_recorded() {
+        let fake = Fake { reject: HashSet::from(["b@acme.example".to_string()]), ..Fake::default() };
+        let n = setup("usd-overage", fake).await;
+        let r = n.deliver("BalanceDepleted", &depleted()).await.unwrap();
+        assert_eq!((r.sent, r.failed, r.skipped), (2, 1, 1));
+        let records = n.store.recent_deliveries("acme", 10).await.unwrap();
+        assert!(records.iter().any(|r| r.to == "b@acme.example" && r.status == "failed"));
+        // Not retried: a second delivery sends nothing new.
+        let again = n.deliver("BalanceDepleted", &depleted()).await.unwrap();
+        assert_eq!((again.sent, again.already), (0, 3));
+    }
+
+    #[tokio::test]
+    async fn a_retryable_failure_fails_the_call_and_the_retry_sends_only_what_is_missing() {
+        let fake = Fake { flaky: Mutex::new(HashSet::from(["a@acme.example".to_string()])), ..Fake::default() };
+        let n = setup("usd-overage", fake).await;
+        assert!(n.deliver("BalanceDepleted", &depleted()).await.is_err(), "EventBridge should retry");
+        assert_eq!(n.channels.sent.lock().unwrap().len(), 2);
+        let r = n.deliver("BalanceDepleted", &depleted()).await.unwrap();
+        assert_eq!((r.sent, r.already), (1, 2));
+        assert_eq!(n.channels.sent.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_profile_decides_what_is_sent() {
+        // voice-minutes sends no email at the monthly cap (seed 004) and SMS only when depleted.
+        let n = setup("voice-minutes", Fake::default()).await;
+        let paused = json!({"event_id": "evt_p", "account_id": "acme", "occurred_ms": 2});
+        assert_eq!(n.deliver("AutoRechargePaused", &paused).await.unwrap().sent, 0);
+        let low = json!({"event_id": "evt_l", "account_id": "acme", "occurred_ms": 3, "balance": 5, "threshold": 10});
+        let r = n.deliver("BalanceLow", &low).await.unwrap();
+        assert_eq!(r.sent, 2, "email only");
+        assert!(n.channels.sent.lock().unwrap().iter().all(|(c, _)| c == "email"));
+        assert_eq!(n.deliver("SomethingElse", &low).await.unwrap(), Report::default());
     }
 }

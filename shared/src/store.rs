@@ -49,6 +49,25 @@ pub enum HoldWrite {
     Settle(HoldRecord),
 }
 
+/// One message of one notification to one recipient: the record that it goes out at most once
+/// (SPEC §8) and what happened to it, for `GET .../notifications`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryRecord {
+    pub account_id: String,
+    pub event_id: String,
+    /// When the event happened (sorts the list).
+    pub occurred_ms: i64,
+    pub kind: String,
+    /// `email` or `sms`.
+    pub channel: String,
+    pub to: String,
+    /// `sending`, `sent`, `failed` (final), `retry` (a retryable failure: may be claimed again),
+    /// `skipped` (an unusable address).
+    pub status: String,
+    pub detail: Option<String>,
+    pub updated_at: i64,
+}
+
 /// A purchase record written only if the stored one is in one of `from` (empty: only if none
 /// exists yet) and, when given, was last written at `expected_updated_at` — so two writers that
 /// read the same record cannot both write (`updated_at` strictly increases with each write).
@@ -102,6 +121,17 @@ pub trait Store: Send + Sync {
         account_id: &str,
         purchase_id: &str,
     ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send;
+    /// Claims a delivery: written only if none exists or the last attempt may be retried.
+    /// `false` means it went (or is going) out already.
+    fn claim_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records how a claimed delivery ended.
+    fn finish_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Recent deliveries of an account, newest first.
+    fn recent_deliveries(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send;
     /// Removes outbox entries once their events are on the bus.
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Outbox entries whose publication has not been confirmed, oldest first.
@@ -121,6 +151,7 @@ struct Memory {
     idem: HashMap<(String, String), IdemRecord>,
     holds: HashMap<(String, String), HoldRecord>,
     purchases: HashMap<(String, String), PurchaseRecord>,
+    deliveries: BTreeMap<(String, String), DeliveryRecord>,
     outbox: BTreeMap<(i64, String), DomainEvent>,
 }
 
@@ -128,6 +159,11 @@ impl MemoryStore {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Memory>, StoreError> {
         self.inner.lock().map_err(|_| StoreError::Unavailable("memory store poisoned".into()))
     }
+}
+
+/// The sort key of a delivery: time first, so an account's deliveries list newest first.
+pub fn delivery_key(r: &DeliveryRecord) -> String {
+    format!("NOTIFY#{:013}#{}#{}#{}", r.occurred_ms, r.event_id, r.channel, r.to)
 }
 
 /// `Some(current)` when `w` may not be written over what is stored.
@@ -238,6 +274,32 @@ impl Store for MemoryStore {
         Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
     }
 
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        let mut m = self.lock()?;
+        let key = (r.account_id.clone(), delivery_key(r));
+        if m.deliveries.get(&key).is_some_and(|d| d.status != "retry") {
+            return Ok(false);
+        }
+        m.deliveries.insert(key, r.clone());
+        Ok(true)
+    }
+
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        self.lock()?.deliveries.insert((r.account_id.clone(), delivery_key(r)), r.clone());
+        Ok(())
+    }
+
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.deliveries
+            .iter()
+            .rev()
+            .filter(|((a, _), _)| a == account_id)
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
     async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
         let mut m = self.lock()?;
         for e in events {
@@ -290,6 +352,19 @@ impl<S: Store> Store for std::sync::Arc<S> {
         purchase_id: &str,
     ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send {
         (**self).load_purchase(account_id, purchase_id)
+    }
+    fn claim_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).claim_delivery(record)
+    }
+    fn finish_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).finish_delivery(record)
+    }
+    fn recent_deliveries(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send {
+        (**self).recent_deliveries(account_id, limit)
     }
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).clear_outbox(events)

@@ -120,7 +120,7 @@ fn contacts(list: &[Value]) -> Result<Vec<Contact>, ApiError> {
             let email = fields.str("email").map_err(|_| {
                 ApiError::invalid(format!("`billing_contacts[{i}].email` is required and must be a string."))
             })?;
-            if !valid_email(email) {
+            if !topup::account::valid_email(email) {
                 return Err(ApiError::rule(
                     "invalid_email",
                     format!("`billing_contacts[{i}].email` is not an email address."),
@@ -150,16 +150,6 @@ fn contacts(list: &[Value]) -> Result<Vec<Contact>, ApiError> {
             Ok(Contact { email: email.to_string(), phone: phone.map(str::to_string), sms_opt_in })
         })
         .collect()
-}
-
-fn valid_email(e: &str) -> bool {
-    let Some((local, domain)) = e.rsplit_once('@') else { return false };
-    e.len() <= 254
-        && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn valid_e164(p: &str) -> bool {
