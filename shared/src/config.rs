@@ -49,6 +49,10 @@ pub struct Config {
     /// HS256 secret for `Authorization: Bearer` tokens when no API Gateway authorizer ran
     /// (`TOPUP_LOCAL_JWT_SECRET`). The SAM template never sets it.
     pub local_jwt_secret: Option<Secret>,
+    /// Sender of notification emails (`TOPUP_EMAIL_FROM`, a verified SES identity).
+    pub email_from: Option<String>,
+    /// The billing page notifications link to (`TOPUP_BILLING_URL`).
+    pub billing_url: Option<String>,
 }
 
 impl Config {
@@ -68,7 +72,19 @@ impl Config {
             }
             Some(s) => Some(Secret::new(s)),
         };
-        Ok(Config { profile, table, event_bus, local_jwt_secret })
+        let email_from = get("TOPUP_EMAIL_FROM").filter(|s| !s.is_empty());
+        if let Some(f) = &email_from {
+            if !crate::account::valid_email(f) {
+                return Err(ConfigError::Invalid("TOPUP_EMAIL_FROM", "must be an email address".into()));
+            }
+        }
+        let billing_url = get("TOPUP_BILLING_URL").filter(|s| !s.is_empty());
+        if let Some(u) = &billing_url {
+            if !u.starts_with("https://") && !u.starts_with("http://") {
+                return Err(ConfigError::Invalid("TOPUP_BILLING_URL", "must be an http(s) URL".into()));
+            }
+        }
+        Ok(Config { profile, table, event_bus, local_jwt_secret, email_from, billing_url })
     }
 }
 

@@ -30,3 +30,19 @@ pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
     let bus = events::EventBridgeBus::new(aws_sdk_eventbridge::Client::new(aws), config.event_bus.clone());
     service::Credits::new(config.profile.clone(), store, bus)
 }
+
+/// The live notifier: DynamoDB for delivery claims, SES v2 and SNS to send. Needs
+/// `TOPUP_EMAIL_FROM` and `TOPUP_BILLING_URL`.
+pub fn live_notifier(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+) -> Result<notify::Notifier<dynamo::DynamoStore, notify::AwsChannels>, config::ConfigError> {
+    let from = config.email_from.clone().ok_or(config::ConfigError::Missing("TOPUP_EMAIL_FROM"))?;
+    let billing_url = config.billing_url.clone().ok_or(config::ConfigError::Missing("TOPUP_BILLING_URL"))?;
+    Ok(notify::Notifier {
+        profile: config.profile.clone(),
+        store: dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone()),
+        channels: notify::AwsChannels::new(aws_sdk_sesv2::Client::new(aws), aws_sdk_sns::Client::new(aws), from),
+        billing_url,
+    })
+}

@@ -68,6 +68,8 @@ impl World {
             table: table.clone(),
             event_bus: bus.clone(),
             local_jwt_secret: Some(Secret::new(JWT_SECRET)),
+            email_from: Some("billing@example.com".into()),
+            billing_url: Some("https://app.example.com/settings/billing".into()),
         };
         let credits = topup::live(&config, &aws);
         World { config, credits, dynamo, events, sqs: aws_sdk_sqs::Client::new(&aws), aws }
@@ -338,6 +340,28 @@ pub fn read(resp: Response<Body>) -> (u16, Value) {
         _ => Value::Null,
     };
     (status, body)
+}
+
+/// Everything moto holds (`GET /moto-api/data.json`): sent email under `ses.Message`, SMS
+/// under `sns.SMS`. Shared by all tests of a run, so filter by this test's recipients.
+pub async fn moto_data() -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let endpoint = endpoint();
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect to moto");
+    let req = format!("GET /moto-api/data.json HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("request");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("response");
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
+    serde_json::from_str(body).expect("data.json")
+}
+
+/// A unique phone number in E.164 form.
+pub fn unique_phone() -> String {
+    let n = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([1; 8])) % 10_000_000;
+    format!("+1555{n:07}")
 }
 
 /// Micro-credits in one credit.

@@ -1,1 +1,31 @@
+//! The `notify` function: EventBridge delivers topup's events (`BalanceLow`, `BalanceDepleted`,
+//! `AutoRechargeSucceeded`, `AutoRechargeFailed`, `CreditsAdded`, ...) and it sends the
+//! notifications they call for by email (SES v2) and SMS (SNS), each message at most once
+//! (SPEC §8). A retryable failure fails the invocation so EventBridge retries; the template
+//! gives it a dead-letter queue.
 
+use serde_json::{json, Value};
+use topup::notify::{Channels, Notifier, RetryLater};
+use topup::store::Store;
+
+/// Handles one EventBridge event (`{"detail-type": ..., "detail": {...}}`).
+pub async fn handle<S: Store, C: Channels>(notifier: &Notifier<S, C>, event: &Value) -> Result<Value, RetryLater> {
+    let detail_type = event["detail-type"].as_str().unwrap_or_default();
+    let report = notifier.deliver(detail_type, &event["detail"]).await?;
+    tracing::info!(
+        detail_type,
+        kind = report.kind.unwrap_or("none"),
+        sent = report.sent,
+        already = report.already,
+        skipped = report.skipped,
+        failed = report.failed,
+        "notification delivered"
+    );
+    Ok(json!({
+        "kind": report.kind,
+        "sent": report.sent,
+        "already_sent": report.already,
+        "skipped": report.skipped,
+        "failed": report.failed,
+    }))
+}
