@@ -1075,6 +1075,35 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }))
     }
 
+    /// `GET /v1/accounts/{id}/notifications`: recent notifications, newest first, each with its
+    /// type, time, and how every channel and recipient went.
+    pub async fn notifications(&self, id: &str, limit: usize) -> Result<Value, ApiError> {
+        self.load(id).await?;
+        let deliveries = self.store.recent_deliveries(id, limit.saturating_mul(8)).await.map_err(upstream)?;
+        let mut out: Vec<(String, Value)> = Vec::new();
+        for d in deliveries {
+            let channel = json!({"channel": d.channel, "to": d.to, "status": d.status, "detail": d.detail});
+            match out.iter().position(|(event, _)| *event == d.event_id) {
+                Some(i) => {
+                    if let Some(list) = out[i].1["channels"].as_array_mut() {
+                        list.push(channel);
+                    }
+                }
+                None if out.len() < limit => out.push((
+                    d.event_id.clone(),
+                    json!({
+                        "event_id": d.event_id,
+                        "type": d.kind,
+                        "time": clock::rfc3339(d.occurred_ms),
+                        "channels": [channel],
+                    }),
+                )),
+                None => {}
+            }
+        }
+        Ok(json!({"notifications": out.into_iter().map(|(_, n)| n).collect::<Vec<_>>()}))
+    }
+
     /// `GET /v1/accounts/{id}/credits/transactions`: newest first, `cursor` from the last page.
     pub async fn transactions(&self, id: &str, limit: usize, cursor: Option<u64>) -> Result<Value, ApiError> {
         self.load(id).await?;

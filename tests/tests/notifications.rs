@@ -65,4 +65,18 @@ async fn crossing_and_depleting_debits_notify_each_contact_once() {
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert!(texts[0]["message"].as_str().unwrap_or_default().contains("have run out"));
     assert!(!texts[0]["message"].as_str().unwrap_or_default().contains("http"));
+
+    // The in-app list: newest first, each with its channels and how they went.
+    let (s, list) = w.api(get("/v1/accounts/acme/notifications", &person("admin", "acme"))).await;
+    assert_eq!(s, 200, "{list}");
+    let items = list["notifications"].as_array().cloned().unwrap_or_default();
+    let types: Vec<_> = items.iter().filter_map(|n| n["type"].as_str()).collect();
+    assert_eq!(types, ["credit_balance_depleted", "credit_balance_low"]);
+    assert_eq!(items[0]["channels"].as_array().map(Vec::len), Some(3), "two emails and one SMS");
+    assert!(items
+        .iter()
+        .flat_map(|n| n["channels"].as_array().cloned().unwrap_or_default())
+        .all(|c| c["status"] == "sent"));
+    let (s, _) = w.api(get("/v1/accounts/acme/notifications", &person("member", "acme"))).await;
+    assert_eq!(s, 403, "usd-overage: owners and admins only");
 }

@@ -51,7 +51,7 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 8, "{routes:?}");
+    assert_eq!(routes.len(), 9, "{routes:?}");
     for (binary, method, path) in routes {
         let concrete = path.replace("{account_id}", "acme").replace("{hold_id}", "hold_x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));

@@ -5,6 +5,7 @@
 //! - `GET /v1/accounts/{id}/credits/transactions?limit=&cursor=` (view roles)
 //! - `POST /v1/accounts/{id}/credits/adjustments` (service) `{amount, reason, idempotency_key}`
 //! - `PUT /v1/accounts/{id}/credits/auto-recharge` (billing roles) `{enabled, threshold?, amount?, monthly_max?}`
+//! - `GET /v1/accounts/{id}/notifications?limit=` (view roles)
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
@@ -28,6 +29,7 @@ pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S,
         ["v1", "accounts", _, "credits", "transactions"] => "transactions",
         ["v1", "accounts", _, "credits", "adjustments"] => "adjustments",
         ["v1", "accounts", _, "credits", "auto-recharge"] => "auto_recharge",
+        ["v1", "accounts", _, "notifications"] => "notifications",
         _ => return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into()))),
     };
     respond(route, route_request(config, credits, &req, route, &segs[2]).await)
@@ -77,15 +79,12 @@ async fn route_request<S: Store, B: EventBus>(
         }
         "transactions" => {
             who.authorize(&config.profile, Access::View, account_id)?;
-            let q = req.query_string_parameters();
-            let limit = match q.first("limit") {
-                None => DEFAULT_PAGE,
-                Some(l) => l.parse::<usize>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
-                    ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))
-                })?,
-            };
-            let cursor = q.first("cursor").map(decode_cursor).transpose()?;
-            Ok((200, credits.transactions(account_id, limit, cursor).await?))
+            let cursor = req.query_string_parameters().first("cursor").map(decode_cursor).transpose()?;
+            Ok((200, credits.transactions(account_id, page_limit(req)?, cursor).await?))
+        }
+        "notifications" => {
+            who.authorize(&config.profile, Access::View, account_id)?;
+            Ok((200, credits.notifications(account_id, page_limit(req)?).await?))
         }
         _ => {
             who.authorize(&config.profile, Access::Service, account_id)?;
@@ -99,6 +98,18 @@ async fn route_request<S: Store, B: EventBus>(
             check_key("idempotency_key", key)?;
             credits.adjust(account_id, amount, reason, key).await
         }
+    }
+}
+
+/// `?limit=`: 1 to `MAX_PAGE`, `DEFAULT_PAGE` when absent.
+fn page_limit(req: &Request) -> Result<usize, ApiError> {
+    match req.query_string_parameters().first("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))),
     }
 }
 
