@@ -111,6 +111,9 @@ class Router:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def shutdown(self) -> None:
+        forwarder = getattr(self, "forwarder", None)
+        if forwarder:
+            forwarder.stop()
         if self.server:
             self.server.shutdown()
             self.server.server_close()
