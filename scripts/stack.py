@@ -333,23 +333,29 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
 
         # The sample events through `cargo lambda invoke`, as a person would run them.
         # The served notify function, fed by the template's rule through the forwarder.
-        low_mails: list = []
-        deadline = time.time() + 60
-        while time.time() < deadline:
+        def mails(subject: str) -> list:
             data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
-            low_mails = [m for m in data.get("ses", {}).get("Message", [])
-                         if m["destinations"].get("ToAddresses") == ["ops@example.com"]
-                         and m["subject"] == "Your credit balance is low"]
-            if low_mails:
-                break
-            time.sleep(0.5)
-        time.sleep(3)  # a duplicate would have arrived by now
-        data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
-        low_mails = [m for m in data.get("ses", {}).get("Message", [])
-                     if m["destinations"].get("ToAddresses") == ["ops@example.com"]
-                     and m["subject"] == "Your credit balance is low"]
-        checks.check("the served debit's BalanceLow emailed the billing contact exactly once (rule → notify)",
-                     len(low_mails) == 1, f"{len(low_mails)} mails")
+            return [m for m in data.get("ses", {}).get("Message", [])
+                    if m["destinations"].get("ToAddresses") == ["ops@example.com"] and m["subject"] == subject]
+
+        def exactly_one(subject: str) -> int:
+            deadline = time.time() + 60
+            while time.time() < deadline and not mails(subject):
+                time.sleep(0.5)
+            time.sleep(3)  # a duplicate would have arrived by now
+            return len(mails(subject))
+
+        n = exactly_one("Your credit balance is low")
+        checks.check("the served debit's BalanceLow emailed the billing contact exactly once (rule → notify)", n == 1, f"{n} mails")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
+                    {"consumable": "api_calls", "quantity": 4_400, "idempotency_key": "u-zero"})
+        checks.check("POST usage to zero → 200, balance 0", s == 200 and b.get("balance") == 0, f"{s} {b}")
+        n = exactly_one("You're out of credits")
+        checks.check("reaching zero emailed credit_balance_depleted exactly once", n == 1, f"{n} mails")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/notifications", owner)
+        kinds = [x.get("type") for x in (b or {}).get("notifications", [])]
+        checks.check("GET notifications lists both, newest first",
+                     s == 200 and kinds == ["credit_balance_depleted", "credit_balance_low"], f"{s} {b}")
 
         manifest = json.loads((ROOT / "events/expected.json").read_text())
         for file, expected in manifest:

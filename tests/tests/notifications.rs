@@ -18,7 +18,7 @@ fn sms_to<'a>(data: &'a Value, phone: &str) -> Vec<&'a Value> {
     data["sns"]["SMS"].as_array().map(|m| m.iter().filter(|m| m["phone_number"] == phone).collect()).unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crossing_and_depleting_debits_notify_each_contact_once() {
     let w = World::new("usd-overage").await;
     let ses = aws_sdk_sesv2::Client::new(&w.aws);
@@ -41,11 +41,16 @@ async fn crossing_and_depleting_debits_notify_each_contact_once() {
     let events = observer.drain(Duration::from_secs(1)).await;
     assert_eq!(events.len(), 2, "{events:?}");
 
-    let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
+    let notifier = std::sync::Arc::new(topup::live_notifier(&w.config, &w.aws).expect("notifier"));
     for e in &events {
-        // EventBridge delivers at least once: deliver each event three times.
-        for _ in 0..3 {
-            notify::handle(&notifier, e).await.expect("delivered");
+        // EventBridge delivers at least once: the same event 10 times at once.
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (n, e) = (notifier.clone(), e.clone());
+            tasks.push(tokio::spawn(async move { notify::handle(&n, &e).await.map(|_| ()) }));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("delivered");
         }
     }
     let data = moto_data().await;
@@ -79,4 +84,92 @@ async fn crossing_and_depleting_debits_notify_each_contact_once() {
         .all(|c| c["status"] == "sent"));
     let (s, _) = w.api(get("/v1/accounts/acme/notifications", &person("member", "acme"))).await;
     assert_eq!(s, 403, "usd-overage: owners and admins only");
+}
+
+/// Every type each profile sends, read back from moto: the subject, and the amounts in the
+/// profile's unit in the body.
+#[tokio::test]
+async fn each_type_of_each_profile_arrives_with_its_amounts() {
+    let cases: [(&str, &str, Value, &str, &[&str]); 9] = [
+        (
+            "usd-overage",
+            "BalanceLow",
+            json!({"balance": 4_500_000, "threshold": 5 * C}),
+            "Your credit balance is low",
+            &["$4.50", "$5.00"],
+        ),
+        (
+            "usd-overage",
+            "AutoRechargeSucceeded",
+            json!({"credits": 10 * C, "charge": {"amount": 1000, "currency": "usd"}, "balance": 12_500_000}),
+            "We added $10.00 to your balance",
+            &["$10.00", "$12.50"],
+        ),
+        (
+            "usd-overage",
+            "AutoRechargeFailed",
+            json!({"message": "Your card was declined.", "balance": C}),
+            "Your automatic top-up failed",
+            &["Your card was declined.", "update your card and buy credits by hand"],
+        ),
+        (
+            "usd-overage",
+            "PurchaseFailed",
+            json!({}),
+            "Your credit purchase failed",
+            &["We couldn&#39;t confirm your payment. Please try again."],
+        ),
+        (
+            "request-packs",
+            "CreditsAdded",
+            json!({"settled_after_processing": true, "credits": 500 * C, "charge": {"amount": 2000, "currency": "usd"}, "balance": 512 * C}),
+            "Your payment has completed",
+            &["$20.00", "500 credits", "512 credits"],
+        ),
+        ("org-runs", "BalanceDepleted", json!({"balance": 0}), "You're out of credits", &["0 credits"]),
+        (
+            "org-runs",
+            "AutoRechargePaused",
+            json!({}),
+            "Auto top-up is paused until next month",
+            &["monthly auto-reload limit"],
+        ),
+        (
+            "voice-minutes",
+            "BalanceLow",
+            json!({"balance": 9 * C, "threshold": 10 * C}),
+            "Your credit balance is low",
+            &["9 minutes", "10 minutes"],
+        ),
+        (
+            "voice-minutes",
+            "AutoRechargeSucceeded",
+            json!({"credits": 100 * C, "charge": {"amount": 2000, "currency": "usd"}, "balance": 104 * C}),
+            "We added 100 minutes to your balance",
+            &["$20.00", "104 minutes"],
+        ),
+    ];
+    for (i, (profile, detail_type, mut detail, subject, amounts)) in cases.into_iter().enumerate() {
+        let w = World::new(profile).await;
+        let ses = aws_sdk_sesv2::Client::new(&w.aws);
+        let _ = ses.create_email_identity().email_identity("example.com").send().await;
+        let to = format!("{}@acme.example", unique("t"));
+        let (s, b) = w
+            .api(put("/v1/accounts/acme", &service(), json!({"plan": "pro", "billing_contacts": [{"email": to}]})))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        detail["event_id"] = json!(format!("evt_case_{i}"));
+        detail["account_id"] = json!("acme");
+        detail["occurred_ms"] = json!(i);
+        let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
+        notify::handle(&notifier, &json!({"detail-type": detail_type, "detail": detail})).await.expect("delivered");
+        let data = moto_data().await;
+        let mails = sent_to(&data, &to);
+        assert_eq!(mails.len(), 1, "{profile} {detail_type}");
+        let html = mails[0]["body"].as_str().unwrap_or_default();
+        assert_eq!(mails[0]["subject"].as_str(), Some(subject), "{profile} {detail_type}");
+        for a in amounts {
+            assert!(html.contains(a), "{profile} {detail_type}: {a} not in {html}");
+        }
+    }
 }
