@@ -228,6 +228,7 @@ Try:
        -H 'content-type: application/json' -d '{{"amount":10000000,"reason":"welcome","idempotency_key":"w1"}}'
   curl -s http://127.0.0.1:{args.port}/v1/accounts/acme/credits -H "authorization: Bearer $T"
 
+Sent emails and SMS land in moto: {moto}/moto-api/data.json (ses.Message, sns.SMS).
 Ctrl-C stops everything.
 """, flush=True)
         del svc
