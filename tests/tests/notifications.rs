@@ -173,3 +173,72 @@ async fn each_type_of_each_profile_arrives_with_its_amounts() {
         }
     }
 }
+
+/// Every profile × every type it sends, on both channels: email to each contact, SMS only to
+/// the one who opted in and only for the types the profile texts. Read back from moto.
+#[tokio::test]
+async fn every_profile_sends_exactly_the_types_it_lists() {
+    use topup::notify::{notification_kind, render};
+    let events: [(&str, Value); 6] = [
+        ("BalanceLow", json!({"balance": 3 * C, "threshold": 5 * C})),
+        ("BalanceDepleted", json!({"balance": 0})),
+        (
+            "AutoRechargeSucceeded",
+            json!({"credits": 7 * C, "charge": {"amount": 700, "currency": "usd"}, "balance": 9 * C}),
+        ),
+        ("AutoRechargeFailed", json!({"message": "Declined.", "balance": 2 * C})),
+        (
+            "CreditsAdded",
+            json!({"settled_after_processing": true, "credits": 7 * C, "charge": {"amount": 700, "currency": "usd"}, "balance": 9 * C}),
+        ),
+        ("AutoRechargePaused", json!({"balance": 3 * C})),
+    ];
+    for (profile, _) in topup::profile::SHIPPED {
+        let w = World::new(profile).await;
+        let ses = aws_sdk_sesv2::Client::new(&w.aws);
+        let _ = ses.create_email_identity().email_identity("example.com").send().await;
+        let tag = unique("all");
+        let (texted, silent) = (format!("{tag}-t@acme.example"), format!("{tag}-s@acme.example"));
+        let (p1, p2) = (unique_phone(), unique_phone());
+        let contacts = json!([{"email": texted, "phone": p1, "sms_opt_in": true}, {"email": silent, "phone": p2}]);
+        let (s, b) =
+            w.api(put("/v1/accounts/acme", &service(), json!({"plan": "pro", "billing_contacts": contacts}))).await;
+        assert_eq!(s, 201, "{b}");
+        let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
+        for (i, (detail_type, detail)) in events.iter().enumerate() {
+            let mut detail = detail.clone();
+            detail["event_id"] = json!(format!("evt_{i}"));
+            detail["account_id"] = json!("acme");
+            detail["occurred_ms"] = json!(i);
+            notify::handle(&notifier, &json!({"detail-type": detail_type, "detail": detail})).await.expect("delivered");
+        }
+        let data = moto_data().await;
+        let p = &w.config.profile;
+        let mut want_subjects = Vec::new();
+        let mut want_texts = Vec::new();
+        for (detail_type, detail) in &events {
+            let kind = notification_kind(detail_type, detail).expect("kind");
+            let m = render(p, kind, detail_type, "acme", detail, "https://app.example.com/settings/billing");
+            if p.notifications.email.iter().any(|k| k == kind) {
+                want_subjects.push(m.subject.clone());
+            }
+            if p.notifications.sms.iter().any(|k| k == kind) {
+                want_texts.push(m.sms.clone());
+            }
+        }
+        for to in [&texted, &silent] {
+            let mut got: Vec<String> =
+                sent_to(&data, to).iter().filter_map(|m| m["subject"].as_str().map(String::from)).collect();
+            got.sort();
+            let mut want = want_subjects.clone();
+            want.sort();
+            assert_eq!(got, want, "{profile}: emails to {to}");
+        }
+        let mut texts: Vec<String> =
+            sms_to(&data, &p1).iter().filter_map(|m| m["message"].as_str().map(String::from)).collect();
+        texts.sort();
+        want_texts.sort();
+        assert_eq!(texts, want_texts, "{profile}: SMS to the opted-in contact");
+        assert!(sms_to(&data, &p2).is_empty(), "{profile}: no SMS without opt-in");
+    }
+}
