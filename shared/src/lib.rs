@@ -12,6 +12,7 @@ pub mod http;
 pub mod ledger;
 pub mod money;
 pub mod notify;
+pub mod payments;
 pub mod pricing;
 pub mod profile;
 pub mod purchase;

@@ -1,0 +1,88 @@
+//! Off-session charges through the real async-stripe client against localstripe (the local
+//! stack's Stripe; `tests/support/localstripe_local.py`): a saved card that pays, one declined
+//! when charged, one that needs authentication, and idempotency keys that never charge twice.
+
+use stripe_payment::payment_method::{
+    AttachPaymentMethod, CreatePaymentMethod, CreatePaymentMethodCard, CreatePaymentMethodCardDetailsParams,
+    CreatePaymentMethodType,
+};
+use topup::config::Secret;
+use topup::payments::{ChargeOutcome, OffSessionCharge, Payments, StripePayments};
+use topup_tests::*;
+
+fn stripe() -> StripePayments {
+    let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE")
+        .unwrap_or_else(|_| panic!("TOPUP_TEST_STRIPE_API_BASE is not set: run ./scripts/test"));
+    StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&base)).expect("client")
+}
+
+/// A card saved on the customer (the setup flow's result), as Stripe's test cards behave.
+async fn saved_card(p: &StripePayments, customer: &str, number: &str) -> String {
+    let card = CreatePaymentMethodCardDetailsParams {
+        cvc: Some("123".into()),
+        exp_month: 12,
+        exp_year: 2030,
+        networks: None,
+        number: number.into(),
+    };
+    let pm = CreatePaymentMethod::new()
+        .type_(CreatePaymentMethodType::Card)
+        .card(CreatePaymentMethodCard::CardDetailsParams(card))
+        .send(p.client())
+        .await
+        .expect("payment method");
+    AttachPaymentMethod::new(pm.id.clone()).customer(customer).send(p.client()).await.expect("attach");
+    pm.id.to_string()
+}
+
+fn charge(customer: &str, pm: &str, key: &str) -> OffSessionCharge {
+    OffSessionCharge {
+        customer_id: customer.into(),
+        payment_method_id: pm.into(),
+        amount_cents: 1000,
+        currency: "usd".into(),
+        idempotency_key: key.into(),
+        metadata: vec![("topup_account_id".into(), "acme".into()), ("topup_recharge_id".into(), key.into())],
+    }
+}
+
+#[tokio::test]
+async fn a_saved_card_pays_off_session_and_a_repeated_key_never_charges_twice() {
+    let p = stripe();
+    let account = unique("acct");
+    let customer = p.create_customer(&account, Some("billing@acme.example")).await.expect("customer");
+    assert_eq!(
+        p.create_customer(&account, Some("billing@acme.example")).await.expect("again"),
+        customer,
+        "one customer per account"
+    );
+    let pm = saved_card(&p, &customer, "4242424242424242").await;
+    let key = unique("rch");
+    let first = p.charge_off_session(&charge(&customer, &pm, &key)).await.expect("charge");
+    let ChargeOutcome::Succeeded { payment_intent_id } = &first else { panic!("{first:?}") };
+    assert!(payment_intent_id.starts_with("pi_"));
+    // A recovery after the caller died repeats the call with the same key: the same PaymentIntent.
+    assert_eq!(p.charge_off_session(&charge(&customer, &pm, &key)).await.expect("replay"), first);
+    // Another key is another charge.
+    let other = p.charge_off_session(&charge(&customer, &pm, &unique("rch"))).await.expect("charge");
+    assert_ne!(other, first);
+}
+
+#[tokio::test]
+async fn declines_and_authentication_are_failures_with_their_codes() {
+    let p = stripe();
+    let customer = p.create_customer(&unique("acct"), None).await.expect("customer");
+    let declined = saved_card(&p, &customer, "4000000000000341").await;
+    match p.charge_off_session(&charge(&customer, &declined, &unique("rch"))).await.expect("answered") {
+        ChargeOutcome::Failed { code, .. } => assert_eq!(code, "card_declined"),
+        other => panic!("expected a decline, got {other:?}"),
+    }
+    let needs_auth = saved_card(&p, &customer, "4000002760003184").await;
+    match p.charge_off_session(&charge(&customer, &needs_auth, &unique("rch"))).await.expect("answered") {
+        ChargeOutcome::Failed { code, payment_intent_id, .. } => {
+            assert_eq!(code, "authentication_required");
+            assert!(payment_intent_id.is_some());
+        }
+        other => panic!("expected authentication_required, got {other:?}"),
+    }
+}
