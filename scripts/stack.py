@@ -133,8 +133,13 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
     try:
         ddb.create_table(
             TableName=table, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "gsi1pk")],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            GlobalSecondaryIndexes=[{
+                "IndexName": "gsi1",
+                "KeySchema": [{"AttributeName": "gsi1pk", "KeyType": "HASH"}, {"AttributeName": "pk", "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }])
         ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
     except ddb.exceptions.ResourceInUseException:
         pass
@@ -148,13 +153,15 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
         ses.create_email_identity(EmailIdentity=sender_domain)
 
 
-def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str) -> dict:
+def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str, stripe: str) -> dict:
     env = aws_env(endpoint)
     env.update({
         "TOPUP_PROFILE": profile,
         "TOPUP_TABLE": table,
         "TOPUP_EVENT_BUS": bus,
         "TOPUP_LOCAL_JWT_SECRET": secret,
+        "TOPUP_STRIPE_SECRET_KEY": "sk_test_local_stack",
+        "TOPUP_STRIPE_API_BASE": stripe,
         "TOPUP_EMAIL_FROM": env.get("TOPUP_EMAIL_FROM", "billing@example.com"),
         "TOPUP_BILLING_URL": env.get("TOPUP_BILLING_URL", "http://localhost:3000/settings/billing"),
         "AWS_LAMBDA_LOG_LEVEL": env.get("AWS_LAMBDA_LOG_LEVEL", "info"),
@@ -207,7 +214,7 @@ def serve(args) -> int:
     try:
         moto, stripe = start_emulators(stack, args.moto_port, args.stripe_port)
         create_resources(moto, "topup", "topup", "example.com")
-        env = function_env(moto, args.profile, "topup", "topup", secret)
+        env = function_env(moto, args.profile, "topup", "topup", secret, stripe)
         r = start_functions(stack, env, args.watch_port, args.port)
         svc = token_for("service", None, secret)
         print(f"""
@@ -291,7 +298,7 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         ev.put_targets(Rule="e2e-all", EventBusName="topup",
                        Targets=[{"Id": "q", "Arn": "arn:aws:sqs:us-east-1:123456789012:e2e-events"}])
 
-        env = function_env(moto, "usd-overage", "topup", "topup", secret)
+        env = function_env(moto, "usd-overage", "topup", "topup", secret, stripe)
         watch_port, api_port = free_port(), free_port()
         r = start_functions(stack, env, watch_port, api_port)
         api = f"http://127.0.0.1:{api_port}"

@@ -10,6 +10,9 @@ use crate::clock;
 use crate::money::Micros;
 use crate::profile::Profile;
 
+/// The partition of the sparse index (`gsi1`) that lists accounts with auto-recharge on.
+pub const SWEEP_INDEX_KEY: &str = "AUTORECHARGE";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     pub email: String,
@@ -109,6 +112,12 @@ pub struct Account {
     pub holds: BTreeMap<String, Hold>,
     pub auto_recharge: AutoRecharge,
     pub payment_method: Option<PaymentMethod>,
+    /// The account's Stripe customer, created once (SPEC §4).
+    #[serde(default)]
+    pub stripe_customer_id: Option<String>,
+    /// Set while auto-recharge is on: the key of the sparse index the scheduled sweep queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi1pk: Option<String>,
     pub last_recharge_error: Option<RechargeError>,
 }
 
@@ -142,6 +151,8 @@ impl Account {
                 suspended: false,
             },
             payment_method: None,
+            stripe_customer_id: None,
+            gsi1pk: None,
             last_recharge_error: None,
         }
     }
@@ -205,5 +216,10 @@ impl Account {
         }
         next.holds.retain(|_, h| h.expires_at > now);
         next
+    }
+
+    /// Keeps the sweep index in step with the settings: listed while auto-recharge is on.
+    pub fn index_for_sweep(&mut self) {
+        self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());
     }
 }

@@ -53,6 +53,10 @@ pub struct Config {
     pub email_from: Option<String>,
     /// The billing page notifications link to (`TOPUP_BILLING_URL`).
     pub billing_url: Option<String>,
+    /// Stripe secret key (`TOPUP_STRIPE_SECRET_KEY`), never logged.
+    pub stripe_secret_key: Option<Secret>,
+    /// Another Stripe API base URL, for the local emulator (`TOPUP_STRIPE_API_BASE`).
+    pub stripe_api_base: Option<String>,
 }
 
 impl Config {
@@ -84,7 +88,18 @@ impl Config {
                 return Err(ConfigError::Invalid("TOPUP_BILLING_URL", "must be an http(s) URL".into()));
             }
         }
-        Ok(Config { profile, table, event_bus, local_jwt_secret, email_from, billing_url })
+        let stripe_secret_key = get("TOPUP_STRIPE_SECRET_KEY").filter(|s| !s.is_empty()).map(Secret::new);
+        let stripe_api_base = get("TOPUP_STRIPE_API_BASE").filter(|s| !s.is_empty());
+        Ok(Config {
+            profile,
+            table,
+            event_bus,
+            local_jwt_secret,
+            email_from,
+            billing_url,
+            stripe_secret_key,
+            stripe_api_base,
+        })
     }
 }
 

@@ -34,6 +34,8 @@ use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite,
 type Item = HashMap<String, AttributeValue>;
 
 const OUTBOX_PK: &str = "OUTBOX";
+/// The sparse index of accounts with auto-recharge on (`gsi1pk`), keys only.
+pub const SWEEP_INDEX: &str = "gsi1";
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone)]
@@ -367,6 +369,26 @@ impl Store for DynamoStore {
         self.get(account_pk(account_id), format!("IDEM#{scope_key}")).await?.map(|i| from_item(&i)).transpose()
     }
 
+    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(SWEEP_INDEX)
+            .key_condition_expression("gsi1pk = :k")
+            .expression_attribute_values(":k", s(crate::account::SWEEP_INDEX_KEY))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query(sweep index)", e))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| i.get("pk").and_then(|v| v.as_s().ok()))
+            .filter_map(|pk| pk.strip_prefix("ACCOUNT#").map(str::to_string))
+            .collect())
+    }
+
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
         let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
         let res = self
@@ -462,7 +484,10 @@ impl Store for DynamoStore {
 
 /// Creates the table as the SAM template does (used by the local stack and tests).
 pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+        ScalarAttributeType,
+    };
     let attr = |n: &str| {
         AttributeDefinition::builder()
             .attribute_name(n)
@@ -477,14 +502,23 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
             .build()
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     };
+    let index = GlobalSecondaryIndex::builder()
+        .index_name(SWEEP_INDEX)
+        .key_schema(key("gsi1pk", KeyType::Hash)?)
+        .key_schema(key("pk", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let res = client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attr("pk")?)
         .attribute_definitions(attr("sk")?)
+        .attribute_definitions(attr("gsi1pk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
+        .global_secondary_indexes(index)
         .send()
         .await;
     match res {

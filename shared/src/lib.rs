@@ -16,6 +16,7 @@ pub mod payments;
 pub mod pricing;
 pub mod profile;
 pub mod purchase;
+pub mod recharge;
 pub mod service;
 pub mod store;
 

@@ -176,6 +176,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(refusal);
                 }
             };
+            let mut planned = planned;
+            planned.next.index_for_sweep();
             debug_assert_eq!(planned.next.version, current.version + 1);
             let mut outbox = planned.events;
             outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
@@ -816,7 +818,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 if !p.plan(&next.plan).is_some_and(|pl| pl.auto_recharge) {
                     return not("plan");
                 }
-                if next.payment_method.is_none() {
+                if next.payment_method.is_none() || next.stripe_customer_id.is_none() {
                     return not("no_payment_method");
                 }
                 if ar.suspended {

@@ -132,6 +132,8 @@ pub trait Store: Send + Sync {
         account_id: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send;
+    /// Accounts with auto-recharge on (the sweep's sparse index), up to `limit`.
+    fn accounts_for_sweep(&self, limit: usize) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Removes outbox entries once their events are on the bus.
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Outbox entries whose publication has not been confirmed, oldest first.
@@ -274,6 +276,11 @@ impl Store for MemoryStore {
         Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
     }
 
+    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.accounts.values().filter(|a| a.gsi1pk.is_some()).take(limit).map(|a| a.id.clone()).collect())
+    }
+
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
         let mut m = self.lock()?;
         let key = (r.account_id.clone(), delivery_key(r));
@@ -365,6 +372,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send {
         (**self).recent_deliveries(account_id, limit)
+    }
+    fn accounts_for_sweep(&self, limit: usize) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        (**self).accounts_for_sweep(limit)
     }
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).clear_outbox(events)

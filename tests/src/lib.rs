@@ -70,6 +70,8 @@ impl World {
             local_jwt_secret: Some(Secret::new(JWT_SECRET)),
             email_from: Some("billing@example.com".into()),
             billing_url: Some("https://app.example.com/settings/billing".into()),
+            stripe_secret_key: Some(Secret::new("sk_test_local_stack")),
+            stripe_api_base: std::env::var("TOPUP_TEST_STRIPE_API_BASE").ok(),
         };
         let credits = topup::live(&config, &aws);
         World { config, credits, dynamo, events, sqs: aws_sdk_sqs::Client::new(&aws), aws }
@@ -166,6 +168,7 @@ impl World {
             exp_month: 12,
             exp_year: 2030,
         });
+        next.stripe_customer_id = Some("cus_test".into());
         let commit = topup::store::Commit {
             expected_version: a.version,
             account: next,
@@ -176,6 +179,58 @@ impl World {
             outbox: vec![],
         };
         self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("save card");
+    }
+
+    /// A real card in the local Stripe (localstripe): a customer for the account and a test card
+    /// (`4242424242424242` pays, `4000000000000341` is declined when charged,
+    /// `4000002760003184` needs authentication) saved as its default, as the setup flow does.
+    pub async fn save_stripe_card(&self, id: &str, number: &str) -> topup::payments::StripePayments {
+        use stripe_payment::payment_method::{
+            AttachPaymentMethod, CreatePaymentMethod, CreatePaymentMethodCard, CreatePaymentMethodCardDetailsParams,
+            CreatePaymentMethodType,
+        };
+        use topup::payments::Payments;
+        let payments = stripe_payments();
+        let customer = payments.create_customer(id, Some("billing@example.com")).await.expect("customer");
+        let card = CreatePaymentMethodCardDetailsParams {
+            cvc: Some("123".into()),
+            exp_month: 12,
+            exp_year: 2030,
+            networks: None,
+            number: number.into(),
+        };
+        let pm = CreatePaymentMethod::new()
+            .type_(CreatePaymentMethodType::Card)
+            .card(CreatePaymentMethodCard::CardDetailsParams(card))
+            .send(payments.client())
+            .await
+            .expect("payment method");
+        AttachPaymentMethod::new(pm.id.clone())
+            .customer(customer.clone())
+            .send(payments.client())
+            .await
+            .expect("attach");
+        let a = self.credits.store.load_account(id).await.expect("load").expect("account exists");
+        let mut next = a.next(topup::clock::now_ms());
+        next.payment_method = Some(topup::account::PaymentMethod {
+            id: pm.id.to_string(),
+            brand: "visa".into(),
+            last4: number[number.len() - 4..].into(),
+            exp_month: 12,
+            exp_year: 2030,
+        });
+        next.stripe_customer_id = Some(customer);
+        let commit = topup::store::Commit {
+            expected_version: a.version,
+            account: next,
+            ledger: None,
+            idempotency: None,
+            hold: None,
+            purchase: None,
+            outbox: vec![],
+        };
+        self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("save card");
+        payments
     }
 
     /// Every ledger entry of the account, oldest first.
@@ -277,8 +332,20 @@ impl Observer {
     }
 }
 
+/// The events of one type, one per `event_id`: a redelivered duplicate (the outbox may
+/// publish an event twice; consumers dedupe by id) counts once.
 pub fn of_type<'a>(events: &'a [Value], detail_type: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["detail-type"] == detail_type).collect()
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|e| e["detail-type"] == detail_type)
+        .filter(|e| seen.insert(e["detail"]["event_id"].to_string()))
+        .collect()
+}
+
+/// Distinct events (by `event_id`).
+pub fn distinct(events: &[Value]) -> usize {
+    events.iter().map(|e| e["detail"]["event_id"].to_string()).collect::<std::collections::HashSet<_>>().len()
 }
 
 // ---- requests -----------------------------------------------------------------------------
@@ -356,6 +423,13 @@ pub async fn moto_data() -> Value {
     let text = String::from_utf8_lossy(&buf);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
     serde_json::from_str(body).expect("data.json")
+}
+
+/// The local Stripe, through the real client.
+pub fn stripe_payments() -> topup::payments::StripePayments {
+    let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE")
+        .unwrap_or_else(|_| panic!("TOPUP_TEST_STRIPE_API_BASE is not set: run ./scripts/test"));
+    topup::payments::StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&base)).expect("stripe client")
 }
 
 /// A unique phone number in E.164 form.

@@ -1,0 +1,153 @@
+//! Auto-recharge end to end against moto and localstripe (SPEC §8, §10.2, §10.5, §10.6): the
+//! `auto-recharge` handler on `BalanceLow` and on the schedule, the real Stripe client, and
+//! the account's ledger.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use topup::ledger::EntryKind;
+use topup::payments::{OffSessionCharge, Payments};
+use topup::recharge::charge_key;
+use topup::service::RechargeDecision;
+use topup_tests::*;
+
+async fn enabled_low_account(w: &World, card: &str) -> topup::payments::StripePayments {
+    w.account("acme", "free").await;
+    let payments = w.save_stripe_card("acme", card).await;
+    let (s, b) = w
+        .api(put(
+            "/v1/accounts/acme/credits/auto-recharge",
+            &service(),
+            json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C}),
+        ))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    w.usage("acme", "api_calls", 1_000).await;
+    w.grant("acme", 6 * C).await;
+    payments
+}
+
+fn schedule() -> Value {
+    json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}})
+}
+
+/// The same `BalanceLow` delivered 20 times at once, with 5 sweeps racing it: one charge, one
+/// credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_low_balance_charges_the_card_once_however_often_it_is_triggered() {
+    let w = Arc::new(World::new("usd-overage").await);
+    let observer = w.observe_bus().await;
+    let payments = Arc::new(enabled_low_account(&w, "4242424242424242").await);
+    let (s, _) = w.usage("acme", "api_calls", 2_000).await; // $6 → $4: below $5
+    assert_eq!(s, 200);
+    let events = observer.drain(Duration::from_secs(1)).await;
+    let low = of_type(&events, "BalanceLow")[0].clone();
+    let mut tasks = Vec::new();
+    for i in 0..25 {
+        let (inst, payments) = (Arc::new(w.another_instance()), payments.clone());
+        let event = if i % 5 == 4 { schedule() } else { low.clone() };
+        tasks.push(tokio::spawn(async move { auto_recharge::handle(&inst, &*payments, &event).await }));
+    }
+    let mut credited = Vec::new();
+    for t in tasks {
+        let out = t.await.expect("task").unwrap_or_else(|e| panic!("{e}"));
+        let recharges = if out["result"].is_string() {
+            vec![out.clone()]
+        } else {
+            out["recharges"].as_array().cloned().unwrap_or_default().into_iter().map(|r| r["outcome"].clone()).collect()
+        };
+        credited.extend(recharges.into_iter().filter(|r| r["result"] == "credited"));
+    }
+    assert_eq!(credited.len(), 1, "{credited:?}");
+    let v = w.view("acme").await;
+    assert_eq!((v["balance"].as_i64(), v["auto_recharge"]["used_this_month"].as_i64()), (Some(14 * C), Some(1)));
+    assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
+    let after = observer.drain(Duration::from_secs(1)).await;
+    // A sweep's outbox redelivery may race the first publication: consumers dedupe by event_id,
+    // and there is exactly one event.
+    assert_eq!(of_type(&after, "AutoRechargeSucceeded").len(), 1, "{after:?}");
+    w.assert_invariants("acme").await;
+}
+
+/// A lost `BalanceLow` delays the recharge until the sweep, never skips it.
+#[tokio::test]
+async fn the_sweep_recharges_an_account_whose_event_was_lost() {
+    let w = World::new("usd-overage").await;
+    let payments = enabled_low_account(&w, "4242424242424242").await;
+    w.usage("acme", "api_calls", 2_000).await; // its BalanceLow is never delivered
+    let report = auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep");
+    assert_eq!(report["recharges"][0]["outcome"]["result"], "credited", "{report}");
+    assert_eq!(w.view("acme").await["balance"], 14 * C);
+}
+
+#[tokio::test]
+async fn a_declined_card_adds_nothing_records_why_and_is_not_retried() {
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    let payments = enabled_low_account(&w, "4000000000000341").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": "acme"}});
+    let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    assert_eq!((out["result"].as_str(), out["code"].as_str()), (Some("failed"), Some("card_declined")), "{out}");
+    let v = w.view("acme").await;
+    assert_eq!(v["balance"], 4 * C, "nothing added");
+    assert_eq!(v["last_recharge_error"]["code"], "card_declined");
+    assert_eq!(v["auto_recharge"]["paused"]["reason"], "payment_failed");
+    // No automatic retry: neither the event again nor the sweep charges.
+    let again = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    assert_eq!(again["reason"], "suspended");
+    let sweep = auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep");
+    assert_eq!(sweep["recharges"], json!([]));
+    let events = observer.drain(Duration::from_secs(1)).await;
+    assert_eq!(of_type(&events, "AutoRechargeFailed").len(), 1);
+    w.assert_invariants("acme").await;
+}
+
+#[tokio::test]
+async fn a_card_that_needs_authentication_is_a_failure() {
+    let w = World::new("usd-overage").await;
+    let payments = enabled_low_account(&w, "4000002760003184").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": "acme"}});
+    let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    assert_eq!(out["code"], "authentication_required", "{out}");
+    assert_eq!(w.view("acme").await["balance"], 4 * C);
+}
+
+/// The function died after Stripe charged but before crediting: after the lease, the sweep
+/// repeats the same call, gets the same PaymentIntent, and credits it once.
+#[tokio::test]
+async fn a_claim_whose_function_died_is_recovered_without_a_second_charge() {
+    let w = World::new("usd-overage").await;
+    let payments = enabled_low_account(&w, "4242424242424242").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    let account = w.view("acme").await;
+    assert_eq!(account["balance"], 4 * C);
+    let loaded = {
+        use topup::store::Store;
+        w.credits.store.load_account("acme").await.expect("load").expect("account")
+    };
+    let charge = OffSessionCharge {
+        customer_id: loaded.stripe_customer_id.clone().unwrap_or_default(),
+        payment_method_id: loaded.payment_method.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        amount_cents: claim.charge_cents,
+        currency: "usd".into(),
+        idempotency_key: charge_key(&claim),
+        metadata: vec![],
+    };
+    let first = payments.charge_off_session(&charge).await.expect("charged, then the function died");
+    // Before the lease runs out nothing happens; after it, the sweep recovers.
+    let early = w.credits.sweep(&payments, 100, 3_600_000).await.expect("sweep");
+    assert_eq!(early["recharges"], json!([]));
+    let report = w.credits.sweep(&payments, 100, 0).await.expect("sweep");
+    let outcome = &report["recharges"][0]["outcome"];
+    assert_eq!(outcome["result"], "credited", "{report}");
+    let topup::payments::ChargeOutcome::Succeeded { payment_intent_id } = first else { panic!("{first:?}") };
+    assert_eq!(outcome["payment_intent"], json!(payment_intent_id), "the same PaymentIntent: no second charge");
+    assert_eq!(w.view("acme").await["balance"], 14 * C);
+    assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
+}
