@@ -63,6 +63,9 @@ pub struct AutoRecharge {
     /// Set by a failed charge; cleared by a new card or a manual purchase. No automatic retry.
     #[serde(default)]
     pub suspended: bool,
+    /// The month whose cap pause was announced (`AutoRechargePaused` once a month).
+    #[serde(default)]
+    pub paused_notice_month: Option<String>,
 }
 
 /// A claimed recharge: what will be charged, under which id (the Stripe idempotency key is
@@ -92,6 +95,28 @@ pub struct RechargeError {
     pub decline_code: Option<String>,
     pub message: String,
     pub at: i64,
+}
+
+/// Decline codes after which card networks forbid retrying the same card: a new card is the
+/// only way forward, and the view says so.
+pub const DO_NOT_RETRY: [&str; 10] = [
+    "lost_card",
+    "stolen_card",
+    "pickup_card",
+    "restricted_card",
+    "security_violation",
+    "fraudulent",
+    "merchant_blacklist",
+    "invalid_account",
+    "revocation_of_all_authorizations",
+    "stop_payment_order",
+];
+
+impl RechargeError {
+    /// Whether the card networks forbid charging this card again.
+    pub fn do_not_retry(&self) -> bool {
+        self.decline_code.as_deref().is_some_and(|c| DO_NOT_RETRY.contains(&c))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +174,7 @@ impl Account {
                 used_this_month: 0,
                 in_flight: None,
                 suspended: false,
+                paused_notice_month: None,
             },
             payment_method: None,
             stripe_customer_id: None,
@@ -221,5 +247,24 @@ impl Account {
     /// Keeps the sweep index in step with the settings: listed while auto-recharge is on.
     pub fn index_for_sweep(&mut self) {
         self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_forbid_retrying_some_declines() {
+        let e = |code: Option<&str>| RechargeError {
+            code: "card_declined".into(),
+            decline_code: code.map(String::from),
+            message: String::new(),
+            at: 0,
+        };
+        assert!(e(Some("stolen_card")).do_not_retry());
+        assert!(e(Some("fraudulent")).do_not_retry());
+        assert!(!e(Some("insufficient_funds")).do_not_retry());
+        assert!(!e(None).do_not_retry());
     }
 }

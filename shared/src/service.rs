@@ -831,7 +831,34 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return not("not_low");
                 }
                 if ar.used_this_month >= ar.monthly_max {
-                    return not("monthly_cap");
+                    // At the cap auto-recharge pauses until next month (seed 004); the first time
+                    // a month, say so on the bus (the profile decides whether that is emailed).
+                    let month = clock::month_of(now);
+                    if ar.paused_notice_month.as_deref() == Some(month.as_str()) {
+                        return not("monthly_cap");
+                    }
+                    next.auto_recharge.paused_notice_month = Some(month.clone());
+                    let event = DomainEvent {
+                        id: new_id("evt"),
+                        detail_type: "AutoRechargePaused".into(),
+                        account_id: id.to_string(),
+                        created_at: now,
+                        detail: json!({
+                            "month": month,
+                            "monthly_max": next.auto_recharge.monthly_max,
+                            "balance": next.balance.0,
+                        }),
+                    };
+                    return Ok(Planned {
+                        next,
+                        ledger: None,
+                        hold: None,
+                        status: 204,
+                        response: Value::Null,
+                        cause: "recharge_paused",
+                        events: vec![event],
+                        purchase: None,
+                    });
                 }
                 let credits = ar.amount;
                 let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
@@ -852,6 +879,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             })
             .await;
         match result {
+            Ok(Applied::Done(204, _)) => Ok(RechargeDecision::NotDue("monthly_cap".into())),
             Ok(Applied::Done(_, v)) => {
                 serde_json::from_value(v).map(RechargeDecision::Claimed).map_err(|_| ApiError::Upstream)
             }
@@ -907,6 +935,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         "recharge_id": recharge_id,
                         "code": failure.code,
                         "decline_code": failure.decline_code,
+                        "do_not_retry": failure.do_not_retry(),
                         "message": failure.message,
                         "balance": next.balance.0,
                     }),
@@ -1071,7 +1100,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month, "exp_year": m.exp_year,
             })),
             "last_recharge_error": a.last_recharge_error.as_ref().map(|e| json!({
-                "code": e.code, "decline_code": e.decline_code, "message": e.message, "time": clock::rfc3339(e.at),
+                "code": e.code, "decline_code": e.decline_code, "do_not_retry": e.do_not_retry(),
+                "message": e.message, "time": clock::rfc3339(e.at),
             })),
             "purchase_options": purchase_options(p, &a.plan),
         }))

@@ -151,3 +151,165 @@ async fn a_claim_whose_function_died_is_recovered_without_a_second_charge() {
     assert_eq!(w.view("acme").await["balance"], 14 * C);
     assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
 }
+
+/// Counts the distinct idempotency keys charged: one key is one PaymentIntent at Stripe.
+struct Counting<P> {
+    inner: P,
+    keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl<P: Payments> Payments for Counting<P> {
+    async fn create_customer(
+        &self,
+        account_id: &str,
+        email: Option<&str>,
+    ) -> Result<String, topup::payments::PaymentsUnavailable> {
+        self.inner.create_customer(account_id, email).await
+    }
+    async fn charge_off_session(
+        &self,
+        charge: &OffSessionCharge,
+    ) -> Result<topup::payments::ChargeOutcome, topup::payments::PaymentsUnavailable> {
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(charge.idempotency_key.clone());
+        }
+        self.inner.charge_off_session(charge).await
+    }
+}
+
+/// 50 triggers — 40 deliveries of one `BalanceLow` and 10 sweeps — from 5 instances: exactly
+/// one PaymentIntent and exactly one credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_triggers_make_one_payment_intent() {
+    let w = Arc::new(World::new("org-runs").await);
+    w.account("org", "pro").await;
+    let payments =
+        Arc::new(Counting { inner: w.save_stripe_card("org", "4242424242424242").await, keys: Default::default() });
+    let (s, b) = w.api(put("/v1/accounts/org/credits/auto-recharge", &service(), json!({"enabled": true}))).await;
+    assert_eq!(s, 200, "{b}");
+    w.grant("org", 4 * C).await; // at or below 5 credits
+    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": "org"}});
+    let instances: Vec<_> = (0..5).map(|_| Arc::new(w.another_instance())).collect();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (inst, payments) = (instances[i % 5].clone(), payments.clone());
+        let event = if i % 5 == 0 { schedule() } else { low.clone() };
+        tasks.push(tokio::spawn(async move { auto_recharge::handle(&inst, &*payments, &event).await }));
+    }
+    for t in tasks {
+        t.await.expect("task").unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(payments.keys.lock().map(|k| k.len()).unwrap_or(0), 1, "one PaymentIntent");
+    assert_eq!(w.ledger("org").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
+    assert_eq!(w.view("org").await["balance"], 24 * C, "4 + the default 20 credits");
+    w.assert_invariants("org").await;
+}
+
+/// The function died right after claiming: the sweep charges once and credits once.
+#[tokio::test]
+async fn a_claim_whose_function_died_before_charging_is_recovered() {
+    let w = World::new("usd-overage").await;
+    let payments = Counting { inner: enabled_low_account(&w, "4242424242424242").await, keys: Default::default() };
+    w.usage("acme", "api_calls", 2_000).await;
+    let RechargeDecision::Claimed(_) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    let report = w.credits.sweep(&payments, 100, 0).await.expect("sweep");
+    assert_eq!(report["recharges"][0]["outcome"]["result"], "credited", "{report}");
+    let again = w.credits.sweep(&payments, 100, 0).await.expect("sweep");
+    assert_eq!(again["recharges"], json!([]), "nothing left to recover");
+    assert_eq!(payments.keys.lock().map(|k| k.len()).unwrap_or(0), 1);
+    assert_eq!(w.view("acme").await["balance"], 14 * C);
+}
+
+/// seed 004: "Auto-reload is checked at the end of each call, not during it. If a call ends with
+/// your balance below the threshold, one block is purchased so the next call has minutes."
+#[tokio::test]
+async fn voice_a_call_that_ends_below_the_threshold_reloads_one_block_after_the_settle() {
+    let w = World::new("voice-minutes").await;
+    let observer = w.observe_bus().await;
+    w.account("clinic", "pro").await;
+    let payments = w.save_stripe_card("clinic", "4242424242424242").await;
+    let (s, b) = w.api(put("/v1/accounts/clinic/credits/auto-recharge", &service(), json!({"enabled": true}))).await;
+    assert_eq!(s, 200, "{b}");
+    w.usage("clinic", "voice_minutes", 1_000).await; // the plan's minutes
+    w.grant("clinic", 15 * C).await;
+    let (s, h) = w
+        .debit(post(
+            "/v1/accounts/clinic/usage/holds",
+            &service(),
+            json!({"consumable": "voice_minutes", "quantity": 12, "idempotency_key": "call"}),
+        ))
+        .await;
+    assert_eq!(s, 201, "{h}");
+    // During the call nothing crosses and nothing reloads.
+    assert!(of_type(&observer.drain(Duration::from_millis(500)).await, "BalanceLow").is_empty());
+    let sweep = auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep");
+    assert_eq!(sweep["recharges"], json!([]), "15 minutes is not below 10: no reload mid-call");
+    let hold_id = h["hold_id"].as_str().unwrap_or_default();
+    let (s, r) = w
+        .debit(post(&format!("/v1/accounts/clinic/usage/holds/{hold_id}/settle"), &service(), json!({"quantity": 8})))
+        .await;
+    assert_eq!((s, r["balance"].as_i64()), (200, Some(7 * C)));
+    let events = observer.drain(Duration::from_secs(1)).await;
+    let low = of_type(&events, "BalanceLow");
+    assert_eq!(low.len(), 1, "the settle crosses");
+    let out = auto_recharge::handle(&w.credits, &payments, low[0]).await.expect("recharge");
+    assert_eq!(out["result"], "credited", "{out}");
+    let v = w.view("clinic").await;
+    assert_eq!(v["balance"], 107 * C, "one 100-minute block");
+    assert_eq!(v["recent_transactions"][0]["description"], "Auto-recharge of 100 minutes");
+}
+
+/// The (cap+1)th crossing in a month does not charge and says so once; the next month it does.
+#[tokio::test]
+async fn the_monthly_cap_holds_until_the_next_month() {
+    use topup::store::{Commit, Store};
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    let payments = enabled_low_account(&w, "4242424242424242").await;
+    let (s, _) = w
+        .api(put("/v1/accounts/acme/credits/auto-recharge", &service(), json!({"enabled": true, "monthly_max": 1})))
+        .await;
+    assert_eq!(s, 200);
+    w.usage("acme", "api_calls", 2_000).await; // $4
+    assert_eq!(
+        auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep")["recharges"][0]["outcome"]
+            ["result"],
+        "credited"
+    );
+    w.usage("acme", "api_calls", 11_000).await; // $14 → $3: below again
+    for _ in 0..3 {
+        assert_eq!(
+            w.credits.claim_recharge("acme").await.expect("claim"),
+            RechargeDecision::NotDue("monthly_cap".into())
+        );
+    }
+    let events = observer.drain(Duration::from_secs(1)).await;
+    assert_eq!(of_type(&events, "AutoRechargePaused").len(), 1, "announced once");
+    assert_eq!(w.view("acme").await["balance"], 3 * C, "no charge past the cap");
+    // A new calendar month: the counter resets (simulated by dating the count last month).
+    let a = w.credits.store.load_account("acme").await.expect("load").expect("account");
+    let mut next = a.clone();
+    next.version += 1;
+    next.auto_recharge.used_month = "2000-01".into();
+    let commit = Commit {
+        expected_version: a.version,
+        account: next,
+        ledger: None,
+        idempotency: None,
+        hold: None,
+        purchase: None,
+        outbox: vec![],
+    };
+    w.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("commit");
+    let out = auto_recharge::handle(
+        &w.another_instance(),
+        &payments,
+        &json!({"detail-type": "BalanceLow", "detail": {"account_id": "acme"}}),
+    )
+    .await
+    .expect("recharge");
+    assert_eq!(out["result"], "credited", "{out}");
+    assert_eq!(w.view("acme").await["balance"], 13 * C);
+}

@@ -97,6 +97,10 @@ async fn a_failed_recharge_adds_nothing_suspends_and_a_purchase_restores_it() {
     assert_eq!(v["balance"], C, "nothing added");
     assert_eq!(v["last_recharge_error"]["code"], "card_declined");
     assert_eq!(v["last_recharge_error"]["decline_code"], "insufficient_funds");
+    assert_eq!(
+        v["last_recharge_error"]["do_not_retry"], false,
+        "insufficient funds may be retried with the same card later"
+    );
     assert_eq!(v["auto_recharge"]["used_this_month"], 0, "a failed charge is not a reload");
     assert_eq!(v["auto_recharge"]["paused"]["reason"], "payment_failed");
     // No automatic retry, however often it is triggered.
