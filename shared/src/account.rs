@@ -66,6 +66,12 @@ pub struct AutoRecharge {
     /// The month whose cap pause was announced (`AutoRechargePaused` once a month).
     #[serde(default)]
     pub paused_notice_month: Option<String>,
+    /// An optional money cap: the most auto-recharges may charge in a calendar month, in cents.
+    #[serde(default)]
+    pub monthly_spend_max_cents: Option<i64>,
+    /// What auto-recharges charged in `used_month`, in cents (claims included).
+    #[serde(default)]
+    pub spent_this_month_cents: i64,
 }
 
 /// A claimed recharge: what will be charged, under which id (the Stripe idempotency key is
@@ -175,6 +181,8 @@ impl Account {
                 in_flight: None,
                 suspended: false,
                 paused_notice_month: None,
+                monthly_spend_max_cents: None,
+                spent_this_month_cents: 0,
             },
             payment_method: None,
             stripe_customer_id: None,
@@ -239,6 +247,7 @@ impl Account {
         if next.auto_recharge.used_month != month {
             next.auto_recharge.used_month = month;
             next.auto_recharge.used_this_month = 0;
+            next.auto_recharge.spent_this_month_cents = 0;
         }
         next.holds.retain(|_, h| h.expires_at > now);
         next

@@ -830,12 +830,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 if !p.low_balance.trigger.is_low(next.balance, ar.threshold) {
                     return not("not_low");
                 }
-                if ar.used_this_month >= ar.monthly_max {
+                let credits = ar.amount;
+                let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
+                let over_money =
+                    ar.monthly_spend_max_cents.is_some_and(|cap| ar.spent_this_month_cents + charge_cents > cap);
+                if ar.used_this_month >= ar.monthly_max || over_money {
                     // At the cap auto-recharge pauses until next month (seed 004); the first time
                     // a month, say so on the bus (the profile decides whether that is emailed).
+                    let reason = if over_money { "monthly_spend_cap" } else { "monthly_cap" };
                     let month = clock::month_of(now);
                     if ar.paused_notice_month.as_deref() == Some(month.as_str()) {
-                        return not("monthly_cap");
+                        return not(reason);
                     }
                     next.auto_recharge.paused_notice_month = Some(month.clone());
                     let event = DomainEvent {
@@ -845,7 +850,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         created_at: now,
                         detail: json!({
                             "month": month,
+                            "reason": reason,
                             "monthly_max": next.auto_recharge.monthly_max,
+                            "monthly_spend_max": next.auto_recharge.monthly_spend_max_cents,
                             "balance": next.balance.0,
                         }),
                     };
@@ -854,16 +861,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         ledger: None,
                         hold: None,
                         status: 204,
-                        response: Value::Null,
+                        response: json!({"reason": reason}),
                         cause: "recharge_paused",
                         events: vec![event],
                         purchase: None,
                     });
                 }
-                let credits = ar.amount;
-                let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
                 let claim = RechargeClaim { recharge_id: recharge_id.clone(), claimed_at: now, credits, charge_cents };
                 next.auto_recharge.used_this_month += 1;
+                next.auto_recharge.spent_this_month_cents += charge_cents;
                 next.auto_recharge.in_flight = Some(claim.clone());
                 let response = serde_json::to_value(&claim).unwrap_or(Value::Null);
                 Ok(Planned {
@@ -879,7 +885,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             })
             .await;
         match result {
-            Ok(Applied::Done(204, _)) => Ok(RechargeDecision::NotDue("monthly_cap".into())),
+            Ok(Applied::Done(204, v)) => {
+                Ok(RechargeDecision::NotDue(v["reason"].as_str().unwrap_or("monthly_cap").into()))
+            }
             Ok(Applied::Done(_, v)) => {
                 serde_json::from_value(v).map(RechargeDecision::Claimed).map_err(|_| ApiError::Upstream)
             }
@@ -925,6 +933,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ar.in_flight = None;
                 ar.suspended = true;
                 ar.used_this_month = ar.used_this_month.saturating_sub(1);
+                if let Some(claim) = &a.auto_recharge.in_flight {
+                    ar.spent_this_month_cents = (ar.spent_this_month_cents - claim.charge_cents).max(0);
+                }
                 next.last_recharge_error = Some(RechargeError { at: now, ..failure.clone() });
                 let event = DomainEvent {
                     id: new_id("evt"),
@@ -1041,12 +1052,36 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         ),
                     ));
                 }
+                let spend_max = match input.monthly_spend_max {
+                    None => current.monthly_spend_max_cents,
+                    Some(0) => None,
+                    Some(m) if m < 0 => {
+                        return Err(ApiError::rule(
+                            "invalid_monthly_spend_max",
+                            "The monthly spending limit must be positive, or 0 for none.",
+                        ))
+                    }
+                    Some(m) => Some(m),
+                };
+                if let Some(cap) = spend_max {
+                    let one = pricing::recharge_charge(p, &a.plan, amount)?.0;
+                    if cap < one {
+                        return Err(ApiError::rule(
+                            "monthly_spend_max_too_low",
+                            format!(
+                                "The monthly spending limit must allow at least one recharge ({}).",
+                                pricing::format_money(one, &p.currency)
+                            ),
+                        ));
+                    }
+                }
                 let mut next = a.next(now);
                 let ar = &mut next.auto_recharge;
                 ar.enabled = input.enabled;
                 ar.threshold = threshold;
                 ar.amount = amount;
                 ar.monthly_max = monthly_max;
+                ar.monthly_spend_max_cents = spend_max;
                 let response = auto_recharge_json(p, &next, &clock::month_of(now));
                 Ok(Planned {
                     next,
@@ -1219,12 +1254,17 @@ pub fn auto_recharge_json(p: &Profile, a: &Account, month: &str) -> Value {
         "ok"
     };
     let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
+    let spent = if ar.used_month == month { ar.spent_this_month_cents } else { 0 };
+    let next_charge = crate::pricing::recharge_charge(p, &a.plan, ar.amount).map_or(0, |c| c.0);
+    let over_money = ar.monthly_spend_max_cents.is_some_and(|cap| spent + next_charge > cap);
     let paused = if !plan_allows {
         json!({"reason": "plan", "message": plan_unavailable_message(&a.plan)})
     } else if ar.enabled && ar.suspended {
         json!({"reason": "payment_failed", "message": "Auto-recharge is paused because the last charge failed. Update your card or buy credits to restore it."})
     } else if ar.enabled && ar.monthly_max > 0 && used >= ar.monthly_max {
         json!({"reason": "monthly_limit", "message": "You've reached your monthly auto-reload limit. Auto-reload is paused until next month."})
+    } else if ar.enabled && over_money {
+        json!({"reason": "monthly_spend_limit", "message": "You've reached your monthly auto-reload spending limit. Auto-reload is paused until next month."})
     } else {
         Value::Null
     };
@@ -1235,6 +1275,8 @@ pub fn auto_recharge_json(p: &Profile, a: &Account, month: &str) -> Value {
         "amount": if rules.fixed_amount { Value::Null } else { json!(ar.amount.0) },
         "monthly_max": ar.monthly_max,
         "used_this_month": used,
+        "monthly_spend_max": ar.monthly_spend_max_cents,
+        "spent_this_month": spent,
         "level": level,
         "paused": paused,
         "available_on_plan": plan_allows,
@@ -1279,6 +1321,8 @@ pub struct AutoRechargeInput {
     pub threshold: Option<i64>,
     pub amount: Option<i64>,
     pub monthly_max: Option<i64>,
+    /// Cents a month at most (an option no seed has); 0 removes the limit.
+    pub monthly_spend_max: Option<i64>,
 }
 
 /// `purchase_options` of the credits view (SPEC §11).

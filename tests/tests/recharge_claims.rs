@@ -151,3 +151,42 @@ async fn the_monthly_cap_pauses_with_the_seeds_message() {
     );
     w.assert_invariants("clinic").await;
 }
+
+/// A monthly money cap, an option no seed has: recharges stop before they would charge more
+/// than the limit this month.
+#[tokio::test]
+async fn the_monthly_spending_limit_holds() {
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    enable(&w, "acme", json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C})).await;
+    let set = |body: serde_json::Value| put("/v1/accounts/acme/credits/auto-recharge", &service(), body);
+    for (body, code) in [
+        (json!({"enabled": true, "monthly_spend_max": 999}), "monthly_spend_max_too_low"),
+        (json!({"enabled": true, "monthly_spend_max": -5}), "invalid_monthly_spend_max"),
+    ] {
+        let (s, b) = w.api(set(body.clone())).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (422, Some(code)), "{body}: {b}");
+    }
+    let (s, b) = w.api(set(json!({"enabled": true, "monthly_spend_max": 1500}))).await;
+    assert_eq!((s, b["monthly_spend_max"].as_i64()), (200, Some(1500)), "{b}");
+    w.grant("acme", C).await;
+    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    w.credits.complete_recharge("acme", &claim, "pi_spend_1").await.expect("complete");
+    w.usage("acme", "api_calls", 1_000).await;
+    w.usage("acme", "api_calls", 7_000).await; // $11 → $4
+    assert_eq!(
+        w.credits.claim_recharge("acme").await.expect("claim"),
+        RechargeDecision::NotDue("monthly_spend_cap".into())
+    );
+    let v = w.view("acme").await;
+    assert_eq!(
+        (v["auto_recharge"]["spent_this_month"].as_i64(), v["auto_recharge"]["paused"]["reason"].as_str()),
+        (Some(1000), Some("monthly_spend_limit"))
+    );
+    // 0 removes the limit.
+    let (s, _) = w.api(set(json!({"enabled": true, "monthly_spend_max": 0}))).await;
+    assert_eq!(s, 200);
+    assert!(matches!(w.credits.claim_recharge("acme").await.expect("claim"), RechargeDecision::Claimed(_)));
+}

@@ -4,7 +4,7 @@
 //! - `GET /v1/accounts/{id}/credits` (view roles)
 //! - `GET /v1/accounts/{id}/credits/transactions?limit=&cursor=` (view roles)
 //! - `POST /v1/accounts/{id}/credits/adjustments` (service) `{amount, reason, idempotency_key}`
-//! - `PUT /v1/accounts/{id}/credits/auto-recharge` (billing roles) `{enabled, threshold?, amount?, monthly_max?}`
+//! - `PUT /v1/accounts/{id}/credits/auto-recharge` (billing roles) `{enabled, threshold?, amount?, monthly_max?, monthly_spend_max?}`
 //! - `GET /v1/accounts/{id}/notifications?limit=` (view roles)
 
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -67,13 +67,14 @@ async fn route_request<S: Store, B: EventBus>(
         }
         "auto_recharge" => {
             who.authorize(&config.profile, Access::Billing, account_id)?;
-            let body = json_object(req, &["enabled", "threshold", "amount", "monthly_max"])?;
+            let body = json_object(req, &["enabled", "threshold", "amount", "monthly_max", "monthly_spend_max"])?;
             let enabled = body.opt_bool("enabled")?.ok_or_else(|| ApiError::invalid("Field `enabled` is required."))?;
             let input = AutoRechargeInput {
                 enabled,
                 threshold: body.opt_i64("threshold")?,
                 amount: body.opt_i64("amount")?,
                 monthly_max: body.opt_i64("monthly_max")?,
+                monthly_spend_max: body.opt_i64("monthly_spend_max")?,
             };
             credits.set_auto_recharge(account_id, &input).await
         }
