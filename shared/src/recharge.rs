@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::account::{RechargeClaim, RechargeError};
+use crate::account::{Account, RechargeClaim, RechargeError};
 use crate::clock;
 use crate::error::ApiError;
 use crate::events::{redeliver_outbox, EventBus};
@@ -61,7 +61,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn recharge<P: Payments>(&self, payments: &P, id: &str) -> Result<RechargeResult, ApiError> {
         match self.claim_recharge(id).await? {
             RechargeDecision::NotDue(why) => Ok(RechargeResult::NotDue(why)),
-            RechargeDecision::Claimed(claim) => self.charge_claim(payments, id, &claim).await,
+            RechargeDecision::Claimed(claim) => {
+                // The claim's commit left this process's state of the account current.
+                let account = match self.cached(id) {
+                    Some(a) => a,
+                    None => self
+                        .store
+                        .load_account(id)
+                        .await
+                        .map_err(|_| ApiError::Upstream)?
+                        .ok_or_else(ApiError::account_not_found)?,
+                };
+                self.charge_claim(payments, &account, &claim).await
+            }
         }
     }
 
@@ -75,27 +87,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let Some(account) = self.store.load_account(id).await.map_err(|_| ApiError::Upstream)? else {
             return Ok(None);
         };
-        match account.auto_recharge.in_flight {
+        match &account.auto_recharge.in_flight {
             Some(claim) if clock::now_ms() - claim.claimed_at >= lease_ms => {
                 tracing::info!(account_id = id, recharge_id = %claim.recharge_id, "recovering a recharge claim");
-                self.charge_claim(payments, id, &claim).await.map(Some)
+                self.charge_claim(payments, &account, claim).await.map(Some)
             }
             _ => Ok(None),
         }
     }
 
+    /// Charges `claim` on `account` (the state holding the claim) and applies the outcome.
     async fn charge_claim<P: Payments>(
         &self,
         payments: &P,
-        id: &str,
+        account: &Account,
         claim: &RechargeClaim,
     ) -> Result<RechargeResult, ApiError> {
-        let account = self
-            .store
-            .load_account(id)
-            .await
-            .map_err(|_| ApiError::Upstream)?
-            .ok_or_else(ApiError::account_not_found)?;
+        let id = account.id.as_str();
         let (Some(customer), Some(pm)) =
             (account.stripe_customer_id.clone(), account.payment_method.as_ref().map(|p| p.id.clone()))
         else {

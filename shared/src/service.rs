@@ -108,7 +108,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         &self.stripes[(h % STRIPES as u64) as usize]
     }
 
-    fn cached(&self, id: &str) -> Option<Account> {
+    pub(crate) fn cached(&self, id: &str) -> Option<Account> {
         self.cache.lock().ok().and_then(|c| c.get(id).cloned())
     }
 
