@@ -30,20 +30,26 @@ def _any_tag(loader, suffix, node):
 _CfnLoader.add_multi_constructor("!", _any_tag)
 
 
-def routes_from_template(path: pathlib.Path) -> list[tuple[str, re.Pattern, str, str]]:
-    """[(method, regex, binary, template path)] for every HttpApi event in the template."""
+def function_events(path: pathlib.Path, event_type: str):
+    """(binary, event name, properties) for every `event_type` event of a function in the
+    template; the binary is the function's `BuildProperties.Binary`."""
     doc = yaml.load(path.read_text(), Loader=_CfnLoader)
-    out = []
     for res in doc.get("Resources", {}).values():
         if res.get("Type") != "AWS::Serverless::Function":
             continue
         binary = res.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
-        for ev in res.get("Properties", {}).get("Events", {}).values():
-            if ev.get("Type") != "HttpApi" or not binary:
-                continue
-            p = ev["Properties"]["Path"]
-            rx = re.compile("^" + re.sub(r"\{[^/]+\}", "[^/]+", p) + "$")
-            out.append((ev["Properties"]["Method"].upper(), rx, binary, p))
+        for name, ev in res.get("Properties", {}).get("Events", {}).items():
+            if ev.get("Type") == event_type and binary:
+                yield binary, name, ev["Properties"]
+
+
+def routes_from_template(path: pathlib.Path) -> list[tuple[str, re.Pattern, str, str]]:
+    """[(method, regex, binary, template path)] for every HttpApi event in the template."""
+    out = []
+    for binary, _, props in function_events(path, "HttpApi"):
+        p = props["Path"]
+        rx = re.compile("^" + re.sub(r"\{[^/]+\}", "[^/]+", p) + "$")
+        out.append((props["Method"].upper(), rx, binary, p))
     return out
 
 

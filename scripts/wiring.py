@@ -16,24 +16,14 @@ import urllib.request
 
 import boto3
 
-from router import _CfnLoader  # the template loader that reads !Ref and friends
-import yaml
+from router import function_events  # the template reader the routes use too
 
 REGION = "us-east-1"
 
 
 def rules_from_template(path: pathlib.Path) -> list[tuple[str, str, dict]]:
     """[(binary, event name, pattern)] for every EventBridgeRule event in the template."""
-    doc = yaml.load(path.read_text(), Loader=_CfnLoader)
-    out = []
-    for res in doc.get("Resources", {}).values():
-        if res.get("Type") != "AWS::Serverless::Function":
-            continue
-        binary = res.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
-        for name, ev in res.get("Properties", {}).get("Events", {}).items():
-            if ev.get("Type") == "EventBridgeRule" and binary:
-                out.append((binary, name, ev["Properties"]["Pattern"]))
-    return out
+    return [(binary, name, props["Pattern"]) for binary, name, props in function_events(path, "EventBridgeRule")]
 
 
 class Forwarder:
