@@ -49,18 +49,8 @@ impl Counter {
 
 const OPS: usize = 400;
 
-async fn raw_updates(client: &aws_sdk_dynamodb::Client, table: &str, concurrency: usize, items: usize) -> f64 {
-    for i in 0..items {
-        client
-            .put_item()
-            .table_name(table)
-            .item("pk", AttributeValue::S(format!("RAW#{i}")))
-            .item("sk", AttributeValue::S("R".into()))
-            .item("n", AttributeValue::N("1000000000".into()))
-            .send()
-            .await
-            .expect("seed raw item");
-    }
+/// Conditional updates on `concurrency` items of a `seeded_table`, one worker each.
+async fn raw_updates(client: &aws_sdk_dynamodb::Client, table: &str, concurrency: usize) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -71,7 +61,7 @@ async fn raw_updates(client: &aws_sdk_dynamodb::Client, table: &str, concurrency
                 client
                     .update_item()
                     .table_name(&table)
-                    .key("pk", AttributeValue::S(format!("RAW#{}", w % items)))
+                    .key("pk", AttributeValue::S(format!("RAW#{w}")))
                     .key("sk", AttributeValue::S("R".into()))
                     .update_expression("SET n = n - :one")
                     .condition_expression("n >= :one")
@@ -180,7 +170,8 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-async fn seeded_txn_table(world: &World, concurrency: usize) -> String {
+/// A fresh table with one funded item per worker (`RAW#0`, `RAW#1`, ...).
+async fn seeded_table(world: &World, concurrency: usize) -> String {
     let table = fresh_table(&world.dynamo).await;
     for w in 0..concurrency {
         world
@@ -242,9 +233,9 @@ async fn main() {
         let mut handler: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
         let mut counts: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); phases.len()];
         for _ in 0..ROUNDS {
-            let t = fresh_table(&world.dynamo).await;
-            raw.push(raw_updates(&world.dynamo, &t, concurrency, concurrency).await);
-            let t = seeded_txn_table(&world, concurrency).await;
+            let t = seeded_table(&world, concurrency).await;
+            raw.push(raw_updates(&world.dynamo, &t, concurrency).await);
+            let t = seeded_table(&world, concurrency).await;
             txn.push(raw_transactions(&world.dynamo, &t, concurrency).await);
             for (i, (_, n)) in phases.iter().enumerate() {
                 let (cfg, credits, accounts) = handler_setup(&world, &dynamo, &bus, *n).await;

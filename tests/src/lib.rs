@@ -156,19 +156,12 @@ impl World {
         b
     }
 
-    /// Saves a default card on the account the way the `setup_intent.succeeded` webhook will:
-    /// one compare-and-swap of the account.
-    pub async fn save_card(&self, id: &str) {
+    /// Changes the stored account directly, as a flow this test does not drive would: one
+    /// compare-and-swap from the current state (`Account::next`), edited by `edit`.
+    pub async fn edit_account(&self, id: &str, edit: impl FnOnce(&mut topup::account::Account)) {
         let a = self.credits.store.load_account(id).await.expect("load").expect("account exists");
         let mut next = a.next(topup::clock::now_ms());
-        next.payment_method = Some(topup::account::PaymentMethod {
-            id: "pm_card_visa".into(),
-            brand: "visa".into(),
-            last4: "4242".into(),
-            exp_month: 12,
-            exp_year: 2030,
-        });
-        next.stripe_customer_id = Some("cus_test".into());
+        edit(&mut next);
         let commit = topup::store::Commit {
             expected_version: a.version,
             account: next,
@@ -178,58 +171,43 @@ impl World {
             purchase: None,
             outbox: vec![],
         };
-        self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("save card");
+        self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("edit account");
+    }
+
+    /// Saves a default card on the account the way the `setup_intent.succeeded` webhook will.
+    pub async fn save_card(&self, id: &str) {
+        self.edit_account(id, |a| {
+            a.payment_method = Some(topup::account::PaymentMethod {
+                id: "pm_card_visa".into(),
+                brand: "visa".into(),
+                last4: "4242".into(),
+                exp_month: 12,
+                exp_year: 2030,
+            });
+            a.stripe_customer_id = Some("cus_test".into());
+        })
+        .await;
     }
 
     /// A real card in the local Stripe (localstripe): a customer for the account and a test card
     /// (`4242424242424242` pays, `4000000000000341` is declined when charged,
     /// `4000002760003184` needs authentication) saved as its default, as the setup flow does.
     pub async fn save_stripe_card(&self, id: &str, number: &str) -> topup::payments::StripePayments {
-        use stripe_payment::payment_method::{
-            AttachPaymentMethod, CreatePaymentMethod, CreatePaymentMethodCard, CreatePaymentMethodCardDetailsParams,
-            CreatePaymentMethodType,
-        };
         use topup::payments::Payments;
         let payments = stripe_payments();
         let customer = payments.create_customer(id, Some("billing@example.com")).await.expect("customer");
-        let card = CreatePaymentMethodCardDetailsParams {
-            cvc: Some("123".into()),
-            exp_month: 12,
-            exp_year: 2030,
-            networks: None,
-            number: number.into(),
-        };
-        let pm = CreatePaymentMethod::new()
-            .type_(CreatePaymentMethodType::Card)
-            .card(CreatePaymentMethodCard::CardDetailsParams(card))
-            .send(payments.client())
-            .await
-            .expect("payment method");
-        AttachPaymentMethod::new(pm.id.clone())
-            .customer(customer.clone())
-            .send(payments.client())
-            .await
-            .expect("attach");
-        let a = self.credits.store.load_account(id).await.expect("load").expect("account exists");
-        let mut next = a.next(topup::clock::now_ms());
-        next.payment_method = Some(topup::account::PaymentMethod {
-            id: pm.id.to_string(),
-            brand: "visa".into(),
-            last4: number[number.len() - 4..].into(),
-            exp_month: 12,
-            exp_year: 2030,
-        });
-        next.stripe_customer_id = Some(customer);
-        let commit = topup::store::Commit {
-            expected_version: a.version,
-            account: next,
-            ledger: None,
-            idempotency: None,
-            hold: None,
-            purchase: None,
-            outbox: vec![],
-        };
-        self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("save card");
+        let pm = stripe_card(&payments, &customer, number).await;
+        self.edit_account(id, |a| {
+            a.payment_method = Some(topup::account::PaymentMethod {
+                id: pm,
+                brand: "visa".into(),
+                last4: number[number.len() - 4..].into(),
+                exp_month: 12,
+                exp_year: 2030,
+            });
+            a.stripe_customer_id = Some(customer);
+        })
+        .await;
         payments
     }
 
@@ -430,6 +408,29 @@ pub fn stripe_payments() -> topup::payments::StripePayments {
     let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE")
         .unwrap_or_else(|_| panic!("TOPUP_TEST_STRIPE_API_BASE is not set: run ./scripts/test"));
     topup::payments::StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&base)).expect("stripe client")
+}
+
+/// A test card (12/2030, CVC 123) created in the local Stripe and attached to `customer`; its id.
+pub async fn stripe_card(payments: &topup::payments::StripePayments, customer: &str, number: &str) -> String {
+    use stripe_payment::payment_method::{
+        AttachPaymentMethod, CreatePaymentMethod, CreatePaymentMethodCard, CreatePaymentMethodCardDetailsParams,
+        CreatePaymentMethodType,
+    };
+    let card = CreatePaymentMethodCardDetailsParams {
+        cvc: Some("123".into()),
+        exp_month: 12,
+        exp_year: 2030,
+        networks: None,
+        number: number.into(),
+    };
+    let pm = CreatePaymentMethod::new()
+        .type_(CreatePaymentMethodType::Card)
+        .card(CreatePaymentMethodCard::CardDetailsParams(card))
+        .send(payments.client())
+        .await
+        .expect("payment method");
+    AttachPaymentMethod::new(pm.id.clone()).customer(customer).send(payments.client()).await.expect("attach");
+    pm.id.to_string()
 }
 
 /// A unique phone number in E.164 form.

@@ -264,7 +264,6 @@ async fn voice_a_call_that_ends_below_the_threshold_reloads_one_block_after_the_
 /// The (cap+1)th crossing in a month does not charge and says so once; the next month it does.
 #[tokio::test]
 async fn the_monthly_cap_holds_until_the_next_month() {
-    use topup::store::{Commit, Store};
     let w = World::new("usd-overage").await;
     let observer = w.observe_bus().await;
     let payments = enabled_low_account(&w, "4242424242424242").await;
@@ -289,20 +288,7 @@ async fn the_monthly_cap_holds_until_the_next_month() {
     assert_eq!(of_type(&events, "AutoRechargePaused").len(), 1, "announced once");
     assert_eq!(w.view("acme").await["balance"], 3 * C, "no charge past the cap");
     // A new calendar month: the counter resets (simulated by dating the count last month).
-    let a = w.credits.store.load_account("acme").await.expect("load").expect("account");
-    let mut next = a.clone();
-    next.version += 1;
-    next.auto_recharge.used_month = "2000-01".into();
-    let commit = Commit {
-        expected_version: a.version,
-        account: next,
-        ledger: None,
-        idempotency: None,
-        hold: None,
-        purchase: None,
-        outbox: vec![],
-    };
-    w.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("commit");
+    w.edit_account("acme", |a| a.auto_recharge.used_month = "2000-01".into()).await;
     let out = auto_recharge::handle(
         &w.another_instance(),
         &payments,

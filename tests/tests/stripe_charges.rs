@@ -2,38 +2,8 @@
 //! stack's Stripe; `tests/support/localstripe_local.py`): a saved card that pays, one declined
 //! when charged, one that needs authentication, and idempotency keys that never charge twice.
 
-use stripe_payment::payment_method::{
-    AttachPaymentMethod, CreatePaymentMethod, CreatePaymentMethodCard, CreatePaymentMethodCardDetailsParams,
-    CreatePaymentMethodType,
-};
-use topup::config::Secret;
-use topup::payments::{ChargeOutcome, OffSessionCharge, Payments, StripePayments};
+use topup::payments::{ChargeOutcome, OffSessionCharge, Payments};
 use topup_tests::*;
-
-fn stripe() -> StripePayments {
-    let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE")
-        .unwrap_or_else(|_| panic!("TOPUP_TEST_STRIPE_API_BASE is not set: run ./scripts/test"));
-    StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&base)).expect("client")
-}
-
-/// A card saved on the customer (the setup flow's result), as Stripe's test cards behave.
-async fn saved_card(p: &StripePayments, customer: &str, number: &str) -> String {
-    let card = CreatePaymentMethodCardDetailsParams {
-        cvc: Some("123".into()),
-        exp_month: 12,
-        exp_year: 2030,
-        networks: None,
-        number: number.into(),
-    };
-    let pm = CreatePaymentMethod::new()
-        .type_(CreatePaymentMethodType::Card)
-        .card(CreatePaymentMethodCard::CardDetailsParams(card))
-        .send(p.client())
-        .await
-        .expect("payment method");
-    AttachPaymentMethod::new(pm.id.clone()).customer(customer).send(p.client()).await.expect("attach");
-    pm.id.to_string()
-}
 
 fn charge(customer: &str, pm: &str, key: &str) -> OffSessionCharge {
     OffSessionCharge {
@@ -48,7 +18,7 @@ fn charge(customer: &str, pm: &str, key: &str) -> OffSessionCharge {
 
 #[tokio::test]
 async fn a_saved_card_pays_off_session_and_a_repeated_key_never_charges_twice() {
-    let p = stripe();
+    let p = stripe_payments();
     let account = unique("acct");
     let customer = p.create_customer(&account, Some("billing@acme.example")).await.expect("customer");
     assert_eq!(
@@ -56,7 +26,7 @@ async fn a_saved_card_pays_off_session_and_a_repeated_key_never_charges_twice() 
         customer,
         "one customer per account"
     );
-    let pm = saved_card(&p, &customer, "4242424242424242").await;
+    let pm = stripe_card(&p, &customer, "4242424242424242").await;
     let key = unique("rch");
     let first = p.charge_off_session(&charge(&customer, &pm, &key)).await.expect("charge");
     let ChargeOutcome::Succeeded { payment_intent_id } = &first else { panic!("{first:?}") };
@@ -70,14 +40,14 @@ async fn a_saved_card_pays_off_session_and_a_repeated_key_never_charges_twice() 
 
 #[tokio::test]
 async fn declines_and_authentication_are_failures_with_their_codes() {
-    let p = stripe();
+    let p = stripe_payments();
     let customer = p.create_customer(&unique("acct"), None).await.expect("customer");
-    let declined = saved_card(&p, &customer, "4000000000000341").await;
+    let declined = stripe_card(&p, &customer, "4000000000000341").await;
     match p.charge_off_session(&charge(&customer, &declined, &unique("rch"))).await.expect("answered") {
         ChargeOutcome::Failed { code, .. } => assert_eq!(code, "card_declined"),
         other => panic!("expected a decline, got {other:?}"),
     }
-    let needs_auth = saved_card(&p, &customer, "4000002760003184").await;
+    let needs_auth = stripe_card(&p, &customer, "4000002760003184").await;
     match p.charge_off_session(&charge(&customer, &needs_auth, &unique("rch"))).await.expect("answered") {
         ChargeOutcome::Failed { code, payment_intent_id, .. } => {
             assert_eq!(code, "authentication_required");
