@@ -150,6 +150,10 @@ pub struct Account {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gsi1pk: Option<String>,
     pub last_recharge_error: Option<RechargeError>,
+    /// Credits taken back per refunded payment (PaymentIntent id): Stripe reports a charge's
+    /// refunds as a running total, so a refund takes back only what this total adds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refunded: BTreeMap<String, i64>,
 }
 
 impl Account {
@@ -188,6 +192,7 @@ impl Account {
             stripe_customer_id: None,
             gsi1pk: None,
             last_recharge_error: None,
+            refunded: BTreeMap::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::payments::CheckoutUi;
 use crate::profile::{Profile, ProfileError};
 
 /// A secret that never prints: `Debug` and `Display` show `***`.
@@ -57,6 +58,13 @@ pub struct Config {
     pub stripe_secret_key: Option<Secret>,
     /// Another Stripe API base URL, for the local emulator (`TOPUP_STRIPE_API_BASE`).
     pub stripe_api_base: Option<String>,
+    /// The webhook endpoint's signing secret (`TOPUP_STRIPE_WEBHOOK_SECRET`), never logged.
+    pub stripe_webhook_secret: Option<Secret>,
+    /// How Checkout is shown (`TOPUP_CHECKOUT_UI`: `embedded`, the default, or `hosted`) and
+    /// where it returns: `TOPUP_CHECKOUT_RETURN_URL` (embedded), `TOPUP_CHECKOUT_SUCCESS_URL`
+    /// and `TOPUP_CHECKOUT_CANCEL_URL` (hosted), each defaulting to the billing page. `None`
+    /// when neither those nor `TOPUP_BILLING_URL` are set.
+    pub checkout_ui: Option<CheckoutUi>,
 }
 
 impl Config {
@@ -90,6 +98,33 @@ impl Config {
         }
         let stripe_secret_key = get("TOPUP_STRIPE_SECRET_KEY").filter(|s| !s.is_empty()).map(Secret::new);
         let stripe_api_base = get("TOPUP_STRIPE_API_BASE").filter(|s| !s.is_empty());
+        let stripe_webhook_secret = get("TOPUP_STRIPE_WEBHOOK_SECRET").filter(|s| !s.is_empty()).map(Secret::new);
+        let url = |name: &'static str, default: Option<String>| -> Result<Option<String>, ConfigError> {
+            match get(name).filter(|s| !s.is_empty()).or(default) {
+                Some(u) if !u.starts_with("https://") && !u.starts_with("http://") => {
+                    Err(ConfigError::Invalid(name, "must be an http(s) URL".into()))
+                }
+                other => Ok(other),
+            }
+        };
+        // Stripe replaces `{CHECKOUT_SESSION_ID}` in return URLs with the session's id.
+        let back = billing_url.as_ref().map(|b| {
+            let sep = if b.contains('?') { '&' } else { '?' };
+            format!("{b}{sep}checkout_session={{CHECKOUT_SESSION_ID}}")
+        });
+        let checkout_ui = match get("TOPUP_CHECKOUT_UI").as_deref().map(str::trim) {
+            None | Some("") | Some("embedded") => {
+                url("TOPUP_CHECKOUT_RETURN_URL", back)?.map(|return_url| CheckoutUi::Embedded { return_url })
+            }
+            Some("hosted") => {
+                match (url("TOPUP_CHECKOUT_SUCCESS_URL", back)?, url("TOPUP_CHECKOUT_CANCEL_URL", billing_url.clone())?)
+                {
+                    (Some(success_url), Some(cancel_url)) => Some(CheckoutUi::Hosted { success_url, cancel_url }),
+                    _ => None,
+                }
+            }
+            Some(_) => return Err(ConfigError::Invalid("TOPUP_CHECKOUT_UI", "must be `embedded` or `hosted`".into())),
+        };
         Ok(Config {
             profile,
             table,
@@ -99,6 +134,8 @@ impl Config {
             billing_url,
             stripe_secret_key,
             stripe_api_base,
+            stripe_webhook_secret,
+            checkout_ui,
         })
     }
 }
@@ -121,5 +158,43 @@ mod tests {
         assert!(e.to_string().contains("unknown profile `gold`"));
         let c = Config::from_lookup(|k| (k == "TOPUP_PROFILE").then(|| "org-runs".to_string())).unwrap();
         assert_eq!((c.profile.name.as_str(), c.table.as_str()), ("org-runs", "topup"));
+        assert_eq!(c.checkout_ui, None, "no billing page, no return URL");
+    }
+
+    #[test]
+    fn checkout_returns_to_the_billing_page_unless_told_otherwise() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                std::iter::once(("TOPUP_PROFILE", "usd-overage"))
+                    .chain(pairs.iter().copied())
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = Config::from_lookup(env(&[("TOPUP_BILLING_URL", "https://app.example.com/billing")])).unwrap();
+        assert_eq!(
+            c.checkout_ui,
+            Some(CheckoutUi::Embedded {
+                return_url: "https://app.example.com/billing?checkout_session={CHECKOUT_SESSION_ID}".into()
+            })
+        );
+        let c = Config::from_lookup(env(&[
+            ("TOPUP_BILLING_URL", "https://app.example.com/billing?tab=credits"),
+            ("TOPUP_CHECKOUT_UI", "hosted"),
+            ("TOPUP_CHECKOUT_CANCEL_URL", "https://app.example.com/cancelled"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.checkout_ui,
+            Some(CheckoutUi::Hosted {
+                success_url: "https://app.example.com/billing?tab=credits&checkout_session={CHECKOUT_SESSION_ID}"
+                    .into(),
+                cancel_url: "https://app.example.com/cancelled".into(),
+            })
+        );
+        let e = Config::from_lookup(env(&[("TOPUP_CHECKOUT_UI", "popup")])).unwrap_err();
+        assert!(e.to_string().contains("TOPUP_CHECKOUT_UI"));
+        let e = Config::from_lookup(env(&[("TOPUP_CHECKOUT_RETURN_URL", "ftp://x")])).unwrap_err();
+        assert!(e.to_string().contains("TOPUP_CHECKOUT_RETURN_URL"));
     }
 }

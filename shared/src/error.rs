@@ -33,6 +33,10 @@ pub enum ApiError {
     /// An upstream (AWS, Stripe) failure the client may retry.
     #[error("A service we depend on is unavailable. Please retry.")]
     Upstream,
+    /// Stripe could not be reached or failed on its side; nothing was recorded that could
+    /// charge or credit, and the same request may be retried.
+    #[error("Our payment provider is unavailable. Please retry.")]
+    PaymentsUnavailable,
     /// Contention that did not settle within our retry budget; safe to retry.
     #[error("The account is busy. Please retry.")]
     Busy,
@@ -60,6 +64,7 @@ impl ApiError {
             ApiError::OutOfCredits { code, .. } => code,
             ApiError::Rule(code, _) => code,
             ApiError::Upstream => "upstream_unavailable",
+            ApiError::PaymentsUnavailable => "payment_provider_unavailable",
             ApiError::Busy => "account_busy",
         }
     }
@@ -76,7 +81,7 @@ impl ApiError {
             ApiError::OutOfCredits { .. } => 402,
             ApiError::Rule(..) => 422,
             ApiError::Upstream => 502,
-            ApiError::Busy => 503,
+            ApiError::Busy | ApiError::PaymentsUnavailable => 503,
         }
     }
 

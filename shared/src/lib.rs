@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod buying;
 pub mod clock;
 pub mod config;
 pub mod dynamo;

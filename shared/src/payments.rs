@@ -8,9 +8,16 @@ use std::future::Future;
 use std::str::FromStr;
 
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
+    CreateCheckoutSessionPaymentIntentData, ExpireCheckoutSession, ProductData,
+};
 use stripe_core::customer::CreateCustomer;
-use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent};
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_core::PaymentIntentStatus;
+use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
+use stripe_shared::{CheckoutSessionMode, CheckoutSessionUiMode};
 
 use crate::config::Secret;
 
@@ -50,6 +57,55 @@ pub struct OffSessionCharge {
     pub metadata: Vec<(String, String)>,
 }
 
+/// How the customer sees Checkout: embedded in the billing page (`client_secret`) or on
+/// Stripe's hosted page (`url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutUi {
+    Embedded { return_url: String },
+    Hosted { success_url: String, cancel_url: String },
+}
+
+/// A Checkout Session for one purchase.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    /// The line's name on the payment page and the receipt.
+    pub description: String,
+    /// `client_reference_id`: the purchase id.
+    pub reference: String,
+    pub ui: CheckoutUi,
+    pub idempotency_key: String,
+    /// On the session and on its PaymentIntent (so refunds and disputes find the account).
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub client_secret: Option<String>,
+    pub url: Option<String>,
+}
+
+/// A SetupIntent that saves a card for later off-session charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardSetup {
+    pub id: String,
+    pub client_secret: String,
+}
+
+/// A saved card as the credits view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    pub id: String,
+    pub customer_id: Option<String>,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: u32,
+}
+
 pub trait Payments: Send + Sync {
     /// Creates the Stripe customer of an account (idempotent per account).
     fn create_customer(
@@ -61,6 +117,34 @@ pub trait Payments: Send + Sync {
         &self,
         charge: &OffSessionCharge,
     ) -> impl Future<Output = Result<ChargeOutcome, PaymentsUnavailable>> + Send;
+}
+
+/// What buying credits and saving a card need besides charging: Checkout Sessions,
+/// SetupIntents and the cards they save.
+pub trait Purchases: Payments {
+    /// Creates (or, for a repeated idempotency key, returns again) a Checkout Session.
+    fn create_checkout(
+        &self,
+        request: &CheckoutRequest,
+    ) -> impl Future<Output = Result<CheckoutSession, PaymentsUnavailable>> + Send;
+    /// Expires an open Checkout Session so it can no longer be paid.
+    fn expire_checkout(&self, session_id: &str) -> impl Future<Output = Result<(), PaymentsUnavailable>> + Send;
+    /// A SetupIntent (`usage=off_session`) for the customer; no charge.
+    fn create_card_setup(
+        &self,
+        customer_id: &str,
+        account_id: &str,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<CardSetup, PaymentsUnavailable>> + Send;
+    /// The card behind a payment method; `None` when it is not a card.
+    fn card(&self, payment_method_id: &str) -> impl Future<Output = Result<Option<Card>, PaymentsUnavailable>> + Send;
+    /// Detaches a saved payment method from its customer.
+    fn detach(&self, payment_method_id: &str) -> impl Future<Output = Result<(), PaymentsUnavailable>> + Send;
+    /// A PaymentIntent's metadata (who it was for).
+    fn payment_metadata(
+        &self,
+        payment_intent_id: &str,
+    ) -> impl Future<Output = Result<HashMap<String, String>, PaymentsUnavailable>> + Send;
 }
 
 pub struct StripePayments {
@@ -84,6 +168,10 @@ impl StripePayments {
 
 fn idempotent(key: &str) -> Result<RequestStrategy, PaymentsUnavailable> {
     IdempotencyKey::new(key).map(RequestStrategy::Idempotent).map_err(|e| PaymentsUnavailable(e.to_string()))
+}
+
+fn unavailable(e: StripeError) -> PaymentsUnavailable {
+    PaymentsUnavailable(e.to_string())
 }
 
 /// A Stripe error: retryable (5xx, 429, network) or a final answer about this payment.
@@ -151,5 +239,99 @@ impl Payments for StripePayments {
                     .unwrap_or_else(|| "The payment did not go through.".into()),
             },
         })
+    }
+}
+
+impl Purchases for StripePayments {
+    async fn create_checkout(&self, r: &CheckoutRequest) -> Result<CheckoutSession, PaymentsUnavailable> {
+        let currency = stripe_types::Currency::from_str(&r.currency)
+            .map_err(|_| PaymentsUnavailable(format!("unknown currency {}", r.currency)))?;
+        let metadata: HashMap<String, String> = r.metadata.iter().cloned().collect();
+        let mut price = CreateCheckoutSessionLineItemsPriceData::new(currency);
+        price.unit_amount = Some(r.amount_cents);
+        price.product_data = Some(ProductData {
+            description: None,
+            images: None,
+            metadata: None,
+            name: r.description.clone(),
+            tax_code: None,
+            tax_details: None,
+            unit_label: None,
+        });
+        let mut line = CreateCheckoutSessionLineItems::new();
+        line.price_data = Some(price);
+        line.quantity = Some(1);
+        let mut intent = CreateCheckoutSessionPaymentIntentData::new();
+        intent.metadata = Some(metadata.clone());
+        intent.description = Some(r.description.clone());
+        let mut req = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Payment)
+            .customer(r.customer_id.clone())
+            .client_reference_id(r.reference.clone())
+            .line_items(vec![line])
+            .payment_intent_data(intent)
+            .metadata(metadata);
+        req = match &r.ui {
+            CheckoutUi::Embedded { return_url } => {
+                req.ui_mode(CheckoutSessionUiMode::EmbeddedPage).return_url(return_url.clone())
+            }
+            CheckoutUi::Hosted { success_url, cancel_url } => req
+                .ui_mode(CheckoutSessionUiMode::HostedPage)
+                .success_url(success_url.clone())
+                .cancel_url(cancel_url.clone()),
+        };
+        let session = req
+            .customize()
+            .request_strategy(idempotent(&r.idempotency_key)?)
+            .send(&self.client)
+            .await
+            .map_err(unavailable)?;
+        Ok(CheckoutSession { id: session.id.to_string(), client_secret: session.client_secret, url: session.url })
+    }
+
+    async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentsUnavailable> {
+        ExpireCheckoutSession::new(session_id).send(&self.client).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn create_card_setup(
+        &self,
+        customer_id: &str,
+        account_id: &str,
+        idempotency_key: &str,
+    ) -> Result<CardSetup, PaymentsUnavailable> {
+        let intent = CreateSetupIntent::new()
+            .customer(customer_id)
+            .usage(CreateSetupIntentUsage::OffSession)
+            .metadata(HashMap::from([("topup_account_id".to_string(), account_id.to_string())]))
+            .customize()
+            .request_strategy(idempotent(idempotency_key)?)
+            .send(&self.client)
+            .await
+            .map_err(unavailable)?;
+        let client_secret =
+            intent.client_secret.ok_or_else(|| PaymentsUnavailable("SetupIntent without client_secret".into()))?;
+        Ok(CardSetup { id: intent.id.to_string(), client_secret })
+    }
+
+    async fn card(&self, payment_method_id: &str) -> Result<Option<Card>, PaymentsUnavailable> {
+        let pm = RetrievePaymentMethod::new(payment_method_id).send(&self.client).await.map_err(unavailable)?;
+        let customer = pm.customer.as_ref().map(|c| c.id().to_string());
+        Ok(pm.card.map(|c| Card {
+            id: pm.id.to_string(),
+            customer_id: customer,
+            brand: c.brand,
+            last4: c.last4,
+            exp_month: u32::try_from(c.exp_month).unwrap_or(0),
+            exp_year: u32::try_from(c.exp_year).unwrap_or(0),
+        }))
+    }
+
+    async fn detach(&self, payment_method_id: &str) -> Result<(), PaymentsUnavailable> {
+        DetachPaymentMethod::new(payment_method_id).send(&self.client).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn payment_metadata(&self, payment_intent_id: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
+        let pi = RetrievePaymentIntent::new(payment_intent_id).send(&self.client).await.map_err(unavailable)?;
+        Ok(pi.metadata)
     }
 }

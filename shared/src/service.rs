@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::account::{Account, Contact, RechargeClaim, RechargeError};
+use crate::account::{Account, Contact, PaymentMethod, RechargeClaim, RechargeError};
 use crate::clock;
 use crate::error::ApiError;
 use crate::events::{publish_committed, EventBus};
@@ -51,6 +51,16 @@ struct Planned {
     /// A purchase state change committed with this balance change.
     purchase: Option<PurchaseWrite>,
 }
+
+impl Planned {
+    /// A change of the account alone: no ledger entry, no hold, no events.
+    fn quiet(next: Account, cause: &'static str, response: Value) -> Planned {
+        Planned { next, ledger: None, hold: None, status: 200, response, cause, events: vec![], purchase: None }
+    }
+}
+
+/// A plan's way of saying "already so": nothing is written and the caller answers as done.
+const NOTHING_TO_DO: &str = "nothing_to_do";
 
 enum Applied {
     Done(u16, Value),
@@ -131,6 +141,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// The account, read fresh; 404 if there is none.
+    /// The account, read with strong consistency (404 when it does not exist).
+    pub async fn account(&self, id: &str) -> Result<Account, ApiError> {
+        self.load(id).await
+    }
+
     async fn load(&self, id: &str) -> Result<Account, ApiError> {
         match self.store.load_account(id).await.map_err(upstream)? {
             Some(a) => {
@@ -746,17 +761,85 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         .await
     }
 
-    /// Checkout completed but the payment settles later (bank debits): `processing`.
+    /// Checkout completed but the payment settles later (bank debits): `processing`, with a
+    /// `PurchaseProcessing` event.
     pub async fn purchase_processing(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
-        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| p.status = PurchaseStatus::Processing).await
+        self.move_purchase_announced(id, purchase_id, &[PurchaseStatus::Pending], PurchaseStatus::Processing).await
     }
 
-    /// The payment failed: `failed`, never credited.
+    /// The payment failed: `failed`, never credited, with a `PurchaseFailed` event (seed 000:
+    /// the customer is told).
     pub async fn purchase_failed(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
-        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending, PurchaseStatus::Processing], |p| {
-            p.status = PurchaseStatus::Failed
-        })
+        self.move_purchase_announced(
+            id,
+            purchase_id,
+            &[PurchaseStatus::Pending, PurchaseStatus::Processing],
+            PurchaseStatus::Failed,
+        )
         .await
+    }
+
+    /// Moves a purchase from one of `from` to `to` and announces it on the bus: the purchase
+    /// write and the event's outbox entry commit with the account in one transaction, so the
+    /// event goes out exactly when the move happened. A purchase already past `from` (a late
+    /// or repeated delivery) is returned as it is, and nothing is announced.
+    async fn move_purchase_announced(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        from: &[PurchaseStatus],
+        to: PurchaseStatus,
+    ) -> Result<PurchaseRecord, ApiError> {
+        let detail_type = match to {
+            PurchaseStatus::Processing => "PurchaseProcessing",
+            _ => "PurchaseFailed",
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.purchase(id, purchase_id).await?;
+            if !from.contains(&current.status) {
+                return Ok(current);
+            }
+            let applied = self
+                .apply(id, None, |a, now| {
+                    let next = a.next(now);
+                    let record =
+                        PurchaseRecord { status: to, updated_at: now.max(current.updated_at + 1), ..current.clone() };
+                    let event = DomainEvent {
+                        id: new_id("evt"),
+                        detail_type: detail_type.into(),
+                        account_id: id.to_string(),
+                        created_at: now,
+                        detail: json!({
+                            "purchase_id": record.purchase_id,
+                            "status": record.status.as_str(),
+                            "message": record.message(),
+                            "credits": record.credits.0,
+                            "charge": {"amount": record.charge.0, "currency": record.currency},
+                            "balance": next.balance.0,
+                        }),
+                    };
+                    Ok(Planned {
+                        next,
+                        ledger: None,
+                        hold: None,
+                        status: 200,
+                        response: record.to_json(),
+                        cause: "purchase_state",
+                        events: vec![event],
+                        purchase: Some(PurchaseWrite {
+                            record,
+                            from: vec![current.status],
+                            expected_updated_at: Some(current.updated_at),
+                        }),
+                    })
+                })
+                .await?;
+            match applied {
+                Applied::Done(..) => return self.purchase(id, purchase_id).await,
+                Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
+            }
+        }
+        Err(ApiError::Busy)
     }
 
     /// The Checkout Session expired unpaid.
@@ -795,6 +878,137 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
         }
         Err(ApiError::Busy)
+    }
+
+    // ---- Stripe customer and saved card -----------------------------------------------------
+
+    /// Records the account's Stripe customer. The first one recorded stays (two concurrent
+    /// requests create the same customer under one idempotency key anyway); returns it.
+    pub async fn set_customer(&self, id: &str, customer_id: &str) -> Result<String, ApiError> {
+        let result = self
+            .apply(id, None, |a, now| {
+                if let Some(existing) = &a.stripe_customer_id {
+                    return Err(ApiError::rule(NOTHING_TO_DO, existing.clone()));
+                }
+                let mut next = a.next(now);
+                next.stripe_customer_id = Some(customer_id.to_string());
+                Ok(Planned::quiet(next, "customer", json!({"customer_id": customer_id})))
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(customer_id.to_string()),
+            Err(ApiError::Rule(NOTHING_TO_DO, existing)) => Ok(existing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `card` the account's default payment method (`setup_intent.succeeded`). No charge
+    /// is made; a suspended auto-recharge stays suspended until a purchase (seed 000).
+    pub async fn save_card(&self, id: &str, card: PaymentMethod, customer_id: Option<&str>) -> Result<Value, ApiError> {
+        let result = self
+            .apply(id, None, |a, now| {
+                if a.payment_method.as_ref() == Some(&card) {
+                    return Err(ApiError::rule(NOTHING_TO_DO, String::new()));
+                }
+                let mut next = a.next(now);
+                next.payment_method = Some(card.clone());
+                if next.stripe_customer_id.is_none() {
+                    next.stripe_customer_id = customer_id.map(str::to_string);
+                }
+                Ok(Planned::quiet(next, "card_saved", payment_method_json(Some(&card))))
+            })
+            .await;
+        match result {
+            Ok(_) | Err(ApiError::Rule(NOTHING_TO_DO, _)) => Ok(payment_method_json(Some(&card))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the default payment method. Auto-recharge cannot charge without one, so it is
+    /// turned off with it. Returns the removed card's id, if there was one.
+    pub async fn remove_card(&self, id: &str) -> Result<Option<String>, ApiError> {
+        let result = self
+            .apply(id, None, |a, now| {
+                let Some(card) = &a.payment_method else {
+                    return Err(ApiError::rule(NOTHING_TO_DO, String::new()));
+                };
+                let mut next = a.next(now);
+                next.payment_method = None;
+                next.auto_recharge.enabled = false;
+                next.index_for_sweep();
+                Ok(Planned::quiet(next, "card_removed", json!({"payment_method_id": card.id})))
+            })
+            .await;
+        match result {
+            Ok(Applied::Done(_, v)) => Ok(v["payment_method_id"].as_str().map(str::to_string)),
+            Ok(_) | Err(ApiError::Rule(NOTHING_TO_DO, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- refunds ----------------------------------------------------------------------------
+
+    /// `charge.refunded` for a payment this account was credited for: takes back the refunded
+    /// share of its credits with a `refund` ledger entry. `amount_refunded` is Stripe's running
+    /// total for the charge, so any number of deliveries, in any order, take back the refunded
+    /// share once. Credits already used are not taken below zero (the entry says so). Returns
+    /// the entry, or `None` when there is nothing (more) to take back or the payment was never
+    /// credited.
+    pub async fn refund_payment(
+        &self,
+        id: &str,
+        payment_intent_id: &str,
+        charge_amount: i64,
+        amount_refunded: i64,
+    ) -> Result<Option<Value>, ApiError> {
+        if charge_amount <= 0 || amount_refunded <= 0 {
+            return Ok(None);
+        }
+        let credited =
+            self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
+        let Some(credited) = credited.and_then(|r| r.response["amount"].as_i64()) else {
+            tracing::warn!(account_id = id, payment_intent_id, "refund of a payment that was never credited");
+            return Ok(None);
+        };
+        // Floor: a partial refund never takes back more than its share.
+        let share =
+            (i128::from(credited) * i128::from(amount_refunded.min(charge_amount)) / i128::from(charge_amount)) as i64;
+        let p = &self.profile;
+        let result = self
+            .apply(id, None, |a, now| {
+                let before = a.refunded.get(payment_intent_id).copied().unwrap_or(0);
+                let owed = share - before;
+                if owed <= 0 {
+                    return Err(ApiError::rule(NOTHING_TO_DO, String::new()));
+                }
+                let mut next = a.next(now);
+                let taken = owed.min(next.balance.0.max(0));
+                next.refunded.insert(payment_intent_id.to_string(), share);
+                next.balance = Micros(next.balance.0 - taken);
+                let mut description = format!("Refund: {} taken back", format_credits(p, Micros(taken)));
+                if taken < owed {
+                    description.push_str(&format!(" ({} already used)", format_credits(p, Micros(owed - taken))));
+                }
+                let entry = (taken > 0)
+                    .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros(-taken), now, description.clone()));
+                let response = entry.as_ref().map_or(Value::Null, LedgerEntry::to_json);
+                Ok(Planned {
+                    next,
+                    ledger: entry,
+                    hold: None,
+                    status: 200,
+                    response,
+                    cause: "refund",
+                    events: vec![],
+                    purchase: None,
+                })
+            })
+            .await;
+        match result {
+            Ok(Applied::Done(_, v)) if !v.is_null() => Ok(Some(v)),
+            Ok(_) | Err(ApiError::Rule(NOTHING_TO_DO, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     // ---- auto-recharge: claim, complete, fail ---------------------------------------------
@@ -1131,9 +1345,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             "recent_transactions": recent.iter().map(LedgerEntry::to_json).collect::<Vec<_>>(),
             "allowances": allowances,
             "auto_recharge": auto_recharge_json(p, &a, &month),
-            "payment_method": a.payment_method.as_ref().map(|m| json!({
-                "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month, "exp_year": m.exp_year,
-            })),
+            "payment_method": payment_method_json(a.payment_method.as_ref()),
             "last_recharge_error": a.last_recharge_error.as_ref().map(|e| json!({
                 "code": e.code, "decline_code": e.decline_code, "do_not_retry": e.do_not_retry(),
                 "message": e.message, "time": clock::rfc3339(e.at),
@@ -1297,6 +1509,14 @@ fn plan_unavailable_message(plan: &str) -> String {
 }
 
 /// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
+/// The saved card as the credits view shows it (SPEC §11), or null.
+pub fn payment_method_json(m: Option<&PaymentMethod>) -> Value {
+    m.map_or(
+        Value::Null,
+        |m| json!({"brand": m.brand, "last4": m.last4, "exp_month": m.exp_month, "exp_year": m.exp_year}),
+    )
+}
+
 pub fn format_credits(p: &Profile, micros: Micros) -> String {
     let per = p.unit.micros_per_unit.max(1);
     if p.unit.code == p.currency {

@@ -21,6 +21,8 @@ use topup::service::Credits;
 use topup::store::Store;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
+/// The webhook endpoint's signing secret in the tests.
+pub const WEBHOOK_SECRET: &str = "whsec_integration_test_0123456789";
 
 pub type LiveCredits = Credits<DynamoStore, EventBridgeBus>;
 
@@ -72,6 +74,11 @@ impl World {
             billing_url: Some("https://app.example.com/settings/billing".into()),
             stripe_secret_key: Some(Secret::new("sk_test_local_stack")),
             stripe_api_base: std::env::var("TOPUP_TEST_STRIPE_API_BASE").ok(),
+            stripe_webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
+            checkout_ui: Some(topup::payments::CheckoutUi::Hosted {
+                success_url: "https://app.example.com/settings/billing?checkout_session={CHECKOUT_SESSION_ID}".into(),
+                cancel_url: "https://app.example.com/settings/billing".into(),
+            }),
         };
         let credits = topup::live(&config, &aws);
         World { config, credits, dynamo, events, sqs: aws_sdk_sqs::Client::new(&aws), aws }
@@ -115,6 +122,36 @@ impl World {
 
     pub async fn api(&self, req: Request) -> (u16, Value) {
         read(credits_api::handle(&self.config, &self.credits, req).await)
+    }
+
+    /// The `purchase` function against the local Stripe.
+    pub async fn buy(&self, req: Request) -> (u16, Value) {
+        self.buy_with(&stripe_payments(), req).await
+    }
+
+    /// The `purchase` function with another Stripe client (one that cannot reach Stripe).
+    pub async fn buy_with(&self, payments: &topup::payments::StripePayments, req: Request) -> (u16, Value) {
+        let ui = self.config.checkout_ui.clone().expect("checkout configured");
+        let checkout = purchase::Checkout { payments, ui: &ui };
+        read(purchase::handle(&self.config, &self.credits, &checkout, req).await)
+    }
+
+    /// The `webhook` function, verifying with this world's secret and the local Stripe.
+    pub async fn webhook(&self, req: Request) -> (u16, Value) {
+        let secret = self.config.stripe_webhook_secret.clone().expect("webhook secret");
+        read(webhook::handle(&secret, &self.credits, &stripe_payments(), req).await)
+    }
+
+    /// Delivers `event` signed now with the world's secret, as Stripe does.
+    pub async fn deliver(&self, event: &Value) -> (u16, Value) {
+        self.deliver_to(&self.credits, event).await
+    }
+
+    /// Delivers `event` to a webhook running on `credits` (another instance's service).
+    pub async fn deliver_to(&self, credits: &LiveCredits, event: &Value) -> (u16, Value) {
+        let secret = self.config.stripe_webhook_secret.clone().expect("webhook secret");
+        let req = signed_event(&event.to_string(), WEBHOOK_SECRET, now_s());
+        read(webhook::handle(&secret, credits, &stripe_payments(), req).await)
     }
 
     /// Creates an account through `PUT /v1/accounts/{id}`.
@@ -431,6 +468,77 @@ pub async fn stripe_card(payments: &topup::payments::StripePayments, customer: &
         .expect("payment method");
     AttachPaymentMethod::new(pm.id.clone()).customer(customer).send(payments.client()).await.expect("attach");
     pm.id.to_string()
+}
+
+pub fn now_s() -> i64 {
+    topup::clock::now_ms() / 1000
+}
+
+/// A `Stripe-Signature` header for `payload`: `t=<timestamp>,v1=<HMAC-SHA256 of "t.payload">`.
+pub fn stripe_signature(payload: &str, secret: &str, timestamp: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{payload}").as_bytes());
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={timestamp},v1={hex}")
+}
+
+/// `POST /stripe/webhook` with `payload` signed by `secret` at `timestamp`.
+pub fn signed_event(payload: &str, secret: &str, timestamp: i64) -> Request {
+    let mut req = request("POST", "/stripe/webhook", None, Some("application/json"), Some(payload.to_string()));
+    let sig = stripe_signature(payload, secret, timestamp);
+    req.headers_mut().insert("stripe-signature", sig.parse().expect("header value"));
+    req
+}
+
+/// A Stripe event envelope around `object`, as Stripe renders it.
+pub fn stripe_event(event_type: &str, object: Value) -> Value {
+    json!({
+        "id": unique("evt"),
+        "object": "event",
+        "api_version": "2025-11-17.clover",
+        "created": now_s(),
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": event_type,
+        "data": {"object": object},
+    })
+}
+
+/// A request to the local Stripe's API or its test-only `/_config/` routes (form-encoded); the
+/// JSON answer.
+pub async fn local_stripe(method: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE").expect("TOPUP_TEST_STRIPE_API_BASE");
+    let host = base.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let body: String = form
+        .iter()
+        .map(|(k, v)| {
+            format!("{}={}", k, v.replace('%', "%25").replace('&', "%26").replace('=', "%3D").replace('+', "%2B"))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect to localstripe");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer sk_test_local_stack\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("request");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("response");
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).and_then(|b| serde_json::from_str(b).ok());
+    (status, json.unwrap_or(Value::Null))
+}
+
+/// A Stripe client whose API cannot be reached (a closed port on loopback): Stripe is down.
+pub fn unreachable_stripe() -> topup::payments::StripePayments {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    topup::payments::StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&format!("http://127.0.0.1:{port}")))
+        .expect("stripe client")
 }
 
 /// A unique phone number in E.164 form.
