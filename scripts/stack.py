@@ -27,12 +27,15 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 LOGS = ROOT / ".local" / "logs"
 DEFAULT_SECRET = "topup-local-dev-secret-do-not-deploy"
+# The local webhook endpoint's signing secret, shared by localstripe and the webhook function.
+LOCAL_WEBHOOK_SECRET = "whsec_topup_local_stack_do_not_deploy"
 REGION = "us-east-1"
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -160,8 +163,12 @@ def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str,
         "TOPUP_TABLE": table,
         "TOPUP_EVENT_BUS": bus,
         "TOPUP_LOCAL_JWT_SECRET": secret,
-        "TOPUP_STRIPE_SECRET_KEY": "sk_test_local_stack",
-        "TOPUP_STRIPE_API_BASE": stripe,
+        # Your own test-mode key and https://api.stripe.com instead of localstripe, if you set them.
+        "TOPUP_STRIPE_SECRET_KEY": env.get("TOPUP_STRIPE_SECRET_KEY", "sk_test_local_stack"),
+        "TOPUP_STRIPE_API_BASE": env.get("TOPUP_STRIPE_API_BASE", stripe),
+        "TOPUP_STRIPE_WEBHOOK_SECRET": env.get("TOPUP_STRIPE_WEBHOOK_SECRET", LOCAL_WEBHOOK_SECRET),
+        # Hosted: the session's `url` is localstripe's test payment page, which a person can open.
+        "TOPUP_CHECKOUT_UI": env.get("TOPUP_CHECKOUT_UI", "hosted"),
         "TOPUP_EMAIL_FROM": env.get("TOPUP_EMAIL_FROM", "billing@example.com"),
         "TOPUP_BILLING_URL": env.get("TOPUP_BILLING_URL", "http://localhost:3000/settings/billing"),
         "AWS_LAMBDA_LOG_LEVEL": env.get("AWS_LAMBDA_LOG_LEVEL", "info"),
@@ -185,6 +192,14 @@ def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int):
     forwarder.start()
     r.forwarder = forwarder
     return r
+
+
+def register_webhook(stripe: str, api_port: int) -> None:
+    """Points localstripe's signed events at the served `POST /stripe/webhook` (through the
+    router, as Stripe reaches API Gateway)."""
+    form = urllib.parse.urlencode({"url": f"http://127.0.0.1:{api_port}/stripe/webhook",
+                                   "secret": LOCAL_WEBHOOK_SECRET}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"{stripe}/_config/webhooks/topup", data=form), timeout=10).read()
 
 
 def sign(claims: dict, secret: str) -> str:
@@ -216,6 +231,7 @@ def serve(args) -> int:
         create_resources(moto, "topup", "topup", "example.com")
         env = function_env(moto, args.profile, "topup", "topup", secret, stripe)
         r = start_functions(stack, env, args.watch_port, args.port)
+        register_webhook(stripe, args.port)
         svc = token_for("service", None, secret)
         print(f"""
 topup is serving on http://127.0.0.1:{args.port} (profile {args.profile})
@@ -234,6 +250,14 @@ Try:
   curl -s -X POST http://127.0.0.1:{args.port}/v1/accounts/acme/credits/adjustments -H "authorization: Bearer $T" \\
        -H 'content-type: application/json' -d '{{"amount":10000000,"reason":"welcome","idempotency_key":"w1"}}'
   curl -s http://127.0.0.1:{args.port}/v1/accounts/acme/credits -H "authorization: Bearer $T"
+
+Buy credits (localstripe plays Stripe; its signed events reach POST /stripe/webhook):
+  O=$(./scripts/token owner --account acme)
+  curl -s -X POST http://127.0.0.1:{args.port}/v1/accounts/acme/credits/purchases -H "authorization: Bearer $O" \
+       -H 'content-type: application/json' -H 'idempotency-key: first-buy' -d '{{"amount":2000}}'
+  # open the answer's "url" (a test payment page) and pay, or from a shell:
+  curl -s -X POST {stripe}/_config/checkout/sessions/<checkout_session_id>/pay
+  curl -s http://127.0.0.1:{args.port}/v1/accounts/acme/credits/purchases/<purchase_id> -H "authorization: Bearer $O"
 
 Sent emails and SMS land in moto: {moto}/moto-api/data.json (ses.Message, sns.SMS).
 Ctrl-C stops everything.
@@ -269,9 +293,10 @@ class Checks:
             print(f"  FAIL  {name} {detail}", flush=True)
 
 
-def http(method: str, url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+def http(method: str, url: str, token: str | None = None, body: dict | None = None,
+         headers: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if token:
         req.add_header("authorization", f"Bearer {token}")
     if data is not None:
@@ -301,6 +326,7 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         env = function_env(moto, "usd-overage", "topup", "topup", secret, stripe)
         watch_port, api_port = free_port(), free_port()
         r = start_functions(stack, env, watch_port, api_port)
+        register_webhook(stripe, api_port)
         api = f"http://127.0.0.1:{api_port}"
         svc = token_for("service", None, secret)
         owner = token_for("owner", "e2e", secret)
@@ -365,9 +391,59 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         checks.check("GET notifications lists both, newest first",
                      s == 200 and kinds == ["credit_balance_depleted", "credit_balance_low"], f"{s} {b}")
 
+        # Buying credits end to end: the served purchase function opens a Checkout Session,
+        # localstripe plays the customer and sends its signed events to the served webhook.
+        def purchase_status(pid: str, want: str) -> dict:
+            deadline, b = time.time() + 30, {}
+            while time.time() < deadline:
+                _, b = http("GET", f"{api}/v1/accounts/e2e/credits/purchases/{pid}", owner)
+                if b.get("status") == want:
+                    break
+                time.sleep(0.5)
+            return b
+
+        def buy(key: str, amount: int) -> dict:
+            s, b = http("POST", f"{api}/v1/accounts/e2e/credits/purchases", owner, {"amount": amount},
+                        {"idempotency-key": key})
+            checks.check(f"POST purchases ${amount / 100:.2f} → 201 pending with a checkout url",
+                         s == 201 and b.get("status") == "pending" and str(b.get("url", "")).startswith(stripe), f"{s} {b}")
+            return b or {}
+
+        def customer(session: str, path: str, form: dict) -> int:
+            req = urllib.request.Request(f"{stripe}/_config/checkout/sessions/{session}/{path}",
+                                         data=urllib.parse.urlencode(form).encode())
+            try:
+                return urllib.request.urlopen(req, timeout=10).status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        card = buy("e2e-card", 2000)
+        checks.check("the customer pays by card", customer(card.get("checkout_session_id", "x"), "pay", {}) == 200)
+        b = purchase_status(card.get("purchase_id", "x"), "succeeded")
+        checks.check("webhook credited it: status succeeded, balance $20.00",
+                     b.get("status") == "succeeded" and b.get("balance") == 20_000_000, f"{b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+        top = (b.get("recent_transactions") or [{}])[0]
+        checks.check("the credits view shows the purchase entry",
+                     top.get("kind") == "purchase" and top.get("amount") == 20_000_000, f"{top}")
+        bank = buy("e2e-bank", 1500)
+        checks.check("the customer pays by bank debit",
+                     customer(bank.get("checkout_session_id", "x"), "pay", {"delayed": "true"}) == 200)
+        b = purchase_status(bank.get("purchase_id", "x"), "processing")
+        checks.check("status processing with the seed's message",
+                     b.get("message") == "Your payment is processing. We'll email you when it completes.", f"{b}")
+        customer(bank.get("checkout_session_id", "x"), "settle", {"outcome": "failed"})
+        b = purchase_status(bank.get("purchase_id", "x"), "failed")
+        checks.check("the debit fails: status failed with the seed's message, nothing credited",
+                     b.get("message") == "We couldn't confirm your payment. Please try again.", f"{b}")
+        n = exactly_one("Your credit purchase failed")
+        checks.check("the failure emailed the billing contact exactly once (webhook → bus → notify)", n == 1, f"{n} mails")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+        checks.check("balance still $20.00", b.get("balance") == 20_000_000, f"{b.get('balance')}")
+
         manifest = json.loads((ROOT / "events/expected.json").read_text())
         for file, expected in manifest:
-            fn = file.split("-")[0] if file.startswith(("debit-", "notify-")) else "credits-api"
+            fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-")) else "credits-api"
             out = subprocess.run(["cargo", "lambda", "invoke", fn, "--data-file", f"events/{file}",
                                   "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port)],
                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

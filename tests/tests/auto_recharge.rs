@@ -299,3 +299,90 @@ async fn the_monthly_cap_holds_until_the_next_month() {
     assert_eq!(out["result"], "credited", "{out}");
     assert_eq!(w.view("acme").await["balance"], 13 * C);
 }
+
+/// The PaymentIntent of a claimed recharge settles through the webhook (a charge that was
+/// `processing`, or the function died after Stripe answered): `payment_intent.succeeded`
+/// delivered several times, racing the function's own completion, credits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recharge_is_credited_once_by_its_webhook_or_the_function_whichever_comes_first() {
+    let w = Arc::new(World::new("usd-overage").await);
+    let payments = enabled_low_account(&w, "4242424242424242").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    let loaded = w.credits.account("acme").await.expect("account");
+    let charge = OffSessionCharge {
+        customer_id: loaded.stripe_customer_id.clone().unwrap_or_default(),
+        payment_method_id: loaded.payment_method.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        amount_cents: claim.charge_cents,
+        currency: "usd".into(),
+        idempotency_key: charge_key(&claim),
+        metadata: vec![
+            ("topup_account_id".into(), "acme".into()),
+            ("topup_recharge_id".into(), claim.recharge_id.clone()),
+        ],
+    };
+    let topup::payments::ChargeOutcome::Succeeded { payment_intent_id } =
+        payments.charge_off_session(&charge).await.expect("charge")
+    else {
+        panic!("not charged")
+    };
+    let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
+    assert_eq!(pi["metadata"]["topup_recharge_id"], json!(claim.recharge_id));
+    let event = stripe_event("payment_intent.succeeded", pi);
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (w, event) = (w.clone(), event.clone());
+        tasks.push(tokio::spawn(async move { w.deliver(&event).await }));
+    }
+    let (w2, claim2, pi2) = (w.clone(), claim.clone(), payment_intent_id.clone());
+    let own = tokio::spawn(async move { w2.credits.complete_recharge("acme", &claim2, &pi2).await });
+    for t in tasks {
+        let (s, r) = t.await.expect("task");
+        assert_eq!(s, 200, "{r}");
+    }
+    own.await.expect("task").expect("the function's completion");
+    let v = w.view("acme").await;
+    assert_eq!(v["balance"], 14 * C, "4 left + 10 once");
+    assert_eq!(v["auto_recharge"]["used_this_month"], 1);
+    assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
+    w.assert_invariants("acme").await;
+}
+
+/// `payment_intent.payment_failed` for a claimed recharge: nothing added, the error recorded,
+/// auto-recharge suspended (no automatic retry); a repeat changes nothing.
+#[tokio::test]
+async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
+    let w = World::new("usd-overage").await;
+    enabled_low_account(&w, "4242424242424242").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    let failed = json!({
+        "id": "pi_async_fail",
+        "object": "payment_intent",
+        "status": "requires_payment_method",
+        "metadata": {"topup_account_id": "acme", "topup_recharge_id": claim.recharge_id},
+        "last_payment_error": {"type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds", "message": "Your card has insufficient funds."},
+    });
+    let event = stripe_event("payment_intent.payment_failed", failed);
+    let (s, r) = w.deliver(&event).await;
+    assert_eq!((s, r["result"].as_str()), (200, Some("failed")), "{r}");
+    let after = w.snapshot("acme").await;
+    let (s, r) = w.deliver(&event).await;
+    assert_eq!((s, r["result"].as_str()), (200, Some("unchanged")), "{r}");
+    assert_eq!(w.snapshot("acme").await, after);
+    let v = w.view("acme").await;
+    assert_eq!(v["balance"], 4 * C);
+    assert_eq!(v["last_recharge_error"]["code"], "card_declined");
+    assert_eq!(v["auto_recharge"]["used_this_month"], 0, "a failed recharge gives its count back");
+    assert!(
+        !v["auto_recharge"]["paused"].is_null(),
+        "suspended until a new card or a purchase: {}",
+        v["auto_recharge"]
+    );
+    assert_eq!(w.credits.recharge(&stripe_payments(), "acme").await.expect("again").to_json()["result"], "not_due");
+    w.assert_invariants("acme").await;
+}

@@ -32,7 +32,12 @@ async fn every_sample_event_answers_its_expected_status() {
             continue;
         }
         let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let (status, body) = if file.starts_with("debit-") { w.debit(req).await } else { w.api(req).await };
+        let (status, body) = match file.split('-').next() {
+            Some("debit") => w.debit(req).await,
+            Some("purchase") => w.buy(req).await,
+            Some("webhook") => w.webhook(req).await,
+            _ => w.api(req).await,
+        };
         assert_eq!(status, expected, "{file}: {body}");
     }
     w.assert_invariants("acme").await;

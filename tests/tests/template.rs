@@ -13,6 +13,12 @@ fn the_template_never_sets_the_local_jwt_secret() {
     let t = template();
     assert!(!t.contains("TOPUP_LOCAL_JWT_SECRET"), "the deployed functions must only trust API Gateway's authorizer");
     assert!(t.contains("DefaultAuthorizer: Jwt"));
+    // Only Stripe's endpoint is outside the authorizer, and it verifies signatures itself.
+    assert_eq!(t.matches("Authorizer: NONE").count(), 1);
+    assert!(
+        t.contains("TOPUP_STRIPE_WEBHOOK_SECRET: !Sub \"{{resolve:secretsmanager:"),
+        "the webhook secret is not in the template"
+    );
     for must in [
         "provided.al2023",
         "arm64",
@@ -51,13 +57,16 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 9, "{routes:?}");
+    assert_eq!(routes.len(), 14, "{routes:?}");
     for (binary, method, path) in routes {
-        let concrete = path.replace("{account_id}", "acme").replace("{hold_id}", "hold_x");
+        let concrete =
+            path.replace("{account_id}", "acme").replace("{hold_id}", "hold_x").replace("{purchase_id}", "pur_x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
         let (status, body) = match binary.as_str() {
             "debit" => w.debit(req).await,
             "credits-api" => w.api(req).await,
+            "purchase" => w.buy(req).await,
+            "webhook" => w.webhook(req).await,
             other => panic!("unknown binary {other}"),
         };
         assert_ne!(body["error"]["code"], "route_not_found", "{method} {path} → {binary}");
