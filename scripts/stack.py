@@ -500,13 +500,17 @@ def bench(args) -> int:
     env0 = aws_env("http://127.0.0.1:1")
     log("release build of the functions and the throughput bench")
     subprocess.run(["cargo", "build", "--release", "--bins", "-p", "debit", "-p", "credits-api"], cwd=ROOT, env=env0, check=True)
-    subprocess.run(["cargo", "build", "--release", "-p", "topup-tests", "--example", "bench_debits"], cwd=ROOT, env=env0, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "topup-tests", "--example", "bench_debits",
+                    "--example", "bench_recharge"], cwd=ROOT, env=env0, check=True)
     stack = Stack()
     try:
-        moto, _ = start_emulators(stack, free_port(), free_port())
+        moto, stripe = start_emulators(stack, free_port(), free_port())
         env = aws_env(moto)
         env["TOPUP_TEST_AWS_ENDPOINT"] = moto
+        env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
         subprocess.run([str(ROOT / "target/release/examples/bench_debits")], cwd=ROOT, env=env, check=True)
+        print()
+        subprocess.run([str(ROOT / "target/release/examples/bench_recharge")], cwd=ROOT, env=env, check=True)
         print()
         startup.report(ROOT, ["debit", "credits-api"], aws_env(moto))
     finally:
