@@ -441,6 +441,45 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
         checks.check("balance still $20.00", b.get("balance") == 20_000_000, f"{b.get('balance')}")
 
+        # Saving a card, then a debit that triggers a recharge: SetupIntent → the browser's
+        # confirm (here, localstripe's API) → setup_intent.succeeded → the card; then usage
+        # crosses the threshold → BalanceLow → the template's rule → auto-recharge → credited.
+        s, b = http("POST", f"{api}/v1/accounts/e2e/payment-method/setup", owner, {})
+        checks.check("POST payment-method/setup → 201 with a client_secret", s == 201 and b.get("client_secret"), f"{s} {b}")
+        confirm = urllib.parse.urlencode({
+            "payment_method_data[type]": "card", "payment_method_data[card][number]": "4242424242424242",
+            "payment_method_data[card][exp_month]": "12", "payment_method_data[card][exp_year]": "2030",
+            "payment_method_data[card][cvc]": "123"}).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            f"{stripe}/v1/setup_intents/{(b or {}).get('setup_intent_id', 'x')}/confirm", data=confirm,
+            headers={"Authorization": "Bearer sk_test_local"}), timeout=10).read()
+
+        def view_until(ok, timeout: float = 30) -> dict:
+            deadline, v = time.time() + timeout, {}
+            while time.time() < deadline:
+                _, v = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+                if ok(v):
+                    break
+                time.sleep(0.5)
+            return v
+
+        v = view_until(lambda v: v.get("payment_method"))
+        checks.check("setup_intent.succeeded saved the card: visa 4242",
+                     (v.get("payment_method") or {}).get("last4") == "4242", f"{v.get('payment_method')}")
+        s, b = http("PUT", f"{api}/v1/accounts/e2e/credits/auto-recharge", owner,
+                    {"enabled": True, "threshold": 5_000_000, "amount": 10_000_000})
+        checks.check("PUT auto-recharge on ($5 threshold, $10) → 200", s == 200, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
+                    {"consumable": "api_calls", "quantity": 16_000, "idempotency_key": "u-recharge"})
+        checks.check("POST usage takes $20 to $4 → 200", s == 200 and b.get("balance") == 4_000_000, f"{s} {b}")
+        v = view_until(lambda v: v.get("balance") == 14_000_000)
+        top = (v.get("recent_transactions") or [{}])[0]
+        checks.check("the debit triggered one auto-recharge: balance $14.00, entry auto_recharge",
+                     v.get("balance") == 14_000_000 and top.get("kind") == "auto_recharge"
+                     and (v.get("auto_recharge") or {}).get("used_this_month") == 1, f"{v.get('balance')} {top}")
+        n = exactly_one("We added $10.00 to your balance")
+        checks.check("the recharge emailed credit_auto_recharge_triggered exactly once", n == 1, f"{n} mails")
+
         manifest = json.loads((ROOT / "events/expected.json").read_text())
         for file, expected in manifest:
             fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-")) else "credits-api"

@@ -903,7 +903,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// Makes `card` the account's default payment method (`setup_intent.succeeded`). No charge
-    /// is made; a suspended auto-recharge stays suspended until a purchase (seed 000).
+    /// is made here. A new card lifts the suspension a failed recharge left (issue 4: "until an
+    /// admin saves a new card or completes a manual purchase"); the next trigger or sweep may
+    /// then charge it. The last error stays on record.
     pub async fn save_card(&self, id: &str, card: PaymentMethod, customer_id: Option<&str>) -> Result<Value, ApiError> {
         let result = self
             .apply(id, None, |a, now| {
@@ -911,6 +913,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(ApiError::rule(NOTHING_TO_DO, String::new()));
                 }
                 let mut next = a.next(now);
+                if a.payment_method.as_ref().is_none_or(|m| m.id != card.id) {
+                    next.auto_recharge.suspended = false;
+                }
                 next.payment_method = Some(card.clone());
                 if next.stripe_customer_id.is_none() {
                     next.stripe_customer_id = customer_id.map(str::to_string);

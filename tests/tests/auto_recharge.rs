@@ -102,6 +102,35 @@ async fn a_declined_card_adds_nothing_records_why_and_is_not_retried() {
     let events = observer.drain(Duration::from_secs(1)).await;
     assert_eq!(of_type(&events, "AutoRechargeFailed").len(), 1);
     w.assert_invariants("acme").await;
+
+    // An admin saves a new card (SetupIntent, confirmed in the browser, then the webhook): the
+    // suspension lifts and the next trigger charges the new card, once.
+    let (s, setup) = w.buy(post("/v1/accounts/acme/payment-method/setup", &person("admin", "acme"), json!({}))).await;
+    assert_eq!(s, 201, "{setup}");
+    let seti = setup["setup_intent_id"].as_str().expect("id");
+    let (s, confirmed) = local_stripe(
+        "POST",
+        &format!("/v1/setup_intents/{seti}/confirm"),
+        &[
+            ("payment_method_data[type]", "card"),
+            ("payment_method_data[card][number]", "4242424242424242"),
+            ("payment_method_data[card][exp_month]", "12"),
+            ("payment_method_data[card][exp_year]", "2031"),
+            ("payment_method_data[card][cvc]", "123"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{confirmed}");
+    let (s, r) = w.deliver(&stripe_event("setup_intent.succeeded", confirmed)).await;
+    assert_eq!(s, 200, "{r}");
+    let v = w.view("acme").await;
+    assert_eq!((v["payment_method"]["last4"].as_str(), &v["auto_recharge"]["paused"]), (Some("4242"), &Value::Null));
+    let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    assert_eq!(out["result"], "credited", "{out}");
+    let again = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    assert_eq!(again["result"], "not_due", "{again}");
+    assert_eq!(w.view("acme").await["balance"], 14 * C);
+    w.assert_invariants("acme").await;
 }
 
 #[tokio::test]
