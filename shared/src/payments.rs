@@ -10,7 +10,7 @@ use std::str::FromStr;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
-    CreateCheckoutSessionPaymentIntentData, ExpireCheckoutSession, ProductData,
+    CreateCheckoutSessionPaymentIntentData, ProductData,
 };
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent};
@@ -127,8 +127,6 @@ pub trait Purchases: Payments {
         &self,
         request: &CheckoutRequest,
     ) -> impl Future<Output = Result<CheckoutSession, PaymentsUnavailable>> + Send;
-    /// Expires an open Checkout Session so it can no longer be paid.
-    fn expire_checkout(&self, session_id: &str) -> impl Future<Output = Result<(), PaymentsUnavailable>> + Send;
     /// A SetupIntent (`usage=off_session`) for the customer; no charge.
     fn create_card_setup(
         &self,
@@ -287,10 +285,6 @@ impl Purchases for StripePayments {
             .await
             .map_err(unavailable)?;
         Ok(CheckoutSession { id: session.id.to_string(), client_secret: session.client_secret, url: session.url })
-    }
-
-    async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentsUnavailable> {
-        ExpireCheckoutSession::new(session_id).send(&self.client).await.map(|_| ()).map_err(unavailable)
     }
 
     async fn create_card_setup(

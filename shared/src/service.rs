@@ -140,12 +140,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
     }
 
-    /// The account, read fresh; 404 if there is none.
     /// The account, read with strong consistency (404 when it does not exist).
     pub async fn account(&self, id: &str) -> Result<Account, ApiError> {
         self.load(id).await
     }
 
+    /// The account, read fresh; 404 if there is none.
     async fn load(&self, id: &str) -> Result<Account, ApiError> {
         match self.store.load_account(id).await.map_err(upstream)? {
             Some(a) => {
@@ -1513,7 +1513,6 @@ fn plan_unavailable_message(plan: &str) -> String {
     format!("Auto-reload not available on {} plan", title(plan))
 }
 
-/// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
 /// The saved card as the credits view shows it (SPEC §11), or null.
 pub fn payment_method_json(m: Option<&PaymentMethod>) -> Value {
     m.map_or(
@@ -1522,6 +1521,7 @@ pub fn payment_method_json(m: Option<&PaymentMethod>) -> Value {
     )
 }
 
+/// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
 pub fn format_credits(p: &Profile, micros: Micros) -> String {
     let per = p.unit.micros_per_unit.max(1);
     if p.unit.code == p.currency {

@@ -82,17 +82,20 @@ _with_defaults(resources.Event, lambda obj: {
 
 # ---- events localstripe does not send ---------------------------------------------------
 
-_setup_confirm = resources.SetupIntent._api_confirm.__func__
+# The confirm route was bound when localstripe registered its routes, so the hook goes one
+# level down: `_attach_pm` is what a confirm with a card calls, and it sets the outcome.
+_attach_pm = resources.SetupIntent._attach_pm
 
 
-def _confirm_and_announce(cls, id, **kwargs):
-    obj = _setup_confirm(cls, id, **kwargs)
-    if obj.status == "succeeded":
-        schedule_webhook(Event("setup_intent.succeeded", obj))
-    return obj
+def _attach_and_announce(self, pm):
+    try:
+        _attach_pm(self, pm)
+    finally:
+        if self.status == "succeeded":
+            schedule_webhook(Event("setup_intent.succeeded", self))
 
 
-resources.SetupIntent._api_confirm = classmethod(_confirm_and_announce)
+resources.SetupIntent._attach_pm = _attach_and_announce
 
 _refund_init = resources.Refund.__init__
 

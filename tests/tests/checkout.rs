@@ -80,6 +80,29 @@ async fn a_purchase_opens_a_priced_checkout_session_once_per_key() {
     assert_eq!(w.view("acme").await["balance"], 0);
 }
 
+/// Embedded Checkout: the purchase answers the session's `client_secret` for the billing page,
+/// and the session returns to the configured URL.
+#[tokio::test]
+async fn embedded_checkout_answers_a_client_secret() {
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    let ui = topup::payments::CheckoutUi::Embedded {
+        return_url: "https://app.example.com/billing?cs={CHECKOUT_SESSION_ID}".into(),
+    };
+    let checkout = purchase::Checkout { payments: &stripe_payments(), ui: &ui };
+    let req = buy_request("acme", json!({"amount": 1200}), None);
+    let (s, b) = read(purchase::handle(&w.config, &w.credits, &checkout, req).await);
+    assert_eq!(s, 201, "{b}");
+    let cs = b["checkout_session_id"].as_str().expect("id");
+    assert!(b["client_secret"].as_str().is_some_and(|c| c.starts_with(cs)), "{b}");
+    assert_eq!(b["url"], Value::Null);
+    let sess = session(cs).await;
+    assert_eq!(
+        (sess["ui_mode"].as_str(), sess["return_url"].as_str()),
+        (Some("embedded_page"), Some("https://app.example.com/billing?cs={CHECKOUT_SESSION_ID}"))
+    );
+}
+
 /// Each profile's way of buying reaches Stripe at the server's price (SPEC §3, §11).
 #[tokio::test]
 async fn every_profile_prices_its_purchases_on_the_server() {
