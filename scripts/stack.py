@@ -480,6 +480,14 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         n = exactly_one("We added $10.00 to your balance")
         checks.check("the recharge emailed credit_auto_recharge_triggered exactly once", n == 1, f"{n} mails")
 
+        # The billing page of this profile (free-form amounts) in headless Chromium.
+        sys.path.insert(0, str(ROOT / "tests" / "browser"))
+        import billing_test
+        try:
+            billing_test.run_amount(api, "e2e", owner, checks, ROOT / ".local" / "screenshots")
+        except Exception as e:
+            checks.check("browser (usd-overage) ran to the end", False, repr(e))
+
         manifest = json.loads((ROOT / "events/expected.json").read_text())
         for file, expected in manifest:
             fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-")) else "credits-api"
@@ -494,6 +502,30 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
                 status = None
             checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
                          status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
+        r.shutdown()
+    finally:
+        stack.stop()
+
+
+def browser_tests(moto: str, stripe: str, secret: str, checks: Checks) -> None:
+    """The billing page in headless Chromium against a served voice-minutes stack (its own
+    table and bus): blocks of minutes, and a Free plan without auto-reload."""
+    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    import billing_test
+
+    stack = Stack()
+    try:
+        create_resources(moto, "topup-browser", "topup-browser", "example.com")
+        env = function_env(moto, "voice-minutes", "topup-browser", "topup-browser", secret, stripe)
+        watch_port, api_port = free_port(), free_port()
+        r = start_functions(stack, env, watch_port, api_port)
+        register_webhook(stripe, api_port)
+        api = f"http://127.0.0.1:{api_port}"
+        try:
+            billing_test.run(api, moto, "topup-browser", lambda role, acct: token_for(role, acct, secret), checks,
+                             ROOT / ".local" / "screenshots")
+        except Exception as e:  # a scenario that could not even run is a failure, with its reason
+            checks.check("browser tests ran to the end", False, repr(e))
         r.shutdown()
     finally:
         stack.stop()
@@ -520,6 +552,8 @@ def test(args) -> int:
         checks.check("cfn-lint infra/template.yaml", lint.returncode == 0)
         log("end to end through cargo lambda watch and the router")
         end_to_end(moto, stripe, DEFAULT_SECRET, checks)
+        log("the billing page in headless Chromium")
+        browser_tests(moto, stripe, DEFAULT_SECRET, checks)
     finally:
         stack.stop()
     if checks.failed:

@@ -35,7 +35,7 @@ class Forwarder:
         self.log = log
         self.queues: list[tuple[str, str]] = []
         for binary, name, pattern in rules_from_template(template):
-            qname = f"local-{binary}-{name}"
+            qname = f"{bus}-{binary}-{name}"  # per bus: two served stacks never share a queue
             url = self.sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
             rule = f"local-{binary}-{name}"
             events.put_rule(Name=rule, EventBusName=bus, EventPattern=json.dumps(pattern))

@@ -58,6 +58,8 @@ pub struct Config {
     pub stripe_secret_key: Option<Secret>,
     /// Another Stripe API base URL, for the local emulator (`TOPUP_STRIPE_API_BASE`).
     pub stripe_api_base: Option<String>,
+    /// Stripe's publishable key for the billing page (`TOPUP_STRIPE_PUBLISHABLE_KEY`; public).
+    pub stripe_publishable_key: Option<String>,
     /// The webhook endpoint's signing secret (`TOPUP_STRIPE_WEBHOOK_SECRET`), never logged.
     pub stripe_webhook_secret: Option<Secret>,
     /// How Checkout is shown (`TOPUP_CHECKOUT_UI`: `embedded`, the default, or `hosted`) and
@@ -98,6 +100,15 @@ impl Config {
         }
         let stripe_secret_key = get("TOPUP_STRIPE_SECRET_KEY").filter(|s| !s.is_empty()).map(Secret::new);
         let stripe_api_base = get("TOPUP_STRIPE_API_BASE").filter(|s| !s.is_empty());
+        let stripe_publishable_key = get("TOPUP_STRIPE_PUBLISHABLE_KEY").filter(|s| !s.is_empty());
+        if let Some(k) = &stripe_publishable_key {
+            if !k.starts_with("pk_") {
+                return Err(ConfigError::Invalid(
+                    "TOPUP_STRIPE_PUBLISHABLE_KEY",
+                    "must be a publishable key (pk_...)".into(),
+                ));
+            }
+        }
         let stripe_webhook_secret = get("TOPUP_STRIPE_WEBHOOK_SECRET").filter(|s| !s.is_empty()).map(Secret::new);
         let url = |name: &'static str, default: Option<String>| -> Result<Option<String>, ConfigError> {
             match get(name).filter(|s| !s.is_empty()).or(default) {
@@ -134,6 +145,7 @@ impl Config {
             billing_url,
             stripe_secret_key,
             stripe_api_base,
+            stripe_publishable_key,
             stripe_webhook_secret,
             checkout_ui,
         })

@@ -15,7 +15,7 @@ pub enum ApiError {
     Unauthenticated,
     #[error("You don't have permission to do this.")]
     Forbidden,
-    #[error("{0}")]
+    #[error("{1}")]
     NotFound(&'static str, String),
     #[error("This route does not accept {0}.")]
     MethodNotAllowed(String),
@@ -123,6 +123,7 @@ mod tests {
             },
             ApiError::rule("invalid_quantity", "Quantity must be positive."),
             ApiError::Upstream,
+            ApiError::PaymentsUnavailable,
             ApiError::Busy,
         ];
         for e in all {
@@ -133,6 +134,8 @@ mod tests {
             assert_eq!(body["error"]["code"], code);
             let msg = body["error"]["message"].as_str().unwrap_or_default();
             assert!(!msg.contains("Error") && !msg.contains('{'), "{msg}");
+            // A sentence for a person, never the code again.
+            assert!(msg != code && msg.ends_with('.'), "{code}: {msg}");
         }
     }
 }

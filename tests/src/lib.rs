@@ -74,6 +74,7 @@ impl World {
             billing_url: Some("https://app.example.com/settings/billing".into()),
             stripe_secret_key: Some(Secret::new("sk_test_local_stack")),
             stripe_api_base: std::env::var("TOPUP_TEST_STRIPE_API_BASE").ok(),
+            stripe_publishable_key: None,
             stripe_webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
             checkout_ui: Some(topup::payments::CheckoutUi::Hosted {
                 success_url: "https://app.example.com/settings/billing?checkout_session={CHECKOUT_SESSION_ID}".into(),

@@ -13,8 +13,9 @@ fn the_template_never_sets_the_local_jwt_secret() {
     let t = template();
     assert!(!t.contains("TOPUP_LOCAL_JWT_SECRET"), "the deployed functions must only trust API Gateway's authorizer");
     assert!(t.contains("DefaultAuthorizer: Jwt"));
-    // Only Stripe's endpoint is outside the authorizer, and it verifies signatures itself.
-    assert_eq!(t.matches("Authorizer: NONE").count(), 1);
+    // Outside the authorizer only Stripe's endpoint, which verifies signatures itself, and the
+    // static billing page, which carries no data.
+    assert_eq!(t.matches("Authorizer: NONE").count(), 2);
     assert!(
         t.contains("TOPUP_STRIPE_WEBHOOK_SECRET: !Sub \"{{resolve:secretsmanager:"),
         "the webhook secret is not in the template"
@@ -57,11 +58,17 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 14, "{routes:?}");
+    assert_eq!(routes.len(), 15, "{routes:?}");
     for (binary, method, path) in routes {
         let concrete =
             path.replace("{account_id}", "acme").replace("{hold_id}", "hold_x").replace("{purchase_id}", "pur_x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
+        if path == "/billing" {
+            // The one route that answers HTML.
+            let resp = credits_api::handle(&w.config, &w.credits, req).await;
+            assert_eq!((binary.as_str(), resp.status().as_u16()), ("credits-api", 200));
+            continue;
+        }
         let (status, body) = match binary.as_str() {
             "debit" => w.debit(req).await,
             "credits-api" => w.api(req).await,

@@ -6,6 +6,8 @@
 //! - `POST /v1/accounts/{id}/credits/adjustments` (service) `{amount, reason, idempotency_key}`
 //! - `PUT /v1/accounts/{id}/credits/auto-recharge` (billing roles) `{enabled, threshold?, amount?, monthly_max?, monthly_spend_max?}`
 //! - `GET /v1/accounts/{id}/notifications?limit=` (view roles)
+//! - `GET /billing`: the billing page (static; it signs in with the caller's token and reads
+//!   everything through the routes above and the purchase function's)
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
@@ -23,6 +25,9 @@ pub const MAX_CONTACTS: usize = 10;
 
 pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S, B>, req: Request) -> Response<Body> {
     let segs = segments(&req);
+    if segs == ["billing"] {
+        return billing_page(config, &req);
+    }
     let route = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["v1", "accounts", _] => "account",
         ["v1", "accounts", _, "credits"] => "credits",
@@ -167,4 +172,43 @@ fn contacts(list: &[Value]) -> Result<Vec<Contact>, ApiError> {
 fn valid_e164(p: &str) -> bool {
     p.strip_prefix('+')
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
+}
+
+/// The billing page (issue 7): one static document, assets inline, nothing fetched from a CDN
+/// but Stripe.js when a publishable key is configured. Its configuration (no secrets) is
+/// injected as JSON.
+const BILLING_HTML: &str = include_str!("billing.html");
+
+fn billing_page(config: &Config, req: &Request) -> Response<Body> {
+    use lambda_http::http::{HeaderValue, StatusCode};
+    if req.method() != "GET" {
+        return topup::http::error_response(&ApiError::MethodNotAllowed(req.method().to_string()));
+    }
+    // A Stripe API other than Stripe's is the local emulator: the page offers its test steps.
+    let emulator = config.stripe_api_base.as_deref().filter(|b| !b.starts_with("https://api.stripe.com"));
+    let page_config = serde_json::json!({
+        "stripe_publishable_key": config.stripe_publishable_key,
+        "stripe_emulator": emulator,
+        "upgrade_url": config.billing_url,
+    });
+    // `<` escaped so nothing in the JSON can close the script element.
+    let html = BILLING_HTML.replace("__TOPUP_PAGE_CONFIG__", &page_config.to_string().replace('<', "\\u003c"));
+    let connect = emulator.map(|e| format!(" {e}")).unwrap_or_default();
+    let csp = format!(
+        "default-src 'self'; script-src 'self' 'unsafe-inline' https://js.stripe.com; style-src 'self' 'unsafe-inline'; \
+         connect-src 'self' https://api.stripe.com{connect}; frame-src https://js.stripe.com https://checkout.stripe.com \
+         https://hooks.stripe.com; img-src 'self' data: https://*.stripe.com; base-uri 'none'; form-action 'self'"
+    );
+    let mut resp = Response::new(Body::Text(html));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert("content-security-policy", v);
+    }
+    tracing::info!(route = "billing_page", status = 200, "handled");
+    resp
 }
