@@ -550,6 +550,12 @@ def test(args) -> int:
         log("cfn-lint infra/template.yaml")
         lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "infra/template.yaml"], cwd=ROOT)
         checks.check("cfn-lint infra/template.yaml", lint.returncode == 0)
+        log("sam validate --lint (offline, no credentials)")
+        sam_env = dict(os.environ, SAM_CLI_TELEMETRY="0", AWS_DEFAULT_REGION=REGION, AWS_ACCESS_KEY_ID="test",
+                       AWS_SECRET_ACCESS_KEY="test")
+        sam = subprocess.run([str(ROOT / ".venv" / "sam" / "bin" / "sam"), "validate", "--lint", "-t",
+                              "infra/template.yaml", "--region", REGION], cwd=ROOT, env=sam_env)
+        checks.check("sam validate --lint", sam.returncode == 0)
         log("end to end through cargo lambda watch and the router")
         end_to_end(moto, stripe, DEFAULT_SECRET, checks)
         log("the billing page in headless Chromium")

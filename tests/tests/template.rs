@@ -36,6 +36,31 @@ fn the_template_never_sets_the_local_jwt_secret() {
     );
 }
 
+/// Issue 6: every function has an errors and a throttles alarm; both dead-letter queues have a
+/// depth alarm; every alarm notifies the topic.
+#[test]
+fn every_function_and_dead_letter_queue_is_watched() {
+    let t = template();
+    let lines: Vec<&str> = t.lines().collect();
+    let functions: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| w[1].trim() == "Type: AWS::Serverless::Function")
+        .map(|w| w[0].trim().trim_end_matches(':'))
+        .collect();
+    assert_eq!(functions.len(), 6, "{functions:?}");
+    for f in &functions {
+        for metric in ["Errors", "Throttles"] {
+            assert!(t.contains(&format!("  {f}{metric}Alarm:\n")), "{f} has no {metric} alarm");
+        }
+    }
+    for q in ["AutoRechargeDeadLetters", "NotifyDeadLetters"] {
+        assert!(t.contains(&format!("  {q}Alarm:\n")), "{q} has no depth alarm");
+    }
+    let alarms = t.matches("Type: AWS::CloudWatch::Alarm").count();
+    assert_eq!(alarms, 6 * 2 + 2 + 1, "function alarms, dead-letter alarms, EventBridge failures");
+    assert_eq!(t.matches("AlarmActions: [!Ref AlarmTopic]").count(), alarms, "every alarm notifies");
+}
+
 /// (binary, method, path) for every HttpApi event in the template.
 fn routes() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
