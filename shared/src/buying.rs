@@ -81,8 +81,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         key: Option<&str>,
     ) -> Result<(u16, Value), ApiError> {
         let customer = self.ensure_customer(payments, id).await?;
+        // Stripe's keys are at most 255 characters: the client's key (up to 255 itself) is hashed.
         let key = match key {
-            Some(k) => format!("topup-setup-{id}-{k}"),
+            Some(k) => {
+                use sha2::{Digest, Sha256};
+                let digest = Sha256::digest(format!("{id}\u{0}{k}").as_bytes());
+                let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+                format!("topup-setup-{hex}")
+            }
             None => crate::ledger::new_id("topup-setup"),
         };
         let setup = payments.create_card_setup(&customer, id, &key).await.map_err(unavailable)?;

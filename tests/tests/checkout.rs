@@ -497,3 +497,21 @@ async fn a_saved_card_becomes_the_default_and_can_be_removed() {
     assert_eq!(s, 200);
     assert_eq!(w.snapshot("org").await, before);
 }
+
+/// A client's `Idempotency-Key` may be 255 characters; Stripe's own keys may not be longer, so
+/// the card setup derives a short one: the same key gives the same SetupIntent.
+#[tokio::test]
+async fn a_long_idempotency_key_sets_up_one_card() {
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    let key = "k".repeat(255);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut req = post("/v1/accounts/acme/payment-method/setup", &person("owner", "acme"), json!({}));
+        req.headers_mut().insert("idempotency-key", key.parse().expect("header"));
+        let (s, b) = w.buy(req).await;
+        assert_eq!(s, 201, "{b}");
+        ids.push(b["setup_intent_id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(ids[0], ids[1]);
+}

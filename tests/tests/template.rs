@@ -105,3 +105,26 @@ async fn every_template_route_is_served_by_its_function() {
         assert_ne!(status, 405, "{method} {path} → {binary}");
     }
 }
+
+/// infra/openapi.yaml documents exactly the template's routes, with the same methods (the
+/// served API is fuzzed against it by `./scripts/test`).
+#[test]
+fn the_openapi_document_lists_every_route_and_no_other() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/openapi.yaml");
+    let doc = std::fs::read_to_string(path).expect("infra/openapi.yaml");
+    let mut documented = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    for line in doc.lines() {
+        if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+            current = format!("/{p}");
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+            if ["get", "put", "post", "delete", "patch"].contains(&m) && !current.is_empty() {
+                documented.insert((m.to_uppercase(), current.clone()));
+            }
+        } else if !line.starts_with(' ') {
+            current.clear();
+        }
+    }
+    let served: std::collections::BTreeSet<_> = routes().into_iter().map(|(_, m, p)| (m, p)).collect();
+    assert_eq!(documented, served);
+}
