@@ -537,8 +537,8 @@ def browser_tests(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         register_webhook(stripe, api_port)
         api = f"http://127.0.0.1:{api_port}"
         try:
-            billing_test.run(api, moto, "topup-browser", lambda role, acct: token_for(role, acct, secret), checks,
-                             ROOT / ".local" / "screenshots")
+            billing_test.run(api, moto, "topup-browser", lambda role, acct: token_for(role, acct, secret), http,
+                             checks, ROOT / ".local" / "screenshots")
         except Exception as e:  # a scenario that could not even run is a failure, with its reason
             checks.check("browser tests ran to the end", False, repr(e))
         r.shutdown()

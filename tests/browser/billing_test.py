@@ -6,9 +6,7 @@ profile (blocks of minutes, a Free plan without auto-reload) and calls `run`. Sc
 the main states go to `.local/screenshots/`.
 """
 
-import json
 import time
-import urllib.request
 from decimal import Decimal
 
 CHROMIUM = "/usr/bin/chromium"
@@ -17,22 +15,9 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _http(method, url, token=None, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if token:
-        req.add_header("authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def run(api, moto, table, token_for, checks, shots):
-    """Every scenario of issue 7 against `api` (the router of a served voice-minutes stack)."""
+def run(api, moto, table, token_for, http, checks, shots):
+    """Every scenario of issue 7 against `api` (the router of a served voice-minutes stack);
+    `http(method, url, token, body)` is the stack's JSON client."""
     import boto3
     from playwright.sync_api import sync_playwright
 
@@ -42,12 +27,12 @@ def run(api, moto, table, token_for, checks, shots):
                          aws_access_key_id="test", aws_secret_access_key="test").Table(table)
 
     def account(acct, plan):
-        s, b = _http("PUT", f"{api}/v1/accounts/{acct}", svc,
+        s, b = http("PUT", f"{api}/v1/accounts/{acct}", svc,
                      {"plan": plan, "billing_contacts": [{"email": f"{acct}@example.com"}]})
         assert s in (200, 201), (s, b)
 
     def usage(acct, minutes, key):
-        return _http("POST", f"{api}/v1/accounts/{acct}/usage", svc,
+        return http("POST", f"{api}/v1/accounts/{acct}/usage", svc,
                      {"consumable": "voice_minutes", "quantity": minutes, "idempotency_key": key})
 
     account("clinic", "pro")

@@ -9,14 +9,9 @@
 //! not ours and is not in the figure.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 use serde_json::json;
 use topup::account::PaymentMethod;
 use topup::dynamo::DynamoStore;
@@ -24,35 +19,6 @@ use topup::events::EventBridgeBus;
 use topup::payments::{ChargeOutcome, OffSessionCharge, Payments, PaymentsUnavailable, StripePayments};
 use topup::service::{AutoRechargeInput, Credits};
 use topup_tests::*;
-
-/// Counts DynamoDB HTTP requests by operation (`x-amz-target`), retries included.
-#[derive(Debug, Default, Clone)]
-struct Counter(Arc<Mutex<BTreeMap<String, u64>>>);
-
-impl Intercept for Counter {
-    fn name(&self) -> &'static str {
-        "request-counter"
-    }
-    fn read_before_transmit(
-        &self,
-        ctx: &BeforeTransmitInterceptorContextRef<'_>,
-        _rc: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let op =
-            ctx.request().headers().get("x-amz-target").unwrap_or("?").rsplit('.').next().unwrap_or("?").to_string();
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(op).or_default() += 1;
-        }
-        Ok(())
-    }
-}
-
-impl Counter {
-    fn take(&self) -> BTreeMap<String, u64> {
-        self.0.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
-    }
-}
 
 /// Counts Stripe calls: one call is one HTTP request to Stripe.
 struct CountingStripe {
@@ -92,7 +58,7 @@ fn median(v: &mut [f64]) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let world = World::new("usd-overage").await;
-    let counter = Counter::default();
+    let counter = RequestCounter::default();
     let dynamo = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&world.aws).interceptor(counter.clone()).build(),
     );

@@ -550,3 +550,34 @@ pub fn unique_phone() -> String {
 
 /// Micro-credits in one credit.
 pub const C: i64 = topup::money::MICROS_PER_CREDIT;
+
+/// Counts DynamoDB HTTP requests by operation (`x-amz-target`), retries included: an SDK
+/// interceptor for the benchmarks' requests-per-operation figures.
+#[derive(Debug, Default, Clone)]
+pub struct RequestCounter(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let op =
+            ctx.request().headers().get("x-amz-target").unwrap_or("?").rsplit('.').next().unwrap_or("?").to_string();
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(op).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+impl RequestCounter {
+    /// The counts so far, which start again from zero.
+    pub fn take(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
+    }
+}

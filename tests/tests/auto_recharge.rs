@@ -28,6 +28,23 @@ async fn enabled_low_account(w: &World, card: &str) -> topup::payments::StripePa
     payments
 }
 
+/// The off-session charge the function makes for `claim` on account `acme` (same idempotency
+/// key and metadata), for tests that play the function dying around it.
+async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> OffSessionCharge {
+    let a = w.credits.account("acme").await.expect("account");
+    OffSessionCharge {
+        customer_id: a.stripe_customer_id.clone().unwrap_or_default(),
+        payment_method_id: a.payment_method.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        amount_cents: claim.charge_cents,
+        currency: "usd".into(),
+        idempotency_key: charge_key(claim),
+        metadata: vec![
+            ("topup_account_id".into(), "acme".into()),
+            ("topup_recharge_id".into(), claim.recharge_id.clone()),
+        ],
+    }
+}
+
 fn schedule() -> Value {
     json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}})
 }
@@ -156,18 +173,7 @@ async fn a_claim_whose_function_died_is_recovered_without_a_second_charge() {
     };
     let account = w.view("acme").await;
     assert_eq!(account["balance"], 4 * C);
-    let loaded = {
-        use topup::store::Store;
-        w.credits.store.load_account("acme").await.expect("load").expect("account")
-    };
-    let charge = OffSessionCharge {
-        customer_id: loaded.stripe_customer_id.clone().unwrap_or_default(),
-        payment_method_id: loaded.payment_method.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
-        amount_cents: claim.charge_cents,
-        currency: "usd".into(),
-        idempotency_key: charge_key(&claim),
-        metadata: vec![],
-    };
+    let charge = the_claims_charge(&w, &claim).await;
     let first = payments.charge_off_session(&charge).await.expect("charged, then the function died");
     // Before the lease runs out nothing happens; after it, the sweep recovers.
     let early = w.credits.sweep(&payments, 100, 3_600_000).await.expect("sweep");
@@ -340,18 +346,7 @@ async fn a_recharge_is_credited_once_by_its_webhook_or_the_function_whichever_co
     let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
         panic!("not claimed")
     };
-    let loaded = w.credits.account("acme").await.expect("account");
-    let charge = OffSessionCharge {
-        customer_id: loaded.stripe_customer_id.clone().unwrap_or_default(),
-        payment_method_id: loaded.payment_method.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
-        amount_cents: claim.charge_cents,
-        currency: "usd".into(),
-        idempotency_key: charge_key(&claim),
-        metadata: vec![
-            ("topup_account_id".into(), "acme".into()),
-            ("topup_recharge_id".into(), claim.recharge_id.clone()),
-        ],
-    };
+    let charge = the_claims_charge(&w, &claim).await;
     let topup::payments::ChargeOutcome::Succeeded { payment_intent_id } =
         payments.charge_off_session(&charge).await.expect("charge")
     else {
