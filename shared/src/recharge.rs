@@ -125,6 +125,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             metadata: vec![
                 ("topup_account_id".into(), id.to_string()),
                 ("topup_recharge_id".into(), claim.recharge_id.clone()),
+                // What the payment buys, so its webhook can credit it even after the claim is
+                // gone (a charge recorded as failed that the bank later lets through).
+                ("topup_credits".into(), claim.credits.0.to_string()),
             ],
         };
         match payments.charge_off_session(&charge).await {

@@ -41,6 +41,7 @@ async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> 
         metadata: vec![
             ("topup_account_id".into(), "acme".into()),
             ("topup_recharge_id".into(), claim.recharge_id.clone()),
+            ("topup_credits".into(), claim.credits.0.to_string()),
         ],
     }
 }
@@ -408,5 +409,42 @@ async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
         v["auto_recharge"]
     );
     assert_eq!(w.credits.recharge(&stripe_payments(), "acme").await.expect("again").to_json()["result"], "not_due");
+    w.assert_invariants("acme").await;
+}
+
+/// A recharge recorded as failed whose payment comes through after all (the bank relents):
+/// `payment_intent.succeeded` credits it once from the credits its metadata names, though the
+/// claim is gone (SPEC §10.2: a paid payment credits exactly once).
+#[tokio::test]
+async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_credits_once() {
+    let w = World::new("usd-overage").await;
+    let payments = enabled_low_account(&w, "4242424242424242").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    let charge = the_claims_charge(&w, &claim).await;
+    let topup::payments::ChargeOutcome::Succeeded { payment_intent_id } =
+        payments.charge_off_session(&charge).await.expect("charge")
+    else {
+        panic!("not charged")
+    };
+    let failure = topup::account::RechargeError {
+        code: "processing_error".into(),
+        decline_code: None,
+        message: "An error occurred while processing the card.".into(),
+        at: 0,
+    };
+    assert!(w.credits.fail_recharge("acme", &claim.recharge_id, &failure).await.expect("fail"));
+    assert_eq!(w.view("acme").await["balance"], 4 * C);
+    let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
+    let event = stripe_event("payment_intent.succeeded", pi);
+    for _ in 0..3 {
+        let (s, r) = w.deliver(&event).await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let v = w.view("acme").await;
+    assert_eq!(v["balance"], 14 * C, "credited once");
+    assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
     w.assert_invariants("acme").await;
 }

@@ -14,11 +14,12 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use stripe_webhook::{Webhook, WebhookError};
-use topup::account::RechargeError;
+use topup::account::{RechargeClaim, RechargeError};
 use topup::clock;
 use topup::config::Secret;
 use topup::events::EventBus;
 use topup::http::json_response;
+use topup::money::Micros;
 use topup::payments::Purchases;
 use topup::service::Credits;
 use topup::store::Store;
@@ -88,7 +89,12 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
         }
         // Not ours to act on (an unknown account or purchase, a rule the event breaks): Stripe
         // must not keep retrying it.
-        Err(e @ (ApiError::NotFound(..) | ApiError::Rule(..) | ApiError::InvalidRequest(_))) => {
+        Err(
+            e @ (ApiError::NotFound(..)
+            | ApiError::Rule(..)
+            | ApiError::InvalidRequest(_)
+            | ApiError::IdempotencyConflict),
+        ) => {
             tracing::warn!(event_id = %event.id, event_type = %event.type_, code = e.code(), "webhook event not applied");
             json_response(200, &json!({"received": true, "result": "ignored", "reason": e.code()}))
         }
@@ -153,11 +159,26 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             let Some(pi) = text(o, "id") else { return ignored("no PaymentIntent id") };
             if event.type_ == "payment_intent.succeeded" {
                 let a = credits.account(account).await?;
-                match a.auto_recharge.in_flight.filter(|c| c.recharge_id == recharge) {
-                    Some(claim) => Ok(credits.complete_recharge(account, &claim, pi).await?.1),
-                    // Completed (or given up) already: the payment's claim makes a repeat a no-op.
-                    None => ignored("recharge no longer in flight"),
-                }
+                let claim = match a.auto_recharge.in_flight.filter(|c| c.recharge_id == recharge) {
+                    Some(claim) => claim,
+                    // The claim is gone: completed already (the payment's claim makes this a
+                    // no-op), or recorded as failed though the money came through after all. A
+                    // paid payment credits exactly once either way (SPEC §10.2), for the credits
+                    // its metadata names and the amount Stripe received.
+                    None => match (
+                        meta(o, "topup_credits").and_then(|c| c.parse::<i64>().ok()),
+                        o["amount_received"].as_i64().or(o["amount"].as_i64()),
+                    ) {
+                        (Some(c), Some(cents)) if c > 0 => RechargeClaim {
+                            recharge_id: recharge.to_string(),
+                            claimed_at: 0,
+                            credits: Micros(c),
+                            charge_cents: cents,
+                        },
+                        _ => return ignored("recharge no longer in flight"),
+                    },
+                };
+                Ok(credits.complete_recharge(account, &claim, pi).await?.1)
             } else {
                 let err = &o["last_payment_error"];
                 let failure = RechargeError {
