@@ -83,6 +83,19 @@ pub struct DomainEvent {
     pub detail: Value,
 }
 
+impl DomainEvent {
+    /// A new event with a fresh id (consumers dedupe by it).
+    pub fn new(detail_type: &str, account_id: &str, created_at: i64, detail: Value) -> DomainEvent {
+        DomainEvent {
+            id: new_id("evt"),
+            detail_type: detail_type.to_string(),
+            account_id: account_id.to_string(),
+            created_at,
+            detail,
+        }
+    }
+}
+
 /// The first result of an idempotent request, kept so a replay returns it (SPEC §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
@@ -299,22 +312,10 @@ pub fn crossing_events(
         })
     };
     if !trigger.is_low(before.balance, threshold) && trigger.is_low(after.balance, threshold) {
-        out.push(DomainEvent {
-            id: new_id("evt"),
-            detail_type: "BalanceLow".into(),
-            account_id: after.id.clone(),
-            created_at: now,
-            detail: detail("BalanceLow"),
-        });
+        out.push(DomainEvent::new("BalanceLow", &after.id, now, detail("BalanceLow")));
     }
     if before.balance.0 > 0 && after.balance.0 <= 0 {
-        out.push(DomainEvent {
-            id: new_id("evt"),
-            detail_type: "BalanceDepleted".into(),
-            account_id: after.id.clone(),
-            created_at: now,
-            detail: detail("BalanceDepleted"),
-        });
+        out.push(DomainEvent::new("BalanceDepleted", &after.id, now, detail("BalanceDepleted")));
     }
     out
 }

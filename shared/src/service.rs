@@ -587,12 +587,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 next.balance = next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
                 next.lifetime_added = next.lifetime_added.checked_add(payment.credits).ok_or_else(overflow)?;
                 let entry = LedgerEntry::after(&next, payment.kind, payment.credits, now, payment.description.clone());
-                let event = DomainEvent {
-                    id: new_id("evt"),
-                    detail_type: "CreditsAdded".into(),
-                    account_id: id.to_string(),
-                    created_at: now,
-                    detail: json!({
+                let event = DomainEvent::new(
+                    "CreditsAdded",
+                    id,
+                    now,
+                    json!({
                         "kind": payment.kind,
                         // seed 000: "We'll email you when it completes" — only for payments
                         // that went through `processing`.
@@ -604,7 +603,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         "balance": next.balance.0,
                         "transaction_id": entry.id,
                     }),
-                };
+                );
                 let mut events = vec![event];
                 match payment.kind {
                     // seed 000: buying credits by hand restores a suspended auto-recharge.
@@ -614,19 +613,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id == payment.reference) {
                             ar.in_flight = None;
                         }
-                        events.push(DomainEvent {
-                            id: new_id("evt"),
-                            detail_type: "AutoRechargeSucceeded".into(),
-                            account_id: id.to_string(),
-                            created_at: now,
-                            detail: json!({
+                        events.push(DomainEvent::new(
+                            "AutoRechargeSucceeded",
+                            id,
+                            now,
+                            json!({
                                 "recharge_id": payment.reference,
                                 "payment_id": payment.payment_id,
                                 "credits": payment.credits.0,
                                 "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
                                 "balance": next.balance.0,
                             }),
-                        });
+                        ));
                     }
                 }
                 let response = entry.to_json();
@@ -804,12 +802,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let next = a.next(now);
                     let record =
                         PurchaseRecord { status: to, updated_at: now.max(current.updated_at + 1), ..current.clone() };
-                    let event = DomainEvent {
-                        id: new_id("evt"),
-                        detail_type: detail_type.into(),
-                        account_id: id.to_string(),
-                        created_at: now,
-                        detail: json!({
+                    let event = DomainEvent::new(
+                        detail_type,
+                        id,
+                        now,
+                        json!({
                             "purchase_id": record.purchase_id,
                             "status": record.status.as_str(),
                             "message": record.message(),
@@ -817,7 +814,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             "charge": {"amount": record.charge.0, "currency": record.currency},
                             "balance": next.balance.0,
                         }),
-                    };
+                    );
                     Ok(Planned {
                         next,
                         ledger: None,
@@ -1062,19 +1059,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         return not(reason);
                     }
                     next.auto_recharge.paused_notice_month = Some(month.clone());
-                    let event = DomainEvent {
-                        id: new_id("evt"),
-                        detail_type: "AutoRechargePaused".into(),
-                        account_id: id.to_string(),
-                        created_at: now,
-                        detail: json!({
+                    let event = DomainEvent::new(
+                        "AutoRechargePaused",
+                        id,
+                        now,
+                        json!({
                             "month": month,
                             "reason": reason,
                             "monthly_max": next.auto_recharge.monthly_max,
                             "monthly_spend_max": next.auto_recharge.monthly_spend_max_cents,
                             "balance": next.balance.0,
                         }),
-                    };
+                    );
                     return Ok(Planned {
                         next,
                         ledger: None,
@@ -1156,12 +1152,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     ar.spent_this_month_cents = (ar.spent_this_month_cents - claim.charge_cents).max(0);
                 }
                 next.last_recharge_error = Some(RechargeError { at: now, ..failure.clone() });
-                let event = DomainEvent {
-                    id: new_id("evt"),
-                    detail_type: "AutoRechargeFailed".into(),
-                    account_id: id.to_string(),
-                    created_at: now,
-                    detail: json!({
+                let event = DomainEvent::new(
+                    "AutoRechargeFailed",
+                    id,
+                    now,
+                    json!({
                         "recharge_id": recharge_id,
                         "code": failure.code,
                         "decline_code": failure.decline_code,
@@ -1169,7 +1164,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         "message": failure.message,
                         "balance": next.balance.0,
                     }),
-                };
+                );
                 Ok(Planned {
                     next,
                     ledger: None,
