@@ -92,12 +92,16 @@ impl Config {
                 return Err(ConfigError::Invalid("TOPUP_EMAIL_FROM", "must be an email address".into()));
             }
         }
-        let billing_url = get("TOPUP_BILLING_URL").filter(|s| !s.is_empty());
-        if let Some(u) = &billing_url {
-            if !u.starts_with("https://") && !u.starts_with("http://") {
-                return Err(ConfigError::Invalid("TOPUP_BILLING_URL", "must be an http(s) URL".into()));
+        // An http(s) URL from `name`, else `default`; empty counts as unset.
+        let url = |name: &'static str, default: Option<String>| -> Result<Option<String>, ConfigError> {
+            match get(name).filter(|s| !s.is_empty()).or(default) {
+                Some(u) if !u.starts_with("https://") && !u.starts_with("http://") => {
+                    Err(ConfigError::Invalid(name, "must be an http(s) URL".into()))
+                }
+                other => Ok(other),
             }
-        }
+        };
+        let billing_url = url("TOPUP_BILLING_URL", None)?;
         let stripe_secret_key = get("TOPUP_STRIPE_SECRET_KEY").filter(|s| !s.is_empty()).map(Secret::new);
         let stripe_api_base = get("TOPUP_STRIPE_API_BASE").filter(|s| !s.is_empty());
         let stripe_publishable_key = get("TOPUP_STRIPE_PUBLISHABLE_KEY").filter(|s| !s.is_empty());
@@ -110,14 +114,6 @@ impl Config {
             }
         }
         let stripe_webhook_secret = get("TOPUP_STRIPE_WEBHOOK_SECRET").filter(|s| !s.is_empty()).map(Secret::new);
-        let url = |name: &'static str, default: Option<String>| -> Result<Option<String>, ConfigError> {
-            match get(name).filter(|s| !s.is_empty()).or(default) {
-                Some(u) if !u.starts_with("https://") && !u.starts_with("http://") => {
-                    Err(ConfigError::Invalid(name, "must be an http(s) URL".into()))
-                }
-                other => Ok(other),
-            }
-        };
         // Stripe replaces `{CHECKOUT_SESSION_ID}` in return URLs with the session's id.
         let back = billing_url.as_ref().map(|b| {
             let sep = if b.contains('?') { '&' } else { '?' };
