@@ -28,6 +28,30 @@ async fn enabled_low_account(w: &World, card: &str) -> topup::payments::StripePa
     payments
 }
 
+/// Account `acme` with a card that pays, auto-recharge on, below its threshold ($4), and the
+/// recharge claimed but not yet charged: where a function could die.
+async fn claimed_below_threshold(w: &World) -> (topup::payments::StripePayments, topup::account::RechargeClaim) {
+    let payments = enabled_low_account(w, "4242424242424242").await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("not claimed")
+    };
+    (payments, claim)
+}
+
+/// Charges `claim` as the function does, successfully; the PaymentIntent's id.
+async fn charge_as_the_function(
+    w: &World,
+    payments: &topup::payments::StripePayments,
+    claim: &topup::account::RechargeClaim,
+) -> String {
+    let charge = the_claims_charge(w, claim).await;
+    match payments.charge_off_session(&charge).await.expect("charge") {
+        topup::payments::ChargeOutcome::Succeeded { payment_intent_id } => payment_intent_id,
+        other => panic!("not charged: {other:?}"),
+    }
+}
+
 /// The off-session charge the function makes for `claim` on account `acme` (same idempotency
 /// key and metadata), for tests that play the function dying around it.
 async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> OffSessionCharge {
@@ -167,11 +191,7 @@ async fn a_card_that_needs_authentication_is_a_failure() {
 #[tokio::test]
 async fn a_claim_whose_function_died_is_recovered_without_a_second_charge() {
     let w = World::new("usd-overage").await;
-    let payments = enabled_low_account(&w, "4242424242424242").await;
-    w.usage("acme", "api_calls", 2_000).await;
-    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
-        panic!("not claimed")
-    };
+    let (payments, claim) = claimed_below_threshold(&w).await;
     let account = w.view("acme").await;
     assert_eq!(account["balance"], 4 * C);
     let charge = the_claims_charge(&w, &claim).await;
@@ -342,17 +362,8 @@ async fn the_monthly_cap_holds_until_the_next_month() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recharge_is_credited_once_by_its_webhook_or_the_function_whichever_comes_first() {
     let w = Arc::new(World::new("usd-overage").await);
-    let payments = enabled_low_account(&w, "4242424242424242").await;
-    w.usage("acme", "api_calls", 2_000).await;
-    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
-        panic!("not claimed")
-    };
-    let charge = the_claims_charge(&w, &claim).await;
-    let topup::payments::ChargeOutcome::Succeeded { payment_intent_id } =
-        payments.charge_off_session(&charge).await.expect("charge")
-    else {
-        panic!("not charged")
-    };
+    let (payments, claim) = claimed_below_threshold(&w).await;
+    let payment_intent_id = charge_as_the_function(&w, &payments, &claim).await;
     let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
     assert_eq!(pi["metadata"]["topup_recharge_id"], json!(claim.recharge_id));
     let event = stripe_event("payment_intent.succeeded", pi);
@@ -380,11 +391,7 @@ async fn a_recharge_is_credited_once_by_its_webhook_or_the_function_whichever_co
 #[tokio::test]
 async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
     let w = World::new("usd-overage").await;
-    enabled_low_account(&w, "4242424242424242").await;
-    w.usage("acme", "api_calls", 2_000).await;
-    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
-        panic!("not claimed")
-    };
+    let (_, claim) = claimed_below_threshold(&w).await;
     let failed = json!({
         "id": "pi_async_fail",
         "object": "payment_intent",
@@ -418,17 +425,8 @@ async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
 #[tokio::test]
 async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_credits_once() {
     let w = World::new("usd-overage").await;
-    let payments = enabled_low_account(&w, "4242424242424242").await;
-    w.usage("acme", "api_calls", 2_000).await;
-    let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
-        panic!("not claimed")
-    };
-    let charge = the_claims_charge(&w, &claim).await;
-    let topup::payments::ChargeOutcome::Succeeded { payment_intent_id } =
-        payments.charge_off_session(&charge).await.expect("charge")
-    else {
-        panic!("not charged")
-    };
+    let (payments, claim) = claimed_below_threshold(&w).await;
+    let payment_intent_id = charge_as_the_function(&w, &payments, &claim).await;
     let failure = topup::account::RechargeError {
         code: "processing_error".into(),
         decline_code: None,
