@@ -8,28 +8,27 @@ use serde_json::{json, Value};
 use crate::account::PaymentMethod;
 use crate::error::ApiError;
 use crate::events::EventBus;
-use crate::payments::{CheckoutRequest, CheckoutUi, PaymentsUnavailable, Purchases};
+use crate::payments::{CheckoutRequest, CheckoutUi, Purchases};
 use crate::pricing::PurchaseChoice;
 use crate::purchase::PurchaseStatus;
 use crate::service::Credits;
 use crate::store::Store;
 
-fn unavailable(e: PaymentsUnavailable) -> ApiError {
-    // The message can carry Stripe's error text; it stays in the log, never in a response.
-    tracing::error!(error = %e, "stripe call failed");
-    ApiError::PaymentsUnavailable
-}
-
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// The account's Stripe customer, created the first time it is needed (one idempotency key
     /// per account, so concurrent first purchases share one customer).
     pub async fn ensure_customer<P: Purchases>(&self, payments: &P, id: &str) -> Result<String, ApiError> {
+        // A recorded customer never changes (`set_customer` keeps the first), so this process's
+        // last state of the account answers without a read; a purchase has just read it.
+        if let Some(c) = self.cached(id).and_then(|a| a.stripe_customer_id) {
+            return Ok(c);
+        }
         let account = self.account(id).await?;
         if let Some(c) = account.stripe_customer_id {
             return Ok(c);
         }
         let email = account.contacts.first().map(|c| c.email.clone());
-        let customer = payments.create_customer(id, email.as_deref()).await.map_err(unavailable)?;
+        let customer = payments.create_customer(id, email.as_deref()).await?;
         self.set_customer(id, &customer).await
     }
 
@@ -64,7 +63,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ("topup_purchase_id".into(), record.purchase_id.clone()),
             ],
         };
-        let session = payments.create_checkout(&request).await.map_err(unavailable)?;
+        let session = payments.create_checkout(&request).await?;
         let record = self.attach_checkout(id, &record.purchase_id, &session.id).await?;
         let mut body = record.to_json();
         body["client_secret"] = json!(session.client_secret);
@@ -91,7 +90,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             None => crate::ledger::new_id("topup-setup"),
         };
-        let setup = payments.create_card_setup(&customer, id, &key).await.map_err(unavailable)?;
+        let setup = payments.create_card_setup(&customer, id, &key).await?;
         Ok((201, json!({"setup_intent_id": setup.id, "client_secret": setup.client_secret})))
     }
 
@@ -104,7 +103,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         payment_method_id: &str,
         customer_id: Option<&str>,
     ) -> Result<Value, ApiError> {
-        let Some(card) = payments.card(payment_method_id).await.map_err(unavailable)? else {
+        let Some(card) = payments.card(payment_method_id).await? else {
             tracing::warn!(account_id = id, payment_method_id, "saved payment method is not a card; ignored");
             return Ok(Value::Null);
         };

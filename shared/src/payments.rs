@@ -46,6 +46,15 @@ pub enum ChargeOutcome {
 #[error("stripe unavailable: {0}")]
 pub struct PaymentsUnavailable(pub String);
 
+/// A request that could not reach Stripe answers 503 `payment_provider_unavailable`. Stripe's
+/// error text stays in the log, never in a response.
+impl From<PaymentsUnavailable> for crate::error::ApiError {
+    fn from(e: PaymentsUnavailable) -> Self {
+        tracing::error!(error = %e, "stripe call failed");
+        crate::error::ApiError::PaymentsUnavailable
+    }
+}
+
 /// A charge of a saved card with nobody present.
 #[derive(Debug, Clone)]
 pub struct OffSessionCharge {

@@ -206,10 +206,7 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 Some(a) => a.to_string(),
                 None => {
                     // Charges do not always carry their PaymentIntent's metadata: ask Stripe.
-                    let m = payments.payment_metadata(pi).await.map_err(|e| {
-                        tracing::error!(error = %e, "stripe call failed");
-                        ApiError::PaymentsUnavailable
-                    })?;
+                    let m = payments.payment_metadata(pi).await?;
                     match m.get("topup_account_id") {
                         Some(a) => a.clone(),
                         None => return ignored("not a topup payment"),
