@@ -181,9 +181,7 @@ async fn handler_setup(
 async fn main() {
     let world = World::new("usd-overage").await;
     let counter = RequestCounter::default();
-    let dynamo = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&world.aws).interceptor(counter.clone()).build(),
-    );
+    let dynamo = counter.dynamo(&world.aws);
     let bus = EventBridgeBus::new(world.events.clone(), world.config.event_bus.clone());
 
     println!("# debit throughput vs the emulator's raw writes: {OPS} operations a phase, {ROUNDS} interleaved rounds, medians");

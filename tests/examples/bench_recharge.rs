@@ -59,9 +59,7 @@ fn median(v: &mut [f64]) -> f64 {
 async fn main() {
     let world = World::new("usd-overage").await;
     let counter = RequestCounter::default();
-    let dynamo = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&world.aws).interceptor(counter.clone()).build(),
-    );
+    let dynamo = counter.dynamo(&world.aws);
     let bus = EventBridgeBus::new(world.events.clone(), world.config.event_bus.clone());
     let credits = Credits::new(world.config.profile.clone(), DynamoStore::new(dynamo, world.config.table.clone()), bus);
     let stripe = CountingStripe { inner: stripe_payments(), calls: Mutex::new(0) };

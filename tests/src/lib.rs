@@ -428,17 +428,26 @@ pub fn read(resp: Response<Body>) -> (u16, Value) {
 /// Everything moto holds (`GET /moto-api/data.json`): sent email under `ses.Message`, SMS
 /// under `sns.SMS`. Shared by all tests of a run, so filter by this test's recipients.
 pub async fn moto_data() -> Value {
+    let (_, body) = raw_http(&endpoint(), "GET /moto-api/data.json HTTP/1.0\r\n\r\n").await;
+    serde_json::from_str(&body).expect("data.json")
+}
+
+/// One HTTP/1.0 exchange with a local emulator at `base` (`http://127.0.0.1:PORT`): `head`
+/// is the request line and headers, with the blank line that ends them; a `Host` header is
+/// added. The status and the body as text.
+async fn raw_http(base: &str, head: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let endpoint = endpoint();
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
-    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect to moto");
-    let req = format!("GET /moto-api/data.json HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let host = base.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let (line, rest) = head.split_once("\r\n").unwrap_or((head, ""));
+    let req = format!("{line}\r\nHost: {host}\r\n{rest}");
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect to the emulator");
     stream.write_all(req.as_bytes()).await.expect("request");
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await.expect("response");
     let text = String::from_utf8_lossy(&buf);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
-    serde_json::from_str(body).expect("data.json")
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("null", |(_, b)| b).to_string();
+    (status, body)
 }
 
 /// The local Stripe, through the real client.
@@ -510,9 +519,7 @@ pub fn stripe_event(event_type: &str, object: Value) -> Value {
 /// A request to the local Stripe's API or its test-only `/_config/` routes (form-encoded); the
 /// JSON answer.
 pub async fn local_stripe(method: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE").expect("TOPUP_TEST_STRIPE_API_BASE");
-    let host = base.trim_start_matches("http://").trim_end_matches('/').to_string();
     let body: String = form
         .iter()
         .map(|(k, v)| {
@@ -520,19 +527,13 @@ pub async fn local_stripe(method: &str, path: &str, form: &[(&str, &str)]) -> (u
         })
         .collect::<Vec<_>>()
         .join("&");
-    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect to localstripe");
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer sk_test_local_stack\r\n\
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nAuthorization: Bearer sk_test_local_stack\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(req.as_bytes()).await.expect("request");
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.expect("response");
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).and_then(|b| serde_json::from_str(b).ok());
-    (status, json.unwrap_or(Value::Null))
+    let (status, text) = raw_http(&base, &head).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// A Stripe client whose API cannot be reached (a closed port on loopback): Stripe is down.
@@ -576,6 +577,13 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter 
 }
 
 impl RequestCounter {
+    /// A DynamoDB client on `aws` whose every request this counter counts.
+    pub fn dynamo(&self, aws: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(aws).interceptor(self.clone()).build(),
+        )
+    }
+
     /// The counts so far, which start again from zero.
     pub fn take(&self) -> std::collections::BTreeMap<String, u64> {
         self.0.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
