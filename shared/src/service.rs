@@ -53,7 +53,8 @@ struct Planned {
 }
 
 impl Planned {
-    /// A change of the account alone: no ledger entry, no hold, no events.
+    /// A change of the account alone (200): no ledger entry, no hold, no events, no purchase;
+    /// the others start from it and add theirs.
     fn quiet(next: Account, cause: &'static str, response: Value) -> Planned {
         Planned { next, ledger: None, hold: None, status: 200, response, cause, events: vec![], purchase: None }
     }
@@ -302,16 +303,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 // plan that allowed none, start from the profile's default.
                 let ar = &mut next.auto_recharge;
                 ar.monthly_max = if ar.monthly_max == 0 { default_max.min(limit) } else { ar.monthly_max.min(limit) };
-                Ok(Planned {
-                    response: account_json(&next),
-                    next,
-                    ledger: None,
-                    hold: None,
-                    status: 200,
-                    cause: "account_update",
-                    events: vec![],
-                    purchase: None,
-                })
+                let response = account_json(&next);
+                Ok(Planned::quiet(next, "account_update", response))
             })
             .await?;
         done(applied)
@@ -815,19 +808,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             "balance": next.balance.0,
                         }),
                     );
+                    let response = record.to_json();
+                    let from = vec![current.status];
+                    let purchase = PurchaseWrite { record, from, expected_updated_at: Some(current.updated_at) };
                     Ok(Planned {
-                        next,
-                        ledger: None,
-                        hold: None,
-                        status: 200,
-                        response: record.to_json(),
-                        cause: "purchase_state",
                         events: vec![event],
-                        purchase: Some(PurchaseWrite {
-                            record,
-                            from: vec![current.status],
-                            expected_updated_at: Some(current.updated_at),
-                        }),
+                        purchase: Some(purchase),
+                        ..Planned::quiet(next, "purchase_state", response)
                     })
                 })
                 .await?;
@@ -1087,16 +1074,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 next.auto_recharge.spent_this_month_cents += charge_cents;
                 next.auto_recharge.in_flight = Some(claim.clone());
                 let response = serde_json::to_value(&claim).unwrap_or(Value::Null);
-                Ok(Planned {
-                    next,
-                    ledger: None,
-                    hold: None,
-                    status: 200,
-                    response,
-                    cause: "recharge_claim",
-                    events: vec![],
-                    purchase: None,
-                })
+                Ok(Planned::quiet(next, "recharge_claim", response))
             })
             .await;
         match result {
@@ -1165,16 +1143,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         "balance": next.balance.0,
                     }),
                 );
-                Ok(Planned {
-                    next,
-                    ledger: None,
-                    hold: None,
-                    status: 200,
-                    response: Value::Null,
-                    cause: "recharge_failed",
-                    events: vec![event],
-                    purchase: None,
-                })
+                Ok(Planned { events: vec![event], ..Planned::quiet(next, "recharge_failed", Value::Null) })
             })
             .await;
         match result {
@@ -1297,16 +1266,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ar.monthly_max = monthly_max;
                 ar.monthly_spend_max_cents = spend_max;
                 let response = auto_recharge_json(p, &next, &clock::month_of(now));
-                Ok(Planned {
-                    next,
-                    ledger: None,
-                    hold: None,
-                    status: 200,
-                    response,
-                    cause: "auto_recharge_settings",
-                    events: vec![],
-                    purchase: None,
-                })
+                Ok(Planned::quiet(next, "auto_recharge_settings", response))
             })
             .await?;
         done(applied)
