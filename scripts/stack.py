@@ -480,6 +480,18 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
         n = exactly_one("We added $10.00 to your balance")
         checks.check("the recharge emailed credit_auto_recharge_triggered exactly once", n == 1, f"{n} mails")
 
+        # Reconciliation of the account that bought, was refused, saved a card and recharged:
+        # every paid payment credited once, the ledger adds up. The command, as an operator runs it.
+        out = subprocess.run(["cargo", "run", "-q", "-p", "reconcile", "--bin", "topup-reconcile", "--", "e2e"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        try:
+            report = json.loads(out.stdout.splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            report = {}
+        checks.check("topup-reconcile e2e: Stripe and the ledger agree (exit 0, no differences)",
+                     out.returncode == 0 and report.get("differences") == [] and report.get("credited_payments", 0) >= 2,
+                     f"exit {out.returncode} {out.stdout[-400:]} {out.stderr[-400:]}")
+
         # The billing page of this profile (free-form amounts) in headless Chromium.
         sys.path.insert(0, str(ROOT / "tests" / "browser"))
         import billing_test
@@ -505,14 +517,14 @@ def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
 
         manifest = json.loads((ROOT / "events/expected.json").read_text())
         for file, expected in manifest:
-            fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-")) else "credits-api"
+            fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-", "reconcile-")) else "credits-api"
             out = subprocess.run(["cargo", "lambda", "invoke", fn, "--data-file", f"events/{file}",
                                   "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port)],
                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
             try:
                 reply = json.loads(out.stdout)
                 # An HTTP function answers a status; an event function's success stands for 200.
-                status = reply.get("statusCode", 200 if out.returncode == 0 and fn == "notify" else None)
+                status = reply.get("statusCode", 200 if out.returncode == 0 and fn in ("notify", "reconcile") else None)
             except json.JSONDecodeError:
                 status = None
             checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",

@@ -480,6 +480,74 @@ impl Store for DynamoStore {
             .map_err(|e| unavailable("Query(outbox)", e))?;
         out.items().iter().map(from_item).collect()
     }
+
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        let mut claims = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :payment)")
+                .expression_attribute_values(":pk", s(account_pk(account_id)))
+                .expression_attribute_values(":payment", s("IDEM#payment:"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query(payment claims)", e))?;
+            for item in out.items() {
+                claims.push(from_item(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(claims),
+            }
+        }
+    }
+
+    async fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        // A scan in pages of `limit` items, keeping the account items (sk `ACCOUNT`). The cursor
+        // is the last account's id: its item's key is where the next page starts.
+        let mut ids = Vec::new();
+        let mut start =
+            after.map(|id| HashMap::from([("pk".to_string(), s(account_pk(&id))), ("sk".to_string(), s("ACCOUNT"))]));
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :account")
+                .expression_attribute_values(":account", s("ACCOUNT"))
+                .projection_expression("pk")
+                .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Scan(accounts)", e))?;
+            ids.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|i| i.get("pk").and_then(|v| v.as_s().ok()))
+                    .filter_map(|pk| pk.strip_prefix("ACCOUNT#").map(str::to_string)),
+            );
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => {
+                    if ids.len() >= limit {
+                        let next = ids.last().cloned();
+                        return Ok((ids, next));
+                    }
+                    start = Some(k);
+                }
+                _ => return Ok((ids, None)),
+            }
+        }
+    }
 }
 
 /// Creates the table as the SAM template does (used by the local stack and tests).

@@ -18,6 +18,7 @@ pub mod pricing;
 pub mod profile;
 pub mod purchase;
 pub mod recharge;
+pub mod reconcile;
 pub mod service;
 pub mod store;
 

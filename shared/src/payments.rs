@@ -13,7 +13,9 @@ use stripe_checkout::checkout_session::{
     CreateCheckoutSessionPaymentIntentData, ProductData,
 };
 use stripe_core::customer::CreateCustomer;
-use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent};
+use stripe_core::payment_intent::{
+    CreatePaymentIntent, CreatePaymentIntentOffSession, ListPaymentIntent, RetrievePaymentIntent,
+};
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_core::PaymentIntentStatus;
 use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
@@ -152,6 +154,30 @@ pub trait Purchases: Payments {
         &self,
         payment_intent_id: &str,
     ) -> impl Future<Output = Result<HashMap<String, String>, PaymentsUnavailable>> + Send;
+}
+
+/// A PaymentIntent as Stripe records it, for reconciliation (who paid what, what was refunded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: String,
+    /// Stripe's status: `succeeded`, `processing`, `requires_payment_method`, ...
+    pub status: String,
+    /// What was charged, in minor units.
+    pub amount: i64,
+    /// Stripe's running total of refunds on the payment's charge.
+    pub amount_refunded: i64,
+    pub currency: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Stripe's side of the books: every payment of a customer (SPEC §10.2 is checked against it).
+pub trait PaymentHistory: Send + Sync {
+    fn customer_payments(
+        &self,
+        customer_id: &str,
+    ) -> impl Future<Output = Result<Vec<PaymentRecord>, PaymentsUnavailable>> + Send;
 }
 
 pub struct StripePayments {
@@ -336,5 +362,46 @@ impl Purchases for StripePayments {
     async fn payment_metadata(&self, payment_intent_id: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
         let pi = RetrievePaymentIntent::new(payment_intent_id).send(&self.client).await.map_err(unavailable)?;
         Ok(pi.metadata)
+    }
+}
+
+impl PaymentHistory for StripePayments {
+    async fn customer_payments(&self, customer_id: &str) -> Result<Vec<PaymentRecord>, PaymentsUnavailable> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = ListPaymentIntent::new()
+                .customer(customer_id)
+                .limit(100)
+                .expand(vec!["data.latest_charge".to_string()]);
+            if let Some(a) = &after {
+                req = req.starting_after(a.clone());
+            }
+            let page = req.send(&self.client).await.map_err(unavailable)?;
+            for pi in &page.data {
+                let refunded = match &pi.latest_charge {
+                    None => 0,
+                    Some(charge) => match charge.as_object() {
+                        Some(c) => c.amount_refunded,
+                        // Asked for expanded: an id alone means the answer cannot be trusted.
+                        None => return Err(PaymentsUnavailable(format!("charge of {} not expanded", pi.id))),
+                    },
+                };
+                out.push(PaymentRecord {
+                    id: pi.id.to_string(),
+                    status: pi.status.as_str().to_string(),
+                    amount: pi.amount,
+                    amount_refunded: refunded,
+                    currency: pi.currency.to_string(),
+                    created: pi.created,
+                    metadata: pi.metadata.clone(),
+                });
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 }

@@ -138,6 +138,15 @@ pub trait Store: Send + Sync {
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Outbox entries whose publication has not been confirmed, oldest first.
     fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send;
+    /// Every permanent `payment:<id>` claim of an account: the payments it was credited for.
+    fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send;
+    /// Account ids in key order, up to `limit` after `after`; the second value is where the
+    /// next page starts (`None` at the end). For reconciliation, which visits every account.
+    fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send;
 }
 
 /// In-memory store with the semantics of the DynamoDB adapter (one lock = one transaction).
@@ -318,6 +327,32 @@ impl Store for MemoryStore {
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
         Ok(self.lock()?.outbox.values().take(limit).cloned().collect())
     }
+
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        let m = self.lock()?;
+        let mut claims: Vec<IdemRecord> = m
+            .idem
+            .iter()
+            .filter(|((a, k), _)| a == account_id && k.starts_with("payment:"))
+            .map(|(_, r)| r.clone())
+            .collect();
+        claims.sort_by(|a, b| a.scope_key.cmp(&b.scope_key));
+        Ok(claims)
+    }
+
+    async fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let m = self.lock()?;
+        let mut ids: Vec<&String> = m.accounts.keys().filter(|id| after.as_ref().is_none_or(|a| *id > a)).collect();
+        ids.sort();
+        let more = ids.len() > limit;
+        let page: Vec<String> = ids.into_iter().take(limit).cloned().collect();
+        let next = if more { page.last().cloned() } else { None };
+        Ok((page, next))
+    }
 }
 
 /// A shared store is a store: several services (as several Lambda instances would) over one.
@@ -381,5 +416,15 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send {
         (**self).pending_outbox(limit)
+    }
+    fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send {
+        (**self).payment_claims(account_id)
+    }
+    fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send {
+        (**self).account_ids(limit, after)
     }
 }

@@ -536,6 +536,43 @@ pub async fn local_stripe(method: &str, path: &str, form: &[(&str, &str)]) -> (u
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+// ---- buying through the local Stripe ----------------------------------------------------
+
+/// The purchases path of an account.
+pub fn purchases(account: &str) -> String {
+    format!("/v1/accounts/{account}/credits/purchases")
+}
+
+/// `POST .../purchases` as an admin of the account, with an optional `Idempotency-Key`.
+pub fn buy_request(account: &str, body: Value, key: Option<&str>) -> Request {
+    let mut req = post(&purchases(account), &person("admin", account), body);
+    if let Some(k) = key {
+        req.headers_mut().insert("idempotency-key", k.parse().expect("header"));
+    }
+    req
+}
+
+/// The Checkout Session as the local Stripe holds it (what its events carry).
+pub async fn session(id: &str) -> Value {
+    let (s, b) = local_stripe("GET", &format!("/v1/checkout/sessions/{id}"), &[]).await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+/// Plays the customer on the session's payment page.
+pub async fn pay(id: &str, form: &[(&str, &str)]) -> Value {
+    let (s, b) = local_stripe("POST", &format!("/_config/checkout/sessions/{id}/pay"), form).await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+/// A purchase opened through the function; its body.
+pub async fn open_purchase(w: &World, account: &str, body: Value) -> Value {
+    let (s, b) = w.buy(buy_request(account, body, Some(&unique("buy")))).await;
+    assert_eq!(s, 201, "{b}");
+    b
+}
+
 /// A Stripe client whose API cannot be reached (a closed port on loopback): Stripe is down.
 pub fn unreachable_stripe() -> topup::payments::StripePayments {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");

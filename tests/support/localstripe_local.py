@@ -12,6 +12,8 @@
   acting twice; localstripe ignores the header. Here the first response is kept per key and
   path and replayed.
 
+- `GET /v1/payment_intents?customer=...`: localstripe lists every PaymentIntent and refuses
+  the filter; Stripe lists the customer's (reconciliation reads them).
 - Events localstripe never sends: `setup_intent.succeeded` when a SetupIntent is confirmed
   with a card, and `charge.refunded` when a refund succeeds (with the charge's running
   `amount_refunded`, as Stripe sends it).
@@ -79,6 +81,21 @@ _with_defaults(resources.Event, lambda obj: {
     "pending_webhooks": 0,
     "request": {"id": None, "idempotency_key": None},
 })
+
+# ---- listing a customer's PaymentIntents -------------------------------------------------
+
+_list_payment_intents = resources.PaymentIntent._api_list_all.__func__
+
+
+def _payment_intents_of(cls, url, customer=None, limit=None, starting_after=None, **kwargs):
+    li = _list_payment_intents(cls, url, limit=limit, starting_after=starting_after, **kwargs)
+    if customer is not None:
+        li._list = [pi for pi in li._list if pi.customer == customer]
+    return li
+
+
+# The list route looks the method up on the class at each request, so this takes effect.
+resources.PaymentIntent._api_list_all = classmethod(_payment_intents_of)
 
 # ---- events localstripe does not send ---------------------------------------------------
 

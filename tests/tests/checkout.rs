@@ -9,40 +9,6 @@ use serde_json::{json, Value};
 use topup::purchase::{FAILED_MESSAGE, PROCESSING_MESSAGE};
 use topup_tests::*;
 
-fn purchases(account: &str) -> String {
-    format!("/v1/accounts/{account}/credits/purchases")
-}
-
-/// `POST .../purchases` as an admin of the account, with an optional `Idempotency-Key`.
-fn buy_request(account: &str, body: Value, key: Option<&str>) -> lambda_http::Request {
-    let mut req = post(&purchases(account), &person("admin", account), body);
-    if let Some(k) = key {
-        req.headers_mut().insert("idempotency-key", k.parse().expect("header"));
-    }
-    req
-}
-
-/// The Checkout Session as the local Stripe holds it (what its events carry).
-async fn session(id: &str) -> Value {
-    let (s, b) = local_stripe("GET", &format!("/v1/checkout/sessions/{id}"), &[]).await;
-    assert_eq!(s, 200, "{b}");
-    b
-}
-
-/// Plays the customer on the session's payment page.
-async fn pay(id: &str, form: &[(&str, &str)]) -> Value {
-    let (s, b) = local_stripe("POST", &format!("/_config/checkout/sessions/{id}/pay"), form).await;
-    assert_eq!(s, 200, "{b}");
-    b
-}
-
-/// A purchase opened through the function; its body.
-async fn open_purchase(w: &World, account: &str, body: Value) -> Value {
-    let (s, b) = w.buy(buy_request(account, body, Some(&unique("buy")))).await;
-    assert_eq!(s, 201, "{b}");
-    b
-}
-
 #[tokio::test]
 async fn a_purchase_opens_a_priced_checkout_session_once_per_key() {
     let w = World::new("usd-overage").await;

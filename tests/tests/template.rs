@@ -47,7 +47,7 @@ fn every_function_and_dead_letter_queue_is_watched() {
         .filter(|w| w[1].trim() == "Type: AWS::Serverless::Function")
         .map(|w| w[0].trim().trim_end_matches(':'))
         .collect();
-    assert_eq!(functions.len(), 6, "{functions:?}");
+    assert_eq!(functions.len(), 7, "{functions:?}");
     for f in &functions {
         for metric in ["Errors", "Throttles"] {
             assert!(t.contains(&format!("  {f}{metric}Alarm:\n")), "{f} has no {metric} alarm");
@@ -57,7 +57,7 @@ fn every_function_and_dead_letter_queue_is_watched() {
         assert!(t.contains(&format!("  {q}Alarm:\n")), "{q} has no depth alarm");
     }
     let alarms = t.matches("Type: AWS::CloudWatch::Alarm").count();
-    assert_eq!(alarms, 6 * 2 + 2 + 1, "function alarms, dead-letter alarms, EventBridge failures");
+    assert_eq!(alarms, 7 * 2 + 2 + 1, "function alarms, dead-letter alarms, EventBridge failures");
     assert_eq!(t.matches("AlarmActions: [!Ref AlarmTopic]").count(), alarms, "every alarm notifies");
 }
 

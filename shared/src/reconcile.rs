@@ -1,0 +1,468 @@
+//! Reconciliation (SPEC §10.1, §10.2): our books against themselves and against Stripe's.
+//!
+//! For each account it checks that
+//! - the balance is the sum of the ledger, lifetime totals are their sums, running balances chain
+//!   and never go below zero;
+//! - every credited payment (a permanent `payment:<PaymentIntent>` claim) has its one ledger
+//!   entry, and every purchase or auto-recharge entry has its claim;
+//! - every credited payment is a PaymentIntent that succeeded at Stripe, for this account, for
+//!   the amount charged and the credits it bought; every succeeded payment of ours is credited;
+//! - what refunds took back matches Stripe's refunded totals.
+//!
+//! It reads and reports; it never writes. A difference is `wrong` (no event can mend it: a bug,
+//! or data changed by hand) or `lagging` (Stripe is ahead by an event still on its way — Stripe
+//! retries a webhook for three days — so it is a problem only once it is old).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::account::Account;
+use crate::clock;
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::ledger::{request_hash, EntryKind, IdemRecord, LedgerEntry};
+use crate::payments::{PaymentHistory, PaymentRecord};
+use crate::service::Credits;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Wrong,
+    Lagging,
+}
+
+/// One way an account's books disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub account_id: String,
+    /// Stable code: `balance_not_ledger_sum`, `lifetime_added_mismatch`,
+    /// `lifetime_spent_mismatch`, `ledger_chain_broken`, `negative_balance`,
+    /// `claim_without_entry`, `entry_without_claim`, `credited_without_payment`,
+    /// `credited_amount_mismatch`, `payment_not_credited`, `refund_not_applied`,
+    /// `refund_exceeds_stripe`, `refund_without_payment`.
+    pub code: &'static str,
+    pub severity: Severity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// Our figure and Stripe's (or the ledger's), when the difference is a number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ours: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub theirs: Option<i64>,
+    /// Seconds since Stripe created the payment (for `lagging` differences).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_s: Option<i64>,
+    pub detail: String,
+}
+
+impl Difference {
+    /// Whether this difference needs a person: wrong, or lagging for longer than `grace_s`.
+    pub fn is_problem(&self, grace_s: i64) -> bool {
+        self.severity == Severity::Wrong || self.age_s.is_none_or(|a| a > grace_s)
+    }
+}
+
+/// What reconciling one account found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountReport {
+    pub account_id: String,
+    pub balance: i64,
+    pub ledger_entries: usize,
+    /// Payments credited (our claims) and payments Stripe has for the customer.
+    pub credited_payments: usize,
+    pub stripe_payments: usize,
+    pub differences: Vec<Difference>,
+}
+
+/// What reconciling every account found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub accounts: usize,
+    pub credited_payments: usize,
+    pub stripe_payments: usize,
+    pub differences: Vec<Difference>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|e| json!({"error": e.to_string()}))
+    }
+}
+
+/// Accounts read per page of the account listing.
+const PAGE: usize = 100;
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// Reconciles one account against its ledger and Stripe's payments.
+    pub async fn reconcile_account<H: PaymentHistory>(&self, history: &H, id: &str) -> Result<AccountReport, ApiError> {
+        let account = self.account(id).await?;
+        let ledger = self.full_ledger(id).await?;
+        let claims = self.store.payment_claims(id).await.map_err(|_| ApiError::Upstream)?;
+        let stripe = match &account.stripe_customer_id {
+            Some(customer) => history.customer_payments(customer).await?,
+            None => Vec::new(),
+        };
+        let mut differences = ledger_differences(&account, &ledger);
+        differences
+            .extend(self.payment_differences(&account, &ledger, &claims, &stripe, clock::now_ms() / 1000).await?);
+        Ok(AccountReport {
+            account_id: id.to_string(),
+            balance: account.balance.0,
+            ledger_entries: ledger.len(),
+            credited_payments: claims.len(),
+            stripe_payments: stripe.len(),
+            differences,
+        })
+    }
+
+    /// Reconciles every account (a scan of the table: for the daily job, not a request path).
+    pub async fn reconcile_all<H: PaymentHistory>(&self, history: &H) -> Result<Report, ApiError> {
+        let mut report = Report { accounts: 0, credited_payments: 0, stripe_payments: 0, differences: Vec::new() };
+        let mut after = None;
+        loop {
+            let (ids, next) = self.store.account_ids(PAGE, after).await.map_err(|_| ApiError::Upstream)?;
+            for id in &ids {
+                let r = self.reconcile_account(history, id).await?;
+                report.accounts += 1;
+                report.credited_payments += r.credited_payments;
+                report.stripe_payments += r.stripe_payments;
+                report.differences.extend(r.differences);
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(report),
+            }
+        }
+    }
+
+    async fn full_ledger(&self, id: &str) -> Result<Vec<LedgerEntry>, ApiError> {
+        let mut all = Vec::new();
+        let mut before = None;
+        loop {
+            let (page, more) = self.store.ledger_page(id, 1000, before).await.map_err(|_| ApiError::Upstream)?;
+            before = page.last().map(|e| e.seq);
+            all.extend(page);
+            if !more || before.is_none() {
+                break;
+            }
+        }
+        all.reverse();
+        Ok(all)
+    }
+
+    async fn payment_differences(
+        &self,
+        account: &Account,
+        ledger: &[LedgerEntry],
+        claims: &[IdemRecord],
+        stripe: &[PaymentRecord],
+        now_s: i64,
+    ) -> Result<Vec<Difference>, ApiError> {
+        let id = account.id.as_str();
+        let mut out = Vec::new();
+        let diff = |code, severity, payment: Option<&str>, ours, theirs, detail: String| Difference {
+            account_id: id.to_string(),
+            code,
+            severity,
+            payment_id: payment.map(str::to_string),
+            ours,
+            theirs,
+            age_s: None,
+            detail,
+        };
+        let entries: HashMap<&str, &LedgerEntry> = ledger.iter().map(|e| (e.id.as_str(), e)).collect();
+        let ours_at_stripe: HashMap<&str, &PaymentRecord> = stripe
+            .iter()
+            .filter(|p| p.metadata.get("topup_account_id").map(String::as_str) == Some(id))
+            .map(|p| (p.id.as_str(), p))
+            .collect();
+        let mut claimed_entries = HashSet::new();
+        let mut credited: HashMap<&str, i64> = HashMap::new();
+
+        for claim in claims {
+            let payment = claim.scope_key.strip_prefix("payment:").unwrap_or(&claim.scope_key);
+            let entry = claim.response["id"].as_str().and_then(|e| entries.get(e).copied());
+            let Some(entry) = entry.filter(|e| Some(e.amount.0) == claim.response["amount"].as_i64()) else {
+                out.push(diff(
+                    "claim_without_entry",
+                    Severity::Wrong,
+                    Some(payment),
+                    claim.response["amount"].as_i64(),
+                    None,
+                    "A payment is recorded as credited but its ledger entry is missing or differs.".into(),
+                ));
+                continue;
+            };
+            claimed_entries.insert(entry.id.as_str());
+            credited.insert(payment, entry.amount.0);
+            let Some(p) = ours_at_stripe.get(payment).filter(|p| p.status == "succeeded") else {
+                out.push(diff(
+                    "credited_without_payment",
+                    Severity::Wrong,
+                    Some(payment),
+                    Some(entry.amount.0),
+                    None,
+                    "Credits were added for a payment that Stripe does not show as succeeded for this account.".into(),
+                ));
+                continue;
+            };
+            // The claim's hash names the kind, credits and charge it was credited for.
+            let hash = request_hash(&json!({"kind": entry.kind, "credits": entry.amount.0, "charge": p.amount}));
+            let expected = self.credits_bought(id, p).await?;
+            if hash != claim.request_hash
+                || expected.is_some_and(|c| c != entry.amount.0)
+                || p.currency != self.profile.currency
+            {
+                out.push(diff(
+                    "credited_amount_mismatch",
+                    Severity::Wrong,
+                    Some(payment),
+                    Some(entry.amount.0),
+                    expected,
+                    format!(
+                        "Credited {} micro-credits for a {} {} payment that buys {}.",
+                        entry.amount.0,
+                        p.amount,
+                        p.currency,
+                        expected.map_or("an unknown amount".to_string(), |c| c.to_string())
+                    ),
+                ));
+            }
+        }
+
+        for e in ledger.iter().filter(|e| matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge)) {
+            if !claimed_entries.contains(e.id.as_str()) {
+                let mut d = diff(
+                    "entry_without_claim",
+                    Severity::Wrong,
+                    None,
+                    Some(e.amount.0),
+                    None,
+                    format!("Ledger entry {} adds credits for a payment, but no payment is recorded for it.", e.id),
+                );
+                d.detail.push_str(&format!(" ({:?})", e.kind));
+                out.push(d);
+            }
+        }
+
+        for p in ours_at_stripe.values().filter(|p| p.status == "succeeded") {
+            let Some(&credits) = credited.get(p.id.as_str()) else {
+                if !claims.iter().any(|c| c.scope_key == format!("payment:{}", p.id)) {
+                    let mut d = diff(
+                        "payment_not_credited",
+                        Severity::Lagging,
+                        Some(&p.id),
+                        None,
+                        Some(p.amount),
+                        "Stripe shows this payment succeeded; its credits have not been added.".into(),
+                    );
+                    d.age_s = Some(now_s - p.created);
+                    out.push(d);
+                }
+                continue;
+            };
+            let share = if p.amount > 0 {
+                (i128::from(credits) * i128::from(p.amount_refunded.min(p.amount)) / i128::from(p.amount)) as i64
+            } else {
+                0
+            };
+            let taken = account.refunded.get(&p.id).copied().unwrap_or(0);
+            if taken < share {
+                let mut d = diff(
+                    "refund_not_applied",
+                    Severity::Lagging,
+                    Some(&p.id),
+                    Some(taken),
+                    Some(share),
+                    format!(
+                        "Stripe refunded {} of {}; the credits it bought have not all been taken back.",
+                        p.amount_refunded, p.amount
+                    ),
+                );
+                d.age_s = Some(now_s - p.created);
+                out.push(d);
+            } else if taken > share {
+                out.push(diff(
+                    "refund_exceeds_stripe",
+                    Severity::Wrong,
+                    Some(&p.id),
+                    Some(taken),
+                    Some(share),
+                    format!("More credits were taken back than Stripe's refunds of {} cover.", p.amount_refunded),
+                ));
+            }
+        }
+        for (payment, taken) in &account.refunded {
+            if !credited.contains_key(payment.as_str()) || !ours_at_stripe.contains_key(payment.as_str()) {
+                out.push(diff(
+                    "refund_without_payment",
+                    Severity::Wrong,
+                    Some(payment),
+                    Some(*taken),
+                    None,
+                    "Credits were taken back for a payment that was not credited or is not at Stripe.".into(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What a payment buys by its own record: an auto-recharge's `topup_credits`, a purchase's
+    /// priced credits. `None` when the payment names neither.
+    async fn credits_bought(&self, id: &str, p: &PaymentRecord) -> Result<Option<i64>, ApiError> {
+        if let Some(c) = p.metadata.get("topup_credits") {
+            return Ok(c.parse().ok());
+        }
+        let Some(purchase) = p.metadata.get("topup_purchase_id") else { return Ok(None) };
+        let record = self.store.load_purchase(id, purchase).await.map_err(|_| ApiError::Upstream)?;
+        Ok(record.filter(|r| r.charge.0 == p.amount).map(|r| r.credits.0))
+    }
+}
+
+/// SPEC §10.1 and §10.4 on one account's stored state.
+pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let diff = |code, ours: i64, theirs: i64, detail: String| Difference {
+        account_id: account.id.clone(),
+        code,
+        severity: Severity::Wrong,
+        payment_id: None,
+        ours: Some(ours),
+        theirs: Some(theirs),
+        age_s: None,
+        detail,
+    };
+    let sum: i64 = ledger.iter().map(|e| e.amount.0).sum();
+    if sum != account.balance.0 {
+        out.push(diff(
+            "balance_not_ledger_sum",
+            account.balance.0,
+            sum,
+            "The balance is not the sum of the ledger.".into(),
+        ));
+    }
+    let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
+    for e in ledger {
+        let added = matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge)
+            || (e.kind == EntryKind::Adjustment && e.amount.0 > 0);
+        if added {
+            *totals.entry("added").or_default() += e.amount.0;
+        }
+        if e.kind == EntryKind::Consumption {
+            *totals.entry("spent").or_default() -= e.amount.0;
+        }
+    }
+    let added = totals.get("added").copied().unwrap_or(0);
+    let spent = totals.get("spent").copied().unwrap_or(0);
+    if added != account.lifetime_added.0 {
+        out.push(diff(
+            "lifetime_added_mismatch",
+            account.lifetime_added.0,
+            added,
+            "Lifetime added is not the sum of credits added.".into(),
+        ));
+    }
+    if spent != account.lifetime_spent.0 {
+        out.push(diff(
+            "lifetime_spent_mismatch",
+            account.lifetime_spent.0,
+            spent,
+            "Lifetime spent is not the sum of consumption.".into(),
+        ));
+    }
+    let mut running = 0i64;
+    let mut chain_reported = false;
+    let mut negative_reported = false;
+    for e in ledger {
+        running += e.amount.0;
+        if e.balance_after.0 != running && !chain_reported {
+            chain_reported = true;
+            out.push(diff(
+                "ledger_chain_broken",
+                e.balance_after.0,
+                running,
+                format!("Entry {} records a balance the entries before it do not add up to.", e.id),
+            ));
+        }
+        if running < 0 && !negative_reported {
+            negative_reported = true;
+            out.push(diff("negative_balance", running, 0, format!("The balance went below zero at entry {}.", e.id)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Micros;
+    use crate::profile::Profile;
+
+    fn entry(seq: u64, kind: EntryKind, amount: i64, after: i64) -> LedgerEntry {
+        LedgerEntry {
+            id: format!("txn_{seq}"),
+            account_id: "a".into(),
+            seq,
+            kind,
+            amount: Micros(amount),
+            balance_after: Micros(after),
+            created_at: 0,
+            description: String::new(),
+        }
+    }
+
+    fn account(balance: i64, added: i64, spent: i64) -> Account {
+        let p = Profile::load("usd-overage").expect("profile");
+        let mut a = Account::new(&p, "a", "pro", vec![], 0);
+        a.balance = Micros(balance);
+        a.lifetime_added = Micros(added);
+        a.lifetime_spent = Micros(spent);
+        a
+    }
+
+    fn codes(d: &[Difference]) -> Vec<&'static str> {
+        d.iter().map(|d| d.code).collect()
+    }
+
+    #[test]
+    fn consistent_books_have_no_differences() {
+        let ledger = [entry(2, EntryKind::Purchase, 100, 100), entry(3, EntryKind::Consumption, -30, 70)];
+        assert!(ledger_differences(&account(70, 100, 30), &ledger).is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_ledger_difference_is_named() {
+        let ledger = [entry(2, EntryKind::Purchase, 100, 100), entry(3, EntryKind::Consumption, -30, 71)];
+        assert_eq!(codes(&ledger_differences(&account(70, 100, 30), &ledger)), ["ledger_chain_broken"]);
+        let ledger = [entry(2, EntryKind::Purchase, 100, 100)];
+        assert_eq!(
+            codes(&ledger_differences(&account(90, 90, 5), &ledger)),
+            ["balance_not_ledger_sum", "lifetime_added_mismatch", "lifetime_spent_mismatch"]
+        );
+        let ledger = [entry(2, EntryKind::Consumption, -5, -5)];
+        assert_eq!(codes(&ledger_differences(&account(-5, 0, 5), &ledger)), ["negative_balance"]);
+    }
+
+    #[test]
+    fn lagging_differences_become_problems_only_when_old() {
+        let mut d = Difference {
+            account_id: "a".into(),
+            code: "payment_not_credited",
+            severity: Severity::Lagging,
+            payment_id: None,
+            ours: None,
+            theirs: None,
+            age_s: Some(60),
+            detail: String::new(),
+        };
+        assert!(!d.is_problem(3600));
+        d.age_s = Some(7200);
+        assert!(d.is_problem(3600));
+        d.severity = Severity::Wrong;
+        d.age_s = None;
+        assert!(d.is_problem(3600));
+    }
+}
