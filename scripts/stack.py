@@ -597,6 +597,25 @@ def test(args) -> int:
     return rc
 
 
+# ---- fault injection ----------------------------------------------------------------------
+
+def faults(args) -> int:
+    """The fault-injection suite alone, with its own emulators. TOPUP_FAULT_SEED=N replays one
+    schedule; TOPUP_FAULT_SCHEDULES, TOPUP_FAULT_STEPS and TOPUP_FAULT_BASE make longer runs."""
+    env0 = aws_env("http://127.0.0.1:1")
+    subprocess.run(["cargo", "build", "-p", "topup-tests", "--tests"], cwd=ROOT, env=env0, check=True)
+    stack = Stack()
+    try:
+        moto, stripe = start_emulators(stack, free_port(), free_port())
+        env = aws_env(moto)
+        env["TOPUP_TEST_AWS_ENDPOINT"] = moto
+        env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
+        return subprocess.run(["cargo", "test", "-p", "topup-tests", "--test", "faults", "--", "--nocapture"],
+                              cwd=ROOT, env=env).returncode
+    finally:
+        stack.stop()
+
+
 # ---- bench --------------------------------------------------------------------------------
 
 def bench(args) -> int:
@@ -634,6 +653,7 @@ def main() -> int:
     s.add_argument("--moto-port", type=int, default=int(os.environ.get("TOPUP_MOTO_PORT", "4566")))
     s.add_argument("--stripe-port", type=int, default=int(os.environ.get("TOPUP_STRIPE_PORT", "8420")))
     sub.add_parser("test")
+    sub.add_parser("faults")
     sub.add_parser("bench")
     t = sub.add_parser("token")
     t.add_argument("role", choices=["service", "owner", "admin", "member", "editor"])
@@ -644,6 +664,8 @@ def main() -> int:
         return serve(args)
     if args.cmd == "test":
         return test(args)
+    if args.cmd == "faults":
+        return faults(args)
     if args.cmd == "bench":
         return bench(args)
     secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)

@@ -1,0 +1,890 @@
+//! Fault injection (issue 6; SPEC §10): seeded random schedules of debits, holds, purchases,
+//! webhooks (duplicated, reordered, delayed), recharges, sweeps and plan changes against moto
+//! and localstripe, through the functions' own handlers, with a failure injected before each
+//! step. After every step the invariants are checked, with reconciliation among them; after the
+//! last, everything still on its way is delivered and the books must agree exactly.
+//!
+//! Faults (one armed per step, firing at a random call of the step):
+//! - `store-before` / `stripe-before` / `bus-before`: the call fails and does nothing (the
+//!   store, Stripe or EventBridge is down);
+//! - `store-after` / `stripe-after` / `bus-after`: the call takes effect and its answer is lost
+//!   — the function dies right after it (a crash), so nothing it would have done next happens;
+//! - lost and duplicated events: a webhook or `BalanceLow` delivered twice, concurrently to two
+//!   instances, out of order, much later, or (for bus events) never.
+//!
+//! `TOPUP_FAULT_SCHEDULES` (default 200) schedules of `TOPUP_FAULT_STEPS` (default 14) steps,
+//! seeds `TOPUP_FAULT_BASE` (default 20261122) onwards; `TOPUP_FAULT_SEED=N` replays one.
+//! A failure prints the seed, the steps so far and the command that replays it.
+//! `./scripts/faults` runs this suite alone with its own emulators.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use lambda_http::Request;
+use serde_json::{json, Value};
+use topup::account::Account;
+use topup::config::Secret;
+use topup::dynamo::DynamoStore;
+use topup::events::{EventBridgeBus, EventBus, PublishError};
+use topup::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry};
+use topup::money::Micros;
+use topup::payments::{
+    Card, CardSetup, ChargeOutcome, CheckoutRequest, CheckoutSession, OffSessionCharge, PaymentHistory, Payments,
+    PaymentsUnavailable, Purchases, StripePayments,
+};
+use topup::profile::Trigger;
+use topup::purchase::PurchaseRecord;
+use topup::reconcile::Severity;
+use topup::service::Credits;
+use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
+use topup_tests::*;
+
+// ---- a seeded generator (splitmix64): the same seed, the same schedule ----------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len())])
+    }
+}
+
+// ---- injected failures ----------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dep {
+    Store,
+    Stripe,
+    Bus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// The call fails and does nothing.
+    Before,
+    /// The call takes effect; its answer is lost and the caller stops there.
+    After,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    dep: Dep,
+    when: When,
+    /// Fires on this call (0-based) of `dep` during the step.
+    at_call: u32,
+}
+
+#[derive(Default)]
+struct Armed(Mutex<Option<(Fault, u32, bool)>>);
+
+impl Armed {
+    fn arm(&self, f: Option<Fault>) {
+        if let Ok(mut a) = self.0.lock() {
+            *a = f.map(|f| (f, 0, false));
+        }
+    }
+    /// Whether the armed fault fired during the step; disarms.
+    fn disarm(&self) -> bool {
+        self.0.lock().ok().and_then(|mut a| a.take()).is_some_and(|(_, _, fired)| fired)
+    }
+    fn check(&self, dep: Dep) -> Option<When> {
+        let mut a = self.0.lock().ok()?;
+        let (f, seen, fired) = a.as_mut()?;
+        if f.dep != dep || *fired {
+            return None;
+        }
+        if *seen == f.at_call {
+            *fired = true;
+            return Some(f.when);
+        }
+        *seen += 1;
+        None
+    }
+}
+
+/// Runs `$call` through the armed fault of `$dep`: `$err` instead of it, or after it.
+macro_rules! gated {
+    ($armed:expr, $dep:expr, $err:expr, $call:expr) => {{
+        match $armed.check($dep) {
+            Some(When::Before) => Err($err),
+            Some(When::After) => {
+                let _ = $call.await;
+                Err($err)
+            }
+            None => $call.await,
+        }
+    }};
+}
+
+fn store_down() -> StoreError {
+    StoreError::Unavailable("injected: store unavailable".into())
+}
+
+struct FaultyStore {
+    inner: DynamoStore,
+    armed: Arc<Armed>,
+}
+
+impl Store for FaultyStore {
+    async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_account(id))
+    }
+    async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.commit(c))
+    }
+    async fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.ledger_page(account_id, limit, before_seq))
+    }
+    async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_hold(account_id, hold_id))
+    }
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_idempotency(account_id, scope_key))
+    }
+    async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
+        gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.put_purchase(w))
+    }
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_purchase(account_id, purchase_id))
+    }
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.claim_delivery(r))
+    }
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.finish_delivery(r))
+    }
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.recent_deliveries(account_id, limit))
+    }
+    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_for_sweep(limit))
+    }
+    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.clear_outbox(events))
+    }
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.pending_outbox(limit))
+    }
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.payment_claims(account_id))
+    }
+    async fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.account_ids(limit, after))
+    }
+}
+
+fn stripe_down() -> PaymentsUnavailable {
+    PaymentsUnavailable("injected: stripe unavailable".into())
+}
+
+struct FaultyStripe {
+    inner: StripePayments,
+    armed: Arc<Armed>,
+}
+
+impl Payments for FaultyStripe {
+    async fn create_customer(&self, account_id: &str, email: Option<&str>) -> Result<String, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_customer(account_id, email))
+    }
+    async fn charge_off_session(&self, c: &OffSessionCharge) -> Result<ChargeOutcome, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.charge_off_session(c))
+    }
+}
+
+impl Purchases for FaultyStripe {
+    async fn create_checkout(&self, r: &CheckoutRequest) -> Result<CheckoutSession, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_checkout(r))
+    }
+    async fn create_card_setup(&self, c: &str, a: &str, k: &str) -> Result<CardSetup, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_card_setup(c, a, k))
+    }
+    async fn card(&self, pm: &str) -> Result<Option<Card>, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.card(pm))
+    }
+    async fn detach(&self, pm: &str) -> Result<(), PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.detach(pm))
+    }
+    async fn payment_metadata(&self, pi: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.payment_metadata(pi))
+    }
+}
+
+/// The real bus, and a copy of what went out for the schedule to deliver (or lose).
+struct FaultyBus {
+    inner: EventBridgeBus,
+    armed: Arc<Armed>,
+    sent: Arc<Mutex<Vec<DomainEvent>>>,
+}
+
+impl FaultyBus {
+    async fn send(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
+        self.inner.publish(events).await?;
+        if let Ok(mut s) = self.sent.lock() {
+            s.extend(events.iter().cloned());
+        }
+        Ok(())
+    }
+}
+
+impl EventBus for FaultyBus {
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
+        let down = PublishError { failed: events.to_vec(), reason: "injected: bus unavailable".into() };
+        gated!(self.armed, Dep::Bus, down, self.send(events))
+    }
+}
+
+type Faulty = Credits<FaultyStore, FaultyBus>;
+
+// ---- one schedule ---------------------------------------------------------------------------
+
+struct Schedule {
+    seed: u64,
+    rng: Rng,
+    w: World,
+    id: String,
+    consumable: &'static str,
+    trigger: Trigger,
+    threshold: i64,
+    monthly_max: i64,
+    declining_card: bool,
+    /// The account's Stripe customer (made once, at the start).
+    customer: String,
+    /// Two instances of every function over the same table, as Lambda runs them.
+    instances: [Faulty; 2],
+    stripe: FaultyStripe,
+    plain_stripe: StripePayments,
+    armed: Arc<Armed>,
+    sent: Arc<Mutex<Vec<DomainEvent>>>,
+    secret: Secret,
+    /// Stripe events not yet answered 2xx (Stripe retries them), in the order they happened.
+    webhooks: Vec<Value>,
+    /// `BalanceLow` events on their way to auto-recharge.
+    lows: Vec<Value>,
+    bus_seen: usize,
+    /// PaymentIntents whose events have been queued.
+    announced: HashSet<String>,
+    purchase_retries: Vec<(String, i64)>,
+    open_sessions: Vec<String>,
+    delayed_sessions: Vec<String>,
+    open_holds: Vec<String>,
+    /// Idempotency keys and their first 2xx answer (replays must give it back).
+    answers: BTreeMap<String, Value>,
+    usage_keys: Vec<(String, i64)>,
+    steps: Vec<String>,
+    stats: Stats,
+}
+
+/// What the schedules did, summed: the suite's coverage, printed at the end.
+#[derive(Default, Debug, Clone)]
+struct Stats {
+    faults_fired: u64,
+    webhook_deliveries: u64,
+    concurrent_deliveries: u64,
+    low_balance_lost: u64,
+    recharges_charged: u64,
+    recharges_declined: u64,
+    purchases_credited: u64,
+    refunds: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.faults_fired += o.faults_fired;
+        self.webhook_deliveries += o.webhook_deliveries;
+        self.concurrent_deliveries += o.concurrent_deliveries;
+        self.low_balance_lost += o.low_balance_lost;
+        self.recharges_charged += o.recharges_charged;
+        self.recharges_declined += o.recharges_declined;
+        self.purchases_credited += o.purchases_credited;
+        self.refunds += o.refunds;
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+impl Schedule {
+    async fn new(seed: u64) -> Schedule {
+        let mut rng = Rng(seed);
+        let (profile, consumable) = if rng.chance(50) { ("usd-overage", "api_calls") } else { ("org-runs", "runs") };
+        let w = World::new(profile).await;
+        let trigger = w.config.profile.low_balance.trigger;
+        let id = unique(&format!("fault{seed}"));
+        let plan = if rng.chance(50) { "free" } else { "pro" };
+        w.account(&id, plan).await;
+        w.grant(&id, rng.range(1, 12) * C).await;
+        let declining_card = rng.chance(20);
+        let card = if declining_card { "4000000000000341" } else { "4242424242424242" };
+        w.save_stripe_card(&id, card).await;
+        let customer = w.credits.account(&id).await.ok().and_then(|a| a.stripe_customer_id).expect("a customer");
+        let threshold = rng.range(1, 5) * C;
+        let amount = threshold + rng.range(5, 15) * C;
+        let monthly_max = rng.range(1, 3);
+        let (s, b) = w
+            .api(put(
+                &format!("/v1/accounts/{id}/credits/auto-recharge"),
+                &service(),
+                json!({"enabled": true, "threshold": threshold, "amount": amount, "monthly_max": monthly_max}),
+            ))
+            .await;
+        assert_eq!(s, 200, "seed {seed}: auto-recharge settings: {b}");
+        let armed = Arc::new(Armed::default());
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let instance = || {
+            Credits::new(
+                w.config.profile.clone(),
+                FaultyStore { inner: DynamoStore::new(w.dynamo.clone(), w.config.table.clone()), armed: armed.clone() },
+                FaultyBus {
+                    inner: EventBridgeBus::new(w.events.clone(), w.config.event_bus.clone()),
+                    armed: armed.clone(),
+                    sent: sent.clone(),
+                },
+            )
+        };
+        let instances = [instance(), instance()];
+        let secret = w.config.stripe_webhook_secret.clone().expect("webhook secret");
+        Schedule {
+            seed,
+            rng,
+            id,
+            consumable,
+            trigger,
+            threshold,
+            monthly_max,
+            declining_card,
+            customer,
+            instances,
+            stripe: FaultyStripe { inner: stripe_payments(), armed: armed.clone() },
+            plain_stripe: stripe_payments(),
+            armed,
+            sent,
+            secret,
+            webhooks: Vec::new(),
+            lows: Vec::new(),
+            bus_seen: 0,
+            announced: HashSet::new(),
+            purchase_retries: Vec::new(),
+            open_sessions: Vec::new(),
+            delayed_sessions: Vec::new(),
+            open_holds: Vec::new(),
+            answers: BTreeMap::new(),
+            usage_keys: Vec::new(),
+            steps: Vec::new(),
+            stats: Stats::default(),
+            w,
+        }
+    }
+
+    fn fail(&self, why: String) -> ! {
+        panic!(
+            "fault schedule {seed} broke an invariant: {why}\n  steps: {steps}\n  replay: \
+             TOPUP_FAULT_SEED={seed} ./scripts/faults",
+            seed = self.seed,
+            steps = self.steps.join(" → ")
+        )
+    }
+
+    fn path(&self, tail: &str) -> String {
+        format!("/v1/accounts/{}{tail}", self.id)
+    }
+
+    async fn run(mut self, steps: u64) -> Stats {
+        for _ in 0..steps {
+            let fault = if self.rng.chance(70) {
+                let dep = [Dep::Store, Dep::Store, Dep::Stripe, Dep::Bus][self.rng.below(4)];
+                let when = if self.rng.chance(50) { When::Before } else { When::After };
+                Some(Fault { dep, when, at_call: self.rng.below(3) as u32 })
+            } else {
+                None
+            };
+            let weights = self.weights();
+            let total: u32 = weights.iter().map(|(_, w)| w).sum();
+            let mut roll = self.rng.below(total as usize) as u32;
+            let step = weights
+                .iter()
+                .find(|(_, w)| {
+                    if roll < *w {
+                        true
+                    } else {
+                        roll -= w;
+                        false
+                    }
+                })
+                .map_or("debit", |s| s.0);
+            self.armed.arm(fault);
+            let statuses = self.step(step).await;
+            let fired = self.armed.disarm();
+            self.stats.faults_fired += u64::from(fired);
+            self.steps.push(match (fault, fired) {
+                (Some(f), true) => format!("{step}[{:?}-{:?}@{}]", f.dep, f.when, f.at_call).to_lowercase(),
+                _ => step.to_string(),
+            });
+            if !fired && statuses.contains(&500) {
+                self.fail(format!("{step} answered 500 with no failure injected: {statuses:?}"));
+            }
+            let payments = self.collect_events().await;
+            self.check(false, payments).await;
+        }
+        self.quiesce().await;
+        let payments = self.stripe_payments().await;
+        self.check(true, payments.clone()).await;
+        let recharge = |p: &&topup::payments::PaymentRecord| p.metadata.contains_key("topup_recharge_id");
+        self.stats.recharges_charged =
+            payments.iter().filter(recharge).filter(|p| p.status == "succeeded").count() as u64;
+        self.stats.recharges_declined =
+            payments.iter().filter(recharge).filter(|p| p.status != "succeeded").count() as u64;
+        self.stats.purchases_credited =
+            self.w.ledger(&self.id).await.iter().filter(|e| e.kind == topup::ledger::EntryKind::Purchase).count()
+                as u64;
+        self.stats.refunds = payments.iter().filter(|p| p.amount_refunded > 0).count() as u64;
+        self.stats
+    }
+
+    /// How likely each step is next: only steps that can do something now.
+    fn weights(&self) -> Vec<(&'static str, u32)> {
+        let on = |cond: bool, w: u32| if cond { w } else { 0 };
+        vec![
+            ("debit", 20),
+            ("debits-at-once", 5),
+            ("replay-debit", on(!self.usage_keys.is_empty(), 5)),
+            ("hold", 5),
+            ("settle", on(!self.open_holds.is_empty(), 6)),
+            ("purchase", 7),
+            ("pay", on(!self.open_sessions.is_empty(), 12)),
+            ("bank-debit-settles", on(!self.delayed_sessions.is_empty(), 6)),
+            ("expire", on(!self.open_sessions.is_empty(), 2)),
+            ("refund", on(self.stats.webhook_deliveries > 0, 3)),
+            ("deliver-webhook", on(!self.webhooks.is_empty(), 25)),
+            ("deliver-low-balance", on(!self.lows.is_empty(), 20)),
+            ("sweep", 4),
+            ("plan-change", 2),
+            ("forged-purchase", 1),
+        ]
+    }
+
+    /// One step; the HTTP statuses it saw.
+    async fn step(&mut self, step: &str) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        match step {
+            "debit" | "replay-debit" => {
+                let (key, qty) = match (step, self.usage_keys.is_empty()) {
+                    ("replay-debit", false) => {
+                        let i = self.rng.below(self.usage_keys.len());
+                        self.usage_keys[i].clone()
+                    }
+                    _ => (unique("u"), self.quantity()),
+                };
+                statuses.push(self.debit(&key, qty).await);
+            }
+            "debits-at-once" => {
+                let reqs: Vec<(String, i64)> = (0..3).map(|_| (unique("u"), self.quantity())).collect();
+                let call = |i: usize| {
+                    let (k, q) = &reqs[i];
+                    let body = json!({"consumable": self.consumable, "quantity": q, "idempotency_key": k});
+                    debit::handle(&self.w.config, &self.instances[i % 2], post(&self.path("/usage"), &service(), body))
+                };
+                let (a, b, c) = tokio::join!(call(0), call(1), call(2));
+                for ((k, q), resp) in reqs.clone().into_iter().zip([a, b, c]) {
+                    let (s, b) = read(resp);
+                    statuses.push(s);
+                    self.remember(&k, s, &b);
+                    self.usage_keys.push((k, q));
+                }
+            }
+            "hold" => {
+                let key = unique("h");
+                let body = json!({"consumable": self.consumable, "quantity": self.quantity(), "idempotency_key": key});
+                let req = post(&self.path("/usage/holds"), &service(), body);
+                let (s, b) = self.call_debit(req).await;
+                statuses.push(s);
+                if let (201, Some(h)) = (s, b["hold_id"].as_str()) {
+                    self.open_holds.push(h.to_string());
+                }
+            }
+            "settle" => {
+                if let Some(h) = self.rng.pick(&self.open_holds).cloned() {
+                    let qty = self.quantity() / 2;
+                    let req =
+                        post(&self.path(&format!("/usage/holds/{h}/settle")), &service(), json!({"quantity": qty}));
+                    let (s, _) = self.call_debit(req).await;
+                    statuses.push(s);
+                    if s < 500 {
+                        self.open_holds.retain(|x| x != &h);
+                    }
+                }
+            }
+            "purchase" => {
+                let (key, cents) = match self.purchase_retries.pop() {
+                    Some(retry) => retry,
+                    None => (unique("buy"), [500, 1000, 2500][self.rng.below(3)]),
+                };
+                let (s, b) = self.buy(json!({"amount": cents}), &key).await;
+                statuses.push(s);
+                match (s, b["checkout_session_id"].as_str()) {
+                    (201, Some(cs)) => self.open_sessions.push(cs.to_string()),
+                    _ => self.purchase_retries.push((key, cents)),
+                }
+            }
+            "forged-purchase" => {
+                let before = self.w.snapshot(&self.id).await;
+                let forged = [json!({"amount": 1000, "credits": 999 * C}), json!({"price": 1, "amount": 1000})];
+                let body = forged[self.rng.below(2)].clone();
+                self.armed.arm(None);
+                let (s, b) = self.buy(body, &unique("forged")).await;
+                if s != 400 || self.w.snapshot(&self.id).await != before {
+                    self.fail(format!("a forged purchase answered {s} {b} or changed the account (§10.8)"));
+                }
+            }
+            "pay" => {
+                if let Some(cs) = self.rng.pick(&self.open_sessions).cloned() {
+                    let delayed = self.rng.chance(25);
+                    let form: &[(&str, &str)] = if delayed { &[("delayed", "true")] } else { &[] };
+                    let (s, paid) = local_stripe("POST", &format!("/_config/checkout/sessions/{cs}/pay"), form).await;
+                    self.open_sessions.retain(|x| x != &cs);
+                    if s == 200 {
+                        if delayed {
+                            self.delayed_sessions.push(cs);
+                        }
+                        self.webhooks.push(stripe_event("checkout.session.completed", paid));
+                    }
+                }
+            }
+            "bank-debit-settles" => {
+                if let Some(cs) = self.rng.pick(&self.delayed_sessions).cloned() {
+                    self.delayed_sessions.retain(|x| x != &cs);
+                    let ok = self.rng.chance(70);
+                    let outcome = if ok { "succeeded" } else { "failed" };
+                    let path = format!("/_config/checkout/sessions/{cs}/settle");
+                    let (s, _) = local_stripe("POST", &path, &[("outcome", outcome)]).await;
+                    if s == 200 {
+                        let kind = if ok { "async_payment_succeeded" } else { "async_payment_failed" };
+                        self.webhooks.push(stripe_event(&format!("checkout.session.{kind}"), session(&cs).await));
+                    }
+                }
+            }
+            "expire" => {
+                if let Some(cs) = self.rng.pick(&self.open_sessions).cloned() {
+                    self.open_sessions.retain(|x| x != &cs);
+                    let (s, b) = local_stripe("POST", &format!("/v1/checkout/sessions/{cs}/expire"), &[]).await;
+                    if s == 200 {
+                        self.webhooks.push(stripe_event("checkout.session.expired", b));
+                    }
+                }
+            }
+            "refund" => {
+                let paid: Vec<_> = self
+                    .stripe_payments()
+                    .await
+                    .into_iter()
+                    .filter(|p| p.status == "succeeded" && p.amount_refunded < p.amount)
+                    .collect();
+                if let Some(p) = self.rng.pick(&paid) {
+                    let amount = self.rng.range(1, p.amount - p.amount_refunded);
+                    let form = [("payment_intent", p.id.as_str()), ("amount", &amount.to_string())];
+                    let (s, r) = local_stripe("POST", "/v1/refunds", &form).await;
+                    if s == 200 {
+                        let charge = r["charge"].as_str().unwrap_or_default();
+                        let (_, c) = local_stripe("GET", &format!("/v1/charges/{charge}"), &[]).await;
+                        self.webhooks.push(stripe_event("charge.refunded", c));
+                    }
+                }
+            }
+            "deliver-webhook" => {
+                if !self.webhooks.is_empty() {
+                    // Any queued event: Stripe does not keep order, and retries later ones first.
+                    let i = self.rng.below(self.webhooks.len());
+                    let event = self.webhooks[i].clone();
+                    let twice = self.rng.chance(15);
+                    let mut ok = false;
+                    self.stats.webhook_deliveries += 1;
+                    if twice {
+                        self.stats.concurrent_deliveries += 1;
+                        let (a, b) = tokio::join!(self.webhook(0, &event), self.webhook(1, &event));
+                        statuses.extend([a, b]);
+                        ok = a < 300 || b < 300;
+                    } else {
+                        let n = self.rng.below(2);
+                        let s = self.webhook(n, &event).await;
+                        statuses.push(s);
+                        ok |= s < 300;
+                    }
+                    // Delivered: gone, unless Stripe sends it again anyway (it may).
+                    if ok && !self.rng.chance(20) {
+                        self.webhooks.remove(i);
+                    }
+                }
+            }
+            "deliver-low-balance" => {
+                if !self.lows.is_empty() {
+                    let i = self.rng.below(self.lows.len());
+                    let event = self.lows[i].clone();
+                    if self.rng.chance(15) {
+                        // Lost for good: the sweep must make up for it.
+                        self.stats.low_balance_lost += 1;
+                        self.lows.remove(i);
+                    } else {
+                        let ok = if self.rng.chance(40) {
+                            self.stats.concurrent_deliveries += 1;
+                            // Two triggers of one recharge at once.
+                            let (a, b) = tokio::join!(
+                                auto_recharge::handle(&self.instances[0], &self.stripe, &event),
+                                auto_recharge::handle(&self.instances[1], &self.stripe, &event)
+                            );
+                            a.is_ok() || b.is_ok()
+                        } else {
+                            let n = self.rng.below(2);
+                            auto_recharge::handle(&self.instances[n], &self.stripe, &event).await.is_ok()
+                        };
+                        if ok && !self.rng.chance(20) {
+                            self.lows.remove(i);
+                        }
+                    }
+                }
+            }
+            "sweep" => {
+                // No lease: every claim in flight is recovered at once, whoever holds it.
+                let n = self.rng.below(2);
+                let _ = self.instances[n].sweep(&self.stripe, 500, 0).await;
+            }
+            "plan-change" => {
+                let plan = if self.rng.chance(50) { "free" } else { "pro" };
+                let body = json!({"plan": plan, "billing_contacts": [{"email": "billing@example.com"}]});
+                let req = put(&self.path(""), &service(), body);
+                let n = self.rng.below(2);
+                let (s, _) = read(credits_api::handle(&self.w.config, &self.instances[n], req).await);
+                statuses.push(s);
+            }
+            other => self.fail(format!("unknown step {other}")),
+        }
+        statuses
+    }
+
+    fn quantity(&mut self) -> i64 {
+        // Up to about $4 (usd-overage) or 4 credits (org-runs) beyond the allowance.
+        match self.consumable {
+            "runs" => self.rng.range(1, 400),
+            _ => self.rng.range(1, 4_000),
+        }
+    }
+
+    fn remember(&mut self, key: &str, status: u16, body: &Value) {
+        if !(200..300).contains(&status) {
+            return;
+        }
+        match self.answers.get(key) {
+            None => {
+                self.answers.insert(key.to_string(), body.clone());
+            }
+            Some(first) if first != body => {
+                self.fail(format!("idempotency key {key} applied twice (§10.3): first answer {first}, then {body}"))
+            }
+            Some(_) => {}
+        }
+    }
+
+    async fn call_debit(&mut self, req: Request) -> (u16, Value) {
+        let n = self.rng.below(2);
+        read(debit::handle(&self.w.config, &self.instances[n], req).await)
+    }
+
+    async fn debit(&mut self, key: &str, qty: i64) -> u16 {
+        let body = json!({"consumable": self.consumable, "quantity": qty, "idempotency_key": key});
+        let (s, b) = self.call_debit(post(&self.path("/usage"), &service(), body)).await;
+        self.remember(key, s, &b);
+        if !self.usage_keys.iter().any(|(k, _)| k == key) {
+            self.usage_keys.push((key.to_string(), qty));
+        }
+        s
+    }
+
+    async fn buy(&mut self, body: Value, key: &str) -> (u16, Value) {
+        let ui = self.w.config.checkout_ui.clone().expect("checkout configured");
+        let n = self.rng.below(2);
+        let checkout = purchase::Checkout { payments: &self.stripe, ui: &ui };
+        let mut req = post(&purchases(&self.id), &person("admin", &self.id), body);
+        req.headers_mut().insert("idempotency-key", key.parse().expect("header"));
+        read(purchase::handle(&self.w.config, &self.instances[n], &checkout, req).await)
+    }
+
+    async fn webhook(&self, n: usize, event: &Value) -> u16 {
+        let req = signed_event(&event.to_string(), WEBHOOK_SECRET, now_s());
+        read(webhook::handle(&self.secret, &self.instances[n], &self.stripe, req).await).0
+    }
+
+    async fn stripe_payments(&self) -> Vec<topup::payments::PaymentRecord> {
+        self.plain_stripe.customer_payments(&self.customer).await.expect("list payments")
+    }
+
+    /// Queues what happened meanwhile: `BalanceLow` events that went out on the bus, and the
+    /// events Stripe sends for the recharges it charged.
+    async fn collect_events(&mut self) -> Vec<topup::payments::PaymentRecord> {
+        let sent: Vec<DomainEvent> = self.sent.lock().map(|s| s[self.bus_seen..].to_vec()).unwrap_or_default();
+        self.bus_seen += sent.len();
+        for e in sent.iter().filter(|e| e.detail_type == "BalanceLow" && e.account_id == self.id) {
+            self.lows
+                .push(json!({"detail-type": "BalanceLow", "source": "topup", "detail": topup::events::detail_json(e)}));
+        }
+        let payments = self.stripe_payments().await;
+        for p in &payments {
+            if !p.metadata.contains_key("topup_recharge_id") || self.announced.contains(&p.id) {
+                continue;
+            }
+            let kind = match p.status.as_str() {
+                "succeeded" => "payment_intent.succeeded",
+                "requires_payment_method" | "canceled" => "payment_intent.payment_failed",
+                _ => continue,
+            };
+            self.announced.insert(p.id.clone());
+            let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{}", p.id), &[]).await;
+            self.webhooks.push(stripe_event(kind, pi));
+        }
+        payments
+    }
+
+    /// Everything on its way arrives, with no more failures: Stripe's retries succeed, the
+    /// sweep recovers every claim and sends the outbox along.
+    async fn quiesce(&mut self) {
+        self.armed.arm(None);
+        for _ in 0..6 {
+            let _ = self.instances[0].sweep(&self.stripe, 500, 0).await;
+            self.collect_events().await;
+            for event in std::mem::take(&mut self.lows) {
+                let _ = auto_recharge::handle(&self.instances[0], &self.stripe, &event).await;
+            }
+            self.collect_events().await;
+            let queued = std::mem::take(&mut self.webhooks);
+            for event in &queued {
+                let s = self.webhook(0, event).await;
+                if s >= 300 {
+                    self.fail(format!("a webhook still fails with nothing injected: {s} for {}", event["type"]));
+                }
+            }
+            if queued.is_empty() && self.lows.is_empty() {
+                let outbox = self.w.credits.store.pending_outbox(10).await.expect("outbox");
+                if outbox.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// SPEC §10 on the stored state, the bus and Stripe's records.
+    async fn check(&mut self, settled: bool, payments: Vec<topup::payments::PaymentRecord>) {
+        let report = match self.w.credits.reconcile_account(&self.plain_stripe, &self.id).await {
+            Ok(r) => r,
+            Err(e) => self.fail(format!("reconciliation failed: {e:?}")),
+        };
+        // §10.1, §10.2, §10.4, §10.6: nothing wrong ever; once settled, nothing lagging either.
+        let bad: Vec<_> = report.differences.iter().filter(|d| settled || d.severity == Severity::Wrong).collect();
+        if !bad.is_empty() {
+            self.fail(format!("reconciliation {}: {bad:?}", if settled { "after settling" } else { "found" }));
+        }
+        let account = self.w.credits.account(&self.id).await.expect("account");
+        let ledger = self.w.ledger(&self.id).await;
+        // §10.5: one charge per recharge claim, at most one per low-balance episode, and never
+        // more than the monthly cap.
+        let recharges: Vec<_> = payments.iter().filter(|p| p.metadata.contains_key("topup_recharge_id")).collect();
+        let claims: HashSet<&String> = recharges.iter().filter_map(|p| p.metadata.get("topup_recharge_id")).collect();
+        if claims.len() != recharges.len() {
+            self.fail(format!("a recharge was charged twice: {recharges:?}"));
+        }
+        let low = |b: i64| self.trigger.is_low(Micros(b), Micros(self.threshold));
+        let episodes = ledger.iter().filter(|e| e.amount.0 < 0 && low(e.balance_after.0) && !low(e.balance_after.0 - e.amount.0)).count()
+            // an account that starts low is in an episode already
+            + usize::from(ledger.first().is_some_and(|e| low(e.balance_after.0 - e.amount.0)) || ledger.is_empty());
+        let succeeded = recharges.iter().filter(|p| p.status == "succeeded").count();
+        if self.declining_card {
+            // §10.6: not retried automatically — only a purchase (which lifts the suspension)
+            // allows another attempt.
+            let purchases = ledger.iter().filter(|e| e.kind == topup::ledger::EntryKind::Purchase).count();
+            if recharges.len() > 1 + purchases {
+                self.fail(format!(
+                    "a declined recharge was retried automatically: {} attempts, {purchases} purchases",
+                    recharges.len()
+                ));
+            }
+            if succeeded > 0 {
+                self.fail("a declining card was charged".into());
+            }
+        } else if recharges.len() > episodes {
+            self.fail(format!("{} recharges for {episodes} low-balance episodes", recharges.len()));
+        }
+        if succeeded as i64 > self.monthly_max {
+            self.fail(format!("{succeeded} recharges succeeded with a monthly cap of {}", self.monthly_max));
+        }
+        if account.auto_recharge.used_this_month as i64 > self.monthly_max {
+            self.fail(format!("the month's count {} is above the cap", account.auto_recharge.used_this_month));
+        }
+        // Holds never hold more than the balance.
+        let now = topup::clock::now_ms();
+        if account.held(now).0 > account.balance.0 {
+            self.fail(format!("holds of {} exceed the balance {}", account.held(now).0, account.balance.0));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_schedules_with_failures_keep_every_invariant() {
+    let steps = env_u64("TOPUP_FAULT_STEPS", 14);
+    let seeds: Vec<u64> = match std::env::var("TOPUP_FAULT_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(seed) => vec![seed],
+        None => {
+            let base = env_u64("TOPUP_FAULT_BASE", 20_261_122);
+            (0..env_u64("TOPUP_FAULT_SCHEDULES", 200)).map(|i| base + i).collect()
+        }
+    };
+    let parallel = env_u64("TOPUP_FAULT_PARALLEL", 4) as usize;
+    let started = std::time::Instant::now();
+    let total = seeds.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut queue = seeds.into_iter();
+    let mut failures = Vec::new();
+    let mut seed_of = HashMap::new();
+    let mut stats = Stats::default();
+    loop {
+        while tasks.len() < parallel {
+            let Some(seed) = queue.next() else { break };
+            let task = tasks.spawn(async move { Schedule::new(seed).await.run(steps).await });
+            seed_of.insert(task.id(), seed);
+        }
+        match tasks.join_next().await {
+            Some(Ok(s)) => stats.add(&s),
+            Some(Err(e)) => {
+                let seed = seed_of.get(&e.id()).copied().unwrap_or_default();
+                failures.push(format!("seed {seed} (replay: TOPUP_FAULT_SEED={seed} ./scripts/faults): {e}"));
+            }
+            None => break,
+        }
+    }
+    eprintln!(
+        "fault injection: {total} schedules of {steps} steps in {:.1}s; {stats:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{} of {total} schedules failed:\n{}", failures.len(), failures.join("\n"));
+}
