@@ -618,13 +618,18 @@ def faults(args) -> int:
 
 # ---- bench --------------------------------------------------------------------------------
 
+# Every function the template deploys (each its own release binary).
+FUNCTIONS = ["debit", "credits-api", "purchase", "webhook", "auto-recharge", "notify", "reconcile"]
+
+
 def bench(args) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     import startup  # noqa: E402
 
     env0 = aws_env("http://127.0.0.1:1")
     log("release build of the functions and the throughput bench")
-    subprocess.run(["cargo", "build", "--release", "--bins", "-p", "debit", "-p", "credits-api"], cwd=ROOT, env=env0, check=True)
+    subprocess.run(["cargo", "build", "--release", "--bins"] + [a for f in FUNCTIONS for a in ("-p", f)],
+                   cwd=ROOT, env=env0, check=True)
     subprocess.run(["cargo", "build", "--release", "-p", "topup-tests", "--example", "bench_debits",
                     "--example", "bench_recharge"], cwd=ROOT, env=env0, check=True)
     stack = Stack()
@@ -637,7 +642,7 @@ def bench(args) -> int:
         print()
         subprocess.run([str(ROOT / "target/release/examples/bench_recharge")], cwd=ROOT, env=env, check=True)
         print()
-        startup.report(ROOT, ["debit", "credits-api"], aws_env(moto))
+        startup.report(ROOT, FUNCTIONS, aws_env(moto))
     finally:
         stack.stop()
     return 0

@@ -40,6 +40,10 @@ pub enum ApiError {
     /// Contention that did not settle within our retry budget; safe to retry.
     #[error("The account is busy. Please retry.")]
     Busy,
+    /// An event that needs another one handled first (a refund before its payment's credit);
+    /// the sender delivers it again later (Stripe retries for days).
+    #[error("{1}")]
+    OutOfOrder(&'static str, String),
 }
 
 impl ApiError {
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::Upstream => "upstream_unavailable",
             ApiError::PaymentsUnavailable => "payment_provider_unavailable",
             ApiError::Busy => "account_busy",
+            ApiError::OutOfOrder(code, _) => code,
         }
     }
 
@@ -77,7 +82,7 @@ impl ApiError {
             ApiError::Forbidden => 403,
             ApiError::NotFound(..) => 404,
             ApiError::MethodNotAllowed(_) => 405,
-            ApiError::IdempotencyConflict | ApiError::HoldExpired => 409,
+            ApiError::IdempotencyConflict | ApiError::HoldExpired | ApiError::OutOfOrder(..) => 409,
             ApiError::OutOfCredits { .. } => 402,
             ApiError::Rule(..) => 422,
             ApiError::Upstream => 502,
@@ -125,6 +130,7 @@ mod tests {
             ApiError::Upstream,
             ApiError::PaymentsUnavailable,
             ApiError::Busy,
+            ApiError::OutOfOrder("payment_not_credited_yet", "Not yet.".into()),
         ];
         for e in all {
             let code = e.code();

@@ -941,8 +941,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// share of its credits with a `refund` ledger entry. `amount_refunded` is Stripe's running
     /// total for the charge, so any number of deliveries, in any order, take back the refunded
     /// share once. Credits already used are not taken below zero (the entry says so). Returns
-    /// the entry, or `None` when there is nothing (more) to take back or the payment was never
-    /// credited.
+    /// the entry, or `None` when there is nothing (more) to take back; a payment not credited yet
+    /// is 409 `payment_not_credited_yet`, so that Stripe delivers the refund again later.
     pub async fn refund_payment(
         &self,
         id: &str,
@@ -956,8 +956,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let credited =
             self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
         let Some(credited) = credited.and_then(|r| r.response["amount"].as_i64()) else {
-            tracing::warn!(account_id = id, payment_intent_id, "refund of a payment that was never credited");
-            return Ok(None);
+            // Stripe does not keep events in order: the refund can arrive before the event that
+            // credits the payment. Refused, it comes again later (Stripe retries for three
+            // days), by when the credit is there; answered 2xx, it would be lost for good.
+            tracing::warn!(
+                account_id = id,
+                payment_intent_id,
+                "refund before its payment was credited; Stripe will retry"
+            );
+            return Err(ApiError::OutOfOrder(
+                "payment_not_credited_yet",
+                "This refund is for a payment not credited yet; deliver it again later.".into(),
+            ));
         };
         // Floor: a partial refund never takes back more than its share.
         let share =

@@ -388,6 +388,35 @@ async fn a_refund_takes_the_refunded_credits_back_once() {
     w.assert_invariants("acme").await;
 }
 
+/// Stripe does not keep events in order. A refund that arrives before the event that credits its
+/// payment is refused with 409 (Stripe delivers it again), not acknowledged and lost; once the
+/// credit is in, the same event takes the refunded share back. (Found by the fault-injection
+/// suite, schedule 18 of a long run.)
+#[tokio::test]
+async fn a_refund_before_its_credit_waits_for_it() {
+    let w = World::new("usd-overage").await;
+    let id = unique("early");
+    w.account(&id, "free").await;
+    let b = open_purchase(&w, &id, json!({"amount": 2000})).await;
+    let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
+    let pi = paid["payment_intent"].as_str().expect("pi").to_string();
+    let (s, r) = local_stripe("POST", "/v1/refunds", &[("payment_intent", &pi), ("amount", "500")]).await;
+    assert_eq!(s, 200, "{r}");
+    let (_, charge) = local_stripe("GET", &format!("/v1/charges/{}", r["charge"].as_str().expect("charge")), &[]).await;
+    let refund = stripe_event("charge.refunded", charge);
+    let (s, r) = w.deliver(&refund).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("payment_not_credited_yet")), "{r}");
+    assert!(w.ledger(&id).await.is_empty(), "nothing taken or recorded");
+    w.deliver(&stripe_event("checkout.session.completed", paid)).await;
+    let (s, r) = w.deliver(&refund).await;
+    assert_eq!(s, 200, "{r}");
+    let v = w.view(&id).await;
+    assert_eq!((v["balance"].as_i64(), v["lifetime_added"].as_i64()), (Some(15 * C), Some(20 * C)));
+    let report = w.credits.reconcile_account(&stripe_payments(), &id).await.expect("reconcile");
+    assert_eq!(report.differences, vec![]);
+    w.assert_invariants(&id).await;
+}
+
 #[tokio::test]
 async fn a_refund_of_used_credits_takes_what_is_left() {
     let w = World::new("org-runs").await;

@@ -778,14 +778,18 @@ impl Schedule {
                 let _ = auto_recharge::handle(&self.instances[0], &self.stripe, &event).await;
             }
             self.collect_events().await;
+            // Stripe retries what was not answered 2xx; an event early for its turn (a refund
+            // before its payment's credit) goes through on a later round.
             let queued = std::mem::take(&mut self.webhooks);
             for event in &queued {
                 let s = self.webhook(0, event).await;
-                if s >= 300 {
-                    self.fail(format!("a webhook still fails with nothing injected: {s} for {}", event["type"]));
+                match s {
+                    200..=299 => {}
+                    409 => self.webhooks.push(event.clone()),
+                    _ => self.fail(format!("a webhook still fails with nothing injected: {s} for {}", event["type"])),
                 }
             }
-            if queued.is_empty() && self.lows.is_empty() {
+            if queued.is_empty() && self.webhooks.is_empty() && self.lows.is_empty() {
                 let outbox = self.w.credits.store.pending_outbox(10).await.expect("outbox");
                 if outbox.is_empty() {
                     return;

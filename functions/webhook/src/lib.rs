@@ -98,6 +98,12 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
             tracing::warn!(event_id = %event.id, event_type = %event.type_, code = e.code(), "webhook event not applied");
             json_response(200, &json!({"received": true, "result": "ignored", "reason": e.code()}))
         }
+        // Needs another event handled first (a refund before its payment's credit): Stripe
+        // delivers it again later.
+        Err(e @ ApiError::OutOfOrder(..)) => {
+            tracing::warn!(event_id = %event.id, event_type = %event.type_, code = e.code(), "webhook event early; Stripe will retry");
+            json_response(409, &e.body())
+        }
         Err(e) => {
             tracing::error!(event_id = %event.id, event_type = %event.type_, code = e.code(), "webhook failed; Stripe will retry");
             json_response(500, &json!({"error": {"code": e.code(), "message": e.to_string()}}))
