@@ -940,7 +940,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// `charge.refunded` for a payment this account was credited for: takes back the refunded
     /// share of its credits with a `refund` ledger entry. `amount_refunded` is Stripe's running
     /// total for the charge, so any number of deliveries, in any order, take back the refunded
-    /// share once. Credits already used are not taken below zero (the entry says so). Returns
+    /// share once. Credits already used, or reserved by open holds, are not taken (the entry
+    /// says so). Returns
     /// the entry, or `None` when there is nothing (more) to take back; a payment not credited yet
     /// is 409 `payment_not_credited_yet`, so that Stripe delivers the refund again later.
     pub async fn refund_payment(
@@ -981,12 +982,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(ApiError::rule(NOTHING_TO_DO, String::new()));
                 }
                 let mut next = a.next(now);
-                let taken = owed.min(next.balance.0.max(0));
+                // Never below zero, nor below what open holds reserve (as a negative adjustment):
+                // a reserved credit is promised to a session in progress, like a used one.
+                let taken = owed.min(next.available(now).0.max(0));
                 next.refunded.insert(payment_intent_id.to_string(), share);
                 next.balance = Micros(next.balance.0 - taken);
                 let mut description = format!("Refund: {} taken back", format_credits(p, Micros(taken)));
                 if taken < owed {
-                    description.push_str(&format!(" ({} already used)", format_credits(p, Micros(owed - taken))));
+                    description
+                        .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros(owed - taken))));
                 }
                 let entry = (taken > 0)
                     .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros(-taken), now, description.clone()));

@@ -187,6 +187,7 @@ async fn main() {
     println!("# debit throughput vs the emulator's raw writes: {OPS} operations a phase, {ROUNDS} interleaved rounds, medians");
     println!("# moto serves one request at a time (tests/support/moto_serial.py); every phase on a fresh table");
     println!("{:<44} {:>8} {:>11} {:>11}", "phase", "ops/s", "vs raw upd", "vs raw txn");
+    let mut hot = None;
     for concurrency in [1usize, 16] {
         let phases: Vec<(&str, usize)> = if concurrency == 1 {
             vec![("debit handler, one account per worker", 1)]
@@ -196,6 +197,7 @@ async fn main() {
         let (mut raw, mut txn) = (Vec::new(), Vec::new());
         let mut handler: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
         let mut counts: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); phases.len()];
+        let mut capacity: Vec<Counts> = vec![Counts::default(); phases.len()];
         for _ in 0..ROUNDS {
             let t = seeded_table(&world, concurrency).await;
             raw.push(raw_updates(&world.dynamo, &t, concurrency).await);
@@ -205,8 +207,18 @@ async fn main() {
                 let (cfg, credits, accounts) = handler_setup(&world, &dynamo, &bus, *n).await;
                 counter.take();
                 handler[i].push(handler_debits(&cfg, &credits, &accounts, concurrency, &unique("d")).await);
-                for (k, v) in counter.take() {
+                let all = counter.take_all();
+                for (k, v) in all.requests {
                     *counts[i].entry(k).or_default() += v;
+                }
+                let c = &mut capacity[i];
+                c.reported += all.reported;
+                for (k, v) in all.wcu {
+                    *c.wcu.entry(k).or_default() += v;
+                }
+                for (k, v) in all.largest {
+                    let l = c.largest.entry(k).or_default();
+                    *l = (*l).max(v);
                 }
             }
         }
@@ -246,6 +258,40 @@ async fn main() {
                 reads as f64 / total,
                 counts[i]
             );
+            let c = &capacity[i];
+            let wcu: f64 = c.wcu.values().sum::<f64>() / total;
+            let per_kind: Vec<String> = c
+                .wcu
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2} (largest {} B)", v / total, c.largest.get(k).copied().unwrap_or(0)))
+                .collect();
+            println!(
+                "    write capacity per debit: {wcu:.2} WCU by DynamoDB's sizing rules [{}]; reported by the emulator: {:.2}",
+                per_kind.join(", "),
+                c.reported / total
+            );
+            if concurrency == 16 && label.contains("hot") {
+                hot = Some((rate, wcu, c.wcu.get("ACCOUNT").copied().unwrap_or(0.0) / total));
+            }
         }
+    }
+    if let Some((rate, wcu, account_wcu)) = hot {
+        // DynamoDB: a partition serves at most 1,000 WCU/s; one item never spreads over more
+        // than one partition, and all of an account's items share its partition key.
+        const PARTITION_WCU: f64 = 1000.0;
+        println!();
+        println!("# one hot account's ceiling (DynamoDB's published limit: 1,000 WCU/s per partition)");
+        println!(
+            "capacity bound, all of a debit's items on the account's partition: {:>6.0} debits/s  (1,000 / {wcu:.2} WCU)",
+            PARTITION_WCU / wcu
+        );
+        println!(
+            "capacity bound, the account item alone (after split for heat):     {:>6.0} debits/s  (1,000 / {account_wcu:.2} WCU)",
+            PARTITION_WCU / account_wcu
+        );
+        println!(
+            "serial bound, one conditional transaction at a time per account:  1 / write latency (here {:.1} ms: {rate:.0} debits/s)",
+            1000.0 / rate
+        );
     }
 }

@@ -589,10 +589,46 @@ pub fn unique_phone() -> String {
 /// Micro-credits in one credit.
 pub const C: i64 = topup::money::MICROS_PER_CREDIT;
 
-/// Counts DynamoDB HTTP requests by operation (`x-amz-target`), retries included: an SDK
-/// interceptor for the benchmarks' requests-per-operation figures.
+/// Counts DynamoDB HTTP requests by operation (`x-amz-target`), retries included, and the
+/// write capacity they cost by DynamoDB's published item-size rules: an SDK interceptor for the
+/// benchmarks' per-operation figures. It also sums any `ConsumedCapacity` the server reports
+/// (the store asks for it on every commit; moto answers an empty list for TransactWriteItems).
 #[derive(Debug, Default, Clone)]
-pub struct RequestCounter(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+pub struct RequestCounter(std::sync::Arc<std::sync::Mutex<Counts>>);
+
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub requests: std::collections::BTreeMap<String, u64>,
+    /// Write capacity units by DynamoDB's rules, per kind of item (the sort key's prefix).
+    pub wcu: std::collections::BTreeMap<String, f64>,
+    /// Largest item seen per kind, in bytes by DynamoDB's rules.
+    pub largest: std::collections::BTreeMap<String, usize>,
+    /// `ConsumedCapacity.CapacityUnits` the server reported, summed.
+    pub reported: f64,
+}
+
+/// An item's size by DynamoDB's published rules ("Item sizes and formats"): attribute names
+/// plus values; strings by UTF-8 length, numbers 1 byte per two significant digits plus 1,
+/// booleans and nulls 1, lists and maps 3 plus 1 per element.
+pub fn item_size(item: &serde_json::Map<String, Value>) -> usize {
+    fn value(v: &Value) -> usize {
+        let Some((t, x)) = v.as_object().and_then(|o| o.iter().next()) else { return 0 };
+        match t.as_str() {
+            "S" => x.as_str().map_or(0, str::len),
+            "N" => {
+                let digits: String = x.as_str().unwrap_or("0").chars().filter(char::is_ascii_digit).collect();
+                let significant = digits.trim_start_matches('0').trim_end_matches('0').len().max(1);
+                significant.div_ceil(2) + 1
+            }
+            "B" => x.as_str().map_or(0, |b| b.len() * 3 / 4),
+            "BOOL" | "NULL" => 1,
+            "L" => 3 + x.as_array().map_or(0, |l| l.iter().map(|e| value(e) + 1).sum()),
+            "M" => 3 + x.as_object().map_or(0, |m| m.iter().map(|(k, e)| k.len() + value(e) + 1).sum()),
+            _ => 0,
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + value(v)).sum()
+}
 
 impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter {
     fn name(&self) -> &'static str {
@@ -606,8 +642,49 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter 
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         let op =
             ctx.request().headers().get("x-amz-target").unwrap_or("?").rsplit('.').next().unwrap_or("?").to_string();
+        let body: Value = ctx.request().body().bytes().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let mut puts: Vec<(&serde_json::Map<String, Value>, f64)> = Vec::new();
+        match op.as_str() {
+            // Transactional writes cost 2 WCU per KB of each item; standard writes 1.
+            "TransactWriteItems" => {
+                for t in body["TransactItems"].as_array().into_iter().flatten() {
+                    if let Some(item) = t["Put"]["Item"].as_object() {
+                        puts.push((item, 2.0));
+                    }
+                }
+            }
+            "PutItem" => puts.extend(body["Item"].as_object().map(|i| (i, 1.0))),
+            _ => {}
+        }
         if let Ok(mut m) = self.0.lock() {
-            *m.entry(op).or_default() += 1;
+            *m.requests.entry(op).or_default() += 1;
+            for (item, per_kb) in puts {
+                let size = item_size(item);
+                let sk = item.get("sk").and_then(|v| v["S"].as_str()).unwrap_or("?");
+                let kind = sk.split('#').next().unwrap_or("?").to_string();
+                *m.wcu.entry(kind.clone()).or_default() += per_kb * size.div_ceil(1024) as f64;
+                let largest = m.largest.entry(kind).or_default();
+                *largest = (*largest).max(size);
+            }
+        }
+        Ok(())
+    }
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let body: Value =
+            ctx.response().body().bytes().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let units = |c: &Value| c["CapacityUnits"].as_f64().unwrap_or(0.0);
+        let reported = match &body["ConsumedCapacity"] {
+            Value::Array(list) => list.iter().map(units).sum(),
+            c @ Value::Object(_) => units(c),
+            _ => 0.0,
+        };
+        if let Ok(mut m) = self.0.lock() {
+            m.reported += reported;
         }
         Ok(())
     }
@@ -621,8 +698,13 @@ impl RequestCounter {
         )
     }
 
-    /// The counts so far, which start again from zero.
+    /// The request counts so far, which start again from zero (capacity figures too).
     pub fn take(&self) -> std::collections::BTreeMap<String, u64> {
+        self.take_all().requests
+    }
+
+    /// Everything counted so far, which starts again from zero.
+    pub fn take_all(&self) -> Counts {
         self.0.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
     }
 }

@@ -417,6 +417,56 @@ async fn a_refund_before_its_credit_waits_for_it() {
     w.assert_invariants(&id).await;
 }
 
+/// A refund never takes credits an open hold reserves: the session in progress settles against
+/// them and the balance stays at or above zero (SPEC §6, §10.4). (Found by the fault-injection
+/// suite, schedules 83 and 145 of a long run.)
+#[tokio::test]
+async fn a_refund_leaves_what_open_holds_reserve() {
+    let w = World::new("usd-overage").await;
+    let id = unique("held");
+    w.account(&id, "free").await;
+    let b = open_purchase(&w, &id, json!({"amount": 2000})).await;
+    let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
+    w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
+    let included = w.view(&id).await["allowances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["consumable"] == "voice_minutes").and_then(|x| x["included"].as_i64()))
+        .expect("voice_minutes allowance");
+    let (s, hold) = w
+        .debit(post(
+            &format!("/v1/accounts/{id}/usage/holds"),
+            &service(),
+            json!({"consumable": "voice_minutes", "quantity": included + 30, "idempotency_key": unique("h")}),
+        ))
+        .await;
+    assert_eq!(s, 201, "{hold}");
+    let held = w.credits.account(&id).await.expect("account").held(topup::clock::now_ms()).0;
+    assert!(held > 0 && held < 20 * C, "the hold reserves some credits: {held}");
+    // The whole purchase refunded while the session runs.
+    let pi = paid["payment_intent"].as_str().expect("pi");
+    let (s, r) = local_stripe("POST", "/v1/refunds", &[("payment_intent", pi)]).await;
+    assert_eq!(s, 200, "{r}");
+    let (_, charge) = local_stripe("GET", &format!("/v1/charges/{}", r["charge"].as_str().expect("charge")), &[]).await;
+    let (s, r) = w.deliver(&stripe_event("charge.refunded", charge)).await;
+    assert_eq!(s, 200, "{r}");
+    let entry = &w.view(&id).await["recent_transactions"][0];
+    assert_eq!(entry["amount"], -(20 * C - held), "{entry}");
+    assert!(entry["description"].as_str().is_some_and(|d| d.contains("already used or reserved")), "{entry}");
+    assert_eq!(w.view(&id).await["balance"], held);
+    // The session ends using all it reserved: the balance reaches zero, not below.
+    let hold_id = hold["hold_id"].as_str().expect("hold id");
+    let (s, r) = w
+        .debit(post(
+            &format!("/v1/accounts/{id}/usage/holds/{hold_id}/settle"),
+            &service(),
+            json!({"quantity": included + 30}),
+        ))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(w.view(&id).await["balance"], 0);
+    w.assert_invariants(&id).await;
+}
+
 #[tokio::test]
 async fn a_refund_of_used_credits_takes_what_is_left() {
     let w = World::new("org-runs").await;
