@@ -13,7 +13,8 @@
 //!   instances, out of order, much later, or (for bus events) never.
 //!
 //! `TOPUP_FAULT_SCHEDULES` (default 200) schedules of `TOPUP_FAULT_STEPS` (default 14) steps,
-//! seeds `TOPUP_FAULT_BASE` (default 20261122) onwards; `TOPUP_FAULT_SEED=N` replays one.
+//! seeds `TOPUP_FAULT_BASE` (default 20261122) onwards, `TOPUP_FAULT_PARALLEL` (default 4) at
+//! a time; `TOPUP_FAULT_SEED=N` replays one (with the same `TOPUP_FAULT_STEPS`).
 //! A failure prints the seed, the steps so far and the command that replays it.
 //! `./scripts/faults` runs this suite alone with its own emulators.
 
@@ -296,6 +297,8 @@ struct Schedule {
     answers: BTreeMap<String, Value>,
     usage_keys: Vec<(String, i64)>,
     steps: Vec<String>,
+    /// How many steps this schedule runs (part of what replays it).
+    length: u64,
     stats: Stats,
 }
 
@@ -396,6 +399,7 @@ impl Schedule {
             answers: BTreeMap::new(),
             usage_keys: Vec::new(),
             steps: Vec::new(),
+            length: 0,
             stats: Stats::default(),
             w,
         }
@@ -404,9 +408,10 @@ impl Schedule {
     fn fail(&self, why: String) -> ! {
         panic!(
             "fault schedule {seed} broke an invariant: {why}\n  steps: {steps}\n  replay: \
-             TOPUP_FAULT_SEED={seed} ./scripts/faults",
+             TOPUP_FAULT_SEED={seed} TOPUP_FAULT_STEPS={n} ./scripts/faults",
             seed = self.seed,
-            steps = self.steps.join(" → ")
+            steps = self.steps.join(" → "),
+            n = self.length
         )
     }
 
@@ -415,6 +420,7 @@ impl Schedule {
     }
 
     async fn run(mut self, steps: u64) -> Stats {
+        self.length = steps;
         for _ in 0..steps {
             let fault = if self.rng.chance(70) {
                 let dep = [Dep::Store, Dep::Store, Dep::Stripe, Dep::Bus][self.rng.below(4)];
@@ -881,7 +887,9 @@ async fn random_schedules_with_failures_keep_every_invariant() {
             Some(Ok(s)) => stats.add(&s),
             Some(Err(e)) => {
                 let seed = seed_of.get(&e.id()).copied().unwrap_or_default();
-                failures.push(format!("seed {seed} (replay: TOPUP_FAULT_SEED={seed} ./scripts/faults): {e}"));
+                failures.push(format!(
+                    "seed {seed} (replay: TOPUP_FAULT_SEED={seed} TOPUP_FAULT_STEPS={steps} ./scripts/faults): {e}"
+                ));
             }
             None => break,
         }
