@@ -941,9 +941,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// share of its credits with a `refund` ledger entry. `amount_refunded` is Stripe's running
     /// total for the charge, so any number of deliveries, in any order, take back the refunded
     /// share once. Credits already used, or reserved by open holds, are not taken (the entry
-    /// says so). Returns
-    /// the entry, or `None` when there is nothing (more) to take back; a payment not credited yet
-    /// is 409 `payment_not_credited_yet`, so that Stripe delivers the refund again later.
+    /// says so). Returns the entry, or `None` when there is nothing (more) to take back; a
+    /// payment not credited yet is 409 `payment_not_credited_yet`, so that Stripe delivers the
+    /// refund again later.
     pub async fn refund_payment(
         &self,
         id: &str,

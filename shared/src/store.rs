@@ -140,8 +140,9 @@ pub trait Store: Send + Sync {
     fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send;
     /// Every permanent `payment:<id>` claim of an account: the payments it was credited for.
     fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send;
-    /// Account ids in key order, up to `limit` after `after`; the second value is where the
-    /// next page starts (`None` at the end). For reconciliation, which visits every account.
+    /// Account ids in the store's own order, about `limit` after the cursor `after`; the second
+    /// value is the next page's cursor (`None` at the end). For reconciliation, which visits
+    /// every account once.
     fn account_ids(
         &self,
         limit: usize,
