@@ -116,6 +116,14 @@ def aws_env(endpoint: str) -> dict:
     return env
 
 
+def test_env(moto: str, stripe: str) -> dict:
+    """The environment the integration tests and benches read the emulators' addresses from."""
+    env = aws_env(moto)
+    env["TOPUP_TEST_AWS_ENDPOINT"] = moto
+    env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
+    return env
+
+
 def start_emulators(stack: Stack, moto_port: int, stripe_port: int) -> tuple[str, str]:
     python = str(VENV_BIN / "python")
     stack.spawn("moto", [python, str(ROOT / "tests/support/moto_serial.py"), str(moto_port)])
@@ -568,9 +576,7 @@ def test(args) -> int:
     checks = Checks()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
-        env = aws_env(moto)
-        env["TOPUP_TEST_AWS_ENDPOINT"] = moto
-        env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
+        env = test_env(moto, stripe)
         log("cargo test --workspace (unit, handler and integration tests against the emulators)")
         if subprocess.run(["cargo", "test", "--workspace", "--locked"], cwd=ROOT, env=env).returncode != 0:
             rc = 1
@@ -607,9 +613,7 @@ def faults(args) -> int:
     stack = Stack()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
-        env = aws_env(moto)
-        env["TOPUP_TEST_AWS_ENDPOINT"] = moto
-        env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
+        env = test_env(moto, stripe)
         return subprocess.run(["cargo", "test", "-p", "topup-tests", "--test", "faults", "--", "--nocapture"],
                               cwd=ROOT, env=env).returncode
     finally:
@@ -635,9 +639,7 @@ def bench(args) -> int:
     stack = Stack()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
-        env = aws_env(moto)
-        env["TOPUP_TEST_AWS_ENDPOINT"] = moto
-        env["TOPUP_TEST_STRIPE_API_BASE"] = stripe
+        env = test_env(moto, stripe)
         subprocess.run([str(ROOT / "target/release/examples/bench_debits")], cwd=ROOT, env=env, check=True)
         print()
         subprocess.run([str(ROOT / "target/release/examples/bench_recharge")], cwd=ROOT, env=env, check=True)

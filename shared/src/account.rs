@@ -72,6 +72,12 @@ pub struct AutoRecharge {
     /// What auto-recharges charged in `used_month`, in cents (claims included).
     #[serde(default)]
     pub spent_this_month_cents: i64,
+    /// A recharge was claimed in the current low-balance episode: no other until the balance is
+    /// no longer low (SPEC §10.5), even if the recharge left it low (a threshold at or above the
+    /// amount). Cleared by any change that leaves the balance above the threshold, and by a
+    /// failed charge (which adds nothing).
+    #[serde(default)]
+    pub episode_charged: bool,
 }
 
 /// A claimed recharge: what will be charged, under which id (the Stripe idempotency key is
@@ -187,6 +193,7 @@ impl Account {
                 paused_notice_month: None,
                 monthly_spend_max_cents: None,
                 spent_this_month_cents: 0,
+                episode_charged: false,
             },
             payment_method: None,
             stripe_customer_id: None,

@@ -194,6 +194,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             };
             let mut planned = planned;
             planned.next.index_for_sweep();
+            // A low-balance episode ends when the balance is no longer low.
+            let ar = &mut planned.next.auto_recharge;
+            if ar.episode_charged && !self.profile.low_balance.trigger.is_low(planned.next.balance, ar.threshold) {
+                ar.episode_charged = false;
+            }
             debug_assert_eq!(planned.next.version, current.version + 1);
             let mut outbox = planned.events;
             outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
@@ -1047,6 +1052,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 if !p.low_balance.trigger.is_low(next.balance, ar.threshold) {
                     return not("not_low");
                 }
+                if ar.episode_charged {
+                    return not("recharged_this_episode");
+                }
                 let credits = ar.amount;
                 let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
                 let over_money =
@@ -1087,6 +1095,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 next.auto_recharge.used_this_month += 1;
                 next.auto_recharge.spent_this_month_cents += charge_cents;
                 next.auto_recharge.in_flight = Some(claim.clone());
+                next.auto_recharge.episode_charged = true;
                 let response = serde_json::to_value(&claim).unwrap_or(Value::Null);
                 Ok(Planned::quiet(next, "recharge_claim", response))
             })
@@ -1139,6 +1148,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let ar = &mut next.auto_recharge;
                 ar.in_flight = None;
                 ar.suspended = true;
+                ar.episode_charged = false;
                 ar.used_this_month = ar.used_this_month.saturating_sub(1);
                 if let Some(claim) = &a.auto_recharge.in_flight {
                     ar.spent_this_month_cents = (ar.spent_this_month_cents - claim.charge_cents).max(0);
@@ -1376,7 +1386,8 @@ const RECHARGE_NOT_DUE: &str = "recharge_not_due";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RechargeDecision {
     Claimed(RechargeClaim),
-    /// `disabled`, `plan`, `no_payment_method`, `suspended`, `in_flight`, `not_low`, `monthly_cap`.
+    /// `disabled`, `plan`, `no_payment_method`, `suspended`, `in_flight`, `not_low`,
+    /// `recharged_this_episode`, `monthly_cap`.
     NotDue(String),
 }
 

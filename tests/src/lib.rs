@@ -566,6 +566,21 @@ pub async fn pay(id: &str, form: &[(&str, &str)]) -> Value {
     b
 }
 
+/// Refunds `cents` of a PaymentIntent in the local Stripe (all of what is left with `None`);
+/// the charge afterwards, with Stripe's running `amount_refunded` (what `charge.refunded`
+/// carries).
+pub async fn refund_at_stripe(pi: &str, cents: Option<i64>) -> Value {
+    let amount = cents.map(|c| c.to_string());
+    let mut form = vec![("payment_intent", pi)];
+    if let Some(a) = &amount {
+        form.push(("amount", a));
+    }
+    let (s, r) = local_stripe("POST", "/v1/refunds", &form).await;
+    assert_eq!(s, 200, "{r}");
+    let (_, charge) = local_stripe("GET", &format!("/v1/charges/{}", r["charge"].as_str().expect("charge")), &[]).await;
+    charge
+}
+
 /// A purchase opened through the function; its body.
 pub async fn open_purchase(w: &World, account: &str, body: Value) -> Value {
     let (s, b) = w.buy(buy_request(account, body, Some(&unique("buy")))).await;

@@ -446,3 +446,46 @@ async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_cr
     assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
     w.assert_invariants("acme").await;
 }
+
+/// One low-balance episode, one recharge (SPEC §10.5), even when the recharge leaves the
+/// balance low: on org-runs ("at or below") a recharge of 5 credits with a 5-credit threshold
+/// from zero ends at the threshold, still low. Neither the sweep nor another `BalanceLow` charges
+/// again until the balance has risen above the threshold and fallen back.
+#[tokio::test]
+async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode() {
+    let w = World::new("org-runs").await;
+    let id = unique("episode");
+    w.account(&id, "free").await;
+    let payments = w.save_stripe_card(&id, "4242424242424242").await;
+    let (s, b) = w
+        .api(put(
+            &format!("/v1/accounts/{id}/credits/auto-recharge"),
+            &service(),
+            json!({"enabled": true, "threshold": 5 * C, "amount": 5 * C}),
+        ))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": id}});
+    let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
+    assert_eq!(r["result"], "credited", "{r}");
+    assert_eq!(w.view(&id).await["balance"], 5 * C, "at the threshold: still low");
+    for event in [low.clone(), schedule(), low.clone()] {
+        let r = auto_recharge::handle(&w.credits, &payments, &event).await.expect("handled");
+        assert!(r.get("recharges").is_none_or(|x| x.as_array().is_some_and(Vec::is_empty)), "{r}");
+        assert!(r["result"] != "credited", "{r}");
+    }
+    let a = w.credits.account(&id).await.expect("account");
+    assert_eq!((a.balance.0, a.auto_recharge.used_this_month), (5 * C, 1), "one recharge in the episode");
+    // Above the threshold, then back down: a new episode, a new recharge.
+    w.grant(&id, C).await;
+    let included = w.view(&id).await["allowances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["consumable"] == "runs").and_then(|x| x["included"].as_i64()))
+        .expect("runs allowance");
+    let (s, b) = w.usage(&id, "runs", included + 200).await;
+    assert_eq!((s, b["balance"].as_i64()), (200, Some(4 * C)), "{b}");
+    let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
+    assert_eq!(r["result"], "credited", "{r}");
+    assert_eq!(w.view(&id).await["balance"], 9 * C);
+    w.assert_invariants(&id).await;
+}

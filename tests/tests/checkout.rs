@@ -400,10 +400,7 @@ async fn a_refund_before_its_credit_waits_for_it() {
     let b = open_purchase(&w, &id, json!({"amount": 2000})).await;
     let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
     let pi = paid["payment_intent"].as_str().expect("pi").to_string();
-    let (s, r) = local_stripe("POST", "/v1/refunds", &[("payment_intent", &pi), ("amount", "500")]).await;
-    assert_eq!(s, 200, "{r}");
-    let (_, charge) = local_stripe("GET", &format!("/v1/charges/{}", r["charge"].as_str().expect("charge")), &[]).await;
-    let refund = stripe_event("charge.refunded", charge);
+    let refund = stripe_event("charge.refunded", refund_at_stripe(&pi, Some(500)).await);
     let (s, r) = w.deliver(&refund).await;
     assert_eq!((s, r["error"]["code"].as_str()), (409, Some("payment_not_credited_yet")), "{r}");
     assert!(w.ledger(&id).await.is_empty(), "nothing taken or recorded");
@@ -444,10 +441,7 @@ async fn a_refund_leaves_what_open_holds_reserve() {
     assert!(held > 0 && held < 20 * C, "the hold reserves some credits: {held}");
     // The whole purchase refunded while the session runs.
     let pi = paid["payment_intent"].as_str().expect("pi");
-    let (s, r) = local_stripe("POST", "/v1/refunds", &[("payment_intent", pi)]).await;
-    assert_eq!(s, 200, "{r}");
-    let (_, charge) = local_stripe("GET", &format!("/v1/charges/{}", r["charge"].as_str().expect("charge")), &[]).await;
-    let (s, r) = w.deliver(&stripe_event("charge.refunded", charge)).await;
+    let (s, r) = w.deliver(&stripe_event("charge.refunded", refund_at_stripe(pi, None).await)).await;
     assert_eq!(s, 200, "{r}");
     let entry = &w.view(&id).await["recent_transactions"][0];
     assert_eq!(entry["amount"], -(20 * C - held), "{entry}");

@@ -19,13 +19,6 @@ async fn paid_purchase(w: &World, id: &str, cents: i64) -> serde_json::Value {
     pay(b["checkout_session_id"].as_str().expect("session"), &[]).await
 }
 
-async fn refund(pi: &str, cents: i64) -> serde_json::Value {
-    let (s, r) = local_stripe("POST", "/v1/refunds", &[("payment_intent", pi), ("amount", &cents.to_string())]).await;
-    assert_eq!(s, 200, "{r}");
-    let (_, charge) = local_stripe("GET", &format!("/v1/charges/{}", r["charge"].as_str().expect("charge")), &[]).await;
-    charge
-}
-
 #[tokio::test]
 async fn books_that_agree_reconcile_clean() {
     let w = World::new("usd-overage").await;
@@ -42,7 +35,7 @@ async fn books_that_agree_reconcile_clean() {
     assert_eq!(s, 200, "{b}");
     assert!(b["from_credits"].as_i64() > Some(0), "{b}");
     let pi = paid["payment_intent"].as_str().expect("pi");
-    w.deliver(&stripe_event("charge.refunded", refund(pi, 1000).await)).await;
+    w.deliver(&stripe_event("charge.refunded", refund_at_stripe(pi, Some(1000)).await)).await;
     // An auto-recharge on the same customer.
     let payments = w.save_stripe_card(&id, "4242424242424242").await;
     let (s, b) = w
@@ -77,7 +70,7 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     // Paid and credited, then refunded at Stripe with the event still on its way.
     let credited = paid_purchase(&w, &id, 3000).await;
     w.deliver(&stripe_event("checkout.session.completed", credited.clone())).await;
-    let refunded = refund(credited["payment_intent"].as_str().expect("pi"), 3000).await;
+    let refunded = refund_at_stripe(credited["payment_intent"].as_str().expect("pi"), Some(3000)).await;
 
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
     assert_eq!(codes(&report.differences), BTreeSet::from(["payment_not_credited", "refund_not_applied"]));

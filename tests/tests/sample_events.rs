@@ -1,5 +1,5 @@
-//! The sample events in `events/` (API Gateway HTTP API payloads with JWT authorizer claims)
-//! run through the handlers in the order of `events/expected.json`, each with its status.
+//! The sample events in `events/` (API Gateway HTTP API payloads with JWT authorizer claims,
+//! and EventBridge events for `notify` and `reconcile`) run through the handlers in the order of `events/expected.json`, each with its status.
 //! The same files drive `cargo lambda invoke` in `./scripts/test`.
 
 use topup_tests::*;
@@ -29,6 +29,16 @@ async fn every_sample_event_answers_its_expected_status() {
             let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
             let report = notify::handle(&notifier, &event).await.unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!((expected, report["kind"].as_str()), (200, Some("credit_balance_low")), "{file}: {report}");
+            continue;
+        }
+        if file.starts_with("reconcile-") {
+            // The daily run over the table: 200 stands for "the books agree".
+            let event: serde_json::Value = serde_json::from_str(&text).expect("event json");
+            let report = reconcile::reconcile(&w.credits, &stripe_payments(), &event)
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            let problems = reconcile::log_report(&report, reconcile::GRACE_S);
+            assert_eq!((expected, problems), (200, 0), "{file}: {:?}", report.differences);
             continue;
         }
         let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
