@@ -194,6 +194,15 @@ impl World {
         b
     }
 
+    /// The units of `consumable` the account's plan includes each month (from the view).
+    pub async fn included(&self, id: &str, consumable: &str) -> i64 {
+        let v = self.view(id).await;
+        v["allowances"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["consumable"] == consumable).and_then(|x| x["included"].as_i64()))
+            .unwrap_or_else(|| panic!("no {consumable} allowance: {v}"))
+    }
+
     /// Changes the stored account directly, as a flow this test does not drive would: one
     /// compare-and-swap from the current state (`Account::next`), edited by `edit`.
     pub async fn edit_account(&self, id: &str, edit: impl FnOnce(&mut topup::account::Account)) {

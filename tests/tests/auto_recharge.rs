@@ -478,10 +478,7 @@ async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode()
     assert_eq!((a.balance.0, a.auto_recharge.used_this_month), (5 * C, 1), "one recharge in the episode");
     // Above the threshold, then back down: a new episode, a new recharge.
     w.grant(&id, C).await;
-    let included = w.view(&id).await["allowances"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["consumable"] == "runs").and_then(|x| x["included"].as_i64()))
-        .expect("runs allowance");
+    let included = w.included(&id, "runs").await;
     let (s, b) = w.usage(&id, "runs", included + 200).await;
     assert_eq!((s, b["balance"].as_i64()), (200, Some(4 * C)), "{b}");
     let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");

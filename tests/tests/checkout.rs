@@ -425,10 +425,7 @@ async fn a_refund_leaves_what_open_holds_reserve() {
     let b = open_purchase(&w, &id, json!({"amount": 2000})).await;
     let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
     w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
-    let included = w.view(&id).await["allowances"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["consumable"] == "voice_minutes").and_then(|x| x["included"].as_i64()))
-        .expect("voice_minutes allowance");
+    let included = w.included(&id, "voice_minutes").await;
     let (s, hold) = w
         .debit(post(
             &format!("/v1/accounts/{id}/usage/holds"),
@@ -469,10 +466,7 @@ async fn a_refund_of_used_credits_takes_what_is_left() {
     let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
     w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
     // Spend 6 of the 10 credits (600 runs at 0.01 beyond the free allowance).
-    let allowance = w.view("org").await["allowances"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["consumable"] == "runs").and_then(|x| x["included"].as_i64()))
-        .expect("runs allowance");
+    let allowance = w.included("org", "runs").await;
     let (s, r) = w.usage("org", "runs", allowance + 600).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(w.view("org").await["balance"], 4 * C);

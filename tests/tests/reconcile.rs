@@ -27,10 +27,7 @@ async fn books_that_agree_reconcile_clean() {
     let paid = paid_purchase(&w, &id, 4000).await;
     w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
     // Beyond the month's allowance, so credits are consumed.
-    let included = w.view(&id).await["allowances"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["consumable"] == "api_calls").and_then(|x| x["included"].as_i64()))
-        .expect("api_calls allowance");
+    let included = w.included(&id, "api_calls").await;
     let (s, b) = w.usage(&id, "api_calls", included + 5_000).await;
     assert_eq!(s, 200, "{b}");
     assert!(b["from_credits"].as_i64() > Some(0), "{b}");
