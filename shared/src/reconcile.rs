@@ -235,16 +235,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
         for e in ledger.iter().filter(|e| matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge)) {
             if !claimed_entries.contains(e.id.as_str()) {
-                let mut d = diff(
+                out.push(diff(
                     "entry_without_claim",
                     Severity::Wrong,
                     None,
                     Some(e.amount.0),
                     None,
-                    format!("Ledger entry {} adds credits for a payment, but no payment is recorded for it.", e.id),
-                );
-                d.detail.push_str(&format!(" ({:?})", e.kind));
-                out.push(d);
+                    format!("Ledger entry {} ({:?}) adds credits, but no payment is recorded for it.", e.id, e.kind),
+                ));
             }
         }
 
