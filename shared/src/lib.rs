@@ -35,6 +35,13 @@ pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
     service::Credits::new(config.profile.clone(), store, bus)
 }
 
+/// The live Stripe client: `TOPUP_STRIPE_SECRET_KEY`, and `TOPUP_STRIPE_API_BASE` when set.
+pub fn live_payments(config: &Config) -> Result<payments::StripePayments, config::ConfigError> {
+    let key = config.stripe_secret_key.as_ref().ok_or(config::ConfigError::Missing("TOPUP_STRIPE_SECRET_KEY"))?;
+    payments::StripePayments::new(key, config.stripe_api_base.as_deref())
+        .map_err(|e| config::ConfigError::Invalid("TOPUP_STRIPE_API_BASE", e.0))
+}
+
 /// The live notifier: DynamoDB for delivery claims, SES v2 and SNS to send. Needs
 /// `TOPUP_EMAIL_FROM` and `TOPUP_BILLING_URL`.
 pub fn live_notifier(

@@ -2,14 +2,12 @@
 #![recursion_limit = "256"]
 use lambda_runtime::{run, service_fn, tracing, Error, LambdaEvent};
 use serde_json::Value;
-use topup::payments::StripePayments;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
     let config = topup::Config::from_env()?;
-    let key = config.stripe_secret_key.clone().ok_or("TOPUP_STRIPE_SECRET_KEY is required")?;
-    let payments = StripePayments::new(&key, config.stripe_api_base.as_deref())?;
+    let payments = topup::live_payments(&config)?;
     let aws = aws_config::load_from_env().await;
     let credits = topup::live(&config, &aws);
     let (credits, payments) = (&credits, &payments);

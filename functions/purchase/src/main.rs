@@ -1,15 +1,13 @@
 // The future of `run` with the Stripe and AWS clients nests deeply.
 #![recursion_limit = "256"]
 use lambda_http::{run, service_fn, tracing, Error, Request};
-use topup::payments::StripePayments;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
     let config = topup::Config::from_env()?;
-    let key = config.stripe_secret_key.clone().ok_or("TOPUP_STRIPE_SECRET_KEY is required")?;
     let ui = config.checkout_ui.clone().ok_or("TOPUP_BILLING_URL or TOPUP_CHECKOUT_RETURN_URL is required")?;
-    let payments = StripePayments::new(&key, config.stripe_api_base.as_deref())?;
+    let payments = topup::live_payments(&config)?;
     let aws = aws_config::load_from_env().await;
     let credits = topup::live(&config, &aws);
     let checkout = purchase::Checkout { payments: &payments, ui: &ui };

@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use topup::payments::StripePayments;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -26,8 +25,7 @@ async fn run() -> Result<usize, Box<dyn std::error::Error>> {
         Err(_) => reconcile::GRACE_S,
     };
     let config = topup::Config::from_env()?;
-    let key = config.stripe_secret_key.clone().ok_or("TOPUP_STRIPE_SECRET_KEY is required")?;
-    let payments = StripePayments::new(&key, config.stripe_api_base.as_deref())?;
+    let payments = topup::live_payments(&config)?;
     let aws = aws_config::load_from_env().await;
     let credits = topup::live(&config, &aws);
     let ids: Vec<String> = std::env::args().skip(1).collect();
