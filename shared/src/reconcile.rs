@@ -87,6 +87,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// Nothing reconciled yet.
+    pub fn empty() -> Report {
+        Report { accounts: 0, credited_payments: 0, stripe_payments: 0, differences: Vec::new() }
+    }
+
+    /// Counts one account's report in.
+    pub fn add(&mut self, r: AccountReport) {
+        self.accounts += 1;
+        self.credited_payments += r.credited_payments;
+        self.stripe_payments += r.stripe_payments;
+        self.differences.extend(r.differences);
+    }
+
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or_else(|e| json!({"error": e.to_string()}))
     }
@@ -120,16 +133,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// Reconciles every account (a scan of the table: for the daily job, not a request path).
     pub async fn reconcile_all<H: PaymentHistory>(&self, history: &H) -> Result<Report, ApiError> {
-        let mut report = Report { accounts: 0, credited_payments: 0, stripe_payments: 0, differences: Vec::new() };
+        let mut report = Report::empty();
         let mut after = None;
         loop {
             let (ids, next) = self.store.account_ids(PAGE, after).await.map_err(|_| ApiError::Upstream)?;
             for id in &ids {
-                let r = self.reconcile_account(history, id).await?;
-                report.accounts += 1;
-                report.credited_payments += r.credited_payments;
-                report.stripe_payments += r.stripe_payments;
-                report.differences.extend(r.differences);
+                report.add(self.reconcile_account(history, id).await?);
             }
             match next {
                 Some(n) => after = Some(n),
@@ -179,11 +188,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .filter(|p| p.metadata.get("topup_account_id").map(String::as_str) == Some(id))
             .map(|p| (p.id.as_str(), p))
             .collect();
+        let claimed: HashSet<&str> = claims.iter().map(payment_of).collect();
         let mut claimed_entries = HashSet::new();
         let mut credited: HashMap<&str, i64> = HashMap::new();
 
         for claim in claims {
-            let payment = claim.scope_key.strip_prefix("payment:").unwrap_or(&claim.scope_key);
+            let payment = payment_of(claim);
             let entry = claim.response["id"].as_str().and_then(|e| entries.get(e).copied());
             let Some(entry) = entry.filter(|e| Some(e.amount.0) == claim.response["amount"].as_i64()) else {
                 out.push(diff(
@@ -248,7 +258,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
         for p in ours_at_stripe.values().filter(|p| p.status == "succeeded") {
             let Some(&credits) = credited.get(p.id.as_str()) else {
-                if !claims.iter().any(|c| c.scope_key == format!("payment:{}", p.id)) {
+                // A claim without its entry is reported above as `claim_without_entry`.
+                if !claimed.contains(p.id.as_str()) {
                     let mut d = diff(
                         "payment_not_credited",
                         Severity::Lagging,
@@ -318,6 +329,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let record = self.store.load_purchase(id, purchase).await.map_err(|_| ApiError::Upstream)?;
         Ok(record.filter(|r| r.charge.0 == p.amount).map(|r| r.credits.0))
     }
+}
+
+/// The PaymentIntent a `payment:<id>` claim is for.
+fn payment_of(claim: &IdemRecord) -> &str {
+    claim.scope_key.strip_prefix("payment:").unwrap_or(&claim.scope_key)
 }
 
 /// SPEC §10.1 and §10.4 on one account's stored state.

@@ -72,12 +72,8 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
     assert_eq!(codes(&report.differences), BTreeSet::from(["payment_not_credited", "refund_not_applied"]));
     assert!(report.differences.iter().all(|d| d.severity == Severity::Lagging && d.age_s.is_some()));
-    let lagging = topup::reconcile::Report {
-        accounts: 1,
-        credited_payments: report.credited_payments,
-        stripe_payments: report.stripe_payments,
-        differences: report.differences.clone(),
-    };
+    let mut lagging = topup::reconcile::Report::empty();
+    lagging.add(report.clone());
     assert_eq!(reconcile::log_report(&lagging, reconcile::GRACE_S), 0, "within the grace period");
     assert_eq!(reconcile::log_report(&lagging, -1), 2, "past it, both need a person");
 

@@ -25,13 +25,9 @@ pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
 ) -> Result<Report, ApiError> {
     match event["account_id"].as_str() {
         Some(id) => {
-            let r = credits.reconcile_account(history, id).await?;
-            Ok(Report {
-                accounts: 1,
-                credited_payments: r.credited_payments,
-                stripe_payments: r.stripe_payments,
-                differences: r.differences,
-            })
+            let mut report = Report::empty();
+            report.add(credits.reconcile_account(history, id).await?);
+            Ok(report)
         }
         None => credits.reconcile_all(history).await,
     }
