@@ -106,7 +106,7 @@ async fn main() {
         assert_eq!(s, 200, "{b}");
         let crossed = t.elapsed();
         counter.take(); // the debit's own requests are the debit bench's business
-        let event = json!({"detail-type": "BalanceLow", "source": "topup", "detail": {"account_id": id}});
+        let event = balance_low(&id);
         let out = auto_recharge::handle(&credits, &stripe, &event).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out["result"], "credited", "{out}");
         let done = t.elapsed();

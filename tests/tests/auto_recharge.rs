@@ -15,14 +15,7 @@ use topup_tests::*;
 async fn enabled_low_account(w: &World, card: &str) -> topup::payments::StripePayments {
     w.account("acme", "free").await;
     let payments = w.save_stripe_card("acme", card).await;
-    let (s, b) = w
-        .api(put(
-            "/v1/accounts/acme/credits/auto-recharge",
-            &service(),
-            json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C}),
-        ))
-        .await;
-    assert_eq!(s, 200, "{b}");
+    w.set_auto_recharge("acme", json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C})).await;
     w.usage("acme", "api_calls", 1_000).await;
     w.grant("acme", 6 * C).await;
     payments
@@ -129,7 +122,7 @@ async fn a_declined_card_adds_nothing_records_why_and_is_not_retried() {
     let observer = w.observe_bus().await;
     let payments = enabled_low_account(&w, "4000000000000341").await;
     w.usage("acme", "api_calls", 2_000).await;
-    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": "acme"}});
+    let low = balance_low("acme");
     let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
     assert_eq!((out["result"].as_str(), out["code"].as_str()), (Some("failed"), Some("card_declined")), "{out}");
     let v = w.view("acme").await;
@@ -180,7 +173,7 @@ async fn a_card_that_needs_authentication_is_a_failure() {
     let w = World::new("usd-overage").await;
     let payments = enabled_low_account(&w, "4000002760003184").await;
     w.usage("acme", "api_calls", 2_000).await;
-    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": "acme"}});
+    let low = balance_low("acme");
     let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
     assert_eq!(out["code"], "authentication_required", "{out}");
     assert_eq!(w.view("acme").await["balance"], 4 * C);
@@ -244,7 +237,7 @@ async fn fifty_concurrent_triggers_make_one_payment_intent() {
     let (s, b) = w.api(put("/v1/accounts/org/credits/auto-recharge", &service(), json!({"enabled": true}))).await;
     assert_eq!(s, 200, "{b}");
     w.grant("org", 4 * C).await; // at or below 5 credits
-    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": "org"}});
+    let low = balance_low("org");
     let instances: Vec<_> = (0..5).map(|_| Arc::new(w.another_instance())).collect();
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -345,13 +338,7 @@ async fn the_monthly_cap_holds_until_the_next_month() {
     assert_eq!(w.view("acme").await["balance"], 3 * C, "no charge past the cap");
     // A new calendar month: the counter resets (simulated by dating the count last month).
     w.edit_account("acme", |a| a.auto_recharge.used_month = "2000-01".into()).await;
-    let out = auto_recharge::handle(
-        &w.another_instance(),
-        &payments,
-        &json!({"detail-type": "BalanceLow", "detail": {"account_id": "acme"}}),
-    )
-    .await
-    .expect("recharge");
+    let out = auto_recharge::handle(&w.another_instance(), &payments, &balance_low("acme")).await.expect("recharge");
     assert_eq!(out["result"], "credited", "{out}");
     assert_eq!(w.view("acme").await["balance"], 13 * C);
 }
@@ -457,15 +444,8 @@ async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode()
     let id = unique("episode");
     w.account(&id, "free").await;
     let payments = w.save_stripe_card(&id, "4242424242424242").await;
-    let (s, b) = w
-        .api(put(
-            &format!("/v1/accounts/{id}/credits/auto-recharge"),
-            &service(),
-            json!({"enabled": true, "threshold": 5 * C, "amount": 5 * C}),
-        ))
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": id}});
+    w.set_auto_recharge(&id, json!({"enabled": true, "threshold": 5 * C, "amount": 5 * C})).await;
+    let low = balance_low(&id);
     let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
     assert_eq!(r["result"], "credited", "{r}");
     assert_eq!(w.view(&id).await["balance"], 5 * C, "at the threshold: still low");

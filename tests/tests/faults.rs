@@ -350,14 +350,11 @@ impl Schedule {
         // Sometimes equal to the threshold: a recharge from zero then leaves the balance low.
         let amount = (threshold + rng.range(0, 15) * C).max(5 * C);
         let monthly_max = rng.range(1, 3);
-        let (s, b) = w
-            .api(put(
-                &format!("/v1/accounts/{id}/credits/auto-recharge"),
-                &service(),
-                json!({"enabled": true, "threshold": threshold, "amount": amount, "monthly_max": monthly_max}),
-            ))
-            .await;
-        assert_eq!(s, 200, "seed {seed}: auto-recharge settings: {b}");
+        w.set_auto_recharge(
+            &id,
+            json!({"enabled": true, "threshold": threshold, "amount": amount, "monthly_max": monthly_max}),
+        )
+        .await;
         let armed = Arc::new(Armed::default());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let instance = || {

@@ -15,8 +15,7 @@ use topup_tests::*;
 
 async fn enable(w: &World, account: &str, body: serde_json::Value) {
     w.save_card(account).await;
-    let (s, b) = w.api(put(&format!("/v1/accounts/{account}/credits/auto-recharge"), &service(), body)).await;
-    assert_eq!(s, 200, "{b}");
+    w.set_auto_recharge(account, body).await;
 }
 
 fn declined() -> RechargeError {

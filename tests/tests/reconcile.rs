@@ -35,15 +35,8 @@ async fn books_that_agree_reconcile_clean() {
     w.deliver(&stripe_event("charge.refunded", refund_at_stripe(pi, Some(1000)).await)).await;
     // An auto-recharge on the same customer.
     let payments = w.save_stripe_card(&id, "4242424242424242").await;
-    let (s, b) = w
-        .api(put(
-            &format!("/v1/accounts/{id}/credits/auto-recharge"),
-            &service(),
-            json!({"enabled": true, "threshold": 35 * C, "amount": 50 * C}),
-        ))
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let low = json!({"detail-type": "BalanceLow", "detail": {"account_id": id}});
+    w.set_auto_recharge(&id, json!({"enabled": true, "threshold": 35 * C, "amount": 50 * C})).await;
+    let low = balance_low(&id);
     let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
     assert_eq!(r["result"], "credited", "{r}");
 
