@@ -5,7 +5,8 @@
             and an API router on :9000 that serves the template's routes; runs until Ctrl-C.
     test    every test: unit, handler and integration tests against the emulators, the
             template lint, and an end-to-end pass through `cargo lambda watch`, the router and
-            `cargo lambda invoke` with the sample events. Starts and stops its own servers.
+            `cargo lambda invoke` with the sample events (tests/e2e/end_to_end.py). Starts and
+            stops its own servers.
     bench   the benchmarks of BENCHMARKS.md.
     token   prints a local JWT (HS256, TOPUP_LOCAL_JWT_SECRET).
 
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -287,293 +289,26 @@ Ctrl-C stops everything.
 
 # ---- test ---------------------------------------------------------------------------------
 
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name: str, ok: bool, detail: str = "") -> None:
-        if ok:
-            self.passed += 1
-            print(f"  ok    {name}", flush=True)
-        else:
-            self.failed += 1
-            print(f"  FAIL  {name} {detail}", flush=True)
-
-
-def http(method: str, url: str, token: str | None = None, body: dict | None = None,
-         headers: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if token:
-        req.add_header("authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def end_to_end(moto: str, stripe: str, secret: str, checks: Checks) -> None:
-    import boto3
-
-    stack = Stack()
-    try:
-        create_resources(moto, "topup", "topup", "example.com")
-        kw = dict(endpoint_url=moto, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test")
-        # Observe the bus as a consumer would: a rule with an SQS target.
-        sqs = boto3.client("sqs", **kw)
-        q = sqs.create_queue(QueueName="e2e-events")["QueueUrl"]
-        ev = boto3.client("events", **kw)
-        ev.put_rule(Name="e2e-all", EventBusName="topup", EventPattern=json.dumps({"source": ["topup"]}))
-        ev.put_targets(Rule="e2e-all", EventBusName="topup",
-                       Targets=[{"Id": "q", "Arn": "arn:aws:sqs:us-east-1:123456789012:e2e-events"}])
-
-        env = function_env(moto, "usd-overage", "topup", "topup", secret, stripe)
-        watch_port, api_port = free_port(), free_port()
-        r = start_functions(stack, env, watch_port, api_port)
-        register_webhook(stripe, api_port)
-        api = f"http://127.0.0.1:{api_port}"
-        svc = token_for("service", None, secret)
-        owner = token_for("owner", "e2e", secret)
-
-        s, b = http("PUT", f"{api}/v1/accounts/e2e", svc, {"plan": "free", "billing_contacts": [{"email": "ops@example.com"}]})
-        checks.check("PUT /v1/accounts/e2e → 201", s == 201, f"{s} {b}")
-        s, b = http("POST", f"{api}/v1/accounts/e2e/credits/adjustments", svc,
-                    {"amount": 6_000_000, "reason": "e2e grant", "idempotency_key": "g1"})
-        checks.check("POST adjustments → 201", s == 201, f"{s} {b}")
-        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
-                    {"consumable": "api_calls", "quantity": 2_500, "idempotency_key": "u1"})
-        checks.check("POST usage crosses $5 → 200, $1.50 from credits",
-                     s == 200 and b.get("from_credits") == 1_500_000 and b.get("balance") == 4_500_000, f"{s} {b}")
-        s, b = http("POST", f"{api}/v1/accounts/e2e/usage/holds", svc,
-                    {"consumable": "voice_minutes", "quantity": 30, "idempotency_key": "h1"})
-        checks.check("POST holds → 201", s == 201, f"{s} {b}")
-        hold_id = (b or {}).get("hold_id", "missing")
-        s, b = http("POST", f"{api}/v1/accounts/e2e/usage/holds/{hold_id}/settle", svc, {"quantity": 12})
-        checks.check("POST settle → 200", s == 200 and b.get("from_hold") == 12, f"{s} {b}")
-        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
-        checks.check("GET credits as owner → 200 with balance and low badge",
-                     s == 200 and b.get("balance") == 4_400_000 and b.get("low_balance") is True, f"{s} {b}")
-        s, b = http("GET", f"{api}/v1/accounts/e2e/credits/transactions?limit=2", owner)
-        checks.check("GET transactions?limit=2 → a page and a cursor",
-                     s == 200 and len(b.get("transactions", [])) == 2 and b.get("next_cursor"), f"{s} {b}")
-        s, b = http("GET", f"{api}/v1/accounts/e2e/credits")
-        checks.check("no token → 401", s == 401, f"{s} {b}")
-        s, b = http("GET", f"{api}/v1/nowhere", svc)
-        checks.check("unknown route → 404", s == 404, f"{s} {b}")
-
-        got = []
-        deadline = time.time() + 10
-        while time.time() < deadline and not got:
-            for m in sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
-                got.append(json.loads(m["Body"]))
-        low = [e for e in got if e.get("detail-type") == "BalanceLow"]
-        checks.check("the served debit put one BalanceLow on the bus", len(low) == 1, f"{got}")
-
-        # The sample events through `cargo lambda invoke`, as a person would run them.
-        # The served notify function, fed by the template's rule through the forwarder.
-        def mails(subject: str) -> list:
-            data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
-            return [m for m in data.get("ses", {}).get("Message", [])
-                    if m["destinations"].get("ToAddresses") == ["ops@example.com"] and m["subject"] == subject]
-
-        def exactly_one(subject: str) -> int:
-            deadline = time.time() + 60
-            while time.time() < deadline and not mails(subject):
-                time.sleep(0.5)
-            time.sleep(3)  # a duplicate would have arrived by now
-            return len(mails(subject))
-
-        n = exactly_one("Your credit balance is low")
-        checks.check("the served debit's BalanceLow emailed the billing contact exactly once (rule → notify)", n == 1, f"{n} mails")
-        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
-                    {"consumable": "api_calls", "quantity": 4_400, "idempotency_key": "u-zero"})
-        checks.check("POST usage to zero → 200, balance 0", s == 200 and b.get("balance") == 0, f"{s} {b}")
-        n = exactly_one("You're out of credits")
-        checks.check("reaching zero emailed credit_balance_depleted exactly once", n == 1, f"{n} mails")
-        s, b = http("GET", f"{api}/v1/accounts/e2e/notifications", owner)
-        kinds = [x.get("type") for x in (b or {}).get("notifications", [])]
-        checks.check("GET notifications lists both, newest first",
-                     s == 200 and kinds == ["credit_balance_depleted", "credit_balance_low"], f"{s} {b}")
-
-        # Buying credits end to end: the served purchase function opens a Checkout Session,
-        # localstripe plays the customer and sends its signed events to the served webhook.
-        def purchase_status(pid: str, want: str) -> dict:
-            deadline, b = time.time() + 30, {}
-            while time.time() < deadline:
-                _, b = http("GET", f"{api}/v1/accounts/e2e/credits/purchases/{pid}", owner)
-                if b.get("status") == want:
-                    break
-                time.sleep(0.5)
-            return b
-
-        def buy(key: str, amount: int) -> dict:
-            s, b = http("POST", f"{api}/v1/accounts/e2e/credits/purchases", owner, {"amount": amount},
-                        {"idempotency-key": key})
-            checks.check(f"POST purchases ${amount / 100:.2f} → 201 pending with a checkout url",
-                         s == 201 and b.get("status") == "pending" and str(b.get("url", "")).startswith(stripe), f"{s} {b}")
-            return b or {}
-
-        def customer(session: str, path: str, form: dict) -> int:
-            req = urllib.request.Request(f"{stripe}/_config/checkout/sessions/{session}/{path}",
-                                         data=urllib.parse.urlencode(form).encode())
-            try:
-                return urllib.request.urlopen(req, timeout=10).status
-            except urllib.error.HTTPError as e:
-                return e.code
-
-        card = buy("e2e-card", 2000)
-        checks.check("the customer pays by card", customer(card.get("checkout_session_id", "x"), "pay", {}) == 200)
-        b = purchase_status(card.get("purchase_id", "x"), "succeeded")
-        checks.check("webhook credited it: status succeeded, balance $20.00",
-                     b.get("status") == "succeeded" and b.get("balance") == 20_000_000, f"{b}")
-        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
-        top = (b.get("recent_transactions") or [{}])[0]
-        checks.check("the credits view shows the purchase entry",
-                     top.get("kind") == "purchase" and top.get("amount") == 20_000_000, f"{top}")
-        bank = buy("e2e-bank", 1500)
-        checks.check("the customer pays by bank debit",
-                     customer(bank.get("checkout_session_id", "x"), "pay", {"delayed": "true"}) == 200)
-        b = purchase_status(bank.get("purchase_id", "x"), "processing")
-        checks.check("status processing with the seed's message",
-                     b.get("message") == "Your payment is processing. We'll email you when it completes.", f"{b}")
-        customer(bank.get("checkout_session_id", "x"), "settle", {"outcome": "failed"})
-        b = purchase_status(bank.get("purchase_id", "x"), "failed")
-        checks.check("the debit fails: status failed with the seed's message, nothing credited",
-                     b.get("message") == "We couldn't confirm your payment. Please try again.", f"{b}")
-        n = exactly_one("Your credit purchase failed")
-        checks.check("the failure emailed the billing contact exactly once (webhook → bus → notify)", n == 1, f"{n} mails")
-        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
-        checks.check("balance still $20.00", b.get("balance") == 20_000_000, f"{b.get('balance')}")
-
-        # Saving a card, then a debit that triggers a recharge: SetupIntent → the browser's
-        # confirm (here, localstripe's API) → setup_intent.succeeded → the card; then usage
-        # crosses the threshold → BalanceLow → the template's rule → auto-recharge → credited.
-        s, b = http("POST", f"{api}/v1/accounts/e2e/payment-method/setup", owner, {})
-        checks.check("POST payment-method/setup → 201 with a client_secret", s == 201 and b.get("client_secret"), f"{s} {b}")
-        confirm = urllib.parse.urlencode({
-            "payment_method_data[type]": "card", "payment_method_data[card][number]": "4242424242424242",
-            "payment_method_data[card][exp_month]": "12", "payment_method_data[card][exp_year]": "2030",
-            "payment_method_data[card][cvc]": "123"}).encode()
-        urllib.request.urlopen(urllib.request.Request(
-            f"{stripe}/v1/setup_intents/{(b or {}).get('setup_intent_id', 'x')}/confirm", data=confirm,
-            headers={"Authorization": "Bearer sk_test_local"}), timeout=10).read()
-
-        def view_until(ok, timeout: float = 30) -> dict:
-            deadline, v = time.time() + timeout, {}
-            while time.time() < deadline:
-                _, v = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
-                if ok(v):
-                    break
-                time.sleep(0.5)
-            return v
-
-        v = view_until(lambda v: v.get("payment_method"))
-        checks.check("setup_intent.succeeded saved the card: visa 4242",
-                     (v.get("payment_method") or {}).get("last4") == "4242", f"{v.get('payment_method')}")
-        s, b = http("PUT", f"{api}/v1/accounts/e2e/credits/auto-recharge", owner,
-                    {"enabled": True, "threshold": 5_000_000, "amount": 10_000_000})
-        checks.check("PUT auto-recharge on ($5 threshold, $10) → 200", s == 200, f"{s} {b}")
-        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
-                    {"consumable": "api_calls", "quantity": 16_000, "idempotency_key": "u-recharge"})
-        checks.check("POST usage takes $20 to $4 → 200", s == 200 and b.get("balance") == 4_000_000, f"{s} {b}")
-        v = view_until(lambda v: v.get("balance") == 14_000_000)
-        top = (v.get("recent_transactions") or [{}])[0]
-        checks.check("the debit triggered one auto-recharge: balance $14.00, entry auto_recharge",
-                     v.get("balance") == 14_000_000 and top.get("kind") == "auto_recharge"
-                     and (v.get("auto_recharge") or {}).get("used_this_month") == 1, f"{v.get('balance')} {top}")
-        n = exactly_one("We added $10.00 to your balance")
-        checks.check("the recharge emailed credit_auto_recharge_triggered exactly once", n == 1, f"{n} mails")
-
-        # Reconciliation of the account that bought, was refused, saved a card and recharged:
-        # every paid payment credited once, the ledger adds up. The command, as an operator runs it.
-        out = subprocess.run(["cargo", "run", "-q", "-p", "reconcile", "--bin", "topup-reconcile", "--", "e2e"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        try:
-            report = json.loads(out.stdout.splitlines()[-1])
-        except (json.JSONDecodeError, IndexError):
-            report = {}
-        checks.check("topup-reconcile e2e: Stripe and the ledger agree (exit 0, no differences)",
-                     out.returncode == 0 and report.get("differences") == [] and report.get("credited_payments", 0) >= 2,
-                     f"exit {out.returncode} {out.stdout[-400:]} {out.stderr[-400:]}")
-
-        # The billing page of this profile (free-form amounts) in headless Chromium.
-        sys.path.insert(0, str(ROOT / "tests" / "browser"))
-        import billing_test
-        try:
-            billing_test.run_amount(api, "e2e", owner, checks, ROOT / ".local" / "screenshots")
-        except Exception as e:
-            checks.check("browser (usd-overage) ran to the end", False, repr(e))
-
-        # The contract: schemathesis generates requests from infra/openapi.yaml (valid and not)
-        # against the served API; no 5xx, no status or body outside the document.
-        s, b = http("PUT", f"{api}/v1/accounts/fuzz", svc, {"plan": "pro", "billing_contacts": [{"email": "fuzz@example.com"}]})
-        seed = os.environ.get("TOPUP_FUZZ_SEED", "20261122")
-        fuzz = subprocess.run(
-            [str(ROOT / ".venv" / "st" / "bin" / "st"), "--config-file", "tests/contract/schemathesis.toml", "run",
-             "infra/openapi.yaml", "--url", api, "-H", f"Authorization: Bearer {svc}", "--checks", "all",
-             "--exclude-checks", "positive_data_acceptance", "-n", os.environ.get("TOPUP_FUZZ_EXAMPLES", "20"),
-             "--seed", seed, "--phases", "examples,coverage,fuzzing", "--request-timeout", "40", "--no-color"],
-            cwd=ROOT, env=dict(os.environ, SCHEMATHESIS_HOOKS=""), capture_output=True, text=True)
-        (LOGS / "schemathesis.log").write_text(fuzz.stdout + fuzz.stderr)
-        summary = [l for l in fuzz.stdout.splitlines() if "generated" in l or "failures" in l.lower()][-2:]
-        checks.check(f"schemathesis against infra/openapi.yaml (seed {seed}): no 5xx, nothing undocumented",
-                     s in (200, 201) and fuzz.returncode == 0, f"{summary}; see {LOGS / 'schemathesis.log'}")
-
-        manifest = json.loads((ROOT / "events/expected.json").read_text())
-        for file, expected in manifest:
-            fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-", "reconcile-")) else "credits-api"
-            out = subprocess.run(["cargo", "lambda", "invoke", fn, "--data-file", f"events/{file}",
-                                  "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port)],
-                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-            try:
-                reply = json.loads(out.stdout)
-                # An HTTP function answers a status; an event function's success stands for 200.
-                status = reply.get("statusCode", 200 if out.returncode == 0 and fn in ("notify", "reconcile") else None)
-            except json.JSONDecodeError:
-                status = None
-            checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
-                         status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
-        r.shutdown()
-    finally:
-        stack.stop()
-
-
-def browser_tests(moto: str, stripe: str, secret: str, checks: Checks) -> None:
-    """The billing page in headless Chromium against a served voice-minutes stack (its own
-    table and bus): blocks of minutes, and a Free plan without auto-reload."""
-    sys.path.insert(0, str(ROOT / "tests" / "browser"))
-    import billing_test
-
-    stack = Stack()
-    try:
-        create_resources(moto, "topup-browser", "topup-browser", "example.com")
-        env = function_env(moto, "voice-minutes", "topup-browser", "topup-browser", secret, stripe)
-        watch_port, api_port = free_port(), free_port()
-        r = start_functions(stack, env, watch_port, api_port)
-        register_webhook(stripe, api_port)
-        api = f"http://127.0.0.1:{api_port}"
-        try:
-            billing_test.run(api, moto, "topup-browser", lambda role, acct: token_for(role, acct, secret), http,
-                             checks, ROOT / ".local" / "screenshots")
-        except Exception as e:  # a scenario that could not even run is a failure, with its reason
-            checks.check("browser tests ran to the end", False, repr(e))
-        r.shutdown()
-    finally:
-        stack.stop()
+def stack_api() -> types.SimpleNamespace:
+    """The plumbing the end-to-end scenarios of tests/e2e/end_to_end.py serve their stacks with,
+    handed to them so that they never import this script."""
+    return types.SimpleNamespace(ROOT=ROOT, LOGS=LOGS, REGION=REGION, Stack=Stack, free_port=free_port,
+                                 create_resources=create_resources, function_env=function_env,
+                                 start_functions=start_functions, register_webhook=register_webhook,
+                                 token_for=token_for)
 
 
 def test(args) -> int:
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    import end_to_end  # the end-to-end scenarios and the checks' tally
+
     env0 = aws_env("http://127.0.0.1:1")
     started = time.time()
     log("building the workspace and its tests")
     subprocess.run(["cargo", "build", "--workspace", "--all-targets", "--locked"], cwd=ROOT, env=env0, check=True)
     stack = Stack()
     rc = 0
-    checks = Checks()
+    checks = end_to_end.Checks()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
         env = test_env(moto, stripe)
@@ -590,9 +325,9 @@ def test(args) -> int:
                               "infra/template.yaml", "--region", REGION], cwd=ROOT, env=sam_env)
         checks.check("sam validate --lint", sam.returncode == 0)
         log("end to end through cargo lambda watch and the router")
-        end_to_end(moto, stripe, DEFAULT_SECRET, checks)
+        end_to_end.run(moto, stripe, DEFAULT_SECRET, checks, stack_api())
         log("the billing page in headless Chromium")
-        browser_tests(moto, stripe, DEFAULT_SECRET, checks)
+        end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api())
     finally:
         stack.stop()
     if checks.failed:

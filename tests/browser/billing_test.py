@@ -1,9 +1,10 @@
 """The billing page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright from
 PyPI), against the served local stack: what a person sees and does, seed by seed.
 
-Run by `./scripts/test` (scripts/stack.py), which serves the functions for the voice-minutes
-profile (blocks of minutes, a Free plan without auto-reload) and calls `run`. Screenshots of
-the main states go to `.local/screenshots/`.
+Run by `./scripts/test` (scripts/stack.py) through tests/e2e/end_to_end.py: its `browser_tests`
+serves the functions for the voice-minutes profile (blocks of minutes, a Free plan without
+auto-reload) and calls `run`; its end-to-end scenario calls `run_amount` on the usd-overage stack.
+Screenshots of the main states go to `.local/screenshots/`.
 """
 
 import time

@@ -1,0 +1,311 @@
+"""The end-to-end checks of `./scripts/test`, through a stack that scripts/stack.py serves:
+the functions under `cargo lambda watch`, the API router, the template's EventBridge rules
+(scripts/wiring.py), with moto playing AWS and localstripe playing Stripe.
+
+`run` drives one usd-overage account through the served API: accounts, grants, usage and holds,
+authentication and unknown routes; the served debit's BalanceLow on the bus and the emails of a
+low and an empty balance (rule → notify) and the notifications list; buying credits through a
+Checkout Session, paid by card and by a bank debit that fails (localstripe's signed events → the
+webhook), with their statuses, entries and email; saving a card (SetupIntent) and a debit that
+triggers one auto-recharge; `topup-reconcile` agreeing with Stripe; the billing page's free-form
+amount in headless Chromium (tests/browser/billing_test.py); the schemathesis contract fuzz of
+infra/openapi.yaml; and every sample event of events/expected.json through `cargo lambda invoke`.
+`browser_tests` serves a voice-minutes stack and runs the billing page's scenarios against it.
+
+Each scenario takes the `Checks` tally (which prints "  ok    name" or "  FAIL  name detail"
+per check) and `stack_api`, the plumbing scripts/stack.py hands over (`stack.stack_api()`:
+ROOT, LOGS, REGION, Stack, free_port, create_resources, function_env, start_functions,
+register_webhook, token_for), so this module never imports the script. stack.py imports it with
+tests/e2e/ on sys.path: `import end_to_end`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        if ok:
+            self.passed += 1
+            print(f"  ok    {name}", flush=True)
+        else:
+            self.failed += 1
+            print(f"  FAIL  {name} {detail}", flush=True)
+
+
+def http(method: str, url: str, token: str | None = None, body: dict | None = None,
+         headers: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
+    """The end-to-end scenario (see the module's docstring) against a usd-overage stack that it
+    serves on the table and bus `topup` of the emulators at `moto` and `stripe`; tokens are
+    signed with `secret`. `stack_api` is scripts/stack.py's plumbing (`stack.stack_api()`)."""
+    import boto3
+
+    stack = stack_api.Stack()
+    try:
+        stack_api.create_resources(moto, "topup", "topup", "example.com")
+        kw = dict(endpoint_url=moto, region_name=stack_api.REGION, aws_access_key_id="test", aws_secret_access_key="test")
+        # Observe the bus as a consumer would: a rule with an SQS target.
+        sqs = boto3.client("sqs", **kw)
+        q = sqs.create_queue(QueueName="e2e-events")["QueueUrl"]
+        ev = boto3.client("events", **kw)
+        ev.put_rule(Name="e2e-all", EventBusName="topup", EventPattern=json.dumps({"source": ["topup"]}))
+        ev.put_targets(Rule="e2e-all", EventBusName="topup",
+                       Targets=[{"Id": "q", "Arn": "arn:aws:sqs:us-east-1:123456789012:e2e-events"}])
+
+        env = stack_api.function_env(moto, "usd-overage", "topup", "topup", secret, stripe)
+        watch_port, api_port = stack_api.free_port(), stack_api.free_port()
+        r = stack_api.start_functions(stack, env, watch_port, api_port)
+        stack_api.register_webhook(stripe, api_port)
+        api = f"http://127.0.0.1:{api_port}"
+        svc = stack_api.token_for("service", None, secret)
+        owner = stack_api.token_for("owner", "e2e", secret)
+
+        s, b = http("PUT", f"{api}/v1/accounts/e2e", svc, {"plan": "free", "billing_contacts": [{"email": "ops@example.com"}]})
+        checks.check("PUT /v1/accounts/e2e → 201", s == 201, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/credits/adjustments", svc,
+                    {"amount": 6_000_000, "reason": "e2e grant", "idempotency_key": "g1"})
+        checks.check("POST adjustments → 201", s == 201, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
+                    {"consumable": "api_calls", "quantity": 2_500, "idempotency_key": "u1"})
+        checks.check("POST usage crosses $5 → 200, $1.50 from credits",
+                     s == 200 and b.get("from_credits") == 1_500_000 and b.get("balance") == 4_500_000, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage/holds", svc,
+                    {"consumable": "voice_minutes", "quantity": 30, "idempotency_key": "h1"})
+        checks.check("POST holds → 201", s == 201, f"{s} {b}")
+        hold_id = (b or {}).get("hold_id", "missing")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage/holds/{hold_id}/settle", svc, {"quantity": 12})
+        checks.check("POST settle → 200", s == 200 and b.get("from_hold") == 12, f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+        checks.check("GET credits as owner → 200 with balance and low badge",
+                     s == 200 and b.get("balance") == 4_400_000 and b.get("low_balance") is True, f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits/transactions?limit=2", owner)
+        checks.check("GET transactions?limit=2 → a page and a cursor",
+                     s == 200 and len(b.get("transactions", [])) == 2 and b.get("next_cursor"), f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits")
+        checks.check("no token → 401", s == 401, f"{s} {b}")
+        s, b = http("GET", f"{api}/v1/nowhere", svc)
+        checks.check("unknown route → 404", s == 404, f"{s} {b}")
+
+        got = []
+        deadline = time.time() + 10
+        while time.time() < deadline and not got:
+            for m in sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+                got.append(json.loads(m["Body"]))
+        low = [e for e in got if e.get("detail-type") == "BalanceLow"]
+        checks.check("the served debit put one BalanceLow on the bus", len(low) == 1, f"{got}")
+
+        # The sample events through `cargo lambda invoke`, as a person would run them.
+        # The served notify function, fed by the template's rule through the forwarder.
+        def mails(subject: str) -> list:
+            data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
+            return [m for m in data.get("ses", {}).get("Message", [])
+                    if m["destinations"].get("ToAddresses") == ["ops@example.com"] and m["subject"] == subject]
+
+        def exactly_one(subject: str) -> int:
+            deadline = time.time() + 60
+            while time.time() < deadline and not mails(subject):
+                time.sleep(0.5)
+            time.sleep(3)  # a duplicate would have arrived by now
+            return len(mails(subject))
+
+        n = exactly_one("Your credit balance is low")
+        checks.check("the served debit's BalanceLow emailed the billing contact exactly once (rule → notify)", n == 1, f"{n} mails")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
+                    {"consumable": "api_calls", "quantity": 4_400, "idempotency_key": "u-zero"})
+        checks.check("POST usage to zero → 200, balance 0", s == 200 and b.get("balance") == 0, f"{s} {b}")
+        n = exactly_one("You're out of credits")
+        checks.check("reaching zero emailed credit_balance_depleted exactly once", n == 1, f"{n} mails")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/notifications", owner)
+        kinds = [x.get("type") for x in (b or {}).get("notifications", [])]
+        checks.check("GET notifications lists both, newest first",
+                     s == 200 and kinds == ["credit_balance_depleted", "credit_balance_low"], f"{s} {b}")
+
+        # Buying credits end to end: the served purchase function opens a Checkout Session,
+        # localstripe plays the customer and sends its signed events to the served webhook.
+        def purchase_status(pid: str, want: str) -> dict:
+            deadline, b = time.time() + 30, {}
+            while time.time() < deadline:
+                _, b = http("GET", f"{api}/v1/accounts/e2e/credits/purchases/{pid}", owner)
+                if b.get("status") == want:
+                    break
+                time.sleep(0.5)
+            return b
+
+        def buy(key: str, amount: int) -> dict:
+            s, b = http("POST", f"{api}/v1/accounts/e2e/credits/purchases", owner, {"amount": amount},
+                        {"idempotency-key": key})
+            checks.check(f"POST purchases ${amount / 100:.2f} → 201 pending with a checkout url",
+                         s == 201 and b.get("status") == "pending" and str(b.get("url", "")).startswith(stripe), f"{s} {b}")
+            return b or {}
+
+        def customer(session: str, path: str, form: dict) -> int:
+            req = urllib.request.Request(f"{stripe}/_config/checkout/sessions/{session}/{path}",
+                                         data=urllib.parse.urlencode(form).encode())
+            try:
+                return urllib.request.urlopen(req, timeout=10).status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        card = buy("e2e-card", 2000)
+        checks.check("the customer pays by card", customer(card.get("checkout_session_id", "x"), "pay", {}) == 200)
+        b = purchase_status(card.get("purchase_id", "x"), "succeeded")
+        checks.check("webhook credited it: status succeeded, balance $20.00",
+                     b.get("status") == "succeeded" and b.get("balance") == 20_000_000, f"{b}")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+        top = (b.get("recent_transactions") or [{}])[0]
+        checks.check("the credits view shows the purchase entry",
+                     top.get("kind") == "purchase" and top.get("amount") == 20_000_000, f"{top}")
+        bank = buy("e2e-bank", 1500)
+        checks.check("the customer pays by bank debit",
+                     customer(bank.get("checkout_session_id", "x"), "pay", {"delayed": "true"}) == 200)
+        b = purchase_status(bank.get("purchase_id", "x"), "processing")
+        checks.check("status processing with the seed's message",
+                     b.get("message") == "Your payment is processing. We'll email you when it completes.", f"{b}")
+        customer(bank.get("checkout_session_id", "x"), "settle", {"outcome": "failed"})
+        b = purchase_status(bank.get("purchase_id", "x"), "failed")
+        checks.check("the debit fails: status failed with the seed's message, nothing credited",
+                     b.get("message") == "We couldn't confirm your payment. Please try again.", f"{b}")
+        n = exactly_one("Your credit purchase failed")
+        checks.check("the failure emailed the billing contact exactly once (webhook → bus → notify)", n == 1, f"{n} mails")
+        s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+        checks.check("balance still $20.00", b.get("balance") == 20_000_000, f"{b.get('balance')}")
+
+        # Saving a card, then a debit that triggers a recharge: SetupIntent → the browser's
+        # confirm (here, localstripe's API) → setup_intent.succeeded → the card; then usage
+        # crosses the threshold → BalanceLow → the template's rule → auto-recharge → credited.
+        s, b = http("POST", f"{api}/v1/accounts/e2e/payment-method/setup", owner, {})
+        checks.check("POST payment-method/setup → 201 with a client_secret", s == 201 and b.get("client_secret"), f"{s} {b}")
+        confirm = urllib.parse.urlencode({
+            "payment_method_data[type]": "card", "payment_method_data[card][number]": "4242424242424242",
+            "payment_method_data[card][exp_month]": "12", "payment_method_data[card][exp_year]": "2030",
+            "payment_method_data[card][cvc]": "123"}).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            f"{stripe}/v1/setup_intents/{(b or {}).get('setup_intent_id', 'x')}/confirm", data=confirm,
+            headers={"Authorization": "Bearer sk_test_local"}), timeout=10).read()
+
+        def view_until(ok, timeout: float = 30) -> dict:
+            deadline, v = time.time() + timeout, {}
+            while time.time() < deadline:
+                _, v = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
+                if ok(v):
+                    break
+                time.sleep(0.5)
+            return v
+
+        v = view_until(lambda v: v.get("payment_method"))
+        checks.check("setup_intent.succeeded saved the card: visa 4242",
+                     (v.get("payment_method") or {}).get("last4") == "4242", f"{v.get('payment_method')}")
+        s, b = http("PUT", f"{api}/v1/accounts/e2e/credits/auto-recharge", owner,
+                    {"enabled": True, "threshold": 5_000_000, "amount": 10_000_000})
+        checks.check("PUT auto-recharge on ($5 threshold, $10) → 200", s == 200, f"{s} {b}")
+        s, b = http("POST", f"{api}/v1/accounts/e2e/usage", svc,
+                    {"consumable": "api_calls", "quantity": 16_000, "idempotency_key": "u-recharge"})
+        checks.check("POST usage takes $20 to $4 → 200", s == 200 and b.get("balance") == 4_000_000, f"{s} {b}")
+        v = view_until(lambda v: v.get("balance") == 14_000_000)
+        top = (v.get("recent_transactions") or [{}])[0]
+        checks.check("the debit triggered one auto-recharge: balance $14.00, entry auto_recharge",
+                     v.get("balance") == 14_000_000 and top.get("kind") == "auto_recharge"
+                     and (v.get("auto_recharge") or {}).get("used_this_month") == 1, f"{v.get('balance')} {top}")
+        n = exactly_one("We added $10.00 to your balance")
+        checks.check("the recharge emailed credit_auto_recharge_triggered exactly once", n == 1, f"{n} mails")
+
+        # Reconciliation of the account that bought, was refused, saved a card and recharged:
+        # every paid payment credited once, the ledger adds up. The command, as an operator runs it.
+        out = subprocess.run(["cargo", "run", "-q", "-p", "reconcile", "--bin", "topup-reconcile", "--", "e2e"],
+                             cwd=stack_api.ROOT, env=env, capture_output=True, text=True, timeout=300)
+        try:
+            report = json.loads(out.stdout.splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            report = {}
+        checks.check("topup-reconcile e2e: Stripe and the ledger agree (exit 0, no differences)",
+                     out.returncode == 0 and report.get("differences") == [] and report.get("credited_payments", 0) >= 2,
+                     f"exit {out.returncode} {out.stdout[-400:]} {out.stderr[-400:]}")
+
+        # The billing page of this profile (free-form amounts) in headless Chromium.
+        sys.path.insert(0, str(stack_api.ROOT / "tests" / "browser"))
+        import billing_test
+        try:
+            billing_test.run_amount(api, "e2e", owner, checks, stack_api.ROOT / ".local" / "screenshots")
+        except Exception as e:
+            checks.check("browser (usd-overage) ran to the end", False, repr(e))
+
+        # The contract: schemathesis generates requests from infra/openapi.yaml (valid and not)
+        # against the served API; no 5xx, no status or body outside the document.
+        s, b = http("PUT", f"{api}/v1/accounts/fuzz", svc, {"plan": "pro", "billing_contacts": [{"email": "fuzz@example.com"}]})
+        seed = os.environ.get("TOPUP_FUZZ_SEED", "20261122")
+        fuzz = subprocess.run(
+            [str(stack_api.ROOT / ".venv" / "st" / "bin" / "st"), "--config-file", "tests/contract/schemathesis.toml", "run",
+             "infra/openapi.yaml", "--url", api, "-H", f"Authorization: Bearer {svc}", "--checks", "all",
+             "--exclude-checks", "positive_data_acceptance", "-n", os.environ.get("TOPUP_FUZZ_EXAMPLES", "20"),
+             "--seed", seed, "--phases", "examples,coverage,fuzzing", "--request-timeout", "40", "--no-color"],
+            cwd=stack_api.ROOT, env=dict(os.environ, SCHEMATHESIS_HOOKS=""), capture_output=True, text=True)
+        (stack_api.LOGS / "schemathesis.log").write_text(fuzz.stdout + fuzz.stderr)
+        summary = [l for l in fuzz.stdout.splitlines() if "generated" in l or "failures" in l.lower()][-2:]
+        checks.check(f"schemathesis against infra/openapi.yaml (seed {seed}): no 5xx, nothing undocumented",
+                     s in (200, 201) and fuzz.returncode == 0, f"{summary}; see {stack_api.LOGS / 'schemathesis.log'}")
+
+        manifest = json.loads((stack_api.ROOT / "events/expected.json").read_text())
+        for file, expected in manifest:
+            fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-", "reconcile-")) else "credits-api"
+            out = subprocess.run(["cargo", "lambda", "invoke", fn, "--data-file", f"events/{file}",
+                                  "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port)],
+                                 cwd=stack_api.ROOT, env=env, capture_output=True, text=True, timeout=120)
+            try:
+                reply = json.loads(out.stdout)
+                # An HTTP function answers a status; an event function's success stands for 200.
+                status = reply.get("statusCode", 200 if out.returncode == 0 and fn in ("notify", "reconcile") else None)
+            except json.JSONDecodeError:
+                status = None
+            checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
+                         status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
+        r.shutdown()
+    finally:
+        stack.stop()
+
+
+def browser_tests(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
+    """The billing page in headless Chromium against a served voice-minutes stack (its own
+    table and bus): blocks of minutes, and a Free plan without auto-reload."""
+    sys.path.insert(0, str(stack_api.ROOT / "tests" / "browser"))
+    import billing_test
+
+    stack = stack_api.Stack()
+    try:
+        stack_api.create_resources(moto, "topup-browser", "topup-browser", "example.com")
+        env = stack_api.function_env(moto, "voice-minutes", "topup-browser", "topup-browser", secret, stripe)
+        watch_port, api_port = stack_api.free_port(), stack_api.free_port()
+        r = stack_api.start_functions(stack, env, watch_port, api_port)
+        stack_api.register_webhook(stripe, api_port)
+        api = f"http://127.0.0.1:{api_port}"
+        try:
+            billing_test.run(api, moto, "topup-browser", lambda role, acct: stack_api.token_for(role, acct, secret),
+                             http, checks, stack_api.ROOT / ".local" / "screenshots")
+        except Exception as e:  # a scenario that could not even run is a failure, with its reason
+            checks.check("browser tests ran to the end", False, repr(e))
+        r.shutdown()
+    finally:
+        stack.stop()
