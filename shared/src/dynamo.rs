@@ -29,7 +29,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::account::Account;
 use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
-use crate::purchase::PurchaseRecord;
+use crate::purchases::PurchaseRecord;
 use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
 
 type Item = HashMap<String, AttributeValue>;

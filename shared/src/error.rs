@@ -1,7 +1,6 @@
-//! The one public error type. Every variant has a stable snake_case code, an HTTP status and a
-//! sentence for a person. Nothing here ever carries debug text into a response.
-
-use serde_json::{json, Value};
+//! The one public error type. Every variant has a stable snake_case code and a sentence for a
+//! person, and says whether retrying can help; `http` maps it to a status and a body. Nothing
+//! here ever carries debug text into a response.
 
 /// An error a request can end in. `code()` is a stable contract with clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +23,8 @@ pub enum ApiError {
     IdempotencyConflict,
     #[error("This hold has expired and its reservation was released.")]
     HoldExpired,
+    #[error("No open hold with this id exists.")]
+    HoldNotFound,
     /// Out of allowance and credits. `code` comes from the profile's consumable.
     #[error("{message}")]
     OutOfCredits { code: String, message: String, balance: i64, consumable: String },
@@ -65,6 +66,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::HoldExpired => "hold_expired",
+            ApiError::HoldNotFound => "hold_not_found",
             ApiError::OutOfCredits { code, .. } => code,
             ApiError::Rule(code, _) => code,
             ApiError::Upstream => "upstream_unavailable",
@@ -74,30 +76,11 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> u16 {
-        match self {
-            ApiError::InvalidRequest(_) => 400,
-            ApiError::UnsupportedMediaType => 415,
-            ApiError::Unauthenticated => 401,
-            ApiError::Forbidden => 403,
-            ApiError::NotFound(..) => 404,
-            ApiError::MethodNotAllowed(_) => 405,
-            ApiError::IdempotencyConflict | ApiError::HoldExpired | ApiError::OutOfOrder(..) => 409,
-            ApiError::OutOfCredits { .. } => 402,
-            ApiError::Rule(..) => 422,
-            ApiError::Upstream => 502,
-            ApiError::Busy | ApiError::PaymentsUnavailable => 503,
-        }
-    }
-
-    /// `{"error":{"code","message"}}`, plus the balance for a 402.
-    pub fn body(&self) -> Value {
-        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        if let ApiError::OutOfCredits { balance, consumable, .. } = self {
-            body["balance"] = json!(balance);
-            body["error"]["consumable"] = json!(consumable);
-        }
-        body
+    /// Whether trying again later can succeed: an upstream failure, contention, or an event
+    /// that needs another one first. Event handlers fail (and are retried) only on these;
+    /// any other error is final and retrying cannot fix it.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ApiError::Upstream | ApiError::PaymentsUnavailable | ApiError::Busy | ApiError::OutOfOrder(..))
     }
 
     pub fn account_not_found() -> Self {
@@ -110,38 +93,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_error_has_a_snake_case_code_and_no_debug_text() {
-        let all = [
-            ApiError::invalid("Field `quantity` must be an integer."),
-            ApiError::UnsupportedMediaType,
-            ApiError::Unauthenticated,
-            ApiError::Forbidden,
-            ApiError::account_not_found(),
-            ApiError::MethodNotAllowed("DELETE".into()),
-            ApiError::IdempotencyConflict,
-            ApiError::HoldExpired,
-            ApiError::OutOfCredits {
-                code: "out_of_credits".into(),
-                message: "Out.".into(),
-                balance: 0,
-                consumable: "llm_tokens".into(),
-            },
-            ApiError::rule("invalid_quantity", "Quantity must be positive."),
-            ApiError::Upstream,
-            ApiError::PaymentsUnavailable,
-            ApiError::Busy,
-            ApiError::OutOfOrder("payment_not_credited_yet", "Not yet.".into()),
-        ];
-        for e in all {
-            let code = e.code();
-            assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
-            assert!((400..600).contains(&e.status()));
-            let body = e.body();
-            assert_eq!(body["error"]["code"], code);
-            let msg = body["error"]["message"].as_str().unwrap_or_default();
-            assert!(!msg.contains("Error") && !msg.contains('{'), "{msg}");
-            // A sentence for a person, never the code again.
-            assert!(msg != code && msg.ends_with('.'), "{code}: {msg}");
-        }
+    fn only_failures_of_a_moment_are_retryable() {
+        assert!(
+            ApiError::Upstream.retryable() && ApiError::Busy.retryable() && ApiError::PaymentsUnavailable.retryable()
+        );
+        assert!(!ApiError::IdempotencyConflict.retryable() && !ApiError::invalid("x").retryable());
+        assert!(!ApiError::rule("invalid_amount", "No.").retryable() && !ApiError::account_not_found().retryable());
     }
 }

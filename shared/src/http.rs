@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
 
 use crate::auth::{verify_hs256, Identity};
 use crate::config::Config;
@@ -156,19 +157,69 @@ pub fn json_response(status: u16, body: &Value) -> Response<Body> {
     resp
 }
 
+/// The HTTP status of an error.
+pub fn status_of(e: &ApiError) -> u16 {
+    match e {
+        ApiError::InvalidRequest(_) => 400,
+        ApiError::UnsupportedMediaType => 415,
+        ApiError::Unauthenticated => 401,
+        ApiError::Forbidden => 403,
+        ApiError::NotFound(..) | ApiError::HoldNotFound => 404,
+        ApiError::MethodNotAllowed(_) => 405,
+        ApiError::IdempotencyConflict | ApiError::HoldExpired | ApiError::OutOfOrder(..) => 409,
+        ApiError::OutOfCredits { .. } => 402,
+        ApiError::Rule(..) => 422,
+        ApiError::Upstream => 502,
+        ApiError::Busy | ApiError::PaymentsUnavailable => 503,
+    }
+}
+
+/// `{"error":{"code","message"}}`, plus the balance for a 402.
+pub fn error_body(e: &ApiError) -> Value {
+    let mut body = json!({"error": {"code": e.code(), "message": e.to_string()}});
+    if let ApiError::OutOfCredits { balance, consumable, .. } = e {
+        body["balance"] = json!(balance);
+        body["error"]["consumable"] = json!(consumable);
+    }
+    body
+}
+
 pub fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.status(), &e.body())
+    json_response(status_of(e), &error_body(e))
+}
+
+/// A successful answer: its status and the domain's typed outcome, serialised.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn new(status: u16, outcome: &impl Serialize) -> Result<Reply, ApiError> {
+        let body = serde_json::to_value(outcome).map_err(|_| ApiError::Upstream)?;
+        Ok(Reply { status, body })
+    }
+
+    /// 200 with the outcome.
+    pub fn ok(outcome: &impl Serialize) -> Result<Reply, ApiError> {
+        Reply::new(200, outcome)
+    }
+
+    /// 201 with the outcome.
+    pub fn created(outcome: &impl Serialize) -> Result<Reply, ApiError> {
+        Reply::new(201, outcome)
+    }
 }
 
 /// Turns a handler's result into a response, logging without secrets or bodies.
-pub fn respond(route: &str, result: Result<(u16, Value), ApiError>) -> Response<Body> {
+pub fn respond(route: &str, result: Result<Reply, ApiError>) -> Response<Body> {
     match result {
-        Ok((status, body)) => {
+        Ok(Reply { status, body }) => {
             tracing::info!(route, status, "handled");
             json_response(status, &body)
         }
         Err(e) => {
-            tracing::info!(route, status = e.status(), code = e.code(), "refused");
+            tracing::info!(route, status = status_of(&e), code = e.code(), "refused");
             error_response(&e)
         }
     }
@@ -186,5 +237,42 @@ mod tests {
         assert!(check_id("account_id", "").is_err());
         assert_eq!(percent_decode("a%20b"), "a b");
         assert_eq!(percent_decode("a%2"), "a%2");
+    }
+
+    #[test]
+    fn every_error_has_a_snake_case_code_and_no_debug_text() {
+        let all = [
+            ApiError::invalid("Field `quantity` must be an integer."),
+            ApiError::UnsupportedMediaType,
+            ApiError::Unauthenticated,
+            ApiError::Forbidden,
+            ApiError::account_not_found(),
+            ApiError::MethodNotAllowed("DELETE".into()),
+            ApiError::IdempotencyConflict,
+            ApiError::HoldExpired,
+            ApiError::HoldNotFound,
+            ApiError::OutOfCredits {
+                code: "out_of_credits".into(),
+                message: "Out.".into(),
+                balance: 0,
+                consumable: "llm_tokens".into(),
+            },
+            ApiError::rule("invalid_quantity", "Quantity must be positive."),
+            ApiError::Upstream,
+            ApiError::PaymentsUnavailable,
+            ApiError::Busy,
+            ApiError::OutOfOrder("payment_not_credited_yet", "Not yet.".into()),
+        ];
+        for e in all {
+            let code = e.code();
+            assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
+            assert!((400..600).contains(&status_of(&e)));
+            let body = error_body(&e);
+            assert_eq!(body["error"]["code"], code);
+            let msg = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(!msg.contains("Error") && !msg.contains('{'), "{msg}");
+            // A sentence for a person, never the code again.
+            assert!(msg != code && msg.ends_with('.'), "{code}: {msg}");
+        }
     }
 }

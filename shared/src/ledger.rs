@@ -1,5 +1,5 @@
 //! The credit ledger: immutable entries, and the pure arithmetic of debits, holds and
-//! adjustments. Nothing here does I/O; `service` applies the results through `store`.
+//! adjustments. Nothing here does I/O; the capabilities apply the results through `engine`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -56,16 +56,28 @@ impl LedgerEntry {
         }
     }
 
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "kind": self.kind,
-            "amount": self.amount.0,
-            "balance_after": self.balance_after.0,
-            "created_at": clock::rfc3339(self.created_at),
-            "description": self.description,
-        })
+    /// The entry as the API shows it.
+    pub fn view(&self) -> EntryView {
+        EntryView {
+            id: self.id.clone(),
+            kind: self.kind,
+            amount: self.amount.0,
+            balance_after: self.balance_after.0,
+            created_at: clock::rfc3339(self.created_at),
+            description: self.description.clone(),
+        }
     }
+}
+
+/// A ledger entry as the API shows it (amounts in micro-credits, time in RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub id: String,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub created_at: String,
+    pub description: String,
 }
 
 pub fn new_id(prefix: &str) -> String {
@@ -96,22 +108,32 @@ impl DomainEvent {
     }
 }
 
-/// The first result of an idempotent request, kept so a replay returns it (SPEC §6).
+/// The first result of an idempotent request, kept so a replay returns it (rules §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
     pub account_id: String,
     /// `usage:<key>`, `hold:<key>`, `adjustment:<key>`, `payment:<id>`.
     pub scope_key: String,
     pub request_hash: String,
-    pub status: u16,
-    pub response: Value,
+    /// The operation's first result, as its typed outcome serialises; a replay reads it back.
+    pub outcome: Value,
     pub created_at: i64,
     /// Kept forever: the claim that a payment was credited must outlive any retry.
     #[serde(default)]
     pub permanent: bool,
+    /// On a payment's claim: the entry that credited it and how much.
+    #[serde(default)]
+    pub credited: Option<Credited>,
 }
 
-/// How long idempotency keys are kept (SPEC §6: at least 24 hours).
+/// What a payment's permanent claim records of its credit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credited {
+    pub entry_id: String,
+    pub amount: Micros,
+}
+
+/// How long idempotency keys are kept (rules §6: at least 24 hours).
 pub const IDEMPOTENCY_TTL_MS: i64 = 7 * 24 * 3_600_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +152,7 @@ pub struct HoldRecord {
     pub status: HoldStatus,
     pub created_at: i64,
     pub settle_hash: Option<String>,
-    pub settle_response: Option<Value>,
+    pub settled: Option<crate::usage::Settled>,
 }
 
 /// SHA-256 of a canonical request, to tell a replay from a different request.
@@ -285,7 +307,7 @@ pub fn settle(
     })
 }
 
-/// Events for a balance change from `before` to `after` (SPEC §6): `BalanceLow` when the
+/// Events for a balance change from `before` to `after` (rules §6): `BalanceLow` when the
 /// balance crosses into low, `BalanceDepleted` when it reaches zero. Writes are serialized by
 /// version, so exactly one change crosses however many run at once.
 pub fn crossing_events(
@@ -351,7 +373,7 @@ mod tests {
         a.usage.insert("api_calls".into(), 1_000);
         assert_eq!(draw(&p, &a, "llm_tokens", 1, NOW).unwrap_err().code(), "out_of_credits");
         let e = draw(&p, &a, "api_calls", 1, NOW).unwrap_err();
-        assert_eq!((e.code(), e.status()), ("usage_limit_reached", 402));
+        assert!(matches!(e, ApiError::OutOfCredits { .. }) && e.code() == "usage_limit_reached");
         assert_eq!(draw(&p, &a, "nope", 1, NOW).unwrap_err().code(), "unknown_consumable");
         assert_eq!(draw(&p, &a, "api_calls", 0, NOW).unwrap_err().code(), "invalid_quantity");
         assert_eq!(draw(&p, &a, "api_calls", -3, NOW).unwrap_err().code(), "invalid_quantity");

@@ -2,11 +2,14 @@
 //! events) and the HTTP edge every function uses. "Where is a debit applied?" — `service`.
 
 pub mod account;
+pub mod accounts;
 pub mod auth;
-pub mod buying;
+pub mod cards;
 pub mod clock;
 pub mod config;
+pub mod crediting;
 pub mod dynamo;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod http;
@@ -16,23 +19,24 @@ pub mod notify;
 pub mod payments;
 pub mod pricing;
 pub mod profile;
-pub mod purchase;
+pub mod purchases;
 pub mod recharge;
 pub mod reconcile;
-pub mod service;
 pub mod store;
+pub mod usage;
+pub mod views;
 
 pub use config::Config;
 pub use error::ApiError;
 
 /// The production wiring: DynamoDB store and EventBridge bus.
-pub type LiveCredits = service::Credits<dynamo::DynamoStore, events::EventBridgeBus>;
+pub type LiveCredits = engine::Credits<dynamo::DynamoStore, events::EventBridgeBus>;
 
 /// Builds the live service from configuration and one loaded AWS config (clients built once).
 pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
     let store = dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone());
     let bus = events::EventBridgeBus::new(aws_sdk_eventbridge::Client::new(aws), config.event_bus.clone());
-    service::Credits::new(config.profile.clone(), store, bus)
+    engine::Credits::new(config.profile.clone(), store, bus)
 }
 
 /// The live Stripe client: `TOPUP_STRIPE_SECRET_KEY`, and `TOPUP_STRIPE_API_BASE` when set.

@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::account::valid_email;
 use crate::clock;
 use crate::money::Micros;
+use crate::pricing::format_credits;
 use crate::pricing::format_money;
 use crate::profile::Profile;
-use crate::service::format_credits;
 use crate::store::{DeliveryRecord, Store};
 
 /// One notification, ready for each channel.
@@ -454,8 +454,8 @@ mod delivery_tests {
 
     use super::*;
     use crate::account::Contact;
+    use crate::engine::Credits;
     use crate::events::MemoryBus;
-    use crate::service::Credits;
     use crate::store::MemoryStore;
 
     #[derive(Default)]

@@ -167,6 +167,24 @@ pub fn recharge_charge(profile: &Profile, plan: &str, credits: Micros) -> Result
     Ok(Cents((credits.0 + per_cent - 1) / per_cent))
 }
 
+/// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
+pub fn format_credits(p: &Profile, micros: Micros) -> String {
+    let per = p.unit.micros_per_unit.max(1);
+    if p.unit.code == p.currency {
+        return format_money(micros.0 / (per / 100).max(1), &p.currency);
+    }
+    let whole = micros.0 / per;
+    let frac = (micros.0 % per).abs();
+    let digits = per.to_string().len() - 1;
+    let n = if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{frac:0digits$}").trim_end_matches('0').to_string()
+    };
+    let unit = if n == "1" { p.unit.code.clone() } else { format!("{}s", p.unit.code) };
+    format!("{n} {unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +273,17 @@ mod tests {
         assert_eq!(b("free", 0).unwrap_err().code(), "blocks_out_of_range");
         assert_eq!(b("free", 101).unwrap_err().code(), "blocks_out_of_range");
         assert_eq!(q("voice-minutes", "free", amount(2800)).unwrap_err().code(), "invalid_purchase");
+    }
+
+    #[test]
+    fn credits_read_in_the_profiles_unit() {
+        let usd = Profile::load("usd-overage").unwrap();
+        assert_eq!(format_credits(&usd, Micros(12_500_000)), "$12.50");
+        assert_eq!(format_credits(&usd, Micros(100_000 * crate::money::MICROS_PER_CREDIT)), "$100,000.00");
+        let voice = Profile::load("voice-minutes").unwrap();
+        assert_eq!(format_credits(&voice, Micros(100 * crate::money::MICROS_PER_CREDIT)), "100 minutes");
+        assert_eq!(format_credits(&voice, Micros(crate::money::MICROS_PER_CREDIT)), "1 minute");
+        let runs = Profile::load("org-runs").unwrap();
+        assert_eq!(format_credits(&runs, Micros(1_500_000)), "1.5 credits");
     }
 }

@@ -1,31 +1,42 @@
-//! Auto-recharge end to end (SPEC §8): claim, charge the saved card off-session with an
+//! Auto-recharge end to end (rules §8): claim, charge the saved card off-session with an
 //! idempotency key derived from the claim, then credit once or record the failure. A claim
 //! whose caller died (before or after Stripe answered) is recovered after a lease by repeating
 //! the same charge call: Stripe answers the same PaymentIntent, so a recovery never charges
 //! twice.
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::account::{Account, RechargeClaim, RechargeError};
 use crate::clock;
+use crate::crediting::Payment;
+use crate::engine::{Change, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::{redeliver_outbox, EventBus};
+use crate::ledger::{new_id, DomainEvent, EntryKind, EntryView};
+use crate::money::Micros;
 use crate::payments::{ChargeOutcome, OffSessionCharge, Payments};
-use crate::service::{Credits, RechargeDecision};
+use crate::pricing::{self, format_credits};
 use crate::store::Store;
+use crate::views::{auto_recharge_view, plan_unavailable_message, AutoRechargeView};
 
 /// How long a claim may stay in flight before the sweep recovers it.
 pub const LEASE_MS: i64 = 120_000;
 
 /// What one recharge attempt did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
 pub enum RechargeResult {
-    NotDue(String),
+    NotDue {
+        reason: String,
+    },
     Credited {
+        #[serde(rename = "payment_intent")]
         payment_intent_id: String,
     },
     /// A payment that settles later: the webhook's `payment_intent.succeeded` completes it.
     Pending {
+        #[serde(rename = "payment_intent")]
         payment_intent_id: String,
     },
     Failed {
@@ -35,20 +46,19 @@ pub enum RechargeResult {
     Unanswered,
 }
 
-impl RechargeResult {
-    pub fn to_json(&self) -> Value {
-        match self {
-            RechargeResult::NotDue(why) => json!({"result": "not_due", "reason": why}),
-            RechargeResult::Credited { payment_intent_id } => {
-                json!({"result": "credited", "payment_intent": payment_intent_id})
-            }
-            RechargeResult::Pending { payment_intent_id } => {
-                json!({"result": "pending", "payment_intent": payment_intent_id})
-            }
-            RechargeResult::Failed { code } => json!({"result": "failed", "code": code}),
-            RechargeResult::Unanswered => json!({"result": "unanswered"}),
-        }
-    }
+/// What one sweep did: the accounts it looked at, the recharges it started or recovered, and
+/// the events it sent along from the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub accounts: usize,
+    pub recharges: Vec<SweptAccount>,
+    pub redelivered_events: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SweptAccount {
+    pub account_id: String,
+    pub outcome: RechargeResult,
 }
 
 /// The Stripe idempotency key of a claim's charge.
@@ -60,7 +70,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// Recharges `id` if it is due: one claim, one charge, one outcome.
     pub async fn recharge<P: Payments>(&self, payments: &P, id: &str) -> Result<RechargeResult, ApiError> {
         match self.claim_recharge(id).await? {
-            RechargeDecision::NotDue(why) => Ok(RechargeResult::NotDue(why)),
+            RechargeDecision::NotDue(reason) => Ok(RechargeResult::NotDue { reason }),
             RechargeDecision::Claimed(claim) => {
                 // The claim's commit left this process's state of the account current.
                 let account = match self.cached(id) {
@@ -151,7 +161,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// The scheduled sweep: recover stale claims, recharge accounts whose `BalanceLow` was lost,
     /// and send along events left in the outbox. A lost event delays a recharge, never skips
     /// or doubles it.
-    pub async fn sweep<P: Payments>(&self, payments: &P, limit: usize, lease_ms: i64) -> Result<Value, ApiError> {
+    pub async fn sweep<P: Payments>(&self, payments: &P, limit: usize, lease_ms: i64) -> Result<SweepReport, ApiError> {
         let ids = self.store.accounts_for_sweep(limit).await.map_err(|_| ApiError::Upstream)?;
         let mut results = Vec::new();
         for id in &ids {
@@ -159,11 +169,309 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(r) => r,
                 None => self.recharge(payments, id).await?,
             };
-            if !matches!(r, RechargeResult::NotDue(_)) {
-                results.push(json!({"account_id": id, "outcome": r.to_json()}));
+            if !matches!(r, RechargeResult::NotDue { .. }) {
+                results.push(SweptAccount { account_id: id.clone(), outcome: r });
             }
         }
         let redelivered = redeliver_outbox(&self.store, &self.bus, 100).await.map_err(|_| ApiError::Upstream)?;
-        Ok(json!({"accounts": ids.len(), "recharges": results, "redelivered_events": redelivered}))
+        Ok(SweepReport { accounts: ids.len(), recharges: results, redelivered_events: redelivered })
     }
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// Claims a recharge if one is due (rules §8): enabled on a plan that allows it, a card on
+    /// file, not suspended, nothing in flight, the balance low by the profile's comparison, and
+    /// the month's count under the cap. One conditional write; of any number of concurrent
+    /// triggers for one low balance, exactly one gets `Claimed`. The count is taken at claim so
+    /// the cap holds even with a charge in flight; a failed charge gives it back.
+    pub async fn claim_recharge(&self, id: &str) -> Result<RechargeDecision, ApiError> {
+        let p = &self.profile;
+        let recharge_id = new_id("rch");
+        self.apply(id, None, |a, now| {
+            let mut next = a.next(now);
+            let ar = &next.auto_recharge;
+            let not = |why: &str| Ok(Plan::AlreadySo(RechargeDecision::NotDue(why.to_string())));
+            if !ar.enabled {
+                return not("disabled");
+            }
+            if !p.plan(&next.plan).is_some_and(|pl| pl.auto_recharge) {
+                return not("plan");
+            }
+            if next.payment_method.is_none() || next.stripe_customer_id.is_none() {
+                return not("no_payment_method");
+            }
+            if ar.suspended {
+                return not("suspended");
+            }
+            if ar.in_flight.is_some() {
+                return not("in_flight");
+            }
+            if !p.low_balance.trigger.is_low(next.balance, ar.threshold) {
+                return not("not_low");
+            }
+            if ar.episode_charged {
+                return not("recharged_this_episode");
+            }
+            let credits = ar.amount;
+            let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
+            let over_money =
+                ar.monthly_spend_max_cents.is_some_and(|cap| ar.spent_this_month_cents + charge_cents > cap);
+            if ar.used_this_month >= ar.monthly_max || over_money {
+                // At the cap auto-recharge pauses until next month (seed 004); the first time
+                // a month, say so on the bus (the profile decides whether that is emailed).
+                let reason = if over_money { "monthly_spend_cap" } else { "monthly_cap" };
+                let month = clock::month_of(now);
+                if ar.paused_notice_month.as_deref() == Some(month.as_str()) {
+                    return not(reason);
+                }
+                next.auto_recharge.paused_notice_month = Some(month.clone());
+                let event = DomainEvent::new(
+                    "AutoRechargePaused",
+                    id,
+                    now,
+                    json!({
+                        "month": month,
+                        "reason": reason,
+                        "monthly_max": next.auto_recharge.monthly_max,
+                        "monthly_spend_max": next.auto_recharge.monthly_spend_max_cents,
+                        "balance": next.balance.0,
+                    }),
+                );
+                let outcome = RechargeDecision::NotDue(reason.to_string());
+                return Change { events: vec![event], ..Change::quiet(next, "recharge_paused", outcome) }.write();
+            }
+            let claim = RechargeClaim { recharge_id: recharge_id.clone(), claimed_at: now, credits, charge_cents };
+            next.auto_recharge.used_this_month += 1;
+            next.auto_recharge.spent_this_month_cents += charge_cents;
+            next.auto_recharge.in_flight = Some(claim.clone());
+            next.auto_recharge.episode_charged = true;
+            Change::quiet(next, "recharge_claim", RechargeDecision::Claimed(claim)).write()
+        })
+        .await?
+        .done()
+    }
+
+    /// The claimed recharge's PaymentIntent succeeded: credit it through the same exactly-once
+    /// path as the webhook (either may come first), release the claim, emit
+    /// `AutoRechargeSucceeded`.
+    pub async fn complete_recharge(
+        &self,
+        id: &str,
+        claim: &RechargeClaim,
+        payment_intent_id: &str,
+    ) -> Result<EntryView, ApiError> {
+        let payment = Payment {
+            payment_id: payment_intent_id.to_string(),
+            kind: EntryKind::AutoRecharge,
+            credits: claim.credits,
+            charge_cents: claim.charge_cents,
+            reference: claim.recharge_id.clone(),
+            description: format!("Auto-recharge of {}", format_credits(&self.profile, claim.credits)),
+        };
+        self.credit(id, &payment, None).await?.done()
+    }
+
+    /// `payment_intent.succeeded` for a recharge: completes the claim in flight through the
+    /// exactly-once path. When the claim is gone — completed already (the payment's claim makes
+    /// this a no-op), or recorded as failed though the money came through after all — a paid
+    /// payment still credits exactly once (rules §10.2), for the credits its metadata names and
+    /// the amount Stripe received. `None` when there is nothing to credit it with.
+    pub async fn recharge_paid(
+        &self,
+        id: &str,
+        recharge_id: &str,
+        payment_intent_id: &str,
+        named_credits: Option<i64>,
+        received_cents: Option<i64>,
+    ) -> Result<Option<EntryView>, ApiError> {
+        let account = self.account(id).await?;
+        let claim = match account.auto_recharge.in_flight.filter(|c| c.recharge_id == recharge_id) {
+            Some(claim) => claim,
+            None => match (named_credits, received_cents) {
+                (Some(c), Some(cents)) if c > 0 => RechargeClaim {
+                    recharge_id: recharge_id.to_string(),
+                    claimed_at: 0,
+                    credits: Micros(c),
+                    charge_cents: cents,
+                },
+                _ => return Ok(None),
+            },
+        };
+        self.complete_recharge(id, &claim, payment_intent_id).await.map(Some)
+    }
+
+    /// The claimed recharge's charge failed (a decline, `authentication_required`, a
+    /// PaymentIntent left needing action): nothing is added, the error is recorded, the claim
+    /// and its count are given back, and auto-recharge is suspended until a new card or a
+    /// manual purchase — no automatic retry (seed 000). Emits `AutoRechargeFailed`. A claim that
+    /// is no longer in flight (completed or failed already) is left alone: `false`.
+    pub async fn fail_recharge(&self, id: &str, recharge_id: &str, failure: &RechargeError) -> Result<bool, ApiError> {
+        self.apply(id, None, |a, now| {
+            if a.auto_recharge.in_flight.as_ref().is_none_or(|c| c.recharge_id != recharge_id) {
+                return Ok(Plan::AlreadySo(false));
+            }
+            let mut next = a.next(now);
+            let ar = &mut next.auto_recharge;
+            ar.in_flight = None;
+            ar.suspended = true;
+            ar.episode_charged = false;
+            ar.used_this_month = ar.used_this_month.saturating_sub(1);
+            if let Some(claim) = &a.auto_recharge.in_flight {
+                ar.spent_this_month_cents = (ar.spent_this_month_cents - claim.charge_cents).max(0);
+            }
+            next.last_recharge_error = Some(RechargeError { at: now, ..failure.clone() });
+            let event = DomainEvent::new(
+                "AutoRechargeFailed",
+                id,
+                now,
+                json!({
+                    "recharge_id": recharge_id,
+                    "code": failure.code,
+                    "decline_code": failure.decline_code,
+                    "do_not_retry": failure.do_not_retry(),
+                    "message": failure.message,
+                    "balance": next.balance.0,
+                }),
+            );
+            Change { events: vec![event], ..Change::quiet(next, "recharge_failed", true) }.write()
+        })
+        .await?
+        .done()
+    }
+
+    /// `PUT /v1/accounts/{id}/credits/auto-recharge` (rules §5, §8): validated against the
+    /// profile and the plan; each broken rule is a 422 with its own code and nothing changes.
+    pub async fn set_auto_recharge(&self, id: &str, input: &AutoRechargeInput) -> Result<AutoRechargeView, ApiError> {
+        let p = &self.profile;
+        let rules = &p.auto_recharge;
+        self.apply(id, None, |a, now| {
+            let plan = p
+                .plan(&a.plan)
+                .ok_or_else(|| ApiError::rule("unknown_plan", "The account's plan is not part of this product."))?;
+            if input.amount.is_some() && rules.fixed_amount {
+                return Err(ApiError::rule(
+                    "amount_not_configurable",
+                    format!(
+                        "Each auto-reload buys exactly {}; there is no amount to set.",
+                        format_credits(p, rules.default_amount)
+                    ),
+                ));
+            }
+            if input.enabled && !plan.auto_recharge {
+                return Err(ApiError::rule("auto_recharge_unavailable", plan_unavailable_message(&a.plan)));
+            }
+            if input.enabled && a.payment_method.is_none() {
+                return Err(ApiError::rule(
+                    "payment_method_required",
+                    "Add a default payment method before turning on auto-recharge.",
+                ));
+            }
+            let current = &a.auto_recharge;
+            let amount =
+                if rules.fixed_amount { rules.default_amount } else { input.amount.map_or(current.amount, Micros) };
+            let threshold = input.threshold.map_or(current.threshold, Micros);
+            if amount < rules.amount_min || amount > rules.amount_max {
+                return Err(ApiError::rule(
+                    "amount_out_of_range",
+                    format!(
+                        "The amount must be between {} and {}.",
+                        format_credits(p, rules.amount_min),
+                        format_credits(p, rules.amount_max)
+                    ),
+                ));
+            }
+            if threshold < rules.threshold_min {
+                return Err(ApiError::rule(
+                    "threshold_out_of_range",
+                    format!("The threshold must be at least {}.", format_credits(p, rules.threshold_min)),
+                ));
+            }
+            match rules.threshold_max {
+                Some(max) if threshold > max => {
+                    return Err(ApiError::rule(
+                        "threshold_out_of_range",
+                        format!("The threshold can be at most {}.", format_credits(p, max)),
+                    ))
+                }
+                // seed 000: "$0 up to the purchase amount".
+                None if threshold > amount => {
+                    return Err(ApiError::rule(
+                        "threshold_above_amount",
+                        "The threshold can be at most the amount each recharge adds.",
+                    ))
+                }
+                _ => {}
+            }
+            let monthly_max = match input.monthly_max {
+                None => current.monthly_max,
+                Some(m) if m < 1 => {
+                    return Err(ApiError::rule("invalid_monthly_max", "The monthly maximum must be at least 1."))
+                }
+                Some(m) => u32::try_from(m).unwrap_or(u32::MAX),
+            };
+            if input.monthly_max.is_some() && monthly_max > plan.monthly_reload_limit {
+                return Err(ApiError::rule(
+                    "monthly_max_above_limit",
+                    format!(
+                        "The monthly maximum can be raised up to your plan's limit of {}.",
+                        plan.monthly_reload_limit
+                    ),
+                ));
+            }
+            let spend_max = match input.monthly_spend_max {
+                None => current.monthly_spend_max_cents,
+                Some(0) => None,
+                Some(m) if m < 0 => {
+                    return Err(ApiError::rule(
+                        "invalid_monthly_spend_max",
+                        "The monthly spending limit must be positive, or 0 for none.",
+                    ))
+                }
+                Some(m) => Some(m),
+            };
+            if let Some(cap) = spend_max {
+                let one = pricing::recharge_charge(p, &a.plan, amount)?.0;
+                if cap < one {
+                    return Err(ApiError::rule(
+                        "monthly_spend_max_too_low",
+                        format!(
+                            "The monthly spending limit must allow at least one recharge ({}).",
+                            pricing::format_money(one, &p.currency)
+                        ),
+                    ));
+                }
+            }
+            let mut next = a.next(now);
+            let ar = &mut next.auto_recharge;
+            ar.enabled = input.enabled;
+            ar.threshold = threshold;
+            ar.amount = amount;
+            ar.monthly_max = monthly_max;
+            ar.monthly_spend_max_cents = spend_max;
+            let view = auto_recharge_view(p, &next, &clock::month_of(now));
+            Change::quiet(next, "auto_recharge_settings", view).write()
+        })
+        .await?
+        .done()
+    }
+}
+
+/// The outcome of `claim_recharge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RechargeDecision {
+    Claimed(RechargeClaim),
+    /// `disabled`, `plan`, `no_payment_method`, `suspended`, `in_flight`, `not_low`,
+    /// `recharged_this_episode`, `monthly_cap`.
+    NotDue(String),
+}
+
+/// Settings asked for in `PUT .../credits/auto-recharge`; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct AutoRechargeInput {
+    pub enabled: bool,
+    pub threshold: Option<i64>,
+    pub amount: Option<i64>,
+    pub monthly_max: Option<i64>,
+    /// Cents a month at most (an option no seed has); 0 removes the limit.
+    pub monthly_spend_max: Option<i64>,
 }

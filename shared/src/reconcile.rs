@@ -1,4 +1,4 @@
-//! Reconciliation (SPEC §10.1, §10.2): our books against themselves and against Stripe's.
+//! Reconciliation (rules §10.1, §10.2): our books against themselves and against Stripe's.
 //!
 //! For each account it checks that
 //! - the balance is the sum of the ledger, lifetime totals are their sums, running balances chain
@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 
 use crate::account::Account;
 use crate::clock;
+use crate::engine::Credits;
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ledger::{request_hash, EntryKind, IdemRecord, LedgerEntry};
 use crate::payments::{PaymentHistory, PaymentRecord};
-use crate::service::Credits;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -194,13 +194,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
         for claim in claims {
             let payment = payment_of(claim);
-            let entry = claim.response["id"].as_str().and_then(|e| entries.get(e).copied());
-            let Some(entry) = entry.filter(|e| Some(e.amount.0) == claim.response["amount"].as_i64()) else {
+            let said = claim.credited.as_ref();
+            let entry = said.and_then(|c| entries.get(c.entry_id.as_str()).copied());
+            let Some(entry) = entry.filter(|e| said.is_some_and(|c| c.amount == e.amount)) else {
                 out.push(diff(
                     "claim_without_entry",
                     Severity::Wrong,
                     Some(payment),
-                    claim.response["amount"].as_i64(),
+                    said.map(|c| c.amount.0),
                     None,
                     "A payment is recorded as credited but its ledger entry is missing or differs.".into(),
                 ));
@@ -336,7 +337,7 @@ fn payment_of(claim: &IdemRecord) -> &str {
     claim.scope_key.strip_prefix("payment:").unwrap_or(&claim.scope_key)
 }
 
-/// SPEC §10.1 and §10.4 on one account's stored state.
+/// rules §10.1 and §10.4 on one account's stored state.
 pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Difference> {
     let mut out = Vec::new();
     let diff = |code, ours: i64, theirs: i64, detail: String| Difference {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use crate::account::Account;
 use crate::ledger::{DomainEvent, HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
-use crate::purchase::{PurchaseRecord, PurchaseStatus};
+use crate::purchases::{PurchaseRecord, PurchaseStatus};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

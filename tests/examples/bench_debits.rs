@@ -9,8 +9,8 @@ use std::time::Instant;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use serde_json::json;
 use topup::dynamo::{create_table, DynamoStore};
+use topup::engine::Credits;
 use topup::events::EventBridgeBus;
-use topup::service::Credits;
 use topup_tests::*;
 
 const OPS: usize = 400;
@@ -168,8 +168,8 @@ async fn handler_setup(
     let credits = Arc::new(Credits::new(cfg.profile.clone(), DynamoStore::new(dynamo.clone(), table), bus.clone()));
     let accounts: Vec<String> = (0..n).map(|i| format!("acct{i}")).collect();
     for a in &accounts {
-        let (s, b) = credits.upsert_account(a, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s, 201, "{b}");
+        let saved = credits.upsert_account(a, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(saved, topup::accounts::AccountSaved::Created(_)), "{saved:?}");
         credits.adjust(a, 1_000 * C, "bench", &unique("g")).await.unwrap_or_else(|e| panic!("{e}"));
         // Past the allowance so every debit draws credits.
         credits.debit(a, "api_calls", 1_000, &unique("warm")).await.unwrap_or_else(|e| panic!("{e}"));

@@ -15,9 +15,10 @@ use std::time::Instant;
 use serde_json::json;
 use topup::account::PaymentMethod;
 use topup::dynamo::DynamoStore;
+use topup::engine::Credits;
 use topup::events::EventBridgeBus;
 use topup::payments::{ChargeOutcome, OffSessionCharge, Payments, PaymentsUnavailable, StripePayments};
-use topup::service::{AutoRechargeInput, Credits};
+use topup::recharge::AutoRechargeInput;
 use topup_tests::*;
 
 /// Counts Stripe calls: one call is one HTTP request to Stripe.

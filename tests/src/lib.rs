@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use topup::auth::sign_hs256;
 use topup::config::{Config, Secret};
 use topup::dynamo::{create_table, DynamoStore};
+use topup::engine::Credits;
 use topup::events::EventBridgeBus;
 use topup::ledger::LedgerEntry;
 use topup::profile::Profile;
-use topup::service::Credits;
 use topup::store::Store;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";

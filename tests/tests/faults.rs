@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use topup::account::Account;
 use topup::config::Secret;
 use topup::dynamo::DynamoStore;
+use topup::engine::Credits;
 use topup::events::{EventBridgeBus, EventBus, PublishError};
 use topup::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry};
 use topup::money::Micros;
@@ -34,9 +35,8 @@ use topup::payments::{
     PaymentsUnavailable, Purchases, StripePayments,
 };
 use topup::profile::Trigger;
-use topup::purchase::PurchaseRecord;
+use topup::purchases::PurchaseRecord;
 use topup::reconcile::Severity;
-use topup::service::Credits;
 use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
 use topup_tests::*;
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use topup::crediting::Payment;
 use topup::ledger::EntryKind;
 use topup::money::Micros;
-use topup::service::Payment;
 use topup_tests::*;
 
 fn paid(id: &str, credits: i64) -> Payment {
@@ -38,7 +38,7 @@ async fn twenty_concurrent_deliveries_of_one_payment_credit_once() {
         replies.push(t.await.expect("task").unwrap_or_else(|e| panic!("{e}")));
     }
     assert!(replies.windows(2).all(|p| p[0] == p[1]), "every delivery gets the first entry");
-    assert_eq!(replies[0].0, 201);
+    assert_eq!(replies[0].amount, 10 * C);
     let v = w.view("acme").await;
     assert_eq!((v["balance"].as_i64(), v["lifetime_added"].as_i64()), (Some(10 * C), Some(10 * C)));
     let ledger = w.ledger("acme").await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use topup::ledger::EntryKind;
 use topup::pricing::PurchaseChoice;
-use topup::purchase::{PurchaseStatus, FAILED_MESSAGE, PROCESSING_MESSAGE};
+use topup::purchases::{PurchaseStatus, FAILED_MESSAGE, PROCESSING_MESSAGE};
 use topup_tests::*;
 
 fn amount(cents: i64) -> PurchaseChoice {
@@ -17,17 +17,17 @@ fn amount(cents: i64) -> PurchaseChoice {
 async fn a_purchase_is_priced_by_the_server_and_idempotent_per_key() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
-    let (s, p) = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("record");
-    assert_eq!((s, p.status, p.charge.0, p.credits.0), (201, PurchaseStatus::Pending, 1000, 10 * C), "default $10");
-    assert_eq!(p.to_json()["message"], serde_json::Value::Null);
+    let p = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("record");
+    assert_eq!((p.status, p.charge.0, p.credits.0), (PurchaseStatus::Pending, 1000, 10 * C), "default $10");
+    assert_eq!(p.view().message, None);
     // The same key and request: the same purchase. Another request under the key: 409.
-    let (_, again) = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("replay");
+    let again = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("replay");
     assert_eq!(again, p);
     let e = w.credits.record_purchase("acme", &amount(2000), Some("k1")).await.expect_err("conflict");
     assert_eq!(e.code(), "idempotency_conflict");
     // Without a key every request is a new purchase.
-    let (_, a) = w.credits.record_purchase("acme", &amount(500), None).await.expect("a");
-    let (_, b) = w.credits.record_purchase("acme", &amount(500), None).await.expect("b");
+    let a = w.credits.record_purchase("acme", &amount(500), None).await.expect("a");
+    let b = w.credits.record_purchase("acme", &amount(500), None).await.expect("b");
     assert_ne!(a.purchase_id, b.purchase_id);
     for (choice, code) in [(amount(499), "amount_out_of_range"), (amount(100_001), "amount_out_of_range")] {
         let e = w.credits.record_purchase("acme", &choice, None).await.expect_err("refused");
@@ -47,7 +47,7 @@ async fn a_bank_debit_goes_processing_then_credits_once() {
     let observer = w.observe_bus().await;
     w.account("clinic", "free").await;
     let choice = PurchaseChoice { blocks: Some(2), ..Default::default() };
-    let (_, p) = w.credits.record_purchase("clinic", &choice, Some("buy-2")).await.expect("record");
+    let p = w.credits.record_purchase("clinic", &choice, Some("buy-2")).await.expect("record");
     assert_eq!((p.charge.0, p.credits.0), (5_600, 200 * C), "2 blocks at $0.28/min");
     let p = w.credits.attach_checkout("clinic", &p.purchase_id, "cs_test_1").await.expect("attach");
     assert_eq!(p.checkout_session_id.as_deref(), Some("cs_test_1"));
@@ -76,7 +76,7 @@ async fn concurrent_and_out_of_order_deliveries_credit_once() {
     let w = Arc::new(World::new("request-packs").await);
     w.account("team", "free").await;
     let choice = PurchaseChoice { package: Some("pack_20".into()), ..Default::default() };
-    let (_, p) = w.credits.record_purchase("team", &choice, None).await.expect("record");
+    let p = w.credits.record_purchase("team", &choice, None).await.expect("record");
     let id = p.purchase_id.clone();
     let instances: Vec<_> = (0..5).map(|_| Arc::new(w.another_instance())).collect();
     let mut tasks = Vec::new();
@@ -107,15 +107,15 @@ async fn concurrent_and_out_of_order_deliveries_credit_once() {
 async fn a_failed_payment_is_never_credited_and_says_so() {
     let w = World::new("org-runs").await;
     w.account("org", "pro").await;
-    let (_, p) = w.credits.record_purchase("org", &amount(2_500), None).await.expect("record");
+    let p = w.credits.record_purchase("org", &amount(2_500), None).await.expect("record");
     w.credits.purchase_processing("org", &p.purchase_id).await.expect("processing");
     let p = w.credits.purchase_failed("org", &p.purchase_id).await.expect("failed");
     assert_eq!((p.status, p.message()), (PurchaseStatus::Failed, Some(FAILED_MESSAGE)));
-    assert_eq!(p.to_json()["message"], "We couldn't confirm your payment. Please try again.");
+    assert_eq!(p.view().message.as_deref(), Some("We couldn't confirm your payment. Please try again."));
     assert_eq!(w.view("org").await["balance"], 0);
     // Expiry only applies to pending purchases.
     assert_eq!(w.credits.purchase_expired("org", &p.purchase_id).await.expect("noop").status, PurchaseStatus::Failed);
-    let (_, q) = w.credits.record_purchase("org", &amount(500), None).await.expect("record");
+    let q = w.credits.record_purchase("org", &amount(500), None).await.expect("record");
     assert_eq!(
         w.credits.purchase_expired("org", &q.purchase_id).await.expect("expired").status,
         PurchaseStatus::Expired
@@ -131,9 +131,9 @@ async fn a_purchase_write_from_a_stale_read_is_refused() {
     use topup::store::{CommitError, PurchaseWrite, Store};
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
-    let (_, p) = w.credits.record_purchase("acme", &amount(1000), None).await.expect("record");
+    let p = w.credits.record_purchase("acme", &amount(1000), None).await.expect("record");
     let write = |session: &str| PurchaseWrite {
-        record: topup::purchase::PurchaseRecord {
+        record: topup::purchases::PurchaseRecord {
             checkout_session_id: Some(session.into()),
             updated_at: p.updated_at + 1,
             ..p.clone()

@@ -10,7 +10,7 @@ use serde_json::json;
 use topup::account::RechargeError;
 use topup::ledger::EntryKind;
 use topup::pricing::PurchaseChoice;
-use topup::service::RechargeDecision;
+use topup::recharge::RechargeDecision;
 use topup_tests::*;
 
 async fn enable(w: &World, account: &str, body: serde_json::Value) {
@@ -110,7 +110,7 @@ async fn a_failed_recharge_adds_nothing_suspends_and_a_purchase_restores_it() {
         );
     }
     // seed 000: "trigger a one-time purchase to restore service".
-    let (_, p) = w.credits.record_purchase("acme", &PurchaseChoice::default(), None).await.expect("purchase");
+    let p = w.credits.record_purchase("acme", &PurchaseChoice::default(), None).await.expect("purchase");
     w.credits.purchase_paid("acme", &p.purchase_id, "pi_manual").await.expect("paid");
     assert_eq!(w.credits.claim_recharge("acme").await.expect("claim"), RechargeDecision::NotDue("not_low".into()));
     w.usage("acme", "api_calls", 1_000).await;

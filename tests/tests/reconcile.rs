@@ -77,7 +77,7 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     assert_eq!(report.differences, vec![]);
 
     // A credit for a payment Stripe never took, and a balance changed by hand: wrong.
-    let forged = topup::service::Payment {
+    let forged = topup::crediting::Payment {
         payment_id: "pi_never_paid".into(),
         kind: topup::ledger::EntryKind::Purchase,
         credits: topup::money::Micros(7 * C),

@@ -1,17 +1,35 @@
-//! The `auto-recharge` function (SPEC §8): EventBridge delivers `BalanceLow` and a schedule
+//! The `auto-recharge` function (rules §8): EventBridge delivers `BalanceLow` and a schedule
 //! triggers the sweep. Either way the recharge is claimed with one conditional write, charged
 //! off-session once, and credited through the same exactly-once path as the webhook.
+//!
+//! An error that retrying can help (AWS or Stripe unavailable, contention) fails the
+//! invocation so Lambda retries it; any other is final: logged, answered, not retried.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
+use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::payments::Payments;
 use topup::recharge::LEASE_MS;
-use topup::service::Credits;
 use topup::store::Store;
 use topup::ApiError;
 
 /// Accounts one sweep looks at.
 pub const SWEEP_LIMIT: usize = 500;
+
+/// What EventBridge hands the function, as far as it reads it.
+#[derive(Debug, Deserialize)]
+pub struct Trigger {
+    #[serde(rename = "detail-type", default)]
+    pub detail_type: String,
+    #[serde(default)]
+    pub detail: TriggerDetail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TriggerDetail {
+    pub account_id: Option<String>,
+}
 
 /// Handles one EventBridge event: `BalanceLow` for an account, or the scheduled sweep.
 pub async fn handle<S: Store, B: EventBus, P: Payments>(
@@ -19,26 +37,35 @@ pub async fn handle<S: Store, B: EventBus, P: Payments>(
     payments: &P,
     event: &Value,
 ) -> Result<Value, ApiError> {
-    let detail_type = event["detail-type"].as_str().unwrap_or_default();
-    let out = match detail_type {
+    let Ok(trigger) = serde_json::from_value::<Trigger>(event.clone()) else {
+        tracing::warn!("an event this function cannot read; ignored");
+        return Ok(json!({"result": "ignored"}));
+    };
+    let outcome = match trigger.detail_type.as_str() {
         "BalanceLow" => {
-            let Some(account_id) = event["detail"]["account_id"].as_str() else {
+            let Some(account_id) = trigger.detail.account_id.as_deref() else {
                 tracing::warn!("BalanceLow without account_id");
                 return Ok(json!({"result": "ignored"}));
             };
-            let result = credits.recharge(payments, account_id).await?;
-            tracing::info!(account_id, outcome = %result.to_json(), "recharge on BalanceLow");
-            result.to_json()
+            credits.recharge(payments, account_id).await.and_then(|result| {
+                tracing::info!(account_id, outcome = ?result, "recharge on BalanceLow");
+                serde_json::to_value(result).map_err(|_| ApiError::Upstream)
+            })
         }
-        "Scheduled Event" => {
-            let report = credits.sweep(payments, SWEEP_LIMIT, LEASE_MS).await?;
-            tracing::info!(report = %report, "sweep");
-            report
-        }
+        "Scheduled Event" => credits.sweep(payments, SWEEP_LIMIT, LEASE_MS).await.and_then(|report| {
+            tracing::info!(report = ?report, "sweep");
+            serde_json::to_value(report).map_err(|_| ApiError::Upstream)
+        }),
         other => {
             tracing::warn!(detail_type = other, "event ignored");
-            json!({"result": "ignored"})
+            return Ok(json!({"result": "ignored"}));
         }
     };
-    Ok(out)
+    match outcome {
+        Err(e) if !e.retryable() => {
+            tracing::error!(detail_type = %trigger.detail_type, code = e.code(), "final failure; not retried");
+            Ok(json!({"result": "failed", "code": e.code()}))
+        }
+        other => other,
+    }
 }

@@ -1,4 +1,4 @@
-//! The `credits-api` function: accounts, the credits view, the ledger, adjustments (SPEC §4–§5).
+//! The `credits-api` function: accounts, the credits view, the ledger, adjustments (rules §4–§5).
 //!
 //! - `PUT /v1/accounts/{id}` (service) `{plan, billing_contacts}`
 //! - `GET /v1/accounts/{id}/credits` (view roles)
@@ -12,66 +12,116 @@
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 use topup::account::Contact;
+use topup::accounts::AccountSaved;
 use topup::auth::Access;
+use topup::engine::{check_key, Credits};
 use topup::events::EventBus;
-use topup::http::{check_id, identity, json_object, respond, segments};
-use topup::service::{check_key, decode_cursor, AutoRechargeInput, Credits};
+use topup::http::{check_id, identity, json_object, respond, segments, Reply};
+use topup::recharge::AutoRechargeInput;
 use topup::store::Store;
+use topup::views::decode_cursor;
 use topup::{ApiError, Config};
 
 pub const DEFAULT_PAGE: usize = 20;
 pub const MAX_PAGE: usize = 100;
 pub const MAX_CONTACTS: usize = 10;
 
+/// The function's routes; every one is matched by name below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Billing,
+    Account(String),
+    Credits(String),
+    Transactions(String),
+    Adjustments(String),
+    AutoRecharge(String),
+    Notifications(String),
+}
+
+impl Route {
+    pub fn parse(segs: &[String]) -> Option<Route> {
+        let a = |s: &str| s.to_string();
+        Some(match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["billing"] => Route::Billing,
+            ["v1", "accounts", id] => Route::Account(a(id)),
+            ["v1", "accounts", id, "credits"] => Route::Credits(a(id)),
+            ["v1", "accounts", id, "credits", "transactions"] => Route::Transactions(a(id)),
+            ["v1", "accounts", id, "credits", "adjustments"] => Route::Adjustments(a(id)),
+            ["v1", "accounts", id, "credits", "auto-recharge"] => Route::AutoRecharge(a(id)),
+            ["v1", "accounts", id, "notifications"] => Route::Notifications(a(id)),
+            _ => return None,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Billing => "billing",
+            Route::Account(_) => "account",
+            Route::Credits(_) => "credits",
+            Route::Transactions(_) => "transactions",
+            Route::Adjustments(_) => "adjustments",
+            Route::AutoRecharge(_) => "auto_recharge",
+            Route::Notifications(_) => "notifications",
+        }
+    }
+
+    /// The account a route names and who may call it; the billing page names none.
+    fn guard(&self) -> Option<(&str, Access)> {
+        match self {
+            Route::Billing => None,
+            Route::Account(id) | Route::Adjustments(id) => Some((id, Access::Service)),
+            Route::Credits(id) | Route::Transactions(id) | Route::Notifications(id) => Some((id, Access::View)),
+            Route::AutoRecharge(id) => Some((id, Access::Billing)),
+        }
+    }
+
+    fn method(&self) -> &'static str {
+        match self {
+            Route::Account(_) | Route::AutoRecharge(_) => "PUT",
+            Route::Adjustments(_) => "POST",
+            Route::Billing | Route::Credits(_) | Route::Transactions(_) | Route::Notifications(_) => "GET",
+        }
+    }
+}
+
 pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S, B>, req: Request) -> Response<Body> {
-    let segs = segments(&req);
-    if segs == ["billing"] {
+    let Some(route) = Route::parse(&segments(&req)) else {
+        return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into())));
+    };
+    if route == Route::Billing {
         return billing_page(config, &req);
     }
-    let route = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["v1", "accounts", _] => "account",
-        ["v1", "accounts", _, "credits"] => "credits",
-        ["v1", "accounts", _, "credits", "transactions"] => "transactions",
-        ["v1", "accounts", _, "credits", "adjustments"] => "adjustments",
-        ["v1", "accounts", _, "credits", "auto-recharge"] => "auto_recharge",
-        ["v1", "accounts", _, "notifications"] => "notifications",
-        _ => return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into()))),
-    };
-    respond(route, route_request(config, credits, &req, route, &segs[2]).await)
+    respond(route.name(), route_request(config, credits, &req, &route).await)
 }
 
 async fn route_request<S: Store, B: EventBus>(
     config: &Config,
     credits: &Credits<S, B>,
     req: &Request,
-    route: &str,
-    account_id: &str,
-) -> Result<(u16, Value), ApiError> {
+    route: &Route,
+) -> Result<Reply, ApiError> {
     let who = identity(req, config)?;
     let method = req.method().as_str();
-    let expected = match route {
-        "account" | "auto_recharge" => "PUT",
-        "adjustments" => "POST",
-        _ => "GET",
-    };
-    if method != expected {
+    if method != route.method() {
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
-    check_id("account_id", account_id)?;
+    if let Some((id, access)) = route.guard() {
+        check_id("account_id", id)?;
+        who.authorize(&config.profile, access, id)?;
+    }
     match route {
-        "account" => {
-            who.authorize(&config.profile, Access::Service, account_id)?;
+        Route::Billing => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Account(id) => {
             let body = json_object(req, &["plan", "billing_contacts"])?;
             let plan = body.str("plan")?;
             let contacts = contacts(body.array("billing_contacts")?)?;
-            credits.upsert_account(account_id, plan, contacts).await
+            match credits.upsert_account(id, plan, contacts).await? {
+                AccountSaved::Created(a) => Reply::created(&a),
+                AccountSaved::Updated(a) => Reply::ok(&a),
+            }
         }
-        "credits" => {
-            who.authorize(&config.profile, Access::View, account_id)?;
-            Ok((200, credits.view(account_id).await?))
-        }
-        "auto_recharge" => {
-            who.authorize(&config.profile, Access::Billing, account_id)?;
+        Route::Credits(id) => Reply::ok(&credits.view(id).await?),
+        Route::AutoRecharge(id) => {
             let body = json_object(req, &["enabled", "threshold", "amount", "monthly_max", "monthly_spend_max"])?;
             let enabled = body.opt_bool("enabled")?.ok_or_else(|| ApiError::invalid("Field `enabled` is required."))?;
             let input = AutoRechargeInput {
@@ -81,19 +131,14 @@ async fn route_request<S: Store, B: EventBus>(
                 monthly_max: body.opt_i64("monthly_max")?,
                 monthly_spend_max: body.opt_i64("monthly_spend_max")?,
             };
-            credits.set_auto_recharge(account_id, &input).await
+            Reply::ok(&credits.set_auto_recharge(id, &input).await?)
         }
-        "transactions" => {
-            who.authorize(&config.profile, Access::View, account_id)?;
+        Route::Transactions(id) => {
             let cursor = req.query_string_parameters().first("cursor").map(decode_cursor).transpose()?;
-            Ok((200, credits.transactions(account_id, page_limit(req)?, cursor).await?))
+            Reply::ok(&credits.transactions(id, page_limit(req)?, cursor).await?)
         }
-        "notifications" => {
-            who.authorize(&config.profile, Access::View, account_id)?;
-            Ok((200, credits.notifications(account_id, page_limit(req)?).await?))
-        }
-        _ => {
-            who.authorize(&config.profile, Access::Service, account_id)?;
+        Route::Notifications(id) => Reply::ok(&credits.notifications(id, page_limit(req)?).await?),
+        Route::Adjustments(id) => {
             let body = json_object(req, &["amount", "reason", "idempotency_key"])?;
             let amount = body.i64("amount")?;
             let reason = body.str("reason")?.trim();
@@ -102,7 +147,7 @@ async fn route_request<S: Store, B: EventBus>(
             }
             let key = body.str("idempotency_key")?;
             check_key("idempotency_key", key)?;
-            credits.adjust(account_id, amount, reason, key).await
+            Reply::created(&credits.adjust(id, amount, reason, key).await?)
         }
     }
 }

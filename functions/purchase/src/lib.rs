@@ -1,5 +1,5 @@
 //! The `purchase` function: buying credits through Stripe Checkout and saving a card for
-//! auto-recharge (SPEC §5, §7). Billing roles only.
+//! auto-recharge (rules §5, §7). Billing roles only.
 //!
 //! - `POST /v1/accounts/{id}/credits/purchases` `{amount}` | `{package}` | `{blocks}` (or `{}` for
 //!   the profile's default), optional `Idempotency-Key` header → 201 with the pending purchase
@@ -10,14 +10,13 @@
 //! - `DELETE /v1/accounts/{id}/payment-method` → the default card removed
 
 use lambda_http::{Body, Request, Response};
-use serde_json::Value;
+use serde_json::json;
 use topup::auth::Access;
+use topup::engine::{check_key, Credits};
 use topup::events::EventBus;
-use topup::http::{check_id, identity, json_object, respond, segments};
+use topup::http::{check_id, identity, json_object, respond, segments, Reply};
 use topup::payments::{CheckoutUi, Purchases};
 use topup::pricing::PurchaseChoice;
-use topup::purchase::PurchaseStatus;
-use topup::service::{check_key, Credits};
 use topup::store::Store;
 use topup::{ApiError, Config};
 
@@ -27,21 +26,66 @@ pub struct Checkout<'a, P> {
     pub ui: &'a CheckoutUi,
 }
 
+/// The function's routes; every one is matched by name below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Purchases { account: String },
+    PurchaseStatus { account: String, purchase: String },
+    CardSetup { account: String },
+    PaymentMethod { account: String },
+}
+
+impl Route {
+    pub fn parse(segs: &[String]) -> Option<Route> {
+        let a = |s: &str| s.to_string();
+        Some(match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["v1", "accounts", id, "credits", "purchases"] => Route::Purchases { account: a(id) },
+            ["v1", "accounts", id, "credits", "purchases", p] => {
+                Route::PurchaseStatus { account: a(id), purchase: a(p) }
+            }
+            ["v1", "accounts", id, "payment-method", "setup"] => Route::CardSetup { account: a(id) },
+            ["v1", "accounts", id, "payment-method"] => Route::PaymentMethod { account: a(id) },
+            _ => return None,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Purchases { .. } => "purchases",
+            Route::PurchaseStatus { .. } => "purchase_status",
+            Route::CardSetup { .. } => "card_setup",
+            Route::PaymentMethod { .. } => "payment_method",
+        }
+    }
+
+    fn method(&self) -> &'static str {
+        match self {
+            Route::PurchaseStatus { .. } => "GET",
+            Route::PaymentMethod { .. } => "DELETE",
+            Route::Purchases { .. } | Route::CardSetup { .. } => "POST",
+        }
+    }
+
+    fn account(&self) -> &str {
+        match self {
+            Route::Purchases { account }
+            | Route::PurchaseStatus { account, .. }
+            | Route::CardSetup { account }
+            | Route::PaymentMethod { account } => account,
+        }
+    }
+}
+
 pub async fn handle<S: Store, B: EventBus, P: Purchases>(
     config: &Config,
     credits: &Credits<S, B>,
     checkout: &Checkout<'_, P>,
     req: Request,
 ) -> Response<Body> {
-    let segs = segments(&req);
-    let route = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["v1", "accounts", _, "credits", "purchases"] => "purchases",
-        ["v1", "accounts", _, "credits", "purchases", _] => "purchase_status",
-        ["v1", "accounts", _, "payment-method", "setup"] => "card_setup",
-        ["v1", "accounts", _, "payment-method"] => "payment_method",
-        _ => return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into()))),
+    let Some(route) = Route::parse(&segments(&req)) else {
+        return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into())));
     };
-    respond(route, route_request(config, credits, checkout, &req, route, &segs).await)
+    respond(route.name(), route_request(config, credits, checkout, &req, &route).await)
 }
 
 async fn route_request<S: Store, B: EventBus, P: Purchases>(
@@ -49,24 +93,18 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
     credits: &Credits<S, B>,
     checkout: &Checkout<'_, P>,
     req: &Request,
-    route: &str,
-    segs: &[String],
-) -> Result<(u16, Value), ApiError> {
+    route: &Route,
+) -> Result<Reply, ApiError> {
     let who = identity(req, config)?;
     let method = req.method().as_str();
-    let expected = match route {
-        "purchase_status" => "GET",
-        "payment_method" => "DELETE",
-        _ => "POST",
-    };
-    if method != expected {
+    if method != route.method() {
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
-    let account_id = &segs[2];
+    let account_id = route.account();
     check_id("account_id", account_id)?;
     who.authorize(&config.profile, Access::Billing, account_id)?;
     match route {
-        "purchases" => {
+        Route::Purchases { .. } => {
             // Only what to buy; a price, a number of credits or a currency is the server's to say.
             let body = json_object(req, &["amount", "package", "blocks"])?;
             let choice = PurchaseChoice {
@@ -75,23 +113,22 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
                 blocks: body.opt_i64("blocks")?,
             };
             let key = idempotency_key(req)?;
-            credits.start_purchase(checkout.payments, account_id, &choice, key.as_deref(), checkout.ui).await
+            let started =
+                credits.start_purchase(checkout.payments, account_id, &choice, key.as_deref(), checkout.ui).await?;
+            Reply::created(&started)
         }
-        "purchase_status" => {
-            let purchase_id = &segs[5];
-            check_id("purchase_id", purchase_id)?;
-            let record = credits.purchase(account_id, purchase_id).await?;
-            let mut body = record.to_json();
-            if record.status == PurchaseStatus::Succeeded {
-                body["balance"] = serde_json::json!(credits.account(account_id).await?.balance.0);
-            }
-            Ok((200, body))
+        Route::PurchaseStatus { purchase, .. } => {
+            check_id("purchase_id", purchase)?;
+            Reply::ok(&credits.purchase_status(account_id, purchase).await?)
         }
-        "card_setup" => {
+        Route::CardSetup { .. } => {
             let key = idempotency_key(req)?;
-            credits.start_card_setup(checkout.payments, account_id, key.as_deref()).await
+            Reply::created(&credits.start_card_setup(checkout.payments, account_id, key.as_deref()).await?)
         }
-        _ => credits.forget_card(checkout.payments, account_id).await,
+        Route::PaymentMethod { .. } => {
+            credits.forget_card(checkout.payments, account_id).await?;
+            Reply::ok(&json!({"payment_method": null}))
+        }
     }
 }
 

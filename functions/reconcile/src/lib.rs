@@ -6,10 +6,10 @@
 //! invocation fails, which raises the function's `Errors` alarm. It never writes.
 
 use serde_json::Value;
+use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::payments::PaymentHistory;
 use topup::reconcile::Report;
-use topup::service::Credits;
 use topup::store::Store;
 use topup::ApiError;
 

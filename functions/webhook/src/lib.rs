@@ -1,28 +1,33 @@
-//! The `webhook` function: Stripe's signed events (SPEC §7).
+//! The `webhook` function: Stripe's signed events (rules §7).
 //!
 //! `POST /stripe/webhook`. The `Stripe-Signature` header is checked on the raw body with
 //! async-stripe's `Webhook` (HMAC-SHA256 over `t.payload`, any `v1` — so a rotated secret's
 //! overlap works — and 300 s tolerance). Then only the fields acted on are read from the
-//! verified body, so an event rendered at another API version than the SDK's is still handled.
+//! verified body into our own small types (`StripeObject`), so an event rendered at another
+//! API version than the SDK's is still handled.
 //!
 //! Bad signature, stale timestamp, missing header, malformed body: 400, nothing changes.
 //! Unknown event types, and events for accounts or purchases that are not ours: 200, logged,
 //! nothing credited. A failure on our side (DynamoDB, Stripe): 500, so Stripe retries; every
 //! effect is idempotent, so retries and duplicates are harmless.
 
+use std::collections::HashMap;
+
 use lambda_http::{Body, Request, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stripe_webhook::{Webhook, WebhookError};
-use topup::account::{RechargeClaim, RechargeError};
+use topup::account::RechargeError;
 use topup::clock;
 use topup::config::Secret;
+use topup::engine::Credits;
 use topup::events::EventBus;
-use topup::http::json_response;
-use topup::money::Micros;
+use topup::http::{error_body, json_response};
+use topup::ledger::EntryView;
 use topup::payments::Purchases;
-use topup::service::Credits;
+use topup::purchases::PurchaseStatus;
 use topup::store::Store;
+use topup::views::PaymentMethodView;
 use topup::ApiError;
 
 #[derive(Deserialize)]
@@ -36,6 +41,76 @@ struct Envelope {
 #[derive(Deserialize)]
 struct EnvelopeData {
     object: Value,
+}
+
+/// An id that Stripe may send as a string or, expanded, as an object with an `id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum IdOrObject {
+    Id(String),
+    Object { id: String },
+}
+
+impl IdOrObject {
+    fn id(&self) -> Option<&str> {
+        let id = match self {
+            IdOrObject::Id(id) | IdOrObject::Object { id } => id.as_str(),
+        };
+        (!id.is_empty()).then_some(id)
+    }
+}
+
+/// The fields of Stripe's objects that the webhook reads: a Checkout Session, a
+/// PaymentIntent, a SetupIntent or a Charge. Every field is optional, so an object rendered at
+/// another API version still reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct StripeObject {
+    id: Option<String>,
+    metadata: HashMap<String, String>,
+    client_reference_id: Option<String>,
+    payment_status: Option<String>,
+    payment_intent: Option<IdOrObject>,
+    payment_method: Option<IdOrObject>,
+    customer: Option<IdOrObject>,
+    amount: Option<i64>,
+    amount_received: Option<i64>,
+    amount_refunded: Option<i64>,
+    last_payment_error: Option<PaymentError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct PaymentError {
+    code: Option<String>,
+    decline_code: Option<String>,
+    message: Option<String>,
+}
+
+impl StripeObject {
+    fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+/// What an event did, as the webhook's `result` says it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Handled {
+    /// A Checkout event: the purchase's status after it.
+    Purchase(PurchaseStatus),
+    /// A recharge credited, or a refund's entry.
+    Entry(EntryView),
+    /// The card saved as the default (null when the method is not a card).
+    Card(Option<PaymentMethodView>),
+    /// `failed`, `unchanged`, `nothing to take back`.
+    Word(&'static str),
+    /// Not ours to act on, and why.
+    Ignored(String),
 }
 
 fn refuse(code: &str, message: &str) -> Response<Body> {
@@ -84,7 +159,7 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
     };
     match dispatch(credits, payments, &event).await {
         Ok(result) => {
-            tracing::info!(event_id = %event.id, event_type = %event.type_, result = %result, "webhook handled");
+            tracing::info!(event_id = %event.id, event_type = %event.type_, result = ?result, "webhook handled");
             json_response(200, &json!({"received": true, "result": result}))
         }
         // Not ours to act on (an unknown account or purchase, a rule the event breaks): Stripe
@@ -102,7 +177,7 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
         // delivers it again later.
         Err(e @ ApiError::OutOfOrder(..)) => {
             tracing::warn!(event_id = %event.id, event_type = %event.type_, code = e.code(), "webhook event early; Stripe will retry");
-            json_response(409, &e.body())
+            json_response(409, &error_body(&e))
         }
         Err(e) => {
             tracing::error!(event_id = %event.id, event_type = %event.type_, code = e.code(), "webhook failed; Stripe will retry");
@@ -111,43 +186,31 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
     }
 }
 
-fn text<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
-    v[field].as_str().filter(|s| !s.is_empty())
-}
-
-/// An id field that may come expanded (`{"id": ...}`) or not.
-fn id_of<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
-    text(v, field).or_else(|| v[field]["id"].as_str())
-}
-
-fn meta<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v["metadata"][key].as_str().filter(|s| !s.is_empty())
-}
-
-fn ignored(why: &str) -> Result<Value, ApiError> {
-    Ok(json!(format!("ignored: {why}")))
+fn ignored(why: &str) -> Result<Handled, ApiError> {
+    Ok(Handled::Ignored(format!("ignored: {why}")))
 }
 
 async fn dispatch<S: Store, B: EventBus, P: Purchases>(
     credits: &Credits<S, B>,
     payments: &P,
     event: &Envelope,
-) -> Result<Value, ApiError> {
-    let o = &event.data.object;
+) -> Result<Handled, ApiError> {
+    let Ok(o) = serde_json::from_value::<StripeObject>(event.data.object.clone()) else {
+        return ignored("an object this webhook cannot read");
+    };
     match event.type_.as_str() {
         t @ ("checkout.session.completed"
         | "checkout.session.async_payment_succeeded"
         | "checkout.session.async_payment_failed"
         | "checkout.session.expired") => {
-            let (Some(account), Some(purchase)) =
-                (meta(o, "topup_account_id"), meta(o, "topup_purchase_id").or_else(|| text(o, "client_reference_id")))
-            else {
+            let purchase = o.meta("topup_purchase_id").or(o.client_reference_id.as_deref().filter(|s| !s.is_empty()));
+            let (Some(account), Some(purchase)) = (o.meta("topup_account_id"), purchase) else {
                 return ignored("not a topup purchase");
             };
             // The PaymentIntent is the payment's id; a session paid without one is keyed by itself.
-            let payment = id_of(o, "payment_intent").or_else(|| text(o, "id")).unwrap_or_default();
+            let payment = o.payment_intent.as_ref().and_then(IdOrObject::id).or(o.id()).unwrap_or_default();
             let record = match t {
-                "checkout.session.completed" => match text(o, "payment_status") {
+                "checkout.session.completed" => match o.payment_status.as_deref() {
                     Some("paid" | "no_payment_required") => credits.purchase_paid(account, purchase, payment).await?,
                     _ => credits.purchase_processing(account, purchase).await?,
                 },
@@ -155,60 +218,50 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 "checkout.session.async_payment_failed" => credits.purchase_failed(account, purchase).await?,
                 _ => credits.purchase_expired(account, purchase).await?,
             };
-            Ok(json!(record.status.as_str()))
+            Ok(Handled::Purchase(record.status))
         }
         "payment_intent.succeeded" | "payment_intent.payment_failed" => {
-            let (Some(account), Some(recharge)) = (meta(o, "topup_account_id"), meta(o, "topup_recharge_id")) else {
+            let (Some(account), Some(recharge)) = (o.meta("topup_account_id"), o.meta("topup_recharge_id")) else {
                 // Purchases' PaymentIntents are settled by their Checkout Session's events.
                 return ignored("not an auto-recharge");
             };
-            let Some(pi) = text(o, "id") else { return ignored("no PaymentIntent id") };
+            let Some(pi) = o.id() else { return ignored("no PaymentIntent id") };
             if event.type_ == "payment_intent.succeeded" {
-                let a = credits.account(account).await?;
-                let claim = match a.auto_recharge.in_flight.filter(|c| c.recharge_id == recharge) {
-                    Some(claim) => claim,
-                    // The claim is gone: completed already (the payment's claim makes this a
-                    // no-op), or recorded as failed though the money came through after all. A
-                    // paid payment credits exactly once either way (SPEC §10.2), for the credits
-                    // its metadata names and the amount Stripe received.
-                    None => match (
-                        meta(o, "topup_credits").and_then(|c| c.parse::<i64>().ok()),
-                        o["amount_received"].as_i64().or(o["amount"].as_i64()),
-                    ) {
-                        (Some(c), Some(cents)) if c > 0 => RechargeClaim {
-                            recharge_id: recharge.to_string(),
-                            claimed_at: 0,
-                            credits: Micros(c),
-                            charge_cents: cents,
-                        },
-                        _ => return ignored("recharge no longer in flight"),
-                    },
-                };
-                Ok(credits.complete_recharge(account, &claim, pi).await?.1)
+                let named = o.meta("topup_credits").and_then(|c| c.parse::<i64>().ok());
+                let received = o.amount_received.or(o.amount);
+                match credits.recharge_paid(account, recharge, pi, named, received).await? {
+                    Some(entry) => Ok(Handled::Entry(entry)),
+                    None => ignored("recharge no longer in flight"),
+                }
             } else {
-                let err = &o["last_payment_error"];
+                let err = o.last_payment_error.clone().unwrap_or_default();
                 let failure = RechargeError {
-                    code: text(err, "code").unwrap_or("payment_failed").to_string(),
-                    decline_code: text(err, "decline_code").map(str::to_string),
-                    message: text(err, "message").unwrap_or("The payment did not go through.").to_string(),
+                    code: err.code.filter(|c| !c.is_empty()).unwrap_or_else(|| "payment_failed".into()),
+                    decline_code: err.decline_code.filter(|c| !c.is_empty()),
+                    message: err
+                        .message
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| "The payment did not go through.".into()),
                     at: clock::now_ms(),
                 };
-                Ok(json!(if credits.fail_recharge(account, recharge, &failure).await? {
-                    "failed"
-                } else {
-                    "unchanged"
-                }))
+                let failed = credits.fail_recharge(account, recharge, &failure).await?;
+                Ok(Handled::Word(if failed { "failed" } else { "unchanged" }))
             }
         }
         "setup_intent.succeeded" => {
-            let (Some(account), Some(pm)) = (meta(o, "topup_account_id"), id_of(o, "payment_method")) else {
+            let pm = o.payment_method.as_ref().and_then(IdOrObject::id);
+            let (Some(account), Some(pm)) = (o.meta("topup_account_id"), pm) else {
                 return ignored("not a topup card setup");
             };
-            credits.card_saved(payments, account, pm, id_of(o, "customer")).await
+            let customer = o.customer.as_ref().and_then(IdOrObject::id);
+            let card = credits.card_saved(payments, account, pm, customer).await?;
+            Ok(Handled::Card(card.as_ref().map(PaymentMethodView::of)))
         }
         "charge.refunded" => {
-            let Some(pi) = id_of(o, "payment_intent") else { return ignored("no PaymentIntent") };
-            let account = match meta(o, "topup_account_id") {
+            let Some(pi) = o.payment_intent.as_ref().and_then(IdOrObject::id) else {
+                return ignored("no PaymentIntent");
+            };
+            let account = match o.meta("topup_account_id") {
                 Some(a) => a.to_string(),
                 None => {
                     // Charges do not always carry their PaymentIntent's metadata: ask Stripe.
@@ -219,10 +272,13 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                     }
                 }
             };
-            let (Some(amount), Some(refunded)) = (o["amount"].as_i64(), o["amount_refunded"].as_i64()) else {
+            let (Some(amount), Some(refunded)) = (o.amount, o.amount_refunded) else {
                 return Err(ApiError::invalid("charge without amount or amount_refunded"));
             };
-            Ok(credits.refund_payment(&account, pi, amount, refunded).await?.unwrap_or(json!("nothing to take back")))
+            Ok(match credits.refund_payment(&account, pi, amount, refunded).await? {
+                Some(entry) => Handled::Entry(entry),
+                None => Handled::Word("nothing to take back"),
+            })
         }
         other => ignored(&format!("event type {other}")),
     }

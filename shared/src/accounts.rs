@@ -1,0 +1,162 @@
+//! Accounts: create or update one (plan, contacts), and adjust its credits by hand.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::account::{Account, Contact};
+use crate::clock;
+use crate::engine::{upstream, Change, Claim, Credits};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
+use crate::money::Micros;
+use crate::store::{Commit, CommitError, Store};
+
+/// The largest adjustment either way: a billion credits.
+pub const MAX_ADJUSTMENT: i64 = 1_000_000_000 * crate::money::MICROS_PER_CREDIT;
+
+/// An account as `PUT /v1/accounts/{id}` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub account_id: String,
+    pub plan: String,
+    pub billing_contacts: Vec<Contact>,
+    pub created_at: String,
+}
+
+impl AccountView {
+    fn of(a: &Account) -> AccountView {
+        AccountView {
+            account_id: a.id.clone(),
+            plan: a.plan.clone(),
+            billing_contacts: a.contacts.clone(),
+            created_at: clock::rfc3339(a.created_at),
+        }
+    }
+}
+
+/// What `upsert_account` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountSaved {
+    Created(AccountView),
+    Updated(AccountView),
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// `PUT /v1/accounts/{id}`: creates the account, or updates its plan and contacts.
+    pub async fn upsert_account(&self, id: &str, plan: &str, contacts: Vec<Contact>) -> Result<AccountSaved, ApiError> {
+        let Some(plan_rules) = self.profile.plan(plan) else {
+            return Err(ApiError::rule("unknown_plan", format!("`{plan}` is not a plan of this product.")));
+        };
+        let limit = plan_rules.monthly_reload_limit;
+        let default_max = self.profile.auto_recharge.monthly_max_default;
+        let allows = plan_rules.auto_recharge;
+        if self.store.load_account(id).await.map_err(upstream)?.is_none() {
+            let now = clock::now_ms();
+            let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
+            account.version = 1;
+            let commit = Commit {
+                account: account.clone(),
+                expected_version: 0,
+                ledger: None,
+                idempotency: None,
+                hold: None,
+                purchase: None,
+                outbox: vec![],
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.remember(&account);
+                    return Ok(AccountSaved::Created(AccountView::of(&account)));
+                }
+                // Created meanwhile by another request: update it below.
+                Err(CommitError::Stale(_)) | Err(CommitError::Conflict) => {}
+                Err(CommitError::Store(e)) => return Err(upstream(e)),
+                Err(_) => return Err(ApiError::Upstream),
+            }
+        }
+        let saved = self
+            .apply(id, None, |a, now| {
+                let mut next = a.next(now);
+                next.plan = plan.to_string();
+                next.contacts = contacts.clone();
+                // A plan that does not allow auto-recharge turns it off (rules §4, seed 004).
+                if !allows {
+                    next.auto_recharge.enabled = false;
+                }
+                // Keep the chosen monthly maximum within the new plan's limit; coming from a
+                // plan that allowed none, start from the profile's default.
+                let ar = &mut next.auto_recharge;
+                ar.monthly_max = if ar.monthly_max == 0 { default_max.min(limit) } else { ar.monthly_max.min(limit) };
+                let view = AccountView::of(&next);
+                Change::quiet(next, "account_update", view).write()
+            })
+            .await?
+            .done()?;
+        Ok(AccountSaved::Updated(saved))
+    }
+
+    /// `POST /v1/accounts/{id}/credits/adjustments`: a signed grant or correction.
+    pub async fn adjust(&self, id: &str, amount: i64, reason: &str, key: &str) -> Result<EntryView, ApiError> {
+        if amount == 0 || amount.unsigned_abs() > MAX_ADJUSTMENT.unsigned_abs() {
+            return Err(ApiError::rule(
+                "invalid_amount",
+                format!("An adjustment must be non-zero and at most {MAX_ADJUSTMENT} micro-credits either way."),
+            ));
+        }
+        let claim = Claim {
+            scope_key: format!("adjustment:{key}"),
+            hash: request_hash(&json!({"amount": amount, "reason": reason})),
+            permanent: false,
+        };
+        self.apply(id, Some(&claim), |a, now| {
+            let mut next = a.next(now);
+            if amount < 0 && next.available(now).0 < -amount {
+                return Err(ApiError::rule(
+                    "insufficient_balance",
+                    "A negative adjustment may not take the balance below zero (or below what open holds reserve).",
+                ));
+            }
+            next.balance = next
+                .balance
+                .checked_add(Micros(amount))
+                .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+            if amount > 0 {
+                next.lifetime_added = next
+                    .lifetime_added
+                    .checked_add(Micros(amount))
+                    .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+            }
+            let entry = LedgerEntry::after(&next, EntryKind::Adjustment, Micros(amount), now, reason.to_string());
+            let view = entry.view();
+            Change { ledger: Some(entry), ..Change::quiet(next, "adjustment", view) }.write()
+        })
+        .await?
+        .done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::memory_credits;
+
+    #[tokio::test]
+    async fn an_upgrade_from_a_plan_without_reloads_restores_the_default_maximum() {
+        let c = memory_credits("voice-minutes");
+        assert!(matches!(c.upsert_account("a", "free", vec![]).await.unwrap(), AccountSaved::Created(_)));
+        assert_eq!(c.store.load_account("a").await.unwrap().unwrap().auto_recharge.monthly_max, 0);
+        assert!(matches!(c.upsert_account("a", "pro", vec![]).await.unwrap(), AccountSaved::Updated(_)));
+        assert_eq!(c.store.load_account("a").await.unwrap().unwrap().auto_recharge.monthly_max, 10);
+    }
+
+    #[tokio::test]
+    async fn adjustments_are_bounded_and_never_overflow() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        for amount in [0, i64::MIN, i64::MAX, MAX_ADJUSTMENT + 1, -MAX_ADJUSTMENT - 1] {
+            assert_eq!(c.adjust("a", amount, "x", &format!("k{amount}")).await.unwrap_err().code(), "invalid_amount");
+        }
+        assert_eq!(c.adjust("a", MAX_ADJUSTMENT, "x", "max").await.unwrap().amount, MAX_ADJUSTMENT);
+    }
+}

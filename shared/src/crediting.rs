@@ -1,0 +1,226 @@
+//! Crediting: a paid payment credits exactly once, and a refund takes its share back once.
+
+use serde_json::json;
+
+use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::ledger::{request_hash, DomainEvent, EntryKind, EntryView, LedgerEntry};
+use crate::money::Micros;
+use crate::pricing::format_credits;
+use crate::purchases::{PurchaseRecord, PurchaseStatus};
+use crate::store::{PurchaseWrite, Store};
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// Credits a paid payment exactly once (rules §7, §10.2): the ledger entry, the balance and
+    /// lifetime added, and a permanent claim on `payment_id` commit in one transaction, so
+    /// however many deliveries race — webhook retries, out-of-order events, the auto-recharge
+    /// call and its webhook — one credits and the others get the first result back.
+    /// Emits `CreditsAdded` with the change. `payment_id` is Stripe's PaymentIntent id.
+    pub async fn credit_payment(&self, id: &str, payment: &Payment) -> Result<EntryView, ApiError> {
+        self.credit(id, payment, None).await?.done()
+    }
+
+    /// Credits `payment`; with `purchase`, marks that purchase succeeded in the same transaction.
+    pub(crate) async fn credit(
+        &self,
+        id: &str,
+        payment: &Payment,
+        purchase: Option<&PurchaseRecord>,
+    ) -> Result<Applied<EntryView>, ApiError> {
+        if payment.credits.0 <= 0 {
+            return Err(ApiError::rule("invalid_amount", "A payment must add a positive number of credits."));
+        }
+        if !matches!(payment.kind, EntryKind::Purchase | EntryKind::AutoRecharge) {
+            return Err(ApiError::rule("invalid_purchase", "Only purchases and auto-recharges credit a payment."));
+        }
+        let claim = Claim {
+            scope_key: format!("payment:{}", payment.payment_id),
+            hash: request_hash(
+                &json!({"kind": payment.kind, "credits": payment.credits.0, "charge": payment.charge_cents}),
+            ),
+            permanent: true,
+        };
+        let applied = self
+            .apply(id, Some(&claim), |a, now| {
+                let mut next = a.next(now);
+                let overflow = || ApiError::rule("invalid_amount", "The balance would overflow.");
+                next.balance = next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
+                next.lifetime_added = next.lifetime_added.checked_add(payment.credits).ok_or_else(overflow)?;
+                let entry = LedgerEntry::after(&next, payment.kind, payment.credits, now, payment.description.clone());
+                let event = DomainEvent::new(
+                    "CreditsAdded",
+                    id,
+                    now,
+                    json!({
+                        "kind": payment.kind,
+                        // seed 000: "We'll email you when it completes" — only for payments
+                        // that went through `processing`.
+                        "settled_after_processing": purchase.is_some_and(|r| r.status == PurchaseStatus::Processing),
+                        "payment_id": payment.payment_id,
+                        "reference": payment.reference,
+                        "credits": payment.credits.0,
+                        "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
+                        "balance": next.balance.0,
+                        "transaction_id": entry.id,
+                    }),
+                );
+                let mut events = vec![event];
+                match payment.kind {
+                    // seed 000: buying credits by hand restores a suspended auto-recharge.
+                    EntryKind::Purchase => next.auto_recharge.suspended = false,
+                    _ => {
+                        let ar = &mut next.auto_recharge;
+                        if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id == payment.reference) {
+                            ar.in_flight = None;
+                        }
+                        events.push(DomainEvent::new(
+                            "AutoRechargeSucceeded",
+                            id,
+                            now,
+                            json!({
+                                "recharge_id": payment.reference,
+                                "payment_id": payment.payment_id,
+                                "credits": payment.credits.0,
+                                "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
+                                "balance": next.balance.0,
+                            }),
+                        ));
+                    }
+                }
+                let view = entry.view();
+                let credited = Some((entry.id.clone(), payment.credits));
+                // A paid payment credits even if the purchase had meanwhile been marked failed or
+                // expired: the money was taken (rules §10.2).
+                let purchase = purchase.map(|r| PurchaseWrite {
+                    record: PurchaseRecord {
+                        status: PurchaseStatus::Succeeded,
+                        payment_intent_id: Some(payment.payment_id.clone()),
+                        transaction_id: Some(entry.id.clone()),
+                        updated_at: now.max(r.updated_at + 1),
+                        ..r.clone()
+                    },
+                    from: vec![
+                        PurchaseStatus::Pending,
+                        PurchaseStatus::Processing,
+                        PurchaseStatus::Failed,
+                        PurchaseStatus::Expired,
+                    ],
+                    expected_updated_at: Some(r.updated_at),
+                });
+                Change { ledger: Some(entry), events, purchase, credited, ..Change::quiet(next, "payment", view) }
+                    .write()
+            })
+            .await?;
+        Ok(applied)
+    }
+
+    /// `charge.refunded` for a payment this account was credited for: takes back the refunded
+    /// share of its credits with a `refund` ledger entry. `amount_refunded` is Stripe's running
+    /// total for the charge, so any number of deliveries, in any order, take back the refunded
+    /// share once. Credits already used, or reserved by open holds, are not taken (the entry
+    /// says so). Returns the entry, or `None` when there is nothing (more) to take back; a
+    /// payment not credited yet is 409 `payment_not_credited_yet`, so that Stripe delivers the
+    /// refund again later.
+    pub async fn refund_payment(
+        &self,
+        id: &str,
+        payment_intent_id: &str,
+        charge_amount: i64,
+        amount_refunded: i64,
+    ) -> Result<Option<EntryView>, ApiError> {
+        if charge_amount <= 0 || amount_refunded <= 0 {
+            return Ok(None);
+        }
+        let credited =
+            self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
+        let Some(credited) = credited.and_then(|r| r.credited).map(|c| c.amount.0) else {
+            // Stripe does not keep events in order: the refund can arrive before the event that
+            // credits the payment. Refused, it comes again later (Stripe retries for three
+            // days), by when the credit is there; answered 2xx, it would be lost for good.
+            tracing::warn!(
+                account_id = id,
+                payment_intent_id,
+                "refund before its payment was credited; Stripe will retry"
+            );
+            return Err(ApiError::OutOfOrder(
+                "payment_not_credited_yet",
+                "This refund is for a payment not credited yet; deliver it again later.".into(),
+            ));
+        };
+        // Floor: a partial refund never takes back more than its share.
+        let share =
+            (i128::from(credited) * i128::from(amount_refunded.min(charge_amount)) / i128::from(charge_amount)) as i64;
+        let p = &self.profile;
+        self.apply(id, None, |a, now| {
+            let before = a.refunded.get(payment_intent_id).copied().unwrap_or(0);
+            let owed = share - before;
+            if owed <= 0 {
+                return Ok(Plan::AlreadySo(None));
+            }
+            let mut next = a.next(now);
+            // Never below zero, nor below what open holds reserve (as a negative adjustment):
+            // a reserved credit is promised to a session in progress, like a used one.
+            let taken = owed.min(next.available(now).0.max(0));
+            next.refunded.insert(payment_intent_id.to_string(), share);
+            next.balance = Micros(next.balance.0 - taken);
+            let mut description = format!("Refund: {} taken back", format_credits(p, Micros(taken)));
+            if taken < owed {
+                description
+                    .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros(owed - taken))));
+            }
+            let entry = (taken > 0)
+                .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros(-taken), now, description.clone()));
+            let view = entry.as_ref().map(LedgerEntry::view);
+            Change { ledger: entry, ..Change::quiet(next, "refund", view) }.write()
+        })
+        .await?
+        .done()
+    }
+}
+
+/// A payment to credit once: a purchase's or an auto-recharge's PaymentIntent.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub payment_id: String,
+    pub kind: EntryKind,
+    pub credits: Micros,
+    pub charge_cents: i64,
+    /// The purchase or recharge id this payment belongs to.
+    pub reference: String,
+    pub description: String,
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::memory_credits;
+    use crate::money::MICROS_PER_CREDIT as C;
+
+    fn payment(id: &str, credits: i64) -> Payment {
+        Payment {
+            payment_id: id.into(),
+            kind: EntryKind::Purchase,
+            credits: Micros(credits),
+            charge_cents: credits / 10_000,
+            reference: "pur_1".into(),
+            description: "$10.00 of credits".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payment_credits_once_and_replays_answer_the_first_entry() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        let first = c.credit_payment("a", &payment("pi_1", 10 * C)).await.unwrap();
+        assert_eq!(first.amount, 10 * C);
+        assert_eq!(c.credit_payment("a", &payment("pi_1", 10 * C)).await.unwrap(), first);
+        assert_eq!(c.credit_payment("a", &payment("pi_1", 11 * C)).await.unwrap_err().code(), "idempotency_conflict");
+        c.credit_payment("a", &payment("pi_2", 5 * C)).await.unwrap();
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        assert_eq!((a.balance.0, a.lifetime_added.0), (15 * C, 15 * C));
+        let added: Vec<_> =
+            c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type == "CreditsAdded").cloned().collect();
+        assert_eq!(added.len(), 2, "one CreditsAdded per payment");
+        assert_eq!(c.credit_payment("a", &payment("pi_3", 0)).await.unwrap_err().code(), "invalid_amount");
+    }
+}

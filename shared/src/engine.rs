@@ -1,0 +1,362 @@
+//! The write engine every capability shares: one compare-and-swap `apply`. Every operation
+//! plans the account's next state from a known state, then commits it with a compare-and-swap on `version` in one transaction with its
+//! ledger entry, idempotency claim, hold record and outbox events (rules §6, §10).
+//!
+//! The known state comes from a per-process cache of the last state this process wrote or
+//! read, so the normal path is exactly one write and no read. When another writer got there
+//! first, the failed condition returns the current item and the plan is made again. A refusal
+//! (402, 422) decided on cached state is re-checked on a fresh read before it is returned.
+
+//!
+//! A plan is typed: `Plan::Write` (commit this change, answer its outcome) or `Plan::AlreadySo`
+//! (nothing to write, answer this); a refusal is an `Err`. The outcome of an idempotent
+//! operation is stored with its key, so a replay answers the same typed result.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::account::Account;
+use crate::clock;
+use crate::error::ApiError;
+use crate::events::{publish_committed, EventBus};
+use crate::ledger::{crossing_events, DomainEvent, HoldRecord, IdemRecord, LedgerEntry};
+use crate::money::Micros;
+use crate::profile::Profile;
+use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
+
+/// Attempts before a contended write answers 503 `account_busy`.
+pub(crate) const MAX_ATTEMPTS: u32 = 100;
+/// Writes to one account from one process queue on one of these stripes instead of racing
+/// each other; writers in other processes are resolved by the compare-and-swap.
+const STRIPES: usize = 256;
+const CACHE_CAP: usize = 10_000;
+
+/// What a plan decides on one known state of the account.
+pub(crate) enum Plan<T> {
+    /// Commit this change and answer its outcome.
+    Write(Box<Change<T>>),
+    /// The account is already as asked: nothing is written, and this is the answer.
+    AlreadySo(T),
+}
+
+/// One change to commit: the account's next state and what commits with it.
+pub(crate) struct Change<T> {
+    pub(crate) next: Account,
+    pub(crate) ledger: Option<LedgerEntry>,
+    pub(crate) hold: Option<HoldWrite>,
+    /// What the operation answers when this commits (and, keyed, on every replay).
+    pub(crate) outcome: T,
+    pub(crate) cause: &'static str,
+    /// Events besides the threshold crossings, written to the outbox with the change.
+    pub(crate) events: Vec<DomainEvent>,
+    /// A purchase state change committed with this balance change.
+    pub(crate) purchase: Option<PurchaseWrite>,
+    /// For a payment's permanent claim: what it credited, kept as a field of the claim.
+    pub(crate) credited: Option<(String, Micros)>,
+}
+
+impl<T> Change<T> {
+    /// A change of the account alone: no ledger entry, no hold, no events, no purchase; the
+    /// others start from it and add theirs.
+    pub(crate) fn quiet(next: Account, cause: &'static str, outcome: T) -> Change<T> {
+        Change { next, ledger: None, hold: None, outcome, cause, events: vec![], purchase: None, credited: None }
+    }
+
+    pub(crate) fn write(self) -> Result<Plan<T>, ApiError> {
+        Ok(Plan::Write(Box::new(self)))
+    }
+}
+
+/// How `apply` ended.
+pub(crate) enum Applied<T> {
+    /// Committed now, already so, or the first result of a replayed key.
+    Done(T),
+    /// The hold named by the change is no longer open; its record, if it has one.
+    HoldNotOpen(Option<Box<HoldRecord>>),
+    /// The purchase moved on meanwhile (another delivery): read it again.
+    PurchaseNotInState,
+}
+
+impl<T> Applied<T> {
+    /// The outcome, for changes that carry no hold or purchase condition.
+    pub(crate) fn done(self) -> Result<T, ApiError> {
+        match self {
+            Applied::Done(t) => Ok(t),
+            Applied::HoldNotOpen(_) | Applied::PurchaseNotInState => Err(ApiError::Upstream),
+        }
+    }
+}
+
+/// An idempotency claim: scope and key, and the hash of the request it belongs to.
+pub(crate) struct Claim {
+    pub(crate) scope_key: String,
+    pub(crate) hash: String,
+    pub(crate) permanent: bool,
+}
+
+pub struct Credits<S, B> {
+    pub profile: Profile,
+    pub store: S,
+    pub bus: B,
+    cache: Mutex<HashMap<String, Account>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+pub(crate) fn upstream(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failure");
+    ApiError::Upstream
+}
+
+/// The first result of a claimed key, or 409 when the key was used for another request.
+fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, ApiError> {
+    if rec.request_hash != claim.hash {
+        return Err(ApiError::IdempotencyConflict);
+    }
+    serde_json::from_value(rec.outcome.clone()).map_err(|e| {
+        tracing::error!(scope_key = %rec.scope_key, error = %e, "stored outcome does not read back");
+        ApiError::Upstream
+    })
+}
+
+/// Validates a client-chosen key: non-empty, at most 255 printable ASCII characters.
+pub fn check_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(ApiError::invalid(format!("`{field}` must be 1 to 255 printable characters without spaces.")));
+    }
+    Ok(())
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    pub fn new(profile: Profile, store: S, bus: B) -> Self {
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Credits { profile, store, bus, cache: Mutex::new(HashMap::new()), stripes }
+    }
+
+    fn stripe(&self, account_id: &str) -> &tokio::sync::Mutex<()> {
+        // FNV-1a: stable and cheap; any spread will do.
+        let h =
+            account_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        &self.stripes[(h % STRIPES as u64) as usize]
+    }
+
+    pub(crate) fn cached(&self, id: &str) -> Option<Account> {
+        self.cache.lock().ok().and_then(|c| c.get(id).cloned())
+    }
+
+    pub(crate) fn remember(&self, account: &Account) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_CAP && !c.contains_key(&account.id) {
+                c.clear();
+            }
+            let newer = c.get(&account.id).is_none_or(|old| old.version <= account.version);
+            if newer {
+                c.insert(account.id.clone(), account.clone());
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(id);
+        }
+    }
+
+    /// The account, read with strong consistency (404 when it does not exist).
+    pub async fn account(&self, id: &str) -> Result<Account, ApiError> {
+        self.load(id).await
+    }
+
+    /// The account, read fresh; 404 if there is none.
+    pub(crate) async fn load(&self, id: &str) -> Result<Account, ApiError> {
+        match self.store.load_account(id).await.map_err(upstream)? {
+            Some(a) => {
+                self.remember(&a);
+                Ok(a)
+            }
+            None => {
+                self.forget(id);
+                Err(ApiError::account_not_found())
+            }
+        }
+    }
+
+    /// Plans on the known state and commits with a compare-and-swap on `version`, planning
+    /// again on the current state when another writer got there first. A refusal or "already
+    /// so" decided on a cached state is checked again on a fresh read before it is answered.
+    pub(crate) async fn apply<T: Serialize + DeserializeOwned>(
+        &self,
+        account_id: &str,
+        claim: Option<&Claim>,
+        mut plan: impl FnMut(&Account, i64) -> Result<Plan<T>, ApiError>,
+    ) -> Result<Applied<T>, ApiError> {
+        let _queue = self.stripe(account_id).lock().await;
+        let (mut current, mut fresh) = match self.cached(account_id) {
+            Some(a) => (a, false),
+            None => (self.load(account_id).await?, true),
+        };
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = clock::now_ms();
+            let planned = match plan(&current, now) {
+                Ok(Plan::Write(change)) => change,
+                Ok(Plan::AlreadySo(outcome)) if fresh => return Ok(Applied::Done(outcome)),
+                Ok(Plan::AlreadySo(_)) => {
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                    continue;
+                }
+                Err(refusal) => {
+                    // An applied key answers with its first result, not with today's refusal.
+                    if let Some(c) = claim {
+                        if let Some(rec) =
+                            self.store.load_idempotency(account_id, &c.scope_key).await.map_err(upstream)?
+                        {
+                            return replay(&rec, c).map(Applied::Done);
+                        }
+                    }
+                    if !fresh {
+                        current = self.load(account_id).await?;
+                        fresh = true;
+                        continue;
+                    }
+                    return Err(refusal);
+                }
+            };
+            let mut planned = *planned;
+            planned.next.index_for_sweep();
+            // A low-balance episode ends when the balance is no longer low.
+            let ar = &mut planned.next.auto_recharge;
+            if ar.episode_charged && !self.profile.low_balance.trigger.is_low(planned.next.balance, ar.threshold) {
+                ar.episode_charged = false;
+            }
+            debug_assert_eq!(planned.next.version, current.version + 1);
+            let mut outbox = planned.events;
+            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
+            let idempotency = match claim {
+                Some(c) => Some(IdemRecord {
+                    account_id: account_id.to_string(),
+                    scope_key: c.scope_key.clone(),
+                    request_hash: c.hash.clone(),
+                    outcome: serde_json::to_value(&planned.outcome).map_err(|_| ApiError::Upstream)?,
+                    created_at: now,
+                    permanent: c.permanent,
+                    credited: planned
+                        .credited
+                        .take()
+                        .map(|(entry_id, amount)| crate::ledger::Credited { entry_id, amount }),
+                }),
+                None => None,
+            };
+            let commit = Commit {
+                account: planned.next.clone(),
+                expected_version: current.version,
+                ledger: planned.ledger,
+                idempotency,
+                hold: planned.hold,
+                purchase: planned.purchase,
+                outbox: outbox.clone(),
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.remember(&planned.next);
+                    publish_committed(&self.store, &self.bus, &outbox).await;
+                    return Ok(Applied::Done(planned.outcome));
+                }
+                Err(CommitError::KeyClaimed(rec)) => {
+                    let c = claim.ok_or(ApiError::Upstream)?;
+                    return replay(&rec, c).map(Applied::Done);
+                }
+                Err(CommitError::HoldNotOpen(rec)) => return Ok(Applied::HoldNotOpen(rec)),
+                Err(CommitError::PurchaseNotInState(_)) => return Ok(Applied::PurchaseNotInState),
+                Err(CommitError::Stale(Some(a))) => {
+                    self.remember(&a);
+                    current = *a;
+                    fresh = true;
+                }
+                Err(CommitError::Stale(None)) => {
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                }
+                Err(CommitError::Conflict) => {
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                }
+                Err(CommitError::Store(e)) => {
+                    self.forget(account_id);
+                    return Err(upstream(e));
+                }
+            }
+            if attempt >= 1 {
+                // Contention with another process: exponential backoff with full jitter.
+                let cap = (4u64 << attempt.min(6)).min(250);
+                let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+                tokio::time::sleep(Duration::from_millis(r % cap)).await;
+            }
+        }
+        tracing::warn!(account_id, "write did not settle under contention");
+        Err(ApiError::Busy)
+    }
+}
+
+/// A service over the in-memory store and bus, for the fast tests of every capability.
+#[cfg(test)]
+pub(crate) fn memory_credits(
+    profile: &str,
+) -> Credits<std::sync::Arc<crate::store::MemoryStore>, std::sync::Arc<crate::events::MemoryBus>> {
+    use std::sync::Arc;
+    let profile = Profile::load(profile).unwrap_or_else(|e| panic!("{e}"));
+    Credits::new(profile, Arc::new(crate::store::MemoryStore::default()), Arc::new(crate::events::MemoryBus::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fast tests over the in-memory store and bus; the same behaviour is tested against the
+    //! emulators in `tests/`.
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use crate::events::MemoryBus;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_second_instance_with_a_stale_cache_never_overdraws() {
+        let store = Arc::new(MemoryStore::default());
+        let bus = Arc::new(MemoryBus::default());
+        let p = Profile::load("org-runs").unwrap();
+        let one = Credits::new(p.clone(), store.clone(), bus.clone());
+        let two = Credits::new(p, store.clone(), bus.clone());
+        one.upsert_account("a", "free", vec![]).await.unwrap();
+        one.debit("a", "runs", 1_000, "allowance").await.unwrap();
+        one.adjust("a", C, "grant", "g").await.unwrap();
+        // `two` caches the account, then `one` spends most of it.
+        two.debit("a", "runs", 10, "t1").await.unwrap();
+        one.debit("a", "runs", 85, "o1").await.unwrap();
+        // `two` plans on its stale cache (0.9 left), the CAS refuses, the fresh state (0.05
+        // left) refuses 10 runs with 402, and the balance never went negative.
+        let e = two.debit("a", "runs", 10, "t2").await.unwrap_err();
+        assert_eq!(e.code(), "out_of_credits");
+        let a = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(a.balance.0, C - 95 * 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_leaves_the_event_in_the_outbox() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "api_calls", 1_000, "allowance").await.unwrap();
+        c.adjust("a", 6 * C, "grant", "g").await.unwrap();
+        c.bus.fail.store(true, Ordering::SeqCst);
+        c.debit("a", "api_calls", 2_000, "cross").await.unwrap();
+        let pending = c.store.pending_outbox(10).await.unwrap();
+        assert_eq!(pending.iter().map(|e| e.detail_type.as_str()).collect::<Vec<_>>(), ["BalanceLow"]);
+        c.bus.fail.store(false, Ordering::SeqCst);
+        assert_eq!(crate::events::redeliver_outbox(&c.store, &c.bus, 10).await.unwrap(), 1);
+        assert!(c.store.pending_outbox(10).await.unwrap().is_empty());
+        assert_eq!(c.bus.published.lock().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,415 @@
+//! A purchase of credits and its life (rules §5, §7): `pending` when recorded, `processing`
+//! while a bank debit settles, then `succeeded` (credited once), `failed` or `expired`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::clock;
+use crate::crediting::Payment;
+use crate::engine::{upstream, Applied, Change, Credits, MAX_ATTEMPTS};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::ledger::{request_hash, DomainEvent, EntryKind};
+use crate::money::{Cents, Micros};
+use crate::payments::{CheckoutRequest, CheckoutUi, Purchases};
+use crate::pricing::{self, PurchaseChoice};
+use crate::store::{CommitError, PurchaseWrite, Store};
+
+/// seed 000: the notice while an asynchronous payment settles.
+pub const PROCESSING_MESSAGE: &str = "Your payment is processing. We'll email you when it completes.";
+/// seed 000: the notice when a payment fails.
+pub const FAILED_MESSAGE: &str = "We couldn't confirm your payment. Please try again.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurchaseStatus {
+    Pending,
+    Processing,
+    Succeeded,
+    Failed,
+    Expired,
+}
+
+impl PurchaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurchaseStatus::Pending => "pending",
+            PurchaseStatus::Processing => "processing",
+            PurchaseStatus::Succeeded => "succeeded",
+            PurchaseStatus::Failed => "failed",
+            PurchaseStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseRecord {
+    pub purchase_id: String,
+    pub account_id: String,
+    pub status: PurchaseStatus,
+    pub charge: Cents,
+    pub currency: String,
+    pub credits: Micros,
+    pub description: String,
+    /// Hash of what was asked for, so a retried `Idempotency-Key` can be told from a new request.
+    pub request_hash: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub checkout_session_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    /// The ledger entry that credited it.
+    pub transaction_id: Option<String>,
+}
+
+impl PurchaseRecord {
+    /// The seed's sentence for the state, where one exists.
+    pub fn message(&self) -> Option<&'static str> {
+        match self.status {
+            PurchaseStatus::Processing => Some(PROCESSING_MESSAGE),
+            PurchaseStatus::Failed => Some(FAILED_MESSAGE),
+            _ => None,
+        }
+    }
+
+    /// The purchase as the API shows it (rules §11).
+    pub fn view(&self) -> PurchaseView {
+        PurchaseView {
+            purchase_id: self.purchase_id.clone(),
+            status: self.status,
+            message: self.message().map(str::to_string),
+            charge: Charge { amount: self.charge.0, currency: self.currency.clone() },
+            credits: self.credits.0,
+            checkout_session_id: self.checkout_session_id.clone(),
+            transaction_id: self.transaction_id.clone(),
+            created_at: clock::rfc3339(self.created_at),
+        }
+    }
+}
+
+/// Money charged: minor units of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// A purchase as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseView {
+    pub purchase_id: String,
+    pub status: PurchaseStatus,
+    pub message: Option<String>,
+    pub charge: Charge,
+    pub credits: i64,
+    pub checkout_session_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub created_at: String,
+}
+
+/// `GET .../purchases/{id}`: the purchase, and the balance once it has succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurchaseStatusView {
+    #[serde(flatten)]
+    pub purchase: PurchaseView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+}
+
+/// What `start_purchase` answers: the purchase with its Checkout Session to pay it in, or,
+/// for a retry of a purchase already past `pending`, the purchase as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PurchaseStarted {
+    Checkout {
+        #[serde(flatten)]
+        purchase: PurchaseView,
+        client_secret: Option<String>,
+        url: Option<String>,
+    },
+    Existing(PurchaseView),
+}
+
+/// A purchase id: derived from the account and the client's `Idempotency-Key`, so a retry
+/// names the same purchase; random without a key.
+pub fn purchase_id(account_id: &str, idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let d = Sha256::digest(format!("{account_id}\u{0}{key}").as_bytes());
+            let hex: String = d.iter().take(12).map(|b| format!("{b:02x}")).collect();
+            format!("pur_{hex}")
+        }
+        None => crate::ledger::new_id("pur"),
+    }
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// `POST .../credits/purchases`: records the pending purchase (priced here, never by the
+    /// client), then opens its Checkout Session. If Stripe cannot be reached the purchase stays
+    /// `pending` with no session, so nothing can ever pay for it and nothing can credit; the
+    /// client's retry with the same `Idempotency-Key` picks it up and opens the session.
+    pub async fn start_purchase<P: Purchases>(
+        &self,
+        payments: &P,
+        id: &str,
+        choice: &PurchaseChoice,
+        key: Option<&str>,
+        ui: &CheckoutUi,
+    ) -> Result<PurchaseStarted, ApiError> {
+        let record = self.record_purchase(id, choice, key).await?;
+        if record.status != PurchaseStatus::Pending {
+            // A retry after the purchase completed: its outcome, no new session.
+            return Ok(PurchaseStarted::Existing(record.view()));
+        }
+        let customer = self.ensure_customer(payments, id).await?;
+        let request = CheckoutRequest {
+            customer_id: customer,
+            amount_cents: record.charge.0,
+            currency: record.currency.clone(),
+            description: record.description.clone(),
+            reference: record.purchase_id.clone(),
+            ui: ui.clone(),
+            idempotency_key: format!("topup-checkout-{}", record.purchase_id),
+            metadata: vec![
+                ("topup_account_id".into(), id.to_string()),
+                ("topup_purchase_id".into(), record.purchase_id.clone()),
+            ],
+        };
+        let session = payments.create_checkout(&request).await?;
+        let record = self.attach_checkout(id, &record.purchase_id, &session.id).await?;
+        Ok(PurchaseStarted::Checkout {
+            purchase: record.view(),
+            client_secret: session.client_secret,
+            url: session.url,
+        })
+    }
+
+    /// Records a pending purchase priced by the server. With an `Idempotency-Key`, the same key
+    /// and request name the same purchase (returned again); another request under the key is
+    /// 409.
+    pub async fn record_purchase(
+        &self,
+        id: &str,
+        choice: &PurchaseChoice,
+        key: Option<&str>,
+    ) -> Result<PurchaseRecord, ApiError> {
+        let account = self.load(id).await?;
+        let quote = pricing::quote(&self.profile, &account.plan, choice)?;
+        let hash = request_hash(&json!({"amount": choice.amount, "package": choice.package, "blocks": choice.blocks}));
+        let now = clock::now_ms();
+        let record = PurchaseRecord {
+            purchase_id: purchase_id(id, key),
+            account_id: id.to_string(),
+            status: PurchaseStatus::Pending,
+            charge: quote.charge,
+            currency: self.profile.currency.clone(),
+            credits: quote.credits,
+            description: quote.description,
+            request_hash: hash.clone(),
+            created_at: now,
+            updated_at: now,
+            checkout_session_id: None,
+            payment_intent_id: None,
+            transaction_id: None,
+        };
+        match self
+            .store
+            .put_purchase(PurchaseWrite { record: record.clone(), from: vec![], expected_updated_at: None })
+            .await
+        {
+            Ok(()) => Ok(record),
+            Err(CommitError::PurchaseNotInState(Some(existing))) if existing.request_hash == hash => Ok(*existing),
+            Err(CommitError::PurchaseNotInState(_)) => Err(ApiError::IdempotencyConflict),
+            Err(CommitError::Store(e)) => Err(upstream(e)),
+            Err(_) => Err(ApiError::Busy),
+        }
+    }
+
+    /// The purchase as its status route shows it: with the balance once it has succeeded.
+    pub async fn purchase_status(&self, id: &str, purchase_id: &str) -> Result<PurchaseStatusView, ApiError> {
+        let record = self.purchase(id, purchase_id).await?;
+        let balance = match record.status {
+            PurchaseStatus::Succeeded => Some(self.account(id).await?.balance.0),
+            _ => None,
+        };
+        Ok(PurchaseStatusView { purchase: record.view(), balance })
+    }
+
+    pub async fn purchase(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.store
+            .load_purchase(id, purchase_id)
+            .await
+            .map_err(upstream)?
+            .ok_or_else(|| ApiError::NotFound("purchase_not_found", "No purchase with this id exists.".into()))
+    }
+
+    /// Moves a purchase from one of `from` to `to` (no credits move). A purchase already past
+    /// that point is left as it is and returned: webhook deliveries arrive in any order.
+    async fn move_purchase(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        from: &[PurchaseStatus],
+        edit: impl Fn(&mut PurchaseRecord),
+    ) -> Result<PurchaseRecord, ApiError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.purchase(id, purchase_id).await?;
+            if !from.contains(&current.status) {
+                return Ok(current);
+            }
+            let mut next = current.clone();
+            edit(&mut next);
+            next.updated_at = clock::now_ms().max(current.updated_at + 1);
+            let write = PurchaseWrite {
+                record: next.clone(),
+                from: vec![current.status],
+                expected_updated_at: Some(current.updated_at),
+            };
+            match self.store.put_purchase(write).await {
+                Ok(()) => return Ok(next),
+                Err(CommitError::Store(e)) => return Err(upstream(e)),
+                Err(_) => continue, // moved meanwhile: look again
+            }
+        }
+        Err(ApiError::Busy)
+    }
+
+    /// The Checkout Session made for a pending purchase.
+    pub async fn attach_checkout(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        session_id: &str,
+    ) -> Result<PurchaseRecord, ApiError> {
+        let session = session_id.to_string();
+        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| {
+            p.checkout_session_id = Some(session.clone())
+        })
+        .await
+    }
+
+    /// Checkout completed but the payment settles later (bank debits): `processing`, with a
+    /// `PurchaseProcessing` event.
+    pub async fn purchase_processing(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.move_purchase_announced(id, purchase_id, &[PurchaseStatus::Pending], PurchaseStatus::Processing).await
+    }
+
+    /// The payment failed: `failed`, never credited, with a `PurchaseFailed` event (seed 000:
+    /// the customer is told).
+    pub async fn purchase_failed(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.move_purchase_announced(
+            id,
+            purchase_id,
+            &[PurchaseStatus::Pending, PurchaseStatus::Processing],
+            PurchaseStatus::Failed,
+        )
+        .await
+    }
+
+    /// Moves a purchase from one of `from` to `to` and announces it on the bus: the purchase
+    /// write and the event's outbox entry commit with the account in one transaction, so the
+    /// event goes out exactly when the move happened. A purchase already past `from` (a late
+    /// or repeated delivery) is returned as it is, and nothing is announced.
+    async fn move_purchase_announced(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        from: &[PurchaseStatus],
+        to: PurchaseStatus,
+    ) -> Result<PurchaseRecord, ApiError> {
+        let detail_type = match to {
+            PurchaseStatus::Processing => "PurchaseProcessing",
+            _ => "PurchaseFailed",
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.purchase(id, purchase_id).await?;
+            if !from.contains(&current.status) {
+                return Ok(current);
+            }
+            let applied = self
+                .apply(id, None, |a, now| {
+                    let next = a.next(now);
+                    let record =
+                        PurchaseRecord { status: to, updated_at: now.max(current.updated_at + 1), ..current.clone() };
+                    let event = DomainEvent::new(
+                        detail_type,
+                        id,
+                        now,
+                        json!({
+                            "purchase_id": record.purchase_id,
+                            "status": record.status.as_str(),
+                            "message": record.message(),
+                            "credits": record.credits.0,
+                            "charge": {"amount": record.charge.0, "currency": record.currency},
+                            "balance": next.balance.0,
+                        }),
+                    );
+                    let from = vec![current.status];
+                    let purchase = PurchaseWrite { record, from, expected_updated_at: Some(current.updated_at) };
+                    Change {
+                        events: vec![event],
+                        purchase: Some(purchase),
+                        ..Change::quiet(next, "purchase_state", ())
+                    }
+                    .write()
+                })
+                .await?;
+            match applied {
+                Applied::Done(()) => return self.purchase(id, purchase_id).await,
+                Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
+            }
+        }
+        Err(ApiError::Busy)
+    }
+
+    /// The Checkout Session expired unpaid.
+    pub async fn purchase_expired(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+        self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| p.status = PurchaseStatus::Expired).await
+    }
+
+    /// The purchase's payment succeeded: credit it exactly once and mark it `succeeded`, in one
+    /// transaction keyed by the PaymentIntent.
+    pub async fn purchase_paid(
+        &self,
+        id: &str,
+        purchase_id: &str,
+        payment_intent_id: &str,
+    ) -> Result<PurchaseRecord, ApiError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.purchase(id, purchase_id).await?;
+            if current.status == PurchaseStatus::Succeeded {
+                return Ok(current);
+            }
+            let payment = Payment {
+                payment_id: payment_intent_id.to_string(),
+                kind: EntryKind::Purchase,
+                credits: current.credits,
+                charge_cents: current.charge.0,
+                reference: purchase_id.to_string(),
+                description: current.description.clone(),
+            };
+            match self.credit(id, &payment, Some(&current)).await? {
+                // Credited now, or this payment was credited before (same transaction, so the
+                // purchase says succeeded).
+                Applied::Done(..) => return self.purchase(id, purchase_id).await,
+                // The purchase changed since it was read (another delivery moved it): nothing
+                // was written; read it again and credit unless it has succeeded meanwhile.
+                Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
+            }
+        }
+        Err(ApiError::Busy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_per_key_and_account() {
+        assert_eq!(purchase_id("a", Some("k")), purchase_id("a", Some("k")));
+        assert_ne!(purchase_id("a", Some("k")), purchase_id("b", Some("k")));
+        assert_ne!(purchase_id("a", None), purchase_id("a", None));
+        assert!(purchase_id("a", Some("k")).starts_with("pur_"));
+    }
+}

@@ -1,0 +1,216 @@
+//! Usage: debits, holds and their settlement. **Where a debit is applied**: `debit` plans the
+//! draw (allowance first, then credits; `ledger::draw` is the arithmetic) and commits it with
+//! its entry and idempotency key through the engine's one compare-and-swap.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::clock;
+use crate::engine::{upstream, Applied, Change, Claim, Credits};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::ledger::{self, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, LedgerEntry};
+use crate::money::Micros;
+use crate::store::{HoldWrite, Store};
+
+/// Open holds an account may have at once.
+pub const MAX_OPEN_HOLDS: usize = 100;
+
+/// What a debit took (`POST .../usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Debited {
+    pub from_allowance: i64,
+    pub from_credits: i64,
+    pub balance: i64,
+    pub transaction_id: Option<String>,
+}
+
+/// A hold opened (`POST .../usage/holds`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserved {
+    pub hold_id: String,
+    pub consumable: String,
+    pub reserved: i64,
+    pub reserved_units: i64,
+    pub reserved_allowance_units: i64,
+    pub expires_at: String,
+}
+
+/// A hold settled (`POST .../holds/{hold_id}/settle`); kept on the hold's record for replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    pub hold_id: String,
+    pub from_hold: i64,
+    pub from_allowance: i64,
+    pub from_credits: i64,
+    pub unbilled: i64,
+    pub balance: i64,
+    pub transaction_id: Option<String>,
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// `POST /v1/accounts/{id}/usage`: the month's allowance first, then credits at the plan's
+    /// rate; refused (402) when both are exhausted. One commit with its entry and key.
+    pub async fn debit(&self, id: &str, consumable: &str, quantity: i64, key: &str) -> Result<Debited, ApiError> {
+        let claim = Claim {
+            scope_key: format!("usage:{key}"),
+            hash: request_hash(&json!({"consumable": consumable, "quantity": quantity})),
+            permanent: false,
+        };
+        let profile = &self.profile;
+        self.apply(id, Some(&claim), |a, now| {
+            let d = ledger::draw(profile, a, consumable, quantity, now)?;
+            let mut next = a.next(now);
+            ledger::apply_draw(&mut next, consumable, &d);
+            let entry = (d.cost.0 > 0).then(|| {
+                LedgerEntry::after(
+                    &next,
+                    EntryKind::Consumption,
+                    Micros(-d.cost.0),
+                    now,
+                    usage_description(consumable, quantity, d.from_allowance),
+                )
+            });
+            let outcome = Debited {
+                from_allowance: d.from_allowance,
+                from_credits: d.cost.0,
+                balance: next.balance.0,
+                transaction_id: entry.as_ref().map(|e| e.id.clone()),
+            };
+            Change { ledger: entry, ..Change::quiet(next, "usage", outcome) }.write()
+        })
+        .await?
+        .done()
+    }
+
+    /// `POST /v1/accounts/{id}/usage/holds`: reserves allowance units and credits for a
+    /// session, so that it can always finish.
+    pub async fn reserve(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        ttl_seconds: i64,
+        key: &str,
+    ) -> Result<Reserved, ApiError> {
+        if !(1..=86_400).contains(&ttl_seconds) {
+            return Err(ApiError::rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
+        }
+        let claim = Claim {
+            scope_key: format!("hold:{key}"),
+            hash: request_hash(&json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds})),
+            permanent: false,
+        };
+        let profile = &self.profile;
+        let hold_id = new_id("hold");
+        self.apply(id, Some(&claim), |a, now| {
+            let hold = ledger::reserve(profile, a, consumable, quantity, now, ttl_seconds * 1000)?;
+            let mut next = a.next(now);
+            if next.holds.len() >= MAX_OPEN_HOLDS {
+                return Err(ApiError::rule(
+                    "too_many_holds",
+                    format!("An account may have at most {MAX_OPEN_HOLDS} open holds."),
+                ));
+            }
+            next.holds.insert(hold_id.clone(), hold.clone());
+            let outcome = Reserved {
+                hold_id: hold_id.clone(),
+                consumable: consumable.to_string(),
+                reserved: hold.micros.0,
+                reserved_units: hold.units,
+                reserved_allowance_units: hold.allowance_units,
+                expires_at: clock::rfc3339(hold.expires_at),
+            };
+            let record = HoldRecord {
+                hold_id: hold_id.clone(),
+                account_id: id.to_string(),
+                hold,
+                status: HoldStatus::Open,
+                created_at: now,
+                settle_hash: None,
+                settled: None,
+            };
+            Change { hold: Some(HoldWrite::Create(record)), ..Change::quiet(next, "hold", outcome) }.write()
+        })
+        .await?
+        .done()
+    }
+
+    /// `POST /v1/accounts/{id}/usage/holds/{hold_id}/settle`. The threshold is checked here,
+    /// at the end of the session, never while it runs.
+    pub async fn settle(&self, id: &str, hold_id: &str, quantity: i64) -> Result<Settled, ApiError> {
+        ledger::check_quantity(quantity, true)?;
+        let hash = request_hash(&json!({"quantity": quantity}));
+        let profile = &self.profile;
+        let result = self
+            .apply(id, None, |a, now| {
+                let Some(hold) = a.holds.get(hold_id).cloned() else { return Err(ApiError::HoldNotFound) };
+                if hold.expires_at <= now {
+                    return Err(ApiError::HoldExpired);
+                }
+                let mut next = a.next(now);
+                next.holds.remove(hold_id);
+                let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
+                let entry = (s.from_credits.0 > 0).then(|| {
+                    LedgerEntry::after(
+                        &next,
+                        EntryKind::Consumption,
+                        Micros(-s.from_credits.0),
+                        now,
+                        usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
+                    )
+                });
+                let outcome = Settled {
+                    hold_id: hold_id.to_string(),
+                    from_hold: s.from_hold,
+                    from_allowance: s.from_allowance,
+                    from_credits: s.from_credits.0,
+                    unbilled: s.unbilled,
+                    balance: next.balance.0,
+                    transaction_id: entry.as_ref().map(|e| e.id.clone()),
+                };
+                let record = HoldRecord {
+                    hold_id: hold_id.to_string(),
+                    account_id: id.to_string(),
+                    hold,
+                    status: HoldStatus::Settled,
+                    created_at: now,
+                    settle_hash: Some(hash.clone()),
+                    settled: Some(outcome.clone()),
+                };
+                Change {
+                    ledger: entry,
+                    hold: Some(HoldWrite::Settle(record)),
+                    ..Change::quiet(next, "settle", outcome)
+                }
+                .write()
+            })
+            .await;
+        let not_open = match result {
+            Ok(Applied::Done(settled)) => return Ok(settled),
+            Ok(Applied::HoldNotOpen(rec)) => rec.map(|r| *r),
+            Ok(Applied::PurchaseNotInState) => return Err(ApiError::Upstream),
+            // Not among the account's open holds: settled, expired or unknown? The record says.
+            Err(ApiError::HoldNotFound | ApiError::HoldExpired) => {
+                self.store.load_hold(id, hold_id).await.map_err(upstream)?
+            }
+            Err(e) => return Err(e),
+        };
+        match not_open {
+            Some(r) if r.status == HoldStatus::Settled => match (r.settle_hash, r.settled) {
+                (Some(h), Some(settled)) if h == hash => Ok(settled),
+                _ => Err(ApiError::IdempotencyConflict),
+            },
+            Some(_) => Err(ApiError::HoldExpired),
+            None => Err(ApiError::HoldNotFound),
+        }
+    }
+}
+
+fn usage_description(consumable: &str, quantity: i64, from_allowance: i64) -> String {
+    if from_allowance > 0 {
+        format!("{quantity} {consumable} ({from_allowance} from the monthly allowance)")
+    } else {
+        format!("{quantity} {consumable}")
+    }
+}
