@@ -33,7 +33,7 @@ pub fn valid_email(e: &str) -> bool {
         && !e.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// A reservation for a metered session (SPEC §6): allowance units and credits set aside.
+/// A reservation for a metered session (rules §6): allowance units and credits set aside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     pub consumable: String,
@@ -57,7 +57,7 @@ pub struct AutoRecharge {
     /// Recharges made in `month`.
     pub used_month: String,
     pub used_this_month: u32,
-    /// The recharge being charged now: one at a time per account (SPEC §8).
+    /// The recharge being charged now: one at a time per account (rules §8).
     #[serde(default)]
     pub in_flight: Option<RechargeClaim>,
     /// Set by a failed charge; cleared by a new card or a manual purchase. No automatic retry.
@@ -73,7 +73,7 @@ pub struct AutoRecharge {
     #[serde(default)]
     pub spent_this_month_cents: i64,
     /// A recharge was claimed in the current low-balance episode: no other until the balance is
-    /// no longer low (SPEC §10.5), even if the recharge left it low (a threshold at or above the
+    /// no longer low (rules §10.5), even if the recharge left it low (a threshold at or above the
     /// amount). Cleared by any change that leaves the balance above the threshold, and by a
     /// failed charge (which adds nothing).
     #[serde(default)]
@@ -149,7 +149,7 @@ pub struct Account {
     pub holds: BTreeMap<String, Hold>,
     pub auto_recharge: AutoRecharge,
     pub payment_method: Option<PaymentMethod>,
-    /// The account's Stripe customer, created once (SPEC §4).
+    /// The account's Stripe customer, created once (rules §4).
     #[serde(default)]
     pub stripe_customer_id: Option<String>,
     /// Set while auto-recharge is on: the key of the sparse index the scheduled sweep queries.
@@ -236,7 +236,7 @@ impl Account {
         Micros(self.balance.0 - self.held(now).0)
     }
 
-    /// The threshold that `low_balance` and `BalanceLow` use (SPEC §11).
+    /// The threshold that `low_balance` and `BalanceLow` use (rules §11).
     pub fn low_balance_threshold(&self, profile: &Profile) -> Micros {
         if self.auto_recharge.enabled {
             self.auto_recharge.threshold

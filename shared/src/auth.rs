@@ -1,4 +1,4 @@
-//! Identity (SPEC §5). Behind API Gateway the JWT authorizer has validated the token and the
+//! Identity (rules §5). Behind API Gateway the JWT authorizer has validated the token and the
 //! claims arrive in the request context. Without an authorizer, a `Bearer` token signed HS256
 //! with `TOPUP_LOCAL_JWT_SECRET` is accepted; without that secret, such a request is 401.
 
@@ -10,9 +10,9 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::Secret;
 use crate::error::ApiError;
 use crate::profile::{Profile, PERSON_ROLES};
+use crate::secret::Secret;
 
 /// Who is calling, from verified claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Identity {
         let account_id = match (&role, account) {
             (Role::Service, None | Some("*")) => None,
             (Role::Service, Some(a)) => Some(a.to_string()),
-            // SPEC §11: a person's token without `account_id`, or with `*`, is 401.
+            // rules §11: a person's token without `account_id`, or with `*`, is 401.
             (Role::Person(_), None | Some("*")) => return Err(ApiError::Unauthenticated),
             (Role::Person(_), Some(a)) => Some(a.to_string()),
         };

@@ -112,8 +112,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// Makes `card` the account's default payment method (`setup_intent.succeeded`). No charge
-    /// is made here. A new card lifts the suspension a failed recharge left (issue 4: "until an
-    /// admin saves a new card or completes a manual purchase"); the next trigger or sweep may
+    /// is made here. A new card lifts the suspension a failed recharge left (rules §8: until an
+    /// admin saves a new card or buys credits by hand); the next trigger or sweep may
     /// then charge it. The last error stays on record.
     pub async fn save_card(&self, id: &str, card: PaymentMethod, customer_id: Option<&str>) -> Result<(), ApiError> {
         self.apply(id, None, |a, now| {

@@ -305,10 +305,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 #[cfg(test)]
 pub(crate) fn memory_credits(
     profile: &str,
-) -> Credits<std::sync::Arc<crate::store::MemoryStore>, std::sync::Arc<crate::events::MemoryBus>> {
+) -> Credits<std::sync::Arc<crate::adapters::memory::MemoryStore>, std::sync::Arc<crate::adapters::memory::MemoryBus>> {
     use std::sync::Arc;
     let profile = Profile::load(profile).unwrap_or_else(|e| panic!("{e}"));
-    Credits::new(profile, Arc::new(crate::store::MemoryStore::default()), Arc::new(crate::events::MemoryBus::default()))
+    Credits::new(
+        profile,
+        Arc::new(crate::adapters::memory::MemoryStore::default()),
+        Arc::new(crate::adapters::memory::MemoryBus::default()),
+    )
 }
 
 #[cfg(test)]
@@ -319,9 +323,9 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use crate::events::MemoryBus;
+    use crate::adapters::memory::MemoryBus;
+    use crate::adapters::memory::MemoryStore;
     use crate::money::MICROS_PER_CREDIT as C;
-    use crate::store::MemoryStore;
 
     #[tokio::test]
     async fn a_second_instance_with_a_stale_cache_never_overdraws() {

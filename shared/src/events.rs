@@ -4,14 +4,8 @@
 //! nothing is silently dropped. The next successful publication sends along what is left
 //! (`redeliver_outbox`), as will the scheduled sweep.
 
-use std::future::Future;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use aws_sdk_eventbridge::error::DisplayErrorContext;
-use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use aws_sdk_eventbridge::Client;
 use serde_json::json;
+use std::future::Future;
 
 use crate::ledger::DomainEvent;
 use crate::store::{Store, StoreError};
@@ -43,114 +37,9 @@ pub fn detail_json(e: &DomainEvent) -> serde_json::Value {
     d
 }
 
-#[derive(Clone)]
-pub struct EventBridgeBus {
-    client: Client,
-    bus: String,
-}
-
-impl EventBridgeBus {
-    pub fn new(client: Client, bus: impl Into<String>) -> Self {
-        EventBridgeBus { client, bus: bus.into() }
-    }
-
-    async fn put_once(&self, events: &[DomainEvent]) -> Result<Vec<DomainEvent>, String> {
-        let entries = events
-            .iter()
-            .map(|e| {
-                PutEventsRequestEntry::builder()
-                    .event_bus_name(&self.bus)
-                    .source(SOURCE)
-                    .detail_type(&e.detail_type)
-                    .detail(detail_json(e).to_string())
-                    .resources(format!("topup:account:{}", e.account_id))
-                    .build()
-            })
-            .collect();
-        let out = self
-            .client
-            .put_events()
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| DisplayErrorContext(&e).to_string())?;
-        if out.failed_entry_count() == 0 {
-            return Ok(vec![]);
-        }
-        // Results are positional: an entry with an error code was not accepted.
-        let failed = out
-            .entries()
-            .iter()
-            .zip(events)
-            .filter(|(r, _)| r.error_code().is_some() || r.event_id().is_none())
-            .map(|(r, e)| {
-                tracing::warn!(event_id = %e.id, code = r.error_code().unwrap_or("?"), "PutEvents entry rejected");
-                e.clone()
-            })
-            .collect();
-        Ok(failed)
-    }
-}
-
-impl EventBus for EventBridgeBus {
-    async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
-        let mut pending: Vec<DomainEvent> = events.to_vec();
-        let mut reason = String::new();
-        for attempt in 0..3u32 {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-            let mut still = Vec::new();
-            // PutEvents takes at most 10 entries a call.
-            for chunk in pending.chunks(10) {
-                match self.put_once(chunk).await {
-                    Ok(failed) => {
-                        if !failed.is_empty() {
-                            reason = "entries rejected by PutEvents".into();
-                        }
-                        still.extend(failed)
-                    }
-                    Err(e) => {
-                        reason = e;
-                        still.extend_from_slice(chunk)
-                    }
-                }
-            }
-            pending = still;
-        }
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(PublishError { failed: pending, reason })
-        }
-    }
-}
-
 impl<B: EventBus> EventBus for std::sync::Arc<B> {
     fn publish(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), PublishError>> + Send {
         (**self).publish(events)
-    }
-}
-
-/// Records events in memory; can be told to fail, for tests of the outbox.
-#[derive(Default)]
-pub struct MemoryBus {
-    pub published: Mutex<Vec<DomainEvent>>,
-    pub fail: std::sync::atomic::AtomicBool,
-}
-
-impl EventBus for MemoryBus {
-    async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(PublishError { failed: events.to_vec(), reason: "bus down".into() });
-        }
-        if let Ok(mut p) = self.published.lock() {
-            p.extend_from_slice(events);
-        }
-        Ok(())
     }
 }
 

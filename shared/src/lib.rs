@@ -3,12 +3,12 @@
 
 pub mod account;
 pub mod accounts;
+pub mod adapters;
 pub mod auth;
 pub mod cards;
 pub mod clock;
 pub mod config;
 pub mod crediting;
-pub mod dynamo;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -22,6 +22,7 @@ pub mod profile;
 pub mod purchases;
 pub mod recharge;
 pub mod reconcile;
+pub mod secret;
 pub mod store;
 pub mod usage;
 pub mod views;
@@ -30,19 +31,20 @@ pub use config::Config;
 pub use error::ApiError;
 
 /// The production wiring: DynamoDB store and EventBridge bus.
-pub type LiveCredits = engine::Credits<dynamo::DynamoStore, events::EventBridgeBus>;
+pub type LiveCredits = engine::Credits<adapters::dynamo::DynamoStore, adapters::eventbridge::EventBridgeBus>;
 
 /// Builds the live service from configuration and one loaded AWS config (clients built once).
 pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
-    let store = dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone());
-    let bus = events::EventBridgeBus::new(aws_sdk_eventbridge::Client::new(aws), config.event_bus.clone());
+    let store = adapters::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone());
+    let bus =
+        adapters::eventbridge::EventBridgeBus::new(aws_sdk_eventbridge::Client::new(aws), config.event_bus.clone());
     engine::Credits::new(config.profile.clone(), store, bus)
 }
 
 /// The live Stripe client: `TOPUP_STRIPE_SECRET_KEY`, and `TOPUP_STRIPE_API_BASE` when set.
-pub fn live_payments(config: &Config) -> Result<payments::StripePayments, config::ConfigError> {
+pub fn live_payments(config: &Config) -> Result<adapters::stripe::StripePayments, config::ConfigError> {
     let key = config.stripe_secret_key.as_ref().ok_or(config::ConfigError::Missing("TOPUP_STRIPE_SECRET_KEY"))?;
-    payments::StripePayments::new(key, config.stripe_api_base.as_deref())
+    adapters::stripe::StripePayments::new(key, config.stripe_api_base.as_deref())
         .map_err(|e| config::ConfigError::Invalid("TOPUP_STRIPE_API_BASE", e.0))
 }
 
@@ -51,13 +53,17 @@ pub fn live_payments(config: &Config) -> Result<payments::StripePayments, config
 pub fn live_notifier(
     config: &Config,
     aws: &aws_config::SdkConfig,
-) -> Result<notify::Notifier<dynamo::DynamoStore, notify::AwsChannels>, config::ConfigError> {
+) -> Result<notify::Notifier<adapters::dynamo::DynamoStore, adapters::ses_sns::AwsChannels>, config::ConfigError> {
     let from = config.email_from.clone().ok_or(config::ConfigError::Missing("TOPUP_EMAIL_FROM"))?;
     let billing_url = config.billing_url.clone().ok_or(config::ConfigError::Missing("TOPUP_BILLING_URL"))?;
     Ok(notify::Notifier {
         profile: config.profile.clone(),
-        store: dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone()),
-        channels: notify::AwsChannels::new(aws_sdk_sesv2::Client::new(aws), aws_sdk_sns::Client::new(aws), from),
+        store: adapters::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone()),
+        channels: adapters::ses_sns::AwsChannels::new(
+            aws_sdk_sesv2::Client::new(aws),
+            aws_sdk_sns::Client::new(aws),
+            from,
+        ),
         billing_url,
     })
 }

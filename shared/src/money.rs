@@ -1,4 +1,4 @@
-//! Integer amounts (SPEC §2). Credits are `i64` micro-credits; money is `i64` minor units.
+//! Integer amounts (rules §2). Credits are `i64` micro-credits; money is `i64` minor units.
 //! No floating point touches an amount, a rate or a price.
 
 use serde::{Deserialize, Serialize};

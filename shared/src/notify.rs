@@ -1,4 +1,4 @@
-//! What people are told about their credits (SPEC §8, seeds 000, 001, 004): which notification
+//! What people are told about their credits (rules §8, seeds 000, 001, 004): which notification
 //! a bus event calls for, and its words — an email subject, a plain-text and an HTML body with
 //! a link to the billing page, and a short SMS without links. Amounts are shown in the
 //! profile's unit ($12.50, 340 minutes, 12 credits).
@@ -25,7 +25,7 @@ pub struct Rendered {
     pub sms: String,
 }
 
-/// The notification type a bus event calls for, if any (SPEC §8; seed 000's names).
+/// The notification type a bus event calls for, if any (rules §8; seed 000's names).
 pub fn notification_kind(detail_type: &str, detail: &Value) -> Option<&'static str> {
     match detail_type {
         "BalanceLow" => Some("credit_balance_low"),
@@ -172,68 +172,6 @@ pub enum SendError {
 pub trait Channels: Send + Sync {
     fn email(&self, to: &str, message: &Rendered) -> impl Future<Output = Result<(), SendError>> + Send;
     fn sms(&self, phone: &str, text: &str) -> impl Future<Output = Result<(), SendError>> + Send;
-}
-
-pub struct AwsChannels {
-    ses: aws_sdk_sesv2::Client,
-    sns: aws_sdk_sns::Client,
-    from: String,
-}
-
-impl AwsChannels {
-    pub fn new(ses: aws_sdk_sesv2::Client, sns: aws_sdk_sns::Client, from: impl Into<String>) -> Self {
-        AwsChannels { ses, sns, from: from.into() }
-    }
-}
-
-impl Channels for AwsChannels {
-    async fn email(&self, to: &str, m: &Rendered) -> Result<(), SendError> {
-        use aws_sdk_sesv2::error::ProvideErrorMetadata;
-        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
-        let content = |data: &str| {
-            Content::builder().data(data).charset("UTF-8").build().map_err(|e| SendError::Rejected(e.to_string()))
-        };
-        let message = Message::builder()
-            .subject(content(&m.subject)?)
-            .body(Body::builder().text(content(&m.text)?).html(content(&m.html)?).build())
-            .build();
-        let res = self
-            .ses
-            .send_email()
-            .from_email_address(&self.from)
-            .destination(Destination::builder().to_addresses(to).build())
-            .content(EmailContent::builder().simple(message).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = e.into_service_error();
-                let text = aws_sdk_sesv2::error::DisplayErrorContext(&e).to_string();
-                if e.is_too_many_requests_exception() || e.is_limit_exceeded_exception() || e.code().is_none() {
-                    Err(SendError::Retryable(text))
-                } else {
-                    Err(SendError::Rejected(text))
-                }
-            }
-        }
-    }
-
-    async fn sms(&self, phone: &str, text: &str) -> Result<(), SendError> {
-        use aws_sdk_sns::error::ProvideErrorMetadata;
-        match self.sns.publish().phone_number(phone).message(text).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = e.into_service_error();
-                let detail = aws_sdk_sns::error::DisplayErrorContext(&e).to_string();
-                if e.code() == Some("Throttling") || e.is_internal_error_exception() || e.code().is_none() {
-                    Err(SendError::Retryable(detail))
-                } else {
-                    Err(SendError::Rejected(detail))
-                }
-            }
-        }
-    }
 }
 
 /// What one delivery of an event did.
@@ -454,9 +392,9 @@ mod delivery_tests {
 
     use super::*;
     use crate::account::Contact;
+    use crate::adapters::memory::MemoryBus;
+    use crate::adapters::memory::MemoryStore;
     use crate::engine::Credits;
-    use crate::events::MemoryBus;
-    use crate::store::MemoryStore;
 
     #[derive(Default)]
     struct Fake {

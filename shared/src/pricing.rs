@@ -1,4 +1,4 @@
-//! What a purchase costs and what it buys, computed on the server from the profile (SPEC §2,
+//! What a purchase costs and what it buys, computed on the server from the profile (rules §2,
 //! §3, §10.8): a client names an amount of money, a package or a number of blocks, never a
 //! price or a number of credits.
 

@@ -1,4 +1,4 @@
-//! Profiles (SPEC §3): one TOML file per billing model, embedded in every binary and chosen by
+//! Profiles (rules §3): one TOML file per billing model, embedded in every binary and chosen by
 //! `TOPUP_PROFILE`. A profile is validated when it is loaded; a bad one is a start-up error
 //! that names the field.
 
@@ -16,7 +16,7 @@ pub const SHIPPED: [(&str, &str); 4] = [
     ("voice-minutes", include_str!("../profiles/voice-minutes.toml")),
 ];
 
-/// The roles a person's token may carry (SPEC §5); `service` is the product's backend.
+/// The roles a person's token may carry (rules §5); `service` is the product's backend.
 pub const PERSON_ROLES: [&str; 4] = ["owner", "admin", "member", "editor"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub struct Notifications {
     pub sms: Vec<String>,
 }
 
-/// The notification types a profile may send (SPEC §8).
+/// The notification types a profile may send (rules §8).
 pub const NOTIFICATION_TYPES: [&str; 6] = [
     "credit_balance_low",
     "credit_balance_depleted",
@@ -319,7 +319,7 @@ impl Profile {
         }
         for required in ["free", "pro"] {
             if !self.plans.contains_key(required) {
-                return Err(self.invalid(format!("plans.{required}"), "is required (SPEC §11)"));
+                return Err(self.invalid(format!("plans.{required}"), "is required (rules §11)"));
             }
         }
         for (plan_name, plan) in &self.plans {

@@ -17,7 +17,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 
 
 def run(api, moto, table, token_for, http, checks, shots):
-    """Every scenario of issue 7 against `api` (the router of a served voice-minutes stack);
+    """Every scenario of the billing page against `api` (the router of a served voice-minutes stack);
     `http(method, url, token, body)` is the stack's JSON client."""
     import boto3
     from playwright.sync_api import sync_playwright

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use serde_json::json;
-use topup::dynamo::{create_table, DynamoStore};
+use topup::adapters::dynamo::{create_table, DynamoStore};
+use topup::adapters::eventbridge::EventBridgeBus;
 use topup::engine::Credits;
-use topup::events::EventBridgeBus;
 use topup_tests::*;
 
 const OPS: usize = 400;

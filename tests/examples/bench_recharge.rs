@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use serde_json::json;
 use topup::account::PaymentMethod;
-use topup::dynamo::DynamoStore;
+use topup::adapters::dynamo::DynamoStore;
+use topup::adapters::eventbridge::EventBridgeBus;
+use topup::adapters::stripe::StripePayments;
 use topup::engine::Credits;
-use topup::events::EventBridgeBus;
-use topup::payments::{ChargeOutcome, OffSessionCharge, Payments, PaymentsUnavailable, StripePayments};
+use topup::payments::{ChargeOutcome, OffSessionCharge, Payments, PaymentsUnavailable};
 use topup::recharge::AutoRechargeInput;
 use topup_tests::*;
 

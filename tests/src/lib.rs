@@ -1,6 +1,6 @@
 //! Shared fixtures for the integration tests: the local stack's endpoint, a fresh table and bus
 //! per test, handlers called in-process over the real SDK clients, tokens, and the invariant
-//! checks of SPEC §10.
+//! checks of rules §10.
 //!
 //! The stack is started by `./scripts/test` (moto on 127.0.0.1); its address comes in
 //! `TOPUP_TEST_AWS_ENDPOINT`. Each test makes its own table and bus, so tests run in parallel
@@ -11,13 +11,14 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
+use topup::adapters::dynamo::{create_table, DynamoStore};
+use topup::adapters::eventbridge::EventBridgeBus;
 use topup::auth::sign_hs256;
-use topup::config::{Config, Secret};
-use topup::dynamo::{create_table, DynamoStore};
+use topup::config::Config;
 use topup::engine::Credits;
-use topup::events::EventBridgeBus;
 use topup::ledger::LedgerEntry;
 use topup::profile::Profile;
+use topup::secret::Secret;
 use topup::store::Store;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
@@ -131,7 +132,7 @@ impl World {
     }
 
     /// The `purchase` function with another Stripe client (one that cannot reach Stripe).
-    pub async fn buy_with(&self, payments: &topup::payments::StripePayments, req: Request) -> (u16, Value) {
+    pub async fn buy_with(&self, payments: &topup::adapters::stripe::StripePayments, req: Request) -> (u16, Value) {
         let ui = self.config.checkout_ui.clone().expect("checkout configured");
         let checkout = purchase::Checkout { payments, ui: &ui };
         read(purchase::handle(&self.config, &self.credits, &checkout, req).await)
@@ -239,7 +240,7 @@ impl World {
     /// A real card in the local Stripe (localstripe): a customer for the account and a test card
     /// (`4242424242424242` pays, `4000000000000341` is declined when charged,
     /// `4000002760003184` needs authentication) saved as its default, as the setup flow does.
-    pub async fn save_stripe_card(&self, id: &str, number: &str) -> topup::payments::StripePayments {
+    pub async fn save_stripe_card(&self, id: &str, number: &str) -> topup::adapters::stripe::StripePayments {
         use topup::payments::Payments;
         let payments = stripe_payments();
         let customer = payments.create_customer(id, Some("billing@example.com")).await.expect("customer");
@@ -290,7 +291,7 @@ impl World {
         out.items().to_vec()
     }
 
-    /// SPEC §10.1: the balance is the sum of the ledger; lifetime totals are their sums;
+    /// rules §10.1: the balance is the sum of the ledger; lifetime totals are their sums;
     /// running balances chain; §10.4: never below zero. The checks reconciliation makes
     /// (`topup::reconcile::ledger_differences`), each of which its unit tests show failing.
     pub async fn assert_invariants(&self, id: &str) {
@@ -454,14 +455,15 @@ async fn raw_http(base: &str, head: &str) -> (u16, String) {
 }
 
 /// The local Stripe, through the real client.
-pub fn stripe_payments() -> topup::payments::StripePayments {
+pub fn stripe_payments() -> topup::adapters::stripe::StripePayments {
     let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE")
         .unwrap_or_else(|_| panic!("TOPUP_TEST_STRIPE_API_BASE is not set: run ./scripts/test"));
-    topup::payments::StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&base)).expect("stripe client")
+    topup::adapters::stripe::StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&base))
+        .expect("stripe client")
 }
 
 /// A test card (12/2030, CVC 123) created in the local Stripe and attached to `customer`; its id.
-pub async fn stripe_card(payments: &topup::payments::StripePayments, customer: &str, number: &str) -> String {
+pub async fn stripe_card(payments: &topup::adapters::stripe::StripePayments, customer: &str, number: &str) -> String {
     use stripe_payment::payment_method::{
         AttachPaymentMethod, CreatePaymentMethod, CreatePaymentMethodCard, CreatePaymentMethodCardDetailsParams,
         CreatePaymentMethodType,
@@ -592,10 +594,13 @@ pub async fn open_purchase(w: &World, account: &str, body: Value) -> Value {
 }
 
 /// A Stripe client whose API cannot be reached (a closed port on loopback): Stripe is down.
-pub fn unreachable_stripe() -> topup::payments::StripePayments {
+pub fn unreachable_stripe() -> topup::adapters::stripe::StripePayments {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
-    topup::payments::StripePayments::new(&Secret::new("sk_test_local_stack"), Some(&format!("http://127.0.0.1:{port}")))
-        .expect("stripe client")
+    topup::adapters::stripe::StripePayments::new(
+        &Secret::new("sk_test_local_stack"),
+        Some(&format!("http://127.0.0.1:{port}")),
+    )
+    .expect("stripe client")
 }
 
 /// A unique phone number in E.164 form.

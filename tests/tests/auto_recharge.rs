@@ -1,4 +1,4 @@
-//! Auto-recharge end to end against moto and localstripe (SPEC §8, §10.2, §10.5, §10.6): the
+//! Auto-recharge end to end against moto and localstripe (rules §8, §10.2, §10.5, §10.6): the
 //! `auto-recharge` handler on `BalanceLow` and on the schedule, the real Stripe client, and
 //! the account's ledger.
 
@@ -12,7 +12,7 @@ use topup::recharge::charge_key;
 use topup::recharge::RechargeDecision;
 use topup_tests::*;
 
-async fn enabled_low_account(w: &World, card: &str) -> topup::payments::StripePayments {
+async fn enabled_low_account(w: &World, card: &str) -> topup::adapters::stripe::StripePayments {
     w.account("acme", "free").await;
     let payments = w.save_stripe_card("acme", card).await;
     w.set_auto_recharge("acme", json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C})).await;
@@ -23,7 +23,9 @@ async fn enabled_low_account(w: &World, card: &str) -> topup::payments::StripePa
 
 /// Account `acme` with a card that pays, auto-recharge on, below its threshold ($4), and the
 /// recharge claimed but not yet charged: where a function could die.
-async fn claimed_below_threshold(w: &World) -> (topup::payments::StripePayments, topup::account::RechargeClaim) {
+async fn claimed_below_threshold(
+    w: &World,
+) -> (topup::adapters::stripe::StripePayments, topup::account::RechargeClaim) {
     let payments = enabled_low_account(w, "4242424242424242").await;
     w.usage("acme", "api_calls", 2_000).await;
     let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("acme").await.expect("claim") else {
@@ -35,7 +37,7 @@ async fn claimed_below_threshold(w: &World) -> (topup::payments::StripePayments,
 /// Charges `claim` as the function does, successfully; the PaymentIntent's id.
 async fn charge_as_the_function(
     w: &World,
-    payments: &topup::payments::StripePayments,
+    payments: &topup::adapters::stripe::StripePayments,
     claim: &topup::account::RechargeClaim,
 ) -> String {
     let charge = the_claims_charge(w, claim).await;
@@ -409,7 +411,7 @@ async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
 
 /// A recharge recorded as failed whose payment comes through after all (the bank relents):
 /// `payment_intent.succeeded` credits it once from the credits its metadata names, though the
-/// claim is gone (SPEC §10.2: a paid payment credits exactly once).
+/// claim is gone (rules §10.2: a paid payment credits exactly once).
 #[tokio::test]
 async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_credits_once() {
     let w = World::new("usd-overage").await;
@@ -435,7 +437,7 @@ async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_cr
     w.assert_invariants("acme").await;
 }
 
-/// One low-balance episode, one recharge (SPEC §10.5), even when the recharge leaves the
+/// One low-balance episode, one recharge (rules §10.5), even when the recharge leaves the
 /// balance low: on org-runs ("at or below") a recharge of 5 credits with a 5-credit threshold
 /// from zero ends at the threshold, still low. Neither the sweep nor another `BalanceLow` charges
 /// again until the balance has risen above the threshold and fallen back.

@@ -1,4 +1,4 @@
-//! Auto-recharge settings (SPEC §5, §8; seeds 000, 001, 004): off by default, enabling needs a
+//! Auto-recharge settings (rules §5, §8; seeds 000, 001, 004): off by default, enabling needs a
 //! saved card and a plan that allows it, every bound of the profile is a 422 with its own code,
 //! and a refused change changes nothing.
 

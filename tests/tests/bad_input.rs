@@ -1,4 +1,4 @@
-//! Bad input (SPEC §5, §11): each is a 4xx with a stable code, and nothing stored changes.
+//! Bad input (rules §5, §11): each is a 4xx with a stable code, and nothing stored changes.
 
 use serde_json::json;
 use topup_tests::*;

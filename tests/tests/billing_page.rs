@@ -1,4 +1,4 @@
-//! `GET /billing` (issue 7): the static billing page, with its public configuration injected
+//! `GET /billing`: the static billing page, with its public configuration injected
 //! and a Content-Security-Policy; no token needed to load it, none inside it. What it does in a
 //! browser is tested in headless Chromium (`tests/browser/billing_test.py`).
 

@@ -1,4 +1,4 @@
-//! Buying credits end to end against the local Stripe (SPEC §5, §7, §10.2, §10.8): the
+//! Buying credits end to end against the local Stripe (rules §5, §7, §10.2, §10.8): the
 //! `purchase` function opens a real Checkout Session, the emulator plays the customer, and the
 //! `webhook` function credits exactly once from signed events, whatever their number and order.
 
@@ -69,7 +69,7 @@ async fn embedded_checkout_answers_a_client_secret() {
     );
 }
 
-/// Each profile's way of buying reaches Stripe at the server's price (SPEC §3, §11).
+/// Each profile's way of buying reaches Stripe at the server's price (rules §3, §11).
 #[tokio::test]
 async fn every_profile_prices_its_purchases_on_the_server() {
     let cases: [(&str, Value, i64, i64); 5] = [
@@ -136,7 +136,7 @@ async fn only_billing_roles_of_the_account_buy_and_prices_come_from_the_server()
     assert_eq!(w.snapshot("clinic").await, before, "nothing was recorded");
 }
 
-/// SPEC §10.2: the same `checkout.session.completed` 20 times at once across two instances,
+/// rules §10.2: the same `checkout.session.completed` 20 times at once across two instances,
 /// with `async_payment_succeeded` for the same session before and among them: one credit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_deliveries_and_an_out_of_order_one_credit_once() {
@@ -261,7 +261,7 @@ async fn an_expired_session_never_credits() {
     assert_eq!(w.view("acme").await["balance"], 0);
 }
 
-/// SPEC §7: each refused delivery is 400 and changes nothing; an unknown type is 200.
+/// rules §7: each refused delivery is 400 and changes nothing; an unknown type is 200.
 #[tokio::test]
 async fn webhook_refuses_what_stripe_did_not_sign() {
     let w = World::new("usd-overage").await;
@@ -415,7 +415,7 @@ async fn a_refund_before_its_credit_waits_for_it() {
 }
 
 /// A refund never takes credits an open hold reserves: the session in progress settles against
-/// them and the balance stays at or above zero (SPEC §6, §10.4). (Found by the fault-injection
+/// them and the balance stays at or above zero (rules §6, §10.4). (Found by the fault-injection
 /// suite, schedules 83 and 145 of a long run.)
 #[tokio::test]
 async fn a_refund_leaves_what_open_holds_reserve() {

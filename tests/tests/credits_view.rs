@@ -1,5 +1,5 @@
 //! Accounts, the credits view, the ledger page and adjustments against the emulator
-//! (SPEC §4, §5, §11), with the roles of each profile.
+//! (rules §4, §5, §11), with the roles of each profile.
 
 use serde_json::json;
 use topup::store::Store;

@@ -1,5 +1,5 @@
 //! Debits against the emulator: each profile's allowance then overage, exhaustion codes,
-//! concurrency (SPEC §6, §10.1, §10.3, §10.4), idempotency, and crossing events.
+//! concurrency (rules §6, §10.1, §10.3, §10.4), idempotency, and crossing events.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Fault injection (issue 6; SPEC §10): seeded random schedules of debits, holds, purchases,
+//! Fault injection (rules §10): seeded random schedules of debits, holds, purchases,
 //! webhooks (duplicated, reordered, delayed), recharges, sweeps and plan changes against moto
 //! and localstripe, through the functions' own handlers, with a failure injected before each
 //! step. After every step the invariants are checked, with reconciliation among them; after the
@@ -24,19 +24,21 @@ use std::sync::{Arc, Mutex};
 use lambda_http::Request;
 use serde_json::{json, Value};
 use topup::account::Account;
-use topup::config::Secret;
-use topup::dynamo::DynamoStore;
+use topup::adapters::dynamo::DynamoStore;
+use topup::adapters::eventbridge::EventBridgeBus;
+use topup::adapters::stripe::StripePayments;
 use topup::engine::Credits;
-use topup::events::{EventBridgeBus, EventBus, PublishError};
+use topup::events::{EventBus, PublishError};
 use topup::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry};
 use topup::money::Micros;
 use topup::payments::{
     Card, CardSetup, ChargeOutcome, CheckoutRequest, CheckoutSession, OffSessionCharge, PaymentHistory, Payments,
-    PaymentsUnavailable, Purchases, StripePayments,
+    PaymentsUnavailable, Purchases,
 };
 use topup::profile::Trigger;
 use topup::purchases::PurchaseRecord;
 use topup::reconcile::Severity;
+use topup::secret::Secret;
 use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
 use topup_tests::*;
 
@@ -802,7 +804,7 @@ impl Schedule {
         }
     }
 
-    /// SPEC §10 on the stored state, the bus and Stripe's records.
+    /// rules §10 on the stored state, the bus and Stripe's records.
     async fn check(&mut self, settled: bool, payments: Vec<topup::payments::PaymentRecord>) {
         let report = match self.w.credits.reconcile_account(&self.plain_stripe, &self.id).await {
             Ok(r) => r,

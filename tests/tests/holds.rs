@@ -1,4 +1,4 @@
-//! Holds against the emulator (SPEC §6, §11): reserve, settle, release, expiry, replays, and
+//! Holds against the emulator (rules §6, §11): reserve, settle, release, expiry, replays, and
 //! the threshold checked at settle, never mid-session (seed 004).
 
 use std::time::Duration;

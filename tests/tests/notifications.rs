@@ -1,4 +1,4 @@
-//! Notifications against the emulator (SPEC §8; seeds 000, 001, 004): a debit that crosses the
+//! Notifications against the emulator (rules §8; seeds 000, 001, 004): a debit that crosses the
 //! threshold emails each billing contact once, however often the event is delivered; reaching
 //! zero sends the depleted notice, by SMS too to those who opted in. Read back from moto.
 

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use topup::dynamo::DynamoStore;
+use topup::adapters::dynamo::DynamoStore;
+use topup::adapters::eventbridge::EventBridgeBus;
 use topup::engine::Credits;
-use topup::events::{redeliver_outbox, EventBridgeBus};
+use topup::events::redeliver_outbox;
 use topup::store::Store;
 use topup_tests::*;
 

@@ -1,4 +1,4 @@
-//! Crediting a payment exactly once against the emulator (SPEC §7, §10.2): the path the
+//! Crediting a payment exactly once against the emulator (rules §7, §10.2): the path the
 //! webhook and auto-recharge share.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Purchases' life against the emulator (SPEC §7, §10.2): priced by the server, recorded
+//! Purchases' life against the emulator (rules §7, §10.2): priced by the server, recorded
 //! pending, moved by webhook deliveries in any order, credited exactly once.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The domain of auto-recharge against the emulator (SPEC §8, §10.5, §10.6): one claim per
+//! The domain of auto-recharge against the emulator (rules §8, §10.5, §10.6): one claim per
 //! low-balance episode however many triggers race, credit once on success, suspend on failure
 //! with no automatic retry, and the monthly cap. The Stripe call between claim and outcome
 //! comes with the auto-recharge function.

@@ -1,4 +1,4 @@
-//! Reconciliation against moto and localstripe (SPEC §10.1, §10.2): books that agree report
+//! Reconciliation against moto and localstripe (rules §10.1, §10.2): books that agree report
 //! nothing; each way they can disagree is named. Account ids are unique per test because the
 //! local Stripe is shared and a customer is keyed by the account id, as in production.
 

@@ -219,7 +219,7 @@ fn valid_e164(p: &str) -> bool {
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
 }
 
-/// The billing page (issue 7): one static document, assets inline, nothing fetched from a CDN
+/// The billing page: one static document, assets inline, nothing fetched from a CDN
 /// but Stripe.js when a publishable key is configured. Its configuration (no secrets) is
 /// injected as JSON.
 const BILLING_HTML: &str = include_str!("billing.html");

@@ -1,7 +1,7 @@
 //! The `notify` function: EventBridge delivers topup's events (`BalanceLow`, `BalanceDepleted`,
 //! `AutoRechargeSucceeded`, `AutoRechargeFailed`, `CreditsAdded`, ...) and it sends the
 //! notifications they call for by email (SES v2) and SMS (SNS), each message at most once
-//! (SPEC §8). A retryable failure fails the invocation so EventBridge retries; the template
+//! (rules §8). A retryable failure fails the invocation so EventBridge retries; the template
 //! gives it a dead-letter queue.
 
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! The `reconcile` function and command (SPEC §10.1, §10.2): compares every account's credited
+//! The `reconcile` function and command (rules §10.1, §10.2): compares every account's credited
 //! payments with Stripe's and its ledger with its balance (`topup::reconcile`), and reports.
 //!
 //! The daily schedule reconciles every account; `{"account_id": "..."}` reconciles one. Each

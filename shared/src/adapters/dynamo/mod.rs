@@ -24,15 +24,18 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::{Map, Number, Value};
+
+mod attributes;
+mod table;
+
+pub use attributes::{from_attr, to_attr};
+pub use table::create_table;
 
 use crate::account::Account;
 use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
 use crate::purchases::PurchaseRecord;
 use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
-
-type Item = HashMap<String, AttributeValue>;
+use attributes::{from_item, s, to_item, Item};
 
 const OUTBOX_PK: &str = "OUTBOX";
 /// The sparse index of accounts with auto-recharge on (`gsi1pk`), keys only.
@@ -71,71 +74,10 @@ fn outbox_sk(e: &DomainEvent) -> String {
     format!("{:013}#{}", e.created_at, e.id)
 }
 
-fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
+pub(crate) fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
     let message = format!("{what}: {}", DisplayErrorContext(&e));
     tracing::warn!(error = %message, "dynamodb call failed");
     StoreError::Unavailable(message)
-}
-
-/// JSON → DynamoDB attribute. Numbers are integers only (SPEC §2).
-pub fn to_attr(v: &Value) -> AttributeValue {
-    match v {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Number(n) => AttributeValue::N(n.to_string()),
-        Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(a) => AttributeValue::L(a.iter().map(to_attr).collect()),
-        Value::Object(o) => AttributeValue::M(o.iter().map(|(k, v)| (k.clone(), to_attr(v))).collect()),
-    }
-}
-
-/// DynamoDB attribute → JSON; a non-integer number or an unknown type is corrupt data.
-pub fn from_attr(a: &AttributeValue) -> Result<Value, StoreError> {
-    Ok(match a {
-        AttributeValue::Null(_) => Value::Null,
-        AttributeValue::Bool(b) => Value::Bool(*b),
-        AttributeValue::N(n) => {
-            if let Ok(i) = n.parse::<i64>() {
-                Value::Number(i.into())
-            } else if let Ok(u) = n.parse::<u64>() {
-                Value::Number(Number::from(u))
-            } else {
-                return Err(StoreError::Corrupt(format!("non-integer number {n}")));
-            }
-        }
-        AttributeValue::S(s) => Value::String(s.clone()),
-        AttributeValue::L(l) => Value::Array(l.iter().map(from_attr).collect::<Result<_, _>>()?),
-        AttributeValue::M(m) => Value::Object(
-            m.iter().map(|(k, v)| Ok((k.clone(), from_attr(v)?))).collect::<Result<Map<_, _>, StoreError>>()?,
-        ),
-        _ => return Err(StoreError::Corrupt("unsupported attribute type".into())),
-    })
-}
-
-fn to_item<T: Serialize>(value: &T, pk: String, sk: String, ttl_ms: Option<i64>) -> Result<Item, StoreError> {
-    let json = serde_json::to_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let Value::Object(fields) = json else { return Err(StoreError::Corrupt("item is not an object".into())) };
-    let mut item: Item = fields.iter().map(|(k, v)| (k.clone(), to_attr(v))).collect();
-    item.insert("pk".into(), AttributeValue::S(pk));
-    item.insert("sk".into(), AttributeValue::S(sk));
-    if let Some(ms) = ttl_ms {
-        item.insert("ttl".into(), AttributeValue::N((ms / 1000).to_string()));
-    }
-    Ok(item)
-}
-
-fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
-    let mut obj = Map::new();
-    for (k, v) in item {
-        if k != "pk" && k != "sk" && k != "ttl" {
-            obj.insert(k.clone(), from_attr(v)?);
-        }
-    }
-    serde_json::from_value(Value::Object(obj)).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
 }
 
 impl DynamoStore {
@@ -562,58 +504,6 @@ impl Store for DynamoStore {
                     start = Some(k);
                 }
                 _ => return Ok((ids, None)),
-            }
-        }
-    }
-}
-
-/// Creates the table as the SAM template does (used by the local stack and tests).
-pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-        ScalarAttributeType,
-    };
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    };
-    let key = |n: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    };
-    let index = GlobalSecondaryIndex::builder()
-        .index_name(SWEEP_INDEX)
-        .key_schema(key("gsi1pk", KeyType::Hash)?)
-        .key_schema(key("pk", KeyType::Range)?)
-        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
-        .build()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let res = client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk")?)
-        .attribute_definitions(attr("sk")?)
-        .attribute_definitions(attr("gsi1pk")?)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .key_schema(key("sk", KeyType::Range)?)
-        .global_secondary_indexes(index)
-        .send()
-        .await;
-    match res {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let se = e.into_service_error();
-            if se.is_resource_in_use_exception() {
-                Ok(())
-            } else {
-                Err(unavailable("CreateTable", se))
             }
         }
     }

@@ -1,0 +1,58 @@
+//! The table as the SAM template declares it, for the local stack and the tests.
+
+use aws_sdk_dynamodb::Client;
+
+use super::{unavailable, SWEEP_INDEX};
+use crate::store::StoreError;
+
+/// Creates the table as the SAM template does (used by the local stack and tests).
+pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+        ScalarAttributeType,
+    };
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    let index = GlobalSecondaryIndex::builder()
+        .index_name(SWEEP_INDEX)
+        .key_schema(key("gsi1pk", KeyType::Hash)?)
+        .key_schema(key("pk", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let res = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .attribute_definitions(attr("gsi1pk")?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .global_secondary_indexes(index)
+        .send()
+        .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let se = e.into_service_error();
+            if se.is_resource_in_use_exception() {
+                Ok(())
+            } else {
+                Err(unavailable("CreateTable", se))
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! In-memory adapters with the semantics of the real ones, for fast unit tests: a store (one
+//! lock = one transaction) and a bus that records what it was given and can be told to fail.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use crate::account::Account;
+use crate::events::{EventBus, PublishError};
+use crate::ledger::{DomainEvent, HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
+use crate::purchases::PurchaseRecord;
+use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
+
+/// In-memory store with the semantics of the DynamoDB adapter (one lock = one transaction).
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
+    accounts: HashMap<String, Account>,
+    ledger: HashMap<String, BTreeMap<u64, LedgerEntry>>,
+    idem: HashMap<(String, String), IdemRecord>,
+    holds: HashMap<(String, String), HoldRecord>,
+    purchases: HashMap<(String, String), PurchaseRecord>,
+    deliveries: BTreeMap<(String, String), DeliveryRecord>,
+    outbox: BTreeMap<(i64, String), DomainEvent>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Memory>, StoreError> {
+        self.inner.lock().map_err(|_| StoreError::Unavailable("memory store poisoned".into()))
+    }
+}
+
+/// `Some(current)` when `w` may not be written over what is stored.
+fn purchase_conflict(m: &Memory, account_id: &str, w: &PurchaseWrite) -> Option<Option<PurchaseRecord>> {
+    let current = m.purchases.get(&(account_id.to_string(), w.record.purchase_id.clone()));
+    let ok = match current {
+        None => w.from.is_empty(),
+        Some(p) => w.from.contains(&p.status) && w.expected_updated_at.is_none_or(|u| u == p.updated_at),
+    };
+    if ok {
+        None
+    } else {
+        Some(current.cloned())
+    }
+}
+
+impl Store for MemoryStore {
+    async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self.lock()?.accounts.get(id).cloned())
+    }
+
+    async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        let mut m = self.lock().map_err(CommitError::Store)?;
+        let id = c.account.id.clone();
+        let current = m.accounts.get(&id);
+        let stale = match current {
+            None => c.expected_version != 0,
+            Some(a) => a.version != c.expected_version,
+        };
+        let idem_claimed = c.idempotency.as_ref().and_then(|r| m.idem.get(&(id.clone(), r.scope_key.clone())).cloned());
+        let hold_problem = match &c.hold {
+            Some(HoldWrite::Settle(r)) => match m.holds.get(&(id.clone(), r.hold_id.clone())) {
+                Some(h) if h.status == HoldStatus::Open => None,
+                other => Some(other.cloned()),
+            },
+            _ => None,
+        };
+        let purchase_problem = c.purchase.as_ref().and_then(|w| purchase_conflict(&m, &id, w));
+        // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
+        if let Some(r) = idem_claimed {
+            return Err(CommitError::KeyClaimed(Box::new(r)));
+        }
+        if let Some(h) = hold_problem {
+            return Err(CommitError::HoldNotOpen(h.map(Box::new)));
+        }
+        if let Some(p) = purchase_problem {
+            return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
+        }
+        if stale {
+            return Err(CommitError::Stale(current.cloned().map(Box::new)));
+        }
+        if let Some(w) = c.purchase {
+            m.purchases.insert((id.clone(), w.record.purchase_id.clone()), w.record);
+        }
+        if let Some(e) = c.ledger {
+            m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
+        }
+        if let Some(r) = c.idempotency {
+            m.idem.insert((id.clone(), r.scope_key.clone()), r);
+        }
+        match c.hold {
+            Some(HoldWrite::Create(r)) | Some(HoldWrite::Settle(r)) => {
+                m.holds.insert((id.clone(), r.hold_id.clone()), r);
+            }
+            None => {}
+        }
+        for e in c.outbox {
+            m.outbox.insert((e.created_at, e.id.clone()), e);
+        }
+        m.accounts.insert(id, c.account);
+        Ok(())
+    }
+
+    async fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+        let m = self.lock()?;
+        let Some(entries) = m.ledger.get(account_id) else { return Ok((vec![], false)) };
+        let mut page: Vec<LedgerEntry> =
+            entries.range(..before_seq.unwrap_or(u64::MAX)).rev().take(limit + 1).map(|(_, e)| e.clone()).collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
+    }
+
+    async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
+        Ok(self.lock()?.holds.get(&(account_id.to_string(), hold_id.to_string())).cloned())
+    }
+
+    async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
+        let mut m = self.lock().map_err(CommitError::Store)?;
+        let id = w.record.account_id.clone();
+        if let Some(p) = purchase_conflict(&m, &id, &w) {
+            return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
+        }
+        m.purchases.insert((id, w.record.purchase_id.clone()), w.record);
+        Ok(())
+    }
+
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+        Ok(self.lock()?.purchases.get(&(account_id.to_string(), purchase_id.to_string())).cloned())
+    }
+
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
+    }
+
+    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.accounts.values().filter(|a| a.gsi1pk.is_some()).take(limit).map(|a| a.id.clone()).collect())
+    }
+
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        let mut m = self.lock()?;
+        let key = (r.account_id.clone(), delivery_key(r));
+        if m.deliveries.get(&key).is_some_and(|d| d.status != "retry") {
+            return Ok(false);
+        }
+        m.deliveries.insert(key, r.clone());
+        Ok(true)
+    }
+
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        self.lock()?.deliveries.insert((r.account_id.clone(), delivery_key(r)), r.clone());
+        Ok(())
+    }
+
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.deliveries
+            .iter()
+            .rev()
+            .filter(|((a, _), _)| a == account_id)
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        let mut m = self.lock()?;
+        for e in events {
+            m.outbox.remove(&(e.created_at, e.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        Ok(self.lock()?.outbox.values().take(limit).cloned().collect())
+    }
+
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        let m = self.lock()?;
+        let mut claims: Vec<IdemRecord> = m
+            .idem
+            .iter()
+            .filter(|((a, k), _)| a == account_id && k.starts_with("payment:"))
+            .map(|(_, r)| r.clone())
+            .collect();
+        claims.sort_by(|a, b| a.scope_key.cmp(&b.scope_key));
+        Ok(claims)
+    }
+
+    async fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let m = self.lock()?;
+        let mut ids: Vec<&String> = m.accounts.keys().filter(|id| after.as_ref().is_none_or(|a| *id > a)).collect();
+        ids.sort();
+        let more = ids.len() > limit;
+        let page: Vec<String> = ids.into_iter().take(limit).cloned().collect();
+        let next = if more { page.last().cloned() } else { None };
+        Ok((page, next))
+    }
+}
+
+/// Records events in memory; can be told to fail, for tests of the outbox.
+#[derive(Default)]
+pub struct MemoryBus {
+    pub published: Mutex<Vec<DomainEvent>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl EventBus for MemoryBus {
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PublishError { failed: events.to_vec(), reason: "bus down".into() });
+        }
+        if let Ok(mut p) = self.published.lock() {
+            p.extend_from_slice(events);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! The adapters: each real service behind the domain's small traits, and the in-memory ones
+//! the unit tests use. The domain never sees an SDK type.
+
+pub mod dynamo;
+pub mod eventbridge;
+pub mod memory;
+pub mod ses_sns;
+pub mod stripe;

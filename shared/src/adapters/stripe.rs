@@ -1,0 +1,247 @@
+//! The Stripe adapter of `Payments`, `Purchases` and `PaymentHistory`, over async-stripe.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
+    CreateCheckoutSessionPaymentIntentData, ProductData,
+};
+use stripe_core::customer::CreateCustomer;
+use stripe_core::payment_intent::{
+    CreatePaymentIntent, CreatePaymentIntentOffSession, ListPaymentIntent, RetrievePaymentIntent,
+};
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
+use stripe_core::PaymentIntentStatus;
+use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
+use stripe_shared::{CheckoutSessionMode, CheckoutSessionUiMode};
+
+use crate::payments::*;
+use crate::secret::Secret;
+
+pub struct StripePayments {
+    client: Client,
+}
+
+impl StripePayments {
+    /// `base_url` points the client at another Stripe API (the local emulator).
+    pub fn new(secret: &Secret, base_url: Option<&str>) -> Result<Self, PaymentsUnavailable> {
+        let mut b = ClientBuilder::new(secret.expose());
+        if let Some(url) = base_url {
+            b = b.url(url);
+        }
+        b.build().map(|client| StripePayments { client }).map_err(|e| PaymentsUnavailable(e.to_string()))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, PaymentsUnavailable> {
+    IdempotencyKey::new(key).map(RequestStrategy::Idempotent).map_err(|e| PaymentsUnavailable(e.to_string()))
+}
+
+fn unavailable(e: StripeError) -> PaymentsUnavailable {
+    PaymentsUnavailable(e.to_string())
+}
+
+/// A Stripe error: retryable (5xx, 429, network) or a final answer about this payment.
+fn classify(e: StripeError) -> Result<ChargeOutcome, PaymentsUnavailable> {
+    match e {
+        StripeError::Stripe(api, status) if status != 429 && status < 500 => Ok(ChargeOutcome::Failed {
+            payment_intent_id: api.payment_intent.as_ref().map(|pi| pi.id.to_string()),
+            code: api.code.as_ref().map_or("card_error", |c| c.as_str()).to_string(),
+            decline_code: api.decline_code.clone(),
+            message: api.message.clone().unwrap_or_else(|| "The payment was declined.".into()),
+        }),
+        other => Err(PaymentsUnavailable(other.to_string())),
+    }
+}
+
+impl Payments for StripePayments {
+    async fn create_customer(&self, account_id: &str, email: Option<&str>) -> Result<String, PaymentsUnavailable> {
+        let mut req =
+            CreateCustomer::new().metadata(HashMap::from([("topup_account_id".to_string(), account_id.to_string())]));
+        if let Some(e) = email {
+            req = req.email(e);
+        }
+        let strategy = idempotent(&format!("topup-customer-{account_id}"))?;
+        let customer = req
+            .customize()
+            .request_strategy(strategy)
+            .send(&self.client)
+            .await
+            .map_err(|e| PaymentsUnavailable(e.to_string()))?;
+        Ok(customer.id.to_string())
+    }
+
+    async fn charge_off_session(&self, c: &OffSessionCharge) -> Result<ChargeOutcome, PaymentsUnavailable> {
+        let currency = stripe_types::Currency::from_str(&c.currency)
+            .map_err(|_| PaymentsUnavailable(format!("unknown currency {}", c.currency)))?;
+        let req = CreatePaymentIntent::new(c.amount_cents, currency)
+            .customer(c.customer_id.clone())
+            .payment_method(c.payment_method_id.clone())
+            .confirm(true)
+            .off_session(CreatePaymentIntentOffSession::Bool(true))
+            .metadata(c.metadata.iter().cloned().collect::<HashMap<_, _>>());
+        let strategy = idempotent(&c.idempotency_key)?;
+        let pi = match req.customize().request_strategy(strategy).send(&self.client).await {
+            Ok(pi) => pi,
+            Err(e) => return classify(e),
+        };
+        let id = pi.id.to_string();
+        Ok(match pi.status {
+            PaymentIntentStatus::Succeeded => ChargeOutcome::Succeeded { payment_intent_id: id },
+            PaymentIntentStatus::Processing => ChargeOutcome::Processing { payment_intent_id: id },
+            PaymentIntentStatus::RequiresAction => ChargeOutcome::Failed {
+                payment_intent_id: Some(id),
+                code: "authentication_required".into(),
+                decline_code: None,
+                message: "Your bank asked to confirm this payment, which can't be done while you're away.".into(),
+            },
+            other => ChargeOutcome::Failed {
+                payment_intent_id: Some(id),
+                code: other.as_str().to_string(),
+                decline_code: pi.last_payment_error.as_ref().and_then(|e| e.decline_code.clone()),
+                message: pi
+                    .last_payment_error
+                    .as_ref()
+                    .and_then(|e| e.message.clone())
+                    .unwrap_or_else(|| "The payment did not go through.".into()),
+            },
+        })
+    }
+}
+
+impl Purchases for StripePayments {
+    async fn create_checkout(&self, r: &CheckoutRequest) -> Result<CheckoutSession, PaymentsUnavailable> {
+        let currency = stripe_types::Currency::from_str(&r.currency)
+            .map_err(|_| PaymentsUnavailable(format!("unknown currency {}", r.currency)))?;
+        let metadata: HashMap<String, String> = r.metadata.iter().cloned().collect();
+        let mut price = CreateCheckoutSessionLineItemsPriceData::new(currency);
+        price.unit_amount = Some(r.amount_cents);
+        price.product_data = Some(ProductData {
+            description: None,
+            images: None,
+            metadata: None,
+            name: r.description.clone(),
+            tax_code: None,
+            tax_details: None,
+            unit_label: None,
+        });
+        let mut line = CreateCheckoutSessionLineItems::new();
+        line.price_data = Some(price);
+        line.quantity = Some(1);
+        let mut intent = CreateCheckoutSessionPaymentIntentData::new();
+        intent.metadata = Some(metadata.clone());
+        intent.description = Some(r.description.clone());
+        let mut req = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Payment)
+            .customer(r.customer_id.clone())
+            .client_reference_id(r.reference.clone())
+            .line_items(vec![line])
+            .payment_intent_data(intent)
+            .metadata(metadata);
+        req = match &r.ui {
+            CheckoutUi::Embedded { return_url } => {
+                req.ui_mode(CheckoutSessionUiMode::EmbeddedPage).return_url(return_url.clone())
+            }
+            CheckoutUi::Hosted { success_url, cancel_url } => req
+                .ui_mode(CheckoutSessionUiMode::HostedPage)
+                .success_url(success_url.clone())
+                .cancel_url(cancel_url.clone()),
+        };
+        let session = req
+            .customize()
+            .request_strategy(idempotent(&r.idempotency_key)?)
+            .send(&self.client)
+            .await
+            .map_err(unavailable)?;
+        Ok(CheckoutSession { id: session.id.to_string(), client_secret: session.client_secret, url: session.url })
+    }
+
+    async fn create_card_setup(
+        &self,
+        customer_id: &str,
+        account_id: &str,
+        idempotency_key: &str,
+    ) -> Result<CardSetup, PaymentsUnavailable> {
+        let intent = CreateSetupIntent::new()
+            .customer(customer_id)
+            .usage(CreateSetupIntentUsage::OffSession)
+            .metadata(HashMap::from([("topup_account_id".to_string(), account_id.to_string())]))
+            .customize()
+            .request_strategy(idempotent(idempotency_key)?)
+            .send(&self.client)
+            .await
+            .map_err(unavailable)?;
+        let client_secret =
+            intent.client_secret.ok_or_else(|| PaymentsUnavailable("SetupIntent without client_secret".into()))?;
+        Ok(CardSetup { id: intent.id.to_string(), client_secret })
+    }
+
+    async fn card(&self, payment_method_id: &str) -> Result<Option<Card>, PaymentsUnavailable> {
+        let pm = RetrievePaymentMethod::new(payment_method_id).send(&self.client).await.map_err(unavailable)?;
+        let customer = pm.customer.as_ref().map(|c| c.id().to_string());
+        Ok(pm.card.map(|c| Card {
+            id: pm.id.to_string(),
+            customer_id: customer,
+            brand: c.brand,
+            last4: c.last4,
+            exp_month: u32::try_from(c.exp_month).unwrap_or(0),
+            exp_year: u32::try_from(c.exp_year).unwrap_or(0),
+        }))
+    }
+
+    async fn detach(&self, payment_method_id: &str) -> Result<(), PaymentsUnavailable> {
+        DetachPaymentMethod::new(payment_method_id).send(&self.client).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn payment_metadata(&self, payment_intent_id: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
+        let pi = RetrievePaymentIntent::new(payment_intent_id).send(&self.client).await.map_err(unavailable)?;
+        Ok(pi.metadata)
+    }
+}
+
+impl PaymentHistory for StripePayments {
+    async fn customer_payments(&self, customer_id: &str) -> Result<Vec<PaymentRecord>, PaymentsUnavailable> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = ListPaymentIntent::new()
+                .customer(customer_id)
+                .limit(100)
+                .expand(vec!["data.latest_charge".to_string()]);
+            if let Some(a) = &after {
+                req = req.starting_after(a.clone());
+            }
+            let page = req.send(&self.client).await.map_err(unavailable)?;
+            for pi in &page.data {
+                let refunded = match &pi.latest_charge {
+                    None => 0,
+                    Some(charge) => match charge.as_object() {
+                        Some(c) => c.amount_refunded,
+                        // Asked for expanded: an id alone means the answer cannot be trusted.
+                        None => return Err(PaymentsUnavailable(format!("charge of {} not expanded", pi.id))),
+                    },
+                };
+                out.push(PaymentRecord {
+                    id: pi.id.to_string(),
+                    status: pi.status.as_str().to_string(),
+                    amount: pi.amount,
+                    amount_refunded: refunded,
+                    currency: pi.currency.to_string(),
+                    created: pi.created,
+                    metadata: pi.metadata.clone(),
+                });
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
