@@ -5,10 +5,11 @@ use serde_json::json;
 use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
-use crate::ledger::{request_hash, DomainEvent, EntryKind, EntryView, LedgerEntry};
+use crate::events::{CreditsAdded, DomainEvent, Event, RechargeSucceeded};
+use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
 use crate::pricing::format_credits;
-use crate::purchases::{PurchaseRecord, PurchaseStatus};
+use crate::purchases::{Charge, PurchaseRecord, PurchaseStatus};
 use crate::store::{PurchaseWrite, Store};
 
 impl<S: Store, B: EventBus> Credits<S, B> {
@@ -48,21 +49,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 next.balance = next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
                 next.lifetime_added = next.lifetime_added.checked_add(payment.credits).ok_or_else(overflow)?;
                 let entry = LedgerEntry::after(&next, payment.kind, payment.credits, now, payment.description.clone());
+                let charge = Charge { amount: payment.charge_cents, currency: self.profile.currency.clone() };
                 let event = DomainEvent::new(
-                    "CreditsAdded",
                     id,
                     now,
-                    json!({
-                        "kind": payment.kind,
-                        // seed 000: "We'll email you when it completes" — only for payments
-                        // that went through `processing`.
-                        "settled_after_processing": purchase.is_some_and(|r| r.status == PurchaseStatus::Processing),
-                        "payment_id": payment.payment_id,
-                        "reference": payment.reference,
-                        "credits": payment.credits.0,
-                        "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
-                        "balance": next.balance.0,
-                        "transaction_id": entry.id,
+                    Event::CreditsAdded(CreditsAdded {
+                        kind: payment.kind,
+                        settled_after_processing: purchase.is_some_and(|r| r.status == PurchaseStatus::Processing),
+                        payment_id: payment.payment_id.clone(),
+                        reference: payment.reference.clone(),
+                        credits: payment.credits.0,
+                        charge: charge.clone(),
+                        balance: next.balance.0,
+                        transaction_id: entry.id.clone(),
                     }),
                 );
                 let mut events = vec![event];
@@ -75,15 +74,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             ar.in_flight = None;
                         }
                         events.push(DomainEvent::new(
-                            "AutoRechargeSucceeded",
                             id,
                             now,
-                            json!({
-                                "recharge_id": payment.reference,
-                                "payment_id": payment.payment_id,
-                                "credits": payment.credits.0,
-                                "charge": {"amount": payment.charge_cents, "currency": self.profile.currency},
-                                "balance": next.balance.0,
+                            Event::AutoRechargeSucceeded(RechargeSucceeded {
+                                recharge_id: payment.reference.clone(),
+                                payment_id: payment.payment_id.clone(),
+                                credits: payment.credits.0,
+                                charge,
+                                balance: next.balance.0,
                             }),
                         ));
                     }
@@ -219,7 +217,7 @@ mod tests {
         let a = c.store.load_account("a").await.unwrap().unwrap();
         assert_eq!((a.balance.0, a.lifetime_added.0), (15 * C, 15 * C));
         let added: Vec<_> =
-            c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type == "CreditsAdded").cloned().collect();
+            c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type() == "CreditsAdded").cloned().collect();
         assert_eq!(added.len(), 2, "one CreditsAdded per payment");
         assert_eq!(c.credit_payment("a", &payment("pi_3", 0)).await.unwrap_err().code(), "invalid_amount");
     }

@@ -4,10 +4,13 @@
 //! nothing is silently dropped. The next successful publication sends along what is left
 //! (`redeliver_outbox`), as will the scheduled sweep.
 
-use serde_json::json;
 use std::future::Future;
 
-use crate::ledger::DomainEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ledger::{new_id, EntryKind};
+use crate::purchases::{Charge, PurchaseStatus};
 use crate::store::{Store, StoreError};
 
 /// The `source` of every event topup puts on its bus.
@@ -25,9 +28,195 @@ pub trait EventBus: Send + Sync {
     fn publish(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
+/// An event of one account, as the outbox keeps it and the bus carries it. `id` makes
+/// handlers idempotent downstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    pub id: String,
+    pub account_id: String,
+    pub created_at: i64,
+    /// What happened: stored as `detail_type` and `detail`.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl DomainEvent {
+    /// A new event with a fresh id (consumers dedupe by it).
+    pub fn new(account_id: &str, created_at: i64, event: Event) -> DomainEvent {
+        DomainEvent { id: new_id("evt"), account_id: account_id.to_string(), created_at, event }
+    }
+
+    pub fn detail_type(&self) -> &'static str {
+        self.event.detail_type()
+    }
+}
+
+/// Every event topup puts on its bus, with its detail typed. `DomainEvent::new` serialises
+/// one into the outbox; consumers read one back with `Event::read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "detail_type", content = "detail")]
+pub enum Event {
+    /// The balance crossed into low (the profile's comparison with the threshold).
+    BalanceLow(BalanceCrossed),
+    /// The balance reached zero.
+    BalanceDepleted(BalanceCrossed),
+    /// A payment was credited.
+    CreditsAdded(CreditsAdded),
+    AutoRechargeSucceeded(RechargeSucceeded),
+    AutoRechargeFailed(RechargeFailed),
+    AutoRechargePaused(RechargePaused),
+    /// Checkout completed; the payment settles later.
+    PurchaseProcessing(PurchaseMoved),
+    /// The purchase's payment failed.
+    PurchaseFailed(PurchaseMoved),
+}
+
+impl Event {
+    /// The EventBridge detail type.
+    pub fn detail_type(&self) -> &'static str {
+        match self {
+            Event::BalanceLow(_) => "BalanceLow",
+            Event::BalanceDepleted(_) => "BalanceDepleted",
+            Event::CreditsAdded(_) => "CreditsAdded",
+            Event::AutoRechargeSucceeded(_) => "AutoRechargeSucceeded",
+            Event::AutoRechargeFailed(_) => "AutoRechargeFailed",
+            Event::AutoRechargePaused(_) => "AutoRechargePaused",
+            Event::PurchaseProcessing(_) => "PurchaseProcessing",
+            Event::PurchaseFailed(_) => "PurchaseFailed",
+        }
+    }
+
+    /// Reads a delivered event back: `None` for a detail type we do not publish, an error for
+    /// a detail that does not read as its type.
+    pub fn read(detail_type: &str, detail: &Value) -> Option<Result<Event, serde_json::Error>> {
+        const OURS: [&str; 8] = [
+            "BalanceLow",
+            "BalanceDepleted",
+            "CreditsAdded",
+            "AutoRechargeSucceeded",
+            "AutoRechargeFailed",
+            "AutoRechargePaused",
+            "PurchaseProcessing",
+            "PurchaseFailed",
+        ];
+        OURS.contains(&detail_type)
+            .then(|| serde_json::from_value(json!({"detail_type": detail_type, "detail": detail})))
+    }
+
+    /// The balance after the event, which every event carries.
+    pub fn balance(&self) -> i64 {
+        match self {
+            Event::BalanceLow(d) | Event::BalanceDepleted(d) => d.balance,
+            Event::CreditsAdded(d) => d.balance,
+            Event::AutoRechargeSucceeded(d) => d.balance,
+            Event::AutoRechargeFailed(d) => d.balance,
+            Event::AutoRechargePaused(d) => d.balance,
+            Event::PurchaseProcessing(d) | Event::PurchaseFailed(d) => d.balance,
+        }
+    }
+
+    /// The event's `detail` as it is put on the bus (before the envelope fields).
+    pub fn detail(&self) -> Value {
+        serde_json::to_value(self).map(|mut v| v["detail"].take()).unwrap_or(Value::Null)
+    }
+}
+
+/// `BalanceLow` and `BalanceDepleted`: the change that crossed, from what to what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceCrossed {
+    pub balance: i64,
+    pub previous_balance: i64,
+    pub threshold: i64,
+    pub plan: String,
+    pub auto_recharge_enabled: bool,
+    /// What changed the balance: `usage`, `settle`, `refund`, `adjustment`, ...
+    pub cause: String,
+    pub version: u64,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditsAdded {
+    pub kind: EntryKind,
+    /// seed 000: "We'll email you when it completes" — only payments that went through
+    /// `processing` are announced to the customer.
+    pub settled_after_processing: bool,
+    pub payment_id: String,
+    /// The purchase or recharge id.
+    pub reference: String,
+    pub credits: i64,
+    pub charge: Charge,
+    pub balance: i64,
+    pub transaction_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeSucceeded {
+    pub recharge_id: String,
+    pub payment_id: String,
+    pub credits: i64,
+    pub charge: Charge,
+    pub balance: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeFailed {
+    pub recharge_id: String,
+    pub code: String,
+    pub decline_code: Option<String>,
+    pub do_not_retry: bool,
+    pub message: String,
+    pub balance: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargePaused {
+    pub month: String,
+    pub reason: String,
+    pub monthly_max: u32,
+    pub monthly_spend_max: Option<i64>,
+    pub balance: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseMoved {
+    pub purchase_id: String,
+    pub status: PurchaseStatus,
+    pub message: Option<String>,
+    pub credits: i64,
+    pub charge: Charge,
+    pub balance: i64,
+}
+
+/// A whole detail of one of our events: `overrides`' fields over neutral values. For sample
+/// payloads, documentation and tests; an unknown type gets `overrides` alone.
+pub fn sample_detail(detail_type: &str, overrides: Value) -> Value {
+    let charge = json!({"amount": 0, "currency": "usd"});
+    let mut d = match detail_type {
+        "BalanceLow" | "BalanceDepleted" => json!({"balance": 0, "previous_balance": 0, "threshold": 0,
+            "plan": "free", "auto_recharge_enabled": false, "cause": "usage", "version": 1, "kind": detail_type}),
+        "AutoRechargeSucceeded" => json!({"recharge_id": "rch_1", "payment_id": "pi_1", "credits": 0,
+            "charge": charge, "balance": 0}),
+        "AutoRechargeFailed" => json!({"recharge_id": "rch_1", "code": "card_declined",
+            "decline_code": null, "do_not_retry": false, "message": "", "balance": 0}),
+        "CreditsAdded" => json!({"kind": "purchase", "settled_after_processing": false,
+            "payment_id": "pi_1", "reference": "pur_1", "credits": 0, "charge": charge, "balance": 0,
+            "transaction_id": "txn_1"}),
+        "PurchaseFailed" | "PurchaseProcessing" => json!({"purchase_id": "pur_1", "status": "failed",
+            "message": null, "credits": 0, "charge": charge, "balance": 0}),
+        "AutoRechargePaused" => json!({"month": "2026-11", "reason": "monthly_cap", "monthly_max": 10,
+            "monthly_spend_max": null, "balance": 0}),
+        _ => json!({}),
+    };
+    if let (Some(d), Value::Object(p)) = (d.as_object_mut(), overrides) {
+        d.extend(p);
+    }
+    d
+}
+
 /// The EventBridge `Detail` of an event: its payload plus the id and time.
-pub fn detail_json(e: &DomainEvent) -> serde_json::Value {
-    let mut d = e.detail.clone();
+pub fn detail_json(e: &DomainEvent) -> Value {
+    let mut d = e.event.detail();
     if let Some(o) = d.as_object_mut() {
         o.insert("event_id".into(), json!(e.id));
         o.insert("account_id".into(), json!(e.account_id));
@@ -57,7 +246,7 @@ pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events
         }
         Err(e) => {
             for ev in &e.failed {
-                tracing::error!(event_id = %ev.id, account_id = %ev.account_id, detail_type = %ev.detail_type, reason = %e.reason, "event left in the outbox for redelivery");
+                tracing::error!(event_id = %ev.id, account_id = %ev.account_id, detail_type = ev.detail_type(), reason = %e.reason, "event left in the outbox for redelivery");
             }
             events.iter().filter(|ev| !e.failed.iter().any(|f| f.id == ev.id)).cloned().collect()
         }
@@ -93,4 +282,23 @@ pub async fn redeliver_outbox<S: Store, B: EventBus>(store: &S, bus: &B, limit: 
     }
     store.clear_outbox(&sent).await?;
     Ok(sent.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_stored_as_its_detail_type_and_detail_and_reads_back() {
+        let detail = sample_detail("AutoRechargeFailed", json!({"message": "Declined.", "balance": 7}));
+        let event = Event::read("AutoRechargeFailed", &detail).expect("ours").expect("reads");
+        let record = DomainEvent::new("acme", 1, event.clone());
+        let stored = serde_json::to_value(&record).expect("serialises");
+        assert_eq!(stored["detail_type"], "AutoRechargeFailed");
+        assert_eq!(stored["detail"]["message"], "Declined.");
+        assert_eq!(serde_json::from_value::<DomainEvent>(stored).expect("reads back"), record);
+        let bus = detail_json(&record);
+        assert_eq!((bus["event_id"].as_str(), bus["balance"].as_i64()), (Some(record.id.as_str()), Some(7)));
+        assert_eq!(Event::read("AutoRechargeFailed", &bus).expect("ours").expect("reads"), event);
+    }
 }

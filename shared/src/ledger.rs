@@ -2,12 +2,13 @@
 //! adjustments. Nothing here does I/O; the capabilities apply the results through `engine`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::account::{Account, Hold};
 use crate::clock;
 use crate::error::ApiError;
+use crate::events::{BalanceCrossed, DomainEvent, Event};
 use crate::money::Micros;
 use crate::profile::{PlanConsumable, Profile};
 
@@ -82,30 +83,6 @@ pub struct EntryView {
 
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// A domain event for the bus (`BalanceLow`, `BalanceDepleted`, ...). `id` makes handlers
-/// idempotent downstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainEvent {
-    pub id: String,
-    pub detail_type: String,
-    pub account_id: String,
-    pub created_at: i64,
-    pub detail: Value,
-}
-
-impl DomainEvent {
-    /// A new event with a fresh id (consumers dedupe by it).
-    pub fn new(detail_type: &str, account_id: &str, created_at: i64, detail: Value) -> DomainEvent {
-        DomainEvent {
-            id: new_id("evt"),
-            detail_type: detail_type.to_string(),
-            account_id: account_id.to_string(),
-            created_at,
-            detail,
-        }
-    }
 }
 
 /// The first result of an idempotent request, kept so a replay returns it (rules §6).
@@ -320,24 +297,21 @@ pub fn crossing_events(
     let mut out = Vec::new();
     let threshold = after.low_balance_threshold(profile);
     let trigger = profile.low_balance.trigger;
-    let detail = |kind: &str| {
-        json!({
-            "account_id": after.id,
-            "balance": after.balance.0,
-            "previous_balance": before.balance.0,
-            "threshold": threshold.0,
-            "plan": after.plan,
-            "auto_recharge_enabled": after.auto_recharge.enabled,
-            "cause": cause,
-            "version": after.version,
-            "kind": kind,
-        })
+    let crossed = |kind: &str| BalanceCrossed {
+        balance: after.balance.0,
+        previous_balance: before.balance.0,
+        threshold: threshold.0,
+        plan: after.plan.clone(),
+        auto_recharge_enabled: after.auto_recharge.enabled,
+        cause: cause.to_string(),
+        version: after.version,
+        kind: kind.to_string(),
     };
     if !trigger.is_low(before.balance, threshold) && trigger.is_low(after.balance, threshold) {
-        out.push(DomainEvent::new("BalanceLow", &after.id, now, detail("BalanceLow")));
+        out.push(DomainEvent::new(&after.id, now, Event::BalanceLow(crossed("BalanceLow"))));
     }
     if before.balance.0 > 0 && after.balance.0 <= 0 {
-        out.push(DomainEvent::new("BalanceDepleted", &after.id, now, detail("BalanceDepleted")));
+        out.push(DomainEvent::new(&after.id, now, Event::BalanceDepleted(crossed("BalanceDepleted"))));
     }
     out
 }
@@ -432,7 +406,7 @@ mod tests {
         assert!(crossing_events(&usd, &before, &after, NOW, "t").is_empty(), "$5 is not below $5");
         after.balance = Micros(5 * C - 1);
         let ev = crossing_events(&usd, &before, &after, NOW, "t");
-        assert_eq!(ev.iter().map(|e| e.detail_type.as_str()).collect::<Vec<_>>(), ["BalanceLow"]);
+        assert_eq!(ev.iter().map(|e| e.detail_type()).collect::<Vec<_>>(), ["BalanceLow"]);
 
         let runs = Profile::load("org-runs").unwrap();
         let before = account(&runs, "pro", 6 * C);
@@ -441,7 +415,7 @@ mod tests {
         assert_eq!(crossing_events(&runs, &before, &after, NOW, "t").len(), 1, "at or below for org-runs");
         after.balance = Micros::ZERO;
         let kinds: Vec<_> =
-            crossing_events(&runs, &before, &after, NOW, "t").into_iter().map(|e| e.detail_type).collect();
+            crossing_events(&runs, &before, &after, NOW, "t").into_iter().map(|e| e.detail_type()).collect();
         assert_eq!(kinds, ["BalanceLow", "BalanceDepleted"]);
         // Already low: a further debit crosses nothing (until it reaches zero).
         let mut low = before.clone();

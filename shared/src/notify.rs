@@ -5,14 +5,17 @@
 
 use std::future::Future;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::account::valid_email;
 use crate::clock;
+use crate::events::Event;
 use crate::money::Micros;
 use crate::pricing::format_credits;
 use crate::pricing::format_money;
 use crate::profile::Profile;
+use crate::purchases::Charge;
 use crate::store::{DeliveryRecord, Store};
 
 /// One notification, ready for each channel.
@@ -25,50 +28,43 @@ pub struct Rendered {
     pub sms: String,
 }
 
-/// The notification type a bus event calls for, if any (rules §8; seed 000's names).
-pub fn notification_kind(detail_type: &str, detail: &Value) -> Option<&'static str> {
-    match detail_type {
-        "BalanceLow" => Some("credit_balance_low"),
-        "BalanceDepleted" => Some("credit_balance_depleted"),
-        "AutoRechargeSucceeded" => Some("credit_auto_recharge_triggered"),
+/// The notification type an event calls for, if any (rules §8; seed 000's names).
+pub fn notification_kind(event: &Event) -> Option<&'static str> {
+    match event {
+        Event::BalanceLow(_) => Some("credit_balance_low"),
+        Event::BalanceDepleted(_) => Some("credit_balance_depleted"),
+        Event::AutoRechargeSucceeded(_) => Some("credit_auto_recharge_triggered"),
         // seed 000: "a credit_purchase_failed notification if the charge fails".
-        "AutoRechargeFailed" | "PurchaseFailed" => Some("credit_purchase_failed"),
+        Event::AutoRechargeFailed(_) | Event::PurchaseFailed(_) => Some("credit_purchase_failed"),
         // seed 000: "We'll email you when it completes" — payments that went through processing.
-        "CreditsAdded" if detail["settled_after_processing"] == Value::Bool(true) => Some("credit_purchase_settled"),
-        "AutoRechargePaused" => Some("credit_auto_recharge_paused"),
-        _ => None,
+        Event::CreditsAdded(c) if c.settled_after_processing => Some("credit_purchase_settled"),
+        Event::AutoRechargePaused(_) => Some("credit_auto_recharge_paused"),
+        Event::CreditsAdded(_) | Event::PurchaseProcessing(_) => None,
     }
 }
 
-fn credits(p: &Profile, detail: &Value, field: &str) -> String {
-    format_credits(p, Micros(detail[field].as_i64().unwrap_or(0)))
+fn credits(p: &Profile, micros: i64) -> String {
+    format_credits(p, Micros(micros))
 }
 
-fn charge(p: &Profile, detail: &Value) -> String {
-    let currency = detail["charge"]["currency"].as_str().unwrap_or(&p.currency);
-    format_money(detail["charge"]["amount"].as_i64().unwrap_or(0), currency)
+fn charge(c: &Charge) -> String {
+    format_money(c.amount, &c.currency)
 }
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-/// Renders `kind` for the event `detail` on `account_id`. `billing_url` is the page where
-/// people manage credits (configuration).
-pub fn render(
-    p: &Profile,
-    kind: &'static str,
-    detail_type: &str,
-    account_id: &str,
-    detail: &Value,
-    billing_url: &str,
-) -> Rendered {
-    let balance = credits(p, detail, "balance");
+/// Renders the message `event` calls for on `account_id`, if any. `billing_url` is the page
+/// where people manage credits (configuration).
+pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -> Option<Rendered> {
+    let kind = notification_kind(event)?;
+    let balance = credits(p, event.balance());
     // (subject, paragraphs, call to action, sms)
-    let (subject, paragraphs, action, sms): (String, Vec<String>, &str, String) = match kind {
-        "credit_balance_low" => {
-            let threshold = credits(p, detail, "threshold");
-            let next = if detail["auto_recharge_enabled"] == Value::Bool(true) {
+    let (subject, paragraphs, action, sms): (String, Vec<String>, &str, String) = match event {
+        Event::BalanceLow(low) => {
+            let threshold = credits(p, low.threshold);
+            let next = if low.auto_recharge_enabled {
                 "Auto top-up is on and will add credits shortly."
             } else {
                 "Buy credits or turn on auto top-up so your usage isn't interrupted."
@@ -83,7 +79,7 @@ pub fn render(
                 format!("Credits for {account_id} are low: {balance} left."),
             )
         }
-        "credit_balance_depleted" => (
+        Event::BalanceDepleted(_) => (
             "You're out of credits".into(),
             vec![
                 format!("The credit balance of {account_id} has reached {balance}."),
@@ -92,22 +88,22 @@ pub fn render(
             "Buy credits",
             format!("Credits for {account_id} have run out. Usage past your plan is paused until you add credits."),
         ),
-        "credit_auto_recharge_triggered" => {
-            let added = credits(p, detail, "credits");
+        Event::AutoRechargeSucceeded(r) => {
+            let added = credits(p, r.credits);
             (
                 format!("We added {added} to your balance"),
                 vec![
                     format!(
                         "Auto top-up charged {} to your saved card and added {added} to {account_id}. Your balance is now {balance}.",
-                        charge(p, detail)
+                        charge(&r.charge)
                     ),
                 ],
                 "View credits",
                 format!("Auto top-up added {added} to {account_id}. Balance: {balance}."),
             )
         }
-        "credit_purchase_failed" if detail_type == "AutoRechargeFailed" => {
-            let reason = detail["message"].as_str().unwrap_or("The card was declined.");
+        Event::AutoRechargeFailed(f) => {
+            let reason = if f.message.is_empty() { "The card was declined." } else { f.message.as_str() };
             (
                 "Your automatic top-up failed".into(),
                 vec![
@@ -119,7 +115,7 @@ pub fn render(
                 format!("A top-up payment for {account_id} failed; no credits were added. Update your card and buy credits to restore service."),
             )
         }
-        "credit_purchase_failed" => (
+        Event::PurchaseFailed(_) => (
             "Your credit purchase failed".into(),
             vec![
                 // seed 000's sentence.
@@ -129,25 +125,27 @@ pub fn render(
             "Try again",
             format!("A credit payment for {account_id} failed; no credits were added."),
         ),
-        "credit_purchase_settled" => {
-            let added = credits(p, detail, "credits");
+        Event::CreditsAdded(c) => {
+            let added = credits(p, c.credits);
             (
                 "Your payment has completed".into(),
                 vec![format!(
                     "Your payment of {} has completed and {added} were added to {account_id}. Your balance is now {balance}.",
-                    charge(p, detail)
+                    charge(&c.charge)
                 )],
                 "View credits",
                 format!("Your payment completed: {added} added to {account_id}."),
             )
         }
-        _ => (
+        Event::AutoRechargePaused(_) => (
             "Auto top-up is paused until next month".into(),
             // seed 004's sentence.
             vec!["You've reached your monthly auto-reload limit. Auto-reload is paused until next month.".into()],
             "Manage auto top-up",
             "You've reached your monthly auto-reload limit. Auto-reload is paused until next month.".into(),
         ),
+        // Nothing is sent for these (`notification_kind` answered `None` above).
+        Event::PurchaseProcessing(_) => return None,
     };
     let text = format!("{}\n\n{action}: {billing_url}\n", paragraphs.join("\n\n"));
     let html = format!(
@@ -156,7 +154,16 @@ pub fn render(
         escape(billing_url),
         escape(action)
     );
-    Rendered { kind, subject, text, html, sms }
+    Some(Rendered { kind, subject, text, html, sms })
+}
+
+/// Who and when an event on the bus is about: the fields the outbox adds to every detail.
+#[derive(Debug, Clone, Deserialize)]
+struct Envelope {
+    event_id: String,
+    account_id: String,
+    #[serde(default)]
+    occurred_ms: i64,
 }
 
 /// Why a message did not go out.
@@ -203,12 +210,22 @@ impl<S: Store, C: Channels> Notifier<S, C> {
     /// message goes out at most once. A retryable failure releases its claim and makes the whole
     /// call fail, so EventBridge tries again and only what did not go out is sent.
     pub async fn deliver(&self, detail_type: &str, detail: &Value) -> Result<Report, RetryLater> {
-        let Some(kind) = notification_kind(detail_type, detail) else { return Ok(Report::default()) };
+        let event = match Event::read(detail_type, detail) {
+            None => return Ok(Report::default()),
+            Some(Ok(event)) => event,
+            // A detail that does not read as its type cannot be fixed by a retry.
+            Some(Err(e)) => {
+                tracing::warn!(detail_type, error = %e, "unreadable event: nothing to send");
+                return Ok(Report::default());
+            }
+        };
+        let Some(kind) = notification_kind(&event) else { return Ok(Report::default()) };
         let mut report = Report { kind: Some(kind), ..Report::default() };
-        let (Some(account_id), Some(event_id)) = (detail["account_id"].as_str(), detail["event_id"].as_str()) else {
+        let Ok(envelope) = serde_json::from_value::<Envelope>(detail.clone()) else {
             tracing::warn!(detail_type, "event without account_id or event_id: nothing to send");
             return Ok(report);
         };
+        let (account_id, event_id) = (envelope.account_id.as_str(), envelope.event_id.as_str());
         let wants = |list: &[String]| list.iter().any(|k| k == kind);
         let (email_on, sms_on) = (wants(&self.profile.notifications.email), wants(&self.profile.notifications.sms));
         if !email_on && !sms_on {
@@ -222,8 +239,8 @@ impl<S: Store, C: Channels> Notifier<S, C> {
             }
             Err(e) => return Err(RetryLater(e.to_string())),
         };
-        let message = render(&self.profile, kind, detail_type, account_id, detail, &self.billing_url);
-        let occurred_ms = detail["occurred_ms"].as_i64().unwrap_or(0);
+        let Some(message) = render(&self.profile, &event, account_id, &self.billing_url) else { return Ok(report) };
+        let occurred_ms = envelope.occurred_ms;
         let mut targets = Vec::new();
         for c in &account.contacts {
             if email_on {
@@ -314,8 +331,11 @@ mod tests {
 
     fn r(profile: &str, detail_type: &str, detail: Value) -> Rendered {
         let p = Profile::load(profile).unwrap();
-        let kind = notification_kind(detail_type, &detail).expect("a notification");
-        render(&p, kind, detail_type, "acme", &detail, URL)
+        render(&p, &event(detail_type, detail), "acme", URL).expect("a notification")
+    }
+
+    fn event(detail_type: &str, partial: Value) -> Event {
+        Event::read(detail_type, &crate::events::sample_detail(detail_type, partial)).expect("ours").expect("reads")
     }
 
     #[test]
@@ -364,7 +384,7 @@ mod tests {
         );
         assert!(s.text.contains("$20.00 has completed and 500 credits were added"), "{}", s.text);
         assert_eq!(
-            notification_kind("CreditsAdded", &json!({"settled_after_processing": false})),
+            notification_kind(&event("CreditsAdded", json!({"settled_after_processing": false}))),
             None,
             "card payments need no email"
         );
@@ -372,13 +392,14 @@ mod tests {
         assert!(d.text.contains("has reached 0 minutes"), "{}", d.text);
         let p = r("usd-overage", "PurchaseFailed", json!({}));
         assert!(p.text.starts_with("We couldn't confirm your payment. Please try again."));
-        assert_eq!(notification_kind("Unknown", &json!({})), None);
+        assert!(Event::read("Unknown", &json!({})).is_none());
+        assert!(Event::read("BalanceLow", &json!({"balance": "ten"})).is_some_and(|e| e.is_err()));
     }
 
     #[test]
     fn html_is_escaped() {
         let p = Profile::load("usd-overage").unwrap();
-        let m = render(&p, "credit_balance_depleted", "BalanceDepleted", "<script>", &json!({"balance": 0}), URL);
+        let m = render(&p, &event("BalanceDepleted", json!({"balance": 0})), "<script>", URL).expect("a message");
         assert!(m.html.contains("&lt;script&gt;") && !m.html.contains("<script>"));
     }
 }
@@ -439,7 +460,10 @@ mod delivery_tests {
     }
 
     fn depleted() -> Value {
-        json!({"event_id": "evt_1", "account_id": "acme", "occurred_ms": 1, "balance": 0})
+        crate::events::sample_detail(
+            "BalanceDepleted",
+            json!({"event_id": "evt_1", "account_id": "acme", "occurred_ms": 1, "balance": 0}),
+        )
     }
 
     #[tokio::test]
@@ -493,9 +517,15 @@ mod delivery_tests {
     async fn the_profile_decides_what_is_sent() {
         // voice-minutes sends no email at the monthly cap (seed 004) and SMS only when depleted.
         let n = setup("voice-minutes", Fake::default()).await;
-        let paused = json!({"event_id": "evt_p", "account_id": "acme", "occurred_ms": 2});
+        let paused = crate::events::sample_detail(
+            "AutoRechargePaused",
+            json!({"event_id": "evt_p", "account_id": "acme", "occurred_ms": 2}),
+        );
         assert_eq!(n.deliver("AutoRechargePaused", &paused).await.unwrap().sent, 0);
-        let low = json!({"event_id": "evt_l", "account_id": "acme", "occurred_ms": 3, "balance": 5, "threshold": 10});
+        let low = crate::events::sample_detail(
+            "BalanceLow",
+            json!({"event_id": "evt_l", "account_id": "acme", "occurred_ms": 3, "balance": 5, "threshold": 10}),
+        );
         let r = n.deliver("BalanceLow", &low).await.unwrap();
         assert_eq!(r.sent, 2, "email only");
         assert!(n.channels.sent.lock().unwrap().iter().all(|(c, _)| c == "email"));

@@ -10,7 +10,8 @@ use crate::crediting::Payment;
 use crate::engine::{upstream, Applied, Change, Credits, MAX_ATTEMPTS};
 use crate::error::ApiError;
 use crate::events::EventBus;
-use crate::ledger::{request_hash, DomainEvent, EntryKind};
+use crate::events::{DomainEvent, Event, PurchaseMoved};
+use crate::ledger::{request_hash, EntryKind};
 use crate::money::{Cents, Micros};
 use crate::payments::{CheckoutRequest, CheckoutUi, Purchases};
 use crate::pricing::{self, PurchaseChoice};
@@ -317,10 +318,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         from: &[PurchaseStatus],
         to: PurchaseStatus,
     ) -> Result<PurchaseRecord, ApiError> {
-        let detail_type = match to {
-            PurchaseStatus::Processing => "PurchaseProcessing",
-            _ => "PurchaseFailed",
-        };
         for _ in 0..MAX_ATTEMPTS {
             let current = self.purchase(id, purchase_id).await?;
             if !from.contains(&current.status) {
@@ -331,19 +328,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let next = a.next(now);
                     let record =
                         PurchaseRecord { status: to, updated_at: now.max(current.updated_at + 1), ..current.clone() };
-                    let event = DomainEvent::new(
-                        detail_type,
-                        id,
-                        now,
-                        json!({
-                            "purchase_id": record.purchase_id,
-                            "status": record.status.as_str(),
-                            "message": record.message(),
-                            "credits": record.credits.0,
-                            "charge": {"amount": record.charge.0, "currency": record.currency},
-                            "balance": next.balance.0,
-                        }),
-                    );
+                    let moved = PurchaseMoved {
+                        purchase_id: record.purchase_id.clone(),
+                        status: record.status,
+                        message: record.message().map(str::to_string),
+                        credits: record.credits.0,
+                        charge: Charge { amount: record.charge.0, currency: record.currency.clone() },
+                        balance: next.balance.0,
+                    };
+                    let event = match to {
+                        PurchaseStatus::Processing => Event::PurchaseProcessing(moved),
+                        _ => Event::PurchaseFailed(moved),
+                    };
+                    let event = DomainEvent::new(id, now, event);
                     let from = vec![current.status];
                     let purchase = PurchaseWrite { record, from, expected_updated_at: Some(current.updated_at) };
                     Change {

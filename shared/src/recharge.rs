@@ -5,7 +5,6 @@
 //! twice.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::account::{Account, RechargeClaim, RechargeError};
 use crate::clock;
@@ -13,7 +12,8 @@ use crate::crediting::Payment;
 use crate::engine::{Change, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::{redeliver_outbox, EventBus};
-use crate::ledger::{new_id, DomainEvent, EntryKind, EntryView};
+use crate::events::{DomainEvent, Event, RechargeFailed, RechargePaused};
+use crate::ledger::{new_id, EntryKind, EntryView};
 use crate::money::Micros;
 use crate::payments::{ChargeOutcome, OffSessionCharge, Payments};
 use crate::pricing::{self, format_credits};
@@ -226,15 +226,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
                 next.auto_recharge.paused_notice_month = Some(month.clone());
                 let event = DomainEvent::new(
-                    "AutoRechargePaused",
                     id,
                     now,
-                    json!({
-                        "month": month,
-                        "reason": reason,
-                        "monthly_max": next.auto_recharge.monthly_max,
-                        "monthly_spend_max": next.auto_recharge.monthly_spend_max_cents,
-                        "balance": next.balance.0,
+                    Event::AutoRechargePaused(RechargePaused {
+                        month,
+                        reason: reason.to_string(),
+                        monthly_max: next.auto_recharge.monthly_max,
+                        monthly_spend_max: next.auto_recharge.monthly_spend_max_cents,
+                        balance: next.balance.0,
                     }),
                 );
                 let outcome = RechargeDecision::NotDue(reason.to_string());
@@ -321,16 +320,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             next.last_recharge_error = Some(RechargeError { at: now, ..failure.clone() });
             let event = DomainEvent::new(
-                "AutoRechargeFailed",
                 id,
                 now,
-                json!({
-                    "recharge_id": recharge_id,
-                    "code": failure.code,
-                    "decline_code": failure.decline_code,
-                    "do_not_retry": failure.do_not_retry(),
-                    "message": failure.message,
-                    "balance": next.balance.0,
+                Event::AutoRechargeFailed(RechargeFailed {
+                    recharge_id: recharge_id.to_string(),
+                    code: failure.code.clone(),
+                    decline_code: failure.decline_code.clone(),
+                    do_not_retry: failure.do_not_retry(),
+                    message: failure.message.clone(),
+                    balance: next.balance.0,
                 }),
             );
             Change { events: vec![event], ..Change::quiet(next, "recharge_failed", true) }.write()

@@ -8,7 +8,8 @@
 use std::future::Future;
 
 use crate::account::Account;
-use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry};
+use crate::events::DomainEvent;
+use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use crate::purchases::{PurchaseRecord, PurchaseStatus};
 
 #[derive(Debug, Clone, thiserror::Error)]

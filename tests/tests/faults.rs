@@ -28,8 +28,9 @@ use topup::adapters::dynamo::DynamoStore;
 use topup::adapters::eventbridge::EventBridgeBus;
 use topup::adapters::stripe::StripePayments;
 use topup::engine::Credits;
+use topup::events::DomainEvent;
 use topup::events::{EventBus, PublishError};
-use topup::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry};
+use topup::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use topup::money::Micros;
 use topup::payments::{
     Card, CardSetup, ChargeOutcome, CheckoutRequest, CheckoutSession, OffSessionCharge, PaymentHistory, Payments,
@@ -752,7 +753,7 @@ impl Schedule {
     async fn collect_events(&mut self) -> Vec<topup::payments::PaymentRecord> {
         let sent: Vec<DomainEvent> = self.sent.lock().map(|s| s[self.bus_seen..].to_vec()).unwrap_or_default();
         self.bus_seen += sent.len();
-        for e in sent.iter().filter(|e| e.detail_type == "BalanceLow" && e.account_id == self.id) {
+        for e in sent.iter().filter(|e| e.detail_type() == "BalanceLow" && e.account_id == self.id) {
             self.lows
                 .push(json!({"detail-type": "BalanceLow", "source": "topup", "detail": topup::events::detail_json(e)}));
         }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use topup::events::sample_detail;
 use topup_tests::*;
 
 fn sent_to<'a>(data: &'a Value, to: &str) -> Vec<&'a Value> {
@@ -149,7 +150,7 @@ async fn each_type_of_each_profile_arrives_with_its_amounts() {
             &["$20.00", "104 minutes"],
         ),
     ];
-    for (i, (profile, detail_type, mut detail, subject, amounts)) in cases.into_iter().enumerate() {
+    for (i, (profile, detail_type, detail, subject, amounts)) in cases.into_iter().enumerate() {
         let w = World::new(profile).await;
         let ses = aws_sdk_sesv2::Client::new(&w.aws);
         let _ = ses.create_email_identity().email_identity("example.com").send().await;
@@ -158,6 +159,7 @@ async fn each_type_of_each_profile_arrives_with_its_amounts() {
             .api(put("/v1/accounts/acme", &service(), json!({"plan": "pro", "billing_contacts": [{"email": to}]})))
             .await;
         assert_eq!(s, 201, "{b}");
+        let mut detail = sample_detail(detail_type, detail);
         detail["event_id"] = json!(format!("evt_case_{i}"));
         detail["account_id"] = json!("acme");
         detail["occurred_ms"] = json!(i);
@@ -178,7 +180,8 @@ async fn each_type_of_each_profile_arrives_with_its_amounts() {
 /// the one who opted in and only for the types the profile texts. Read back from moto.
 #[tokio::test]
 async fn every_profile_sends_exactly_the_types_it_lists() {
-    use topup::notify::{notification_kind, render};
+    use topup::events::Event;
+    use topup::notify::render;
     let events: [(&str, Value); 6] = [
         ("BalanceLow", json!({"balance": 3 * C, "threshold": 5 * C})),
         ("BalanceDepleted", json!({"balance": 0})),
@@ -206,7 +209,7 @@ async fn every_profile_sends_exactly_the_types_it_lists() {
         assert_eq!(s, 201, "{b}");
         let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
         for (i, (detail_type, detail)) in events.iter().enumerate() {
-            let mut detail = detail.clone();
+            let mut detail = sample_detail(detail_type, detail.clone());
             detail["event_id"] = json!(format!("evt_{i}"));
             detail["account_id"] = json!("acme");
             detail["occurred_ms"] = json!(i);
@@ -217,8 +220,10 @@ async fn every_profile_sends_exactly_the_types_it_lists() {
         let mut want_subjects = Vec::new();
         let mut want_texts = Vec::new();
         for (detail_type, detail) in &events {
-            let kind = notification_kind(detail_type, detail).expect("kind");
-            let m = render(p, kind, detail_type, "acme", detail, "https://app.example.com/settings/billing");
+            let event =
+                Event::read(detail_type, &sample_detail(detail_type, detail.clone())).expect("ours").expect("reads");
+            let m = render(p, &event, "acme", "https://app.example.com/settings/billing").expect("a message");
+            let kind = m.kind;
             if p.notifications.email.iter().any(|k| k == kind) {
                 want_subjects.push(m.subject.clone());
             }

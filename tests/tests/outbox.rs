@@ -27,7 +27,7 @@ async fn an_event_the_bus_refuses_stays_in_the_outbox_until_redelivered() {
 
     let pending = store.pending_outbox(10).await.expect("outbox");
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].detail_type, "BalanceLow");
+    assert_eq!(pending[0].detail_type(), "BalanceLow");
     assert!(observer.drain(Duration::from_millis(500)).await.is_empty());
 
     // Redelivery through a bus that refuses keeps it; through the real bus publishes and clears.

@@ -7,8 +7,7 @@ use aws_sdk_eventbridge::error::DisplayErrorContext;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use aws_sdk_eventbridge::Client;
 
-use crate::events::{detail_json, EventBus, PublishError, SOURCE};
-use crate::ledger::DomainEvent;
+use crate::events::{detail_json, DomainEvent, EventBus, PublishError, SOURCE};
 
 #[derive(Clone)]
 pub struct EventBridgeBus {
@@ -28,7 +27,7 @@ impl EventBridgeBus {
                 PutEventsRequestEntry::builder()
                     .event_bus_name(&self.bus)
                     .source(SOURCE)
-                    .detail_type(&e.detail_type)
+                    .detail_type(e.detail_type())
                     .detail(detail_json(e).to_string())
                     .resources(format!("topup:account:{}", e.account_id))
                     .build()

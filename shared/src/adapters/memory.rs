@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::account::Account;
+use crate::events::DomainEvent;
 use crate::events::{EventBus, PublishError};
-use crate::ledger::{DomainEvent, HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
+use crate::ledger::{HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
 use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
 

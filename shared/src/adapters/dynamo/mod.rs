@@ -32,7 +32,8 @@ pub use attributes::{from_attr, to_attr};
 pub use table::create_table;
 
 use crate::account::Account;
-use crate::ledger::{DomainEvent, HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
+use crate::events::DomainEvent;
+use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
 use crate::purchases::PurchaseRecord;
 use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
 use attributes::{from_item, s, to_item, Item};
