@@ -220,7 +220,7 @@ impl Account {
 
     /// Credits reserved by live holds.
     pub fn held(&self, now: i64) -> Micros {
-        Micros(self.live_holds(now).map(|(_, h)| h.micros.0).sum())
+        Micros::new(self.live_holds(now).map(|(_, h)| h.micros.get()).sum())
     }
 
     /// Allowance units of `consumable` reserved by live holds in `month`.
@@ -233,7 +233,7 @@ impl Account {
 
     /// Balance minus what live holds reserve: what a debit may draw.
     pub fn available(&self, now: i64) -> Micros {
-        Micros(self.balance.0 - self.held(now).0)
+        Micros::new(self.balance.get() - self.held(now).get())
     }
 
     /// The threshold that `low_balance` and `BalanceLow` use (rules §11).

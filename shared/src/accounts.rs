@@ -111,7 +111,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         };
         self.apply(id, Some(&claim), |a, now| {
             let mut next = a.next(now);
-            if amount < 0 && next.available(now).0 < -amount {
+            if amount < 0 && next.available(now).get() < -amount {
                 return Err(ApiError::rule(
                     "insufficient_balance",
                     "A negative adjustment may not take the balance below zero (or below what open holds reserve).",
@@ -119,15 +119,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             next.balance = next
                 .balance
-                .checked_add(Micros(amount))
+                .checked_add(Micros::new(amount))
                 .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
             if amount > 0 {
                 next.lifetime_added = next
                     .lifetime_added
-                    .checked_add(Micros(amount))
+                    .checked_add(Micros::new(amount))
                     .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
             }
-            let entry = LedgerEntry::after(&next, EntryKind::Adjustment, Micros(amount), now, reason.to_string());
+            let entry = LedgerEntry::after(&next, EntryKind::Adjustment, Micros::new(amount), now, reason.to_string());
             let view = entry.view();
             Change { ledger: Some(entry), ..Change::quiet(next, "adjustment", view) }.write()
         })

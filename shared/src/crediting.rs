@@ -29,7 +29,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         payment: &Payment,
         purchase: Option<&PurchaseRecord>,
     ) -> Result<Applied<EntryView>, ApiError> {
-        if payment.credits.0 <= 0 {
+        if payment.credits.get() <= 0 {
             return Err(ApiError::rule("invalid_amount", "A payment must add a positive number of credits."));
         }
         if !matches!(payment.kind, EntryKind::Purchase | EntryKind::AutoRecharge) {
@@ -38,7 +38,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let claim = Claim {
             scope_key: format!("payment:{}", payment.payment_id),
             hash: request_hash(
-                &json!({"kind": payment.kind, "credits": payment.credits.0, "charge": payment.charge_cents}),
+                &json!({"kind": payment.kind, "credits": payment.credits.get(), "charge": payment.charge_cents}),
             ),
             permanent: true,
         };
@@ -58,9 +58,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         settled_after_processing: purchase.is_some_and(|r| r.status == PurchaseStatus::Processing),
                         payment_id: payment.payment_id.clone(),
                         reference: payment.reference.clone(),
-                        credits: payment.credits.0,
+                        credits: payment.credits.get(),
                         charge: charge.clone(),
-                        balance: next.balance.0,
+                        balance: next.balance.get(),
                         transaction_id: entry.id.clone(),
                     }),
                 );
@@ -79,9 +79,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             Event::AutoRechargeSucceeded(RechargeSucceeded {
                                 recharge_id: payment.reference.clone(),
                                 payment_id: payment.payment_id.clone(),
-                                credits: payment.credits.0,
+                                credits: payment.credits.get(),
                                 charge,
-                                balance: next.balance.0,
+                                balance: next.balance.get(),
                             }),
                         ));
                     }
@@ -132,7 +132,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
         let credited =
             self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
-        let Some(credited) = credited.and_then(|r| r.credited).map(|c| c.amount.0) else {
+        let Some(credited) = credited.and_then(|r| r.credited).map(|c| c.amount.get()) else {
             // Stripe does not keep events in order: the refund can arrive before the event that
             // credits the payment. Refused, it comes again later (Stripe retries for three
             // days), by when the credit is there; answered 2xx, it would be lost for good.
@@ -159,16 +159,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let mut next = a.next(now);
             // Never below zero, nor below what open holds reserve (as a negative adjustment):
             // a reserved credit is promised to a session in progress, like a used one.
-            let taken = owed.min(next.available(now).0.max(0));
+            let taken = owed.min(next.available(now).get().max(0));
             next.refunded.insert(payment_intent_id.to_string(), share);
-            next.balance = Micros(next.balance.0 - taken);
-            let mut description = format!("Refund: {} taken back", format_credits(p, Micros(taken)));
+            next.balance = Micros::new(next.balance.get() - taken);
+            let mut description = format!("Refund: {} taken back", format_credits(p, Micros::new(taken)));
             if taken < owed {
                 description
-                    .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros(owed - taken))));
+                    .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros::new(owed - taken))));
             }
             let entry = (taken > 0)
-                .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros(-taken), now, description.clone()));
+                .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros::new(-taken), now, description.clone()));
             let view = entry.as_ref().map(LedgerEntry::view);
             Change { ledger: entry, ..Change::quiet(next, "refund", view) }.write()
         })
@@ -198,7 +198,7 @@ mod tests {
         Payment {
             payment_id: id.into(),
             kind: EntryKind::Purchase,
-            credits: Micros(credits),
+            credits: Micros::new(credits),
             charge_cents: credits / 10_000,
             reference: "pur_1".into(),
             description: "$10.00 of credits".into(),
@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(c.credit_payment("a", &payment("pi_1", 11 * C)).await.unwrap_err().code(), "idempotency_conflict");
         c.credit_payment("a", &payment("pi_2", 5 * C)).await.unwrap();
         let a = c.store.load_account("a").await.unwrap().unwrap();
-        assert_eq!((a.balance.0, a.lifetime_added.0), (15 * C, 15 * C));
+        assert_eq!((a.balance.get(), a.lifetime_added.get()), (15 * C, 15 * C));
         let added: Vec<_> =
             c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type() == "CreditsAdded").cloned().collect();
         assert_eq!(added.len(), 2, "one CreditsAdded per payment");

@@ -346,7 +346,7 @@ mod tests {
         let e = two.debit("a", "runs", 10, "t2").await.unwrap_err();
         assert_eq!(e.code(), "out_of_credits");
         let a = store.load_account("a").await.unwrap().unwrap();
-        assert_eq!(a.balance.0, C - 95 * 10_000);
+        assert_eq!(a.balance.get(), C - 95 * 10_000);
     }
 
     #[tokio::test]

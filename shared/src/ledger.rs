@@ -62,8 +62,8 @@ impl LedgerEntry {
         EntryView {
             id: self.id.clone(),
             kind: self.kind,
-            amount: self.amount.0,
-            balance_after: self.balance_after.0,
+            amount: self.amount.get(),
+            balance_after: self.balance_after.get(),
             created_at: clock::rfc3339(self.created_at),
             description: self.description.clone(),
         }
@@ -173,7 +173,7 @@ fn out_of_credits(profile: &Profile, account: &Account, consumable: &str) -> Api
     ApiError::OutOfCredits {
         code: c.exhausted_code.clone(),
         message: c.exhausted_message.clone(),
-        balance: account.balance.0,
+        balance: account.balance.get(),
         consumable: consumable.to_string(),
     }
 }
@@ -205,8 +205,8 @@ pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i6
 /// Applies a draw to `next` (a state from `Account::next`): usage and balance.
 pub fn apply_draw(next: &mut Account, consumable: &str, draw: &Draw) {
     *next.usage.entry(consumable.to_string()).or_insert(0) += draw.from_allowance;
-    next.balance = Micros(next.balance.0 - draw.cost.0);
-    next.lifetime_spent = Micros(next.lifetime_spent.0 + draw.cost.0);
+    next.balance = Micros::new(next.balance.get() - draw.cost.get());
+    next.lifetime_spent = Micros::new(next.lifetime_spent.get() + draw.cost.get());
 }
 
 /// A hold of `quantity` units: allowance first, credits for the rest; 402 if not coverable.
@@ -263,7 +263,7 @@ pub fn settle(
     // Allowance reserved in an earlier month was that month's; it is not counted again.
     let hold_allowance_now = if hold.month == month { hold_allowance } else { 0 };
     *next.usage.entry(hold.consumable.clone()).or_insert(0) += hold_allowance_now;
-    next.balance = Micros(next.balance.0 - hold_cost.0);
+    next.balance = Micros::new(next.balance.get() - hold_cost.get());
 
     let extra = quantity - from_hold;
     let remaining =
@@ -273,9 +273,9 @@ pub fn settle(
     let affordable = pc.rate.units_affordable(next.available(now)).min(extra_credit_units);
     let extra_cost = pc.rate.cost(affordable).unwrap_or(Micros::ZERO);
     *next.usage.entry(hold.consumable.clone()).or_insert(0) += extra_allowance;
-    next.balance = Micros(next.balance.0 - extra_cost.0);
-    let charged = Micros(hold_cost.0 + extra_cost.0);
-    next.lifetime_spent = Micros(next.lifetime_spent.0 + charged.0);
+    next.balance = Micros::new(next.balance.get() - extra_cost.get());
+    let charged = Micros::new(hold_cost.get() + extra_cost.get());
+    next.lifetime_spent = Micros::new(next.lifetime_spent.get() + charged.get());
     Ok(Settlement {
         from_hold,
         from_allowance: hold_allowance + extra_allowance,
@@ -298,9 +298,9 @@ pub fn crossing_events(
     let threshold = after.low_balance_threshold(profile);
     let trigger = profile.low_balance.trigger;
     let crossed = |kind: &str| BalanceCrossed {
-        balance: after.balance.0,
-        previous_balance: before.balance.0,
-        threshold: threshold.0,
+        balance: after.balance.get(),
+        previous_balance: before.balance.get(),
+        threshold: threshold.get(),
         plan: after.plan.clone(),
         auto_recharge_enabled: after.auto_recharge.enabled,
         cause: cause.to_string(),
@@ -310,7 +310,7 @@ pub fn crossing_events(
     if !trigger.is_low(before.balance, threshold) && trigger.is_low(after.balance, threshold) {
         out.push(DomainEvent::new(&after.id, now, Event::BalanceLow(crossed("BalanceLow"))));
     }
-    if before.balance.0 > 0 && after.balance.0 <= 0 {
+    if before.balance.get() > 0 && after.balance.get() <= 0 {
         out.push(DomainEvent::new(&after.id, now, Event::BalanceDepleted(crossed("BalanceDepleted"))));
     }
     out
@@ -325,7 +325,7 @@ mod tests {
 
     fn account(profile: &Profile, plan: &str, balance: i64) -> Account {
         let mut a = Account::new(profile, "acme", plan, vec![], NOW);
-        a.balance = Micros(balance);
+        a.balance = Micros::new(balance);
         a
     }
 
@@ -336,7 +336,7 @@ mod tests {
         a.usage.insert("llm_tokens".into(), 1_999_990);
         // 10 tokens left in the allowance; 5 more at 2.5 micro-credits each = 12.5 → 13.
         let d = draw(&p, &a, "llm_tokens", 15, NOW).unwrap();
-        assert_eq!(d, Draw { from_allowance: 10, credit_units: 5, cost: Micros(13) });
+        assert_eq!(d, Draw { from_allowance: 10, credit_units: 5, cost: Micros::new(13) });
     }
 
     #[test]
@@ -369,17 +369,17 @@ mod tests {
         let mut a = account(&p, "free", 50 * C);
         a.usage.insert("voice_minutes".into(), 25); // 5 of 30 free minutes left
         let h = reserve(&p, &a, "voice_minutes", 20, NOW, 900_000).unwrap();
-        assert_eq!((h.allowance_units, h.micros), (5, Micros(15 * C)));
+        assert_eq!((h.allowance_units, h.micros), (5, Micros::new(15 * C)));
         a.holds.insert("h1".into(), h.clone());
-        assert_eq!(a.available(NOW), Micros(35 * C));
+        assert_eq!(a.available(NOW), Micros::new(35 * C));
         // An expired hold reserves nothing.
-        assert_eq!(a.available(NOW + 900_000), Micros(50 * C));
+        assert_eq!(a.available(NOW + 900_000), Micros::new(50 * C));
 
         let mut next = a.next(NOW + 1000);
         let hold = next.holds.remove("h1").unwrap();
         let s = settle(&p, &mut next, &hold, 12, NOW + 1000).unwrap();
-        assert_eq!(s, Settlement { from_hold: 12, from_allowance: 5, from_credits: Micros(7 * C), unbilled: 0 });
-        assert_eq!(next.balance, Micros(43 * C));
+        assert_eq!(s, Settlement { from_hold: 12, from_allowance: 5, from_credits: Micros::new(7 * C), unbilled: 0 });
+        assert_eq!(next.balance, Micros::new(43 * C));
         assert_eq!(next.used("voice_minutes", "2026-11"), 30);
     }
 
@@ -393,7 +393,7 @@ mod tests {
         let mut next = a.next(NOW);
         let hold = next.holds.remove("h").unwrap();
         let s = settle(&p, &mut next, &hold, 10, NOW).unwrap();
-        assert_eq!((s.from_hold, s.from_credits, s.unbilled), (2, Micros(3 * C), 7));
+        assert_eq!((s.from_hold, s.from_credits, s.unbilled), (2, Micros::new(3 * C), 7));
         assert_eq!(next.balance, Micros::ZERO);
     }
 
@@ -402,16 +402,16 @@ mod tests {
         let usd = Profile::load("usd-overage").unwrap();
         let before = account(&usd, "pro", 6 * C);
         let mut after = before.clone();
-        after.balance = Micros(5 * C);
+        after.balance = Micros::new(5 * C);
         assert!(crossing_events(&usd, &before, &after, NOW, "t").is_empty(), "$5 is not below $5");
-        after.balance = Micros(5 * C - 1);
+        after.balance = Micros::new(5 * C - 1);
         let ev = crossing_events(&usd, &before, &after, NOW, "t");
         assert_eq!(ev.iter().map(|e| e.detail_type()).collect::<Vec<_>>(), ["BalanceLow"]);
 
         let runs = Profile::load("org-runs").unwrap();
         let before = account(&runs, "pro", 6 * C);
         let mut after = before.clone();
-        after.balance = Micros(5 * C);
+        after.balance = Micros::new(5 * C);
         assert_eq!(crossing_events(&runs, &before, &after, NOW, "t").len(), 1, "at or below for org-runs");
         after.balance = Micros::ZERO;
         let kinds: Vec<_> =
@@ -419,9 +419,9 @@ mod tests {
         assert_eq!(kinds, ["BalanceLow", "BalanceDepleted"]);
         // Already low: a further debit crosses nothing (until it reaches zero).
         let mut low = before.clone();
-        low.balance = Micros(2 * C);
+        low.balance = Micros::new(2 * C);
         let mut lower = low.clone();
-        lower.balance = Micros(C);
+        lower.balance = Micros::new(C);
         assert!(crossing_events(&runs, &low, &lower, NOW, "t").is_empty());
     }
 }

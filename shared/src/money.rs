@@ -9,10 +9,19 @@ pub const MICROS_PER_CREDIT: i64 = 1_000_000;
 /// A signed amount of micro-credits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Micros(pub i64);
+pub struct Micros(i64);
 
 impl Micros {
     pub const ZERO: Micros = Micros(0);
+
+    pub const fn new(micros: i64) -> Micros {
+        Micros(micros)
+    }
+
+    /// The number of micro-credits.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
 
     pub fn checked_add(self, other: Micros) -> Option<Micros> {
         self.0.checked_add(other.0).map(Micros)
@@ -26,7 +35,18 @@ impl Micros {
 /// Money in minor units of a currency (cents for usd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Cents(pub i64);
+pub struct Cents(i64);
+
+impl Cents {
+    pub const fn new(cents: i64) -> Cents {
+        Cents(cents)
+    }
+
+    /// The number of minor units.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
 
 /// A usage rate: `micros` micro-credits for every `per` units, so fractional micro-credit rates
 /// (15 micro-credits per 1,000 tokens) stay exact. Cost is rounded up to the micro-credit.

@@ -44,7 +44,7 @@ pub fn notification_kind(event: &Event) -> Option<&'static str> {
 }
 
 fn credits(p: &Profile, micros: i64) -> String {
-    format_credits(p, Micros(micros))
+    format_credits(p, Micros::new(micros))
 }
 
 fn charge(c: &Charge) -> String {

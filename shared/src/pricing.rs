@@ -79,8 +79,8 @@ pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Q
                 ));
             }
             Ok(Quote {
-                charge: Cents(amount),
-                credits: Micros(mul(amount, *micros_per_cent)?),
+                charge: Cents::new(amount),
+                credits: Micros::new(mul(amount, *micros_per_cent)?),
                 description: format!("{} of credits", format_money(amount, cur)),
             })
         }
@@ -96,7 +96,7 @@ pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Q
                     ApiError::rule("unknown_package", format!("`{id}` is not a package of this product."))
                 })?;
                 return Ok(Quote {
-                    charge: Cents(p.price_cents),
+                    charge: Cents::new(p.price_cents),
                     credits: p.credits,
                     description: format!("Package {}", p.id),
                 });
@@ -115,8 +115,8 @@ pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Q
                 ));
             }
             Ok(Quote {
-                charge: Cents(amount),
-                credits: Micros(mul(amount, *micros_per_cent)?),
+                charge: Cents::new(amount),
+                credits: Micros::new(mul(amount, *micros_per_cent)?),
                 description: format!("{} of credits", format_money(amount, cur)),
             })
         }
@@ -137,8 +137,8 @@ pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Q
                 .ok_or_else(|| ApiError::rule("unknown_plan", "The account's plan has no block price."))?;
             let units = mul(blocks, *units_per_block)?;
             Ok(Quote {
-                charge: Cents(mul(blocks, price)?),
-                credits: Micros(mul(units, profile.unit.micros_per_unit)?),
+                charge: Cents::new(mul(blocks, price)?),
+                credits: Micros::new(mul(units, profile.unit.micros_per_unit)?),
                 description: format!("{blocks} × {units_per_block}-{} block", profile.unit.code),
             })
         }
@@ -157,24 +157,24 @@ pub fn recharge_charge(profile: &Profile, plan: &str, credits: Micros) -> Result
                 .and_then(|p| p.block_price_cents)
                 .ok_or_else(|| ApiError::rule("unknown_plan", "The account's plan has no block price."))?;
             let block_micros = mul(*units_per_block, profile.unit.micros_per_unit)?;
-            let cents = i128::from(credits.0) * i128::from(price);
+            let cents = i128::from(credits.get()) * i128::from(price);
             let per = i128::from(block_micros);
             return i64::try_from((cents + per - 1) / per)
-                .map(Cents)
+                .map(Cents::new)
                 .map_err(|_| ApiError::rule("amount_out_of_range", "Too large."));
         }
     };
-    Ok(Cents((credits.0 + per_cent - 1) / per_cent))
+    Ok(Cents::new((credits.get() + per_cent - 1) / per_cent))
 }
 
 /// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
 pub fn format_credits(p: &Profile, micros: Micros) -> String {
     let per = p.unit.micros_per_unit.max(1);
     if p.unit.code == p.currency {
-        return format_money(micros.0 / (per / 100).max(1), &p.currency);
+        return format_money(micros.get() / (per / 100).max(1), &p.currency);
     }
-    let whole = micros.0 / per;
-    let frac = (micros.0 % per).abs();
+    let whole = micros.get() / per;
+    let frac = (micros.get() % per).abs();
     let digits = per.to_string().len() - 1;
     let n = if frac == 0 {
         whole.to_string()
@@ -201,15 +201,15 @@ mod tests {
     #[test]
     fn recharges_cost_what_a_purchase_of_the_same_credits_costs() {
         let p = |name: &str| Profile::load(name).unwrap();
-        assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros(10 * C)).unwrap(), Cents(1000));
-        assert_eq!(recharge_charge(&p("request-packs"), "free", Micros(500 * C)).unwrap(), Cents(2000));
-        assert_eq!(recharge_charge(&p("org-runs"), "pro", Micros(20 * C)).unwrap(), Cents(2000));
+        assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros::new(10 * C)).unwrap(), Cents::new(1000));
+        assert_eq!(recharge_charge(&p("request-packs"), "free", Micros::new(500 * C)).unwrap(), Cents::new(2000));
+        assert_eq!(recharge_charge(&p("org-runs"), "pro", Micros::new(20 * C)).unwrap(), Cents::new(2000));
         assert_eq!(
-            recharge_charge(&p("voice-minutes"), "pro", Micros(100 * C)).unwrap(),
-            Cents(2000),
+            recharge_charge(&p("voice-minutes"), "pro", Micros::new(100 * C)).unwrap(),
+            Cents::new(2000),
             "one block on Pro"
         );
-        assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros(1)).unwrap(), Cents(1), "rounded up");
+        assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros::new(1)).unwrap(), Cents::new(1), "rounded up");
     }
 
     #[test]
@@ -222,9 +222,9 @@ mod tests {
     #[test]
     fn usd_overage_default_min_max() {
         let d = q("usd-overage", "free", PurchaseChoice::default()).unwrap();
-        assert_eq!((d.charge, d.credits), (Cents(1000), Micros(10 * C)), "default $10");
-        assert_eq!(q("usd-overage", "free", amount(500)).unwrap().credits, Micros(5 * C));
-        assert_eq!(q("usd-overage", "free", amount(100_000)).unwrap().credits, Micros(1000 * C));
+        assert_eq!((d.charge, d.credits), (Cents::new(1000), Micros::new(10 * C)), "default $10");
+        assert_eq!(q("usd-overage", "free", amount(500)).unwrap().credits, Micros::new(5 * C));
+        assert_eq!(q("usd-overage", "free", amount(100_000)).unwrap().credits, Micros::new(1000 * C));
         let e = q("usd-overage", "free", amount(499)).unwrap_err();
         assert_eq!(
             (e.code(), e.to_string().as_str()),
@@ -242,13 +242,13 @@ mod tests {
     fn request_packs_packages_and_custom_amounts_at_the_same_rate() {
         let p =
             |id: &str| q("request-packs", "free", PurchaseChoice { package: Some(id.into()), ..Default::default() });
-        assert_eq!(p("pack_20").unwrap().credits, Micros(500 * C));
-        assert_eq!(p("pack_100").unwrap().charge, Cents(10_000));
-        assert_eq!(p("pack_500").unwrap().credits, Micros(12_500 * C));
+        assert_eq!(p("pack_20").unwrap().credits, Micros::new(500 * C));
+        assert_eq!(p("pack_100").unwrap().charge, Cents::new(10_000));
+        assert_eq!(p("pack_500").unwrap().credits, Micros::new(12_500 * C));
         assert_eq!(p("pack_7").unwrap_err().code(), "unknown_package");
         assert_eq!(
             q("request-packs", "free", amount(2000)).unwrap().credits,
-            Micros(500 * C),
+            Micros::new(500 * C),
             "$20 custom = pack_20's rate"
         );
         assert_eq!(q("request-packs", "free", amount(499)).unwrap_err().code(), "amount_out_of_range");
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn org_runs_whole_dollars_buy_whole_credits() {
         let r = q("org-runs", "pro", amount(500)).unwrap();
-        assert_eq!((r.charge, r.credits), (Cents(500), Micros(5 * C)), "credits added = dollars charged");
+        assert_eq!((r.charge, r.credits), (Cents::new(500), Micros::new(5 * C)), "credits added = dollars charged");
         assert_eq!(q("org-runs", "pro", amount(400)).unwrap_err().code(), "amount_out_of_range", "minimum $5");
         assert_eq!(q("org-runs", "pro", amount(550)).unwrap_err().code(), "invalid_amount");
     }
@@ -267,9 +267,9 @@ mod tests {
     fn voice_minutes_blocks_at_the_plans_rate() {
         let b = |plan: &str, n: i64| q("voice-minutes", plan, PurchaseChoice { blocks: Some(n), ..Default::default() });
         let one = b("free", 1).unwrap();
-        assert_eq!((one.charge, one.credits), (Cents(2800), Micros(100 * C)), "$0.28/min on Free");
-        assert_eq!(b("free", 100).unwrap().charge, Cents(280_000));
-        assert_eq!(b("pro", 2).unwrap().charge, Cents(4000));
+        assert_eq!((one.charge, one.credits), (Cents::new(2800), Micros::new(100 * C)), "$0.28/min on Free");
+        assert_eq!(b("free", 100).unwrap().charge, Cents::new(280_000));
+        assert_eq!(b("pro", 2).unwrap().charge, Cents::new(4000));
         assert_eq!(b("free", 0).unwrap_err().code(), "blocks_out_of_range");
         assert_eq!(b("free", 101).unwrap_err().code(), "blocks_out_of_range");
         assert_eq!(q("voice-minutes", "free", amount(2800)).unwrap_err().code(), "invalid_purchase");
@@ -278,12 +278,12 @@ mod tests {
     #[test]
     fn credits_read_in_the_profiles_unit() {
         let usd = Profile::load("usd-overage").unwrap();
-        assert_eq!(format_credits(&usd, Micros(12_500_000)), "$12.50");
-        assert_eq!(format_credits(&usd, Micros(100_000 * crate::money::MICROS_PER_CREDIT)), "$100,000.00");
+        assert_eq!(format_credits(&usd, Micros::new(12_500_000)), "$12.50");
+        assert_eq!(format_credits(&usd, Micros::new(100_000 * crate::money::MICROS_PER_CREDIT)), "$100,000.00");
         let voice = Profile::load("voice-minutes").unwrap();
-        assert_eq!(format_credits(&voice, Micros(100 * crate::money::MICROS_PER_CREDIT)), "100 minutes");
-        assert_eq!(format_credits(&voice, Micros(crate::money::MICROS_PER_CREDIT)), "1 minute");
+        assert_eq!(format_credits(&voice, Micros::new(100 * crate::money::MICROS_PER_CREDIT)), "100 minutes");
+        assert_eq!(format_credits(&voice, Micros::new(crate::money::MICROS_PER_CREDIT)), "1 minute");
         let runs = Profile::load("org-runs").unwrap();
-        assert_eq!(format_credits(&runs, Micros(1_500_000)), "1.5 credits");
+        assert_eq!(format_credits(&runs, Micros::new(1_500_000)), "1.5 credits");
     }
 }

@@ -235,7 +235,7 @@ impl Profile {
             return Err(self.invalid("currency", "must be a lower-case ISO 4217 code"));
         }
         positive("unit.micros_per_unit", self.unit.micros_per_unit)?;
-        if self.low_balance.default_threshold.0 < 0 {
+        if self.low_balance.default_threshold.get() < 0 {
             return Err(self.invalid("low_balance.default_threshold", "must not be negative"));
         }
         match &self.purchase {
@@ -256,7 +256,7 @@ impl Profile {
                 }
                 for (i, p) in packages.iter().enumerate() {
                     positive(&format!("purchase.packages[{i}].price_cents"), p.price_cents)?;
-                    positive(&format!("purchase.packages[{i}].credits"), p.credits.0)?;
+                    positive(&format!("purchase.packages[{i}].credits"), p.credits.get())?;
                 }
                 if let Some(c) = custom {
                     positive("purchase.custom.min_cents", c.min_cents)?;
@@ -281,16 +281,16 @@ impl Profile {
             }
         }
         let ar = &self.auto_recharge;
-        ordered("auto_recharge.threshold_min", ar.threshold_min.0, ar.default_threshold.0)?;
-        if ar.threshold_min.0 < 0 {
+        ordered("auto_recharge.threshold_min", ar.threshold_min.get(), ar.default_threshold.get())?;
+        if ar.threshold_min.get() < 0 {
             return Err(self.invalid("auto_recharge.threshold_min", "must not be negative"));
         }
         if let Some(max) = ar.threshold_max {
-            ordered("auto_recharge.default_threshold", ar.default_threshold.0, max.0)?;
+            ordered("auto_recharge.default_threshold", ar.default_threshold.get(), max.get())?;
         }
-        positive("auto_recharge.amount_min", ar.amount_min.0)?;
-        ordered("auto_recharge.amount_min", ar.amount_min.0, ar.default_amount.0)?;
-        ordered("auto_recharge.default_amount", ar.default_amount.0, ar.amount_max.0)?;
+        positive("auto_recharge.amount_min", ar.amount_min.get())?;
+        ordered("auto_recharge.amount_min", ar.amount_min.get(), ar.default_amount.get())?;
+        ordered("auto_recharge.default_amount", ar.default_amount.get(), ar.amount_max.get())?;
         for (field, roles) in [("roles.view", &self.roles.view), ("roles.billing", &self.roles.billing)] {
             if roles.is_empty() {
                 return Err(self.invalid(field, "must name at least one role"));
@@ -391,31 +391,31 @@ mod tests {
         let usd = Profile::load("usd-overage").unwrap();
         let Purchase::Amount { default_cents, min_cents, max_cents, .. } = usd.purchase else { panic!() };
         assert_eq!((default_cents, min_cents, max_cents), (1000, 500, 100_000));
-        assert_eq!(usd.auto_recharge.amount_min.0, 5 * C);
-        assert_eq!(usd.auto_recharge.amount_max.0, 100_000 * C);
-        assert_eq!(usd.auto_recharge.threshold_min.0, 0);
+        assert_eq!(usd.auto_recharge.amount_min.get(), 5 * C);
+        assert_eq!(usd.auto_recharge.amount_max.get(), 100_000 * C);
+        assert_eq!(usd.auto_recharge.threshold_min.get(), 0);
         assert_eq!(usd.auto_recharge.threshold_max, None);
         assert_eq!(usd.roles.view, ["owner", "admin"]);
-        assert_eq!(usd.low_balance.default_threshold.0, 5 * C);
+        assert_eq!(usd.low_balance.default_threshold.get(), 5 * C);
         assert_eq!(usd.consumables.len(), 7);
 
         let packs = Profile::load("request-packs").unwrap();
         let Purchase::Packages { packages, .. } = &packs.purchase else { panic!() };
-        let got: Vec<_> = packages.iter().map(|p| (p.id.as_str(), p.price_cents, p.credits.0 / C)).collect();
+        let got: Vec<_> = packages.iter().map(|p| (p.id.as_str(), p.price_cents, p.credits.get() / C)).collect();
         assert_eq!(got, [("pack_20", 2000, 500), ("pack_100", 10_000, 2500), ("pack_500", 50_000, 12_500)]);
 
         let runs = Profile::load("org-runs").unwrap();
         assert_eq!(runs.low_balance.trigger, Trigger::AtOrBelow);
         let rate = runs.plans["free"].consumables["runs"].rate;
-        assert_eq!(rate.cost(100), Some(Micros(C)), "1 credit covers 100 runs");
+        assert_eq!(rate.cost(100), Some(Micros::new(C)), "1 credit covers 100 runs");
 
         let voice = Profile::load("voice-minutes").unwrap();
         let Purchase::Blocks { units_per_block, min_blocks, max_blocks } = voice.purchase else { panic!() };
         assert_eq!((units_per_block, min_blocks, max_blocks), (100, 1, 100));
         assert_eq!(voice.plans["free"].block_price_cents, Some(2800), "$0.28/min on Free");
         assert!(!voice.plans["free"].auto_recharge);
-        assert_eq!(voice.auto_recharge.default_threshold.0, 10 * C);
-        assert_eq!(voice.auto_recharge.threshold_max, Some(Micros(100 * C)));
+        assert_eq!(voice.auto_recharge.default_threshold.get(), 10 * C);
+        assert_eq!(voice.auto_recharge.threshold_max, Some(Micros::new(100 * C)));
         assert_eq!(voice.auto_recharge.monthly_max_default, 10);
         assert!(!voice.auto_recharge.notify_on_pause);
         assert!(voice.can_view("editor") && !voice.can_bill("editor"));

@@ -79,8 +79,8 @@ impl PurchaseRecord {
             purchase_id: self.purchase_id.clone(),
             status: self.status,
             message: self.message().map(str::to_string),
-            charge: Charge { amount: self.charge.0, currency: self.currency.clone() },
-            credits: self.credits.0,
+            charge: Charge { amount: self.charge.get(), currency: self.currency.clone() },
+            credits: self.credits.get(),
             checkout_session_id: self.checkout_session_id.clone(),
             transaction_id: self.transaction_id.clone(),
             created_at: clock::rfc3339(self.created_at),
@@ -165,7 +165,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let customer = self.ensure_customer(payments, id).await?;
         let request = CheckoutRequest {
             customer_id: customer,
-            amount_cents: record.charge.0,
+            amount_cents: record.charge.get(),
             currency: record.currency.clone(),
             description: record.description.clone(),
             reference: record.purchase_id.clone(),
@@ -230,7 +230,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn purchase_status(&self, id: &str, purchase_id: &str) -> Result<PurchaseStatusView, ApiError> {
         let record = self.purchase(id, purchase_id).await?;
         let balance = match record.status {
-            PurchaseStatus::Succeeded => Some(self.account(id).await?.balance.0),
+            PurchaseStatus::Succeeded => Some(self.account(id).await?.balance.get()),
             _ => None,
         };
         Ok(PurchaseStatusView { purchase: record.view(), balance })
@@ -332,9 +332,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         purchase_id: record.purchase_id.clone(),
                         status: record.status,
                         message: record.message().map(str::to_string),
-                        credits: record.credits.0,
-                        charge: Charge { amount: record.charge.0, currency: record.currency.clone() },
-                        balance: next.balance.0,
+                        credits: record.credits.get(),
+                        charge: Charge { amount: record.charge.get(), currency: record.currency.clone() },
+                        balance: next.balance.get(),
                     };
                     let event = match to {
                         PurchaseStatus::Processing => Event::PurchaseProcessing(moved),
@@ -381,7 +381,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 payment_id: payment_intent_id.to_string(),
                 kind: EntryKind::Purchase,
                 credits: current.credits,
-                charge_cents: current.charge.0,
+                charge_cents: current.charge.get(),
                 reference: purchase_id.to_string(),
                 description: current.description.clone(),
             };

@@ -137,7 +137,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ("topup_recharge_id".into(), claim.recharge_id.clone()),
                 // What the payment buys, so its webhook can credit it even after the claim is
                 // gone (a charge recorded as failed that the bank later lets through).
-                ("topup_credits".into(), claim.credits.0.to_string()),
+                ("topup_credits".into(), claim.credits.get().to_string()),
             ],
         };
         match payments.charge_off_session(&charge).await {
@@ -213,7 +213,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return not("recharged_this_episode");
             }
             let credits = ar.amount;
-            let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.0;
+            let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.get();
             let over_money =
                 ar.monthly_spend_max_cents.is_some_and(|cap| ar.spent_this_month_cents + charge_cents > cap);
             if ar.used_this_month >= ar.monthly_max || over_money {
@@ -233,7 +233,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         reason: reason.to_string(),
                         monthly_max: next.auto_recharge.monthly_max,
                         monthly_spend_max: next.auto_recharge.monthly_spend_max_cents,
-                        balance: next.balance.0,
+                        balance: next.balance.get(),
                     }),
                 );
                 let outcome = RechargeDecision::NotDue(reason.to_string());
@@ -290,7 +290,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 (Some(c), Some(cents)) if c > 0 => RechargeClaim {
                     recharge_id: recharge_id.to_string(),
                     claimed_at: 0,
-                    credits: Micros(c),
+                    credits: Micros::new(c),
                     charge_cents: cents,
                 },
                 _ => return Ok(None),
@@ -328,7 +328,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     decline_code: failure.decline_code.clone(),
                     do_not_retry: failure.do_not_retry(),
                     message: failure.message.clone(),
-                    balance: next.balance.0,
+                    balance: next.balance.get(),
                 }),
             );
             Change { events: vec![event], ..Change::quiet(next, "recharge_failed", true) }.write()
@@ -365,9 +365,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ));
             }
             let current = &a.auto_recharge;
-            let amount =
-                if rules.fixed_amount { rules.default_amount } else { input.amount.map_or(current.amount, Micros) };
-            let threshold = input.threshold.map_or(current.threshold, Micros);
+            let amount = if rules.fixed_amount {
+                rules.default_amount
+            } else {
+                input.amount.map_or(current.amount, Micros::new)
+            };
+            let threshold = input.threshold.map_or(current.threshold, Micros::new);
             if amount < rules.amount_min || amount > rules.amount_max {
                 return Err(ApiError::rule(
                     "amount_out_of_range",
@@ -428,7 +431,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(m) => Some(m),
             };
             if let Some(cap) = spend_max {
-                let one = pricing::recharge_charge(p, &a.plan, amount)?.0;
+                let one = pricing::recharge_charge(p, &a.plan, amount)?.get();
                 if cap < one {
                     return Err(ApiError::rule(
                         "monthly_spend_max_too_low",

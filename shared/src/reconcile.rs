@@ -123,7 +123,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .extend(self.payment_differences(&account, &ledger, &claims, &stripe, clock::now_ms() / 1000).await?);
         Ok(AccountReport {
             account_id: id.to_string(),
-            balance: account.balance.0,
+            balance: account.balance.get(),
             ledger_entries: ledger.len(),
             credited_payments: claims.len(),
             stripe_payments: stripe.len(),
@@ -201,41 +201,41 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     "claim_without_entry",
                     Severity::Wrong,
                     Some(payment),
-                    said.map(|c| c.amount.0),
+                    said.map(|c| c.amount.get()),
                     None,
                     "A payment is recorded as credited but its ledger entry is missing or differs.".into(),
                 ));
                 continue;
             };
             claimed_entries.insert(entry.id.as_str());
-            credited.insert(payment, entry.amount.0);
+            credited.insert(payment, entry.amount.get());
             let Some(p) = ours_at_stripe.get(payment).filter(|p| p.status == "succeeded") else {
                 out.push(diff(
                     "credited_without_payment",
                     Severity::Wrong,
                     Some(payment),
-                    Some(entry.amount.0),
+                    Some(entry.amount.get()),
                     None,
                     "Credits were added for a payment that Stripe does not show as succeeded for this account.".into(),
                 ));
                 continue;
             };
             // The claim's hash names the kind, credits and charge it was credited for.
-            let hash = request_hash(&json!({"kind": entry.kind, "credits": entry.amount.0, "charge": p.amount}));
+            let hash = request_hash(&json!({"kind": entry.kind, "credits": entry.amount.get(), "charge": p.amount}));
             let expected = self.credits_bought(id, p).await?;
             if hash != claim.request_hash
-                || expected.is_some_and(|c| c != entry.amount.0)
+                || expected.is_some_and(|c| c != entry.amount.get())
                 || p.currency != self.profile.currency
             {
                 out.push(diff(
                     "credited_amount_mismatch",
                     Severity::Wrong,
                     Some(payment),
-                    Some(entry.amount.0),
+                    Some(entry.amount.get()),
                     expected,
                     format!(
                         "Credited {} micro-credits for a {} {} payment that buys {}.",
-                        entry.amount.0,
+                        entry.amount.get(),
                         p.amount,
                         p.currency,
                         expected.map_or("an unknown amount".to_string(), |c| c.to_string())
@@ -250,7 +250,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     "entry_without_claim",
                     Severity::Wrong,
                     None,
-                    Some(e.amount.0),
+                    Some(e.amount.get()),
                     None,
                     format!("Ledger entry {} ({:?}) adds credits, but no payment is recorded for it.", e.id, e.kind),
                 ));
@@ -328,7 +328,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
         let Some(purchase) = p.metadata.get("topup_purchase_id") else { return Ok(None) };
         let record = self.store.load_purchase(id, purchase).await.map_err(|_| ApiError::Upstream)?;
-        Ok(record.filter(|r| r.charge.0 == p.amount).map(|r| r.credits.0))
+        Ok(record.filter(|r| r.charge.get() == p.amount).map(|r| r.credits.get()))
     }
 }
 
@@ -350,11 +350,11 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
         age_s: None,
         detail,
     };
-    let sum: i64 = ledger.iter().map(|e| e.amount.0).sum();
-    if sum != account.balance.0 {
+    let sum: i64 = ledger.iter().map(|e| e.amount.get()).sum();
+    if sum != account.balance.get() {
         out.push(diff(
             "balance_not_ledger_sum",
-            account.balance.0,
+            account.balance.get(),
             sum,
             "The balance is not the sum of the ledger.".into(),
         ));
@@ -362,28 +362,28 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
     let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
     for e in ledger {
         let added = matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge)
-            || (e.kind == EntryKind::Adjustment && e.amount.0 > 0);
+            || (e.kind == EntryKind::Adjustment && e.amount.get() > 0);
         if added {
-            *totals.entry("added").or_default() += e.amount.0;
+            *totals.entry("added").or_default() += e.amount.get();
         }
         if e.kind == EntryKind::Consumption {
-            *totals.entry("spent").or_default() -= e.amount.0;
+            *totals.entry("spent").or_default() -= e.amount.get();
         }
     }
     let added = totals.get("added").copied().unwrap_or(0);
     let spent = totals.get("spent").copied().unwrap_or(0);
-    if added != account.lifetime_added.0 {
+    if added != account.lifetime_added.get() {
         out.push(diff(
             "lifetime_added_mismatch",
-            account.lifetime_added.0,
+            account.lifetime_added.get(),
             added,
             "Lifetime added is not the sum of credits added.".into(),
         ));
     }
-    if spent != account.lifetime_spent.0 {
+    if spent != account.lifetime_spent.get() {
         out.push(diff(
             "lifetime_spent_mismatch",
-            account.lifetime_spent.0,
+            account.lifetime_spent.get(),
             spent,
             "Lifetime spent is not the sum of consumption.".into(),
         ));
@@ -392,12 +392,12 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
     let mut chain_reported = false;
     let mut negative_reported = false;
     for e in ledger {
-        running += e.amount.0;
-        if e.balance_after.0 != running && !chain_reported {
+        running += e.amount.get();
+        if e.balance_after.get() != running && !chain_reported {
             chain_reported = true;
             out.push(diff(
                 "ledger_chain_broken",
-                e.balance_after.0,
+                e.balance_after.get(),
                 running,
                 format!("Entry {} records a balance the entries before it do not add up to.", e.id),
             ));
@@ -422,8 +422,8 @@ mod tests {
             account_id: "a".into(),
             seq,
             kind,
-            amount: Micros(amount),
-            balance_after: Micros(after),
+            amount: Micros::new(amount),
+            balance_after: Micros::new(after),
             created_at: 0,
             description: String::new(),
         }
@@ -432,9 +432,9 @@ mod tests {
     fn account(balance: i64, added: i64, spent: i64) -> Account {
         let p = Profile::load("usd-overage").expect("profile");
         let mut a = Account::new(&p, "a", "pro", vec![], 0);
-        a.balance = Micros(balance);
-        a.lifetime_added = Micros(added);
-        a.lifetime_spent = Micros(spent);
+        a.balance = Micros::new(balance);
+        a.lifetime_added = Micros::new(added);
+        a.lifetime_spent = Micros::new(spent);
         a
     }
 

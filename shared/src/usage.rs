@@ -62,19 +62,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let d = ledger::draw(profile, a, consumable, quantity, now)?;
             let mut next = a.next(now);
             ledger::apply_draw(&mut next, consumable, &d);
-            let entry = (d.cost.0 > 0).then(|| {
+            let entry = (d.cost.get() > 0).then(|| {
                 LedgerEntry::after(
                     &next,
                     EntryKind::Consumption,
-                    Micros(-d.cost.0),
+                    Micros::new(-d.cost.get()),
                     now,
                     usage_description(consumable, quantity, d.from_allowance),
                 )
             });
             let outcome = Debited {
                 from_allowance: d.from_allowance,
-                from_credits: d.cost.0,
-                balance: next.balance.0,
+                from_credits: d.cost.get(),
+                balance: next.balance.get(),
                 transaction_id: entry.as_ref().map(|e| e.id.clone()),
             };
             Change { ledger: entry, ..Change::quiet(next, "usage", outcome) }.write()
@@ -116,7 +116,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let outcome = Reserved {
                 hold_id: hold_id.clone(),
                 consumable: consumable.to_string(),
-                reserved: hold.micros.0,
+                reserved: hold.micros.get(),
                 reserved_units: hold.units,
                 reserved_allowance_units: hold.allowance_units,
                 expires_at: clock::rfc3339(hold.expires_at),
@@ -151,11 +151,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let mut next = a.next(now);
                 next.holds.remove(hold_id);
                 let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
-                let entry = (s.from_credits.0 > 0).then(|| {
+                let entry = (s.from_credits.get() > 0).then(|| {
                     LedgerEntry::after(
                         &next,
                         EntryKind::Consumption,
-                        Micros(-s.from_credits.0),
+                        Micros::new(-s.from_credits.get()),
                         now,
                         usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
                     )
@@ -164,9 +164,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     hold_id: hold_id.to_string(),
                     from_hold: s.from_hold,
                     from_allowance: s.from_allowance,
-                    from_credits: s.from_credits.0,
+                    from_credits: s.from_credits.get(),
                     unbilled: s.unbilled,
-                    balance: next.balance.0,
+                    balance: next.balance.get(),
                     transaction_id: entry.as_ref().map(|e| e.id.clone()),
                 };
                 let record = HoldRecord {

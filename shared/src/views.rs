@@ -198,13 +198,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             account_id: a.id.clone(),
             plan: a.plan.clone(),
             unit: p.unit.clone(),
-            balance: a.balance.0,
-            available: a.available(now).0,
-            held: a.held(now).0,
+            balance: a.balance.get(),
+            available: a.available(now).get(),
+            held: a.held(now).get(),
             low_balance: a.balance <= threshold,
-            low_balance_threshold: threshold.0,
-            lifetime_added: a.lifetime_added.0,
-            lifetime_spent: a.lifetime_spent.0,
+            low_balance_threshold: threshold.get(),
+            lifetime_added: a.lifetime_added.get(),
+            lifetime_spent: a.lifetime_spent.get(),
             recent_transactions: recent.iter().map(LedgerEntry::view).collect(),
             allowances,
             auto_recharge: auto_recharge_view(p, &a, &month),
@@ -274,7 +274,7 @@ pub fn auto_recharge_view(p: &Profile, a: &Account, month: &str) -> AutoRecharge
     };
     let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
     let spent = if ar.used_month == month { ar.spent_this_month_cents } else { 0 };
-    let next_charge = crate::pricing::recharge_charge(p, &a.plan, ar.amount).map_or(0, |c| c.0);
+    let next_charge = crate::pricing::recharge_charge(p, &a.plan, ar.amount).map_or(0, |c| c.get());
     let over_money = ar.monthly_spend_max_cents.is_some_and(|cap| spent + next_charge > cap);
     let paused = if !plan_allows {
         Paused::new("plan", plan_unavailable_message(&a.plan))
@@ -299,8 +299,8 @@ pub fn auto_recharge_view(p: &Profile, a: &Account, month: &str) -> AutoRecharge
     let rules = &p.auto_recharge;
     AutoRechargeView {
         enabled: ar.enabled,
-        threshold: ar.threshold.0,
-        amount: (!rules.fixed_amount).then_some(ar.amount.0),
+        threshold: ar.threshold.get(),
+        amount: (!rules.fixed_amount).then_some(ar.amount.get()),
         monthly_max: ar.monthly_max,
         used_this_month: used,
         monthly_spend_max: ar.monthly_spend_max_cents,
@@ -309,10 +309,10 @@ pub fn auto_recharge_view(p: &Profile, a: &Account, month: &str) -> AutoRecharge
         paused,
         available_on_plan: plan_allows,
         limits: AutoRechargeLimits {
-            threshold_min: rules.threshold_min.0,
-            threshold_max: rules.threshold_max.map(|m| m.0),
-            amount_min: rules.amount_min.0,
-            amount_max: rules.amount_max.0,
+            threshold_min: rules.threshold_min.get(),
+            threshold_max: rules.threshold_max.map(|m| m.get()),
+            amount_min: rules.amount_min.get(),
+            amount_max: rules.amount_max.get(),
             monthly_max_default: rules.monthly_max_default,
             monthly_max_limit: plan.map_or(0, |pl| pl.monthly_reload_limit),
         },
@@ -339,7 +339,7 @@ pub fn purchase_options(p: &Profile, plan: &str) -> PurchaseOptions {
             currency,
             packages: packages
                 .iter()
-                .map(|k| PackageOption { id: k.id.clone(), price: k.price_cents, credits: k.credits.0 })
+                .map(|k| PackageOption { id: k.id.clone(), price: k.price_cents, credits: k.credits.get() })
                 .collect(),
             custom: custom.as_ref().map(|c| CustomOption { min: c.min_cents, max: c.max_cents }),
         },

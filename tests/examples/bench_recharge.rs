@@ -119,7 +119,7 @@ async fn main() {
             *dynamo_counts.entry(k).or_default() += v;
         }
         stripe_calls += stripe.take();
-        let balance = credits.account(&id).await.expect("account").balance.0;
+        let balance = credits.account(&id).await.expect("account").balance.get();
         assert_eq!(balance, 6 * C - 1_000_000 / 100 - 2 * C + 10 * C, "credited once");
     }
     let (plain, crossing, recharge, total) =

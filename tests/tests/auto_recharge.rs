@@ -60,7 +60,7 @@ async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> 
         metadata: vec![
             ("topup_account_id".into(), "acme".into()),
             ("topup_recharge_id".into(), claim.recharge_id.clone()),
-            ("topup_credits".into(), claim.credits.0.to_string()),
+            ("topup_credits".into(), claim.credits.get().to_string()),
         ],
     }
 }
@@ -458,7 +458,7 @@ async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode()
         assert!(r["result"] != "credited", "{r}");
     }
     let a = w.credits.account(&id).await.expect("account");
-    assert_eq!((a.balance.0, a.auto_recharge.used_this_month), (5 * C, 1), "one recharge in the episode");
+    assert_eq!((a.balance.get(), a.auto_recharge.used_this_month), (5 * C, 1), "one recharge in the episode");
     // Above the threshold, then back down: a new episode, a new recharge.
     w.grant(&id, C).await;
     let included = w.included(&id, "runs").await;

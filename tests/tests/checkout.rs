@@ -434,7 +434,7 @@ async fn a_refund_leaves_what_open_holds_reserve() {
         ))
         .await;
     assert_eq!(s, 201, "{hold}");
-    let held = w.credits.account(&id).await.expect("account").held(topup::clock::now_ms()).0;
+    let held = w.credits.account(&id).await.expect("account").held(topup::clock::now_ms()).get();
     assert!(held > 0 && held < 20 * C, "the hold reserves some credits: {held}");
     // The whole purchase refunded while the session runs.
     let pi = paid["payment_intent"].as_str().expect("pi");

@@ -825,10 +825,10 @@ impl Schedule {
         if claims.len() != recharges.len() {
             self.fail(format!("a recharge was charged twice: {recharges:?}"));
         }
-        let low = |b: i64| self.trigger.is_low(Micros(b), Micros(self.threshold));
-        let episodes = ledger.iter().filter(|e| e.amount.0 < 0 && low(e.balance_after.0) && !low(e.balance_after.0 - e.amount.0)).count()
+        let low = |b: i64| self.trigger.is_low(Micros::new(b), Micros::new(self.threshold));
+        let episodes = ledger.iter().filter(|e| e.amount.get() < 0 && low(e.balance_after.get()) && !low(e.balance_after.get() - e.amount.get())).count()
             // an account that starts low is in an episode already
-            + usize::from(ledger.first().is_some_and(|e| low(e.balance_after.0 - e.amount.0)) || ledger.is_empty());
+            + usize::from(ledger.first().is_some_and(|e| low(e.balance_after.get() - e.amount.get())) || ledger.is_empty());
         let succeeded = recharges.iter().filter(|p| p.status == "succeeded").count();
         if self.declining_card {
             // §10.6: not retried automatically — only a purchase (which lifts the suspension)
@@ -854,8 +854,8 @@ impl Schedule {
         }
         // Holds never hold more than the balance.
         let now = topup::clock::now_ms();
-        if account.held(now).0 > account.balance.0 {
-            self.fail(format!("holds of {} exceed the balance {}", account.held(now).0, account.balance.0));
+        if account.held(now).get() > account.balance.get() {
+            self.fail(format!("holds of {} exceed the balance {}", account.held(now).get(), account.balance.get()));
         }
     }
 }

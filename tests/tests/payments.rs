@@ -13,7 +13,7 @@ fn paid(id: &str, credits: i64) -> Payment {
     Payment {
         payment_id: id.into(),
         kind: EntryKind::Purchase,
-        credits: Micros(credits),
+        credits: Micros::new(credits),
         charge_cents: credits / 10_000,
         reference: "pur_test".into(),
         description: "$10.00 of credits".into(),

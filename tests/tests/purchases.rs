@@ -18,7 +18,7 @@ async fn a_purchase_is_priced_by_the_server_and_idempotent_per_key() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let p = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("record");
-    assert_eq!((p.status, p.charge.0, p.credits.0), (PurchaseStatus::Pending, 1000, 10 * C), "default $10");
+    assert_eq!((p.status, p.charge.get(), p.credits.get()), (PurchaseStatus::Pending, 1000, 10 * C), "default $10");
     assert_eq!(p.view().message, None);
     // The same key and request: the same purchase. Another request under the key: 409.
     let again = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("replay");
@@ -48,7 +48,7 @@ async fn a_bank_debit_goes_processing_then_credits_once() {
     w.account("clinic", "free").await;
     let choice = PurchaseChoice { blocks: Some(2), ..Default::default() };
     let p = w.credits.record_purchase("clinic", &choice, Some("buy-2")).await.expect("record");
-    assert_eq!((p.charge.0, p.credits.0), (5_600, 200 * C), "2 blocks at $0.28/min");
+    assert_eq!((p.charge.get(), p.credits.get()), (5_600, 200 * C), "2 blocks at $0.28/min");
     let p = w.credits.attach_checkout("clinic", &p.purchase_id, "cs_test_1").await.expect("attach");
     assert_eq!(p.checkout_session_id.as_deref(), Some("cs_test_1"));
     let p = w.credits.purchase_processing("clinic", &p.purchase_id).await.expect("processing");

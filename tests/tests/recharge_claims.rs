@@ -49,7 +49,7 @@ async fn fifty_concurrent_triggers_claim_one_recharge() {
         }
     }
     assert_eq!(claims.len(), 1, "one claim for one low balance");
-    assert_eq!((claims[0].credits.0, claims[0].charge_cents), (10 * C, 1000));
+    assert_eq!((claims[0].credits.get(), claims[0].charge_cents), (10 * C, 1000));
     assert_eq!(w.view("acme").await["auto_recharge"]["used_this_month"], 1);
 }
 
@@ -130,7 +130,7 @@ async fn the_monthly_cap_pauses_with_the_seeds_message() {
     let RechargeDecision::Claimed(claim) = w.credits.claim_recharge("clinic").await.expect("claim") else {
         panic!("not claimed")
     };
-    assert_eq!((claim.credits.0, claim.charge_cents), (100 * C, 2000), "one block at the Pro rate");
+    assert_eq!((claim.credits.get(), claim.charge_cents), (100 * C, 2000), "one block at the Pro rate");
     w.credits.complete_recharge("clinic", &claim, "pi_block").await.expect("complete");
     w.usage("clinic", "voice_minutes", 1_000).await; // the plan's minutes
     w.usage("clinic", "voice_minutes", 100).await; // 105 → 5

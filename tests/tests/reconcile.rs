@@ -80,13 +80,13 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     let forged = topup::crediting::Payment {
         payment_id: "pi_never_paid".into(),
         kind: topup::ledger::EntryKind::Purchase,
-        credits: topup::money::Micros(7 * C),
+        credits: topup::money::Micros::new(7 * C),
         charge_cents: 700,
         reference: "pur_none".into(),
         description: "forged".into(),
     };
     w.credits.credit_payment(&id, &forged).await.expect("credit");
-    w.edit_account(&id, |a| a.balance = topup::money::Micros(a.balance.0 + 5)).await;
+    w.edit_account(&id, |a| a.balance = topup::money::Micros::new(a.balance.get() + 5)).await;
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
     assert_eq!(codes(&report.differences), BTreeSet::from(["balance_not_ledger_sum", "credited_without_payment"]));
     let forged = report.differences.iter().find(|d| d.code == "credited_without_payment").expect("forged");
@@ -97,7 +97,7 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     let pi = credited["payment_intent"].as_str().expect("pi").to_string();
     w.edit_account(&id, |a| {
         a.refunded.insert(pi.clone(), 40 * C);
-        a.lifetime_added = topup::money::Micros(a.lifetime_added.0 + 1);
+        a.lifetime_added = topup::money::Micros::new(a.lifetime_added.get() + 1);
     })
     .await;
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
