@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
+use crate::ids::RechargeId;
 use crate::money::Micros;
 use crate::profile::Profile;
 
@@ -84,7 +85,7 @@ pub struct AutoRecharge {
 /// derived from it, so a recovered claim can never charge twice).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RechargeClaim {
-    pub recharge_id: String,
+    pub recharge_id: RechargeId,
     pub claimed_at: i64,
     pub credits: Micros,
     pub charge_cents: i64,

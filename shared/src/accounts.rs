@@ -8,6 +8,7 @@ use crate::clock;
 use crate::engine::{upstream, Change, Claim, Credits};
 use crate::error::ApiError;
 use crate::events::EventBus;
+use crate::ids::IdempotencyKey;
 use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
 use crate::store::{Commit, CommitError, Store};
@@ -97,7 +98,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// `POST /v1/accounts/{id}/credits/adjustments`: a signed grant or correction.
-    pub async fn adjust(&self, id: &str, amount: i64, reason: &str, key: &str) -> Result<EntryView, ApiError> {
+    pub async fn adjust(
+        &self,
+        id: &str,
+        amount: i64,
+        reason: &str,
+        key: &IdempotencyKey,
+    ) -> Result<EntryView, ApiError> {
         if amount == 0 || amount.unsigned_abs() > MAX_ADJUSTMENT.unsigned_abs() {
             return Err(ApiError::rule(
                 "invalid_amount",
@@ -105,7 +112,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             ));
         }
         let claim = Claim {
-            scope_key: format!("adjustment:{key}"),
+            scope_key: format!("adjustment:{}", key.as_str()),
             hash: request_hash(&json!({"amount": amount, "reason": reason})),
             permanent: false,
         };
@@ -140,6 +147,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 mod tests {
     use super::*;
     use crate::engine::memory_credits;
+    use crate::ids::key;
 
     #[tokio::test]
     async fn an_upgrade_from_a_plan_without_reloads_restores_the_default_maximum() {
@@ -155,8 +163,11 @@ mod tests {
         let c = memory_credits("usd-overage");
         c.upsert_account("a", "free", vec![]).await.unwrap();
         for amount in [0, i64::MIN, i64::MAX, MAX_ADJUSTMENT + 1, -MAX_ADJUSTMENT - 1] {
-            assert_eq!(c.adjust("a", amount, "x", &format!("k{amount}")).await.unwrap_err().code(), "invalid_amount");
+            assert_eq!(
+                c.adjust("a", amount, "x", &key(&format!("k{amount}"))).await.unwrap_err().code(),
+                "invalid_amount"
+            );
         }
-        assert_eq!(c.adjust("a", MAX_ADJUSTMENT, "x", "max").await.unwrap().amount, MAX_ADJUSTMENT);
+        assert_eq!(c.adjust("a", MAX_ADJUSTMENT, "x", &key("max")).await.unwrap().amount, MAX_ADJUSTMENT);
     }
 }

@@ -8,6 +8,7 @@ use crate::account::PaymentMethod;
 use crate::engine::{Change, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
+use crate::ids::IdempotencyKey;
 use crate::payments::Purchases;
 use crate::store::Store;
 
@@ -42,14 +43,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         &self,
         payments: &P,
         id: &str,
-        key: Option<&str>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<CardSetupStarted, ApiError> {
         let customer = self.ensure_customer(payments, id).await?;
         // Stripe's keys are at most 255 characters: the client's key (up to 255 itself) is hashed.
         let key = match key {
             Some(k) => {
                 use sha2::{Digest, Sha256};
-                let digest = Sha256::digest(format!("{id}\u{0}{k}").as_bytes());
+                let digest = Sha256::digest(format!("{id}\u{0}{}", k.as_str()).as_bytes());
                 let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
                 format!("topup-setup-{hex}")
             }

@@ -6,6 +6,7 @@ use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::events::{CreditsAdded, DomainEvent, Event, RechargeSucceeded};
+use crate::ids::RechargeId;
 use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
 use crate::pricing::format_credits;
@@ -70,14 +71,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     EntryKind::Purchase => next.auto_recharge.suspended = false,
                     _ => {
                         let ar = &mut next.auto_recharge;
-                        if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id == payment.reference) {
+                        if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id.as_str() == payment.reference) {
                             ar.in_flight = None;
                         }
                         events.push(DomainEvent::new(
                             id,
                             now,
                             Event::AutoRechargeSucceeded(RechargeSucceeded {
-                                recharge_id: payment.reference.clone(),
+                                recharge_id: RechargeId::new(payment.reference.clone()),
                                 payment_id: payment.payment_id.clone(),
                                 credits: payment.credits.get(),
                                 charge,

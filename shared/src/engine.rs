@@ -123,14 +123,6 @@ fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, Api
     })
 }
 
-/// Validates a client-chosen key: non-empty, at most 255 printable ASCII characters.
-pub fn check_key(field: &str, key: &str) -> Result<(), ApiError> {
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(ApiError::invalid(format!("`{field}` must be 1 to 255 printable characters without spaces.")));
-    }
-    Ok(())
-}
-
 impl<S: Store, B: EventBus> Credits<S, B> {
     pub fn new(profile: Profile, store: S, bus: B) -> Self {
         let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
@@ -321,6 +313,7 @@ mod tests {
     //! Fast tests over the in-memory store and bus; the same behaviour is tested against the
     //! emulators in `tests/`.
     use super::*;
+    use crate::ids::key;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
@@ -336,14 +329,14 @@ mod tests {
         let one = Credits::new(p.clone(), store.clone(), bus.clone());
         let two = Credits::new(p, store.clone(), bus.clone());
         one.upsert_account("a", "free", vec![]).await.unwrap();
-        one.debit("a", "runs", 1_000, "allowance").await.unwrap();
-        one.adjust("a", C, "grant", "g").await.unwrap();
+        one.debit("a", "runs", 1_000, &key("allowance")).await.unwrap();
+        one.adjust("a", C, "grant", &key("g")).await.unwrap();
         // `two` caches the account, then `one` spends most of it.
-        two.debit("a", "runs", 10, "t1").await.unwrap();
-        one.debit("a", "runs", 85, "o1").await.unwrap();
+        two.debit("a", "runs", 10, &key("t1")).await.unwrap();
+        one.debit("a", "runs", 85, &key("o1")).await.unwrap();
         // `two` plans on its stale cache (0.9 left), the CAS refuses, the fresh state (0.05
         // left) refuses 10 runs with 402, and the balance never went negative.
-        let e = two.debit("a", "runs", 10, "t2").await.unwrap_err();
+        let e = two.debit("a", "runs", 10, &key("t2")).await.unwrap_err();
         assert_eq!(e.code(), "out_of_credits");
         let a = store.load_account("a").await.unwrap().unwrap();
         assert_eq!(a.balance.get(), C - 95 * 10_000);
@@ -353,10 +346,10 @@ mod tests {
     async fn a_failed_publish_leaves_the_event_in_the_outbox() {
         let c = memory_credits("usd-overage");
         c.upsert_account("a", "free", vec![]).await.unwrap();
-        c.debit("a", "api_calls", 1_000, "allowance").await.unwrap();
-        c.adjust("a", 6 * C, "grant", "g").await.unwrap();
+        c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
+        c.adjust("a", 6 * C, "grant", &key("g")).await.unwrap();
         c.bus.fail.store(true, Ordering::SeqCst);
-        c.debit("a", "api_calls", 2_000, "cross").await.unwrap();
+        c.debit("a", "api_calls", 2_000, &key("cross")).await.unwrap();
         let pending = c.store.pending_outbox(10).await.unwrap();
         assert_eq!(pending.iter().map(|e| e.detail_type()).collect::<Vec<_>>(), ["BalanceLow"]);
         c.bus.fail.store(false, Ordering::SeqCst);

@@ -9,6 +9,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::ids::{PurchaseId, RechargeId};
 use crate::ledger::{new_id, EntryKind};
 use crate::purchases::{Charge, PurchaseStatus};
 use crate::store::{Store, StoreError};
@@ -152,7 +153,7 @@ pub struct CreditsAdded {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RechargeSucceeded {
-    pub recharge_id: String,
+    pub recharge_id: RechargeId,
     pub payment_id: String,
     pub credits: i64,
     pub charge: Charge,
@@ -161,7 +162,7 @@ pub struct RechargeSucceeded {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RechargeFailed {
-    pub recharge_id: String,
+    pub recharge_id: RechargeId,
     pub code: String,
     pub decline_code: Option<String>,
     pub do_not_retry: bool,
@@ -180,7 +181,7 @@ pub struct RechargePaused {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseMoved {
-    pub purchase_id: String,
+    pub purchase_id: PurchaseId,
     pub status: PurchaseStatus,
     pub message: Option<String>,
     pub credits: i64,

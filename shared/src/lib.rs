@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod notify;

@@ -11,6 +11,7 @@ use crate::engine::{upstream, Applied, Change, Credits, MAX_ATTEMPTS};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::events::{DomainEvent, Event, PurchaseMoved};
+use crate::ids::{IdempotencyKey, PurchaseId};
 use crate::ledger::{request_hash, EntryKind};
 use crate::money::{Cents, Micros};
 use crate::payments::{CheckoutRequest, CheckoutUi, Purchases};
@@ -46,7 +47,7 @@ impl PurchaseStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseRecord {
-    pub purchase_id: String,
+    pub purchase_id: PurchaseId,
     pub account_id: String,
     pub status: PurchaseStatus,
     pub charge: Cents,
@@ -98,7 +99,7 @@ pub struct Charge {
 /// A purchase as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseView {
-    pub purchase_id: String,
+    pub purchase_id: PurchaseId,
     pub status: PurchaseStatus,
     pub message: Option<String>,
     pub charge: Charge,
@@ -133,14 +134,14 @@ pub enum PurchaseStarted {
 
 /// A purchase id: derived from the account and the client's `Idempotency-Key`, so a retry
 /// names the same purchase; random without a key.
-pub fn purchase_id(account_id: &str, idempotency_key: Option<&str>) -> String {
+pub fn purchase_id(account_id: &str, idempotency_key: Option<&IdempotencyKey>) -> PurchaseId {
     match idempotency_key {
         Some(key) => {
-            let d = Sha256::digest(format!("{account_id}\u{0}{key}").as_bytes());
+            let d = Sha256::digest(format!("{account_id}\u{0}{}", key.as_str()).as_bytes());
             let hex: String = d.iter().take(12).map(|b| format!("{b:02x}")).collect();
-            format!("pur_{hex}")
+            PurchaseId::new(format!("pur_{hex}"))
         }
-        None => crate::ledger::new_id("pur"),
+        None => PurchaseId::new(crate::ledger::new_id("pur")),
     }
 }
 
@@ -154,7 +155,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         payments: &P,
         id: &str,
         choice: &PurchaseChoice,
-        key: Option<&str>,
+        key: Option<&IdempotencyKey>,
         ui: &CheckoutUi,
     ) -> Result<PurchaseStarted, ApiError> {
         let record = self.record_purchase(id, choice, key).await?;
@@ -168,12 +169,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             amount_cents: record.charge.get(),
             currency: record.currency.clone(),
             description: record.description.clone(),
-            reference: record.purchase_id.clone(),
+            reference: record.purchase_id.to_string(),
             ui: ui.clone(),
             idempotency_key: format!("topup-checkout-{}", record.purchase_id),
             metadata: vec![
                 ("topup_account_id".into(), id.to_string()),
-                ("topup_purchase_id".into(), record.purchase_id.clone()),
+                ("topup_purchase_id".into(), record.purchase_id.to_string()),
             ],
         };
         let session = payments.create_checkout(&request).await?;
@@ -192,7 +193,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         &self,
         id: &str,
         choice: &PurchaseChoice,
-        key: Option<&str>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<PurchaseRecord, ApiError> {
         let account = self.load(id).await?;
         let quote = pricing::quote(&self.profile, &account.plan, choice)?;
@@ -227,7 +228,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// The purchase as its status route shows it: with the balance once it has succeeded.
-    pub async fn purchase_status(&self, id: &str, purchase_id: &str) -> Result<PurchaseStatusView, ApiError> {
+    pub async fn purchase_status(&self, id: &str, purchase_id: &PurchaseId) -> Result<PurchaseStatusView, ApiError> {
         let record = self.purchase(id, purchase_id).await?;
         let balance = match record.status {
             PurchaseStatus::Succeeded => Some(self.account(id).await?.balance.get()),
@@ -236,9 +237,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Ok(PurchaseStatusView { purchase: record.view(), balance })
     }
 
-    pub async fn purchase(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+    pub async fn purchase(&self, id: &str, purchase_id: &PurchaseId) -> Result<PurchaseRecord, ApiError> {
         self.store
-            .load_purchase(id, purchase_id)
+            .load_purchase(id, purchase_id.as_str())
             .await
             .map_err(upstream)?
             .ok_or_else(|| ApiError::NotFound("purchase_not_found", "No purchase with this id exists.".into()))
@@ -249,7 +250,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     async fn move_purchase(
         &self,
         id: &str,
-        purchase_id: &str,
+        purchase_id: &PurchaseId,
         from: &[PurchaseStatus],
         edit: impl Fn(&mut PurchaseRecord),
     ) -> Result<PurchaseRecord, ApiError> {
@@ -279,7 +280,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn attach_checkout(
         &self,
         id: &str,
-        purchase_id: &str,
+        purchase_id: &PurchaseId,
         session_id: &str,
     ) -> Result<PurchaseRecord, ApiError> {
         let session = session_id.to_string();
@@ -291,13 +292,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// Checkout completed but the payment settles later (bank debits): `processing`, with a
     /// `PurchaseProcessing` event.
-    pub async fn purchase_processing(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+    pub async fn purchase_processing(&self, id: &str, purchase_id: &PurchaseId) -> Result<PurchaseRecord, ApiError> {
         self.move_purchase_announced(id, purchase_id, &[PurchaseStatus::Pending], PurchaseStatus::Processing).await
     }
 
     /// The payment failed: `failed`, never credited, with a `PurchaseFailed` event (seed 000:
     /// the customer is told).
-    pub async fn purchase_failed(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+    pub async fn purchase_failed(&self, id: &str, purchase_id: &PurchaseId) -> Result<PurchaseRecord, ApiError> {
         self.move_purchase_announced(
             id,
             purchase_id,
@@ -314,7 +315,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     async fn move_purchase_announced(
         &self,
         id: &str,
-        purchase_id: &str,
+        purchase_id: &PurchaseId,
         from: &[PurchaseStatus],
         to: PurchaseStatus,
     ) -> Result<PurchaseRecord, ApiError> {
@@ -360,7 +361,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// The Checkout Session expired unpaid.
-    pub async fn purchase_expired(&self, id: &str, purchase_id: &str) -> Result<PurchaseRecord, ApiError> {
+    pub async fn purchase_expired(&self, id: &str, purchase_id: &PurchaseId) -> Result<PurchaseRecord, ApiError> {
         self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| p.status = PurchaseStatus::Expired).await
     }
 
@@ -369,7 +370,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn purchase_paid(
         &self,
         id: &str,
-        purchase_id: &str,
+        purchase_id: &PurchaseId,
         payment_intent_id: &str,
     ) -> Result<PurchaseRecord, ApiError> {
         for _ in 0..MAX_ATTEMPTS {
@@ -401,12 +402,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::key;
 
     #[test]
     fn ids_are_stable_per_key_and_account() {
-        assert_eq!(purchase_id("a", Some("k")), purchase_id("a", Some("k")));
-        assert_ne!(purchase_id("a", Some("k")), purchase_id("b", Some("k")));
+        assert_eq!(purchase_id("a", Some(&key("k"))), purchase_id("a", Some(&key("k"))));
+        assert_ne!(purchase_id("a", Some(&key("k"))), purchase_id("b", Some(&key("k"))));
         assert_ne!(purchase_id("a", None), purchase_id("a", None));
-        assert!(purchase_id("a", Some("k")).starts_with("pur_"));
+        assert!(purchase_id("a", Some(&key("k"))).as_str().starts_with("pur_"));
     }
 }

@@ -13,6 +13,7 @@ use crate::engine::{Change, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::{redeliver_outbox, EventBus};
 use crate::events::{DomainEvent, Event, RechargeFailed, RechargePaused};
+use crate::ids::RechargeId;
 use crate::ledger::{new_id, EntryKind, EntryView};
 use crate::money::Micros;
 use crate::payments::{ChargeOutcome, OffSessionCharge, Payments};
@@ -134,7 +135,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             idempotency_key: charge_key(claim),
             metadata: vec![
                 ("topup_account_id".into(), id.to_string()),
-                ("topup_recharge_id".into(), claim.recharge_id.clone()),
+                ("topup_recharge_id".into(), claim.recharge_id.to_string()),
                 // What the payment buys, so its webhook can credit it even after the claim is
                 // gone (a charge recorded as failed that the bank later lets through).
                 ("topup_credits".into(), claim.credits.get().to_string()),
@@ -186,7 +187,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// the cap holds even with a charge in flight; a failed charge gives it back.
     pub async fn claim_recharge(&self, id: &str) -> Result<RechargeDecision, ApiError> {
         let p = &self.profile;
-        let recharge_id = new_id("rch");
+        let recharge_id = RechargeId::new(new_id("rch"));
         self.apply(id, None, |a, now| {
             let mut next = a.next(now);
             let ar = &next.auto_recharge;
@@ -264,7 +265,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             kind: EntryKind::AutoRecharge,
             credits: claim.credits,
             charge_cents: claim.charge_cents,
-            reference: claim.recharge_id.clone(),
+            reference: claim.recharge_id.to_string(),
             description: format!("Auto-recharge of {}", format_credits(&self.profile, claim.credits)),
         };
         self.credit(id, &payment, None).await?.done()
@@ -278,17 +279,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn recharge_paid(
         &self,
         id: &str,
-        recharge_id: &str,
+        recharge_id: &RechargeId,
         payment_intent_id: &str,
         named_credits: Option<i64>,
         received_cents: Option<i64>,
     ) -> Result<Option<EntryView>, ApiError> {
         let account = self.account(id).await?;
-        let claim = match account.auto_recharge.in_flight.filter(|c| c.recharge_id == recharge_id) {
+        let claim = match account.auto_recharge.in_flight.filter(|c| &c.recharge_id == recharge_id) {
             Some(claim) => claim,
             None => match (named_credits, received_cents) {
                 (Some(c), Some(cents)) if c > 0 => RechargeClaim {
-                    recharge_id: recharge_id.to_string(),
+                    recharge_id: recharge_id.clone(),
                     claimed_at: 0,
                     credits: Micros::new(c),
                     charge_cents: cents,
@@ -304,9 +305,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// and its count are given back, and auto-recharge is suspended until a new card or a
     /// manual purchase — no automatic retry (seed 000). Emits `AutoRechargeFailed`. A claim that
     /// is no longer in flight (completed or failed already) is left alone: `false`.
-    pub async fn fail_recharge(&self, id: &str, recharge_id: &str, failure: &RechargeError) -> Result<bool, ApiError> {
+    pub async fn fail_recharge(
+        &self,
+        id: &str,
+        recharge_id: &RechargeId,
+        failure: &RechargeError,
+    ) -> Result<bool, ApiError> {
         self.apply(id, None, |a, now| {
-            if a.auto_recharge.in_flight.as_ref().is_none_or(|c| c.recharge_id != recharge_id) {
+            if a.auto_recharge.in_flight.as_ref().is_none_or(|c| &c.recharge_id != recharge_id) {
                 return Ok(Plan::AlreadySo(false));
             }
             let mut next = a.next(now);
@@ -323,7 +329,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 id,
                 now,
                 Event::AutoRechargeFailed(RechargeFailed {
-                    recharge_id: recharge_id.to_string(),
+                    recharge_id: recharge_id.clone(),
                     code: failure.code.clone(),
                     decline_code: failure.decline_code.clone(),
                     do_not_retry: failure.do_not_retry(),

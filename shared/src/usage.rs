@@ -9,6 +9,7 @@ use crate::clock;
 use crate::engine::{upstream, Applied, Change, Claim, Credits};
 use crate::error::ApiError;
 use crate::events::EventBus;
+use crate::ids::IdempotencyKey;
 use crate::ledger::{self, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, LedgerEntry};
 use crate::money::Micros;
 use crate::store::{HoldWrite, Store};
@@ -51,9 +52,15 @@ pub struct Settled {
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// `POST /v1/accounts/{id}/usage`: the month's allowance first, then credits at the plan's
     /// rate; refused (402) when both are exhausted. One commit with its entry and key.
-    pub async fn debit(&self, id: &str, consumable: &str, quantity: i64, key: &str) -> Result<Debited, ApiError> {
+    pub async fn debit(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        key: &IdempotencyKey,
+    ) -> Result<Debited, ApiError> {
         let claim = Claim {
-            scope_key: format!("usage:{key}"),
+            scope_key: format!("usage:{}", key.as_str()),
             hash: request_hash(&json!({"consumable": consumable, "quantity": quantity})),
             permanent: false,
         };
@@ -91,13 +98,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         consumable: &str,
         quantity: i64,
         ttl_seconds: i64,
-        key: &str,
+        key: &IdempotencyKey,
     ) -> Result<Reserved, ApiError> {
         if !(1..=86_400).contains(&ttl_seconds) {
             return Err(ApiError::rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
         }
         let claim = Claim {
-            scope_key: format!("hold:{key}"),
+            scope_key: format!("hold:{}", key.as_str()),
             hash: request_hash(&json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds})),
             permanent: false,
         };

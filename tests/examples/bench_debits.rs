@@ -170,9 +170,9 @@ async fn handler_setup(
     for a in &accounts {
         let saved = credits.upsert_account(a, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(saved, topup::accounts::AccountSaved::Created(_)), "{saved:?}");
-        credits.adjust(a, 1_000 * C, "bench", &unique("g")).await.unwrap_or_else(|e| panic!("{e}"));
+        credits.adjust(a, 1_000 * C, "bench", &key(&unique("g"))).await.unwrap_or_else(|e| panic!("{e}"));
         // Past the allowance so every debit draws credits.
-        credits.debit(a, "api_calls", 1_000, &unique("warm")).await.unwrap_or_else(|e| panic!("{e}"));
+        credits.debit(a, "api_calls", 1_000, &key(&unique("warm"))).await.unwrap_or_else(|e| panic!("{e}"));
     }
     (cfg, credits, accounts)
 }

@@ -83,9 +83,9 @@ async fn main() {
             monthly_spend_max: None,
         };
         credits.set_auto_recharge(&id, &input).await.unwrap_or_else(|e| panic!("{e}"));
-        credits.adjust(&id, 6 * C, "bench", &unique("g")).await.unwrap_or_else(|e| panic!("{e}"));
+        credits.adjust(&id, 6 * C, "bench", &key(&unique("g"))).await.unwrap_or_else(|e| panic!("{e}"));
         // Past the month's allowance, so the next debits draw credits.
-        credits.debit(&id, "api_calls", 1_000, &unique("warm")).await.unwrap_or_else(|e| panic!("{e}"));
+        credits.debit(&id, "api_calls", 1_000, &key(&unique("warm"))).await.unwrap_or_else(|e| panic!("{e}"));
 
         let usage = |quantity: i64| {
             post(

@@ -53,6 +53,11 @@ pub struct World {
     pub aws: aws_config::SdkConfig,
 }
 
+/// An idempotency key for a test, checked like any other.
+pub fn key(k: &str) -> topup::ids::IdempotencyKey {
+    topup::ids::IdempotencyKey::parse("idempotency_key", k).unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }

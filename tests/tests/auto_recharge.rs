@@ -59,7 +59,7 @@ async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> 
         idempotency_key: charge_key(claim),
         metadata: vec![
             ("topup_account_id".into(), "acme".into()),
-            ("topup_recharge_id".into(), claim.recharge_id.clone()),
+            ("topup_recharge_id".into(), claim.recharge_id.to_string()),
             ("topup_credits".into(), claim.credits.get().to_string()),
         ],
     }

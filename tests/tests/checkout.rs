@@ -334,7 +334,7 @@ async fn stripe_down_leaves_nothing_that_could_credit_and_a_retry_resumes() {
     assert_eq!((s, b["error"]["code"].as_str()), (503, Some("payment_provider_unavailable")), "{b}");
     assert!(!b.to_string().contains("127.0.0.1"), "no upstream detail in the response: {b}");
     // The purchase is pending with no session: there is nothing anyone could pay.
-    let id = topup::purchases::purchase_id("acme", Some("k-down"));
+    let id = topup::purchases::purchase_id("acme", Some(&key("k-down")));
     let p = w.credits.purchase("acme", &id).await.expect("recorded");
     assert_eq!((p.status.as_str(), p.checkout_session_id.as_deref()), ("pending", None));
     // Stripe is back; the client's retry opens the session for the same purchase.

@@ -22,7 +22,7 @@ async fn an_event_the_bus_refuses_stays_in_the_outbox_until_redelivered() {
     let store = DynamoStore::new(w.dynamo.clone(), w.config.table.clone());
     let broken = EventBridgeBus::new(w.events.clone(), "no-such-bus");
     let credits = Credits::new(w.config.profile.clone(), store.clone(), broken.clone());
-    let debited = credits.debit("acme", "api_calls", 2_000, "cross").await.unwrap_or_else(|e| panic!("{e}"));
+    let debited = credits.debit("acme", "api_calls", 2_000, &key("cross")).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(debited.balance, 4 * C, "the debit itself succeeds");
 
     let pending = store.pending_outbox(10).await.expect("outbox");
@@ -53,7 +53,7 @@ async fn the_next_successful_publication_redelivers_what_was_left() {
     let store = DynamoStore::new(w.dynamo.clone(), w.config.table.clone());
     let broken =
         Credits::new(w.config.profile.clone(), store.clone(), EventBridgeBus::new(w.events.clone(), "no-such-bus"));
-    broken.debit("acme", "api_calls", 2_000, "cross").await.unwrap_or_else(|e| panic!("{e}"));
+    broken.debit("acme", "api_calls", 2_000, &key("cross")).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store.pending_outbox(10).await.expect("outbox").len(), 1, "BalanceLow left behind");
     // Through the healthy bus, a debit to zero publishes BalanceDepleted and the left BalanceLow.
     let (s, b) = w.usage("acme", "api_calls", 4_000).await;

@@ -17,13 +17,13 @@ fn amount(cents: i64) -> PurchaseChoice {
 async fn a_purchase_is_priced_by_the_server_and_idempotent_per_key() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
-    let p = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("record");
+    let p = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some(&key("k1"))).await.expect("record");
     assert_eq!((p.status, p.charge.get(), p.credits.get()), (PurchaseStatus::Pending, 1000, 10 * C), "default $10");
     assert_eq!(p.view().message, None);
     // The same key and request: the same purchase. Another request under the key: 409.
-    let again = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some("k1")).await.expect("replay");
+    let again = w.credits.record_purchase("acme", &PurchaseChoice::default(), Some(&key("k1"))).await.expect("replay");
     assert_eq!(again, p);
-    let e = w.credits.record_purchase("acme", &amount(2000), Some("k1")).await.expect_err("conflict");
+    let e = w.credits.record_purchase("acme", &amount(2000), Some(&key("k1"))).await.expect_err("conflict");
     assert_eq!(e.code(), "idempotency_conflict");
     // Without a key every request is a new purchase.
     let a = w.credits.record_purchase("acme", &amount(500), None).await.expect("a");
@@ -47,7 +47,7 @@ async fn a_bank_debit_goes_processing_then_credits_once() {
     let observer = w.observe_bus().await;
     w.account("clinic", "free").await;
     let choice = PurchaseChoice { blocks: Some(2), ..Default::default() };
-    let p = w.credits.record_purchase("clinic", &choice, Some("buy-2")).await.expect("record");
+    let p = w.credits.record_purchase("clinic", &choice, Some(&key("buy-2"))).await.expect("record");
     assert_eq!((p.charge.get(), p.credits.get()), (5_600, 200 * C), "2 blocks at $0.28/min");
     let p = w.credits.attach_checkout("clinic", &p.purchase_id, "cs_test_1").await.expect("attach");
     assert_eq!(p.checkout_session_id.as_deref(), Some("cs_test_1"));
@@ -120,7 +120,10 @@ async fn a_failed_payment_is_never_credited_and_says_so() {
         w.credits.purchase_expired("org", &q.purchase_id).await.expect("expired").status,
         PurchaseStatus::Expired
     );
-    assert_eq!(w.credits.purchase("org", "pur_nope").await.expect_err("404").code(), "purchase_not_found");
+    assert_eq!(
+        w.credits.purchase("org", &topup::ids::PurchaseId::new("pur_nope")).await.expect_err("404").code(),
+        "purchase_not_found"
+    );
     w.assert_invariants("org").await;
 }
 

@@ -14,9 +14,10 @@ use serde_json::Value;
 use topup::account::Contact;
 use topup::accounts::AccountSaved;
 use topup::auth::Access;
-use topup::engine::{check_key, Credits};
+use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::http::{check_id, identity, json_object, respond, segments, Reply};
+use topup::ids::IdempotencyKey;
 use topup::recharge::AutoRechargeInput;
 use topup::store::Store;
 use topup::views::decode_cursor;
@@ -145,9 +146,8 @@ async fn route_request<S: Store, B: EventBus>(
             if reason.is_empty() || reason.chars().count() > 500 {
                 return Err(ApiError::invalid("`reason` must be 1 to 500 characters."));
             }
-            let key = body.str("idempotency_key")?;
-            check_key("idempotency_key", key)?;
-            Reply::created(&credits.adjust(id, amount, reason, key).await?)
+            let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
+            Reply::created(&credits.adjust(id, amount, reason, &key).await?)
         }
     }
 }

@@ -6,9 +6,10 @@
 
 use lambda_http::{Body, Request, Response};
 use topup::auth::Access;
-use topup::engine::{check_key, Credits};
+use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::http::{check_id, identity, json_object, respond, segments, Reply};
+use topup::ids::IdempotencyKey;
 use topup::store::Store;
 use topup::{ApiError, Config};
 
@@ -75,18 +76,16 @@ async fn route_request<S: Store, B: EventBus>(
             let body = json_object(req, &["consumable", "quantity", "idempotency_key"])?;
             let consumable = body.str("consumable")?;
             let quantity = body.i64("quantity")?;
-            let key = body.str("idempotency_key")?;
-            check_key("idempotency_key", key)?;
-            Reply::ok(&credits.debit(account_id, consumable, quantity, key).await?)
+            let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
+            Reply::ok(&credits.debit(account_id, consumable, quantity, &key).await?)
         }
         Route::Hold { .. } => {
             let body = json_object(req, &["consumable", "quantity", "idempotency_key", "ttl_seconds"])?;
             let consumable = body.str("consumable")?;
             let quantity = body.i64("quantity")?;
-            let key = body.str("idempotency_key")?;
-            check_key("idempotency_key", key)?;
+            let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
             let ttl = body.opt_i64("ttl_seconds")?.unwrap_or(DEFAULT_HOLD_TTL_SECONDS);
-            Reply::created(&credits.reserve(account_id, consumable, quantity, ttl, key).await?)
+            Reply::created(&credits.reserve(account_id, consumable, quantity, ttl, &key).await?)
         }
         Route::Settle { hold, .. } => {
             check_id("hold_id", hold)?;

@@ -12,9 +12,10 @@
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 use topup::auth::Access;
-use topup::engine::{check_key, Credits};
+use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::http::{check_id, identity, json_object, respond, segments, Reply};
+use topup::ids::{IdempotencyKey, PurchaseId};
 use topup::payments::{CheckoutUi, Purchases};
 use topup::pricing::PurchaseChoice;
 use topup::store::Store;
@@ -114,16 +115,16 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
             };
             let key = idempotency_key(req)?;
             let started =
-                credits.start_purchase(checkout.payments, account_id, &choice, key.as_deref(), checkout.ui).await?;
+                credits.start_purchase(checkout.payments, account_id, &choice, key.as_ref(), checkout.ui).await?;
             Reply::created(&started)
         }
         Route::PurchaseStatus { purchase, .. } => {
             check_id("purchase_id", purchase)?;
-            Reply::ok(&credits.purchase_status(account_id, purchase).await?)
+            Reply::ok(&credits.purchase_status(account_id, &PurchaseId::new(purchase.as_str())).await?)
         }
         Route::CardSetup { .. } => {
             let key = idempotency_key(req)?;
-            Reply::created(&credits.start_card_setup(checkout.payments, account_id, key.as_deref()).await?)
+            Reply::created(&credits.start_card_setup(checkout.payments, account_id, key.as_ref()).await?)
         }
         Route::PaymentMethod { .. } => {
             credits.forget_card(checkout.payments, account_id).await?;
@@ -133,13 +134,12 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
 }
 
 /// The optional `Idempotency-Key` header: a retried request with it names the same purchase.
-fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
+fn idempotency_key(req: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
     match req.headers().get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
             let key = v.to_str().map_err(|_| ApiError::invalid("`Idempotency-Key` must be printable ASCII."))?;
-            check_key("Idempotency-Key", key)?;
-            Ok(Some(key.to_string()))
+            IdempotencyKey::parse("Idempotency-Key", key).map(Some)
         }
     }
 }

@@ -22,6 +22,7 @@ use topup::clock;
 use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::http::{error_body, json_response};
+use topup::ids::{PurchaseId, RechargeId};
 use topup::ledger::EntryView;
 use topup::payments::Purchases;
 use topup::purchases::PurchaseStatus;
@@ -207,6 +208,7 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             let (Some(account), Some(purchase)) = (o.meta("topup_account_id"), purchase) else {
                 return ignored("not a topup purchase");
             };
+            let purchase = &PurchaseId::new(purchase);
             // The PaymentIntent is the payment's id; a session paid without one is keyed by itself.
             let payment = o.payment_intent.as_ref().and_then(IdOrObject::id).or(o.id()).unwrap_or_default();
             let record = match t {
@@ -226,6 +228,7 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 return ignored("not an auto-recharge");
             };
             let Some(pi) = o.id() else { return ignored("no PaymentIntent id") };
+            let recharge = &RechargeId::new(recharge);
             if event.type_ == "payment_intent.succeeded" {
                 let named = o.meta("topup_credits").and_then(|c| c.parse::<i64>().ok());
                 let received = o.amount_received.or(o.amount);

@@ -36,7 +36,7 @@ impl MemoryStore {
 
 /// `Some(current)` when `w` may not be written over what is stored.
 fn purchase_conflict(m: &Memory, account_id: &str, w: &PurchaseWrite) -> Option<Option<PurchaseRecord>> {
-    let current = m.purchases.get(&(account_id.to_string(), w.record.purchase_id.clone()));
+    let current = m.purchases.get(&(account_id.to_string(), w.record.purchase_id.to_string()));
     let ok = match current {
         None => w.from.is_empty(),
         Some(p) => w.from.contains(&p.status) && w.expected_updated_at.is_none_or(|u| u == p.updated_at),
@@ -84,7 +84,7 @@ impl Store for MemoryStore {
             return Err(CommitError::Stale(current.cloned().map(Box::new)));
         }
         if let Some(w) = c.purchase {
-            m.purchases.insert((id.clone(), w.record.purchase_id.clone()), w.record);
+            m.purchases.insert((id.clone(), w.record.purchase_id.to_string()), w.record);
         }
         if let Some(e) = c.ledger {
             m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
@@ -130,7 +130,7 @@ impl Store for MemoryStore {
         if let Some(p) = purchase_conflict(&m, &id, &w) {
             return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
         }
-        m.purchases.insert((id, w.record.purchase_id.clone()), w.record);
+        m.purchases.insert((id, w.record.purchase_id.to_string()), w.record);
         Ok(())
     }
 
