@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::account::Account;
 use crate::clock;
@@ -98,10 +98,6 @@ impl Report {
         self.credited_payments += r.credited_payments;
         self.stripe_payments += r.stripe_payments;
         self.differences.extend(r.differences);
-    }
-
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or_else(|e| json!({"error": e.to_string()}))
     }
 }
 

@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let report = reconcile::reconcile(credits, payments, &event.payload).await?;
         match reconcile::log_report(&report, reconcile::GRACE_S) {
-            0 => Ok(report.to_json()),
+            0 => Ok(report),
             n => Err(Error::from(format!("reconciliation found {n} differences that need a person (see the log)"))),
         }
     }))

@@ -39,7 +39,7 @@ async fn run() -> Result<usize, Box<dyn std::error::Error>> {
     let mut problems = 0;
     for r in &reports {
         problems += r.differences.iter().filter(|d| d.is_problem(grace)).count();
-        println!("{}", r.to_json());
+        println!("{}", serde_json::to_string(r)?);
     }
     Ok(problems)
 }
