@@ -43,7 +43,9 @@ pub enum RechargeResult {
     Failed {
         code: String,
     },
-    /// Stripe did not answer; the claim stays in flight and the sweep recovers it.
+    /// Stripe did not answer with a card outcome (unreachable, 5xx, 429, or an error of ours
+    /// such as a revoked key): the claim stays in flight and the sweep recovers it; the
+    /// customer is not told and auto-recharge is not suspended.
     Unanswered,
 }
 

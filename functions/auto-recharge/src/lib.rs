@@ -3,14 +3,16 @@
 //! off-session once, and credited through the same exactly-once path as the webhook.
 //!
 //! An error that retrying can help (AWS or Stripe unavailable, contention) fails the
-//! invocation so Lambda retries it; any other is final: logged, answered, not retried.
+//! invocation so Lambda retries it; any other is final: logged, answered, not retried. A charge
+//! Stripe did not answer with a card outcome (an error of ours or Stripe's) fails it too: the
+//! claim stays in flight and the sweep recovers it, and nobody is told their card failed.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::payments::Payments;
-use topup::recharge::LEASE_MS;
+use topup::recharge::{RechargeResult, LEASE_MS};
 use topup::store::Store;
 use topup::ApiError;
 
@@ -49,6 +51,11 @@ pub async fn handle<S: Store, B: EventBus, P: Payments>(
             };
             credits.recharge(payments, account_id).await.and_then(|result| {
                 tracing::info!(account_id, outcome = ?result, "recharge on BalanceLow");
+                if result == RechargeResult::Unanswered {
+                    // Stripe failed or refused us (not the card): the claim stays in flight for
+                    // the sweep to recover, and the function fails so its alarm says so.
+                    return Err(ApiError::PaymentsUnavailable);
+                }
                 serde_json::to_value(result).map_err(|_| ApiError::Upstream)
             })
         }

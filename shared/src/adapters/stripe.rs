@@ -15,7 +15,7 @@ use stripe_core::payment_intent::{
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_core::PaymentIntentStatus;
 use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
-use stripe_shared::{CheckoutSessionMode, CheckoutSessionUiMode};
+use stripe_shared::{ApiErrorsType, CheckoutSessionMode, CheckoutSessionUiMode};
 
 use crate::payments::*;
 use crate::secret::Secret;
@@ -47,15 +47,22 @@ fn unavailable(e: StripeError) -> PaymentsUnavailable {
     PaymentsUnavailable(e.to_string())
 }
 
-/// A Stripe error: retryable (5xx, 429, network) or a final answer about this payment.
+/// A Stripe error of a charge: a card outcome (`card_error`: a decline, an expired card,
+/// insufficient funds, `authentication_required`) is the customer's and final for this payment;
+/// anything else is ours or Stripe's (authentication or permission, a request Stripe refused
+/// that is not about the card, idempotency, rate limits, 5xx, the network) and never the
+/// customer's: the claim stays in flight for a retry, and nobody is told their card failed.
 fn classify(e: StripeError) -> Result<ChargeOutcome, PaymentsUnavailable> {
     match e {
-        StripeError::Stripe(api, status) if status != 429 && status < 500 => Ok(ChargeOutcome::Failed {
+        StripeError::Stripe(api, _) if api.type_ == ApiErrorsType::CardError => Ok(ChargeOutcome::Failed {
             payment_intent_id: api.payment_intent.as_ref().map(|pi| pi.id.to_string()),
             code: api.code.as_ref().map_or("card_error", |c| c.as_str()).to_string(),
             decline_code: api.decline_code.clone(),
             message: api.message.clone().unwrap_or_else(|| "The payment was declined.".into()),
         }),
+        StripeError::Stripe(api, status) => {
+            Err(PaymentsUnavailable(format!("stripe answered {status} {}", api.type_.as_str())))
+        }
         other => Err(PaymentsUnavailable(other.to_string())),
     }
 }
