@@ -79,6 +79,11 @@ pub struct AutoRecharge {
     /// failed charge (which adds nothing).
     #[serde(default)]
     pub episode_charged: bool,
+    /// The balance went low through a refund, a dispute or a negative adjustment, not usage:
+    /// only usage starts a recharge (rules §12), so none is claimed until usage draws on the
+    /// low balance or the balance is above the threshold again.
+    #[serde(default)]
+    pub low_without_usage: bool,
 }
 
 /// A claimed recharge: what will be charged, under which id (the Stripe idempotency key is
@@ -195,6 +200,7 @@ impl Account {
                 monthly_spend_max_cents: None,
                 spent_this_month_cents: 0,
                 episode_charged: false,
+                low_without_usage: false,
             },
             payment_method: None,
             stripe_customer_id: None,

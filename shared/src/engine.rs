@@ -36,6 +36,11 @@ pub(crate) const MAX_ATTEMPTS: u32 = 100;
 const STRIPES: usize = 256;
 const CACHE_CAP: usize = 10_000;
 
+/// Changes that are usage: drawing on a low balance may start a recharge.
+const USAGE_CAUSES: [&str; 2] = ["usage", "settle"];
+/// Changes that take credits back without usage: going low through one starts no recharge.
+const NOT_USAGE_CAUSES: [&str; 3] = ["refund", "dispute", "adjustment"];
+
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
     /// Commit this change and answer its outcome.
@@ -177,6 +182,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
     }
 
+    /// Keeps the low-balance episode of `next` (rules §10.5, §12): it ends when the balance is no
+    /// longer low; usage that draws on a low balance may start a recharge; a refund, dispute or
+    /// negative adjustment that takes the balance low may not.
+    fn mark_episode(&self, current: &Account, next: &mut Account, cause: &str) {
+        let trigger = self.profile.low_balance.trigger;
+        let ar = &mut next.auto_recharge;
+        if !trigger.is_low(next.balance, ar.threshold) {
+            ar.episode_charged = false;
+            ar.low_without_usage = false;
+        } else if USAGE_CAUSES.contains(&cause) {
+            ar.low_without_usage = false;
+        } else if NOT_USAGE_CAUSES.contains(&cause) && !trigger.is_low(current.balance, current.auto_recharge.threshold)
+        {
+            ar.low_without_usage = true;
+        }
+    }
+
     /// Plans on the known state and commits with a compare-and-swap on `version`, planning
     /// again on the current state when another writer got there first. A refusal or "already
     /// so" decided on a cached state is checked again on a fresh read before it is answered.
@@ -220,11 +242,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             };
             let mut planned = *planned;
             planned.next.index_for_sweep();
-            // A low-balance episode ends when the balance is no longer low.
-            let ar = &mut planned.next.auto_recharge;
-            if ar.episode_charged && !self.profile.low_balance.trigger.is_low(planned.next.balance, ar.threshold) {
-                ar.episode_charged = false;
-            }
+            self.mark_episode(&current, &mut planned.next, planned.cause);
             debug_assert_eq!(planned.next.version, current.version + 1);
             let mut outbox = planned.events;
             outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));

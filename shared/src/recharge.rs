@@ -215,6 +215,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if ar.episode_charged {
                 return not("recharged_this_episode");
             }
+            if ar.low_without_usage {
+                return not("not_started_by_usage");
+            }
             let credits = ar.amount;
             let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.get();
             let over_money =
@@ -470,7 +473,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 pub enum RechargeDecision {
     Claimed(RechargeClaim),
     /// `disabled`, `plan`, `no_payment_method`, `suspended`, `in_flight`, `not_low`,
-    /// `recharged_this_episode`, `monthly_cap`.
+    /// `recharged_this_episode`, `not_started_by_usage`, `monthly_cap`, `monthly_spend_cap`.
     NotDue(String),
 }
 

@@ -8,6 +8,9 @@
   `amount_capturable`, `amount_received`, `confirmation_method`, `payment_method_types`,
   `last_payment_error.type`; Charge `amount_captured`, `billing_details`, `disputed`; Event
   `pending_webhooks`, `request`.
+- Error types: localstripe calls every error `invalid_request_error`, a card decline (402)
+  included; Stripe calls a card's refusal `card_error`, and that type is what tells a decline
+  from an error of ours. A 402 here is `card_error`, as it is at Stripe.
 - `Idempotency-Key` on POST: Stripe returns the first response to a repeated key instead of
   acting twice; localstripe ignores the header. Here the first response is kept per key and
   path and replayed.
@@ -44,6 +47,20 @@ from localstripe import resources
 from localstripe.errors import UserError
 from localstripe.resources import Event, PaymentIntent, PaymentMethod, StripeObject, schedule_webhook
 from localstripe.server import app, get_post_data, json_response
+
+
+def _stripes_error_types():
+    original = UserError.__init__
+
+    def __init__(self, code, message=None, contents=None):
+        original(self, code, message, contents)
+        if code == 402:
+            self.body["error"]["type"] = "card_error"
+
+    UserError.__init__ = __init__
+
+
+_stripes_error_types()
 
 
 def _with_defaults(cls, fill):

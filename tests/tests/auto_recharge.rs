@@ -469,3 +469,51 @@ async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode()
     assert_eq!(w.view(&id).await["balance"], 9 * C);
     w.assert_invariants(&id).await;
 }
+
+/// Only usage starts a recharge (rules §12): a negative adjustment or a refund that takes the
+/// balance below the threshold charges nothing, by event or by sweep; usage that then draws on
+/// the low balance does.
+#[tokio::test]
+async fn a_refund_or_a_negative_adjustment_that_crosses_the_threshold_charges_nothing() {
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    let payments = w.save_stripe_card("acme", "4242424242424242").await;
+    w.set_auto_recharge("acme", json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C})).await;
+    w.usage("acme", "api_calls", 1_000).await;
+    // $20 bought through Checkout, so that it can be refunded.
+    let b = open_purchase(&w, "acme", json!({"amount": 2000})).await;
+    let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
+    w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
+    assert_eq!(w.view("acme").await["balance"], 20 * C);
+
+    // A refund of $16 takes the balance from $20 to $4, below the $5 threshold.
+    let pi = paid["payment_intent"].as_str().expect("pi");
+    let (s, r) = w.deliver(&stripe_event("charge.refunded", refund_at_stripe(pi, Some(1600)).await)).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(w.view("acme").await["balance"], 4 * C);
+    let out = auto_recharge::handle(&w.credits, &payments, &balance_low("acme")).await.expect("handled");
+    assert_eq!((out["result"].as_str(), out["reason"].as_str()), (Some("not_due"), Some("not_started_by_usage")));
+    let sweep = w.credits.sweep(&payments, 100, 0).await.expect("sweep");
+    assert!(sweep.recharges.is_empty(), "the sweep charges nothing either: {sweep:?}");
+
+    // Usage that draws on the low balance does start one.
+    w.usage("acme", "api_calls", 100).await;
+    let out = auto_recharge::handle(&w.credits, &payments, &balance_low("acme")).await.expect("handled");
+    assert_eq!(out["result"], "credited", "{out}");
+
+    // Back above the threshold, a negative adjustment into low charges nothing.
+    let before = w.view("acme").await["balance"].as_i64().unwrap_or_default();
+    let (s, b) = w
+        .api(post(
+            "/v1/accounts/acme/credits/adjustments",
+            &service(),
+            json!({"amount": -(before - 3 * C), "reason": "correction", "idempotency_key": unique("adj")}),
+        ))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let RechargeDecision::NotDue(why) = w.credits.claim_recharge("acme").await.expect("claim") else {
+        panic!("claimed after a negative adjustment")
+    };
+    assert_eq!(why, "not_started_by_usage");
+    w.assert_invariants("acme").await;
+}
