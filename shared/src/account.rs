@@ -23,15 +23,23 @@ pub struct Contact {
     pub sms_opt_in: bool,
 }
 
-/// A plausible email address: one `@`, a dotted domain, no spaces; at most 254 characters.
+/// One email address, an addr-spec (rules §12): a local part, one `@`, a dotted domain; no
+/// display name, comma, semicolon, angle bracket, quote, parenthesis, whitespace or control
+/// character; at most 254 characters. `Ann <a@b.co>` and `a@b.co,c@x.io` are refused.
 pub fn valid_email(e: &str) -> bool {
-    let Some((local, domain)) = e.rsplit_once('@') else { return false };
+    let Some((local, domain)) = e.split_once('@') else { return false };
+    let forbidden = |c: char| c.is_whitespace() || c.is_control() || ",;<>\"()[]\\:@".contains(c);
+    let label_ok = |l: &str| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-');
     e.len() <= 254
         && !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && !local.chars().any(forbidden)
+        && !domain.chars().any(forbidden)
         && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && domain.split('.').all(label_ok)
 }
 
 /// A reservation for a metered session (rules §6): allowance units and credits set aside.
@@ -281,6 +289,22 @@ impl Account {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_email_is_one_address() {
+        for ok in ["a@b.co", "first.last+tag@mail.example.com", "o'brien@x-y.io", "ü@exämple.de"] {
+            assert!(valid_email(ok), "{ok}");
+        }
+        let long = format!("{}@{}.com", "a".repeat(64), "b".repeat(186));
+        assert!(long.len() > 254 && !valid_email(&long));
+        for bad in [
+            "a@b.co,c@x.io", "Ann <a@b.co>", "<a@b.co>", "\"a\"@b.co", "a@b", "@b.co", "a@.co", "a@b..co",
+            "a b@c.co", "a@b.co\n", "a@@b.co", "a@b@c.co", ".a@b.co", "a..b@c.co", "a@-b.co", "a;b@c.co",
+            "a@b.co;c@d.co", "(x)a@b.co",
+        ] {
+            assert!(!valid_email(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn networks_forbid_retrying_some_declines() {

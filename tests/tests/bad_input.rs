@@ -296,6 +296,28 @@ async fn bad_account_and_adjustment_input_is_refused() {
             "invalid_email",
         ),
         (
+            "two addresses in one",
+            put("/v1/accounts/acme", &svc, json!({"plan": "pro", "billing_contacts": [{"email": "a@b.co,c@x.io"}]})),
+            422,
+            "invalid_email",
+        ),
+        (
+            "a display name",
+            put("/v1/accounts/acme", &svc, json!({"plan": "pro", "billing_contacts": [{"email": "Ann <a@b.co>"}]})),
+            422,
+            "invalid_email",
+        ),
+        (
+            "a phone with a letter",
+            put(
+                "/v1/accounts/acme",
+                &svc,
+                json!({"plan": "pro", "billing_contacts": [{"email": "a@b.co", "phone": "+1555010x1"}]}),
+            ),
+            422,
+            "invalid_phone",
+        ),
+        (
             "bad phone",
             put(
                 "/v1/accounts/acme",
