@@ -9,7 +9,7 @@ use crate::engine::{Change, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ids::IdempotencyKey;
-use crate::payments::Purchases;
+use crate::payments::{CardSetupRequest, NewCustomer, Purchases};
 use crate::store::Store;
 
 /// A card setup started: the SetupIntent the page confirms the card with.
@@ -32,8 +32,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if let Some(c) = account.stripe_customer_id {
             return Ok(c);
         }
-        let email = account.contacts.first().map(|c| c.email.clone());
-        let customer = payments.create_customer(id, email.as_deref()).await?;
+        let customer = NewCustomer {
+            email: account.contacts.first().map(|c| c.email.clone()),
+            idempotency_key: self.stripe_key("customer", id),
+            metadata: self.stripe_metadata(id, &[]),
+        };
+        let customer = payments.create_customer(&customer).await?;
         self.set_customer(id, &customer).await
     }
 
@@ -52,11 +56,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 use sha2::{Digest, Sha256};
                 let digest = Sha256::digest(format!("{id}\u{0}{}", k.as_str()).as_bytes());
                 let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-                format!("topup-setup-{hex}")
+                self.stripe_key("setup", &hex)
             }
-            None => crate::ledger::new_id("topup-setup"),
+            None => self.stripe_key("setup", &crate::ledger::new_id("s")),
         };
-        let setup = payments.create_card_setup(&customer, id, &key).await?;
+        let request =
+            CardSetupRequest { customer_id: customer, idempotency_key: key, metadata: self.stripe_metadata(id, &[]) };
+        let setup = payments.create_card_setup(&request).await?;
         Ok(CardSetupStarted { setup_intent_id: setup.id, client_secret: setup.client_secret })
     }
 

@@ -17,6 +17,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub profile: Profile,
+    /// This deployment's name (`TOPUP_STACK`, the SAM stack's name; `topup` by default): Stripe
+    /// idempotency keys and metadata carry it, so stacks sharing one Stripe account never
+    /// collide, and the webhook ignores events for another stack.
+    pub stack: String,
     /// DynamoDB table of accounts, ledger, holds and idempotency keys (`TOPUP_TABLE`).
     pub table: String,
     /// EventBridge bus for domain events (`TOPUP_EVENT_BUS`).
@@ -51,6 +55,10 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let profile_name = get("TOPUP_PROFILE").ok_or(ConfigError::Missing("TOPUP_PROFILE"))?;
         let profile = Profile::load(profile_name.trim())?;
+        let stack = get("TOPUP_STACK").filter(|s| !s.is_empty()).unwrap_or_else(|| "topup".into());
+        if stack.len() > 64 || !stack.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ConfigError::Invalid("TOPUP_STACK", "must be 1 to 64 letters, digits or hyphens".into()));
+        }
         let table = get("TOPUP_TABLE").unwrap_or_else(|| "topup".into());
         let event_bus = get("TOPUP_EVENT_BUS").unwrap_or_else(|| "topup".into());
         let local_jwt_secret = match get("TOPUP_LOCAL_JWT_SECRET") {
@@ -108,6 +116,7 @@ impl Config {
         };
         Ok(Config {
             profile,
+            stack,
             table,
             event_bus,
             local_jwt_secret,

@@ -106,6 +106,8 @@ pub(crate) struct Claim {
 
 pub struct Credits<S, B> {
     pub profile: Profile,
+    /// This deployment's name: Stripe idempotency keys and metadata carry it.
+    stack: String,
     pub store: S,
     pub bus: B,
     cache: Mutex<HashMap<String, Account>>,
@@ -131,7 +133,31 @@ fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, Api
 impl<S: Store, B: EventBus> Credits<S, B> {
     pub fn new(profile: Profile, store: S, bus: B) -> Self {
         let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Credits { profile, store, bus, cache: Mutex::new(HashMap::new()), stripes }
+        Credits { profile, stack: "topup".into(), store, bus, cache: Mutex::new(HashMap::new()), stripes }
+    }
+
+    /// The same service for the deployment named `stack` (configuration's `TOPUP_STACK`).
+    pub fn for_stack(mut self, stack: impl Into<String>) -> Self {
+        self.stack = stack.into();
+        self
+    }
+
+    pub fn stack(&self) -> &str {
+        &self.stack
+    }
+
+    /// A Stripe idempotency key for `what` of `id` in this deployment: `<stack>-<what>-<id>`.
+    pub fn stripe_key(&self, what: &str, id: &str) -> String {
+        format!("{}-{what}-{id}", self.stack)
+    }
+
+    /// The metadata every Stripe object made for `account_id` carries: whose it is, and which
+    /// deployment made it; `more` adds the object's own.
+    pub fn stripe_metadata(&self, account_id: &str, more: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut m =
+            vec![("topup_account_id".to_string(), account_id.to_string()), ("topup_stack".into(), self.stack.clone())];
+        m.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        m
     }
 
     fn stripe(&self, account_id: &str) -> &tokio::sync::Mutex<()> {

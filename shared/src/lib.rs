@@ -39,7 +39,7 @@ pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
     let store = adapters::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone());
     let bus =
         adapters::eventbridge::EventBridgeBus::new(aws_sdk_eventbridge::Client::new(aws), config.event_bus.clone());
-    engine::Credits::new(config.profile.clone(), store, bus)
+    engine::Credits::new(config.profile.clone(), store, bus).for_stack(config.stack.clone())
 }
 
 /// The live Stripe client: `TOPUP_STRIPE_SECRET_KEY`, and `TOPUP_STRIPE_API_BASE` when set.

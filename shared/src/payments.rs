@@ -100,12 +100,27 @@ pub struct Card {
     pub exp_year: u32,
 }
 
+/// The Stripe customer of an account, made once (its idempotency key is the account's).
+#[derive(Debug, Clone)]
+pub struct NewCustomer {
+    pub email: Option<String>,
+    pub idempotency_key: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// A SetupIntent (`usage=off_session`) for a customer: saves a card, charges nothing.
+#[derive(Debug, Clone)]
+pub struct CardSetupRequest {
+    pub customer_id: String,
+    pub idempotency_key: String,
+    pub metadata: Vec<(String, String)>,
+}
+
 pub trait Payments: Send + Sync {
-    /// Creates the Stripe customer of an account (idempotent per account).
+    /// Creates the Stripe customer of an account (idempotent per account); its id.
     fn create_customer(
         &self,
-        account_id: &str,
-        email: Option<&str>,
+        customer: &NewCustomer,
     ) -> impl Future<Output = Result<String, PaymentsUnavailable>> + Send;
     fn charge_off_session(
         &self,
@@ -124,9 +139,7 @@ pub trait Purchases: Payments {
     /// A SetupIntent (`usage=off_session`) for the customer; no charge.
     fn create_card_setup(
         &self,
-        customer_id: &str,
-        account_id: &str,
-        idempotency_key: &str,
+        request: &CardSetupRequest,
     ) -> impl Future<Output = Result<CardSetup, PaymentsUnavailable>> + Send;
     /// The card behind a payment method; `None` when it is not a card.
     fn card(&self, payment_method_id: &str) -> impl Future<Output = Result<Option<Card>, PaymentsUnavailable>> + Send;

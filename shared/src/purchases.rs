@@ -171,11 +171,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             description: record.description.clone(),
             reference: record.purchase_id.to_string(),
             ui: ui.clone(),
-            idempotency_key: format!("topup-checkout-{}", record.purchase_id),
-            metadata: vec![
-                ("topup_account_id".into(), id.to_string()),
-                ("topup_purchase_id".into(), record.purchase_id.to_string()),
-            ],
+            idempotency_key: self.stripe_key("checkout", record.purchase_id.as_str()),
+            metadata: self.stripe_metadata(id, &[("topup_purchase_id", record.purchase_id.as_str())]),
         };
         let session = payments.create_checkout(&request).await?;
         let record = self.attach_checkout(id, &record.purchase_id, &session.id).await?;

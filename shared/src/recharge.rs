@@ -64,12 +64,13 @@ pub struct SweptAccount {
     pub outcome: RechargeResult,
 }
 
-/// The Stripe idempotency key of a claim's charge.
-pub fn charge_key(claim: &RechargeClaim) -> String {
-    format!("topup-recharge-{}", claim.recharge_id)
-}
-
 impl<S: Store, B: EventBus> Credits<S, B> {
+    /// The Stripe idempotency key of a claim's charge: a recovery repeats it, so Stripe answers
+    /// the same PaymentIntent instead of charging twice.
+    pub fn charge_key(&self, claim: &RechargeClaim) -> String {
+        self.stripe_key("recharge", claim.recharge_id.as_str())
+    }
+
     /// Recharges `id` if it is due: one claim, one charge, one outcome.
     pub async fn recharge<P: Payments>(&self, payments: &P, id: &str) -> Result<RechargeResult, ApiError> {
         match self.claim_recharge(id).await? {
@@ -134,14 +135,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             payment_method_id: pm,
             amount_cents: claim.charge_cents,
             currency: self.profile.currency.clone(),
-            idempotency_key: charge_key(claim),
-            metadata: vec![
-                ("topup_account_id".into(), id.to_string()),
-                ("topup_recharge_id".into(), claim.recharge_id.to_string()),
-                // What the payment buys, so its webhook can credit it even after the claim is
-                // gone (a charge recorded as failed that the bank later lets through).
-                ("topup_credits".into(), claim.credits.get().to_string()),
-            ],
+            idempotency_key: self.charge_key(claim),
+            metadata: self.stripe_metadata(
+                id,
+                &[
+                    ("topup_recharge_id", claim.recharge_id.as_str()),
+                    // What the payment buys, so its webhook can credit it even after the claim
+                    // is gone (a charge recorded as failed that the bank later lets through).
+                    ("topup_credits", &claim.credits.get().to_string()),
+                ],
+            ),
         };
         match payments.charge_off_session(&charge).await {
             Ok(ChargeOutcome::Succeeded { payment_intent_id }) => {

@@ -40,9 +40,9 @@ impl CountingStripe {
 }
 
 impl Payments for CountingStripe {
-    async fn create_customer(&self, account_id: &str, email: Option<&str>) -> Result<String, PaymentsUnavailable> {
+    async fn create_customer(&self, customer: &topup::payments::NewCustomer) -> Result<String, PaymentsUnavailable> {
         self.bump();
-        self.inner.create_customer(account_id, email).await
+        self.inner.create_customer(customer).await
     }
     async fn charge_off_session(&self, charge: &OffSessionCharge) -> Result<ChargeOutcome, PaymentsUnavailable> {
         self.bump();
@@ -71,7 +71,12 @@ async fn main() {
     for i in 0..RUNS {
         let id = format!("acct{i}");
         credits.upsert_account(&id, "free", vec![]).await.unwrap_or_else(|e| panic!("{e}"));
-        let customer = stripe.inner.create_customer(&id, None).await.expect("customer");
+        let new = topup::payments::NewCustomer {
+            email: None,
+            idempotency_key: credits.stripe_key("customer", &id),
+            metadata: credits.stripe_metadata(&id, &[]),
+        };
+        let customer = stripe.inner.create_customer(&new).await.expect("customer");
         let pm = stripe_card(&stripe.inner, &customer, "4242424242424242").await;
         let card = PaymentMethod { id: pm, brand: "visa".into(), last4: "4242".into(), exp_month: 12, exp_year: 2030 };
         credits.save_card(&id, card, Some(&customer)).await.unwrap_or_else(|e| panic!("{e}"));

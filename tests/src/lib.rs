@@ -73,6 +73,8 @@ impl World {
         events.create_event_bus().name(&bus).send().await.expect("create bus on the emulator");
         let config = Config {
             profile: Profile::load(profile).expect("shipped profile"),
+            // Each world is its own deployment: its Stripe keys and objects are its own.
+            stack: table.clone(),
             table: table.clone(),
             event_bus: bus.clone(),
             local_jwt_secret: Some(Secret::new(JWT_SECRET)),
@@ -248,7 +250,12 @@ impl World {
     pub async fn save_stripe_card(&self, id: &str, number: &str) -> topup::adapters::stripe::StripePayments {
         use topup::payments::Payments;
         let payments = stripe_payments();
-        let customer = payments.create_customer(id, Some("billing@example.com")).await.expect("customer");
+        let customer = topup::payments::NewCustomer {
+            email: Some("billing@example.com".into()),
+            idempotency_key: self.credits.stripe_key("customer", id),
+            metadata: self.credits.stripe_metadata(id, &[]),
+        };
+        let customer = payments.create_customer(&customer).await.expect("customer");
         let pm = stripe_card(&payments, &customer, number).await;
         self.edit_account(id, |a| {
             a.payment_method = Some(topup::account::PaymentMethod {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use topup::ledger::EntryKind;
 use topup::payments::{OffSessionCharge, Payments};
-use topup::recharge::charge_key;
 use topup::recharge::RechargeDecision;
 use topup_tests::*;
 
@@ -56,7 +55,7 @@ async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> 
         payment_method_id: a.payment_method.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
         amount_cents: claim.charge_cents,
         currency: "usd".into(),
-        idempotency_key: charge_key(claim),
+        idempotency_key: w.credits.charge_key(claim),
         metadata: vec![
             ("topup_account_id".into(), "acme".into()),
             ("topup_recharge_id".into(), claim.recharge_id.to_string()),
@@ -212,10 +211,9 @@ struct Counting<P> {
 impl<P: Payments> Payments for Counting<P> {
     async fn create_customer(
         &self,
-        account_id: &str,
-        email: Option<&str>,
+        customer: &topup::payments::NewCustomer,
     ) -> Result<String, topup::payments::PaymentsUnavailable> {
-        self.inner.create_customer(account_id, email).await
+        self.inner.create_customer(customer).await
     }
     async fn charge_off_session(
         &self,

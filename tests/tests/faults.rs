@@ -33,8 +33,8 @@ use topup::events::{EventBus, PublishError};
 use topup::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use topup::money::Micros;
 use topup::payments::{
-    Card, CardSetup, ChargeOutcome, CheckoutRequest, CheckoutSession, OffSessionCharge, PaymentHistory, Payments,
-    PaymentsUnavailable, Purchases,
+    Card, CardSetup, CardSetupRequest, ChargeOutcome, CheckoutRequest, CheckoutSession, NewCustomer, OffSessionCharge,
+    PaymentHistory, Payments, PaymentsUnavailable, Purchases,
 };
 use topup::profile::Trigger;
 use topup::purchases::PurchaseRecord;
@@ -212,8 +212,8 @@ struct FaultyStripe {
 }
 
 impl Payments for FaultyStripe {
-    async fn create_customer(&self, account_id: &str, email: Option<&str>) -> Result<String, PaymentsUnavailable> {
-        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_customer(account_id, email))
+    async fn create_customer(&self, c: &NewCustomer) -> Result<String, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_customer(c))
     }
     async fn charge_off_session(&self, c: &OffSessionCharge) -> Result<ChargeOutcome, PaymentsUnavailable> {
         gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.charge_off_session(c))
@@ -224,8 +224,8 @@ impl Purchases for FaultyStripe {
     async fn create_checkout(&self, r: &CheckoutRequest) -> Result<CheckoutSession, PaymentsUnavailable> {
         gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_checkout(r))
     }
-    async fn create_card_setup(&self, c: &str, a: &str, k: &str) -> Result<CardSetup, PaymentsUnavailable> {
-        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_card_setup(c, a, k))
+    async fn create_card_setup(&self, r: &CardSetupRequest) -> Result<CardSetup, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.create_card_setup(r))
     }
     async fn card(&self, pm: &str) -> Result<Option<Card>, PaymentsUnavailable> {
         gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.card(pm))

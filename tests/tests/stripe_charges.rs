@@ -16,13 +16,22 @@ fn charge(customer: &str, pm: &str, key: &str) -> OffSessionCharge {
     }
 }
 
+/// The customer of `account` as the product makes it: one idempotency key per account.
+fn new_customer(account: &str, email: Option<&str>) -> topup::payments::NewCustomer {
+    topup::payments::NewCustomer {
+        email: email.map(str::to_string),
+        idempotency_key: format!("topup-customer-{account}"),
+        metadata: vec![("topup_account_id".into(), account.into())],
+    }
+}
+
 #[tokio::test]
 async fn a_saved_card_pays_off_session_and_a_repeated_key_never_charges_twice() {
     let p = stripe_payments();
     let account = unique("acct");
-    let customer = p.create_customer(&account, Some("billing@acme.example")).await.expect("customer");
+    let customer = p.create_customer(&new_customer(&account, Some("billing@acme.example"))).await.expect("customer");
     assert_eq!(
-        p.create_customer(&account, Some("billing@acme.example")).await.expect("again"),
+        p.create_customer(&new_customer(&account, Some("billing@acme.example"))).await.expect("again"),
         customer,
         "one customer per account"
     );
@@ -41,7 +50,7 @@ async fn a_saved_card_pays_off_session_and_a_repeated_key_never_charges_twice() 
 #[tokio::test]
 async fn declines_and_authentication_are_failures_with_their_codes() {
     let p = stripe_payments();
-    let customer = p.create_customer(&unique("acct"), None).await.expect("customer");
+    let customer = p.create_customer(&new_customer(&unique("acct"), None)).await.expect("customer");
     let declined = stripe_card(&p, &customer, "4000000000000341").await;
     match p.charge_off_session(&charge(&customer, &declined, &unique("rch"))).await.expect("answered") {
         ChargeOutcome::Failed { code, .. } => assert_eq!(code, "card_declined"),

@@ -199,6 +199,10 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
     let Ok(o) = serde_json::from_value::<StripeObject>(event.data.object.clone()) else {
         return ignored("an object this webhook cannot read");
     };
+    // Stacks sharing one Stripe account each get every event: act only on our own.
+    if o.meta("topup_stack").is_some_and(|s| s != credits.stack()) {
+        return ignored("another stack");
+    }
     match event.type_.as_str() {
         t @ ("checkout.session.completed"
         | "checkout.session.async_payment_succeeded"
@@ -269,6 +273,9 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 None => {
                     // Charges do not always carry their PaymentIntent's metadata: ask Stripe.
                     let m = payments.payment_metadata(pi).await?;
+                    if m.get("topup_stack").is_some_and(|s| s != credits.stack()) {
+                        return ignored("another stack");
+                    }
                     match m.get("topup_account_id") {
                         Some(a) => a.clone(),
                         None => return ignored("not a topup payment"),

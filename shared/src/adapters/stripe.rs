@@ -68,13 +68,12 @@ fn classify(e: StripeError) -> Result<ChargeOutcome, PaymentsUnavailable> {
 }
 
 impl Payments for StripePayments {
-    async fn create_customer(&self, account_id: &str, email: Option<&str>) -> Result<String, PaymentsUnavailable> {
-        let mut req =
-            CreateCustomer::new().metadata(HashMap::from([("topup_account_id".to_string(), account_id.to_string())]));
-        if let Some(e) = email {
+    async fn create_customer(&self, c: &NewCustomer) -> Result<String, PaymentsUnavailable> {
+        let mut req = CreateCustomer::new().metadata(c.metadata.iter().cloned().collect::<HashMap<_, _>>());
+        if let Some(e) = &c.email {
             req = req.email(e);
         }
-        let strategy = idempotent(&format!("topup-customer-{account_id}"))?;
+        let strategy = idempotent(&c.idempotency_key)?;
         let customer = req
             .customize()
             .request_strategy(strategy)
@@ -169,18 +168,13 @@ impl Purchases for StripePayments {
         Ok(CheckoutSession { id: session.id.to_string(), client_secret: session.client_secret, url: session.url })
     }
 
-    async fn create_card_setup(
-        &self,
-        customer_id: &str,
-        account_id: &str,
-        idempotency_key: &str,
-    ) -> Result<CardSetup, PaymentsUnavailable> {
+    async fn create_card_setup(&self, r: &CardSetupRequest) -> Result<CardSetup, PaymentsUnavailable> {
         let intent = CreateSetupIntent::new()
-            .customer(customer_id)
+            .customer(r.customer_id.as_str())
             .usage(CreateSetupIntentUsage::OffSession)
-            .metadata(HashMap::from([("topup_account_id".to_string(), account_id.to_string())]))
+            .metadata(r.metadata.iter().cloned().collect::<HashMap<_, _>>())
             .customize()
-            .request_strategy(idempotent(idempotency_key)?)
+            .request_strategy(idempotent(&r.idempotency_key)?)
             .send(&self.client)
             .await
             .map_err(unavailable)?;
