@@ -54,6 +54,15 @@ def routes_from_template(path: pathlib.Path) -> list[tuple[str, re.Pattern, str,
     return out
 
 
+class CrowdServer(ThreadingHTTPServer):
+    """Takes a crowd as API Gateway does: a listen backlog of 1,024 (the standard library's
+    default of 5 refuses or resets connections when some 30 clients connect at once), a thread
+    per connection, and threads that never hold up shutdown."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class Router:
     def __init__(self, template: pathlib.Path, upstream: str) -> None:
         self.routes = routes_from_template(template)
@@ -175,7 +184,7 @@ class Router:
                     return self._forward
                 raise AttributeError(name)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = CrowdServer((host, port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def shutdown(self) -> None:

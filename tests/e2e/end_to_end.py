@@ -282,9 +282,49 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
                 status = None
             checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
                          status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
+
+        crowd(api, svc, checks)
         r.shutdown()
     finally:
         stack.stop()
+
+
+def crowd(api: str, svc: str, checks: Checks, clients: int = 200) -> None:
+    """200 clients at once on one account through the router, as a customer's load test would
+    come through API Gateway: every request is answered (no refused or reset connection), each
+    debit applies once, and the ledger adds up."""
+    import socket
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    s, b = http("PUT", f"{api}/v1/accounts/crowd", svc, {"plan": "free", "billing_contacts": [{"email": "crowd@example.com"}]})
+    s2, b2 = http("POST", f"{api}/v1/accounts/crowd/credits/adjustments", svc,
+                  {"amount": 100_000_000, "reason": "crowd grant", "idempotency_key": "crowd-grant"})
+    if s not in (200, 201) or s2 != 201:
+        checks.check("crowd: account and grant", False, f"{s} {b} {s2} {b2}")
+        return
+    start = threading.Barrier(clients)
+
+    def one(i: int):
+        start.wait()
+        try:
+            return http("POST", f"{api}/v1/accounts/crowd/usage", svc,
+                        {"consumable": "api_calls", "quantity": 1_000, "idempotency_key": f"crowd-{i}"})
+        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
+            return None, repr(e)
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        answers = list(pool.map(one, range(clients)))
+    lost = [b for s, b in answers if s is None]
+    statuses = sorted({s for s, _ in answers if s is not None})
+    checks.check(f"crowd: {clients} concurrent clients on one account through the router, every one answered",
+                 not lost, f"{len(lost)} refused or reset, e.g. {lost[:2]}")
+    checks.check("crowd: every debit applied (200)", statuses == [200], f"statuses {statuses}")
+    taken = sum(b.get("from_credits", 0) for s, b in answers if s == 200)
+    s, v = http("GET", f"{api}/v1/accounts/crowd/credits", svc)
+    checks.check("crowd: the balance is the grant less what the answers say was taken",
+                 s == 200 and v.get("balance") == 100_000_000 - taken and v.get("lifetime_spent") == taken,
+                 f"{s} balance {v.get('balance')} taken {taken}")
 
 
 def browser_tests(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
