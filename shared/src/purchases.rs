@@ -118,6 +118,39 @@ pub struct PurchaseStatusView {
     pub balance: Option<i64>,
 }
 
+/// Which Checkout Session event arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutEventKind {
+    /// `checkout.session.completed`: paid now, or (`unpaid`) settling later.
+    Completed,
+    /// `checkout.session.async_payment_succeeded`.
+    AsyncSucceeded,
+    /// `checkout.session.async_payment_failed`.
+    AsyncFailed,
+    /// `checkout.session.expired`.
+    Expired,
+}
+
+/// What a Checkout Session event says about its payment, as far as it decides anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutEvent {
+    pub kind: CheckoutEventKind,
+    pub session_id: String,
+    pub payment_intent_id: Option<String>,
+    pub payment_status: Option<String>,
+    pub amount_total: Option<i64>,
+    pub currency: Option<String>,
+}
+
+/// What a Checkout Session event did: moved the purchase (or found it already past that
+/// point), or nothing, because the event is not proof of this purchase's payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutOutcome {
+    Purchase(PurchaseRecord),
+    /// `session_mismatch`, `amount_mismatch`, `currency_mismatch`, `not_paid`.
+    Ignored(&'static str),
+}
+
 /// What `start_purchase` answers: the purchase with its Checkout Session to pay it in, or,
 /// for a retry of a purchase already past `pending`, the purchase as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -360,6 +393,48 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// The Checkout Session expired unpaid.
     pub async fn purchase_expired(&self, id: &str, purchase_id: &PurchaseId) -> Result<PurchaseRecord, ApiError> {
         self.move_purchase(id, purchase_id, &[PurchaseStatus::Pending], |p| p.status = PurchaseStatus::Expired).await
+    }
+
+    /// A Checkout Session event for purchase `purchase_id` (rules §7, §12). A signature proves
+    /// only that Stripe sent it, so it moves the purchase only when it is about this purchase's
+    /// own session, and credits only when the session was paid the purchase's charge in its
+    /// currency. Anything else changes nothing; the real payment still credits afterwards.
+    pub async fn checkout_event(
+        &self,
+        id: &str,
+        purchase_id: &PurchaseId,
+        event: &CheckoutEvent,
+    ) -> Result<CheckoutOutcome, ApiError> {
+        let record = self.purchase(id, purchase_id).await?;
+        if record.checkout_session_id.as_deref() != Some(event.session_id.as_str()) {
+            return Ok(CheckoutOutcome::Ignored("session_mismatch"));
+        }
+        let paid = match (event.kind, event.payment_status.as_deref()) {
+            (CheckoutEventKind::Completed, Some("paid")) | (CheckoutEventKind::AsyncSucceeded, _) => true,
+            // A priced purchase is never "paid" by a session that needed no payment.
+            (CheckoutEventKind::Completed, Some("no_payment_required")) => {
+                return Ok(CheckoutOutcome::Ignored("not_paid"))
+            }
+            _ => false,
+        };
+        let moved = if paid {
+            if event.amount_total != Some(record.charge.get()) {
+                return Ok(CheckoutOutcome::Ignored("amount_mismatch"));
+            }
+            if !event.currency.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&record.currency)) {
+                return Ok(CheckoutOutcome::Ignored("currency_mismatch"));
+            }
+            let payment = event.payment_intent_id.as_deref().unwrap_or(event.session_id.as_str());
+            self.purchase_paid(id, purchase_id, payment).await?
+        } else {
+            match event.kind {
+                CheckoutEventKind::Completed => self.purchase_processing(id, purchase_id).await?,
+                CheckoutEventKind::AsyncFailed => self.purchase_failed(id, purchase_id).await?,
+                CheckoutEventKind::Expired => self.purchase_expired(id, purchase_id).await?,
+                CheckoutEventKind::AsyncSucceeded => return Ok(CheckoutOutcome::Ignored("not_paid")),
+            }
+        };
+        Ok(CheckoutOutcome::Purchase(moved))
     }
 
     /// The purchase's payment succeeded: credit it exactly once and mark it `succeeded`, in one

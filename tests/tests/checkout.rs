@@ -548,3 +548,56 @@ async fn a_long_idempotency_key_sets_up_one_card() {
     }
     assert_eq!(ids[0], ids[1]);
 }
+
+/// Money moves only on proof (rules §12): a validly signed Checkout event whose session, amount
+/// or currency is not the purchase's, or that needed no payment, is acknowledged as ignored
+/// with its reason and moves nothing; the real payment still credits afterwards, once.
+#[tokio::test]
+async fn a_checkout_event_credits_only_its_own_paid_session_at_the_purchases_price() {
+    let w = World::new("usd-overage").await;
+    let id = unique("proof");
+    w.account(&id, "free").await;
+    let b = open_purchase(&w, &id, json!({"amount": 2000})).await;
+    let other = open_purchase(&w, &id, json!({"amount": 500})).await;
+    let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
+    let other_paid = pay(other["checkout_session_id"].as_str().expect("id"), &[]).await;
+
+    let forged = |edit: &dyn Fn(&mut Value)| {
+        let mut o = paid.clone();
+        edit(&mut o);
+        stripe_event("checkout.session.completed", o)
+    };
+    let cases: Vec<(&str, Value)> = vec![
+        ("amount_mismatch", forged(&|o| o["amount_total"] = json!(1))),
+        ("amount_mismatch", forged(&|o| o["amount_total"] = Value::Null)),
+        ("currency_mismatch", forged(&|o| o["currency"] = json!("eur"))),
+        ("not_paid", forged(&|o| o["payment_status"] = json!("no_payment_required"))),
+        // Another session of ours, dressed as this purchase's.
+        ("session_mismatch", {
+            let mut o = other_paid.clone();
+            o["metadata"]["topup_purchase_id"] = b["purchase_id"].clone();
+            o["client_reference_id"] = b["purchase_id"].clone();
+            stripe_event("checkout.session.completed", o)
+        }),
+        ("session_mismatch", {
+            let mut o = other_paid.clone();
+            o["metadata"]["topup_purchase_id"] = b["purchase_id"].clone();
+            stripe_event("checkout.session.async_payment_failed", o)
+        }),
+    ];
+    for (reason, event) in cases {
+        let (s, r) = w.deliver(&event).await;
+        assert_eq!((s, r["result"].as_str(), r["reason"].as_str()), (200, Some("ignored"), Some(reason)), "{r}");
+        assert_eq!(w.view(&id).await["balance"], 0, "{reason}: nothing credited");
+    }
+    let pid = b["purchase_id"].as_str().expect("purchase id");
+    let (_, status) = w.buy(get(&format!("{}/{pid}", purchases(&id)), &person("owner", &id))).await;
+    assert_eq!(status["status"], "pending", "no forged event moved the purchase: {status}");
+
+    // The real events credit each purchase once.
+    let (s, r) = w.deliver(&stripe_event("checkout.session.completed", paid)).await;
+    assert_eq!((s, r["result"].as_str()), (200, Some("succeeded")), "{r}");
+    w.deliver(&stripe_event("checkout.session.completed", other_paid)).await;
+    assert_eq!(w.view(&id).await["balance"], 25 * C);
+    w.assert_invariants(&id).await;
+}

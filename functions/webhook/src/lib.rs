@@ -25,7 +25,7 @@ use topup::http::{error_body, json_response};
 use topup::ids::{PurchaseId, RechargeId};
 use topup::ledger::EntryView;
 use topup::payments::Purchases;
-use topup::purchases::PurchaseStatus;
+use topup::purchases::{CheckoutEvent, CheckoutEventKind, CheckoutOutcome, PurchaseStatus};
 use topup::secret::Secret;
 use topup::store::Store;
 use topup::views::PaymentMethodView;
@@ -77,6 +77,8 @@ struct StripeObject {
     amount: Option<i64>,
     amount_received: Option<i64>,
     amount_refunded: Option<i64>,
+    amount_total: Option<i64>,
+    currency: Option<String>,
     last_payment_error: Option<PaymentError>,
 }
 
@@ -110,8 +112,8 @@ enum Handled {
     Card(Option<PaymentMethodView>),
     /// `failed`, `unchanged`, `nothing to take back`.
     Word(&'static str),
-    /// Not ours to act on, and why.
-    Ignored(String),
+    /// Not ours to act on, and why (a stable snake_case reason).
+    Ignored(&'static str),
 }
 
 fn refuse(code: &str, message: &str) -> Response<Body> {
@@ -159,6 +161,10 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
         }
     };
     match dispatch(credits, payments, &event).await {
+        Ok(Handled::Ignored(reason)) => {
+            tracing::info!(event_id = %event.id, event_type = %event.type_, reason, "webhook event ignored");
+            json_response(200, &json!({"received": true, "result": "ignored", "reason": reason}))
+        }
         Ok(result) => {
             tracing::info!(event_id = %event.id, event_type = %event.type_, result = ?result, "webhook handled");
             json_response(200, &json!({"received": true, "result": result}))
@@ -187,8 +193,8 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
     }
 }
 
-fn ignored(why: &str) -> Result<Handled, ApiError> {
-    Ok(Handled::Ignored(format!("ignored: {why}")))
+fn ignored(reason: &'static str) -> Result<Handled, ApiError> {
+    Ok(Handled::Ignored(reason))
 }
 
 async fn dispatch<S: Store, B: EventBus, P: Purchases>(
@@ -197,11 +203,11 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
     event: &Envelope,
 ) -> Result<Handled, ApiError> {
     let Ok(o) = serde_json::from_value::<StripeObject>(event.data.object.clone()) else {
-        return ignored("an object this webhook cannot read");
+        return ignored("unreadable_object");
     };
     // Stacks sharing one Stripe account each get every event: act only on our own.
     if o.meta("topup_stack").is_some_and(|s| s != credits.stack()) {
-        return ignored("another stack");
+        return ignored("another_stack");
     }
     match event.type_.as_str() {
         t @ ("checkout.session.completed"
@@ -209,36 +215,45 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
         | "checkout.session.async_payment_failed"
         | "checkout.session.expired") => {
             let purchase = o.meta("topup_purchase_id").or(o.client_reference_id.as_deref().filter(|s| !s.is_empty()));
-            let (Some(account), Some(purchase)) = (o.meta("topup_account_id"), purchase) else {
-                return ignored("not a topup purchase");
+            let (Some(account), Some(purchase), Some(session_id)) = (o.meta("topup_account_id"), purchase, o.id())
+            else {
+                return ignored("not_ours");
             };
-            let purchase = &PurchaseId::new(purchase);
-            // The PaymentIntent is the payment's id; a session paid without one is keyed by itself.
-            let payment = o.payment_intent.as_ref().and_then(IdOrObject::id).or(o.id()).unwrap_or_default();
-            let record = match t {
-                "checkout.session.completed" => match o.payment_status.as_deref() {
-                    Some("paid" | "no_payment_required") => credits.purchase_paid(account, purchase, payment).await?,
-                    _ => credits.purchase_processing(account, purchase).await?,
-                },
-                "checkout.session.async_payment_succeeded" => credits.purchase_paid(account, purchase, payment).await?,
-                "checkout.session.async_payment_failed" => credits.purchase_failed(account, purchase).await?,
-                _ => credits.purchase_expired(account, purchase).await?,
+            let kind = match t {
+                "checkout.session.completed" => CheckoutEventKind::Completed,
+                "checkout.session.async_payment_succeeded" => CheckoutEventKind::AsyncSucceeded,
+                "checkout.session.async_payment_failed" => CheckoutEventKind::AsyncFailed,
+                _ => CheckoutEventKind::Expired,
             };
-            Ok(Handled::Purchase(record.status))
+            let session = CheckoutEvent {
+                kind,
+                session_id: session_id.to_string(),
+                payment_intent_id: o.payment_intent.as_ref().and_then(IdOrObject::id).map(str::to_string),
+                payment_status: o.payment_status.clone(),
+                amount_total: o.amount_total,
+                currency: o.currency.clone(),
+            };
+            match credits.checkout_event(account, &PurchaseId::new(purchase), &session).await? {
+                CheckoutOutcome::Purchase(record) => Ok(Handled::Purchase(record.status)),
+                CheckoutOutcome::Ignored(reason) => {
+                    tracing::warn!(event_id = %event.id, account_id = account, purchase_id = purchase, reason, "checkout event is not proof of this purchase's payment");
+                    ignored(reason)
+                }
+            }
         }
         "payment_intent.succeeded" | "payment_intent.payment_failed" => {
             let (Some(account), Some(recharge)) = (o.meta("topup_account_id"), o.meta("topup_recharge_id")) else {
                 // Purchases' PaymentIntents are settled by their Checkout Session's events.
-                return ignored("not an auto-recharge");
+                return ignored("not_ours");
             };
-            let Some(pi) = o.id() else { return ignored("no PaymentIntent id") };
+            let Some(pi) = o.id() else { return ignored("not_ours") };
             let recharge = &RechargeId::new(recharge);
             if event.type_ == "payment_intent.succeeded" {
                 let named = o.meta("topup_credits").and_then(|c| c.parse::<i64>().ok());
                 let received = o.amount_received.or(o.amount);
                 match credits.recharge_paid(account, recharge, pi, named, received).await? {
                     Some(entry) => Ok(Handled::Entry(entry)),
-                    None => ignored("recharge no longer in flight"),
+                    None => ignored("recharge_not_in_flight"),
                 }
             } else {
                 let err = o.last_payment_error.clone().unwrap_or_default();
@@ -258,7 +273,7 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
         "setup_intent.succeeded" => {
             let pm = o.payment_method.as_ref().and_then(IdOrObject::id);
             let (Some(account), Some(pm)) = (o.meta("topup_account_id"), pm) else {
-                return ignored("not a topup card setup");
+                return ignored("not_ours");
             };
             let customer = o.customer.as_ref().and_then(IdOrObject::id);
             let card = credits.card_saved(payments, account, pm, customer).await?;
@@ -266,7 +281,7 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
         }
         "charge.refunded" => {
             let Some(pi) = o.payment_intent.as_ref().and_then(IdOrObject::id) else {
-                return ignored("no PaymentIntent");
+                return ignored("not_ours");
             };
             let account = match o.meta("topup_account_id") {
                 Some(a) => a.to_string(),
@@ -274,11 +289,11 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                     // Charges do not always carry their PaymentIntent's metadata: ask Stripe.
                     let m = payments.payment_metadata(pi).await?;
                     if m.get("topup_stack").is_some_and(|s| s != credits.stack()) {
-                        return ignored("another stack");
+                        return ignored("another_stack");
                     }
                     match m.get("topup_account_id") {
                         Some(a) => a.clone(),
-                        None => return ignored("not a topup payment"),
+                        None => return ignored("not_ours"),
                     }
                 }
             };
@@ -290,6 +305,6 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 None => Handled::Word("nothing to take back"),
             })
         }
-        other => ignored(&format!("event type {other}")),
+        _ => ignored("unhandled_event_type"),
     }
 }
