@@ -94,6 +94,21 @@ pub struct AutoRecharge {
     pub low_without_usage: bool,
 }
 
+/// What the product recorded of a recharge when it claimed it, before charging, kept for good
+/// (rules §12): the only thing a `payment_intent.succeeded` can credit a recharge from. The
+/// PaymentIntent's metadata names it; its amount and currency must be the record's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeRecord {
+    pub recharge_id: RechargeId,
+    pub account_id: String,
+    pub credits: Micros,
+    pub charge_cents: i64,
+    pub currency: String,
+    pub claimed_at: i64,
+    /// The calendar month (UTC) whose count and spending limit the recharge counts toward.
+    pub month: String,
+}
+
 /// A claimed recharge: what will be charged, under which id (the Stripe idempotency key is
 /// derived from it, so a recovered claim can never charge twice).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 idempotency: None,
                 hold: None,
                 purchase: None,
+                recharge: None,
                 outbox: vec![],
             };
             match self.store.commit(commit).await {

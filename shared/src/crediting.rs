@@ -73,6 +73,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let ar = &mut next.auto_recharge;
                         if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id.as_str() == payment.reference) {
                             ar.in_flight = None;
+                        } else if let Some(month) = &payment.recharge_month {
+                            // Not in flight and not credited yet: recorded as failed (its count
+                            // given back), though the money came through after all. It counts
+                            // again toward the month it was claimed in (rules §12).
+                            if ar.used_month == *month {
+                                ar.used_this_month += 1;
+                                ar.spent_this_month_cents += payment.charge_cents;
+                            }
                         }
                         events.push(DomainEvent::new(
                             id,
@@ -188,7 +196,11 @@ pub struct Payment {
     /// The purchase or recharge id this payment belongs to.
     pub reference: String,
     pub description: String,
+    /// A recharge's: the month (UTC) it was claimed in, whose count and spending limit it
+    /// counts toward.
+    pub recharge_month: Option<String>,
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +215,7 @@ mod tests {
             charge_cents: credits / 10_000,
             reference: "pur_1".into(),
             description: "$10.00 of credits".into(),
+            recharge_month: None,
         }
     }
 

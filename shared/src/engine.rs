@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::account::Account;
+use crate::account::{Account, RechargeRecord};
 use crate::clock;
 use crate::error::ApiError;
 use crate::events::DomainEvent;
@@ -61,6 +61,8 @@ pub(crate) struct Change<T> {
     pub(crate) events: Vec<DomainEvent>,
     /// A purchase state change committed with this balance change.
     pub(crate) purchase: Option<PurchaseWrite>,
+    /// A recharge's permanent record, written with its claim.
+    pub(crate) recharge: Option<RechargeRecord>,
     /// For a payment's permanent claim: what it credited, kept as a field of the claim.
     pub(crate) credited: Option<(String, Micros)>,
 }
@@ -69,7 +71,17 @@ impl<T> Change<T> {
     /// A change of the account alone: no ledger entry, no hold, no events, no purchase; the
     /// others start from it and add theirs.
     pub(crate) fn quiet(next: Account, cause: &'static str, outcome: T) -> Change<T> {
-        Change { next, ledger: None, hold: None, outcome, cause, events: vec![], purchase: None, credited: None }
+        Change {
+            next,
+            ledger: None,
+            hold: None,
+            outcome,
+            cause,
+            events: vec![],
+            purchase: None,
+            recharge: None,
+            credited: None,
+        }
     }
 
     pub(crate) fn write(self) -> Result<Plan<T>, ApiError> {
@@ -294,6 +306,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 idempotency,
                 hold: planned.hold,
                 purchase: planned.purchase,
+                recharge: planned.recharge,
                 outbox: outbox.clone(),
             };
             match self.store.commit(commit).await {

@@ -457,6 +457,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 charge_cents: current.charge.get(),
                 reference: purchase_id.to_string(),
                 description: current.description.clone(),
+                recharge_month: None,
             };
             match self.credit(id, &payment, Some(&current)).await? {
                 // Credited now, or this payment was credited before (same transaction, so the

@@ -6,10 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::{Account, RechargeClaim, RechargeError};
+use crate::account::{Account, RechargeClaim, RechargeError, RechargeRecord};
 use crate::clock;
 use crate::crediting::Payment;
-use crate::engine::{Change, Credits, Plan};
+use crate::engine::{upstream, Change, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::{redeliver_outbox, EventBus};
 use crate::events::{DomainEvent, Event, RechargeFailed, RechargePaused};
@@ -136,15 +136,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             amount_cents: claim.charge_cents,
             currency: self.profile.currency.clone(),
             idempotency_key: self.charge_key(claim),
-            metadata: self.stripe_metadata(
-                id,
-                &[
-                    ("topup_recharge_id", claim.recharge_id.as_str()),
-                    // What the payment buys, so its webhook can credit it even after the claim
-                    // is gone (a charge recorded as failed that the bank later lets through).
-                    ("topup_credits", &claim.credits.get().to_string()),
-                ],
-            ),
+            metadata: self.stripe_metadata(id, &[("topup_recharge_id", claim.recharge_id.as_str())]),
         };
         match payments.charge_off_session(&charge).await {
             Ok(ChargeOutcome::Succeeded { payment_intent_id }) => {
@@ -253,7 +245,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             next.auto_recharge.spent_this_month_cents += charge_cents;
             next.auto_recharge.in_flight = Some(claim.clone());
             next.auto_recharge.episode_charged = true;
-            Change::quiet(next, "recharge_claim", RechargeDecision::Claimed(claim)).write()
+            // The permanent record of what this recharge may be credited for, written with the
+            // claim, before any charge.
+            let record = RechargeRecord {
+                recharge_id: recharge_id.clone(),
+                account_id: id.to_string(),
+                credits,
+                charge_cents,
+                currency: p.currency.clone(),
+                claimed_at: now,
+                month: clock::month_of(now),
+            };
+            let decision = RechargeDecision::Claimed(claim);
+            Change { recharge: Some(record), ..Change::quiet(next, "recharge_claim", decision) }.write()
         })
         .await?
         .done()
@@ -275,37 +279,40 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             charge_cents: claim.charge_cents,
             reference: claim.recharge_id.to_string(),
             description: format!("Auto-recharge of {}", format_credits(&self.profile, claim.credits)),
+            recharge_month: Some(clock::month_of(claim.claimed_at)),
         };
         self.credit(id, &payment, None).await?.done()
     }
 
-    /// `payment_intent.succeeded` for a recharge: completes the claim in flight through the
-    /// exactly-once path. When the claim is gone — completed already (the payment's claim makes
-    /// this a no-op), or recorded as failed though the money came through after all — a paid
-    /// payment still credits exactly once (rules §10.2), for the credits its metadata names and
-    /// the amount Stripe received. `None` when there is nothing to credit it with.
+    /// `payment_intent.succeeded` for a recharge (rules §12): credits it only from the record
+    /// the product made when it claimed it, and only when the PaymentIntent's amount and
+    /// currency are the record's. Metadata names the record; it never sets an amount. A
+    /// recharge recorded as failed whose payment succeeds later (the customer finished 3-D
+    /// Secure) is credited once and counts toward the month it was claimed in.
     pub async fn recharge_paid(
         &self,
         id: &str,
         recharge_id: &RechargeId,
         payment_intent_id: &str,
-        named_credits: Option<i64>,
-        received_cents: Option<i64>,
-    ) -> Result<Option<EntryView>, ApiError> {
-        let account = self.account(id).await?;
-        let claim = match account.auto_recharge.in_flight.filter(|c| &c.recharge_id == recharge_id) {
-            Some(claim) => claim,
-            None => match (named_credits, received_cents) {
-                (Some(c), Some(cents)) if c > 0 => RechargeClaim {
-                    recharge_id: recharge_id.clone(),
-                    claimed_at: 0,
-                    credits: Micros::new(c),
-                    charge_cents: cents,
-                },
-                _ => return Ok(None),
-            },
+        amount: Option<i64>,
+        currency: Option<&str>,
+    ) -> Result<RechargePaid, ApiError> {
+        let Some(record) = self.store.load_recharge(id, recharge_id.as_str()).await.map_err(upstream)? else {
+            return Ok(RechargePaid::Ignored("unknown_recharge"));
         };
-        self.complete_recharge(id, &claim, payment_intent_id).await.map(Some)
+        if amount != Some(record.charge_cents) {
+            return Ok(RechargePaid::Ignored("amount_mismatch"));
+        }
+        if !currency.is_some_and(|c| c.eq_ignore_ascii_case(&record.currency)) {
+            return Ok(RechargePaid::Ignored("currency_mismatch"));
+        }
+        let claim = RechargeClaim {
+            recharge_id: record.recharge_id,
+            claimed_at: record.claimed_at,
+            credits: record.credits,
+            charge_cents: record.charge_cents,
+        };
+        self.complete_recharge(id, &claim, payment_intent_id).await.map(RechargePaid::Credited)
     }
 
     /// The claimed recharge's charge failed (a decline, `authentication_required`, a
@@ -469,6 +476,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         .await?
         .done()
     }
+}
+
+/// What a recharge's `payment_intent.succeeded` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RechargePaid {
+    Credited(EntryView),
+    /// `unknown_recharge` (a PaymentIntent the product never made), `amount_mismatch`,
+    /// `currency_mismatch`: nothing moves.
+    Ignored(&'static str),
 }
 
 /// The outcome of `claim_recharge`.

@@ -316,11 +316,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Ok(out)
     }
 
-    /// What a payment buys by its own record: an auto-recharge's `topup_credits`, a purchase's
-    /// priced credits. `None` when the payment names neither.
+    /// What a payment buys by our own record of it: a recharge's record (written when it was
+    /// claimed), a purchase's priced credits; only when the payment's amount is the record's
+    /// charge. `None` when it names neither.
     async fn credits_bought(&self, id: &str, p: &PaymentRecord) -> Result<Option<i64>, ApiError> {
-        if let Some(c) = p.metadata.get("topup_credits") {
-            return Ok(c.parse().ok());
+        if let Some(recharge) = p.metadata.get("topup_recharge_id") {
+            let record = self.store.load_recharge(id, recharge).await.map_err(|_| ApiError::Upstream)?;
+            return Ok(record.filter(|r| r.charge_cents == p.amount).map(|r| r.credits.get()));
         }
         let Some(purchase) = p.metadata.get("topup_purchase_id") else { return Ok(None) };
         let record = self.store.load_purchase(id, purchase).await.map_err(|_| ApiError::Upstream)?;

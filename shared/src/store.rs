@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use crate::account::Account;
+use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use crate::purchases::{PurchaseRecord, PurchaseStatus};
@@ -88,6 +88,8 @@ pub struct Commit {
     pub hold: Option<HoldWrite>,
     /// A purchase state change that must commit with this balance change (crediting it).
     pub purchase: Option<PurchaseWrite>,
+    /// A recharge's permanent record, written with its claim (only if none exists).
+    pub recharge: Option<RechargeRecord>,
     /// Events written to the outbox in the same transaction, published after it.
     pub outbox: Vec<DomainEvent>,
 }
@@ -115,6 +117,12 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
     /// Writes a purchase record on its own (a state change that moves no credits).
     fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send;
+    /// A recharge's permanent record.
+    fn load_recharge(
+        &self,
+        account_id: &str,
+        recharge_id: &str,
+    ) -> impl Future<Output = Result<Option<RechargeRecord>, StoreError>> + Send;
     fn load_purchase(
         &self,
         account_id: &str,
@@ -186,6 +194,13 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send {
         (**self).put_purchase(write)
+    }
+    fn load_recharge(
+        &self,
+        account_id: &str,
+        recharge_id: &str,
+    ) -> impl Future<Output = Result<Option<RechargeRecord>, StoreError>> + Send {
+        (**self).load_recharge(account_id, recharge_id)
     }
     fn load_purchase(
         &self,

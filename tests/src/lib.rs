@@ -224,6 +224,7 @@ impl World {
             idempotency: None,
             hold: None,
             purchase: None,
+            recharge: None,
             outbox: vec![],
         };
         self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("edit account");

@@ -56,11 +56,7 @@ async fn the_claims_charge(w: &World, claim: &topup::account::RechargeClaim) -> 
         amount_cents: claim.charge_cents,
         currency: "usd".into(),
         idempotency_key: w.credits.charge_key(claim),
-        metadata: vec![
-            ("topup_account_id".into(), "acme".into()),
-            ("topup_recharge_id".into(), claim.recharge_id.to_string()),
-            ("topup_credits".into(), claim.credits.get().to_string()),
-        ],
+        metadata: w.credits.stripe_metadata("acme", &[("topup_recharge_id", claim.recharge_id.as_str())]),
     }
 }
 
@@ -408,8 +404,9 @@ async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
 }
 
 /// A recharge recorded as failed whose payment comes through after all (the bank relents):
-/// `payment_intent.succeeded` credits it once from the credits its metadata names, though the
-/// claim is gone (rules §10.2: a paid payment credits exactly once).
+/// `payment_intent.succeeded` credits it once from the record made at its claim, though the
+/// claim is gone (rules §10.2: a paid payment credits exactly once), and it counts again
+/// toward the month's recharges and spending (rules §12).
 #[tokio::test]
 async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_credits_once() {
     let w = World::new("usd-overage").await;
@@ -432,6 +429,44 @@ async fn a_payment_that_succeeds_after_its_recharge_was_recorded_failed_still_cr
     let v = w.view("acme").await;
     assert_eq!(v["balance"], 14 * C, "credited once");
     assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
+    assert_eq!(
+        (v["auto_recharge"]["used_this_month"].as_i64(), v["auto_recharge"]["spent_this_month"].as_i64()),
+        (Some(1), Some(1000)),
+        "the failure gave the count back; the late success takes it again: {v}"
+    );
+    w.assert_invariants("acme").await;
+}
+
+/// Money moves only on proof (rules §12): a PaymentIntent whose metadata names our account and
+/// a recharge we never recorded, or one of ours with another amount or currency, credits
+/// nothing, whatever `topup_credits` its metadata claims; the real one credits the record's
+/// credits.
+#[tokio::test]
+async fn a_payment_intent_credits_only_a_recorded_recharge_at_its_recorded_charge() {
+    let w = World::new("usd-overage").await;
+    let (payments, claim) = claimed_below_threshold(&w).await;
+    let payment_intent_id = charge_as_the_function(&w, &payments, &claim).await;
+    let (_, real) = local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
+    let forged = |edit: &dyn Fn(&mut Value)| {
+        let mut pi = real.clone();
+        pi["id"] = json!(unique("pi_forged"));
+        pi["metadata"]["topup_credits"] = json!((1_000 * C).to_string());
+        edit(&mut pi);
+        stripe_event("payment_intent.succeeded", pi)
+    };
+    let cases = [
+        ("unknown_recharge", forged(&|pi| pi["metadata"]["topup_recharge_id"] = json!("rch_never_made"))),
+        ("amount_mismatch", forged(&|pi| pi["amount_received"] = json!(1))),
+        ("currency_mismatch", forged(&|pi| pi["currency"] = json!("eur"))),
+    ];
+    for (reason, event) in cases {
+        let (s, r) = w.deliver(&event).await;
+        assert_eq!((s, r["result"].as_str(), r["reason"].as_str()), (200, Some("ignored"), Some(reason)), "{r}");
+        assert_eq!(w.view("acme").await["balance"], 4 * C, "{reason}: nothing credited");
+    }
+    let (s, r) = w.deliver(&stripe_event("payment_intent.succeeded", real)).await;
+    assert_eq!((s, r["result"]["amount"].as_i64()), (200, Some(10 * C)), "the record's credits: {r}");
+    assert_eq!(w.view("acme").await["balance"], 14 * C);
     w.assert_invariants("acme").await;
 }
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use lambda_http::Request;
 use serde_json::{json, Value};
-use topup::account::Account;
+use topup::account::{Account, RechargeRecord};
 use topup::adapters::dynamo::DynamoStore;
 use topup::adapters::eventbridge::EventBridgeBus;
 use topup::adapters::stripe::StripePayments;
@@ -168,6 +168,9 @@ impl Store for FaultyStore {
     }
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
         gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.put_purchase(w))
+    }
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_recharge(account_id, recharge_id))
     }
     async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_purchase(account_id, purchase_id))

@@ -17,6 +17,7 @@ fn paid(id: &str, credits: i64) -> Payment {
         charge_cents: credits / 10_000,
         reference: "pur_test".into(),
         description: "$10.00 of credits".into(),
+        recharge_month: None,
     }
 }
 

@@ -84,6 +84,7 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
         charge_cents: 700,
         reference: "pur_none".into(),
         description: "forged".into(),
+        recharge_month: None,
     };
     w.credits.credit_payment(&id, &forged).await.expect("credit");
     w.edit_account(&id, |a| a.balance = topup::money::Micros::new(a.balance.get() + 5)).await;

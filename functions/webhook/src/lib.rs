@@ -26,6 +26,7 @@ use topup::ids::{PurchaseId, RechargeId};
 use topup::ledger::EntryView;
 use topup::payments::Purchases;
 use topup::purchases::{CheckoutEvent, CheckoutEventKind, CheckoutOutcome, PurchaseStatus};
+use topup::recharge::RechargePaid;
 use topup::secret::Secret;
 use topup::store::Store;
 use topup::views::PaymentMethodView;
@@ -249,11 +250,13 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             let Some(pi) = o.id() else { return ignored("not_ours") };
             let recharge = &RechargeId::new(recharge);
             if event.type_ == "payment_intent.succeeded" {
-                let named = o.meta("topup_credits").and_then(|c| c.parse::<i64>().ok());
                 let received = o.amount_received.or(o.amount);
-                match credits.recharge_paid(account, recharge, pi, named, received).await? {
-                    Some(entry) => Ok(Handled::Entry(entry)),
-                    None => ignored("recharge_not_in_flight"),
+                match credits.recharge_paid(account, recharge, pi, received, o.currency.as_deref()).await? {
+                    RechargePaid::Credited(entry) => Ok(Handled::Entry(entry)),
+                    RechargePaid::Ignored(reason) => {
+                        tracing::warn!(event_id = %event.id, account_id = account, payment_intent_id = pi, reason, "payment is not proof of a recharge we recorded");
+                        ignored(reason)
+                    }
                 }
             } else {
                 let err = o.last_payment_error.clone().unwrap_or_default();

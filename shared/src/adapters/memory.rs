@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::account::Account;
+use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
 use crate::events::{EventBus, PublishError};
 use crate::ledger::{HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
@@ -24,6 +24,7 @@ struct Memory {
     idem: HashMap<(String, String), IdemRecord>,
     holds: HashMap<(String, String), HoldRecord>,
     purchases: HashMap<(String, String), PurchaseRecord>,
+    recharges: HashMap<(String, String), RechargeRecord>,
     deliveries: BTreeMap<(String, String), DeliveryRecord>,
     outbox: BTreeMap<(i64, String), DomainEvent>,
 }
@@ -83,6 +84,9 @@ impl Store for MemoryStore {
         if stale {
             return Err(CommitError::Stale(current.cloned().map(Box::new)));
         }
+        if let Some(r) = c.recharge {
+            m.recharges.insert((id.clone(), r.recharge_id.to_string()), r);
+        }
         if let Some(w) = c.purchase {
             m.purchases.insert((id.clone(), w.record.purchase_id.to_string()), w.record);
         }
@@ -132,6 +136,10 @@ impl Store for MemoryStore {
         }
         m.purchases.insert((id, w.record.purchase_id.to_string()), w.record);
         Ok(())
+    }
+
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        Ok(self.lock()?.recharges.get(&(account_id.to_string(), recharge_id.to_string())).cloned())
     }
 
     async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {

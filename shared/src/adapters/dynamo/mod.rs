@@ -8,6 +8,7 @@
 //! | payment claim | `ACCOUNT#{id}`  | `IDEM#payment:{id}` (no TTL) |
 //! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
 //! | purchase      | `ACCOUNT#{id}`  | `PURCHASE#{purchase_id}` |
+//! | recharge      | `ACCOUNT#{id}`  | `RECHARGE#{recharge_id}` (no TTL) |
 //! | delivery      | `ACCOUNT#{id}`  | `NOTIFY#{occurred:013}#{event}#{channel}#{to}` |
 //! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
 //!
@@ -31,7 +32,7 @@ mod table;
 pub use attributes::{from_attr, to_attr};
 pub use table::create_table;
 
-use crate::account::Account;
+use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
 use crate::purchases::PurchaseRecord;
@@ -200,6 +201,11 @@ impl Store for DynamoStore {
             items.push(self.purchase_put(w).map_err(st)?);
             slots.push(Slot::Purchase);
         }
+        if let Some(r) = &c.recharge {
+            let item = to_item(r, pk.clone(), format!("RECHARGE#{}", r.recharge_id), None).map_err(st)?;
+            items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
+            slots.push(Slot::Other);
+        }
         for e in &c.outbox {
             let item = to_item(e, OUTBOX_PK.into(), outbox_sk(e), Some(e.created_at + 14 * DAY_MS)).map_err(st)?;
             items.push(self.put(item, None).map_err(st)?);
@@ -319,6 +325,10 @@ impl Store for DynamoStore {
                 other => Err(CommitError::Store(unavailable("TransactWriteItems(purchase)", other))),
             },
         }
+    }
+
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        self.get(account_pk(account_id), format!("RECHARGE#{recharge_id}")).await?.map(|i| from_item(&i)).transpose()
     }
 
     async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
