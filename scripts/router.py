@@ -54,6 +54,10 @@ def routes_from_template(path: pathlib.Path) -> list[tuple[str, re.Pattern, str,
     return out
 
 
+# Requests forwarded to the functions at once (the rest wait in the router).
+UPSTREAM_AT_ONCE = 4
+
+
 class CrowdServer(ThreadingHTTPServer):
     """Takes a crowd as API Gateway does: a listen backlog of 1,024 (the standard library's
     default of 5 refuses or resets connections when some 30 clients connect at once), a thread
@@ -68,6 +72,11 @@ class Router:
         self.routes = routes_from_template(template)
         self.upstream = upstream.rstrip("/")
         self.server: ThreadingHTTPServer | None = None
+        # At most this many requests are with the functions at once; a crowd waits here, as
+        # API Gateway holds requests while Lambda scales. `cargo lambda watch` wedges when
+        # some 200 invocations reach it at once, and a queue behind it would outlast the
+        # 8-second wait below and be sent again.
+        self.gate = threading.BoundedSemaphore(UPSTREAM_AT_ONCE)
 
 
     def match(self, method: str, path: str) -> tuple[str | None, list[str]]:
@@ -158,6 +167,7 @@ class Router:
                 # makes one more pending record, which moves no money. A 500 of the function
                 # itself (the webhook's "Stripe, retry") is passed on, never repeated here.
                 attempts = 3
+                router.gate.acquire()
                 try:
                     for attempt in range(attempts):
                         last = attempt == attempts - 1
@@ -176,6 +186,8 @@ class Router:
                 except Exception:
                     payload = json.dumps({"error": {"code": "upstream_unavailable", "message": "The function is not reachable."}}).encode()
                     self._answer(502, payload, {"content-type": "application/json"})
+                finally:
+                    router.gate.release()
 
             # Every method, even made-up ones: a known path answers 405 (with `Allow`) for one it
             # does not serve, as API Gateway would, and an unknown path 404.

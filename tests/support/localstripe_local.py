@@ -20,6 +20,12 @@
 - Events localstripe never sends: `setup_intent.succeeded` when a SetupIntent is confirmed
   with a card, and `charge.refunded` when a refund succeeds (with the charge's running
   `amount_refunded`, as Stripe sends it).
+- Disputes, which localstripe lacks: test-only routes play the cardholder's bank and send
+  Stripe's signed events. `POST /_config/charges/{charge}/dispute` `amount=<cents>` (default:
+  the whole charge) opens one (`charge.dispute.created`, status `needs_response`, with the
+  charge and its PaymentIntent as Stripe's dispute object names them);
+  `POST /_config/disputes/{id}/close` `status=won|lost` closes it (`charge.dispute.closed`).
+  `GET /v1/disputes?payment_intent=...` lists them, as Stripe does.
 - Checkout Sessions, which localstripe lacks entirely: `POST /v1/checkout/sessions` (mode
   `payment`, `price_data` line items, `payment_intent_data.metadata`, embedded or hosted),
   `GET /v1/checkout/sessions/{id}`, `POST /v1/checkout/sessions/{id}/expire`, with the object
@@ -314,6 +320,52 @@ async def _page(request):
     return web.Response(text=body, content_type="text/html")
 
 
+# ---- Disputes -------------------------------------------------------------------------------
+
+class Dispute(StripeObject):
+    object = "dispute"
+    _id_prefix = "dp_"
+
+    def __init__(self, charge=None, amount=None, **kwargs):
+        if kwargs:
+            raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+        ch = resources.Charge._api_retrieve(charge)
+        super().__init__()
+        self.charge = ch.id
+        self.payment_intent = ch.payment_intent
+        self.amount = int(amount) if amount else ch.amount
+        self.currency = ch.currency
+        self.status = "needs_response"
+        self.reason = "fraudulent"
+        self.metadata = {}
+        self.livemode = False
+        self.is_charge_refundable = False
+
+
+async def _open_dispute(request):
+    data = await get_post_data(request) or {}
+    dispute = Dispute._api_create(charge=request.match_info["charge"], amount=data.get("amount"))
+    schedule_webhook(Event("charge.dispute.created", dispute))
+    return json_response(dispute._export())
+
+
+async def _close_dispute(request):
+    data = await get_post_data(request) or {}
+    if data.get("status") not in ("won", "lost"):
+        raise UserError(400, "status must be won or lost")
+    dispute = Dispute._api_retrieve(request.match_info["id"])
+    dispute.status = data["status"]
+    schedule_webhook(Event("charge.dispute.closed", dispute))
+    return json_response(dispute._export())
+
+
+async def _list_disputes(request):
+    pi = request.query.get("payment_intent")
+    items = [d._export() for d in resources.store.values()
+             if isinstance(d, Dispute) and (pi is None or d.payment_intent == pi)]
+    return json_response({"object": "list", "data": items, "has_more": False, "url": "/v1/disputes"})
+
+
 # Before localstripe's catch-all routes are matched; the router is not frozen until start.
 app.router.add_post("/v1/checkout/sessions", _create_session)
 app.router.add_get("/v1/checkout/sessions/{id}", _retrieve_session)
@@ -321,6 +373,9 @@ app.router.add_post("/v1/checkout/sessions/{id}/expire", _expire_session)
 app.router.add_post("/_config/checkout/sessions/{id}/pay", _pay)
 app.router.add_post("/_config/checkout/sessions/{id}/settle", _settle)
 app.router.add_get("/_config/checkout/{id}", _page)
+app.router.add_post("/_config/charges/{charge}/dispute", _open_dispute)
+app.router.add_post("/_config/disputes/{id}/close", _close_dispute)
+app.router.add_get("/v1/disputes", _list_disputes)
 
 _first_responses: dict = {}
 
