@@ -189,9 +189,28 @@ pub struct Account {
     /// refunds as a running total, so a refund takes back only what this total adds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refunded: BTreeMap<String, i64>,
+    /// Disputes of this account's payments, by Stripe's dispute id: what each took back, and
+    /// whether it is still open (auto-recharge is paused while one is).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disputes: BTreeMap<String, Dispute>,
+}
+
+/// A dispute (chargeback) of one of the account's payments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispute {
+    /// The disputed payment's PaymentIntent id.
+    pub payment_id: String,
+    /// Credits the dispute took back (a won dispute returns exactly these).
+    pub taken: Micros,
+    pub open: bool,
 }
 
 impl Account {
+    /// Whether a dispute of one of its payments is open: auto-recharge waits until it closes.
+    pub fn dispute_open(&self) -> bool {
+        self.disputes.values().any(|d| d.open)
+    }
+
     /// A new account on `plan`, with auto-recharge off and the profile's defaults.
     pub fn new(profile: &Profile, id: &str, plan: &str, contacts: Vec<Contact>, now: i64) -> Account {
         let ar = &profile.auto_recharge;
@@ -230,6 +249,7 @@ impl Account {
             gsi1pk: None,
             last_recharge_error: None,
             refunded: BTreeMap::new(),
+            disputes: BTreeMap::new(),
         }
     }
 

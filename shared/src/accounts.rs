@@ -64,6 +64,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 hold: None,
                 purchase: None,
                 recharge: None,
+                payment_index: None,
                 outbox: vec![],
             };
             match self.store.commit(commit).await {

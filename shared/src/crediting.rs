@@ -1,13 +1,15 @@
 //! Crediting: a paid payment credits exactly once, and a refund takes its share back once.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::account::Dispute;
 use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
-use crate::events::{CreditsAdded, DomainEvent, Event, RechargeSucceeded};
+use crate::events::{CreditsAdded, DisputeMoved, DomainEvent, Event, RechargeSucceeded};
 use crate::ids::RechargeId;
-use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
+use crate::ledger::{request_hash, Credited, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
 use crate::pricing::format_credits;
 use crate::purchases::{Charge, PurchaseRecord, PurchaseStatus};
@@ -96,7 +98,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }
                 }
                 let view = entry.view();
-                let credited = Some((entry.id.clone(), payment.credits));
+                let credited = Some(Credited {
+                    entry_id: entry.id.clone(),
+                    amount: payment.credits,
+                    charge_cents: payment.charge_cents,
+                });
                 // A paid payment credits even if the purchase had meanwhile been marked failed or
                 // expired: the money was taken (rules §10.2).
                 let purchase = purchase.map(|r| PurchaseWrite {
@@ -115,8 +121,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     ],
                     expected_updated_at: Some(r.updated_at),
                 });
-                Change { ledger: Some(entry), events, purchase, credited, ..Change::quiet(next, "payment", view) }
-                    .write()
+                let payment_index = Some(payment.payment_id.clone());
+                Change {
+                    ledger: Some(entry),
+                    events,
+                    purchase,
+                    credited,
+                    payment_index,
+                    ..Change::quiet(next, "payment", view)
+                }
+                .write()
             })
             .await?;
         Ok(applied)
@@ -180,6 +194,152 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros::new(-taken), now, description.clone()));
             let view = entry.as_ref().map(LedgerEntry::view);
             Change { ledger: entry, ..Change::quiet(next, "refund", view) }.write()
+        })
+        .await?
+        .done()
+    }
+}
+
+/// What a dispute event did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DisputeOutcome {
+    /// Opened (credits taken back) or closed (won: returned); the entry, if credits moved.
+    Applied(Option<EntryView>),
+    /// Delivered before: nothing more.
+    AlreadySo,
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// The account a credited payment belongs to, from our own index.
+    pub async fn payment_account(&self, payment_intent_id: &str) -> Result<Option<String>, ApiError> {
+        self.store.payment_account(payment_intent_id).await.map_err(upstream)
+    }
+
+    /// The credits a payment credited and what it charged, from its permanent claim; 409
+    /// `payment_not_credited_yet` when it has not been credited (Stripe delivers again later).
+    async fn credited(&self, id: &str, payment_intent_id: &str) -> Result<Credited, ApiError> {
+        let claim = self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
+        claim.and_then(|c| c.credited).ok_or_else(|| {
+            tracing::warn!(
+                account_id = id,
+                payment_intent_id,
+                "an event for a payment not credited yet; Stripe will retry"
+            );
+            ApiError::OutOfOrder(
+                "payment_not_credited_yet",
+                "This event is for a payment not credited yet; deliver it again later.".into(),
+            )
+        })
+    }
+
+    /// `charge.dispute.created` (rules §12): takes back the disputed payment's credits — the
+    /// disputed amount at the payment's own rate, at most what it credited less what refunds
+    /// and earlier disputes of it took — as one `dispute` entry, never below zero nor below what
+    /// open holds reserve (the rest is forgiven, as with refunds). Once per dispute id. While
+    /// the dispute is open auto-recharge is paused; `PaymentDisputed` tells the customer.
+    /// Neither lifetime total counts it.
+    pub async fn dispute_opened(
+        &self,
+        id: &str,
+        dispute_id: &str,
+        payment_intent_id: &str,
+        disputed_cents: i64,
+        currency: &str,
+    ) -> Result<DisputeOutcome, ApiError> {
+        let credited = self.credited(id, payment_intent_id).await?;
+        let amount = credited.amount.get();
+        let share = match credited.charge_cents {
+            c if c > 0 => (i128::from(amount) * i128::from(disputed_cents.clamp(0, c)) / i128::from(c)) as i64,
+            _ => amount,
+        };
+        let p = &self.profile;
+        self.apply(id, None, |a, now| {
+            if a.disputes.contains_key(dispute_id) {
+                return Ok(Plan::AlreadySo(DisputeOutcome::AlreadySo));
+            }
+            let before: i64 = a.refunded.get(payment_intent_id).copied().unwrap_or(0)
+                + a.disputes.values().filter(|d| d.payment_id == payment_intent_id).map(|d| d.taken.get()).sum::<i64>();
+            let owed = share.min(amount - before).max(0);
+            let mut next = a.next(now);
+            let taken = owed.min(next.available(now).get().max(0));
+            next.balance = Micros::new(next.balance.get() - taken);
+            next.disputes.insert(
+                dispute_id.to_string(),
+                Dispute { payment_id: payment_intent_id.to_string(), taken: Micros::new(taken), open: true },
+            );
+            let mut description = format!("Disputed payment: {} taken back", format_credits(p, Micros::new(taken)));
+            if taken < owed {
+                description
+                    .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros::new(owed - taken))));
+            }
+            let entry = (taken > 0)
+                .then(|| LedgerEntry::after(&next, EntryKind::Dispute, Micros::new(-taken), now, description.clone()));
+            let event = DomainEvent::new(
+                id,
+                now,
+                Event::PaymentDisputed(DisputeMoved {
+                    dispute_id: dispute_id.to_string(),
+                    payment_id: payment_intent_id.to_string(),
+                    status: "open".into(),
+                    taken,
+                    disputed: Charge { amount: disputed_cents, currency: currency.to_lowercase() },
+                    balance: next.balance.get(),
+                }),
+            );
+            let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "dispute", outcome) }.write()
+        })
+        .await?
+        .done()
+    }
+
+    /// `charge.dispute.closed` (rules §12): `won` returns exactly what the dispute took (a
+    /// positive `dispute` entry), once; `lost` keeps it. Either way the dispute is no longer
+    /// open. A close before its open is 409 `dispute_not_opened_yet`, delivered again later.
+    pub async fn dispute_closed(
+        &self,
+        id: &str,
+        dispute_id: &str,
+        won: bool,
+        disputed_cents: i64,
+        currency: &str,
+    ) -> Result<DisputeOutcome, ApiError> {
+        let p = &self.profile;
+        self.apply(id, None, |a, now| {
+            let Some(dispute) = a.disputes.get(dispute_id).cloned() else {
+                return Err(ApiError::OutOfOrder(
+                    "dispute_not_opened_yet",
+                    "This dispute has not been opened here yet; deliver it again later.".into(),
+                ));
+            };
+            if !dispute.open {
+                return Ok(Plan::AlreadySo(DisputeOutcome::AlreadySo));
+            }
+            let mut next = a.next(now);
+            next.disputes.insert(dispute_id.to_string(), Dispute { open: false, ..dispute.clone() });
+            let returned = if won { dispute.taken.get() } else { 0 };
+            next.balance = next
+                .balance
+                .checked_add(Micros::new(returned))
+                .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+            let entry = (returned > 0).then(|| {
+                let description = format!("Dispute won: {} returned", format_credits(p, Micros::new(returned)));
+                LedgerEntry::after(&next, EntryKind::Dispute, Micros::new(returned), now, description)
+            });
+            let event = DomainEvent::new(
+                id,
+                now,
+                Event::DisputeClosed(DisputeMoved {
+                    dispute_id: dispute_id.to_string(),
+                    payment_id: dispute.payment_id.clone(),
+                    status: if won { "won" } else { "lost" }.into(),
+                    taken: dispute.taken.get(),
+                    disputed: Charge { amount: disputed_cents, currency: currency.to_lowercase() },
+                    balance: next.balance.get(),
+                }),
+            );
+            let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "dispute_closed", outcome) }.write()
         })
         .await?
         .done()

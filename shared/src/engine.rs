@@ -24,8 +24,7 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::events::DomainEvent;
 use crate::events::{publish_committed, EventBus};
-use crate::ledger::{crossing_events, HoldRecord, IdemRecord, LedgerEntry};
-use crate::money::Micros;
+use crate::ledger::{crossing_events, Credited, HoldRecord, IdemRecord, LedgerEntry};
 use crate::profile::Profile;
 use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
 
@@ -63,8 +62,10 @@ pub(crate) struct Change<T> {
     pub(crate) purchase: Option<PurchaseWrite>,
     /// A recharge's permanent record, written with its claim.
     pub(crate) recharge: Option<RechargeRecord>,
+    /// A credited payment's PaymentIntent id, indexed to the account.
+    pub(crate) payment_index: Option<String>,
     /// For a payment's permanent claim: what it credited, kept as a field of the claim.
-    pub(crate) credited: Option<(String, Micros)>,
+    pub(crate) credited: Option<Credited>,
 }
 
 impl<T> Change<T> {
@@ -80,6 +81,7 @@ impl<T> Change<T> {
             events: vec![],
             purchase: None,
             recharge: None,
+            payment_index: None,
             credited: None,
         }
     }
@@ -292,10 +294,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     outcome: serde_json::to_value(&planned.outcome).map_err(|_| ApiError::Upstream)?,
                     created_at: now,
                     permanent: c.permanent,
-                    credited: planned
-                        .credited
-                        .take()
-                        .map(|(entry_id, amount)| crate::ledger::Credited { entry_id, amount }),
+                    credited: planned.credited.take(),
                 }),
                 None => None,
             };
@@ -307,6 +306,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 hold: planned.hold,
                 purchase: planned.purchase,
                 recharge: planned.recharge,
+                payment_index: planned.payment_index,
                 outbox: outbox.clone(),
             };
             match self.store.commit(commit).await {

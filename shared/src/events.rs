@@ -52,6 +52,20 @@ impl DomainEvent {
     }
 }
 
+/// `PaymentDisputed` and `DisputeClosed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisputeMoved {
+    pub dispute_id: String,
+    pub payment_id: String,
+    /// `open`, `won` or `lost`.
+    pub status: String,
+    /// What the dispute took back (micro-credits); returned when it is won.
+    pub taken: i64,
+    /// The disputed amount of money (minor units).
+    pub disputed: Charge,
+    pub balance: i64,
+}
+
 /// Every event topup puts on its bus, with its detail typed. `DomainEvent::new` serialises
 /// one into the outbox; consumers read one back with `Event::read`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +84,10 @@ pub enum Event {
     PurchaseProcessing(PurchaseMoved),
     /// The purchase's payment failed.
     PurchaseFailed(PurchaseMoved),
+    /// A payment was disputed (a chargeback): its credits were taken back.
+    PaymentDisputed(DisputeMoved),
+    /// A dispute closed: won (what it took is returned) or lost.
+    DisputeClosed(DisputeMoved),
 }
 
 impl Event {
@@ -84,13 +102,15 @@ impl Event {
             Event::AutoRechargePaused(_) => "AutoRechargePaused",
             Event::PurchaseProcessing(_) => "PurchaseProcessing",
             Event::PurchaseFailed(_) => "PurchaseFailed",
+            Event::PaymentDisputed(_) => "PaymentDisputed",
+            Event::DisputeClosed(_) => "DisputeClosed",
         }
     }
 
     /// Reads a delivered event back: `None` for a detail type we do not publish, an error for
     /// a detail that does not read as its type.
     pub fn read(detail_type: &str, detail: &Value) -> Option<Result<Event, serde_json::Error>> {
-        const OURS: [&str; 8] = [
+        const OURS: [&str; 10] = [
             "BalanceLow",
             "BalanceDepleted",
             "CreditsAdded",
@@ -99,6 +119,8 @@ impl Event {
             "AutoRechargePaused",
             "PurchaseProcessing",
             "PurchaseFailed",
+            "PaymentDisputed",
+            "DisputeClosed",
         ];
         OURS.contains(&detail_type)
             .then(|| serde_json::from_value(json!({"detail_type": detail_type, "detail": detail})))
@@ -113,6 +135,7 @@ impl Event {
             Event::AutoRechargeFailed(d) => d.balance,
             Event::AutoRechargePaused(d) => d.balance,
             Event::PurchaseProcessing(d) | Event::PurchaseFailed(d) => d.balance,
+            Event::PaymentDisputed(d) | Event::DisputeClosed(d) => d.balance,
         }
     }
 
@@ -207,6 +230,8 @@ pub fn sample_detail(detail_type: &str, overrides: Value) -> Value {
             "message": null, "credits": 0, "charge": charge, "balance": 0}),
         "AutoRechargePaused" => json!({"month": "2026-11", "reason": "monthly_cap", "monthly_max": 10,
             "monthly_spend_max": null, "balance": 0}),
+        "PaymentDisputed" | "DisputeClosed" => json!({"dispute_id": "dp_1", "payment_id": "pi_1", "status": "open",
+            "taken": 0, "disputed": charge, "balance": 0}),
         _ => json!({}),
     };
     if let (Some(d), Value::Object(p)) = (d.as_object_mut(), overrides) {

@@ -20,6 +20,9 @@ pub enum EntryKind {
     Consumption,
     Refund,
     Adjustment,
+    /// A chargeback: credits taken back when a payment is disputed (negative), returned when the
+    /// dispute is won (positive).
+    Dispute,
 }
 
 /// One immutable movement of credits. `seq` is the account version that wrote it, so entries
@@ -108,6 +111,9 @@ pub struct IdemRecord {
 pub struct Credited {
     pub entry_id: String,
     pub amount: Micros,
+    /// What the payment charged (minor units): a refund or dispute takes back its share.
+    #[serde(default)]
+    pub charge_cents: i64,
 }
 
 /// How long idempotency keys are kept (rules §6: at least 24 hours).

@@ -39,7 +39,8 @@ pub fn notification_kind(event: &Event) -> Option<&'static str> {
         // seed 000: "We'll email you when it completes" — payments that went through processing.
         Event::CreditsAdded(c) if c.settled_after_processing => Some("credit_purchase_settled"),
         Event::AutoRechargePaused(_) => Some("credit_auto_recharge_paused"),
-        Event::CreditsAdded(_) | Event::PurchaseProcessing(_) => None,
+        Event::PaymentDisputed(_) => Some("credit_payment_disputed"),
+        Event::CreditsAdded(_) | Event::PurchaseProcessing(_) | Event::DisputeClosed(_) => None,
     }
 }
 
@@ -144,8 +145,23 @@ pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -
             "Manage auto top-up",
             "You've reached your monthly auto-reload limit. Auto-reload is paused until next month.".into(),
         ),
+        Event::PaymentDisputed(d) => {
+            let taken = credits(p, d.taken);
+            (
+                "A payment was disputed".into(),
+                vec![
+                    format!(
+                        "A payment of {} for {account_id} was disputed with the card's bank, so {taken} were taken back. Your balance is now {balance}.",
+                        charge(&d.disputed)
+                    ),
+                    "Auto top-up is paused until the dispute is resolved. If the dispute is decided in your favour, the credits are returned.".into(),
+                ],
+                "View credits",
+                format!("A payment for {account_id} was disputed: {taken} taken back, auto top-up paused. Balance: {balance}."),
+            )
+        }
         // Nothing is sent for these (`notification_kind` answered `None` above).
-        Event::PurchaseProcessing(_) => return None,
+        Event::PurchaseProcessing(_) | Event::DisputeClosed(_) => return None,
     };
     let text = format!("{}\n\n{action}: {billing_url}\n", paragraphs.join("\n\n"));
     let html = format!(

@@ -145,13 +145,14 @@ pub struct Notifications {
 }
 
 /// The notification types a profile may send (rules §8).
-pub const NOTIFICATION_TYPES: [&str; 6] = [
+pub const NOTIFICATION_TYPES: [&str; 7] = [
     "credit_balance_low",
     "credit_balance_depleted",
     "credit_auto_recharge_triggered",
     "credit_purchase_failed",
     "credit_purchase_settled",
     "credit_auto_recharge_paused",
+    "credit_payment_disputed",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

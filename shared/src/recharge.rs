@@ -201,6 +201,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if ar.suspended {
                 return not("suspended");
             }
+            if next.dispute_open() {
+                return not("dispute");
+            }
             if ar.in_flight.is_some() {
                 return not("in_flight");
             }

@@ -90,6 +90,9 @@ pub struct Commit {
     pub purchase: Option<PurchaseWrite>,
     /// A recharge's permanent record, written with its claim (only if none exists).
     pub recharge: Option<RechargeRecord>,
+    /// A credited payment's PaymentIntent id, indexed to its account (disputes carry no
+    /// metadata of ours).
+    pub payment_index: Option<String>,
     /// Events written to the outbox in the same transaction, published after it.
     pub outbox: Vec<DomainEvent>,
 }
@@ -117,6 +120,11 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
     /// Writes a purchase record on its own (a state change that moves no credits).
     fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send;
+    /// The account a credited payment (PaymentIntent id) belongs to.
+    fn payment_account(
+        &self,
+        payment_intent_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     /// A recharge's permanent record.
     fn load_recharge(
         &self,
@@ -194,6 +202,12 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send {
         (**self).put_purchase(write)
+    }
+    fn payment_account(
+        &self,
+        payment_intent_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        (**self).payment_account(payment_intent_id)
     }
     fn load_recharge(
         &self,

@@ -278,6 +278,11 @@ pub fn auto_recharge_view(p: &Profile, a: &Account, month: &str) -> AutoRecharge
     let over_money = ar.monthly_spend_max_cents.is_some_and(|cap| spent + next_charge > cap);
     let paused = if !plan_allows {
         Paused::new("plan", plan_unavailable_message(&a.plan))
+    } else if ar.enabled && a.dispute_open() {
+        Paused::new(
+            "dispute",
+            "Auto-recharge is paused while a payment is disputed. It resumes once the dispute is resolved.",
+        )
     } else if ar.enabled && ar.suspended {
         Paused::new(
             "payment_failed",

@@ -225,6 +225,7 @@ impl World {
             hold: None,
             purchase: None,
             recharge: None,
+            payment_index: None,
             outbox: vec![],
         };
         self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("edit account");

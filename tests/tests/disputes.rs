@@ -64,7 +64,12 @@ async fn a_dispute_takes_its_share_back_once_pauses_auto_recharge_and_a_won_one_
     assert_eq!(of_type(&events, "PaymentDisputed").len(), 1, "told once: {events:?}");
 
     // Won: exactly what it took comes back, once.
-    let (s, closed) = local_stripe("POST", &format!("/_config/disputes/{}/close", dispute["id"].as_str().expect("id")), &[("status", "won")]).await;
+    let (s, closed) = local_stripe(
+        "POST",
+        &format!("/_config/disputes/{}/close", dispute["id"].as_str().expect("id")),
+        &[("status", "won")],
+    )
+    .await;
     assert_eq!(s, 200, "{closed}");
     for _ in 0..2 {
         let (s, r) = w.deliver(&stripe_event("charge.dispute.closed", closed.clone())).await;
@@ -92,7 +97,12 @@ async fn a_lost_dispute_keeps_what_it_took_and_never_more_than_the_payment_credi
     let v = w.view(&id).await;
     assert_eq!(v["balance"], 0, "never below zero: {v}");
     assert_eq!(v["recent_transactions"][0]["amount"], -12 * C);
-    let (_, closed) = local_stripe("POST", &format!("/_config/disputes/{}/close", dispute["id"].as_str().expect("id")), &[("status", "lost")]).await;
+    let (_, closed) = local_stripe(
+        "POST",
+        &format!("/_config/disputes/{}/close", dispute["id"].as_str().expect("id")),
+        &[("status", "lost")],
+    )
+    .await;
     let (s, r) = w.deliver(&stripe_event("charge.dispute.closed", closed)).await;
     assert_eq!((s, r["result"].as_str()), (200, Some("recorded")), "{r}");
     let v = w.view(&id).await;
@@ -133,7 +143,11 @@ async fn the_customer_is_told_of_a_dispute_by_email_and_sms() {
     assert_eq!(disputed.len(), 1, "{events:?}");
     let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
     let report = notify::handle(&notifier, disputed[0]).await.expect("delivered");
-    assert_eq!((report["kind"].as_str(), report["sent"].as_i64()), (Some("credit_payment_disputed"), Some(2)), "{report}");
+    assert_eq!(
+        (report["kind"].as_str(), report["sent"].as_i64()),
+        (Some("credit_payment_disputed"), Some(2)),
+        "{report}"
+    );
     let data = moto_data().await;
     let mail = data["ses"]["Message"]
         .as_array()

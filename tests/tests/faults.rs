@@ -169,6 +169,9 @@ impl Store for FaultyStore {
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
         gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.put_purchase(w))
     }
+    async fn payment_account(&self, pi: &str) -> Result<Option<String>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.payment_account(pi))
+    }
     async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_recharge(account_id, recharge_id))
     }

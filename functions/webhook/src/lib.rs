@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use stripe_webhook::{Webhook, WebhookError};
 use topup::account::RechargeError;
 use topup::clock;
+use topup::crediting::DisputeOutcome;
 use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::http::{error_body, json_response};
@@ -80,6 +81,7 @@ struct StripeObject {
     amount_refunded: Option<i64>,
     amount_total: Option<i64>,
     currency: Option<String>,
+    status: Option<String>,
     last_payment_error: Option<PaymentError>,
 }
 
@@ -306,6 +308,28 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             Ok(match credits.refund_payment(&account, pi, amount, refunded).await? {
                 Some(entry) => Handled::Entry(entry),
                 None => Handled::Word("nothing to take back"),
+            })
+        }
+        t @ ("charge.dispute.created" | "charge.dispute.closed") => {
+            let (Some(dispute_id), Some(pi)) = (o.id(), o.payment_intent.as_ref().and_then(IdOrObject::id)) else {
+                return ignored("not_ours");
+            };
+            // A dispute carries no metadata of ours: our own index finds the payment's account.
+            let Some(account) = credits.payment_account(pi).await? else { return ignored("not_ours") };
+            let amount = o.amount.unwrap_or(0);
+            let currency = o.currency.clone().unwrap_or_else(|| credits.profile.currency.clone());
+            let outcome = if t == "charge.dispute.created" {
+                credits.dispute_opened(&account, dispute_id, pi, amount, &currency).await?
+            } else {
+                // `won` returns what the dispute took; `lost` keeps it. An inquiry that closes
+                // without a chargeback (`warning_closed`) took no money: it returns too.
+                let returned = matches!(o.status.as_deref(), Some("won" | "warning_closed"));
+                credits.dispute_closed(&account, dispute_id, returned, amount, &currency).await?
+            };
+            Ok(match outcome {
+                DisputeOutcome::Applied(Some(entry)) => Handled::Entry(entry),
+                DisputeOutcome::Applied(None) => Handled::Word("recorded"),
+                DisputeOutcome::AlreadySo => Handled::Word("unchanged"),
             })
         }
         _ => ignored("unhandled_event_type"),

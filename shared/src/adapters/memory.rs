@@ -25,6 +25,7 @@ struct Memory {
     holds: HashMap<(String, String), HoldRecord>,
     purchases: HashMap<(String, String), PurchaseRecord>,
     recharges: HashMap<(String, String), RechargeRecord>,
+    payments: HashMap<String, String>,
     deliveries: BTreeMap<(String, String), DeliveryRecord>,
     outbox: BTreeMap<(i64, String), DomainEvent>,
 }
@@ -84,6 +85,9 @@ impl Store for MemoryStore {
         if stale {
             return Err(CommitError::Stale(current.cloned().map(Box::new)));
         }
+        if let Some(pi) = c.payment_index {
+            m.payments.insert(pi, id.clone());
+        }
         if let Some(r) = c.recharge {
             m.recharges.insert((id.clone(), r.recharge_id.to_string()), r);
         }
@@ -136,6 +140,10 @@ impl Store for MemoryStore {
         }
         m.purchases.insert((id, w.record.purchase_id.to_string()), w.record);
         Ok(())
+    }
+
+    async fn payment_account(&self, payment_intent_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.payments.get(payment_intent_id).cloned())
     }
 
     async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {

@@ -9,6 +9,7 @@
 //! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
 //! | purchase      | `ACCOUNT#{id}`  | `PURCHASE#{purchase_id}` |
 //! | recharge      | `ACCOUNT#{id}`  | `RECHARGE#{recharge_id}` (no TTL) |
+//! | payment index | `PAYMENT#{pi}`  | `PAYMENT` (`account_id`; no TTL) |
 //! | delivery      | `ACCOUNT#{id}`  | `NOTIFY#{occurred:013}#{event}#{channel}#{to}` |
 //! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
 //!
@@ -201,6 +202,14 @@ impl Store for DynamoStore {
             items.push(self.purchase_put(w).map_err(st)?);
             slots.push(Slot::Purchase);
         }
+        if let Some(pi) = &c.payment_index {
+            let mut item = Item::new();
+            item.insert("pk".into(), s(format!("PAYMENT#{pi}")));
+            item.insert("sk".into(), s("PAYMENT"));
+            item.insert("account_id".into(), s(c.account.id.clone()));
+            items.push(self.put(item, None).map_err(st)?);
+            slots.push(Slot::Other);
+        }
         if let Some(r) = &c.recharge {
             let item = to_item(r, pk.clone(), format!("RECHARGE#{}", r.recharge_id), None).map_err(st)?;
             items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
@@ -325,6 +334,11 @@ impl Store for DynamoStore {
                 other => Err(CommitError::Store(unavailable("TransactWriteItems(purchase)", other))),
             },
         }
+    }
+
+    async fn payment_account(&self, payment_intent_id: &str) -> Result<Option<String>, StoreError> {
+        let item = self.get(format!("PAYMENT#{payment_intent_id}"), "PAYMENT".into()).await?;
+        Ok(item.and_then(|i| i.get("account_id").and_then(|a| a.as_s().ok()).cloned()))
     }
 
     async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
