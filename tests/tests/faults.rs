@@ -302,6 +302,9 @@ struct Schedule {
     open_sessions: Vec<String>,
     delayed_sessions: Vec<String>,
     open_holds: Vec<String>,
+    /// Disputes opened at Stripe and not closed yet, and every dispute ever opened.
+    open_disputes: Vec<String>,
+    disputes: Vec<String>,
     /// Idempotency keys and their first 2xx answer (replays must give it back).
     answers: BTreeMap<String, Value>,
     usage_keys: Vec<(String, i64)>,
@@ -322,6 +325,7 @@ struct Stats {
     recharges_declined: u64,
     purchases_credited: u64,
     refunds: u64,
+    disputes: u64,
 }
 
 impl Stats {
@@ -334,6 +338,7 @@ impl Stats {
         self.recharges_declined += o.recharges_declined;
         self.purchases_credited += o.purchases_credited;
         self.refunds += o.refunds;
+        self.disputes += o.disputes;
     }
 }
 
@@ -403,6 +408,8 @@ impl Schedule {
             open_sessions: Vec::new(),
             delayed_sessions: Vec::new(),
             open_holds: Vec::new(),
+            open_disputes: Vec::new(),
+            disputes: Vec::new(),
             answers: BTreeMap::new(),
             usage_keys: Vec::new(),
             steps: Vec::new(),
@@ -498,6 +505,8 @@ impl Schedule {
             ("sweep", 4),
             ("plan-change", 2),
             ("forged-purchase", 1),
+            ("dispute", on(self.stats.webhook_deliveries > 0, 2)),
+            ("dispute-closes", on(!self.open_disputes.is_empty(), 3)),
         ]
     }
 
@@ -625,6 +634,37 @@ impl Schedule {
                         let charge = r["charge"].as_str().unwrap_or_default();
                         let (_, c) = local_stripe("GET", &format!("/v1/charges/{charge}"), &[]).await;
                         self.webhooks.push(stripe_event("charge.refunded", c));
+                    }
+                }
+            }
+            "dispute" => {
+                // The cardholder's bank disputes some or all of a paid payment (rules §12).
+                let paid: Vec<_> =
+                    self.stripe_payments().await.into_iter().filter(|p| p.status == "succeeded").collect();
+                if let Some(p) = self.rng.pick(&paid) {
+                    let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{}", p.id), &[]).await;
+                    let charge = pi["latest_charge"].as_str().or_else(|| pi["latest_charge"]["id"].as_str());
+                    if let Some(charge) = charge {
+                        let amount = self.rng.range(1, p.amount).to_string();
+                        let path = format!("/_config/charges/{charge}/dispute");
+                        let (s, d) = local_stripe("POST", &path, &[("amount", &amount)]).await;
+                        if let (200, Some(id)) = (s, d["id"].as_str()) {
+                            self.open_disputes.push(id.to_string());
+                            self.disputes.push(id.to_string());
+                            self.stats.disputes += 1;
+                            self.webhooks.push(stripe_event("charge.dispute.created", d));
+                        }
+                    }
+                }
+            }
+            "dispute-closes" => {
+                if let Some(id) = self.rng.pick(&self.open_disputes).cloned() {
+                    self.open_disputes.retain(|d| d != &id);
+                    let status = if self.rng.chance(50) { "won" } else { "lost" };
+                    let (s, d) =
+                        local_stripe("POST", &format!("/_config/disputes/{id}/close"), &[("status", status)]).await;
+                    if s == 200 {
+                        self.webhooks.push(stripe_event("charge.dispute.closed", d));
                     }
                 }
             }
@@ -857,6 +897,33 @@ impl Schedule {
         }
         if account.auto_recharge.used_this_month as i64 > self.monthly_max {
             self.fail(format!("the month's count {} is above the cap", account.auto_recharge.used_this_month));
+        }
+        // Disputes (rules §12): each takes back at most once and returns at most what it took;
+        // once settled, every dispute opened at Stripe is recorded.
+        let entries = |sign: i64| -> i64 {
+            ledger
+                .iter()
+                .filter(|e| e.kind == topup::ledger::EntryKind::Dispute && e.amount.get().signum() == sign)
+                .map(|e| e.amount.get())
+                .sum()
+        };
+        let taken: i64 = account.disputes.values().map(|d| d.taken.get()).sum();
+        let closed_taken: i64 = account.disputes.values().filter(|d| !d.open).map(|d| d.taken.get()).sum();
+        let takes = ledger.iter().filter(|e| e.kind == topup::ledger::EntryKind::Dispute && e.amount.get() < 0).count();
+        if -entries(-1) != taken || takes > account.disputes.len() {
+            self.fail(format!(
+                "disputes took {} in {takes} entries for {} disputes that say {taken}",
+                -entries(-1),
+                account.disputes.len()
+            ));
+        }
+        if entries(1) > closed_taken {
+            self.fail(format!("disputes returned {} of {closed_taken} taken by closed ones", entries(1)));
+        }
+        if settled {
+            if let Some(missing) = self.disputes.iter().find(|d| !account.disputes.contains_key(*d)) {
+                self.fail(format!("dispute {missing} was opened at Stripe but never recorded"));
+            }
         }
         // Holds never hold more than the balance.
         let now = topup::clock::now_ms();

@@ -315,7 +315,18 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 return ignored("not_ours");
             };
             // A dispute carries no metadata of ours: our own index finds the payment's account.
-            let Some(account) = credits.payment_account(pi).await? else { return ignored("not_ours") };
+            // A payment not credited yet is not in it: its PaymentIntent says whose it is, and
+            // the dispute then waits for the credit (409, delivered again).
+            let account = match credits.payment_account(pi).await? {
+                Some(a) => a,
+                None => {
+                    let m = payments.payment_metadata(pi).await?;
+                    match (m.get("topup_account_id"), m.get("topup_stack")) {
+                        (Some(a), stack) if stack.is_none_or(|s| s == credits.stack()) => a.clone(),
+                        _ => return ignored("not_ours"),
+                    }
+                }
+            };
             let amount = o.amount.unwrap_or(0);
             let currency = o.currency.clone().unwrap_or_else(|| credits.profile.currency.clone());
             let outcome = if t == "charge.dispute.created" {
