@@ -162,6 +162,8 @@ pub struct PaymentRecord {
     pub amount: i64,
     /// Stripe's running total of refunds on the payment's charge.
     pub amount_refunded: i64,
+    /// Whether the payment's charge has been disputed (it stays so once it was).
+    pub disputed: bool,
     pub currency: String,
     /// Unix seconds.
     pub created: i64,

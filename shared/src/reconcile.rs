@@ -301,6 +301,47 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ));
             }
         }
+        // Disputes (rules §12): a payment Stripe shows disputed has its dispute recorded here
+        // (lagging while the event is on its way), and no dispute is recorded for a payment
+        // that Stripe does not show disputed, or that was not credited.
+        for p in ours_at_stripe.values().filter(|p| credited.contains_key(p.id.as_str())) {
+            let ours = account.disputes.values().any(|d| d.payment_id == p.id);
+            if p.disputed && !ours {
+                let mut d = diff(
+                    "dispute_not_recorded",
+                    Severity::Lagging,
+                    Some(&p.id),
+                    None,
+                    Some(p.amount),
+                    "Stripe shows this payment disputed; the dispute has not taken its credits back here.".into(),
+                );
+                d.age_s = Some(now_s - p.created);
+                out.push(d);
+            } else if ours && !p.disputed {
+                out.push(diff(
+                    "dispute_not_at_stripe",
+                    Severity::Wrong,
+                    Some(&p.id),
+                    None,
+                    None,
+                    "A dispute is recorded for a payment that Stripe does not show disputed.".into(),
+                ));
+            }
+        }
+        for (dispute, d) in &account.disputes {
+            if !credited.contains_key(d.payment_id.as_str()) || !ours_at_stripe.contains_key(d.payment_id.as_str()) {
+                out.push(diff(
+                    "dispute_without_payment",
+                    Severity::Wrong,
+                    Some(&d.payment_id),
+                    Some(d.taken.get()),
+                    None,
+                    format!(
+                        "Dispute {dispute} took credits back for a payment that was not credited or is not at Stripe."
+                    ),
+                ));
+            }
+        }
         for (payment, taken) in &account.refunded {
             if !credited.contains_key(payment.as_str()) || !ours_at_stripe.contains_key(payment.as_str()) {
                 out.push(diff(

@@ -331,6 +331,7 @@ class Dispute(StripeObject):
             raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
         ch = resources.Charge._api_retrieve(charge)
         super().__init__()
+        ch.disputed = True
         self.charge = ch.id
         self.payment_intent = ch.payment_intent
         self.amount = int(amount) if amount else ch.amount

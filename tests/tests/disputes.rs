@@ -156,3 +156,21 @@ async fn the_customer_is_told_of_a_dispute_by_email_and_sms() {
         .unwrap_or_default();
     assert_eq!(mail["subject"], "A payment was disputed", "{mail}");
 }
+
+/// Reconciliation compares disputes with Stripe's (rules §12): a dispute whose event has not
+/// arrived is lagging (a problem after the grace period); once it is in, they agree.
+#[tokio::test]
+async fn reconciliation_sees_a_dispute_whose_event_has_not_arrived() {
+    let w = World::new("usd-overage").await;
+    let id = unique("recon");
+    let paid = credited_purchase(&w, &id).await;
+    let charge = charge_of(&paid).await;
+    let (_, dispute) = local_stripe("POST", &format!("/_config/charges/{charge}/dispute"), &[]).await;
+    let report = w.credits.reconcile_account(&stripe_payments(), &id).await.expect("reconcile");
+    let codes: Vec<_> = report.differences.iter().map(|d| (d.code, d.is_problem(3600))).collect();
+    assert_eq!(codes, vec![("dispute_not_recorded", false)], "{report:?}");
+    w.deliver(&stripe_event("charge.dispute.created", dispute)).await;
+    let report = w.credits.reconcile_account(&stripe_payments(), &id).await.expect("reconcile");
+    assert_eq!(report.differences, vec![], "{report:?}");
+    w.assert_invariants(&id).await;
+}

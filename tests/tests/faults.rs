@@ -326,6 +326,7 @@ struct Stats {
     purchases_credited: u64,
     refunds: u64,
     disputes: u64,
+    late_successes: u64,
 }
 
 impl Stats {
@@ -339,6 +340,7 @@ impl Stats {
         self.purchases_credited += o.purchases_credited;
         self.refunds += o.refunds;
         self.disputes += o.disputes;
+        self.late_successes += o.late_successes;
     }
 }
 
@@ -506,6 +508,7 @@ impl Schedule {
             ("plan-change", 2),
             ("forged-purchase", 1),
             ("dispute", on(self.stats.webhook_deliveries > 0, 2)),
+            ("recharge-recorded-failed", 3),
             ("dispute-closes", on(!self.open_disputes.is_empty(), 3)),
         ]
     }
@@ -653,6 +656,55 @@ impl Schedule {
                             self.disputes.push(id.to_string());
                             self.stats.disputes += 1;
                             self.webhooks.push(stripe_event("charge.dispute.created", d));
+                        }
+                    }
+                }
+            }
+            "recharge-recorded-failed" => {
+                // A claim in flight is charged, the function records it failed (the bank asked
+                // the customer to authenticate), and the customer then completes it: the
+                // payment succeeds after all (rules §12). Credited once, from the recharge's
+                // record, and counted toward the month again.
+                let n = self.rng.below(2);
+                if let Ok(a) = self.instances[n].account(&self.id).await {
+                    let method = a.payment_method.as_ref().map(|p| p.id.clone());
+                    // The claim in flight, or one made now if a recharge is due (a trigger).
+                    let claim = match a.auto_recharge.in_flight.clone() {
+                        Some(c) => Some(c),
+                        None => match self.instances[n].claim_recharge(&self.id).await {
+                            Ok(topup::recharge::RechargeDecision::Claimed(c)) => Some(c),
+                            _ => None,
+                        },
+                    };
+                    if let (Some(claim), Some(customer), Some(pm)) = (claim, a.stripe_customer_id.clone(), method) {
+                        let charge = OffSessionCharge {
+                            customer_id: customer,
+                            payment_method_id: pm,
+                            amount_cents: claim.charge_cents,
+                            currency: self.w.config.profile.currency.clone(),
+                            idempotency_key: self.instances[n].charge_key(&claim),
+                            metadata: self.instances[n]
+                                .stripe_metadata(&self.id, &[("topup_recharge_id", claim.recharge_id.as_str())]),
+                        };
+                        if let Ok(ChargeOutcome::Succeeded { payment_intent_id }) =
+                            self.plain_stripe.charge_off_session(&charge).await
+                        {
+                            let failure = topup::account::RechargeError {
+                                code: "authentication_required".into(),
+                                decline_code: None,
+                                message: "The bank asked the customer to authenticate.".into(),
+                                at: 0,
+                            };
+                            if self.instances[n]
+                                .fail_recharge(&self.id, &claim.recharge_id, &failure)
+                                .await
+                                .unwrap_or(false)
+                            {
+                                self.stats.late_successes += 1;
+                            }
+                            let (_, pi) =
+                                local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
+                            self.webhooks.push(stripe_event("payment_intent.succeeded", pi));
                         }
                     }
                 }

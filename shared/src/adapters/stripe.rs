@@ -220,10 +220,10 @@ impl PaymentHistory for StripePayments {
             }
             let page = req.send(&self.client).await.map_err(unavailable)?;
             for pi in &page.data {
-                let refunded = match &pi.latest_charge {
-                    None => 0,
+                let (refunded, disputed) = match &pi.latest_charge {
+                    None => (0, false),
                     Some(charge) => match charge.as_object() {
-                        Some(c) => c.amount_refunded,
+                        Some(c) => (c.amount_refunded, c.disputed),
                         // Asked for expanded: an id alone means the answer cannot be trusted.
                         None => return Err(PaymentsUnavailable(format!("charge of {} not expanded", pi.id))),
                     },
@@ -233,6 +233,7 @@ impl PaymentHistory for StripePayments {
                     status: pi.status.as_str().to_string(),
                     amount: pi.amount,
                     amount_refunded: refunded,
+                    disputed,
                     currency: pi.currency.to_string(),
                     created: pi.created,
                     metadata: pi.metadata.clone(),
