@@ -56,18 +56,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let now = clock::now_ms();
             let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
             account.version = 1;
-            let commit = Commit {
-                account: account.clone(),
-                expected_version: 0,
-                ledger: None,
-                idempotency: None,
-                hold: None,
-                purchase: None,
-                recharge: None,
-                payment_index: None,
-                outbox: vec![],
-            };
-            match self.store.commit(commit).await {
+            match self.store.commit(Commit::account_only(account.clone(), 0)).await {
                 Ok(()) => {
                     self.remember(&account);
                     return Ok(AccountSaved::Created(AccountView::of(&account)));

@@ -97,6 +97,23 @@ pub struct Commit {
     pub outbox: Vec<DomainEvent>,
 }
 
+impl Commit {
+    /// A change of the account item alone: nothing else written with it.
+    pub fn account_only(account: Account, expected_version: u64) -> Commit {
+        Commit {
+            account,
+            expected_version,
+            ledger: None,
+            idempotency: None,
+            hold: None,
+            purchase: None,
+            recharge: None,
+            payment_index: None,
+            outbox: vec![],
+        }
+    }
+}
+
 pub trait Store: Send + Sync {
     /// The account, read with strong consistency.
     fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;

@@ -217,17 +217,7 @@ impl World {
         let a = self.credits.store.load_account(id).await.expect("load").expect("account exists");
         let mut next = a.next(topup::clock::now_ms());
         edit(&mut next);
-        let commit = topup::store::Commit {
-            expected_version: a.version,
-            account: next,
-            ledger: None,
-            idempotency: None,
-            hold: None,
-            purchase: None,
-            recharge: None,
-            payment_index: None,
-            outbox: vec![],
-        };
+        let commit = topup::store::Commit::account_only(next, a.version);
         self.credits.store.commit(commit).await.map_err(|e| format!("{e:?}")).expect("edit account");
     }
 
