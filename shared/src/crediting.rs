@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::account::Dispute;
+use crate::account::{Account, Dispute};
 use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
@@ -12,6 +12,7 @@ use crate::ids::RechargeId;
 use crate::ledger::{request_hash, Credited, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
 use crate::pricing::format_credits;
+use crate::profile::Profile;
 use crate::purchases::{Charge, PurchaseRecord, PurchaseStatus};
 use crate::store::{PurchaseWrite, Store};
 
@@ -153,25 +154,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if charge_amount <= 0 || amount_refunded <= 0 {
             return Ok(None);
         }
-        let credited =
-            self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
-        let Some(credited) = credited.and_then(|r| r.credited).map(|c| c.amount.get()) else {
-            // Stripe does not keep events in order: the refund can arrive before the event that
-            // credits the payment. Refused, it comes again later (Stripe retries for three
-            // days), by when the credit is there; answered 2xx, it would be lost for good.
-            tracing::warn!(
-                account_id = id,
-                payment_intent_id,
-                "refund before its payment was credited; Stripe will retry"
-            );
-            return Err(ApiError::OutOfOrder(
-                "payment_not_credited_yet",
-                "This refund is for a payment not credited yet; deliver it again later.".into(),
-            ));
-        };
-        // Floor: a partial refund never takes back more than its share.
-        let share =
-            (i128::from(credited) * i128::from(amount_refunded.min(charge_amount)) / i128::from(charge_amount)) as i64;
+        let credited = self.credited(id, payment_intent_id).await?.amount.get();
+        let share = share_of(credited, amount_refunded, charge_amount);
         let p = &self.profile;
         self.apply(id, None, |a, now| {
             let before = a.refunded.get(payment_intent_id).copied().unwrap_or(0);
@@ -180,24 +164,44 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return Ok(Plan::AlreadySo(None));
             }
             let mut next = a.next(now);
-            // Never below zero, nor below what open holds reserve (as a negative adjustment):
-            // a reserved credit is promised to a session in progress, like a used one.
-            let taken = owed.min(next.available(now).get().max(0));
             next.refunded.insert(payment_intent_id.to_string(), share);
-            next.balance = Micros::new(next.balance.get() - taken);
-            let mut description = format!("Refund: {} taken back", format_credits(p, Micros::new(taken)));
-            if taken < owed {
-                description
-                    .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros::new(owed - taken))));
-            }
-            let entry = (taken > 0)
-                .then(|| LedgerEntry::after(&next, EntryKind::Refund, Micros::new(-taken), now, description.clone()));
+            let (_, entry) = take_back(p, &mut next, now, owed, EntryKind::Refund, "Refund");
             let view = entry.as_ref().map(LedgerEntry::view);
             Change { ledger: entry, ..Change::quiet(next, "refund", view) }.write()
         })
         .await?
         .done()
     }
+}
+
+/// `part` of `whole` (minor units) as a share of `credits`, rounded down: a partial refund or
+/// dispute never takes back more than its share.
+fn share_of(credits: i64, part: i64, whole: i64) -> i64 {
+    if whole <= 0 {
+        return 0;
+    }
+    (i128::from(credits) * i128::from(part.clamp(0, whole)) / i128::from(whole)) as i64
+}
+
+/// Takes up to `owed` credits back from `next`, never below zero nor below what open holds
+/// reserve (a reserved credit is promised to a session in progress, like a used one); the rest
+/// is forgiven, and the entry says so. What was taken, and its entry of `kind` if anything was.
+fn take_back(
+    p: &Profile,
+    next: &mut Account,
+    now: i64,
+    owed: i64,
+    kind: EntryKind,
+    what: &str,
+) -> (i64, Option<LedgerEntry>) {
+    let taken = owed.min(next.available(now).get().max(0));
+    next.balance = Micros::new(next.balance.get() - taken);
+    let mut description = format!("{what}: {} taken back", format_credits(p, Micros::new(taken)));
+    if taken < owed {
+        description.push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros::new(owed - taken))));
+    }
+    let entry = (taken > 0).then(|| LedgerEntry::after(next, kind, Micros::new(-taken), now, description));
+    (taken, entry)
 }
 
 /// What a dispute event did.
@@ -216,7 +220,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// The credits a payment credited and what it charged, from its permanent claim; 409
-    /// `payment_not_credited_yet` when it has not been credited (Stripe delivers again later).
+    /// `payment_not_credited_yet` when it has not been credited. Stripe does not keep events in
+    /// order: a refund or dispute can arrive before the event that credits its payment.
+    /// Refused, it comes again later (Stripe retries for three days), by when the credit is
+    /// there; answered 2xx, it would be lost for good.
     async fn credited(&self, id: &str, payment_intent_id: &str) -> Result<Credited, ApiError> {
         let claim = self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
         claim.and_then(|c| c.credited).ok_or_else(|| {
@@ -249,7 +256,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let credited = self.credited(id, payment_intent_id).await?;
         let amount = credited.amount.get();
         let share = match credited.charge_cents {
-            c if c > 0 => (i128::from(amount) * i128::from(disputed_cents.clamp(0, c)) / i128::from(c)) as i64,
+            c if c > 0 => share_of(amount, disputed_cents, c),
             _ => amount,
         };
         let p = &self.profile;
@@ -261,19 +268,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 + a.disputes.values().filter(|d| d.payment_id == payment_intent_id).map(|d| d.taken.get()).sum::<i64>();
             let owed = share.min(amount - before).max(0);
             let mut next = a.next(now);
-            let taken = owed.min(next.available(now).get().max(0));
-            next.balance = Micros::new(next.balance.get() - taken);
+            let (taken, entry) = take_back(p, &mut next, now, owed, EntryKind::Dispute, "Disputed payment");
             next.disputes.insert(
                 dispute_id.to_string(),
                 Dispute { payment_id: payment_intent_id.to_string(), taken: Micros::new(taken), open: true },
             );
-            let mut description = format!("Disputed payment: {} taken back", format_credits(p, Micros::new(taken)));
-            if taken < owed {
-                description
-                    .push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros::new(owed - taken))));
-            }
-            let entry = (taken > 0)
-                .then(|| LedgerEntry::after(&next, EntryKind::Dispute, Micros::new(-taken), now, description.clone()));
             let event = DomainEvent::new(
                 id,
                 now,

@@ -196,6 +196,24 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
     }
 }
 
+/// The account a payment (PaymentIntent id) belongs to: our own index of credited payments,
+/// else the PaymentIntent's metadata at Stripe (a payment not credited yet). `Err` with the
+/// reason to ignore it when it is another stack's or not ours.
+async fn payment_owner<S: Store, B: EventBus, P: Purchases>(
+    credits: &Credits<S, B>,
+    payments: &P,
+    payment_intent_id: &str,
+) -> Result<Result<String, &'static str>, ApiError> {
+    if let Some(account) = credits.payment_account(payment_intent_id).await? {
+        return Ok(Ok(account));
+    }
+    let m = payments.payment_metadata(payment_intent_id).await?;
+    if m.get("topup_stack").is_some_and(|s| s != credits.stack()) {
+        return Ok(Err("another_stack"));
+    }
+    Ok(m.get("topup_account_id").cloned().ok_or("not_ours"))
+}
+
 fn ignored(reason: &'static str) -> Result<Handled, ApiError> {
     Ok(Handled::Ignored(reason))
 }
@@ -288,19 +306,13 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             let Some(pi) = o.payment_intent.as_ref().and_then(IdOrObject::id) else {
                 return ignored("not_ours");
             };
+            // Charges do not always carry their PaymentIntent's metadata.
             let account = match o.meta("topup_account_id") {
                 Some(a) => a.to_string(),
-                None => {
-                    // Charges do not always carry their PaymentIntent's metadata: ask Stripe.
-                    let m = payments.payment_metadata(pi).await?;
-                    if m.get("topup_stack").is_some_and(|s| s != credits.stack()) {
-                        return ignored("another_stack");
-                    }
-                    match m.get("topup_account_id") {
-                        Some(a) => a.clone(),
-                        None => return ignored("not_ours"),
-                    }
-                }
+                None => match payment_owner(credits, payments, pi).await? {
+                    Ok(a) => a,
+                    Err(reason) => return ignored(reason),
+                },
             };
             let (Some(amount), Some(refunded)) = (o.amount, o.amount_refunded) else {
                 return Err(ApiError::invalid("charge without amount or amount_refunded"));
@@ -314,18 +326,11 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             let (Some(dispute_id), Some(pi)) = (o.id(), o.payment_intent.as_ref().and_then(IdOrObject::id)) else {
                 return ignored("not_ours");
             };
-            // A dispute carries no metadata of ours: our own index finds the payment's account.
-            // A payment not credited yet is not in it: its PaymentIntent says whose it is, and
-            // the dispute then waits for the credit (409, delivered again).
-            let account = match credits.payment_account(pi).await? {
-                Some(a) => a,
-                None => {
-                    let m = payments.payment_metadata(pi).await?;
-                    match (m.get("topup_account_id"), m.get("topup_stack")) {
-                        (Some(a), stack) if stack.is_none_or(|s| s == credits.stack()) => a.clone(),
-                        _ => return ignored("not_ours"),
-                    }
-                }
+            // A dispute carries no metadata of ours; a payment not credited yet then waits for
+            // its credit (409, delivered again).
+            let account = match payment_owner(credits, payments, pi).await? {
+                Ok(a) => a,
+                Err(reason) => return ignored(reason),
             };
             let amount = o.amount.unwrap_or(0);
             let currency = o.currency.clone().unwrap_or_else(|| credits.profile.currency.clone());
