@@ -52,12 +52,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let customer = self.ensure_customer(payments, id).await?;
         // Stripe's keys are at most 255 characters: the client's key (up to 255 itself) is hashed.
         let key = match key {
-            Some(k) => {
-                use sha2::{Digest, Sha256};
-                let digest = Sha256::digest(format!("{id}\u{0}{}", k.as_str()).as_bytes());
-                let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-                self.stripe_key("setup", &hex)
-            }
+            Some(k) => self.stripe_key("setup", &k.digest(id, 16)),
             None => self.stripe_key("setup", &crate::ledger::new_id("s")),
         };
         let request =

@@ -25,6 +25,15 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// This key of `account_id` as the first `bytes` bytes of a SHA-256, in hex: the same
+    /// key of the same account names the same thing (a purchase, a card setup), and a key of
+    /// up to 255 characters fits Stripe's own 255-character keys.
+    pub fn digest(&self, account_id: &str, bytes: usize) -> String {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(format!("{account_id}\u{0}{}", self.0).as_bytes());
+        d.iter().take(bytes).map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// A key for a test, checked like any other.

@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::clock;
 use crate::crediting::Payment;
@@ -169,11 +168,7 @@ pub enum PurchaseStarted {
 /// names the same purchase; random without a key.
 pub fn purchase_id(account_id: &str, idempotency_key: Option<&IdempotencyKey>) -> PurchaseId {
     match idempotency_key {
-        Some(key) => {
-            let d = Sha256::digest(format!("{account_id}\u{0}{}", key.as_str()).as_bytes());
-            let hex: String = d.iter().take(12).map(|b| format!("{b:02x}")).collect();
-            PurchaseId::new(format!("pur_{hex}"))
-        }
+        Some(key) => PurchaseId::new(format!("pur_{}", key.digest(account_id, 12))),
         None => PurchaseId::new(crate::ledger::new_id("pur")),
     }
 }
