@@ -28,6 +28,11 @@ pub fn month_of(ms: i64) -> String {
 }
 
 /// RFC 3339 in UTC with millisecond precision: `2026-11-22T00:32:07.123Z`.
+/// `YYYY-MM-DD` (UTC) of epoch milliseconds.
+pub fn date_of(ms: i64) -> String {
+    rfc3339(ms).chars().take(10).collect()
+}
+
 pub fn rfc3339(ms: i64) -> String {
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);

@@ -30,6 +30,11 @@ use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreEr
 
 /// Attempts before a contended write answers 503 `account_busy`.
 pub(crate) const MAX_ATTEMPTS: u32 = 100;
+/// How long a balance write may wait (for this process's queue of the account and for
+/// retries after losing a race) before it answers 503 `account_busy` with `Retry-After`:
+/// well inside the shortest function timeout (10 s), so a caller gets our JSON, never the
+/// gateway's timeout (rules §13).
+pub const WRITE_BUDGET: Duration = Duration::from_secs(5);
 /// Writes to one account from one process queue on one of these stripes instead of racing
 /// each other; writers in other processes are resolved by the compare-and-swap.
 const STRIPES: usize = 256;
@@ -126,6 +131,7 @@ pub struct Credits<S, B> {
     pub bus: B,
     cache: Mutex<HashMap<String, Account>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    write_budget: Duration,
 }
 
 pub(crate) fn upstream(e: StoreError) -> ApiError {
@@ -147,7 +153,21 @@ fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, Api
 impl<S: Store, B: EventBus> Credits<S, B> {
     pub fn new(profile: Profile, store: S, bus: B) -> Self {
         let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Credits { profile, stack: "topup".into(), store, bus, cache: Mutex::new(HashMap::new()), stripes }
+        Credits {
+            profile,
+            stack: "topup".into(),
+            store,
+            bus,
+            cache: Mutex::new(HashMap::new()),
+            stripes,
+            write_budget: WRITE_BUDGET,
+        }
+    }
+
+    /// The same service with another write budget (see `WRITE_BUDGET`).
+    pub fn with_write_budget(mut self, budget: Duration) -> Self {
+        self.write_budget = budget;
+        self
     }
 
     /// The same service for the deployment named `stack` (configuration's `TOPUP_STACK`).
@@ -248,7 +268,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         claim: Option<&Claim>,
         mut plan: impl FnMut(&Account, i64) -> Result<Plan<T>, ApiError>,
     ) -> Result<Applied<T>, ApiError> {
-        let _queue = self.stripe(account_id).lock().await;
+        let started = std::time::Instant::now();
+        let Ok(_queue) = tokio::time::timeout(self.write_budget, self.stripe(account_id).lock()).await else {
+            tracing::warn!(account_id, "write waited its whole budget for this process's queue of the account");
+            return Err(ApiError::Busy);
+        };
         let (mut current, mut fresh) = match self.cached(account_id) {
             Some(a) => (a, false),
             None => (self.load(account_id).await?, true),
@@ -339,11 +363,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(upstream(e));
                 }
             }
+            let Some(left) = self.write_budget.checked_sub(started.elapsed()) else {
+                break;
+            };
             if attempt >= 1 {
                 // Contention with another process: exponential backoff with full jitter.
                 let cap = (4u64 << attempt.min(6)).min(250);
                 let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
-                tokio::time::sleep(Duration::from_millis(r % cap)).await;
+                tokio::time::sleep(Duration::from_millis(r % cap).min(left)).await;
             }
         }
         tracing::warn!(account_id, "write did not settle under contention");
@@ -400,6 +427,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_that_cannot_commit_within_its_budget_answers_busy() {
+        let c = memory_credits("usd-overage").with_write_budget(Duration::from_millis(150));
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        // Every commit loses its race: the write gives up when the budget is spent.
+        c.store.contend.store(true, Ordering::SeqCst);
+        let t = std::time::Instant::now();
+        let e = c.debit("a", "api_calls", 1, &key("k1")).await.unwrap_err();
+        assert_eq!((e.code(), e.retry_after()), ("account_busy", Some(1)));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        c.store.contend.store(false, Ordering::SeqCst);
+        // Nothing was written, and the same key applies once the account is free.
+        assert!(c.store.load_idempotency("a", "usage:k1").await.unwrap().is_none());
+        c.debit("a", "api_calls", 1, &key("k1")).await.unwrap();
+        // A write queued behind another in this process waits at most the budget too.
+        let queue = c.stripe("a").lock().await;
+        let e = c.debit("a", "api_calls", 1, &key("k2")).await.unwrap_err();
+        assert_eq!(e.code(), "account_busy");
+        drop(queue);
+        c.debit("a", "api_calls", 1, &key("k2")).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_failed_publish_leaves_the_event_in_the_outbox() {
         let c = memory_credits("usd-overage");
         c.upsert_account("a", "free", vec![]).await.unwrap();
@@ -407,11 +456,11 @@ mod tests {
         c.adjust("a", 6 * C, "grant", &key("g")).await.unwrap();
         c.bus.fail.store(true, Ordering::SeqCst);
         c.debit("a", "api_calls", 2_000, &key("cross")).await.unwrap();
-        let pending = c.store.pending_outbox(10).await.unwrap();
+        let pending = crate::events::pending_events(&c.store, 10).await.unwrap();
         assert_eq!(pending.iter().map(|e| e.detail_type()).collect::<Vec<_>>(), ["BalanceLow"]);
         c.bus.fail.store(false, Ordering::SeqCst);
-        assert_eq!(crate::events::redeliver_outbox(&c.store, &c.bus, 10).await.unwrap(), 1);
-        assert!(c.store.pending_outbox(10).await.unwrap().is_empty());
+        assert_eq!(crate::events::drain_outbox(&c.store, &c.bus, 0, None).await.unwrap().delivered, 1);
+        assert!(crate::events::pending_events(&c.store, 10).await.unwrap().is_empty());
         assert_eq!(c.bus.published.lock().unwrap().len(), 1);
     }
 }

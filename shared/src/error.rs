@@ -41,6 +41,10 @@ pub enum ApiError {
     /// Contention that did not settle within our retry budget; safe to retry.
     #[error("The account is busy. Please retry.")]
     Busy,
+    /// A per-account limit on how often something may be started (purchases per minute);
+    /// `retry_after` is the seconds until the limit allows it again.
+    #[error("Too many requests of this kind for this account. Please retry in {retry_after} seconds.")]
+    TooManyRequests { retry_after: u64 },
     /// An event that needs another one handled first (a refund before its payment's credit);
     /// the sender delivers it again later (Stripe retries for days).
     #[error("{1}")]
@@ -72,6 +76,7 @@ impl ApiError {
             ApiError::Upstream => "upstream_unavailable",
             ApiError::PaymentsUnavailable => "payment_provider_unavailable",
             ApiError::Busy => "account_busy",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::OutOfOrder(code, _) => code,
         }
     }
@@ -80,7 +85,23 @@ impl ApiError {
     /// that needs another one first. Event handlers fail (and are retried) only on these;
     /// any other error is final and retrying cannot fix it.
     pub fn retryable(&self) -> bool {
-        matches!(self, ApiError::Upstream | ApiError::PaymentsUnavailable | ApiError::Busy | ApiError::OutOfOrder(..))
+        matches!(
+            self,
+            ApiError::Upstream
+                | ApiError::PaymentsUnavailable
+                | ApiError::Busy
+                | ApiError::OutOfOrder(..)
+                | ApiError::TooManyRequests { .. }
+        )
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), when we know.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Busy => Some(1),
+            ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
+            _ => None,
+        }
     }
 
     pub fn account_not_found() -> Self {

@@ -2,7 +2,7 @@
 //! transaction that caused them (`store::Commit::outbox`), then published here, then cleared.
 //! An entry PutEvents rejects is retried, and if it still fails it stays in the outbox:
 //! nothing is silently dropped. The next successful publication sends along what is left
-//! (`redeliver_outbox`), as will the scheduled sweep.
+//! (`redeliver_shard`), as will the scheduled sweep (`drain_outbox`).
 
 use std::future::Future;
 
@@ -259,7 +259,7 @@ impl<B: EventBus> EventBus for std::sync::Arc<B> {
 }
 
 /// Publishes `events` that a commit wrote to the outbox, then clears them. Failures leave the
-/// outbox entry for `redeliver_outbox`; the caller's request has already succeeded.
+/// outbox entry for redelivery; the caller's request has already succeeded.
 pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events: &[DomainEvent]) {
     if events.is_empty() {
         return;
@@ -281,33 +281,130 @@ pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events
         // The events went out; redelivery may send them again, and consumers dedupe by id.
         tracing::warn!(error = %e, "outbox not cleared after publishing");
     }
-    // The bus took these: send along whatever an earlier failure left behind. This runs only
-    // when a change emitted events (rare), so ordinary debits keep their single write.
+    // The bus took these: send along whatever an earlier failure left behind in the same
+    // shards. This runs only when a change emitted events (rare), so ordinary debits keep their
+    // single write; the sweep drains every shard.
     if healthy {
-        match redeliver_outbox(store, bus, REDELIVER_BATCH).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(redelivered = n, "outbox events redelivered"),
-            Err(e) => tracing::warn!(error = %e, "outbox redelivery failed"),
+        let mut shards: Vec<u32> = events.iter().map(|e| outbox_shard(&e.id)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            match redeliver_shard(store, bus, shard, REDELIVER_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(redelivered = n, shard, "outbox events redelivered"),
+                Err(e) => tracing::warn!(error = %e, "outbox redelivery failed"),
+            }
         }
     }
 }
 
-/// How many left-behind events one successful publication sends along.
+/// How many left-behind events of a shard one successful publication sends along.
 const REDELIVER_BATCH: usize = 10;
 
-/// Publishes what is left in the outbox (events whose first publication failed). Consumers
-/// dedupe by `event_id`, so a redelivered event is harmless. Returns how many went out.
-pub async fn redeliver_outbox<S: Store, B: EventBus>(store: &S, bus: &B, limit: usize) -> Result<usize, StoreError> {
-    let pending = store.pending_outbox(limit).await?;
-    let mut sent = Vec::new();
-    for e in pending {
-        match bus.publish(std::slice::from_ref(&e)).await {
-            Ok(()) => sent.push(e),
-            Err(err) => tracing::error!(event_id = %e.id, reason = %err.reason, "outbox redelivery failed"),
-        }
+/// The outbox is spread over this many partition keys, so that many writers' events never
+/// concentrate on one (rules §13).
+pub const OUTBOX_SHARDS: u32 = 16;
+
+/// The outbox shard of an event: a stable hash (FNV-1a) of its id.
+pub fn outbox_shard(event_id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in event_id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
+    h % OUTBOX_SHARDS
+}
+
+/// Publishes up to `limit` events left in one shard of the outbox (events whose first
+/// publication failed) and clears those the bus took. Consumers dedupe by `event_id`, so a
+/// redelivered event is harmless. Returns how many went out.
+pub async fn redeliver_shard<S: Store, B: EventBus>(
+    store: &S,
+    bus: &B,
+    shard: u32,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let pending = store.pending_outbox(shard, limit).await?;
+    publish_pending(store, bus, pending).await
+}
+
+/// Publishes `pending` outbox events and clears those the bus took; how many it took.
+async fn publish_pending<S: Store, B: EventBus>(
+    store: &S,
+    bus: &B,
+    pending: Vec<DomainEvent>,
+) -> Result<usize, StoreError> {
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let sent: Vec<DomainEvent> = match bus.publish(&pending).await {
+        Ok(()) => pending,
+        Err(err) => {
+            for e in &err.failed {
+                tracing::error!(event_id = %e.id, reason = %err.reason, "outbox redelivery failed");
+            }
+            pending.into_iter().filter(|e| !err.failed.iter().any(|f| f.id == e.id)).collect()
+        }
+    };
     store.clear_outbox(&sent).await?;
     Ok(sent.len())
+}
+
+/// Up to `per_shard` undelivered events of every shard, oldest first in each (for checks and
+/// operators; the sweep drains with `drain_outbox`).
+pub async fn pending_events<S: Store>(store: &S, per_shard: usize) -> Result<Vec<DomainEvent>, StoreError> {
+    let mut all = Vec::new();
+    for shard in 0..OUTBOX_SHARDS {
+        all.extend(store.pending_outbox(shard, per_shard).await?);
+    }
+    all.sort_by_key(|e| e.created_at);
+    Ok(all)
+}
+
+/// What draining the outbox did: events delivered, events still there (the bus refused them),
+/// and the age of the oldest event it found (what the outbox-age alarm watches).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxDrain {
+    pub delivered: usize,
+    pub left: usize,
+    pub oldest_age_ms: i64,
+}
+
+/// Events read from a shard per request while draining.
+const DRAIN_PAGE: usize = 100;
+
+/// Delivers everything in the outbox, shard by shard, page by page, until each shard is empty
+/// or the bus refuses (what it refused stays for the next run). Stops early only at
+/// `deadline`, so a run never dies mid-page.
+pub async fn drain_outbox<S: Store, B: EventBus>(
+    store: &S,
+    bus: &B,
+    now_ms: i64,
+    deadline: Option<std::time::Instant>,
+) -> Result<OutboxDrain, StoreError> {
+    let mut drain = OutboxDrain::default();
+    for shard in 0..OUTBOX_SHARDS {
+        loop {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(drain);
+            }
+            let page = store.pending_outbox(shard, DRAIN_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            let found = page.len();
+            if let Some(oldest) = page.iter().map(|e| e.created_at).min() {
+                drain.oldest_age_ms = drain.oldest_age_ms.max(now_ms - oldest);
+            }
+            let sent = publish_pending(store, bus, page).await?;
+            drain.delivered += sent;
+            if sent < found {
+                // The bus is refusing: what is left waits for the next run.
+                drain.left += found - sent;
+                break;
+            }
+        }
+    }
+    Ok(drain)
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ pub fn status_of(e: &ApiError) -> u16 {
         ApiError::Rule(..) => 422,
         ApiError::Upstream => 502,
         ApiError::Busy | ApiError::PaymentsUnavailable => 503,
+        ApiError::TooManyRequests { .. } => 429,
     }
 }
 
@@ -184,8 +185,15 @@ pub fn error_body(e: &ApiError) -> Value {
     body
 }
 
+/// The error as a response; `Retry-After` when retrying later can succeed and we know when.
 pub fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(status_of(e), &error_body(e))
+    let mut resp = json_response(status_of(e), &error_body(e));
+    if let Some(secs) = e.retry_after() {
+        if let Ok(v) = lambda_http::http::HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
 }
 
 /// A successful answer: its status and the domain's typed outcome, serialised.
@@ -261,6 +269,7 @@ mod tests {
             ApiError::Upstream,
             ApiError::PaymentsUnavailable,
             ApiError::Busy,
+            ApiError::TooManyRequests { retry_after: 12 },
             ApiError::OutOfOrder("payment_not_credited_yet", "Not yet.".into()),
         ];
         for e in all {

@@ -15,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod ledger;
+pub mod metrics;
 pub mod money;
 pub mod notify;
 pub mod payments;

@@ -164,6 +164,10 @@ pub enum PurchaseStarted {
     Existing(PurchaseView),
 }
 
+/// New purchases an account may start in one minute (`count_purchase_start`).
+pub const PURCHASES_PER_MINUTE: u32 = 20;
+const MINUTE_MS: i64 = 60_000;
+
 /// A purchase id: derived from the account and the client's `Idempotency-Key`, so a retry
 /// names the same purchase; random without a key.
 pub fn purchase_id(account_id: &str, idempotency_key: Option<&IdempotencyKey>) -> PurchaseId {
@@ -224,8 +228,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let quote = pricing::quote(&self.profile, &account.plan, choice)?;
         let hash = request_hash(&json!({"amount": choice.amount, "package": choice.package, "blocks": choice.blocks}));
         let now = clock::now_ms();
+        let purchase_id = purchase_id(id, key);
+        // A retry under its key names a purchase already started: it is answered, not counted.
+        if key.is_some() {
+            if let Some(existing) = self.store.load_purchase(id, purchase_id.as_str()).await.map_err(upstream)? {
+                return if existing.request_hash == hash { Ok(existing) } else { Err(ApiError::IdempotencyConflict) };
+            }
+        }
+        self.count_purchase_start(id, now).await?;
         let record = PurchaseRecord {
-            purchase_id: purchase_id(id, key),
+            purchase_id,
             account_id: id.to_string(),
             status: PurchaseStatus::Pending,
             charge: quote.charge,
@@ -250,6 +262,20 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             Err(CommitError::Store(e)) => Err(upstream(e)),
             Err(_) => Err(ApiError::Busy),
         }
+    }
+
+    /// Counts a new purchase in its account's minute (rules §13): each one opens a Checkout
+    /// Session, and every tenant shares one Stripe rate limit, so an account may start at most
+    /// `PURCHASES_PER_MINUTE` a minute; past that, 429 `too_many_requests` with the seconds
+    /// until the next minute.
+    async fn count_purchase_start(&self, id: &str, now: i64) -> Result<(), ApiError> {
+        let window = now - now.rem_euclid(MINUTE_MS);
+        if self.store.count_start(id, "purchases", window, PURCHASES_PER_MINUTE).await.map_err(upstream)? {
+            return Ok(());
+        }
+        let retry_after = u64::try_from((window + MINUTE_MS - now + 999) / 1000).unwrap_or(1);
+        tracing::info!(account_id = id, retry_after, "purchase start refused: too many this minute");
+        Err(ApiError::TooManyRequests { retry_after })
     }
 
     /// The purchase as its status route shows it: with the balance once it has succeeded.
@@ -471,6 +497,39 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 mod tests {
     use super::*;
     use crate::ids::key;
+
+    #[tokio::test]
+    async fn an_account_starts_a_bounded_number_of_purchases_a_minute() {
+        let c = crate::engine::memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.upsert_account("b", "free", vec![]).await.unwrap();
+        let choice = PurchaseChoice { amount: Some(2_000), ..Default::default() };
+        for _ in 0..PURCHASES_PER_MINUTE {
+            c.record_purchase("a", &choice, None).await.unwrap();
+        }
+        // The next one in this minute is refused with when to come back; nothing is recorded.
+        // (The twenty above take microseconds; a minute turning among them is not a concern.)
+        let e = c.record_purchase("a", &choice, Some(&key("late"))).await.unwrap_err();
+        assert_eq!(e.code(), "too_many_requests");
+        assert!(matches!(e.retry_after(), Some(1..=60)), "{:?}", e.retry_after());
+        assert!(c.store.load_purchase("a", purchase_id("a", Some(&key("late"))).as_str()).await.unwrap().is_none());
+        // Other accounts have their own count, and a retry of a started purchase is answered.
+        c.record_purchase("b", &choice, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retried_purchase_is_answered_without_counting() {
+        let c = crate::engine::memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        let choice = PurchaseChoice { amount: Some(2_000), ..Default::default() };
+        let first = c.record_purchase("a", &choice, Some(&key("k"))).await.unwrap();
+        for _ in 0..PURCHASES_PER_MINUTE * 2 {
+            let again = c.record_purchase("a", &choice, Some(&key("k"))).await.unwrap();
+            assert_eq!(again.purchase_id, first.purchase_id);
+        }
+        let other = PurchaseChoice { amount: Some(3_000), ..Default::default() };
+        assert_eq!(c.record_purchase("a", &other, Some(&key("k"))).await.unwrap_err().code(), "idempotency_conflict");
+    }
 
     #[test]
     fn ids_are_stable_per_key_and_account() {

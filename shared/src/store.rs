@@ -7,6 +7,8 @@
 
 use std::future::Future;
 
+use serde_json::Value;
+
 use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
@@ -164,12 +166,39 @@ pub trait Store: Send + Sync {
         account_id: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send;
-    /// Accounts with auto-recharge on (the sweep's sparse index), up to `limit`.
-    fn accounts_for_sweep(&self, limit: usize) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Counts one more start of `what` (e.g. `purchases`) for an account in the window that
+    /// began at `window_start_ms`, unless `limit` were already counted there: `false` then,
+    /// and nothing is counted. The count expires with its window.
+    fn count_start(
+        &self,
+        account_id: &str,
+        what: &str,
+        window_start_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Accounts with auto-recharge on (the sweep's sparse index): about `limit` after the
+    /// cursor `after`, and the next page's cursor (`None` at the end).
+    fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send;
+    /// Several accounts in few requests, read eventually consistent (the sweep decides on them
+    /// and every write it makes is a compare-and-swap). Each is its account or the reason it
+    /// cannot be read; an account that does not exist is left out.
+    fn load_accounts(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Result<Account, StoreError>)>, StoreError>> + Send;
     /// Removes outbox entries once their events are on the bus.
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Outbox entries whose publication has not been confirmed, oldest first.
-    fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send;
+    /// Outbox entries of one shard (`events::outbox_shard`) whose publication has not been
+    /// confirmed, oldest first.
+    fn pending_outbox(
+        &self,
+        shard: u32,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send;
     /// Every permanent `payment:<id>` claim of an account: the payments it was credited for.
     fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send;
     /// Account ids in the store's own order, about `limit` after the cursor `after`; the second
@@ -179,7 +208,23 @@ pub trait Store: Send + Sync {
         &self,
         limit: usize,
         after: Option<String>,
+        segment: Segment,
     ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send;
+    /// A job's saved progress under `name` (a sweep's cursor, a reconciliation segment's).
+    fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+    fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// One of `total` disjoint parts of the account listing, read in parallel (DynamoDB's parallel
+/// scan segments); `Segment::WHOLE` is all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub index: u32,
+    pub total: u32,
+}
+
+impl Segment {
+    pub const WHOLE: Segment = Segment { index: 0, total: 1 };
 }
 
 /// The sort key of a delivery: time first, so an account's deliveries list newest first.
@@ -253,14 +298,37 @@ impl<S: Store> Store for std::sync::Arc<S> {
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send {
         (**self).recent_deliveries(account_id, limit)
     }
-    fn accounts_for_sweep(&self, limit: usize) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
-        (**self).accounts_for_sweep(limit)
+    fn count_start(
+        &self,
+        account_id: &str,
+        what: &str,
+        window_start_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).count_start(account_id, what, window_start_ms, limit)
+    }
+    fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send {
+        (**self).accounts_for_sweep(limit, after)
+    }
+    fn load_accounts(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Result<Account, StoreError>)>, StoreError>> + Send {
+        (**self).load_accounts(ids)
     }
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).clear_outbox(events)
     }
-    fn pending_outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send {
-        (**self).pending_outbox(limit)
+    fn pending_outbox(
+        &self,
+        shard: u32,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send {
+        (**self).pending_outbox(shard, limit)
     }
     fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send {
         (**self).payment_claims(account_id)
@@ -269,7 +337,14 @@ impl<S: Store> Store for std::sync::Arc<S> {
         &self,
         limit: usize,
         after: Option<String>,
+        segment: Segment,
     ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send {
-        (**self).account_ids(limit, after)
+        (**self).account_ids(limit, after, segment)
+    }
+    fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
+        (**self).load_checkpoint(name)
+    }
+    fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).save_checkpoint(name, value)
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use topup::store::Store;
 use topup_tests::*;
 
 #[tokio::test]
@@ -242,7 +241,7 @@ async fn exactly_one_balance_low_for_concurrent_crossing_debits() {
     assert_eq!(of_type(&events, "BalanceDepleted").len(), 1);
     assert_eq!(distinct(&events), 2, "debits that cross nothing emit nothing");
     // Nothing is left in the outbox: every event went out.
-    assert!(w.credits.store.pending_outbox(100).await.expect("outbox").is_empty());
+    assert!(topup::events::pending_events(&w.credits.store, 100).await.expect("outbox").is_empty());
     w.assert_invariants("acme").await;
 }
 

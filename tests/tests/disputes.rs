@@ -167,7 +167,7 @@ async fn reconciliation_sees_a_dispute_whose_event_has_not_arrived() {
     let charge = charge_of(&paid).await;
     let (_, dispute) = local_stripe("POST", &format!("/_config/charges/{charge}/dispute"), &[]).await;
     let report = w.credits.reconcile_account(&stripe_payments(), &id).await.expect("reconcile");
-    let codes: Vec<_> = report.differences.iter().map(|d| (d.code, d.is_problem(3600))).collect();
+    let codes: Vec<_> = report.differences.iter().map(|d| (d.code.as_ref(), d.is_problem(3600))).collect();
     assert_eq!(codes, vec![("dispute_not_recorded", false)], "{report:?}");
     w.deliver(&stripe_event("charge.dispute.created", dispute)).await;
     let report = w.credits.reconcile_account(&stripe_payments(), &id).await.expect("reconcile");

@@ -187,14 +187,36 @@ impl Store for FaultyStore {
     async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.recent_deliveries(account_id, limit))
     }
-    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_for_sweep(limit))
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_for_sweep(limit, after))
+    }
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_accounts(ids))
+    }
+    async fn count_start(
+        &self,
+        account_id: &str,
+        what: &str,
+        window_start_ms: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.count_start(account_id, what, window_start_ms, limit))
+    }
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_checkpoint(name))
+    }
+    async fn save_checkpoint(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.save_checkpoint(name, value))
     }
     async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.clear_outbox(events))
     }
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.pending_outbox(limit))
+    async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.pending_outbox(shard, limit))
     }
     async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.payment_claims(account_id))
@@ -203,8 +225,9 @@ impl Store for FaultyStore {
         &self,
         limit: usize,
         after: Option<String>,
+        segment: topup::store::Segment,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.account_ids(limit, after))
+        gated!(self.armed, Dep::Store, store_down(), self.inner.account_ids(limit, after, segment))
     }
 }
 
@@ -895,7 +918,7 @@ impl Schedule {
                 }
             }
             if queued.is_empty() && self.webhooks.is_empty() && self.lows.is_empty() {
-                let outbox = self.w.credits.store.pending_outbox(10).await.expect("outbox");
+                let outbox = topup::events::pending_events(&self.w.credits.store, 10).await.expect("outbox");
                 if outbox.is_empty() {
                     return;
                 }

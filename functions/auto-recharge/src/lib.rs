@@ -16,8 +16,8 @@ use topup::recharge::{RechargeResult, LEASE_MS};
 use topup::store::Store;
 use topup::ApiError;
 
-/// Accounts one sweep looks at.
-pub const SWEEP_LIMIT: usize = 500;
+/// Accounts read from the sweep's index per page (the sweep goes through every page).
+pub const SWEEP_PAGE: usize = topup::recharge::SWEEP_PAGE;
 
 /// What EventBridge hands the function, as far as it reads it.
 #[derive(Debug, Deserialize)]
@@ -39,6 +39,17 @@ pub async fn handle<S: Store, B: EventBus, P: Payments>(
     payments: &P,
     event: &Value,
 ) -> Result<Value, ApiError> {
+    handle_until(credits, payments, event, None).await
+}
+
+/// `handle` with a deadline for the sweep (the invocation's, less a margin): past it the
+/// sweep stops between pages and the next run goes on from its cursor.
+pub async fn handle_until<S: Store, B: EventBus, P: Payments>(
+    credits: &Credits<S, B>,
+    payments: &P,
+    event: &Value,
+    deadline: Option<std::time::Instant>,
+) -> Result<Value, ApiError> {
     let Ok(trigger) = serde_json::from_value::<Trigger>(event.clone()) else {
         tracing::warn!("an event this function cannot read; ignored");
         return Ok(json!({"result": "ignored"}));
@@ -59,8 +70,16 @@ pub async fn handle<S: Store, B: EventBus, P: Payments>(
                 serde_json::to_value(result).map_err(|_| ApiError::Upstream)
             })
         }
-        "Scheduled Event" => credits.sweep(payments, SWEEP_LIMIT, LEASE_MS).await.and_then(|report| {
-            tracing::info!(report = ?report, "sweep");
+        "Scheduled Event" => credits.sweep_until(payments, SWEEP_PAGE, LEASE_MS, deadline).await.and_then(|report| {
+            // What the alarms watch: accounts the sweep could not handle, and how old the
+            // oldest event it found in the outbox was (0 when there was none).
+            topup::metrics::emit(
+                credits.stack(),
+                &[
+                    ("SweepFailedAccounts", report.failed as f64, "Count"),
+                    ("OutboxOldestAgeSeconds", (report.outbox.oldest_age_ms / 1000) as f64, "Seconds"),
+                ],
+            );
             serde_json::to_value(report).map_err(|_| ApiError::Upstream)
         }),
         other => {

@@ -1,9 +1,15 @@
 //! The `reconcile` function and command (rules §10.1, §10.2): compares every account's credited
 //! payments with Stripe's and its ledger with its balance (`topup::reconcile`), and reports.
 //!
-//! The daily schedule reconciles every account; `{"account_id": "..."}` reconciles one. Each
-//! difference is logged; when any needs a person (wrong, or lagging past the grace period) the
-//! invocation fails, which raises the function's `Errors` alarm. It never writes.
+//! The schedule reconciles every account once a day: the day's run (`run` = the UTC date) goes
+//! in `SEGMENTS` parallel segments with a checkpoint after every page, stops before the
+//! invocation's deadline, and the next scheduled invocation goes on from the checkpoints; once
+//! the run is finished, later invocations that day answer from them and read nothing.
+//! `{"account_id": "..."}` reconciles one account. Each difference is logged; an account that
+//! cannot be read is reported as unreadable and the run goes on. When a difference needs a
+//! person (wrong, or lagging past the grace period) or an account was unreadable, the
+//! invocation that finished the run fails, which raises the function's `Errors` alarm. It writes
+//! nothing but its checkpoints.
 
 use serde_json::Value;
 use topup::engine::Credits;
@@ -17,7 +23,10 @@ use topup::ApiError;
 /// Stripe is still retrying (it retries for up to three days, at growing intervals).
 pub const GRACE_S: i64 = 3600;
 
-/// Reconciles one account (`account_id` in the event) or all of them.
+/// Segments of the account listing reconciled in parallel by a scheduled run.
+pub const SEGMENTS: u32 = 16;
+
+/// Reconciles one account (`account_id` in the event) or all of them, as a run of its own.
 pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
@@ -33,16 +42,41 @@ pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
     }
 }
 
+/// The scheduled run of the day (`run`, the UTC date), resumed from its checkpoints; one
+/// account when the event names it.
+pub async fn scheduled<S: Store, B: EventBus, H: PaymentHistory>(
+    credits: &Credits<S, B>,
+    history: &H,
+    event: &Value,
+    deadline: Option<std::time::Instant>,
+) -> Result<Report, ApiError> {
+    if event["account_id"].is_string() {
+        return reconcile(credits, history, event).await;
+    }
+    let run = topup::clock::date_of(topup::clock::now_ms());
+    credits.reconcile_run(history, &run, SEGMENTS, deadline).await
+}
+
+/// Whether an invocation should fail (and alarm): when it finished a run, or reconciled one
+/// account, and found something that needs a person. An unfinished run waits for the next
+/// invocation; a run finished earlier was reported then.
+pub fn fails(report: &Report, problems: usize) -> bool {
+    report.complete
+        && report.worked
+        && (problems > 0 || !report.unreadable.is_empty() || report.unreadable_not_listed > 0)
+}
+
 /// Logs every difference; the count of those that need a person.
 pub fn log_report(report: &Report, grace_s: i64) -> usize {
-    let mut problems = 0;
+    // Differences past the listed ones are counted as needing a person: unseen, unjudged.
+    let mut problems = report.differences_not_listed;
     for d in &report.differences {
         let difference = serde_json::to_string(d).unwrap_or_default();
         if d.is_problem(grace_s) {
             problems += 1;
-            tracing::error!(account_id = %d.account_id, code = d.code, %difference, "reconciliation difference");
+            tracing::error!(account_id = %d.account_id, code = d.code.as_ref(), %difference, "reconciliation difference");
         } else {
-            tracing::warn!(account_id = %d.account_id, code = d.code, %difference, "reconciliation difference within grace");
+            tracing::warn!(account_id = %d.account_id, code = d.code.as_ref(), %difference, "reconciliation difference within grace");
         }
     }
     tracing::info!(
@@ -51,6 +85,8 @@ pub fn log_report(report: &Report, grace_s: i64) -> usize {
         stripe_payments = report.stripe_payments,
         differences = report.differences.len(),
         problems,
+        unreadable = report.unreadable.len() + report.unreadable_not_listed,
+        complete = report.complete,
         "reconciled"
     );
     problems

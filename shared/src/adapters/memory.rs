@@ -6,15 +6,20 @@ use std::sync::Mutex;
 
 use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
-use crate::events::{EventBus, PublishError};
+use crate::events::{outbox_shard, EventBus, PublishError};
 use crate::ledger::{HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
-use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
+use crate::store::{
+    delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Segment, Store, StoreError,
+};
+use serde_json::Value;
 
 /// In-memory store with the semantics of the DynamoDB adapter (one lock = one transaction).
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Memory>,
+    /// While set, every commit loses its race (`Conflict`), as under endless contention.
+    pub contend: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -28,6 +33,8 @@ struct Memory {
     payments: HashMap<String, String>,
     deliveries: BTreeMap<(String, String), DeliveryRecord>,
     outbox: BTreeMap<(i64, String), DomainEvent>,
+    starts: HashMap<(String, String, i64), u32>,
+    checkpoints: HashMap<String, Value>,
 }
 
 impl MemoryStore {
@@ -56,6 +63,9 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        if self.contend.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommitError::Conflict);
+        }
         let mut m = self.lock().map_err(CommitError::Store)?;
         let id = c.account.id.clone();
         let current = m.accounts.get(&id);
@@ -158,9 +168,35 @@ impl Store for MemoryStore {
         Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
     }
 
-    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+    async fn count_start(
+        &self,
+        account_id: &str,
+        what: &str,
+        window_start_ms: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let mut m = self.lock()?;
+        let n = m.starts.entry((account_id.to_string(), what.to_string(), window_start_ms)).or_insert(0);
+        if *n >= limit {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
+    }
+
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
         let m = self.lock()?;
-        Ok(m.accounts.values().filter(|a| a.gsi1pk.is_some()).take(limit).map(|a| a.id.clone()).collect())
+        let listed = m.accounts.values().filter(|a| a.gsi1pk.is_some()).map(|a| &a.id);
+        Ok(page_after(listed, limit, after.as_ref()))
+    }
+
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        let m = self.lock()?;
+        Ok(ids.iter().filter_map(|id| m.accounts.get(id).map(|a| (id.clone(), Ok(a.clone())))).collect())
     }
 
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
@@ -197,8 +233,9 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
-        Ok(self.lock()?.outbox.values().take(limit).cloned().collect())
+    async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.outbox.values().filter(|e| outbox_shard(&e.id) == shard).take(limit).cloned().collect())
     }
 
     async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
@@ -217,15 +254,35 @@ impl Store for MemoryStore {
         &self,
         limit: usize,
         after: Option<String>,
+        segment: Segment,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         let m = self.lock()?;
-        let mut ids: Vec<&String> = m.accounts.keys().filter(|id| after.as_ref().is_none_or(|a| *id > a)).collect();
-        ids.sort();
-        let more = ids.len() > limit;
-        let page: Vec<String> = ids.into_iter().take(limit).cloned().collect();
-        let next = if more { page.last().cloned() } else { None };
-        Ok((page, next))
+        let listed = m.accounts.keys().filter(|id| outbox_shard(id) % segment.total.max(1) == segment.index);
+        Ok(page_after(listed, limit, after.as_ref()))
     }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self.lock()?.checkpoints.get(name).cloned())
+    }
+
+    async fn save_checkpoint(&self, name: &str, value: &Value) -> Result<(), StoreError> {
+        self.lock()?.checkpoints.insert(name.to_string(), value.clone());
+        Ok(())
+    }
+}
+
+/// Ids in order, `limit` of them after `after`, and the next page's cursor.
+fn page_after<'a>(
+    ids: impl Iterator<Item = &'a String>,
+    limit: usize,
+    after: Option<&String>,
+) -> (Vec<String>, Option<String>) {
+    let mut ids: Vec<&String> = ids.filter(|id| after.is_none_or(|a| *id > a)).collect();
+    ids.sort();
+    let more = ids.len() > limit;
+    let page: Vec<String> = ids.into_iter().take(limit).cloned().collect();
+    let next = if more { page.last().cloned() } else { None };
+    (page, next)
 }
 
 /// Records events in memory; can be told to fail, for tests of the outbox.

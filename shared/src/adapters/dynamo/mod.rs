@@ -11,7 +11,9 @@
 //! | recharge      | `ACCOUNT#{id}`  | `RECHARGE#{recharge_id}` (no TTL) |
 //! | payment index | `PAYMENT#{pi}`  | `PAYMENT` (`account_id`; no TTL) |
 //! | delivery      | `ACCOUNT#{id}`  | `NOTIFY#{occurred:013}#{event}#{channel}#{to}` |
-//! | outbox event  | `OUTBOX`        | `{created_ms:013}#{id}`|
+//! | outbox event  | `OUTBOX#{shard}` (0–15) | `{created_ms:013}#{id}` (no TTL: kept until delivered) |
+//! | checkpoint    | `{job}#…` (`RECONCILE#…`, `SWEEP#…`) | `CHECKPOINT` (`value`: JSON) |
+//! | start count   | `ACCOUNT#{id}`  | `RATE#{what}#{window_ms:013}` (`n`; TTL a day) |
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
 //! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
@@ -34,13 +36,18 @@ pub use attributes::{from_attr, to_attr};
 pub use table::create_table;
 
 use crate::account::{Account, RechargeRecord};
-use crate::events::DomainEvent;
+use crate::events::{outbox_shard, DomainEvent};
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
 use crate::purchases::PurchaseRecord;
-use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Store, StoreError};
+use crate::store::{
+    delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Segment, Store, StoreError,
+};
 use attributes::{from_item, s, to_item, Item};
+use serde_json::Value;
 
-const OUTBOX_PK: &str = "OUTBOX";
+fn outbox_pk(shard: u32) -> String {
+    format!("OUTBOX#{shard}")
+}
 /// The sparse index of accounts with auto-recharge on (`gsi1pk`), keys only.
 pub const SWEEP_INDEX: &str = "gsi1";
 const DAY_MS: i64 = 86_400_000;
@@ -216,7 +223,8 @@ impl Store for DynamoStore {
             slots.push(Slot::Other);
         }
         for e in &c.outbox {
-            let item = to_item(e, OUTBOX_PK.into(), outbox_sk(e), Some(e.created_at + 14 * DAY_MS)).map_err(st)?;
+            // No TTL: an event leaves the outbox only when the bus has it.
+            let item = to_item(e, outbox_pk(outbox_shard(&e.id)), outbox_sk(e), None).map_err(st)?;
             items.push(self.put(item, None).map_err(st)?);
             slots.push(Slot::Other);
         }
@@ -353,7 +361,54 @@ impl Store for DynamoStore {
         self.get(account_pk(account_id), format!("IDEM#{scope_key}")).await?.map(|i| from_item(&i)).transpose()
     }
 
-    async fn accounts_for_sweep(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+    async fn count_start(
+        &self,
+        account_id: &str,
+        what: &str,
+        window_start_ms: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(account_pk(account_id)))
+            .key("sk", s(format!("RATE#{what}#{window_start_ms:013}")))
+            .update_expression("SET #ttl = :ttl ADD #n :one")
+            .condition_expression("attribute_not_exists(#n) OR #n < :limit")
+            .expression_attribute_names("#n", "n")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+            .expression_attribute_values(":ttl", AttributeValue::N(((window_start_ms + DAY_MS) / 1000).to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let se = e.into_service_error();
+                if se.is_conditional_check_failed_exception() {
+                    Ok(false)
+                } else {
+                    Err(unavailable("UpdateItem(rate)", se))
+                }
+            }
+        }
+    }
+
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        // The cursor is the last account's id: with the index key it is where the next page starts.
+        let start = after.map(|id| {
+            HashMap::from([
+                ("gsi1pk".to_string(), s(crate::account::SWEEP_INDEX_KEY)),
+                ("pk".to_string(), s(account_pk(&id))),
+                ("sk".to_string(), s("ACCOUNT")),
+            ])
+        });
         let out = self
             .client
             .query()
@@ -361,16 +416,68 @@ impl Store for DynamoStore {
             .index_name(SWEEP_INDEX)
             .key_condition_expression("gsi1pk = :k")
             .expression_attribute_values(":k", s(crate::account::SWEEP_INDEX_KEY))
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
             .send()
             .await
             .map_err(|e| unavailable("Query(sweep index)", e))?;
-        Ok(out
+        let ids: Vec<String> = out
             .items()
             .iter()
             .filter_map(|i| i.get("pk").and_then(|v| v.as_s().ok()))
             .filter_map(|pk| pk.strip_prefix("ACCOUNT#").map(str::to_string))
-            .collect())
+            .collect();
+        let next = match out.last_evaluated_key {
+            Some(k) if !k.is_empty() => ids.last().cloned(),
+            _ => None,
+        };
+        Ok((ids, next))
+    }
+
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = Vec::with_capacity(ids.len());
+        // BatchGetItem takes at most 100 keys; what it leaves unprocessed (throttling) is
+        // asked for again with backoff.
+        for chunk in ids.chunks(100) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| HashMap::from([("pk".to_string(), s(account_pk(id))), ("sk".to_string(), s("ACCOUNT"))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .build()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+            let mut attempt = 0u32;
+            while let Some(keys) = request.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("BatchGetItem(accounts)", e))?;
+                for item in out.responses.as_ref().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let Some(id) =
+                        item.get("pk").and_then(|v| v.as_s().ok()).and_then(|pk| pk.strip_prefix("ACCOUNT#"))
+                    else {
+                        continue;
+                    };
+                    found.push((id.to_string(), from_item::<Account>(item)));
+                }
+                request = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table));
+                if request.is_some() {
+                    attempt += 1;
+                    if attempt > 8 {
+                        return Err(StoreError::Unavailable("BatchGetItem(accounts): keys left unprocessed".into()));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
@@ -433,7 +540,7 @@ impl Store for DynamoStore {
                 .map(|e| {
                     Delete::builder()
                         .table_name(&self.table)
-                        .key("pk", s(OUTBOX_PK))
+                        .key("pk", s(outbox_pk(outbox_shard(&e.id))))
                         .key("sk", s(outbox_sk(e)))
                         .build()
                         .map(|d| TransactWriteItem::builder().delete(d).build())
@@ -450,13 +557,13 @@ impl Store for DynamoStore {
         Ok(())
     }
 
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+    async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
         let out = self
             .client
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(OUTBOX_PK))
+            .expression_attribute_values(":pk", s(outbox_pk(shard)))
             .consistent_read(true)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()
@@ -495,6 +602,7 @@ impl Store for DynamoStore {
         &self,
         limit: usize,
         after: Option<String>,
+        segment: Segment,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         // A scan in pages of `limit` items, keeping the account items (sk `ACCOUNT`). The cursor
         // is the last account's id: its item's key is where the next page starts.
@@ -510,6 +618,8 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":account", s("ACCOUNT"))
                 .projection_expression("pk")
                 .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+                .set_segment((segment.total > 1).then(|| i32::try_from(segment.index).unwrap_or(0)))
+                .set_total_segments((segment.total > 1).then(|| i32::try_from(segment.total).unwrap_or(1)))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -531,5 +641,30 @@ impl Store for DynamoStore {
                 _ => return Ok((ids, None)),
             }
         }
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
+        let Some(item) = self.get(name.to_string(), "CHECKPOINT".into()).await? else {
+            return Ok(None);
+        };
+        let value = item
+            .get("value")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint {name} has no value")))?;
+        serde_json::from_str(value).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn save_checkpoint(&self, name: &str, value: &Value) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(name))
+            .item("sk", s("CHECKPOINT"))
+            .item("value", s(value.to_string()))
+            .item("ttl", AttributeValue::N(((crate::clock::now_ms() + 30 * DAY_MS) / 1000).to_string()))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem(checkpoint)", e))?;
+        Ok(())
     }
 }
