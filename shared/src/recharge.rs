@@ -311,12 +311,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
     }
 
-    /// Whether a recharge could be due, decided on a read without writing: only what the
-    /// month's turn cannot change (the claim in `claim_recharge` decides the rest).
+    /// Whether a recharge could be due, decided on a read without writing: only conditions of
+    /// `claim_recharge` that the month's turn cannot change (the claim decides the rest), so
+    /// the sweep writes nothing for an account that is not due.
     fn may_be_due(&self, a: &Account) -> bool {
         let ar = &a.auto_recharge;
         ar.enabled
             && !ar.suspended
+            && !ar.episode_charged
+            && !ar.low_without_usage
+            && !a.dispute_open()
             && a.payment_method.is_some()
             && a.stripe_customer_id.is_some()
             && self.profile.low_balance.trigger.is_low(a.balance, ar.threshold)
