@@ -32,14 +32,14 @@ pub struct Config {
     pub email_from: Option<String>,
     /// The billing page notifications link to (`TOPUP_BILLING_URL`).
     pub billing_url: Option<String>,
-    /// Stripe secret key (`TOPUP_STRIPE_SECRET_KEY`), never logged.
-    pub stripe_secret_key: Option<Secret>,
+    /// The Secrets Manager secret (name or ARN) holding the Stripe secret key and the webhook's
+    /// signing secret (`TOPUP_STRIPE_SECRET_ID`); the values are read at init and cached
+    /// (`adapters::secrets`), never put in the environment.
+    pub stripe_secret_id: Option<String>,
     /// Another Stripe API base URL, for the local emulator (`TOPUP_STRIPE_API_BASE`).
     pub stripe_api_base: Option<String>,
     /// Stripe's publishable key for the billing page (`TOPUP_STRIPE_PUBLISHABLE_KEY`; public).
     pub stripe_publishable_key: Option<String>,
-    /// The webhook endpoint's signing secret (`TOPUP_STRIPE_WEBHOOK_SECRET`), never logged.
-    pub stripe_webhook_secret: Option<Secret>,
     /// How Checkout is shown (`TOPUP_CHECKOUT_UI`: `embedded`, the default, or `hosted`) and
     /// where it returns: `TOPUP_CHECKOUT_RETURN_URL` (embedded), `TOPUP_CHECKOUT_SUCCESS_URL`
     /// and `TOPUP_CHECKOUT_CANCEL_URL` (hosted), each defaulting to the billing page. `None`
@@ -84,7 +84,7 @@ impl Config {
             }
         };
         let billing_url = url("TOPUP_BILLING_URL", None)?;
-        let stripe_secret_key = get("TOPUP_STRIPE_SECRET_KEY").filter(|s| !s.is_empty()).map(Secret::new);
+        let stripe_secret_id = get("TOPUP_STRIPE_SECRET_ID").filter(|s| !s.is_empty());
         let stripe_api_base = get("TOPUP_STRIPE_API_BASE").filter(|s| !s.is_empty());
         let stripe_publishable_key = get("TOPUP_STRIPE_PUBLISHABLE_KEY").filter(|s| !s.is_empty());
         if let Some(k) = &stripe_publishable_key {
@@ -95,7 +95,6 @@ impl Config {
                 ));
             }
         }
-        let stripe_webhook_secret = get("TOPUP_STRIPE_WEBHOOK_SECRET").filter(|s| !s.is_empty()).map(Secret::new);
         // Stripe replaces `{CHECKOUT_SESSION_ID}` in return URLs with the session's id.
         let back = billing_url.as_ref().map(|b| {
             let sep = if b.contains('?') { '&' } else { '?' };
@@ -122,10 +121,9 @@ impl Config {
             local_jwt_secret,
             email_from,
             billing_url,
-            stripe_secret_key,
+            stripe_secret_id,
             stripe_api_base,
             stripe_publishable_key,
-            stripe_webhook_secret,
             checkout_ui,
         })
     }

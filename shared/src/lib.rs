@@ -43,11 +43,22 @@ pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
     engine::Credits::new(config.profile.clone(), store, bus).for_stack(config.stack.clone())
 }
 
-/// The live Stripe client: `TOPUP_STRIPE_SECRET_KEY`, and `TOPUP_STRIPE_API_BASE` when set.
-pub fn live_payments(config: &Config) -> Result<adapters::stripe::StripePayments, config::ConfigError> {
-    let key = config.stripe_secret_key.as_ref().ok_or(config::ConfigError::Missing("TOPUP_STRIPE_SECRET_KEY"))?;
-    adapters::stripe::StripePayments::new(key, config.stripe_api_base.as_deref())
-        .map_err(|e| config::ConfigError::Invalid("TOPUP_STRIPE_API_BASE", e.0))
+/// The Stripe secrets of this deployment: `TOPUP_STRIPE_SECRET_ID` in Secrets Manager, cached.
+pub fn stripe_secrets(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+) -> Result<std::sync::Arc<adapters::secrets::SecretSource>, config::ConfigError> {
+    let id = config.stripe_secret_id.clone().ok_or(config::ConfigError::Missing("TOPUP_STRIPE_SECRET_ID"))?;
+    Ok(std::sync::Arc::new(adapters::secrets::SecretSource::new(aws_sdk_secretsmanager::Client::new(aws), id)))
+}
+
+/// The live Stripe client over `secrets`, at `TOPUP_STRIPE_API_BASE` when set. The first
+/// request reads the key; so a function reads it at init by asking once (`warm`).
+pub fn live_payments(
+    config: &Config,
+    secrets: std::sync::Arc<adapters::secrets::SecretSource>,
+) -> adapters::stripe::StripePayments {
+    adapters::stripe::StripePayments::rotating(secrets, config.stripe_api_base.as_deref())
 }
 
 /// The live notifier: DynamoDB for delivery claims, SES v2 and SNS to send. Needs

@@ -80,10 +80,9 @@ impl World {
             local_jwt_secret: Some(Secret::new(JWT_SECRET)),
             email_from: Some("billing@example.com".into()),
             billing_url: Some("https://app.example.com/settings/billing".into()),
-            stripe_secret_key: Some(Secret::new("sk_test_local_stack")),
+            stripe_secret_id: None,
             stripe_api_base: std::env::var("TOPUP_TEST_STRIPE_API_BASE").ok(),
             stripe_publishable_key: None,
-            stripe_webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
             checkout_ui: Some(topup::payments::CheckoutUi::Hosted {
                 success_url: "https://app.example.com/settings/billing?checkout_session={CHECKOUT_SESSION_ID}".into(),
                 cancel_url: "https://app.example.com/settings/billing".into(),
@@ -147,7 +146,7 @@ impl World {
 
     /// The `webhook` function, verifying with this world's secret and the local Stripe.
     pub async fn webhook(&self, req: Request) -> (u16, Value) {
-        let secret = self.config.stripe_webhook_secret.clone().expect("webhook secret");
+        let secret = Secret::new(WEBHOOK_SECRET);
         read(webhook::handle(&secret, &self.credits, &stripe_payments(), req).await)
     }
 
@@ -158,7 +157,7 @@ impl World {
 
     /// Delivers `event` to a webhook running on `credits` (another instance's service).
     pub async fn deliver_to(&self, credits: &LiveCredits, event: &Value) -> (u16, Value) {
-        let secret = self.config.stripe_webhook_secret.clone().expect("webhook secret");
+        let secret = Secret::new(WEBHOOK_SECRET);
         let req = signed_event(&event.to_string(), WEBHOOK_SECRET, now_s());
         read(webhook::handle(&secret, credits, &stripe_payments(), req).await)
     }
@@ -482,10 +481,14 @@ pub async fn stripe_card(payments: &topup::adapters::stripe::StripePayments, cus
     let pm = CreatePaymentMethod::new()
         .type_(CreatePaymentMethodType::Card)
         .card(CreatePaymentMethodCard::CardDetailsParams(card))
-        .send(payments.client())
+        .send(&payments.client().await.expect("client"))
         .await
         .expect("payment method");
-    AttachPaymentMethod::new(pm.id.clone()).customer(customer).send(payments.client()).await.expect("attach");
+    AttachPaymentMethod::new(pm.id.clone())
+        .customer(customer)
+        .send(&payments.client().await.expect("client"))
+        .await
+        .expect("attach");
     pm.id.to_string()
 }
 

@@ -408,7 +408,7 @@ impl Schedule {
             )
         };
         let instances = [instance(), instance()];
-        let secret = w.config.stripe_webhook_secret.clone().expect("webhook secret");
+        let secret = topup::secret::Secret::new(WEBHOOK_SECRET);
         Schedule {
             seed,
             rng,

@@ -7,8 +7,11 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
     let config = topup::Config::from_env()?;
-    let payments = topup::live_payments(&config)?;
     let aws = aws_config::load_from_env().await;
+    // The Stripe key from Secrets Manager, read now (init) and cached.
+    let secrets = topup::stripe_secrets(&config, &aws)?;
+    secrets.get().await?;
+    let payments = topup::live_payments(&config, secrets);
     let credits = topup::live(&config, &aws);
     let (credits, payments) = (&credits, &payments);
     run(service_fn(move |event: LambdaEvent<Value>| async move {

@@ -4,5 +4,6 @@
 pub mod dynamo;
 pub mod eventbridge;
 pub mod memory;
+pub mod secrets;
 pub mod ses_sns;
 pub mod stripe;

@@ -17,25 +17,64 @@ use stripe_core::PaymentIntentStatus;
 use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
 use stripe_shared::{ApiErrorsType, CheckoutSessionMode, CheckoutSessionUiMode};
 
+use std::sync::{Arc, Mutex};
+
+use crate::adapters::secrets::SecretSource;
 use crate::payments::*;
 use crate::secret::Secret;
 
 pub struct StripePayments {
-    client: Client,
+    keys: Keys,
+    base_url: Option<String>,
+}
+
+/// A fixed key (tests, tools), or the deployment's key from Secrets Manager, with a client
+/// built again when the key rotates.
+enum Keys {
+    Fixed(Client),
+    Rotating { source: Arc<SecretSource>, current: Mutex<Option<(Secret, Client)>> },
+}
+
+fn build(secret: &Secret, base_url: Option<&str>) -> Result<Client, PaymentsUnavailable> {
+    let mut b = ClientBuilder::new(secret.expose());
+    if let Some(url) = base_url {
+        b = b.url(url);
+    }
+    b.build().map_err(|e| PaymentsUnavailable(e.to_string()))
 }
 
 impl StripePayments {
-    /// `base_url` points the client at another Stripe API (the local emulator).
+    /// A client with a fixed key; `base_url` points it at another Stripe API (the local emulator).
     pub fn new(secret: &Secret, base_url: Option<&str>) -> Result<Self, PaymentsUnavailable> {
-        let mut b = ClientBuilder::new(secret.expose());
-        if let Some(url) = base_url {
-            b = b.url(url);
-        }
-        b.build().map(|client| StripePayments { client }).map_err(|e| PaymentsUnavailable(e.to_string()))
+        Ok(StripePayments { keys: Keys::Fixed(build(secret, base_url)?), base_url: base_url.map(str::to_string) })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A client whose key comes from `source` (read at init, cached, picked up again when it
+    /// rotates).
+    pub fn rotating(source: Arc<SecretSource>, base_url: Option<&str>) -> Self {
+        StripePayments {
+            keys: Keys::Rotating { source, current: Mutex::new(None) },
+            base_url: base_url.map(str::to_string),
+        }
+    }
+
+    /// The client for the current key.
+    pub async fn client(&self) -> Result<Client, PaymentsUnavailable> {
+        match &self.keys {
+            Keys::Fixed(c) => Ok(c.clone()),
+            Keys::Rotating { source, current } => {
+                let secrets = source.get().await.map_err(|e| PaymentsUnavailable(e.to_string()))?;
+                let mut current = current.lock().map_err(|_| PaymentsUnavailable("client lock poisoned".into()))?;
+                match current.as_ref() {
+                    Some((key, client)) if key.expose() == secrets.secret_key.expose() => Ok(client.clone()),
+                    _ => {
+                        let client = build(&secrets.secret_key, self.base_url.as_deref())?;
+                        *current = Some((secrets.secret_key, client.clone()));
+                        Ok(client)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -77,7 +116,7 @@ impl Payments for StripePayments {
         let customer = req
             .customize()
             .request_strategy(strategy)
-            .send(&self.client)
+            .send(&self.client().await?)
             .await
             .map_err(|e| PaymentsUnavailable(e.to_string()))?;
         Ok(customer.id.to_string())
@@ -93,7 +132,7 @@ impl Payments for StripePayments {
             .off_session(CreatePaymentIntentOffSession::Bool(true))
             .metadata(c.metadata.iter().cloned().collect::<HashMap<_, _>>());
         let strategy = idempotent(&c.idempotency_key)?;
-        let pi = match req.customize().request_strategy(strategy).send(&self.client).await {
+        let pi = match req.customize().request_strategy(strategy).send(&self.client().await?).await {
             Ok(pi) => pi,
             Err(e) => return classify(e),
         };
@@ -162,7 +201,7 @@ impl Purchases for StripePayments {
         let session = req
             .customize()
             .request_strategy(idempotent(&r.idempotency_key)?)
-            .send(&self.client)
+            .send(&self.client().await?)
             .await
             .map_err(unavailable)?;
         Ok(CheckoutSession { id: session.id.to_string(), client_secret: session.client_secret, url: session.url })
@@ -175,7 +214,7 @@ impl Purchases for StripePayments {
             .metadata(r.metadata.iter().cloned().collect::<HashMap<_, _>>())
             .customize()
             .request_strategy(idempotent(&r.idempotency_key)?)
-            .send(&self.client)
+            .send(&self.client().await?)
             .await
             .map_err(unavailable)?;
         let client_secret =
@@ -184,7 +223,8 @@ impl Purchases for StripePayments {
     }
 
     async fn card(&self, payment_method_id: &str) -> Result<Option<Card>, PaymentsUnavailable> {
-        let pm = RetrievePaymentMethod::new(payment_method_id).send(&self.client).await.map_err(unavailable)?;
+        let pm =
+            RetrievePaymentMethod::new(payment_method_id).send(&self.client().await?).await.map_err(unavailable)?;
         let customer = pm.customer.as_ref().map(|c| c.id().to_string());
         Ok(pm.card.map(|c| Card {
             id: pm.id.to_string(),
@@ -197,11 +237,12 @@ impl Purchases for StripePayments {
     }
 
     async fn detach(&self, payment_method_id: &str) -> Result<(), PaymentsUnavailable> {
-        DetachPaymentMethod::new(payment_method_id).send(&self.client).await.map(|_| ()).map_err(unavailable)
+        DetachPaymentMethod::new(payment_method_id).send(&self.client().await?).await.map(|_| ()).map_err(unavailable)
     }
 
     async fn payment_metadata(&self, payment_intent_id: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
-        let pi = RetrievePaymentIntent::new(payment_intent_id).send(&self.client).await.map_err(unavailable)?;
+        let pi =
+            RetrievePaymentIntent::new(payment_intent_id).send(&self.client().await?).await.map_err(unavailable)?;
         Ok(pi.metadata)
     }
 }
@@ -218,7 +259,7 @@ impl PaymentHistory for StripePayments {
             if let Some(a) = &after {
                 req = req.starting_after(a.clone());
             }
-            let page = req.send(&self.client).await.map_err(unavailable)?;
+            let page = req.send(&self.client().await?).await.map_err(unavailable)?;
             for pi in &page.data {
                 let (refunded, disputed) = match &pi.latest_charge {
                     None => (0, false),

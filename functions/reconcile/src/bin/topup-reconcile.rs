@@ -25,8 +25,8 @@ async fn run() -> Result<usize, Box<dyn std::error::Error>> {
         Err(_) => reconcile::GRACE_S,
     };
     let config = topup::Config::from_env()?;
-    let payments = topup::live_payments(&config)?;
     let aws = aws_config::load_from_env().await;
+    let payments = topup::live_payments(&config, topup::stripe_secrets(&config, &aws)?);
     let credits = topup::live(&config, &aws);
     let ids: Vec<String> = std::env::args().skip(1).collect();
     let mut reports = Vec::new();
