@@ -738,3 +738,44 @@ impl RequestCounter {
         self.0.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
     }
 }
+
+// ---- bulk loading -------------------------------------------------------------------------
+
+/// Writes items 25 to a `BatchWriteItem`, as a bulk load would.
+pub async fn write_items(w: &World, items: Vec<std::collections::HashMap<String, AttributeValue>>) {
+    for chunk in items.chunks(25) {
+        let mut requests: Vec<aws_sdk_dynamodb::types::WriteRequest> = chunk
+            .iter()
+            .map(|item| {
+                let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                    .set_item(Some(item.clone()))
+                    .build()
+                    .expect("put request");
+                aws_sdk_dynamodb::types::WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        // The emulator may, like DynamoDB, hand some back unprocessed.
+        while !requests.is_empty() {
+            let out = w
+                .dynamo
+                .batch_write_item()
+                .request_items(&w.config.table, requests.clone())
+                .send()
+                .await
+                .expect("batch write");
+            requests = out.unprocessed_items.and_then(|mut u| u.remove(&w.config.table)).unwrap_or_default();
+        }
+    }
+}
+
+/// The stored item of an account, as the store writes it.
+pub fn account_item(a: &topup::account::Account) -> std::collections::HashMap<String, AttributeValue> {
+    let serde_json::Value::Object(fields) = serde_json::to_value(a).expect("account serialises") else {
+        panic!("an account is an object")
+    };
+    let mut item: std::collections::HashMap<String, AttributeValue> =
+        fields.iter().map(|(k, v)| (k.clone(), topup::adapters::dynamo::to_attr(v))).collect();
+    item.insert("pk".into(), AttributeValue::S(format!("ACCOUNT#{}", a.id)));
+    item.insert("sk".into(), AttributeValue::S("ACCOUNT".into()));
+    item
+}

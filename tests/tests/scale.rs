@@ -4,11 +4,9 @@
 //! over the same table finishes, reports that account as unreadable, checkpoints, and resumes;
 //! one sweep delivers an outbox of a thousand events.
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
-use topup::account::{Account, RechargeClaim};
+use topup::account::RechargeClaim;
 use topup::events::{pending_events, DomainEvent, Event};
 use topup::ids::RechargeId;
 use topup::money::{Micros, MICROS_PER_CREDIT as C};
@@ -20,42 +18,6 @@ use topup_tests::*;
 const BULK: usize = 2_000;
 /// Accounts whose recharge claim was left in flight by a function that died.
 const STUCK: usize = 6;
-
-/// Writes items 25 to a `BatchWriteItem`, as a bulk load would.
-async fn write_items(w: &World, items: Vec<HashMap<String, AttributeValue>>) {
-    for chunk in items.chunks(25) {
-        let mut requests: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|item| {
-                let put = PutRequest::builder().set_item(Some(item.clone())).build().expect("put request");
-                WriteRequest::builder().put_request(put).build()
-            })
-            .collect();
-        // The emulator may, like DynamoDB, hand some back unprocessed.
-        while !requests.is_empty() {
-            let out = w
-                .dynamo
-                .batch_write_item()
-                .request_items(&w.config.table, requests.clone())
-                .send()
-                .await
-                .expect("batch write");
-            requests = out.unprocessed_items.and_then(|mut u| u.remove(&w.config.table)).unwrap_or_default();
-        }
-    }
-}
-
-/// The stored item of an account, as the store writes it.
-fn account_item(a: &Account) -> HashMap<String, AttributeValue> {
-    let serde_json::Value::Object(fields) = serde_json::to_value(a).expect("account serialises") else {
-        panic!("an account is an object")
-    };
-    let mut item: HashMap<String, AttributeValue> =
-        fields.iter().map(|(k, v)| (k.clone(), topup::adapters::dynamo::to_attr(v))).collect();
-    item.insert("pk".into(), AttributeValue::S(format!("ACCOUNT#{}", a.id)));
-    item.insert("sk".into(), AttributeValue::S("ACCOUNT".into()));
-    item
-}
 
 /// `BULK` accounts with auto-recharge on (none of them due), `STUCK` accounts with a real card
 /// whose claim has been in flight for an hour (named to sort after the bulk, so past the first
