@@ -166,17 +166,38 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
         ses.create_email_identity(EmailIdentity=sender_domain)
 
 
+def put_stripe_secret(endpoint: str, name: str, secret_key: str, webhook_secret: str) -> str:
+    """The Stripe secret as the template's `StripeSecretName` holds it (`secret_key`,
+    `webhook_secret`), made or updated in the emulator's Secrets Manager; returns its name."""
+    import boto3
+
+    sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    value = json.dumps({"secret_key": secret_key, "webhook_secret": webhook_secret})
+    try:
+        sm.create_secret(Name=name, SecretString=value)
+    except sm.exceptions.ResourceExistsException:
+        sm.put_secret_value(SecretId=name, SecretString=value)
+    return name
+
+
 def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str, stripe: str) -> dict:
+    """The served functions' environment. The Stripe key and webhook secret are not in it: as
+    deployed, they are read from Secrets Manager, here the secret `<bus>-stripe` (one per
+    served stack) that this writes into the emulator."""
     env = aws_env(endpoint)
+    # Your own test-mode key and webhook secret (with https://api.stripe.com instead of
+    # localstripe), if you set them, go into the secret; the functions never see them as variables.
+    stripe_secret = put_stripe_secret(endpoint, f"{bus}-stripe",
+                                      env.pop("TOPUP_STRIPE_SECRET_KEY", None) or "sk_test_local_stack",
+                                      env.pop("TOPUP_STRIPE_WEBHOOK_SECRET", None) or LOCAL_WEBHOOK_SECRET)
     env.update({
         "TOPUP_PROFILE": profile,
         "TOPUP_TABLE": table,
         "TOPUP_EVENT_BUS": bus,
         "TOPUP_LOCAL_JWT_SECRET": secret,
-        # Your own test-mode key and https://api.stripe.com instead of localstripe, if you set them.
-        "TOPUP_STRIPE_SECRET_KEY": env.get("TOPUP_STRIPE_SECRET_KEY", "sk_test_local_stack"),
+        "TOPUP_STRIPE_SECRET_ID": stripe_secret,
         "TOPUP_STRIPE_API_BASE": env.get("TOPUP_STRIPE_API_BASE", stripe),
-        "TOPUP_STRIPE_WEBHOOK_SECRET": env.get("TOPUP_STRIPE_WEBHOOK_SECRET", LOCAL_WEBHOOK_SECRET),
         # Hosted: the session's `url` is localstripe's test payment page, which a person can open.
         "TOPUP_CHECKOUT_UI": env.get("TOPUP_CHECKOUT_UI", "hosted"),
         "TOPUP_EMAIL_FROM": env.get("TOPUP_EMAIL_FROM", "billing@example.com"),
@@ -243,6 +264,7 @@ def serve(args) -> int:
         r = start_functions(stack, env, args.watch_port, args.port)
         register_webhook(stripe, args.port)
         svc = token_for("service", None, secret)
+        failures = "\n".join(f"  {binary:<15} {url.rsplit('/', 1)[-1]}" for binary, url in r.forwarder.failure_queues.items())
         print(f"""
 topup is serving on http://127.0.0.1:{args.port} (profile {args.profile})
   moto (AWS)      {moto}   data: {moto}/moto-api/data.json
@@ -270,6 +292,9 @@ Buy credits (localstripe plays Stripe; its signed events reach POST /stripe/webh
   curl -s http://127.0.0.1:{args.port}/v1/accounts/acme/credits/purchases/<purchase_id> -H "authorization: Bearer $O"
 
 Sent emails and SMS land in moto: {moto}/moto-api/data.json (ses.Message, sns.SMS).
+Events a function still failed on after its retries land in its failure queue:
+{failures}
+  scripts/redrive --queue <queue> --endpoint-url {moto} --lambda-endpoint-url http://127.0.0.1:{args.watch_port}
 Ctrl-C stops everything.
 """, flush=True)
         del svc
@@ -370,7 +395,7 @@ def bench(args) -> int:
     subprocess.run(["cargo", "build", "--release", "--bins"] + [a for f in FUNCTIONS for a in ("-p", f)],
                    cwd=ROOT, env=env0, check=True)
     subprocess.run(["cargo", "build", "--release", "-p", "topup-tests", "--example", "bench_debits",
-                    "--example", "bench_recharge"], cwd=ROOT, env=env0, check=True)
+                    "--example", "bench_recharge", "--example", "bench_sweep"], cwd=ROOT, env=env0, check=True)
     stack = Stack()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
@@ -378,6 +403,8 @@ def bench(args) -> int:
         subprocess.run([str(ROOT / "target/release/examples/bench_debits")], cwd=ROOT, env=env, check=True)
         print()
         subprocess.run([str(ROOT / "target/release/examples/bench_recharge")], cwd=ROOT, env=env, check=True)
+        print()
+        subprocess.run([str(ROOT / "target/release/examples/bench_sweep")], cwd=ROOT, env=env, check=True)
         print()
         startup.report(ROOT, FUNCTIONS, aws_env(moto))
     finally:

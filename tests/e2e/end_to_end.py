@@ -7,7 +7,8 @@ authentication and unknown routes; the served debit's BalanceLow on the bus and 
 low and an empty balance (rule → notify) and the notifications list; buying credits through a
 Checkout Session, paid by card and by a bank debit that fails (localstripe's signed events → the
 webhook), with their statuses, entries and email; saving a card (SetupIntent) and a debit that
-triggers one auto-recharge; `topup-reconcile` agreeing with Stripe; the billing page's free-form
+triggers one auto-recharge; `topup-reconcile` agreeing with Stripe; a notification that fails past
+notify's retries (SES throttling) landing in its failure queue and `scripts/redrive` delivering it; the billing page's free-form
 amount in headless Chromium (tests/browser/billing_test.py); the schemathesis contract fuzz of
 infra/openapi.yaml; and every sample event of events/expected.json through `cargo lambda invoke`.
 `browser_tests` serves a voice-minutes stack and runs the billing page's scenarios against it.
@@ -23,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -65,6 +67,7 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
     import boto3
 
     stack = stack_api.Stack()
+    ses = None
     try:
         stack_api.create_resources(moto, "topup", "topup", "example.com")
         kw = dict(endpoint_url=moto, region_name=stack_api.REGION, aws_access_key_id="test", aws_secret_access_key="test")
@@ -77,6 +80,10 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
                        Targets=[{"Id": "q", "Arn": "arn:aws:sqs:us-east-1:123456789012:e2e-events"}])
 
         env = stack_api.function_env(moto, "usd-overage", "topup", "topup", secret, stripe)
+        # The functions reach SES v2 through a gate that can throttle (the SDK's per-service
+        # endpoint variable); everything else goes straight to moto.
+        ses = SesGate(moto)
+        env["AWS_ENDPOINT_URL_SESV2"] = ses.url
         watch_port, api_port = stack_api.free_port(), stack_api.free_port()
         r = stack_api.start_functions(stack, env, watch_port, api_port)
         stack_api.register_webhook(stripe, api_port)
@@ -283,10 +290,151 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
             checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
                          status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
 
+        failure_queue_and_redrive(api, moto, secret, checks, stack_api, r, ses, kw, watch_port)
         crowd(api, svc, checks)
         r.shutdown()
     finally:
         stack.stop()
+        if ses:
+            ses.close()
+
+
+class SesGate:
+    """SES v2 for the served functions (`AWS_ENDPOINT_URL_SESV2`): passes each request to moto,
+    or, while `throttling` is set, answers as SES does when the sending rate is exceeded (429
+    TooManyRequestsException), a failure notify retries. A thread of this process; `close`
+    stops it."""
+
+    def __init__(self, moto: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        gate = self
+        self.moto = moto
+        self.throttling = threading.Event()
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_):
+                pass
+
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                gate.requests += 1
+                if gate.throttling.is_set():
+                    status, payload = 429, json.dumps({"message": "Maximum sending rate exceeded."}).encode()
+                    headers = {"content-type": "application/json", "x-amzn-errortype": "TooManyRequestsException"}
+                else:
+                    req = urllib.request.Request(gate.moto + self.path, data=body or None, method=self.command)
+                    for k, v in self.headers.items():
+                        if k.lower() not in ("host", "content-length", "connection", "transfer-encoding", "expect"):
+                            req.add_header(k, v)
+                    try:
+                        with urllib.request.urlopen(req, timeout=30) as r:
+                            status, headers, payload = r.status, dict(r.headers), r.read()
+                    except urllib.error.HTTPError as e:
+                        status, headers, payload = e.code, dict(e.headers), e.read()
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def failure_queue_and_redrive(api: str, moto: str, secret: str, checks: Checks, stack_api, r, ses: SesGate,
+                              kw: dict, watch_port: int) -> None:
+    """A BalanceLow whose email SES throttles for longer than notify's retries (the template's
+    EventInvokeConfig: 1 + 2 attempts, honoured by scripts/wiring.py) lands in notify's failure
+    queue as Lambda's destination record; once SES is back, `scripts/redrive` invokes notify
+    with it and the email goes out, once."""
+    import boto3
+
+    svc = stack_api.token_for("service", None, secret)
+    owner = stack_api.token_for("owner", "e2e-dlq", secret)
+    s, b = http("PUT", f"{api}/v1/accounts/e2e-dlq", svc, {"plan": "free", "billing_contacts": [{"email": "dlq@example.com"}]})
+    checks.check("PUT /v1/accounts/e2e-dlq → 201", s == 201, f"{s} {b}")
+    url = r.forwarder.failure_queues.get("notify")
+    checks.check("the local wiring made notify's failure queue from the template", bool(url), f"{r.forwarder.failure_queues}")
+    if not url:
+        return
+    sqs = boto3.client("sqs", **kw)
+
+    def depth(q: str) -> int:
+        a = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=["ApproximateNumberOfMessages",
+                                                                  "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+    def mails() -> int:
+        data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
+        return len([m for m in data.get("ses", {}).get("Message", [])
+                    if m["destinations"].get("ToAddresses") == ["dlq@example.com"]])
+
+    now_ms = int(time.time() * 1000)
+    event_id = f"evt_e2e_dlq_{now_ms}"
+    detail = {"event_id": event_id, "account_id": "e2e-dlq", "occurred_ms": now_ms,
+              "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now_ms / 1000)),
+              "balance": 4_500_000, "previous_balance": 6_000_000, "threshold": 5_000_000, "plan": "free",
+              "auto_recharge_enabled": False, "cause": "usage", "kind": "BalanceLow", "version": 2}
+    start = depth(url)
+    ses.throttling.set()
+    started = time.time()
+    try:
+        boto3.client("events", **kw).put_events(Entries=[{"Source": "topup", "DetailType": "BalanceLow",
+                                                          "Detail": json.dumps(detail), "EventBusName": "topup"}])
+        while time.time() - started < 60 and depth(url) == start:
+            time.sleep(0.5)
+    finally:
+        ses.throttling.clear()
+    took = time.time() - started
+    records = []
+    for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", []):
+        rec = json.loads(m["Body"])
+        if (rec.get("requestPayload") or {}).get("detail", {}).get("event_id") == event_id:
+            records.append(rec)
+    rec = records[0] if records else {}
+    ctx = rec.get("requestContext") or {}
+    checks.check(f"SES throttling past notify's 3 attempts put its destination record in {url.rsplit('/', 1)[-1]} ({took:.0f}s)",
+                 len(records) == 1 and ctx.get("condition") == "RetriesExhausted"
+                 and ctx.get("approximateInvokeCount") == 3 and ctx.get("functionArn", "").endswith(":function:notify")
+                 and (rec.get("responseContext") or {}).get("functionError") == "Unhandled"
+                 and rec["requestPayload"].get("detail-type") == "BalanceLow",
+                 f"{records} (SES requests through the gate: {ses.requests})")
+    rule_queues = [q for binary, q in r.forwarder.queues if binary == "notify"]
+    checks.check("the event left the rule's queue and no email went out",
+                 all(depth(q) == 0 for q in rule_queues) and mails() == 0,
+                 f"rule queues {[depth(q) for q in rule_queues]}, mails {mails()}")
+
+    redrive = [str(stack_api.ROOT / "scripts" / "redrive"), "--queue", url.rsplit("/", 1)[-1], "--endpoint-url", moto,
+               "--lambda-endpoint-url", f"http://127.0.0.1:{watch_port}"]
+    dry = subprocess.run(redrive + ["--dry-run"], cwd=stack_api.ROOT, capture_output=True, text=True, timeout=120)
+    checks.check("scripts/redrive --dry-run names the record and leaves it",
+                 dry.returncode == 0 and "would redrive 1, failed 0, left 1" in dry.stdout and depth(url) == 1,
+                 f"exit {dry.returncode} {dry.stdout[-400:]} {dry.stderr[-400:]}")
+    out = subprocess.run(redrive, cwd=stack_api.ROOT, capture_output=True, text=True, timeout=300)
+    checks.check("scripts/redrive invoked notify with it and deleted it: redriven 1, failed 0, left 0",
+                 out.returncode == 0 and "redriven 1, failed 0, left 0" in out.stdout and depth(url) == 0,
+                 f"exit {out.returncode} {out.stdout[-400:]} {out.stderr[-400:]}")
+    s, b = http("GET", f"{api}/v1/accounts/e2e-dlq/notifications", owner)
+    listed = [(n.get("type"), [c.get("status") for c in n.get("channels", [])]) for n in (b or {}).get("notifications", [])]
+    checks.check("the redriven notification is listed as sent, and emailed once",
+                 s == 200 and listed == [("credit_balance_low", ["sent"])] and mails() == 1,
+                 f"{s} {listed} mails {mails()}")
 
 
 def crowd(api: str, svc: str, checks: Checks, clients: int = 200) -> None:
