@@ -28,6 +28,15 @@ pub fn month_of(ms: i64) -> String {
 }
 
 /// RFC 3339 in UTC with millisecond precision: `2026-11-22T00:32:07.123Z`.
+/// When a job should stop, given its Lambda invocation's deadline (epoch ms): leaving
+/// `spare_ms`, or a quarter of the time left if that is less. `None` when the runtime gave no
+/// deadline (0) or it has passed.
+pub fn stop_before(invocation_deadline_ms: u64, spare_ms: u64) -> Option<std::time::Instant> {
+    let left_ms = invocation_deadline_ms.saturating_sub(u64::try_from(now_ms()).unwrap_or(0));
+    (left_ms > 0)
+        .then(|| std::time::Instant::now() + std::time::Duration::from_millis(left_ms - (left_ms / 4).min(spare_ms)))
+}
+
 /// `YYYY-MM-DD` (UTC) of epoch milliseconds.
 pub fn date_of(ms: i64) -> String {
     rfc3339(ms).chars().take(10).collect()

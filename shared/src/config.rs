@@ -12,6 +12,9 @@ pub enum ConfigError {
     Invalid(&'static str, String),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    /// A secret the configuration names cannot be read at start-up.
+    #[error("{0}")]
+    SecretUnreadable(String),
 }
 
 #[derive(Debug, Clone)]

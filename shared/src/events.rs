@@ -264,20 +264,9 @@ pub async fn publish_committed<S: Store, B: EventBus>(store: &S, bus: &B, events
     if events.is_empty() {
         return;
     }
-    let mut healthy = false;
-    let published: Vec<DomainEvent> = match bus.publish(events).await {
-        Ok(()) => {
-            healthy = true;
-            events.to_vec()
-        }
-        Err(e) => {
-            for ev in &e.failed {
-                tracing::error!(event_id = %ev.id, account_id = %ev.account_id, detail_type = ev.detail_type(), reason = %e.reason, "event left in the outbox for redelivery");
-            }
-            events.iter().filter(|ev| !e.failed.iter().any(|f| f.id == ev.id)).cloned().collect()
-        }
-    };
-    if let Err(e) = store.clear_outbox(&published).await {
+    let (published, cleared) = publish_and_clear(store, bus, events.to_vec()).await;
+    let healthy = published == events.len();
+    if let Err(e) = cleared {
         // The events went out; redelivery may send them again, and consumers dedupe by id.
         tracing::warn!(error = %e, "outbox not cleared after publishing");
     }
@@ -324,29 +313,31 @@ pub async fn redeliver_shard<S: Store, B: EventBus>(
     limit: usize,
 ) -> Result<usize, StoreError> {
     let pending = store.pending_outbox(shard, limit).await?;
-    publish_pending(store, bus, pending).await
+    let (sent, cleared) = publish_and_clear(store, bus, pending).await;
+    cleared.map(|()| sent)
 }
 
-/// Publishes `pending` outbox events and clears those the bus took; how many it took.
-async fn publish_pending<S: Store, B: EventBus>(
+/// Publishes outbox events and clears those the bus took: how many it took, and whether they
+/// were cleared (if not, they go out again later; consumers dedupe by id). What the bus refused
+/// stays, logged with its id.
+async fn publish_and_clear<S: Store, B: EventBus>(
     store: &S,
     bus: &B,
-    pending: Vec<DomainEvent>,
-) -> Result<usize, StoreError> {
-    if pending.is_empty() {
-        return Ok(0);
+    events: Vec<DomainEvent>,
+) -> (usize, Result<(), StoreError>) {
+    if events.is_empty() {
+        return (0, Ok(()));
     }
-    let sent: Vec<DomainEvent> = match bus.publish(&pending).await {
-        Ok(()) => pending,
+    let sent: Vec<DomainEvent> = match bus.publish(&events).await {
+        Ok(()) => events,
         Err(err) => {
             for e in &err.failed {
-                tracing::error!(event_id = %e.id, reason = %err.reason, "outbox redelivery failed");
+                tracing::error!(event_id = %e.id, account_id = %e.account_id, detail_type = e.detail_type(), reason = %err.reason, "event left in the outbox for redelivery");
             }
-            pending.into_iter().filter(|e| !err.failed.iter().any(|f| f.id == e.id)).collect()
+            events.into_iter().filter(|e| !err.failed.iter().any(|f| f.id == e.id)).collect()
         }
     };
-    store.clear_outbox(&sent).await?;
-    Ok(sent.len())
+    (sent.len(), store.clear_outbox(&sent).await)
 }
 
 /// Up to `per_shard` undelivered events of every shard, oldest first in each (for checks and
@@ -395,7 +386,8 @@ pub async fn drain_outbox<S: Store, B: EventBus>(
             if let Some(oldest) = page.iter().map(|e| e.created_at).min() {
                 drain.oldest_age_ms = drain.oldest_age_ms.max(now_ms - oldest);
             }
-            let sent = publish_pending(store, bus, page).await?;
+            let (sent, cleared) = publish_and_clear(store, bus, page).await;
+            cleared?;
             drain.delivered += sent;
             if sent < found {
                 // The bus is refusing: what is left waits for the next run.

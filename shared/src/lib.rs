@@ -26,6 +26,7 @@ pub mod recharge;
 pub mod reconcile;
 pub mod secret;
 pub mod store;
+pub mod sweep;
 pub mod usage;
 pub mod views;
 
@@ -43,22 +44,19 @@ pub fn live(config: &Config, aws: &aws_config::SdkConfig) -> LiveCredits {
     engine::Credits::new(config.profile.clone(), store, bus).for_stack(config.stack.clone())
 }
 
-/// The Stripe secrets of this deployment: `TOPUP_STRIPE_SECRET_ID` in Secrets Manager, cached.
-pub fn stripe_secrets(
+/// The live Stripe client: its key (and the webhook's signing secret) from the Secrets Manager
+/// secret `TOPUP_STRIPE_SECRET_ID`, read now (at init) and cached, at `TOPUP_STRIPE_API_BASE`
+/// when set. The source is returned too, for the webhook's signing secret.
+pub async fn live_stripe(
     config: &Config,
     aws: &aws_config::SdkConfig,
-) -> Result<std::sync::Arc<adapters::secrets::SecretSource>, config::ConfigError> {
+) -> Result<(adapters::stripe::StripePayments, std::sync::Arc<adapters::secrets::SecretSource>), config::ConfigError> {
     let id = config.stripe_secret_id.clone().ok_or(config::ConfigError::Missing("TOPUP_STRIPE_SECRET_ID"))?;
-    Ok(std::sync::Arc::new(adapters::secrets::SecretSource::new(aws_sdk_secretsmanager::Client::new(aws), id)))
-}
-
-/// The live Stripe client over `secrets`, at `TOPUP_STRIPE_API_BASE` when set. The first
-/// request reads the key; so a function reads it at init by asking once (`warm`).
-pub fn live_payments(
-    config: &Config,
-    secrets: std::sync::Arc<adapters::secrets::SecretSource>,
-) -> adapters::stripe::StripePayments {
-    adapters::stripe::StripePayments::rotating(secrets, config.stripe_api_base.as_deref())
+    let secrets =
+        std::sync::Arc::new(adapters::secrets::SecretSource::new(aws_sdk_secretsmanager::Client::new(aws), id));
+    secrets.get().await.map_err(|e| config::ConfigError::SecretUnreadable(e.to_string()))?;
+    let payments = adapters::stripe::StripePayments::rotating(secrets.clone(), config.stripe_api_base.as_deref());
+    Ok((payments, secrets))
 }
 
 /// The live notifier: DynamoDB for delivery claims, SES v2 and SNS to send. Needs

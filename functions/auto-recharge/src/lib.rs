@@ -17,7 +17,7 @@ use topup::store::Store;
 use topup::ApiError;
 
 /// Accounts read from the sweep's index per page (the sweep goes through every page).
-pub const SWEEP_PAGE: usize = topup::recharge::SWEEP_PAGE;
+pub const SWEEP_PAGE: usize = topup::sweep::SWEEP_PAGE;
 
 /// What EventBridge hands the function, as far as it reads it.
 #[derive(Debug, Deserialize)]

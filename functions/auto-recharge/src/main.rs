@@ -9,17 +9,12 @@ async fn main() -> Result<(), Error> {
     let config = topup::Config::from_env()?;
     let aws = aws_config::load_from_env().await;
     // The Stripe key from Secrets Manager, read now (init) and cached.
-    let secrets = topup::stripe_secrets(&config, &aws)?;
-    secrets.get().await?;
-    let payments = topup::live_payments(&config, secrets);
+    let (payments, _) = topup::live_stripe(&config, &aws).await?;
     let credits = topup::live(&config, &aws);
     let (credits, payments) = (&credits, &payments);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        // Stop the sweep with time to spare (20 s, or a quarter of what is left) before the
-        // invocation's deadline; a runtime that gives none gets no deadline.
-        let left_ms = event.context.deadline.saturating_sub(u64::try_from(topup::clock::now_ms()).unwrap_or(0));
-        let deadline = (left_ms > 0)
-            .then(|| std::time::Instant::now() + std::time::Duration::from_millis(left_ms - (left_ms / 4).min(20_000)));
+        // Stop the sweep with 20 s to spare before the invocation's deadline.
+        let deadline = topup::clock::stop_before(event.context.deadline, 20_000);
         auto_recharge::handle_until(credits, payments, &event.payload, deadline).await.map_err(Error::from)
     }))
     .await

@@ -9,9 +9,7 @@ async fn main() -> Result<(), Error> {
     let ui = config.checkout_ui.clone().ok_or("TOPUP_BILLING_URL or TOPUP_CHECKOUT_RETURN_URL is required")?;
     let aws = aws_config::load_from_env().await;
     // The Stripe key from Secrets Manager, read now (init) and cached.
-    let secrets = topup::stripe_secrets(&config, &aws)?;
-    secrets.get().await?;
-    let payments = topup::live_payments(&config, secrets);
+    let (payments, _) = topup::live_stripe(&config, &aws).await?;
     let credits = topup::live(&config, &aws);
     let checkout = purchase::Checkout { payments: &payments, ui: &ui };
     run(service_fn(|req: Request| async { Ok::<_, Error>(purchase::handle(&config, &credits, &checkout, req).await) }))

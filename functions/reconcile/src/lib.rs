@@ -61,9 +61,7 @@ pub async fn scheduled<S: Store, B: EventBus, H: PaymentHistory>(
 /// account, and found something that needs a person. An unfinished run waits for the next
 /// invocation; a run finished earlier was reported then.
 pub fn fails(report: &Report, problems: usize) -> bool {
-    report.complete
-        && report.worked
-        && (problems > 0 || !report.unreadable.is_empty() || report.unreadable_not_listed > 0)
+    report.complete && report.worked && (problems > 0 || report.unreadable_count() > 0)
 }
 
 /// Logs every difference; the count of those that need a person.
@@ -85,7 +83,7 @@ pub fn log_report(report: &Report, grace_s: i64) -> usize {
         stripe_payments = report.stripe_payments,
         differences = report.differences.len(),
         problems,
-        unreadable = report.unreadable.len() + report.unreadable_not_listed,
+        unreadable = report.unreadable_count(),
         complete = report.complete,
         "reconciled"
     );

@@ -10,11 +10,10 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::load_from_env().await;
     // The Stripe key and the webhook's signing secret from Secrets Manager: read now (init),
     // cached, and read again after a while so a rotated secret is picked up.
-    let secrets = topup::stripe_secrets(&config, &aws)?;
+    let (payments, secrets) = topup::live_stripe(&config, &aws).await?;
     if secrets.get().await?.webhook_secret.is_none() {
         return Err(Error::from("the Stripe secret has no `webhook_secret`"));
     }
-    let payments = topup::live_payments(&config, secrets.clone());
     let credits = topup::live(&config, &aws);
     run(service_fn(|req: Request| async {
         let response = match secrets.get().await.map(|s| s.webhook_secret) {

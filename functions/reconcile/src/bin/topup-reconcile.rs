@@ -26,7 +26,7 @@ async fn run() -> Result<usize, Box<dyn std::error::Error>> {
     };
     let config = topup::Config::from_env()?;
     let aws = aws_config::load_from_env().await;
-    let payments = topup::live_payments(&config, topup::stripe_secrets(&config, &aws)?);
+    let (payments, _) = topup::live_stripe(&config, &aws).await?;
     let credits = topup::live(&config, &aws);
     let ids: Vec<String> = std::env::args().skip(1).collect();
     let mut reports = Vec::new();

@@ -18,9 +18,7 @@
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
 //! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, Delete, Put, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
@@ -30,6 +28,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 
 mod attributes;
+mod listing;
 mod table;
 
 pub use attributes::{from_attr, to_attr};
@@ -82,6 +81,20 @@ fn ledger_sk(seq: u64) -> String {
 
 fn outbox_sk(e: &DomainEvent) -> String {
     format!("{:013}#{}", e.created_at, e.id)
+}
+
+/// The outcome of a write with a condition: `true` when it was written, `false` when its
+/// condition did not hold, an error for anything else.
+fn condition_held<O, E, R>(res: Result<O, SdkError<E, R>>, what: &str) -> Result<bool, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().and_then(|se| se.code()) == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(unavailable(what, e)),
+    }
 }
 
 pub(crate) fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
@@ -383,17 +396,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":ttl", AttributeValue::N(((window_start_ms + DAY_MS) / 1000).to_string()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let se = e.into_service_error();
-                if se.is_conditional_check_failed_exception() {
-                    Ok(false)
-                } else {
-                    Err(unavailable("UpdateItem(rate)", se))
-                }
-            }
-        }
+        condition_held(res, "UpdateItem(rate)")
     }
 
     async fn accounts_for_sweep(
@@ -401,83 +404,11 @@ impl Store for DynamoStore {
         limit: usize,
         after: Option<String>,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        // The cursor is the last account's id: with the index key it is where the next page starts.
-        let start = after.map(|id| {
-            HashMap::from([
-                ("gsi1pk".to_string(), s(crate::account::SWEEP_INDEX_KEY)),
-                ("pk".to_string(), s(account_pk(&id))),
-                ("sk".to_string(), s("ACCOUNT")),
-            ])
-        });
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(SWEEP_INDEX)
-            .key_condition_expression("gsi1pk = :k")
-            .expression_attribute_values(":k", s(crate::account::SWEEP_INDEX_KEY))
-            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| unavailable("Query(sweep index)", e))?;
-        let ids: Vec<String> = out
-            .items()
-            .iter()
-            .filter_map(|i| i.get("pk").and_then(|v| v.as_s().ok()))
-            .filter_map(|pk| pk.strip_prefix("ACCOUNT#").map(str::to_string))
-            .collect();
-        let next = match out.last_evaluated_key {
-            Some(k) if !k.is_empty() => ids.last().cloned(),
-            _ => None,
-        };
-        Ok((ids, next))
+        self.sweep_index_page(limit, after).await
     }
 
     async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
-        use aws_sdk_dynamodb::types::KeysAndAttributes;
-        let mut found = Vec::with_capacity(ids.len());
-        // BatchGetItem takes at most 100 keys; what it leaves unprocessed (throttling) is
-        // asked for again with backoff.
-        for chunk in ids.chunks(100) {
-            let keys: Vec<Item> = chunk
-                .iter()
-                .map(|id| HashMap::from([("pk".to_string(), s(account_pk(id))), ("sk".to_string(), s("ACCOUNT"))]))
-                .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .build()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
-            let mut attempt = 0u32;
-            while let Some(keys) = request.take() {
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, keys)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("BatchGetItem(accounts)", e))?;
-                for item in out.responses.as_ref().and_then(|r| r.get(&self.table)).into_iter().flatten() {
-                    let Some(id) =
-                        item.get("pk").and_then(|v| v.as_s().ok()).and_then(|pk| pk.strip_prefix("ACCOUNT#"))
-                    else {
-                        continue;
-                    };
-                    found.push((id.to_string(), from_item::<Account>(item)));
-                }
-                request = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table));
-                if request.is_some() {
-                    attempt += 1;
-                    if attempt > 8 {
-                        return Err(StoreError::Unavailable("BatchGetItem(accounts): keys left unprocessed".into()));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
-                }
-            }
-        }
-        Ok(found)
+        self.batch_accounts(ids).await
     }
 
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
@@ -492,17 +423,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":retry", s("retry"))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let se = e.into_service_error();
-                if se.is_conditional_check_failed_exception() {
-                    Ok(false)
-                } else {
-                    Err(unavailable("PutItem(delivery)", se))
-                }
-            }
-        }
+        condition_held(res, "PutItem(delivery)")
     }
 
     async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
@@ -604,67 +525,14 @@ impl Store for DynamoStore {
         after: Option<String>,
         segment: Segment,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        // A scan in pages of `limit` items, keeping the account items (sk `ACCOUNT`). The cursor
-        // is the last account's id: its item's key is where the next page starts.
-        let mut ids = Vec::new();
-        let mut start =
-            after.map(|id| HashMap::from([("pk".to_string(), s(account_pk(&id))), ("sk".to_string(), s("ACCOUNT"))]));
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("sk = :account")
-                .expression_attribute_values(":account", s("ACCOUNT"))
-                .projection_expression("pk")
-                .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
-                .set_segment((segment.total > 1).then(|| i32::try_from(segment.index).unwrap_or(0)))
-                .set_total_segments((segment.total > 1).then(|| i32::try_from(segment.total).unwrap_or(1)))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan(accounts)", e))?;
-            ids.extend(
-                out.items()
-                    .iter()
-                    .filter_map(|i| i.get("pk").and_then(|v| v.as_s().ok()))
-                    .filter_map(|pk| pk.strip_prefix("ACCOUNT#").map(str::to_string)),
-            );
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => {
-                    if ids.len() >= limit {
-                        let next = ids.last().cloned();
-                        return Ok((ids, next));
-                    }
-                    start = Some(k);
-                }
-                _ => return Ok((ids, None)),
-            }
-        }
+        self.scan_account_ids(limit, after, segment).await
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
-        let Some(item) = self.get(name.to_string(), "CHECKPOINT".into()).await? else {
-            return Ok(None);
-        };
-        let value = item
-            .get("value")
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint {name} has no value")))?;
-        serde_json::from_str(value).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+        self.read_checkpoint(name).await
     }
 
     async fn save_checkpoint(&self, name: &str, value: &Value) -> Result<(), StoreError> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(name))
-            .item("sk", s("CHECKPOINT"))
-            .item("value", s(value.to_string()))
-            .item("ttl", AttributeValue::N(((crate::clock::now_ms() + 30 * DAY_MS) / 1000).to_string()))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem(checkpoint)", e))?;
-        Ok(())
+        self.write_checkpoint(name, value).await
     }
 }
