@@ -207,12 +207,16 @@ def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str,
     return env
 
 
-def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int):
+def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int, reload: bool = True):
     import router  # needs PyYAML from the venv
     # Build first so the first request does not wait for a compile.
     subprocess.run(["cargo", "build", "--bins"], cwd=ROOT, env=env, check=True)
+    # `serve` reloads a function when its code changes; a test run does not, since a file the
+    # run itself writes (a tool's cache in the tree) would restart a function mid-invocation
+    # and leave that invocation unanswered.
     stack.spawn("cargo-lambda-watch", ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1",
-                                       "--invoke-port", str(watch_port)], env=env)
+                                       "--invoke-port", str(watch_port)] + ([] if reload else ["--ignore-changes"]),
+                env=env)
     wait_http(f"http://127.0.0.1:{watch_port}/")
     r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}")
     r.serve("127.0.0.1", api_port)

@@ -85,7 +85,7 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
         ses = SesGate(moto)
         env["AWS_ENDPOINT_URL_SESV2"] = ses.url
         watch_port, api_port = stack_api.free_port(), stack_api.free_port()
-        r = stack_api.start_functions(stack, env, watch_port, api_port)
+        r = stack_api.start_functions(stack, env, watch_port, api_port, reload=False)
         stack_api.register_webhook(stripe, api_port)
         api = f"http://127.0.0.1:{api_port}"
         svc = stack_api.token_for("service", None, secret)
@@ -489,7 +489,7 @@ def browser_tests(moto: str, stripe: str, secret: str, checks: Checks, stack_api
         stack_api.create_resources(moto, "topup-browser", "topup-browser", "example.com")
         env = stack_api.function_env(moto, "voice-minutes", "topup-browser", "topup-browser", secret, stripe)
         watch_port, api_port = stack_api.free_port(), stack_api.free_port()
-        r = stack_api.start_functions(stack, env, watch_port, api_port)
+        r = stack_api.start_functions(stack, env, watch_port, api_port, reload=False)
         stack_api.register_webhook(stripe, api_port)
         api = f"http://127.0.0.1:{api_port}"
         try:
