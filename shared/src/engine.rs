@@ -71,6 +71,10 @@ pub(crate) struct Change<T> {
     pub(crate) payment_index: Option<String>,
     /// For a payment's permanent claim: what it credited, kept as a field of the claim.
     pub(crate) credited: Option<Credited>,
+    /// A group commit's ledger entries (after `ledger`), `seq` contiguous up to `next.version`.
+    pub(crate) entries: Vec<LedgerEntry>,
+    /// A group commit's idempotency records, each claimed with the change.
+    pub(crate) keys: Vec<IdemRecord>,
 }
 
 impl<T> Change<T> {
@@ -88,6 +92,8 @@ impl<T> Change<T> {
             recharge: None,
             payment_index: None,
             credited: None,
+            entries: vec![],
+            keys: vec![],
         }
     }
 
@@ -104,6 +110,9 @@ pub(crate) enum Applied<T> {
     HoldNotOpen(Option<Box<HoldRecord>>),
     /// The purchase moved on meanwhile (another delivery): read it again.
     PurchaseNotInState,
+    /// Keys of a group commit (`Change::keys`) that were claimed already, with their first
+    /// results: nothing was written; plan again knowing them.
+    KeysClaimed(Vec<IdemRecord>),
 }
 
 impl<T> Applied<T> {
@@ -111,7 +120,7 @@ impl<T> Applied<T> {
     pub(crate) fn done(self) -> Result<T, ApiError> {
         match self {
             Applied::Done(t) => Ok(t),
-            Applied::HoldNotOpen(_) | Applied::PurchaseNotInState => Err(ApiError::Upstream),
+            Applied::HoldNotOpen(_) | Applied::PurchaseNotInState | Applied::KeysClaimed(_) => Err(ApiError::Upstream),
         }
     }
 }
@@ -307,11 +316,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let mut planned = *planned;
             planned.next.index_for_sweep();
             self.mark_episode(&current, &mut planned.next, planned.cause);
-            debug_assert_eq!(planned.next.version, current.version + 1);
+            debug_assert!(planned.next.version > current.version);
             let mut outbox = planned.events;
             outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
-            let idempotency = match claim {
-                Some(c) => Some(IdemRecord {
+            let mut idempotency: Vec<IdemRecord> = match claim {
+                Some(c) => vec![IdemRecord {
                     account_id: account_id.to_string(),
                     scope_key: c.scope_key.clone(),
                     request_hash: c.hash.clone(),
@@ -319,13 +328,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     created_at: now,
                     permanent: c.permanent,
                     credited: planned.credited.take(),
-                }),
-                None => None,
+                }],
+                None => vec![],
             };
+            idempotency.append(&mut planned.keys);
+            let mut ledger: Vec<LedgerEntry> = planned.ledger.into_iter().collect();
+            ledger.append(&mut planned.entries);
             let commit = Commit {
                 account: planned.next.clone(),
                 expected_version: current.version,
-                ledger: planned.ledger,
+                ledger,
                 idempotency,
                 hold: planned.hold,
                 purchase: planned.purchase,
@@ -339,9 +351,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     publish_committed(&self.store, &self.bus, &outbox).await;
                     return Ok(Applied::Done(planned.outcome));
                 }
-                Err(CommitError::KeyClaimed(rec)) => {
-                    let c = claim.ok_or(ApiError::Upstream)?;
-                    return replay(&rec, c).map(Applied::Done);
+                Err(CommitError::KeyClaimed(recs)) => {
+                    if let Some(c) = claim {
+                        if let Some(rec) = recs.iter().find(|r| r.scope_key == c.scope_key) {
+                            return replay(rec, c).map(Applied::Done);
+                        }
+                    }
+                    if recs.is_empty() {
+                        return Err(ApiError::Upstream);
+                    }
+                    return Ok(Applied::KeysClaimed(recs));
                 }
                 Err(CommitError::HoldNotOpen(rec)) => return Ok(Applied::HoldNotOpen(rec)),
                 Err(CommitError::PurchaseNotInState(_)) => return Ok(Applied::PurchaseNotInState),

@@ -70,9 +70,19 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The largest body a route reads, but for batches.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The largest batch body: 500 events with keys of up to 255 characters fit well inside.
+pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
+
 /// The body as a JSON object whose fields are all in `allowed`; 415 for another content
 /// type, 400 naming the problem otherwise.
 pub fn json_object(req: &Request, allowed: &[&str]) -> Result<Fields, ApiError> {
+    json_object_sized(req, allowed, MAX_BODY_BYTES)
+}
+
+/// `json_object` for a body of up to `max_bytes`.
+pub fn json_object_sized(req: &Request, allowed: &[&str], max_bytes: usize) -> Result<Fields, ApiError> {
     let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" {
@@ -84,23 +94,31 @@ pub fn json_object(req: &Request, allowed: &[&str]) -> Result<Fields, ApiError> 
         Body::Binary(b) => b,
         _ => b"",
     };
-    if bytes.len() > 64 * 1024 {
+    if bytes.len() > max_bytes {
         return Err(ApiError::invalid("The request body is too large."));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid(format!("The body is not valid JSON (line {}, column {}).", e.line(), e.column()))
     })?;
-    let Value::Object(map) = value else { return Err(ApiError::invalid("The body must be a JSON object.")) };
-    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(format!("Unknown field `{unknown}`.")));
-    }
-    Ok(Fields(map))
+    Fields::of(value, allowed).map_err(|e| match e {
+        ApiError::InvalidRequest(m) if m.starts_with("Must") => ApiError::invalid("The body must be a JSON object."),
+        other => other,
+    })
 }
 
 /// A JSON object's fields, read with errors that name the field (400 `invalid_request`).
 pub struct Fields(pub Map<String, Value>);
 
 impl Fields {
+    /// A JSON value as an object whose fields are all in `allowed`.
+    pub fn of(value: Value, allowed: &[&str]) -> Result<Fields, ApiError> {
+        let Value::Object(map) = value else { return Err(ApiError::invalid("Must be a JSON object.")) };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::invalid(format!("Unknown field `{unknown}`.")));
+        }
+        Ok(Fields(map))
+    }
+
     fn get(&self, name: &str) -> Option<&Value> {
         self.0.get(name).filter(|v| !v.is_null())
     }

@@ -5,6 +5,7 @@ pub mod account;
 pub mod accounts;
 pub mod adapters;
 pub mod auth;
+pub mod batch;
 pub mod cards;
 pub mod clock;
 pub mod config;

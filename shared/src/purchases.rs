@@ -406,6 +406,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             match applied {
                 Applied::Done(()) => return self.purchase(id, purchase_id).await,
                 Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
+                Applied::KeysClaimed(_) => return Err(ApiError::Upstream),
             }
         }
         Err(ApiError::Busy)
@@ -487,6 +488,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 // The purchase changed since it was read (another delivery moved it): nothing
                 // was written; read it again and credit unless it has succeeded meanwhile.
                 Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
+                Applied::KeysClaimed(_) => return Err(ApiError::Upstream),
             }
         }
         Err(ApiError::Busy)

@@ -30,8 +30,8 @@ pub enum CommitError {
     /// The account changed since `expected_version` (or does not exist). Carries the current
     /// state when the store returned it with the failure, so a retry needs no read.
     Stale(Option<Box<Account>>),
-    /// The idempotency key was already claimed; carries the first result.
-    KeyClaimed(Box<IdemRecord>),
+    /// Idempotency keys already claimed (at least one); each carries its first result.
+    KeyClaimed(Vec<IdemRecord>),
     /// The hold being settled is not open; carries its record if it exists.
     HoldNotOpen(Option<Box<HoldRecord>>),
     /// The purchase is not in a state the write moves from; carries it if it exists.
@@ -81,12 +81,17 @@ pub struct PurchaseWrite {
 
 #[derive(Debug, Clone)]
 pub struct Commit {
-    /// The new state; its `version` must be `expected_version + 1`.
+    /// The new state; its `version` is above `expected_version` (by one, or by the number of
+    /// ledger entries of a group commit).
     pub account: Account,
     /// 0 creates the account (it must not exist).
     pub expected_version: u64,
-    pub ledger: Option<LedgerEntry>,
-    pub idempotency: Option<IdemRecord>,
+    /// The change's ledger entries, `seq` ascending and contiguous up to the account's new
+    /// `version`: one is stored as one entry; a group commit's several are packed in one block
+    /// (rules §14) and read back one by one.
+    pub ledger: Vec<LedgerEntry>,
+    /// Idempotency keys claimed by this change: none may be claimed already.
+    pub idempotency: Vec<IdemRecord>,
     pub hold: Option<HoldWrite>,
     /// A purchase state change that must commit with this balance change (crediting it).
     pub purchase: Option<PurchaseWrite>,
@@ -105,8 +110,8 @@ impl Commit {
         Commit {
             account,
             expected_version,
-            ledger: None,
-            idempotency: None,
+            ledger: vec![],
+            idempotency: vec![],
             hold: None,
             purchase: None,
             recharge: None,

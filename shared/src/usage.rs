@@ -196,7 +196,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let not_open = match result {
             Ok(Applied::Done(settled)) => return Ok(settled),
             Ok(Applied::HoldNotOpen(rec)) => rec.map(|r| *r),
-            Ok(Applied::PurchaseNotInState) => return Err(ApiError::Upstream),
+            Ok(Applied::PurchaseNotInState | Applied::KeysClaimed(_)) => return Err(ApiError::Upstream),
             // Not among the account's open holds: settled, expired or unknown? The record says.
             Err(ApiError::HoldNotFound | ApiError::HoldExpired) => {
                 self.store.load_hold(id, hold_id).await.map_err(upstream)?
@@ -214,7 +214,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 }
 
-fn usage_description(consumable: &str, quantity: i64, from_allowance: i64) -> String {
+pub(crate) fn usage_description(consumable: &str, quantity: i64, from_allowance: i64) -> String {
     if from_allowance > 0 {
         format!("{quantity} {consumable} ({from_allowance} from the monthly allowance)")
     } else {

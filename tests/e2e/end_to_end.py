@@ -290,6 +290,7 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
             checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
                          status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
 
+        batch_usage(api, svc, checks)
         failure_queue_and_redrive(api, moto, secret, checks, stack_api, r, ses, kw, watch_port)
         crowd(api, svc, checks)
         r.shutdown()
@@ -355,6 +356,29 @@ class SesGate:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def batch_usage(api, svc, checks):
+    """`POST …/usage/batch` through the router: each event answered on its own, and the same
+    batch again replays every applied event without moving the balance."""
+    s, b = http("PUT", f"{api}/v1/accounts/e2e-batch", svc, {"plan": "free", "billing_contacts": []})
+    http("POST", f"{api}/v1/accounts/e2e-batch/credits/adjustments", svc,
+         {"amount": 20_000_000, "reason": "batch grant", "idempotency_key": "bg1"})
+    events = [{"consumable": "api_calls", "quantity": 1_000, "idempotency_key": "e1"},
+              {"consumable": "api_calls", "quantity": 500, "idempotency_key": "e2"},
+              {"consumable": "no_such", "quantity": 1, "idempotency_key": "e3"},
+              {"consumable": "api_calls", "quantity": 500, "idempotency_key": "e2"}]
+    s, b = http("POST", f"{api}/v1/accounts/e2e-batch/usage/batch", svc, {"events": events})
+    got = [(r.get("status"), r.get("replayed")) for r in (b or {}).get("results", [])]
+    checks.check("POST usage/batch → 200 with a result per event (allowance, credits, 422, replay)",
+                 s == 200 and got == [(200, False), (200, False), (422, False), (200, True)]
+                 and b["results"][1].get("balance") == 19_500_000, f"{s} {b}")
+    s, again = http("POST", f"{api}/v1/accounts/e2e-batch/usage/batch", svc, {"events": events})
+    got = [(r.get("status"), r.get("replayed")) for r in (again or {}).get("results", [])]
+    s2, v = http("GET", f"{api}/v1/accounts/e2e-batch/credits", svc)
+    checks.check("the same batch again replays every applied event; the balance stays $19.50",
+                 s == 200 and got == [(200, True), (200, True), (422, False), (200, True)]
+                 and (v or {}).get("balance") == 19_500_000, f"{s} {again} {v}")
 
 
 def failure_queue_and_redrive(api: str, moto: str, secret: str, checks: Checks, stack_api, r, ses: SesGate,

@@ -350,6 +350,8 @@ struct Stats {
     refunds: u64,
     disputes: u64,
     late_successes: u64,
+    /// Events of batches answered (applied, replayed or refused one by one).
+    batch_events: u64,
 }
 
 impl Stats {
@@ -364,6 +366,7 @@ impl Stats {
         self.refunds += o.refunds;
         self.disputes += o.disputes;
         self.late_successes += o.late_successes;
+        self.batch_events += o.batch_events;
     }
 }
 
@@ -517,6 +520,7 @@ impl Schedule {
         vec![
             ("debit", 20),
             ("debits-at-once", 5),
+            ("batch", 8),
             ("replay-debit", on(!self.usage_keys.is_empty(), 5)),
             ("hold", 5),
             ("settle", on(!self.open_holds.is_empty(), 6)),
@@ -563,6 +567,53 @@ impl Schedule {
                     statuses.push(s);
                     self.remember(&k, s, &b);
                     self.usage_keys.push((k, q));
+                }
+            }
+            "batch" => {
+                // 1 to 6 events: fresh keys, replays of keys used before (now and then with
+                // another quantity: 409 for that event), and a key repeated inside the batch.
+                let mut events: Vec<(String, i64)> = Vec::new();
+                for _ in 0..1 + self.rng.below(6) {
+                    let ev = match self.rng.below(4) {
+                        0 if !self.usage_keys.is_empty() => {
+                            let (k, q) = self.usage_keys[self.rng.below(self.usage_keys.len())].clone();
+                            if self.rng.chance(20) {
+                                (k, q + 1)
+                            } else {
+                                (k, q)
+                            }
+                        }
+                        1 if !events.is_empty() => events[self.rng.below(events.len())].clone(),
+                        _ => (unique("b"), self.quantity()),
+                    };
+                    events.push(ev);
+                }
+                let body = json!({"events": events.iter().map(|(k, q)| json!({
+                    "consumable": self.consumable, "quantity": q, "idempotency_key": k,
+                })).collect::<Vec<_>>()});
+                let (s, b) = self.call_debit(post(&self.path("/usage/batch"), &service(), body)).await;
+                statuses.push(s);
+                if s == 200 {
+                    let results = b["results"].as_array().cloned().unwrap_or_default();
+                    if results.len() != events.len() {
+                        self.fail(format!("batch of {} answered {} results: {b}", events.len(), results.len()));
+                    }
+                    self.stats.batch_events += results.len() as u64;
+                    for ((k, q), r) in events.iter().zip(&results) {
+                        let status = r["status"].as_u64().and_then(|x| u16::try_from(x).ok()).unwrap_or(0);
+                        if status >= 500 || status == 400 {
+                            self.fail(format!("a batch event answered {status}: {r}"));
+                        }
+                        // The single debit's answer for this event, to hold replays to it.
+                        let single = json!({
+                            "from_allowance": r["from_allowance"], "from_credits": r["from_credits"],
+                            "balance": r["balance"], "transaction_id": r.get("transaction_id").cloned().unwrap_or(Value::Null),
+                        });
+                        self.remember(k, status, &single);
+                        if !self.usage_keys.iter().any(|(uk, _)| uk == k) {
+                            self.usage_keys.push((k.clone(), *q));
+                        }
+                    }
                 }
             }
             "hold" => {

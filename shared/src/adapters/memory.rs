@@ -73,7 +73,8 @@ impl Store for MemoryStore {
             None => c.expected_version != 0,
             Some(a) => a.version != c.expected_version,
         };
-        let idem_claimed = c.idempotency.as_ref().and_then(|r| m.idem.get(&(id.clone(), r.scope_key.clone())).cloned());
+        let idem_claimed: Vec<IdemRecord> =
+            c.idempotency.iter().filter_map(|r| m.idem.get(&(id.clone(), r.scope_key.clone())).cloned()).collect();
         let hold_problem = match &c.hold {
             Some(HoldWrite::Settle(r)) => match m.holds.get(&(id.clone(), r.hold_id.clone())) {
                 Some(h) if h.status == HoldStatus::Open => None,
@@ -83,8 +84,8 @@ impl Store for MemoryStore {
         };
         let purchase_problem = c.purchase.as_ref().and_then(|w| purchase_conflict(&m, &id, w));
         // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
-        if let Some(r) = idem_claimed {
-            return Err(CommitError::KeyClaimed(Box::new(r)));
+        if !idem_claimed.is_empty() {
+            return Err(CommitError::KeyClaimed(idem_claimed));
         }
         if let Some(h) = hold_problem {
             return Err(CommitError::HoldNotOpen(h.map(Box::new)));
@@ -104,10 +105,10 @@ impl Store for MemoryStore {
         if let Some(w) = c.purchase {
             m.purchases.insert((id.clone(), w.record.purchase_id.to_string()), w.record);
         }
-        if let Some(e) = c.ledger {
+        for e in c.ledger {
             m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
         }
-        if let Some(r) = c.idempotency {
+        for r in c.idempotency {
             m.idem.insert((id.clone(), r.scope_key.clone()), r);
         }
         match c.hold {

@@ -390,6 +390,21 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
             "Lifetime spent is not the sum of consumption.".into(),
         ));
     }
+    // `seq` is the account version that wrote the entry: strictly increasing, never past the
+    // account's version (a group commit's entries take consecutive versions).
+    let mut previous = 0u64;
+    for e in ledger {
+        if e.seq <= previous || e.seq > account.version {
+            out.push(diff(
+                "ledger_sequence_broken",
+                i64::try_from(e.seq).unwrap_or(i64::MAX),
+                i64::try_from(previous).unwrap_or(i64::MAX),
+                format!("Entry {} is out of order, repeated, or past the account's version.", e.id),
+            ));
+            break;
+        }
+        previous = e.seq;
+    }
     let mut running = 0i64;
     let mut chain_reported = false;
     let mut negative_reported = false;
@@ -437,6 +452,7 @@ mod tests {
         a.balance = Micros::new(balance);
         a.lifetime_added = Micros::new(added);
         a.lifetime_spent = Micros::new(spent);
+        a.version = 10;
         a
     }
 
@@ -461,6 +477,10 @@ mod tests {
         );
         let ledger = [entry(2, EntryKind::Consumption, -5, -5)];
         assert_eq!(codes(&ledger_differences(&account(-5, 0, 5), &ledger)), ["negative_balance"]);
+        let ledger = [entry(3, EntryKind::Purchase, 100, 100), entry(3, EntryKind::Consumption, -30, 70)];
+        assert_eq!(codes(&ledger_differences(&account(70, 100, 30), &ledger)), ["ledger_sequence_broken"]);
+        let ledger = [entry(2, EntryKind::Purchase, 100, 100), entry(11, EntryKind::Consumption, -30, 70)];
+        assert_eq!(codes(&ledger_differences(&account(70, 100, 30), &ledger)), ["ledger_sequence_broken"]);
     }
 
     #[test]

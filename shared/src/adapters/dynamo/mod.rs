@@ -4,7 +4,9 @@
 //! |---------------|-----------------|------------------------|
 //! | account       | `ACCOUNT#{id}`  | `ACCOUNT`              |
 //! | ledger entry  | `ACCOUNT#{id}`  | `TX#{seq:020}`         |
-//! | idempotency   | `ACCOUNT#{id}`  | `IDEM#{scope}:{key}`   |
+//! | ledger block  | `ACCOUNT#{id}`  | `TX#{first seq:020}` (`block`: a group commit's entries) |
+//! | usage key     | `KEY#{id}#usage:{key}` | `IDEM` (its own partition key) |
+//! | idempotency   | `ACCOUNT#{id}`  | `IDEM#{scope}:{key}` (holds, adjustments) |
 //! | payment claim | `ACCOUNT#{id}`  | `IDEM#payment:{id}` (no TTL) |
 //! | hold          | `ACCOUNT#{id}`  | `HOLD#{hold_id}`       |
 //! | purchase      | `ACCOUNT#{id}`  | `PURCHASE#{purchase_id}` |
@@ -28,19 +30,21 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 
 mod attributes;
+mod items;
 mod listing;
 mod table;
+
+pub use items::{commit_items, item_size, ItemWrite};
+use items::{idempotency_key, page_entries, plan_commit, purchase_planned, Planned, Slot};
 
 pub use attributes::{from_attr, to_attr};
 pub use table::create_table;
 
 use crate::account::{Account, RechargeRecord};
 use crate::events::{outbox_shard, DomainEvent};
-use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry, IDEMPOTENCY_TTL_MS};
+use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
-use crate::store::{
-    delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Segment, Store, StoreError,
-};
+use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, PurchaseWrite, Segment, Store, StoreError};
 use attributes::{from_item, s, to_item, Item};
 use serde_json::Value;
 
@@ -104,44 +108,22 @@ pub(crate) fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError 
 }
 
 impl DynamoStore {
-    fn put(
-        &self,
-        item: Item,
-        condition: Option<(&str, Vec<(&str, AttributeValue)>)>,
-    ) -> Result<TransactWriteItem, StoreError> {
+    fn put(&self, p: Planned) -> Result<TransactWriteItem, StoreError> {
         let mut b = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(p.item))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let Some((expr, values)) = condition {
+        if let Some((expr, values)) = p.condition {
+            if expr.contains("#status") {
+                b = b.expression_attribute_names("#status", "status");
+            }
             b = b.condition_expression(expr);
             for (k, v) in values {
                 b = b.expression_attribute_values(k, v);
             }
-            if expr.contains("#status") {
-                b = b.expression_attribute_names("#status", "status");
-            }
         }
         let put = b.build().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
-    }
-
-    /// The conditional put of a purchase record: new, or moving from one of `from`.
-    fn purchase_put(&self, w: &PurchaseWrite) -> Result<TransactWriteItem, StoreError> {
-        let r = &w.record;
-        let item = to_item(r, account_pk(&r.account_id), format!("PURCHASE#{}", r.purchase_id), None)?;
-        if w.from.is_empty() {
-            return self.put(item, Some(("attribute_not_exists(pk)", vec![])));
-        }
-        let names: Vec<String> = (0..w.from.len()).map(|i| format!(":from{i}")).collect();
-        let mut expr = format!("#status IN ({})", names.join(", "));
-        let mut values: Vec<(&str, AttributeValue)> =
-            names.iter().zip(&w.from).map(|(n, st)| (n.as_str(), s(st.as_str()))).collect();
-        if let Some(u) = w.expected_updated_at {
-            expr.push_str(" AND updated_at = :seen");
-            values.push((":seen", AttributeValue::N(u.to_string())));
-        }
-        self.put(item, Some((&expr, values)))
     }
 
     async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
@@ -159,15 +141,6 @@ impl DynamoStore {
     }
 }
 
-/// Which transaction item is which, to read the cancellation reasons by position.
-enum Slot {
-    Account,
-    Idempotency,
-    Hold,
-    Purchase,
-    Other,
-}
-
 fn reason_item<T: DeserializeOwned>(r: &CancellationReason) -> Option<Box<T>> {
     r.item().and_then(|i| from_item::<T>(i).ok()).map(Box::new)
 }
@@ -178,69 +151,10 @@ impl Store for DynamoStore {
     }
 
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
-        let pk = account_pk(&c.account.id);
-        let mut items = Vec::with_capacity(4 + c.outbox.len());
-        let mut slots = Vec::with_capacity(items.capacity());
-        let st = CommitError::Store;
-
-        let account_item = to_item(&c.account, pk.clone(), "ACCOUNT".into(), None).map_err(st)?;
-        let guard = if c.expected_version == 0 {
-            ("attribute_not_exists(pk)", vec![])
-        } else {
-            ("version = :expected", vec![(":expected", AttributeValue::N(c.expected_version.to_string()))])
-        };
-        items.push(self.put(account_item, Some(guard)).map_err(st)?);
-        slots.push(Slot::Account);
-
-        if let Some(e) = &c.ledger {
-            let item = to_item(e, pk.clone(), ledger_sk(e.seq), None).map_err(st)?;
-            items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
-            slots.push(Slot::Other);
-        }
-        if let Some(r) = &c.idempotency {
-            let ttl = (!r.permanent).then_some(r.created_at + IDEMPOTENCY_TTL_MS);
-            let item = to_item(r, pk.clone(), format!("IDEM#{}", r.scope_key), ttl).map_err(st)?;
-            items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
-            slots.push(Slot::Idempotency);
-        }
-        match &c.hold {
-            Some(HoldWrite::Create(r)) => {
-                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS))
-                    .map_err(st)?;
-                items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
-                slots.push(Slot::Hold);
-            }
-            Some(HoldWrite::Settle(r)) => {
-                let item = to_item(r, pk.clone(), format!("HOLD#{}", r.hold_id), Some(r.hold.expires_at + 7 * DAY_MS))
-                    .map_err(st)?;
-                items.push(self.put(item, Some(("#status = :open", vec![(":open", s("open"))]))).map_err(st)?);
-                slots.push(Slot::Hold);
-            }
-            None => {}
-        }
-        if let Some(w) = &c.purchase {
-            items.push(self.purchase_put(w).map_err(st)?);
-            slots.push(Slot::Purchase);
-        }
-        if let Some(pi) = &c.payment_index {
-            let mut item = Item::new();
-            item.insert("pk".into(), s(format!("PAYMENT#{pi}")));
-            item.insert("sk".into(), s("PAYMENT"));
-            item.insert("account_id".into(), s(c.account.id.clone()));
-            items.push(self.put(item, None).map_err(st)?);
-            slots.push(Slot::Other);
-        }
-        if let Some(r) = &c.recharge {
-            let item = to_item(r, pk.clone(), format!("RECHARGE#{}", r.recharge_id), None).map_err(st)?;
-            items.push(self.put(item, Some(("attribute_not_exists(pk)", vec![]))).map_err(st)?);
-            slots.push(Slot::Other);
-        }
-        for e in &c.outbox {
-            // No TTL: an event leaves the outbox only when the bus has it.
-            let item = to_item(e, outbox_pk(outbox_shard(&e.id)), outbox_sk(e), None).map_err(st)?;
-            items.push(self.put(item, None).map_err(st)?);
-            slots.push(Slot::Other);
-        }
+        let planned = plan_commit(&c).map_err(CommitError::Store)?;
+        let slots: Vec<Slot> = planned.iter().map(|p| p.slot).collect();
+        let items =
+            planned.into_iter().map(|p| self.put(p)).collect::<Result<Vec<_>, _>>().map_err(CommitError::Store)?;
 
         let result = self
             .client
@@ -273,27 +187,32 @@ impl Store for DynamoStore {
             }
         };
         let reasons = service.cancellation_reasons();
-        let failed = |slot: fn(&Slot) -> bool| {
+        let failed_all = |slot: Slot| {
             slots
                 .iter()
                 .zip(reasons)
-                .find(|(s, r)| slot(s) && r.code() == Some("ConditionalCheckFailed"))
+                .filter(move |(s, r)| **s == slot && r.code() == Some("ConditionalCheckFailed"))
                 .map(|(_, r)| r)
         };
+        let failed = |slot: Slot| failed_all(slot).next();
         // A claimed key answers first: the first result is returned whatever else changed.
-        if let Some(r) = failed(|s| matches!(s, Slot::Idempotency)) {
-            return match reason_item::<IdemRecord>(r) {
-                Some(rec) => Err(CommitError::KeyClaimed(rec)),
+        // Every claimed key of a group commit is reported, so one retry plans them all.
+        let claimed: Vec<_> = failed_all(Slot::Idempotency).collect();
+        if !claimed.is_empty() {
+            let records: Option<Vec<IdemRecord>> =
+                claimed.into_iter().map(|r| reason_item::<IdemRecord>(r).map(|b| *b)).collect();
+            return match records {
+                Some(recs) => Err(CommitError::KeyClaimed(recs)),
                 None => Err(CommitError::Stale(None)),
             };
         }
-        if let Some(r) = failed(|s| matches!(s, Slot::Hold)) {
+        if let Some(r) = failed(Slot::Hold) {
             return Err(CommitError::HoldNotOpen(reason_item::<HoldRecord>(r)));
         }
-        if let Some(r) = failed(|s| matches!(s, Slot::Purchase)) {
+        if let Some(r) = failed(Slot::Purchase) {
             return Err(CommitError::PurchaseNotInState(reason_item::<PurchaseRecord>(r)));
         }
-        if let Some(r) = failed(|s| matches!(s, Slot::Account)) {
+        if let Some(r) = failed(Slot::Account) {
             return Err(CommitError::Stale(reason_item::<Account>(r)));
         }
         if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
@@ -328,7 +247,9 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("Query", e))?;
-        let mut entries = out.items().iter().map(from_item::<LedgerEntry>).collect::<Result<Vec<_>, _>>()?;
+        // An item is one entry or a group commit's block of them: `limit + 1` items hold at
+        // least `limit + 1` entries before `before_seq` when there are that many.
+        let mut entries = page_entries(out.items(), before_seq)?;
         let more = entries.len() > limit;
         entries.truncate(limit);
         Ok((entries, more))
@@ -339,7 +260,7 @@ impl Store for DynamoStore {
     }
 
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
-        let put = self.purchase_put(&w).map_err(CommitError::Store)?;
+        let put = self.put(purchase_planned(&w).map_err(CommitError::Store)?).map_err(CommitError::Store)?;
         // One conditional write; a transaction of one item so the failure carries the item.
         match self.client.transact_write_items().transact_items(put).send().await {
             Ok(_) => Ok(()),
@@ -371,7 +292,8 @@ impl Store for DynamoStore {
     }
 
     async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
-        self.get(account_pk(account_id), format!("IDEM#{scope_key}")).await?.map(|i| from_item(&i)).transpose()
+        let (pk, sk) = idempotency_key(account_id, scope_key);
+        self.get(pk, sk).await?.map(|i| from_item(&i)).transpose()
     }
 
     async fn count_start(

@@ -1,0 +1,238 @@
+//! Batch usage (`POST /v1/accounts/{id}/usage/batch`, rules §14): up to 500 debits in one
+//! request, each applied or refused on its own, in order, with the single debit's rules
+//! (allowance first, strict, idempotency per key, crossing events once), and committed
+//! together: **group commit**. One commit carries up to `EVENTS_PER_COMMIT` events: the account
+//! item once, their ledger entries packed in one block, and one idempotency record per applied
+//! event on its own partition key; a longer batch is several commits, one after another.
+//!
+//! Every event's answer is what `POST …/usage` would have answered for it at its place in the
+//! batch: 200 (applied, or `replayed` when its key applied before, in an earlier request or
+//! earlier in this batch), 402, 409 (its key applied to another request) or 422. A refused
+//! event writes nothing and does not fail its neighbours.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::engine::{upstream, Applied, Change, Credits, Plan};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::http::{error_body, status_of};
+use crate::ids::IdempotencyKey;
+use crate::ledger::{self, request_hash, EntryKind, IdemRecord, LedgerEntry};
+use crate::money::Micros;
+use crate::store::Store;
+use crate::usage::{usage_description, Debited};
+
+/// Events one request may carry.
+pub const MAX_BATCH_EVENTS: usize = 500;
+/// Events one commit carries: one `TransactWriteItems` holds at most 100 items (the account,
+/// the ledger block, an idempotency record per event, and the crossing events).
+pub const EVENTS_PER_COMMIT: usize = 90;
+
+/// One debit of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    pub consumable: String,
+    pub quantity: i64,
+    pub key: IdempotencyKey,
+}
+
+/// What one event of a batch came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventResult {
+    pub idempotency_key: String,
+    /// What `POST …/usage` would have answered: 200, 402, 409 or 422.
+    pub status: u16,
+    /// The key had applied before (earlier, or earlier in this batch): this is its first result.
+    pub replayed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_allowance: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_credits: Option<i64>,
+    /// The balance after this event (applied), as the single debit answers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// The single debit's error: `{code, message}` (and `consumable`, `balance` for a 402).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+impl EventResult {
+    fn applied(key: &str, d: &Debited, replayed: bool) -> EventResult {
+        EventResult {
+            idempotency_key: key.to_string(),
+            status: 200,
+            replayed,
+            transaction_id: d.transaction_id.clone(),
+            from_allowance: Some(d.from_allowance),
+            from_credits: Some(d.from_credits),
+            balance: Some(d.balance),
+            error: None,
+        }
+    }
+
+    fn refused(key: &str, e: &ApiError) -> EventResult {
+        let body = error_body(e);
+        let mut error = body.get("error").cloned().unwrap_or(Value::Null);
+        if let Some(balance) = body.get("balance") {
+            error["balance"] = balance.clone();
+        }
+        EventResult {
+            idempotency_key: key.to_string(),
+            status: status_of(e),
+            replayed: false,
+            transaction_id: None,
+            from_allowance: None,
+            from_credits: None,
+            balance: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// The answer of `POST …/usage/batch`: one result per event, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResults {
+    pub results: Vec<EventResult>,
+}
+
+fn scope_key(key: &IdempotencyKey) -> String {
+    format!("usage:{}", key.as_str())
+}
+
+fn hash_of(e: &UsageEvent) -> String {
+    request_hash(&json!({"consumable": e.consumable, "quantity": e.quantity}))
+}
+
+/// The answer a key's first result gives an event: a replay, or 409 for another request.
+fn replayed(key: &str, rec: &IdemRecord, hash: &str) -> Result<EventResult, ApiError> {
+    if rec.request_hash != hash {
+        return Ok(EventResult::refused(key, &ApiError::IdempotencyConflict));
+    }
+    let d: Debited = serde_json::from_value(rec.outcome.clone()).map_err(|e| {
+        tracing::error!(scope_key = %rec.scope_key, error = %e, "stored outcome does not read back");
+        ApiError::Upstream
+    })?;
+    Ok(EventResult::applied(key, &d, true))
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// `POST /v1/accounts/{id}/usage/batch`: each event applied or refused on its own, in order,
+    /// committed `EVENTS_PER_COMMIT` at a time.
+    pub async fn debit_batch(&self, id: &str, events: &[UsageEvent]) -> Result<BatchResults, ApiError> {
+        if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
+            return Err(ApiError::invalid(format!("`events` must hold 1 to {MAX_BATCH_EVENTS} events.")));
+        }
+        let mut results = Vec::with_capacity(events.len());
+        // Keys this batch applied (or found applied), so a key repeated later in the batch
+        // replays instead of applying twice.
+        let mut known: HashMap<String, IdemRecord> = HashMap::new();
+        for chunk in events.chunks(EVENTS_PER_COMMIT) {
+            results.extend(self.commit_group(id, chunk, &mut known).await?);
+        }
+        Ok(BatchResults { results })
+    }
+
+    /// One group commit: plans every event on the account's state and commits the applied
+    /// ones together; plans again when the state, or a key, turns out other than known.
+    async fn commit_group(
+        &self,
+        id: &str,
+        events: &[UsageEvent],
+        known: &mut HashMap<String, IdemRecord>,
+    ) -> Result<Vec<EventResult>, ApiError> {
+        let hashes: Vec<String> = events.iter().map(hash_of).collect();
+        let profile = &self.profile;
+        loop {
+            let known_now = &*known;
+            let applied = self
+                .apply(id, None, |a, now| {
+                    let mut next = a.next(now);
+                    let base = a.version;
+                    let mut entries: Vec<LedgerEntry> = Vec::new();
+                    let mut keys: Vec<IdemRecord> = Vec::new();
+                    let mut results = Vec::with_capacity(events.len());
+                    let mut here: HashMap<String, IdemRecord> = HashMap::new();
+                    for (e, hash) in events.iter().zip(&hashes) {
+                        let key = e.key.as_str();
+                        let sk = scope_key(&e.key);
+                        if let Some(rec) = here.get(&sk).or_else(|| known_now.get(&sk)) {
+                            results.push(replayed(key, rec, hash)?);
+                            continue;
+                        }
+                        let d = match ledger::draw(profile, &next, &e.consumable, e.quantity, now) {
+                            Ok(d) => d,
+                            Err(refusal) => {
+                                results.push(EventResult::refused(key, &refusal));
+                                continue;
+                            }
+                        };
+                        ledger::apply_draw(&mut next, &e.consumable, &d);
+                        let entry = (d.cost.get() > 0).then(|| {
+                            // Entries of one commit take the versions after the account's.
+                            next.version = base + entries.len() as u64 + 1;
+                            LedgerEntry::after(
+                                &next,
+                                EntryKind::Consumption,
+                                Micros::new(-d.cost.get()),
+                                now,
+                                usage_description(&e.consumable, e.quantity, d.from_allowance),
+                            )
+                        });
+                        let outcome = Debited {
+                            from_allowance: d.from_allowance,
+                            from_credits: d.cost.get(),
+                            balance: next.balance.get(),
+                            transaction_id: entry.as_ref().map(|en| en.id.clone()),
+                        };
+                        let rec = IdemRecord {
+                            account_id: id.to_string(),
+                            scope_key: sk.clone(),
+                            request_hash: hash.clone(),
+                            outcome: serde_json::to_value(&outcome).map_err(|_| ApiError::Upstream)?,
+                            created_at: now,
+                            permanent: false,
+                            credited: None,
+                        };
+                        results.push(EventResult::applied(key, &outcome, false));
+                        here.insert(sk, rec.clone());
+                        keys.push(rec);
+                        entries.extend(entry);
+                    }
+                    next.version = base + (entries.len() as u64).max(1);
+                    if keys.is_empty() {
+                        // Nothing to write: answered on the state as read (a refusal decided
+                        // on a cached state is planned again on a fresh read first).
+                        return Ok(Plan::AlreadySo(results));
+                    }
+                    Change { entries, keys, ..Change::quiet(next, "usage", results) }.write()
+                })
+                .await?;
+            let mut results = match applied {
+                Applied::Done(r) => r,
+                Applied::KeysClaimed(recs) => {
+                    // Applied before: those events replay; plan the rest again.
+                    known.extend(recs.into_iter().map(|r| (r.scope_key.clone(), r)));
+                    continue;
+                }
+                Applied::HoldNotOpen(_) | Applied::PurchaseNotInState => return Err(ApiError::Upstream),
+            };
+            // A refused event whose key applied before answers its first result, as the
+            // single debit does. A refused event changed nothing, so the others stand.
+            let refused: Vec<usize> = (0..results.len()).filter(|&i| results[i].status != 200).collect();
+            let refused_keys: Vec<String> = refused.iter().map(|&i| scope_key(&events[i].key)).collect();
+            let looked =
+                futures_util::future::join_all(refused_keys.iter().map(|sk| self.store.load_idempotency(id, sk))).await;
+            for (i, rec) in refused.into_iter().zip(looked) {
+                if let Some(rec) = rec.map_err(upstream)? {
+                    results[i] = replayed(events[i].key.as_str(), &rec, &hashes[i])?;
+                }
+            }
+            return Ok(results);
+        }
+    }
+}
