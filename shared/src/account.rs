@@ -7,12 +7,21 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
+use crate::grants::{Grant, Pending};
 use crate::ids::RechargeId;
 use crate::money::Micros;
 use crate::profile::Profile;
 
 /// The partition of the sparse index (`gsi1`) that lists accounts with auto-recharge on.
 pub const SWEEP_INDEX_KEY: &str = "AUTORECHARGE";
+/// Partitions of the sparse index (`gsi2`) of accounts with an expiring grant.
+pub const EXPIRY_INDEX_SHARDS: u32 = 4;
+
+/// The `gsi2` partition of an account: one of `EXPIRY#0` … `EXPIRY#3`.
+pub fn expiry_index_key(account_id: &str) -> String {
+    let h = account_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("EXPIRY#{}", h % EXPIRY_INDEX_SHARDS)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
@@ -184,6 +193,12 @@ pub struct Account {
     /// Set while auto-recharge is on: the key of the sparse index the scheduled sweep queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gsi1pk: Option<String>,
+    /// Set while a grant has an expiry: the sparse index of the scheduled expiry run
+    /// (`EXPIRY#{0..3}`, spread over four keys), sorted by the next expiry (`gsi2sk`, ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi2pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi2sk: Option<String>,
     pub last_recharge_error: Option<RechargeError>,
     /// Credits taken back per refunded payment (PaymentIntent id): Stripe reports a charge's
     /// refunds as a running total, so a refund takes back only what this total adds.
@@ -193,6 +208,13 @@ pub struct Account {
     /// whether it is still open (auto-recharge is paused while one is).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub disputes: BTreeMap<String, Dispute>,
+    /// The active grants (rules §15): the balance is the sum of their `remaining`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
+    /// What the write being planned produced besides this state (expiry entries, grant moves,
+    /// ended grants); the engine commits it. Never stored.
+    #[serde(skip)]
+    pub pending: Pending,
 }
 
 /// A dispute (chargeback) of one of the account's payments.
@@ -247,9 +269,13 @@ impl Account {
             payment_method: None,
             stripe_customer_id: None,
             gsi1pk: None,
+            gsi2pk: None,
+            gsi2sk: None,
             last_recharge_error: None,
             refunded: BTreeMap::new(),
             disputes: BTreeMap::new(),
+            grants: Vec::new(),
+            pending: Pending::default(),
         }
     }
 
@@ -281,9 +307,10 @@ impl Account {
             .sum()
     }
 
-    /// Balance minus what live holds reserve: what a debit may draw.
+    /// What a debit may draw: the balance less what live holds reserve. Expired credits that
+    /// holds still keep serve those holds first, and never a debit.
     pub fn available(&self, now: i64) -> Micros {
-        Micros::new(self.balance.get() - self.held(now).get())
+        Micros::new(self.balance.get() - self.held(now).get().max(self.expired_credits(now).get()))
     }
 
     /// The threshold that `low_balance` and `BalanceLow` use (rules §11).
@@ -299,7 +326,8 @@ impl Account {
     /// expired holds dropped.
     pub fn next(&self, now: i64) -> Account {
         let mut next = self.clone();
-        next.version = self.version + 1;
+        next.pending = Pending::default();
+        next.ensure_grants();
         next.updated_at = now;
         let month = clock::month_of(now);
         if next.usage_month != month {
@@ -312,11 +340,18 @@ impl Account {
             next.auto_recharge.spent_this_month_cents = 0;
         }
         next.holds.retain(|_, h| h.expires_at > now);
+        // Grants past their instant expire first, each with its entry and version.
+        next.expire_grants(now);
+        next.version += 1;
         next
     }
 
-    /// Keeps the sweep index in step with the settings: listed while auto-recharge is on.
+    /// Keeps the sparse indexes in step: the sweep's lists the account while auto-recharge is
+    /// on, the expiry run's while a grant has an expiry (keyed by the soonest).
     pub fn index_for_sweep(&mut self) {
+        let next = self.next_expiry().map(|(_, t)| t);
+        self.gsi2pk = next.map(|_| expiry_index_key(&self.id));
+        self.gsi2sk = next.map(|t| format!("{:013}", t.max(0)));
         self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());
     }
 }

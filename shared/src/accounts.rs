@@ -8,6 +8,7 @@ use crate::clock;
 use crate::engine::{upstream, Change, Claim, Credits};
 use crate::error::ApiError;
 use crate::events::EventBus;
+use crate::grants::{Burn, Category, GrantSource, NewGrant, DEFAULT_PRIORITY, MAX_PRIORITY};
 use crate::ids::IdempotencyKey;
 use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
@@ -88,12 +89,27 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Ok(AccountSaved::Updated(saved))
     }
 
-    /// `POST /v1/accounts/{id}/credits/adjustments`: a signed grant or correction.
+    /// `POST /v1/accounts/{id}/credits/adjustments`: a signed grant or correction, granted as
+    /// a promotional grant with the profile's default expiry.
     pub async fn adjust(
         &self,
         id: &str,
         amount: i64,
         reason: &str,
+        key: &IdempotencyKey,
+    ) -> Result<EntryView, ApiError> {
+        self.adjust_with(id, amount, reason, &GrantTerms::default(), key).await
+    }
+
+    /// An adjustment with its grant's terms (rules §15): a positive one becomes a grant that
+    /// may expire, carry a priority, and be `paid` at a cost basis; a negative one takes
+    /// credits in burn order.
+    pub async fn adjust_with(
+        &self,
+        id: &str,
+        amount: i64,
+        reason: &str,
+        terms: &GrantTerms,
         key: &IdempotencyKey,
     ) -> Result<EntryView, ApiError> {
         if amount == 0 || amount.unsigned_abs() > MAX_ADJUSTMENT.unsigned_abs() {
@@ -102,12 +118,30 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 format!("An adjustment must be non-zero and at most {MAX_ADJUSTMENT} micro-credits either way."),
             ));
         }
-        let claim = Claim {
-            scope_key: format!("adjustment:{}", key.as_str()),
-            hash: request_hash(&json!({"amount": amount, "reason": reason})),
-            permanent: false,
-        };
+        if amount < 0 && *terms != GrantTerms::default() {
+            return Err(ApiError::rule(
+                "invalid_grant_terms",
+                "`expires_at`, `priority` and `category` describe a grant: only a positive adjustment has them.",
+            ));
+        }
+        if terms.priority.is_some_and(|p| p > MAX_PRIORITY) {
+            return Err(ApiError::rule("invalid_priority", "`priority` must be between 0 and 100."));
+        }
+        if terms.cost_cents.is_some_and(|c| c < 0) {
+            return Err(ApiError::rule("invalid_amount", "A paid grant's `charge.amount` may not be negative."));
+        }
+        let mut request = json!({"amount": amount, "reason": reason});
+        if *terms != GrantTerms::default() {
+            request["grant"] =
+                json!({"expires_at": terms.expires_at, "priority": terms.priority, "cost": terms.cost_cents});
+        }
+        let claim =
+            Claim { scope_key: format!("adjustment:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
+            if terms.expires_at.is_some_and(|t| t <= now) {
+                return Err(ApiError::rule("invalid_expiry", "`expires_at` must be in the future."));
+            }
             let mut next = a.next(now);
             if amount < 0 && next.available(now).get() < -amount {
                 return Err(ApiError::rule(
@@ -115,23 +149,42 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     "A negative adjustment may not take the balance below zero (or below what open holds reserve).",
                 ));
             }
-            next.balance = next
-                .balance
-                .checked_add(Micros::new(amount))
-                .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+            let overflow = || ApiError::rule("invalid_amount", "The balance would overflow.");
+            next.balance.checked_add(Micros::new(amount)).ok_or_else(overflow)?;
             if amount > 0 {
-                next.lifetime_added = next
-                    .lifetime_added
-                    .checked_add(Micros::new(amount))
-                    .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+                next.lifetime_added = next.lifetime_added.checked_add(Micros::new(amount)).ok_or_else(overflow)?;
+                let spec = NewGrant {
+                    source: GrantSource::Adjustment,
+                    category: if terms.cost_cents.is_some() { Category::Paid } else { Category::Promotional },
+                    expires_at: terms
+                        .expires_at
+                        .or_else(|| profile.grants.adjustment_expiry_days.map(|d| now + d * 86_400_000)),
+                    priority: terms.priority.unwrap_or(DEFAULT_PRIORITY),
+                    cost_cents: terms.cost_cents.unwrap_or(0),
+                    payment_id: None,
+                };
+                next.add_credits(Micros::new(amount), spec, now);
+            } else {
+                next.take_credits(Micros::new(-amount), Burn::Order, now);
             }
-            let entry = LedgerEntry::after(&next, EntryKind::Adjustment, Micros::new(amount), now, reason.to_string());
+            let entry =
+                LedgerEntry::after(&mut next, EntryKind::Adjustment, Micros::new(amount), now, reason.to_string());
             let view = entry.view();
             Change { ledger: Some(entry), ..Change::quiet(next, "adjustment", view) }.write()
         })
         .await?
         .done()
     }
+}
+
+/// The terms of an adjustment's grant; all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantTerms {
+    /// Milliseconds since the epoch.
+    pub expires_at: Option<i64>,
+    pub priority: Option<u8>,
+    /// `category: paid` with `charge.amount` in minor units; `None` is promotional.
+    pub cost_cents: Option<i64>,
 }
 
 #[cfg(test)]

@@ -152,7 +152,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let applied = self
                 .apply(id, None, |a, now| {
                     let mut next = a.next(now);
-                    let base = a.version;
+                    // After any expiry entries `next` made.
+                    let base = next.version - 1;
                     let mut entries: Vec<LedgerEntry> = Vec::new();
                     let mut keys: Vec<IdemRecord> = Vec::new();
                     let mut results = Vec::with_capacity(events.len());
@@ -171,12 +172,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                                 continue;
                             }
                         };
-                        ledger::apply_draw(&mut next, &e.consumable, &d);
+                        ledger::apply_draw(&mut next, &e.consumable, &d, now);
                         let entry = (d.cost.get() > 0).then(|| {
                             // Entries of one commit take the versions after the account's.
                             next.version = base + entries.len() as u64 + 1;
                             LedgerEntry::after(
-                                &next,
+                                &mut next,
                                 EntryKind::Consumption,
                                 Micros::new(-d.cost.get()),
                                 now,

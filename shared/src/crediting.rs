@@ -8,6 +8,7 @@ use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::events::{CreditsAdded, DisputeMoved, DomainEvent, Event, RechargeSucceeded};
+use crate::grants::{Burn, Category, GrantSource, NewGrant, DEFAULT_PRIORITY};
 use crate::ids::RechargeId;
 use crate::ledger::{request_hash, Credited, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
@@ -50,9 +51,28 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .apply(id, Some(&claim), |a, now| {
                 let mut next = a.next(now);
                 let overflow = || ApiError::rule("invalid_amount", "The balance would overflow.");
-                next.balance = next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
+                next.balance.checked_add(payment.credits).ok_or_else(overflow)?;
                 next.lifetime_added = next.lifetime_added.checked_add(payment.credits).ok_or_else(overflow)?;
-                let entry = LedgerEntry::after(&next, payment.kind, payment.credits, now, payment.description.clone());
+                // A paid grant at its cost basis; purchases expire as the profile says.
+                let expires_at = match payment.kind {
+                    EntryKind::Purchase => self.profile.grants.purchase_expiry_days.map(|d| now + d * 86_400_000),
+                    _ => None,
+                };
+                let spec = NewGrant {
+                    source: if payment.kind == EntryKind::Purchase {
+                        GrantSource::Purchase
+                    } else {
+                        GrantSource::AutoRecharge
+                    },
+                    category: Category::Paid,
+                    expires_at,
+                    priority: DEFAULT_PRIORITY,
+                    cost_cents: payment.charge_cents,
+                    payment_id: Some(payment.payment_id.clone()),
+                };
+                next.add_credits(payment.credits, spec, now);
+                let entry =
+                    LedgerEntry::after(&mut next, payment.kind, payment.credits, now, payment.description.clone());
                 let charge = Charge { amount: payment.charge_cents, currency: self.profile.currency.clone() };
                 let event = DomainEvent::new(
                     id,
@@ -165,7 +185,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = a.next(now);
             next.refunded.insert(payment_intent_id.to_string(), share);
-            let (_, entry) = take_back(p, &mut next, now, owed, EntryKind::Refund, "Refund");
+            let (_, entry) = take_back(p, &mut next, now, owed, (EntryKind::Refund, payment_intent_id), "Refund");
             let view = entry.as_ref().map(LedgerEntry::view);
             Change { ledger: entry, ..Change::quiet(next, "refund", view) }.write()
         })
@@ -191,11 +211,12 @@ fn take_back(
     next: &mut Account,
     now: i64,
     owed: i64,
-    kind: EntryKind,
+    (kind, payment_id): (EntryKind, &str),
     what: &str,
 ) -> (i64, Option<LedgerEntry>) {
     let taken = owed.min(next.available(now).get().max(0));
-    next.balance = Micros::new(next.balance.get() - taken);
+    // From the payment's own grant first (rules §15).
+    next.take_credits(Micros::new(taken), Burn::Payment(payment_id), now);
     let mut description = format!("{what}: {} taken back", format_credits(p, Micros::new(taken)));
     if taken < owed {
         description.push_str(&format!(" ({} already used or reserved)", format_credits(p, Micros::new(owed - taken))));
@@ -268,7 +289,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 + a.disputes.values().filter(|d| d.payment_id == payment_intent_id).map(|d| d.taken.get()).sum::<i64>();
             let owed = share.min(amount - before).max(0);
             let mut next = a.next(now);
-            let (taken, entry) = take_back(p, &mut next, now, owed, EntryKind::Dispute, "Disputed payment");
+            let (taken, entry) =
+                take_back(p, &mut next, now, owed, (EntryKind::Dispute, payment_intent_id), "Disputed payment");
             next.disputes.insert(
                 dispute_id.to_string(),
                 Dispute { payment_id: payment_intent_id.to_string(), taken: Micros::new(taken), open: true },
@@ -317,13 +339,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let mut next = a.next(now);
             next.disputes.insert(dispute_id.to_string(), Dispute { open: false, ..dispute.clone() });
             let returned = if won { dispute.taken.get() } else { 0 };
-            next.balance = next
-                .balance
+            next.balance
                 .checked_add(Micros::new(returned))
                 .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
+            if returned > 0 {
+                next.restore_credits(Micros::new(returned), &dispute.payment_id, now);
+            }
             let entry = (returned > 0).then(|| {
                 let description = format!("Dispute won: {} returned", format_credits(p, Micros::new(returned)));
-                LedgerEntry::after(&next, EntryKind::Dispute, Micros::new(returned), now, description)
+                LedgerEntry::after(&mut next, EntryKind::Dispute, Micros::new(returned), now, description)
             });
             let event = DomainEvent::new(
                 id,

@@ -43,7 +43,7 @@ const CACHE_CAP: usize = 10_000;
 /// Changes that are usage: drawing on a low balance may start a recharge.
 const USAGE_CAUSES: [&str; 2] = ["usage", "settle"];
 /// Changes that take credits back without usage: going low through one starts no recharge.
-const NOT_USAGE_CAUSES: [&str; 3] = ["refund", "dispute", "adjustment"];
+const NOT_USAGE_CAUSES: [&str; 5] = ["refund", "dispute", "adjustment", "expiry", "void"];
 
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
@@ -314,10 +314,29 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
             };
             let mut planned = *planned;
+            // What `Account::next` and the grants produced besides the state: expiry entries
+            // (before the change's own), and grants that ended.
+            let pending = std::mem::take(&mut planned.next.pending);
             planned.next.index_for_sweep();
             self.mark_episode(&current, &mut planned.next, planned.cause);
             debug_assert!(planned.next.version > current.version);
             let mut outbox = planned.events;
+            // Each grant that expired in this write says so once (rules §15).
+            for e in pending.entries.iter().filter(|e| e.kind == crate::ledger::EntryKind::Expiry) {
+                let Some(g) = pending.ended.iter().find(|g| e.grants.iter().any(|(id, _)| *id == g.id)) else {
+                    continue;
+                };
+                outbox.push(DomainEvent::new(
+                    account_id,
+                    now,
+                    crate::events::Event::GrantExpired(crate::events::GrantExpired {
+                        grant_id: g.id.clone(),
+                        expired: -e.amount.get(),
+                        expires_at: clock::rfc3339(g.expires_at.unwrap_or(now)),
+                        balance: planned.next.balance.get(),
+                    }),
+                ));
+            }
             outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
             let mut idempotency: Vec<IdemRecord> = match claim {
                 Some(c) => vec![IdemRecord {
@@ -332,8 +351,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 None => vec![],
             };
             idempotency.append(&mut planned.keys);
-            let mut ledger: Vec<LedgerEntry> = planned.ledger.into_iter().collect();
+            let mut ledger: Vec<LedgerEntry> = pending.entries;
+            ledger.extend(planned.ledger);
             ledger.append(&mut planned.entries);
+            debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
             let commit = Commit {
                 account: planned.next.clone(),
                 expected_version: current.version,
@@ -344,6 +365,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 recharge: planned.recharge,
                 payment_index: planned.payment_index,
                 outbox: outbox.clone(),
+                ended_grants: pending.ended,
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -386,10 +408,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 break;
             };
             if attempt >= 1 {
-                // Contention with another process: exponential backoff with full jitter.
+                // Contention with another process: exponential backoff with full jitter, then a
+                // fresh read. The state the failure returned is stale once we have slept, and
+                // planning on it would only lose the race again (holding the item, and paying
+                // for a failed transaction, each time).
                 let cap = (4u64 << attempt.min(6)).min(250);
                 let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
                 tokio::time::sleep(Duration::from_millis(r % cap).min(left)).await;
+                current = self.load(account_id).await?;
+                fresh = true;
             }
         }
         tracing::warn!(account_id, "write did not settle under contention");

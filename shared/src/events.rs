@@ -88,6 +88,17 @@ pub enum Event {
     PaymentDisputed(DisputeMoved),
     /// A dispute closed: won (what it took is returned) or lost.
     DisputeClosed(DisputeMoved),
+    /// A grant's remaining credits expired (rules §15).
+    GrantExpired(GrantExpired),
+}
+
+/// `GrantExpired`: which grant, what left with it, when it was due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantExpired {
+    pub grant_id: String,
+    pub expired: i64,
+    pub expires_at: String,
+    pub balance: i64,
 }
 
 impl Event {
@@ -104,13 +115,14 @@ impl Event {
             Event::PurchaseFailed(_) => "PurchaseFailed",
             Event::PaymentDisputed(_) => "PaymentDisputed",
             Event::DisputeClosed(_) => "DisputeClosed",
+            Event::GrantExpired(_) => "GrantExpired",
         }
     }
 
     /// Reads a delivered event back: `None` for a detail type we do not publish, an error for
     /// a detail that does not read as its type.
     pub fn read(detail_type: &str, detail: &Value) -> Option<Result<Event, serde_json::Error>> {
-        const OURS: [&str; 10] = [
+        const OURS: [&str; 11] = [
             "BalanceLow",
             "BalanceDepleted",
             "CreditsAdded",
@@ -121,6 +133,7 @@ impl Event {
             "PurchaseFailed",
             "PaymentDisputed",
             "DisputeClosed",
+            "GrantExpired",
         ];
         OURS.contains(&detail_type)
             .then(|| serde_json::from_value(json!({"detail_type": detail_type, "detail": detail})))
@@ -136,6 +149,7 @@ impl Event {
             Event::AutoRechargePaused(d) => d.balance,
             Event::PurchaseProcessing(d) | Event::PurchaseFailed(d) => d.balance,
             Event::PaymentDisputed(d) | Event::DisputeClosed(d) => d.balance,
+            Event::GrantExpired(d) => d.balance,
         }
     }
 

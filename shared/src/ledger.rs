@@ -9,6 +9,7 @@ use crate::account::{Account, Hold};
 use crate::clock;
 use crate::error::ApiError;
 use crate::events::{BalanceCrossed, DomainEvent, Event};
+use crate::grants::Burn;
 use crate::money::Micros;
 use crate::profile::{PlanConsumable, Profile};
 
@@ -23,6 +24,10 @@ pub enum EntryKind {
     /// A chargeback: credits taken back when a payment is disputed (negative), returned when the
     /// dispute is won (positive).
     Dispute,
+    /// What remained of a grant at its expiry (negative; rules §15).
+    Expiry,
+    /// What remained of a grant voided by the service (negative).
+    Void,
 }
 
 /// One immutable movement of credits. `seq` is the account version that wrote it, so entries
@@ -37,12 +42,17 @@ pub struct LedgerEntry {
     pub balance_after: Micros,
     pub created_at: i64,
     pub description: String,
+    /// The grants this entry moved, `(grant id, signed micro-credits)`; they add up to
+    /// `amount` (rules §15). Empty on entries from before grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<(String, i64)>,
 }
 
 impl LedgerEntry {
-    /// The entry that records `amount` moving into (or out of) `next`, the state it produced.
+    /// The entry that records `amount` moving into (or out of) `next`, the state it produced,
+    /// with the grant moves made since the last entry.
     pub fn after(
-        next: &Account,
+        next: &mut Account,
         kind: EntryKind,
         amount: Micros,
         now: i64,
@@ -57,6 +67,7 @@ impl LedgerEntry {
             balance_after: next.balance,
             created_at: now,
             description: description.into(),
+            grants: std::mem::take(&mut next.pending.moves),
         }
     }
 
@@ -209,9 +220,9 @@ pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i6
 }
 
 /// Applies a draw to `next` (a state from `Account::next`): usage and balance.
-pub fn apply_draw(next: &mut Account, consumable: &str, draw: &Draw) {
+pub fn apply_draw(next: &mut Account, consumable: &str, draw: &Draw, now: i64) {
     *next.usage.entry(consumable.to_string()).or_insert(0) += draw.from_allowance;
-    next.balance = Micros::new(next.balance.get() - draw.cost.get());
+    next.take_credits(draw.cost, Burn::Order, now);
     next.lifetime_spent = Micros::new(next.lifetime_spent.get() + draw.cost.get());
 }
 
@@ -269,7 +280,7 @@ pub fn settle(
     // Allowance reserved in an earlier month was that month's; it is not counted again.
     let hold_allowance_now = if hold.month == month { hold_allowance } else { 0 };
     *next.usage.entry(hold.consumable.clone()).or_insert(0) += hold_allowance_now;
-    next.balance = Micros::new(next.balance.get() - hold_cost.get());
+    next.take_credits(hold_cost, Burn::Hold, now);
 
     let extra = quantity - from_hold;
     let remaining =
@@ -279,7 +290,7 @@ pub fn settle(
     let affordable = pc.rate.units_affordable(next.available(now)).min(extra_credit_units);
     let extra_cost = pc.rate.cost(affordable).unwrap_or(Micros::ZERO);
     *next.usage.entry(hold.consumable.clone()).or_insert(0) += extra_allowance;
-    next.balance = Micros::new(next.balance.get() - extra_cost.get());
+    next.take_credits(extra_cost, Burn::Order, now);
     let charged = Micros::new(hold_cost.get() + extra_cost.get());
     next.lifetime_spent = Micros::new(next.lifetime_spent.get() + charged.get());
     Ok(Settlement {

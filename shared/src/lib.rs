@@ -13,6 +13,7 @@ pub mod crediting;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod grants;
 pub mod http;
 pub mod ids;
 pub mod ledger;

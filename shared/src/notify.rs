@@ -40,7 +40,9 @@ pub fn notification_kind(event: &Event) -> Option<&'static str> {
         Event::CreditsAdded(c) if c.settled_after_processing => Some("credit_purchase_settled"),
         Event::AutoRechargePaused(_) => Some("credit_auto_recharge_paused"),
         Event::PaymentDisputed(_) => Some("credit_payment_disputed"),
-        Event::CreditsAdded(_) | Event::PurchaseProcessing(_) | Event::DisputeClosed(_) => None,
+        Event::CreditsAdded(_) | Event::PurchaseProcessing(_) | Event::DisputeClosed(_) | Event::GrantExpired(_) => {
+            None
+        }
     }
 }
 
@@ -161,7 +163,7 @@ pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -
             )
         }
         // Nothing is sent for these (`notification_kind` answered `None` above).
-        Event::PurchaseProcessing(_) | Event::DisputeClosed(_) => return None,
+        Event::PurchaseProcessing(_) | Event::DisputeClosed(_) | Event::GrantExpired(_) => return None,
     };
     let text = format!("{}\n\n{action}: {billing_url}\n", paragraphs.join("\n\n"));
     let html = format!(

@@ -45,6 +45,22 @@ pub struct Profile {
     pub notifications: Notifications,
     pub consumables: BTreeMap<String, Consumable>,
     pub plans: BTreeMap<String, Plan>,
+    /// Expiry of granted credits (rules §15); the four shipped profiles set none: their seeds
+    /// say credits never expire.
+    #[serde(default)]
+    pub grants: GrantRules,
+}
+
+/// How long grants last, in days; none: they never expire.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRules {
+    /// Purchased credits (Checkout purchases; auto-recharges never expire).
+    #[serde(default)]
+    pub purchase_expiry_days: Option<i64>,
+    /// An adjustment that sets no `expires_at` of its own.
+    #[serde(default)]
+    pub adjustment_expiry_days: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
+use crate::grants::Grant;
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use crate::purchases::{PurchaseRecord, PurchaseStatus};
 
@@ -102,6 +103,8 @@ pub struct Commit {
     pub payment_index: Option<String>,
     /// Events written to the outbox in the same transaction, published after it.
     pub outbox: Vec<DomainEvent>,
+    /// Grants that ended in this change (used up, expired, voided), each kept as its record.
+    pub ended_grants: Vec<Grant>,
 }
 
 impl Commit {
@@ -117,6 +120,7 @@ impl Commit {
             recharge: None,
             payment_index: None,
             outbox: vec![],
+            ended_grants: vec![],
         }
     }
 }
@@ -215,6 +219,15 @@ pub trait Store: Send + Sync {
         after: Option<String>,
         segment: Segment,
     ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send;
+    /// Accounts whose soonest grant expiry is at or before `by_ms` (the expiry run's sparse
+    /// index), at most `limit`.
+    fn accounts_expiring(
+        &self,
+        by_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The grants of an account that have ended (used up, expired, voided), newest first.
+    fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
     /// A job's saved progress under `name` (a sweep's cursor, a reconciliation segment's).
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
     fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -345,6 +358,16 @@ impl<S: Store> Store for std::sync::Arc<S> {
         segment: Segment,
     ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send {
         (**self).account_ids(limit, after, segment)
+    }
+    fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send {
+        (**self).ended_grants(account_id)
+    }
+    fn accounts_expiring(
+        &self,
+        by_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        (**self).accounts_expiring(by_ms, limit)
     }
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
         (**self).load_checkpoint(name)

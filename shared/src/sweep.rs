@@ -10,6 +10,7 @@ use crate::clock;
 use crate::engine::{upstream, Credits};
 use crate::error::ApiError;
 use crate::events::{drain_outbox, EventBus, OutboxDrain};
+use crate::grants::ops::ExpiryReport;
 use crate::payments::Payments;
 use crate::recharge::RechargeResult;
 use crate::store::{Store, StoreError};
@@ -30,6 +31,8 @@ pub struct SweepReport {
     /// The accounts that failed, the first `REPORT_LIST_MAX` of them.
     pub failures: Vec<SweepFailure>,
     pub outbox: OutboxDrain,
+    /// Grants past their expiry, expired by this run (rules §15).
+    pub expiry: ExpiryReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,6 +92,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             recharges: Vec::new(),
             failures: Vec::new(),
             outbox: OutboxDrain::default(),
+            expiry: ExpiryReport::default(),
         };
         let mut after = match self.store.load_checkpoint(SWEEP_CURSOR).await.map_err(upstream)? {
             Some(Value::String(cursor)) => Some(cursor),
@@ -148,8 +152,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let cursor = after.map_or(Value::Null, Value::String);
             self.store.save_checkpoint(SWEEP_CURSOR, &cursor).await.map_err(upstream)?;
         }
+        // Grants past their instant expire here if no write of their account came first; their
+        // events go out with the outbox below.
+        report.expiry = self.expire_grants(clock::now_ms()).await?;
         report.outbox = drain_outbox(&self.store, &self.bus, clock::now_ms(), deadline).await.map_err(upstream)?;
         tracing::info!(
+            grants_expired = report.expiry.expired,
             visited = report.visited,
             recharged = report.recharged,
             recovered = report.recovered,

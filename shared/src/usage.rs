@@ -68,10 +68,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         self.apply(id, Some(&claim), |a, now| {
             let d = ledger::draw(profile, a, consumable, quantity, now)?;
             let mut next = a.next(now);
-            ledger::apply_draw(&mut next, consumable, &d);
+            ledger::apply_draw(&mut next, consumable, &d, now);
             let entry = (d.cost.get() > 0).then(|| {
                 LedgerEntry::after(
-                    &next,
+                    &mut next,
                     EntryKind::Consumption,
                     Micros::new(-d.cost.get()),
                     now,
@@ -160,7 +160,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
                 let entry = (s.from_credits.get() > 0).then(|| {
                     LedgerEntry::after(
-                        &next,
+                        &mut next,
                         EntryKind::Consumption,
                         Micros::new(-s.from_credits.get()),
                         now,

@@ -32,6 +32,15 @@ pub struct CreditsView {
     pub payment_method: Option<PaymentMethodView>,
     pub last_recharge_error: Option<RechargeErrorView>,
     pub purchase_options: PurchaseOptions,
+    /// The grant that expires next: how much, and when (rules §15); `null` when none expires.
+    pub next_expiry: Option<NextExpiry>,
+}
+
+/// The soonest expiry among the account's grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextExpiry {
+    pub amount: i64,
+    pub expires_at: String,
 }
 
 /// One consumable's monthly allowance and its use this month.
@@ -217,6 +226,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 time: clock::rfc3339(e.at),
             }),
             purchase_options: purchase_options(p, &a.plan),
+            next_expiry: a
+                .next_expiry()
+                .map(|(amount, at)| NextExpiry { amount: amount.get(), expires_at: clock::rfc3339(at) }),
         })
     }
 

@@ -89,7 +89,11 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     w.credits.credit_payment(&id, &forged).await.expect("credit");
     w.edit_account(&id, |a| a.balance = topup::money::Micros::new(a.balance.get() + 5)).await;
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
-    assert_eq!(codes(&report.differences), BTreeSet::from(["balance_not_ledger_sum", "credited_without_payment"]));
+    // The hand-changed balance is neither the ledger's sum nor its grants' (rules §15).
+    assert_eq!(
+        codes(&report.differences),
+        BTreeSet::from(["balance_not_ledger_sum", "credited_without_payment", "grants_not_balance"])
+    );
     let forged = report.differences.iter().find(|d| d.code == "credited_without_payment").expect("forged");
     assert_eq!((forged.payment_id.as_deref(), forged.ours), (Some("pi_never_paid"), Some(7 * C)));
     assert!(report.differences.iter().all(|d| d.severity == Severity::Wrong));

@@ -6,13 +6,16 @@
 //! - `POST /v1/accounts/{id}/credits/adjustments` (service) `{amount, reason, idempotency_key}`
 //! - `PUT /v1/accounts/{id}/credits/auto-recharge` (billing roles) `{enabled, threshold?, amount?, monthly_max?, monthly_spend_max?}`
 //! - `GET /v1/accounts/{id}/notifications?limit=` (view roles)
+//! - `GET /v1/accounts/{id}/credits/grants` (view roles); `POST …/grants/{grant_id}/void` (service)
+//! - `GET /v1/accounts/{id}/credits/transactions.csv` (view roles): the whole ledger as CSV
+//! - `GET /v1/reports/revenue?month=YYYY-MM` (service): the revenue report
 //! - `GET /billing`: the billing page (static; it signs in with the caller's token and reads
 //!   everything through the routes above and the purchase function's)
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 use topup::account::Contact;
-use topup::accounts::AccountSaved;
+use topup::accounts::{AccountSaved, GrantTerms};
 use topup::auth::Access;
 use topup::engine::Credits;
 use topup::events::EventBus;
@@ -37,6 +40,10 @@ pub enum Route {
     Adjustments(String),
     AutoRecharge(String),
     Notifications(String),
+    Grants(String),
+    VoidGrant(String, String),
+    TransactionsCsv(String),
+    Revenue,
 }
 
 impl Route {
@@ -50,6 +57,10 @@ impl Route {
             ["v1", "accounts", id, "credits", "adjustments"] => Route::Adjustments(a(id)),
             ["v1", "accounts", id, "credits", "auto-recharge"] => Route::AutoRecharge(a(id)),
             ["v1", "accounts", id, "notifications"] => Route::Notifications(a(id)),
+            ["v1", "accounts", id, "credits", "grants"] => Route::Grants(a(id)),
+            ["v1", "accounts", id, "credits", "grants", g, "void"] => Route::VoidGrant(a(id), a(g)),
+            ["v1", "accounts", id, "credits", "transactions.csv"] => Route::TransactionsCsv(a(id)),
+            ["v1", "reports", "revenue"] => Route::Revenue,
             _ => return None,
         })
     }
@@ -63,15 +74,23 @@ impl Route {
             Route::Adjustments(_) => "adjustments",
             Route::AutoRecharge(_) => "auto_recharge",
             Route::Notifications(_) => "notifications",
+            Route::Grants(_) => "grants",
+            Route::VoidGrant(..) => "void_grant",
+            Route::TransactionsCsv(_) => "transactions_csv",
+            Route::Revenue => "revenue",
         }
     }
 
     /// The account a route names and who may call it; the billing page names none.
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
-            Route::Billing => None,
-            Route::Account(id) | Route::Adjustments(id) => Some((id, Access::Service)),
-            Route::Credits(id) | Route::Transactions(id) | Route::Notifications(id) => Some((id, Access::View)),
+            Route::Billing | Route::Revenue => None,
+            Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) => Some((id, Access::Service)),
+            Route::Credits(id)
+            | Route::Transactions(id)
+            | Route::Notifications(id)
+            | Route::Grants(id)
+            | Route::TransactionsCsv(id) => Some((id, Access::View)),
             Route::AutoRecharge(id) => Some((id, Access::Billing)),
         }
     }
@@ -79,8 +98,14 @@ impl Route {
     fn method(&self) -> &'static str {
         match self {
             Route::Account(_) | Route::AutoRecharge(_) => "PUT",
-            Route::Adjustments(_) => "POST",
-            Route::Billing | Route::Credits(_) | Route::Transactions(_) | Route::Notifications(_) => "GET",
+            Route::Adjustments(_) | Route::VoidGrant(..) => "POST",
+            Route::Billing
+            | Route::Credits(_)
+            | Route::Transactions(_)
+            | Route::Notifications(_)
+            | Route::Grants(_)
+            | Route::TransactionsCsv(_)
+            | Route::Revenue => "GET",
         }
     }
 }
@@ -92,6 +117,15 @@ pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S,
     if route == Route::Billing {
         return billing_page(config, &req);
     }
+    if let Route::TransactionsCsv(id) = &route {
+        return match allowed(config, &req, &route).map(|()| id) {
+            Ok(id) => match credits.transactions_csv(id).await {
+                Ok(csv) => csv_response(id, csv),
+                Err(e) => respond(route.name(), Err(e)),
+            },
+            Err(e) => respond(route.name(), Err(e)),
+        };
+    }
     respond(route.name(), route_request(config, credits, &req, &route).await)
 }
 
@@ -101,15 +135,8 @@ async fn route_request<S: Store, B: EventBus>(
     req: &Request,
     route: &Route,
 ) -> Result<Reply, ApiError> {
-    let who = identity(req, config)?;
+    allowed(config, req, route)?;
     let method = req.method().as_str();
-    if method != route.method() {
-        return Err(ApiError::MethodNotAllowed(method.to_string()));
-    }
-    if let Some((id, access)) = route.guard() {
-        check_id("account_id", id)?;
-        who.authorize(&config.profile, access, id)?;
-    }
     match route {
         Route::Billing => Err(ApiError::MethodNotAllowed(method.to_string())),
         Route::Account(id) => {
@@ -139,17 +166,118 @@ async fn route_request<S: Store, B: EventBus>(
             Reply::ok(&credits.transactions(id, page_limit(req)?, cursor).await?)
         }
         Route::Notifications(id) => Reply::ok(&credits.notifications(id, page_limit(req)?).await?),
+        Route::Grants(id) => Reply::ok(&credits.grants(id).await?),
+        Route::VoidGrant(id, grant) => {
+            check_id("grant_id", grant)?;
+            Reply::ok(&credits.void_grant(id, grant).await?)
+        }
+        Route::TransactionsCsv(_) => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Revenue => {
+            let month = req
+                .query_string_parameters()
+                .first("month")
+                .map(str::to_string)
+                .ok_or_else(|| ApiError::invalid("`month` is required, as `YYYY-MM`."))?;
+            Reply::ok(&credits.revenue_report(&month).await?)
+        }
         Route::Adjustments(id) => {
-            let body = json_object(req, &["amount", "reason", "idempotency_key"])?;
+            let body = json_object(
+                req,
+                &["amount", "reason", "idempotency_key", "expires_at", "priority", "category", "charge"],
+            )?;
             let amount = body.i64("amount")?;
             let reason = body.str("reason")?.trim();
             if reason.is_empty() || reason.chars().count() > 500 {
                 return Err(ApiError::invalid("`reason` must be 1 to 500 characters."));
             }
             let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
-            Reply::created(&credits.adjust(id, amount, reason, &key).await?)
+            let terms = grant_terms(config, &body)?;
+            Reply::created(&credits.adjust_with(id, amount, reason, &terms, &key).await?)
         }
     }
+}
+
+/// Who may call `route`: the caller's identity, the method, and the account it names.
+fn allowed(config: &Config, req: &Request, route: &Route) -> Result<(), ApiError> {
+    let who = identity(req, config)?;
+    let method = req.method().as_str();
+    if method != route.method() {
+        return Err(ApiError::MethodNotAllowed(method.to_string()));
+    }
+    match route.guard() {
+        Some((id, access)) => {
+            check_id("account_id", id)?;
+            who.authorize(&config.profile, access, id)
+        }
+        // The revenue report spans every account: the service only.
+        None if *route == Route::Revenue => match (&who.role, &who.account_id) {
+            (topup::auth::Role::Service, None) => Ok(()),
+            _ => Err(ApiError::Forbidden),
+        },
+        None => Ok(()),
+    }
+}
+
+/// An adjustment's grant terms: `expires_at` (RFC 3339), `priority` (0–100), `category`
+/// (`promotional`, the default, or `paid` with `charge: {amount, currency}`).
+fn grant_terms(config: &Config, body: &topup::http::Fields) -> Result<GrantTerms, ApiError> {
+    let expires_at = match body.opt_str("expires_at")? {
+        None => None,
+        Some(t) => Some(
+            topup::clock::parse_rfc3339(t)
+                .ok_or_else(|| ApiError::invalid("`expires_at` must be an RFC 3339 timestamp."))?,
+        ),
+    };
+    let priority = match body.opt_i64("priority")? {
+        None => None,
+        Some(p) => Some(
+            u8::try_from(p)
+                .ok()
+                .filter(|p| *p <= topup::grants::MAX_PRIORITY)
+                .ok_or_else(|| ApiError::rule("invalid_priority", "`priority` must be between 0 and 100."))?,
+        ),
+    };
+    let charge = body.0.get("charge").filter(|v| !v.is_null());
+    let cost_cents = match (body.opt_str("category")?, charge) {
+        (None | Some("promotional"), None) => None,
+        (None | Some("promotional"), Some(_)) => {
+            return Err(ApiError::rule("invalid_grant_terms", "`charge` is for `category: paid` only."))
+        }
+        (Some("paid"), None) => {
+            return Err(ApiError::rule("invalid_grant_terms", "A paid grant needs `charge: {amount, currency}`."))
+        }
+        (Some("paid"), Some(Value::Object(c))) => {
+            let f = topup::http::Fields::of(Value::Object(c.clone()), &["amount", "currency"])
+                .map_err(|e| ApiError::invalid(format!("`charge`: {e}")))?;
+            let amount = f.i64("amount").map_err(|e| ApiError::invalid(format!("`charge`: {e}")))?;
+            let currency = f.str("currency").map_err(|e| ApiError::invalid(format!("`charge`: {e}")))?;
+            if !currency.eq_ignore_ascii_case(&config.profile.currency) {
+                return Err(ApiError::rule(
+                    "invalid_currency",
+                    format!("`charge.currency` must be {}.", config.profile.currency),
+                ));
+            }
+            if amount < 0 {
+                return Err(ApiError::rule("invalid_amount", "`charge.amount` may not be negative."));
+            }
+            Some(amount)
+        }
+        (Some("paid"), Some(_)) => return Err(ApiError::invalid("`charge` must be an object.")),
+        (Some(_), _) => return Err(ApiError::rule("invalid_category", "`category` is `promotional` or `paid`.")),
+    };
+    Ok(GrantTerms { expires_at, priority, cost_cents })
+}
+
+fn csv_response(id: &str, csv: String) -> Response<Body> {
+    use lambda_http::http::HeaderValue;
+    let mut resp = Response::new(Body::Text(csv));
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}-transactions.csv\"")) {
+        h.insert("content-disposition", v);
+    }
+    tracing::info!(route = "transactions_csv", status = 200, "handled");
+    resp
 }
 
 /// `?limit=`: 1 to `MAX_PAGE`, `DEFAULT_PAGE` when absent.

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use crate::account::{Account, RechargeRecord};
 use crate::events::DomainEvent;
 use crate::events::{outbox_shard, EventBus, PublishError};
+use crate::grants::Grant;
 use crate::ledger::{HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
 use crate::store::{
@@ -35,6 +36,7 @@ struct Memory {
     outbox: BTreeMap<(i64, String), DomainEvent>,
     starts: HashMap<(String, String, i64), u32>,
     checkpoints: HashMap<String, Value>,
+    ended_grants: HashMap<String, Vec<Grant>>,
 }
 
 impl MemoryStore {
@@ -116,6 +118,11 @@ impl Store for MemoryStore {
                 m.holds.insert((id.clone(), r.hold_id.clone()), r);
             }
             None => {}
+        }
+        for g in c.ended_grants {
+            let list = m.ended_grants.entry(id.clone()).or_default();
+            list.retain(|x| x.id != g.id);
+            list.push(g);
         }
         for e in c.outbox {
             m.outbox.insert((e.created_at, e.id.clone()), e);
@@ -260,6 +267,24 @@ impl Store for MemoryStore {
         let m = self.lock()?;
         let listed = m.accounts.keys().filter(|id| outbox_shard(id) % segment.total.max(1) == segment.index);
         Ok(page_after(listed, limit, after.as_ref()))
+    }
+
+    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let m = self.lock()?;
+        let mut due: Vec<(String, String)> = m
+            .accounts
+            .values()
+            .filter_map(|a| a.gsi2sk.clone().map(|k| (k, a.id.clone())))
+            .filter(|(k, _)| k.as_str() <= format!("{:013}", by_ms.max(0)).as_str())
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    async fn ended_grants(&self, account_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let mut out = self.lock()?.ended_grants.get(account_id).cloned().unwrap_or_default();
+        out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
+        Ok(out)
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {

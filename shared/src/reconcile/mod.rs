@@ -390,6 +390,40 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
             "Lifetime spent is not the sum of consumption.".into(),
         ));
     }
+    // Grants (rules §15): the balance is the sum of what they hold (an account from before
+    // grants has none until its next write), none below zero; each entry's moves add up to its
+    // amount; a grant expires or is voided at most once.
+    let held_by_grants: i64 = account.grants.iter().map(|g| g.remaining.get()).sum();
+    if !account.grants.is_empty() && held_by_grants != account.balance.get() {
+        out.push(diff(
+            "grants_not_balance",
+            account.balance.get(),
+            held_by_grants,
+            "The balance is not the sum of the grants' remaining credits.".into(),
+        ));
+    }
+    if let Some(g) = account.grants.iter().find(|g| g.remaining.get() < 0) {
+        out.push(diff("grant_negative", g.remaining.get(), 0, format!("Grant {} holds less than nothing.", g.id)));
+    }
+    if let Some(e) =
+        ledger.iter().find(|e| !e.grants.is_empty() && e.grants.iter().map(|m| m.1).sum::<i64>() != e.amount.get())
+    {
+        out.push(diff(
+            "grant_moves_not_amount",
+            e.amount.get(),
+            e.grants.iter().map(|m| m.1).sum(),
+            format!("Entry {} moves other amounts of its grants than it records.", e.id),
+        ));
+    }
+    let mut ended: BTreeMap<&str, i64> = BTreeMap::new();
+    for e in ledger.iter().filter(|e| matches!(e.kind, EntryKind::Expiry | EntryKind::Void)) {
+        for (g, _) in &e.grants {
+            *ended.entry(g.as_str()).or_default() += 1;
+        }
+    }
+    if let Some((g, n)) = ended.iter().find(|(_, n)| **n > 1) {
+        out.push(diff("grant_ended_twice", *n, 1, format!("Grant {g} expired or was voided more than once.")));
+    }
     // `seq` is the account version that wrote the entry: strictly increasing, never past the
     // account's version (a group commit's entries take consecutive versions).
     let mut previous = 0u64;
@@ -443,6 +477,7 @@ mod tests {
             balance_after: Micros::new(after),
             created_at: 0,
             description: String::new(),
+            grants: vec![],
         }
     }
 

@@ -117,6 +117,10 @@ pub(crate) fn plan_commit(c: &Commit) -> Result<Vec<Planned>, StoreError> {
         let item = to_item(r, pk.clone(), format!("RECHARGE#{}", r.recharge_id), None)?;
         out.push(planned(item, Some(NEW), Slot::Other, "recharge"));
     }
+    for g in &c.ended_grants {
+        let item = to_item(g, pk.clone(), format!("GRANT#{}", g.id), None)?;
+        out.push(planned(item, None, Slot::Other, "grant"));
+    }
     for e in &c.outbox {
         // No TTL: an event leaves the outbox only when the bus has it.
         out.push(planned(to_item(e, outbox_pk(outbox_shard(&e.id)), outbox_sk(e), None)?, None, Slot::Other, "outbox"));
@@ -183,14 +187,23 @@ fn value_size(v: &AttributeValue) -> usize {
     }
 }
 
-/// One packed entry: `[id, seq, kind, amount, balance_after, created_at, description]`.
-type Packed = (String, u64, EntryKind, i64, i64, i64, String);
+/// One packed entry: `[id, seq, kind, amount, balance_after, created_at, description, grants]`.
+type Packed = (String, u64, EntryKind, i64, i64, i64, String, Vec<(String, i64)>);
 
 fn block_item(account_id: &str, entries: &[LedgerEntry]) -> Result<Item, StoreError> {
     let packed: Vec<Packed> = entries
         .iter()
         .map(|e| {
-            (e.id.clone(), e.seq, e.kind, e.amount.get(), e.balance_after.get(), e.created_at, e.description.clone())
+            (
+                e.id.clone(),
+                e.seq,
+                e.kind,
+                e.amount.get(),
+                e.balance_after.get(),
+                e.created_at,
+                e.description.clone(),
+                e.grants.clone(),
+            )
         })
         .collect();
     let json = serde_json::to_string(&packed).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -216,7 +229,7 @@ pub(crate) fn entries_of(item: &Item) -> Result<Vec<LedgerEntry>, StoreError> {
     let packed: Vec<Packed> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(packed
         .into_iter()
-        .map(|(id, seq, kind, amount, balance_after, created_at, description)| LedgerEntry {
+        .map(|(id, seq, kind, amount, balance_after, created_at, description, grants)| LedgerEntry {
             id,
             account_id: account_id.clone(),
             seq,
@@ -225,6 +238,7 @@ pub(crate) fn entries_of(item: &Item) -> Result<Vec<LedgerEntry>, StoreError> {
             balance_after: Micros::new(balance_after),
             created_at,
             description,
+            grants,
         })
         .collect())
 }
@@ -255,6 +269,7 @@ mod tests {
             balance_after: Micros::new(after),
             created_at: 1_795_305_600_000,
             description: "5 api_calls".into(),
+            grants: vec![("grant_a".into(), amount)],
         }
     }
 

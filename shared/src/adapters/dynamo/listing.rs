@@ -23,6 +23,39 @@ fn account_id_of(item: &Item) -> Option<&str> {
 }
 
 impl DynamoStore {
+    /// Accounts whose soonest grant expiry is at or before `by_ms`, up to `limit`, from every
+    /// partition of the expiry index.
+    pub(super) async fn expiry_index(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for shard in 0..crate::account::EXPIRY_INDEX_SHARDS {
+            let mut start = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(super::EXPIRY_INDEX)
+                    .key_condition_expression("gsi2pk = :k AND gsi2sk <= :by")
+                    .expression_attribute_values(":k", s(format!("EXPIRY#{shard}")))
+                    .expression_attribute_values(":by", s(format!("{:013}", by_ms.max(0))))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("Query(expiry index)", e))?;
+                ids.extend(out.items().iter().filter_map(account_id_of).map(str::to_string));
+                if ids.len() >= limit {
+                    ids.truncate(limit);
+                    return Ok(ids);
+                }
+                match out.last_evaluated_key {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => break,
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     pub(super) async fn sweep_index_page(
         &self,
         limit: usize,

@@ -14,6 +14,7 @@
 //! | payment index | `PAYMENT#{pi}`  | `PAYMENT` (`account_id`; no TTL) |
 //! | delivery      | `ACCOUNT#{id}`  | `NOTIFY#{occurred:013}#{event}#{channel}#{to}` |
 //! | outbox event  | `OUTBOX#{shard}` (0–15) | `{created_ms:013}#{id}` (no TTL: kept until delivered) |
+//! | ended grant   | `ACCOUNT#{id}`  | `GRANT#{grant_id}` (used up, expired or voided) |
 //! | checkpoint    | `{job}#…` (`RECONCILE#…`, `SWEEP#…`) | `CHECKPOINT` (`value`: JSON) |
 //! | start count   | `ACCOUNT#{id}`  | `RATE#{what}#{window_ms:013}` (`n`; TTL a day) |
 //!
@@ -42,6 +43,7 @@ pub use table::create_table;
 
 use crate::account::{Account, RechargeRecord};
 use crate::events::{outbox_shard, DomainEvent};
+use crate::grants::Grant;
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
 use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, PurchaseWrite, Segment, Store, StoreError};
@@ -53,6 +55,9 @@ fn outbox_pk(shard: u32) -> String {
 }
 /// The sparse index of accounts with auto-recharge on (`gsi1pk`), keys only.
 pub const SWEEP_INDEX: &str = "gsi1";
+/// The sparse index of accounts with an expiring grant (`gsi2pk` `EXPIRY#n`, `gsi2sk` the
+/// soonest expiry), keys only.
+pub const EXPIRY_INDEX: &str = "gsi2";
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone)]
@@ -448,6 +453,37 @@ impl Store for DynamoStore {
         segment: Segment,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         self.scan_account_ids(limit, after, segment).await
+    }
+
+    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.expiry_index(by_ms, limit).await
+    }
+
+    async fn ended_grants(&self, account_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let mut out: Vec<Grant> = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :grant)")
+                .expression_attribute_values(":pk", s(account_pk(account_id)))
+                .expression_attribute_values(":grant", s("GRANT#"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query(grants)", e))?;
+            for item in page.items() {
+                out.push(from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
+        Ok(out)
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {

@@ -2,7 +2,7 @@
 
 use aws_sdk_dynamodb::Client;
 
-use super::{unavailable, SWEEP_INDEX};
+use super::{unavailable, EXPIRY_INDEX, SWEEP_INDEX};
 use crate::store::StoreError;
 
 /// Creates the table as the SAM template does (used by the local stack and tests).
@@ -32,6 +32,13 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let expiry = GlobalSecondaryIndex::builder()
+        .index_name(EXPIRY_INDEX)
+        .key_schema(key("gsi2pk", KeyType::Hash)?)
+        .key_schema(key("gsi2sk", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let res = client
         .create_table()
         .table_name(table)
@@ -39,9 +46,12 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr("pk")?)
         .attribute_definitions(attr("sk")?)
         .attribute_definitions(attr("gsi1pk")?)
+        .attribute_definitions(attr("gsi2pk")?)
+        .attribute_definitions(attr("gsi2sk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
         .global_secondary_indexes(index)
+        .global_secondary_indexes(expiry)
         .send()
         .await;
     match res {

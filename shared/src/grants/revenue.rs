@@ -1,0 +1,296 @@
+//! The revenue report (rules §15): for a calendar month, per account and in total, the paid
+//! credits granted, consumed (revenue, at each grant's cost basis), expired or voided
+//! (breakage), taken back (refunds, disputes, negative adjustments) and remaining at the month's
+//! end (deferred). Read from the ledger's grant moves, so its totals are the ledger's; and the
+//! ledger as CSV.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Category, Grant};
+use crate::clock;
+use crate::engine::{upstream, Credits};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::ledger::{EntryKind, LedgerEntry};
+use crate::store::{Segment, Store};
+
+/// Credits and the money they stand for at cost basis (minor units of the profile's currency).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Valued {
+    pub credits: i64,
+    pub amount: i64,
+}
+
+impl Valued {
+    fn add(&mut self, credits: i64, amount: i64) {
+        self.credits += credits;
+        self.amount += amount;
+    }
+    fn plus(&mut self, o: &Valued) {
+        self.add(o.credits, o.amount);
+    }
+}
+
+/// One account's month of paid credits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevenueLine {
+    pub account_id: String,
+    /// Paid credits granted in the month, at what they cost.
+    pub granted: Valued,
+    /// Paid credits used in the month: revenue recognised.
+    pub consumed: Valued,
+    /// Paid credits expired or voided in the month: breakage.
+    pub expired_or_voided: Valued,
+    /// Paid credits taken back in the month (refunds, disputes, negative adjustments), less
+    /// any returned.
+    pub taken_back: Valued,
+    /// Paid credits left at the month's end: deferred revenue.
+    pub deferred: Valued,
+}
+
+impl RevenueLine {
+    fn is_empty(&self) -> bool {
+        *self == RevenueLine { account_id: self.account_id.clone(), ..RevenueLine::default() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevenueReport {
+    pub month: String,
+    pub currency: String,
+    pub accounts: Vec<RevenueLine>,
+    pub total: RevenueLine,
+}
+
+/// One account's line from its grants and its whole ledger (oldest first).
+pub fn revenue_line(account_id: &str, grants: &[Grant], ledger: &[LedgerEntry], start: i64, end: i64) -> RevenueLine {
+    let by_id: HashMap<&str, &Grant> = grants.iter().map(|g| (g.id.as_str(), g)).collect();
+    let mut line = RevenueLine { account_id: account_id.to_string(), ..RevenueLine::default() };
+    // Per paid grant: credits taken so far (returns give back), to value each move at cost.
+    let mut taken: HashMap<&str, i64> = HashMap::new();
+    let mut granted: HashMap<&str, i64> = HashMap::new();
+    for e in ledger.iter().filter(|e| e.created_at < end) {
+        let in_month = e.created_at >= start;
+        for (gid, m) in &e.grants {
+            let Some(g) = by_id.get(gid.as_str()).filter(|g| g.category == Category::Paid) else { continue };
+            let id = g.id.as_str();
+            if *m > 0 {
+                let was_taken = taken.get(id).copied().unwrap_or(0);
+                if granted.contains_key(id) && was_taken > 0 {
+                    // Credits returned to a grant (a won dispute): no longer taken back.
+                    let back = (*m).min(was_taken);
+                    let value = g.cost_of(back, was_taken - back);
+                    taken.insert(id, was_taken - back);
+                    if in_month {
+                        line.taken_back.add(-back, -value);
+                    }
+                } else {
+                    granted.insert(id, *m);
+                    if in_month {
+                        line.granted.add(*m, g.cost_of(*m, 0));
+                    }
+                }
+                continue;
+            }
+            let amount = -m;
+            let before = taken.get(id).copied().unwrap_or(0);
+            let value = g.cost_of(amount, before);
+            taken.insert(id, before + amount);
+            if !in_month {
+                continue;
+            }
+            match e.kind {
+                EntryKind::Consumption => line.consumed.add(amount, value),
+                EntryKind::Expiry | EntryKind::Void => line.expired_or_voided.add(amount, value),
+                _ => line.taken_back.add(amount, value),
+            }
+        }
+    }
+    for (id, g) in &by_id {
+        if g.category != Category::Paid || !granted.contains_key(id) {
+            continue;
+        }
+        let t = taken.get(id).copied().unwrap_or(0);
+        let left = g.granted.get() - t;
+        if left > 0 {
+            line.deferred.add(left, g.cost_of(left, t));
+        }
+    }
+    line
+}
+
+/// The ledger as CSV, newest first, with the page's columns.
+pub fn ledger_csv(entries: &[LedgerEntry]) -> String {
+    let field = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = String::from("id,kind,amount,balance_after,created_at,description\n");
+    for e in entries {
+        let v = e.view();
+        let kind = serde_json::to_value(v.kind).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            field(&v.id),
+            kind,
+            v.amount,
+            v.balance_after,
+            v.created_at,
+            field(&v.description)
+        ));
+    }
+    out
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// Every entry of an account, oldest first.
+    pub async fn whole_ledger(&self, id: &str) -> Result<Vec<LedgerEntry>, ApiError> {
+        let mut all = Vec::new();
+        let mut before = None;
+        loop {
+            let (page, more) = self.store.ledger_page(id, 1000, before).await.map_err(upstream)?;
+            before = page.last().map(|e| e.seq);
+            all.extend(page);
+            if !more || before.is_none() {
+                break;
+            }
+        }
+        all.reverse();
+        Ok(all)
+    }
+
+    /// `GET …/credits/transactions.csv`.
+    pub async fn transactions_csv(&self, id: &str) -> Result<String, ApiError> {
+        self.load(id).await?;
+        let mut all = self.whole_ledger(id).await?;
+        all.reverse();
+        Ok(ledger_csv(&all))
+    }
+
+    /// One account's revenue line for `month` (`YYYY-MM`).
+    pub async fn revenue_of(&self, id: &str, month: &str) -> Result<RevenueLine, ApiError> {
+        let (start, end) = month_range(month)?;
+        let a = self.load(id).await?;
+        let mut grants = self.store.ended_grants(id).await.map_err(upstream)?;
+        grants.extend(a.grants.iter().cloned());
+        let ledger = self.whole_ledger(id).await?;
+        Ok(revenue_line(id, &grants, &ledger, start, end))
+    }
+
+    /// `GET /v1/reports/revenue?month=YYYY-MM` (service): every account with paid credits
+    /// moving or deferred in the month, and the total.
+    pub async fn revenue_report(&self, month: &str) -> Result<RevenueReport, ApiError> {
+        month_range(month)?;
+        let mut accounts = Vec::new();
+        let mut after = None;
+        loop {
+            let (ids, next) = self.store.account_ids(500, after, Segment::WHOLE).await.map_err(upstream)?;
+            for id in ids {
+                let line = self.revenue_of(&id, month).await?;
+                if !line.is_empty() {
+                    accounts.push(line);
+                }
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        let mut total = RevenueLine { account_id: "total".into(), ..RevenueLine::default() };
+        for l in &accounts {
+            total.granted.plus(&l.granted);
+            total.consumed.plus(&l.consumed);
+            total.expired_or_voided.plus(&l.expired_or_voided);
+            total.taken_back.plus(&l.taken_back);
+            total.deferred.plus(&l.deferred);
+        }
+        Ok(RevenueReport { month: month.to_string(), currency: self.profile.currency.clone(), accounts, total })
+    }
+}
+
+fn month_range(month: &str) -> Result<(i64, i64), ApiError> {
+    clock::month_bounds(month).ok_or_else(|| ApiError::invalid("`month` must be a calendar month, `YYYY-MM`."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::{GrantSource, DEFAULT_PRIORITY};
+    use crate::money::Micros;
+
+    fn grant(id: &str, granted: i64, cost: i64, category: Category) -> Grant {
+        Grant {
+            id: id.into(),
+            source: GrantSource::Purchase,
+            category,
+            granted: Micros::new(granted),
+            remaining: Micros::ZERO,
+            expires_at: None,
+            priority: DEFAULT_PRIORITY,
+            created_at: 0,
+            cost_cents: cost,
+            payment_id: None,
+            ended: None,
+            ended_at: None,
+        }
+    }
+
+    fn entry(seq: u64, at: i64, kind: EntryKind, moves: &[(&str, i64)]) -> LedgerEntry {
+        LedgerEntry {
+            id: format!("txn_{seq}"),
+            account_id: "a".into(),
+            seq,
+            kind,
+            amount: Micros::new(moves.iter().map(|m| m.1).sum()),
+            balance_after: Micros::ZERO,
+            created_at: at,
+            description: String::new(),
+            grants: moves.iter().map(|(g, m)| (g.to_string(), *m)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_lines_add_up_to_the_grants() {
+        // $10 for 3 credits (cost basis 333.33… cents a credit), a promotional credit beside it.
+        let grants = [grant("p", 3, 1000, Category::Paid), grant("f", 1, 0, Category::Promotional)];
+        let ledger = [
+            entry(1, 5, EntryKind::Purchase, &[("p", 3)]),
+            entry(2, 6, EntryKind::Adjustment, &[("f", 1)]),
+            entry(3, 15, EntryKind::Consumption, &[("f", -1), ("p", -1)]),
+            entry(4, 16, EntryKind::Consumption, &[("p", -1)]),
+            entry(5, 25, EntryKind::Expiry, &[("p", -1)]),
+        ];
+        // Month [10, 20): two paid credits consumed; one deferred at the end.
+        let l = revenue_line("a", &grants, &ledger, 10, 20);
+        assert_eq!(l.granted, Valued::default());
+        assert_eq!(l.consumed, Valued { credits: 2, amount: 666 });
+        assert_eq!(l.deferred, Valued { credits: 1, amount: 334 });
+        // The month before: granted, nothing used, all deferred; after: the rest expires.
+        let before = revenue_line("a", &grants, &ledger, 0, 10);
+        assert_eq!(
+            (before.granted, before.deferred),
+            (Valued { credits: 3, amount: 1000 }, Valued { credits: 3, amount: 1000 })
+        );
+        let after = revenue_line("a", &grants, &ledger, 20, 30);
+        assert_eq!((after.expired_or_voided, after.deferred), (Valued { credits: 1, amount: 334 }, Valued::default()));
+        // Every cent of the grant is accounted for exactly once across the months.
+        assert_eq!(before.consumed.amount + l.consumed.amount + after.expired_or_voided.amount, 1000);
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let mut e = entry(1, 0, EntryKind::Adjustment, &[("f", 5)]);
+        e.description = "Promo, \"welcome\"".into();
+        let csv = ledger_csv(&[e]);
+        assert_eq!(
+            csv,
+            "id,kind,amount,balance_after,created_at,description\ntxn_1,adjustment,5,0,1970-01-01T00:00:00.000Z,\"Promo, \"\"welcome\"\"\"\n"
+        );
+    }
+}

@@ -1,0 +1,954 @@
+//! One hot account against a **model** of DynamoDB, in tokio's virtual time: how many debits a
+//! second one account sustains through single debits and through batches (group commit), what
+//! transaction conflicts and partition throttling cost, and the write capacity per debit by
+//! DynamoDB's published sizing rules. Everything it prints is modelled, not measured.
+//!
+//! The store is `MemoryStore` (the real semantics) behind `ModelStore`, which adds what the
+//! emulator does not have: a latency per request, `TransactionConflict` on items another
+//! transaction holds, a token bucket of write capacity per partition key with the SDK's retries
+//! of a throttled request, and WCU charged for the items `adapters::dynamo::commit_items` says a
+//! commit writes. Each of N "Lambda environments" is its own `Credits` (its own cache, no
+//! in-process queue shared with the others) serving one request at a time.
+//!
+//! Needs no emulator; `./scripts/stack.py bench` runs it first. By hand:
+//! `cargo build --release -p topup-tests --example bench_model && target/release/examples/bench_model`
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::{sleep, sleep_until, Instant};
+use topup::account::{Account, RechargeRecord};
+use topup::adapters::dynamo::{commit_items, ItemWrite};
+use topup::adapters::memory::{MemoryBus, MemoryStore};
+use topup::batch::{UsageEvent, EVENTS_PER_COMMIT, MAX_BATCH_EVENTS};
+use topup::engine::Credits;
+use topup::events::DomainEvent;
+use topup::ledger::{HoldRecord, IdemRecord, LedgerEntry};
+use topup::profile::Profile;
+use topup::purchases::PurchaseRecord;
+use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Segment, Store, StoreError};
+use topup_tests::{key, C};
+
+// ---- the model's assumptions ------------------------------------------------------------------
+
+/// A latency distribution: lognormal, given by its median and its 99th percentile.
+#[derive(Clone, Copy)]
+struct LogNormal {
+    median_ms: f64,
+    p99_ms: f64,
+}
+
+/// The standard normal's 99th percentile.
+const Z99: f64 = 2.326_347_874;
+
+impl LogNormal {
+    fn sample(self, rng: &mut XorShift) -> Duration {
+        let sigma = (self.p99_ms / self.median_ms).ln() / Z99;
+        Duration::from_secs_f64(self.median_ms * (sigma * rng.normal()).exp() / 1000.0)
+    }
+}
+
+/// A `TransactWriteItems` of one item, from the request to its answer; the items it writes are
+/// held for this long.
+const TRANSACTION: LogNormal = LogNormal { median_ms: 8.0, p99_ms: 25.0 };
+/// A transaction of n items takes (1 + PER_ITEM·(n−1)) times as long: more participants.
+const PER_ITEM: f64 = 0.01;
+/// A one-item request: GetItem (strongly consistent), Query, PutItem, UpdateItem, and the
+/// answer of a request refused for a conflict or for capacity.
+const SINGLE: LogNormal = LogNormal { median_ms: 3.0, p99_ms: 10.0 };
+/// Outside the store, per request: API Gateway, the Lambda invoke and the way back to the
+/// client before its next request. Without it an environment's next commit would start the
+/// instant its last one released the account item, and the others would rarely get it.
+const FRONT: LogNormal = LogNormal { median_ms: 6.0, p99_ms: 20.0 };
+/// DynamoDB's published limit of one partition; modelled per partition key.
+const PARTITION_WCU_PER_S: f64 = 1000.0;
+/// A bucket starts with this much capacity (steady state, not a burst after idling)...
+const BUCKET_START_S: f64 = 1.0;
+/// ...and keeps at most this much unused capacity (DynamoDB's burst capacity).
+const BUCKET_KEEP_S: f64 = 300.0;
+/// The SDK's retries of a throttled request, after which the write answers `Unavailable`.
+const THROTTLE_RETRIES: u32 = 3;
+/// Backoff before retry n (0-based): uniform in [25, 50) ms, times 2^n.
+const BACKOFF_MS: (f64, f64) = (25.0, 50.0);
+const SEED: u64 = 0x7a05_c0de_2026_1122;
+
+/// Write capacity of one item of a transaction: 2 WCU per started KB.
+fn transactional_wcu(bytes: usize) -> f64 {
+    2.0 * bytes.max(1).div_ceil(1024) as f64
+}
+
+// ---- a seeded generator -----------------------------------------------------------------------
+
+/// xorshift64: the same seed, the same latencies.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    /// Uniform in (0, 1).
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.unit(), self.unit());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+}
+
+// ---- the model store --------------------------------------------------------------------------
+
+/// What the model counted; `since` gives a window's share.
+#[derive(Default, Clone)]
+struct Stats {
+    /// `Store::commit` calls: the engine's commit attempts.
+    commits: u64,
+    /// `TransactWriteItems` requests sent, the SDK's retries of throttled ones included.
+    requests: u64,
+    conflicts: u64,
+    throttles: u64,
+    /// Commits that gave up after the SDK's retries of throttling.
+    unavailable: u64,
+    /// Commits admitted whose condition failed (stale version, claimed key): charged, not written.
+    condition_failed: u64,
+    /// Reads (GetItem, Query, BatchGetItem).
+    reads: u64,
+    /// Ledger entries committed: here every debit draws credits and writes one, so these are the
+    /// debits that committed, answered or not.
+    entries: u64,
+    /// WCU charged, by item kind.
+    wcu: BTreeMap<&'static str, f64>,
+    /// Of those, charged for transactions whose condition failed (they wrote nothing).
+    wcu_failed: f64,
+    /// The largest item of each kind written, in bytes (over the whole run).
+    largest: BTreeMap<&'static str, usize>,
+    /// WCU charged per partition key, but for usage idempotency records' own keys (`KEY#…`).
+    wcu_by_pk: BTreeMap<String, f64>,
+}
+
+impl Stats {
+    fn since(&self, before: &Stats) -> Stats {
+        let mut wcu = self.wcu.clone();
+        for (k, v) in &before.wcu {
+            *wcu.entry(k).or_default() -= v;
+        }
+        let mut wcu_by_pk = self.wcu_by_pk.clone();
+        for (k, v) in &before.wcu_by_pk {
+            *wcu_by_pk.entry(k.clone()).or_default() -= v;
+        }
+        Stats {
+            commits: self.commits - before.commits,
+            requests: self.requests - before.requests,
+            conflicts: self.conflicts - before.conflicts,
+            throttles: self.throttles - before.throttles,
+            unavailable: self.unavailable - before.unavailable,
+            condition_failed: self.condition_failed - before.condition_failed,
+            reads: self.reads - before.reads,
+            entries: self.entries - before.entries,
+            wcu,
+            wcu_failed: self.wcu_failed - before.wcu_failed,
+            largest: self.largest.clone(),
+            wcu_by_pk,
+        }
+    }
+    fn total_wcu(&self) -> f64 {
+        self.wcu.values().sum()
+    }
+    /// The busiest partition key (idempotency records' own keys aside) and its WCU.
+    fn hottest(&self) -> Option<(&str, f64)> {
+        self.wcu_by_pk.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+type ItemKey = (String, String);
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct State {
+    rng: XorShift,
+    /// Items of transactions in flight.
+    held: HashSet<ItemKey>,
+    /// Write capacity per partition key.
+    buckets: HashMap<String, Bucket>,
+    /// The last size written of each item: a replaced item is charged at the larger of its old
+    /// and new size.
+    sizes: HashMap<ItemKey, usize>,
+    /// Outbox items by event id, to charge their deletion at their size.
+    outbox: HashMap<String, (ItemKey, usize)>,
+    stats: Stats,
+}
+
+impl State {
+    /// The bucket of `pk`, refilled up to now.
+    fn tokens(&mut self, pk: &str, now: Instant) -> f64 {
+        let b = self
+            .buckets
+            .entry(pk.to_string())
+            .or_insert(Bucket { tokens: PARTITION_WCU_PER_S * BUCKET_START_S, at: now });
+        let refill = PARTITION_WCU_PER_S * now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + refill).min(PARTITION_WCU_PER_S * BUCKET_KEEP_S);
+        b.at = now;
+        b.tokens
+    }
+}
+
+/// What DynamoDB does with one `TransactWriteItems` when it arrives.
+enum Admission {
+    /// A partition lacks the capacity: refused after this long.
+    Throttled(Duration),
+    /// An item is held by another transaction: refused after this long.
+    Conflict(Duration),
+    /// Taken: its items are held, and it answers after this long.
+    Admitted(Duration),
+}
+
+/// DynamoDB as modelled: `MemoryStore`'s semantics, plus latency, conflicts, throttling and
+/// write capacity (see the constants above).
+pub struct ModelStore {
+    inner: Arc<MemoryStore>,
+    state: Mutex<State>,
+}
+
+impl ModelStore {
+    fn new(seed: u64) -> ModelStore {
+        ModelStore {
+            inner: Arc::new(MemoryStore::default()),
+            state: Mutex::new(State {
+                rng: XorShift::new(seed),
+                held: HashSet::new(),
+                buckets: HashMap::new(),
+                sizes: HashMap::new(),
+                outbox: HashMap::new(),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("model state")
+    }
+
+    fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    /// A read's latency.
+    async fn read(&self) {
+        let d = {
+            let mut st = self.lock();
+            st.stats.reads += 1;
+            SINGLE.sample(&mut st.rng)
+        };
+        sleep(d).await;
+    }
+
+    /// A standard write of one item outside a commit, charged as one item of at most 1 KB
+    /// (none is on the debit path).
+    async fn standard_write(&self, wcu: f64) {
+        let d = {
+            let mut st = self.lock();
+            *st.stats.wcu.entry("other").or_default() += wcu;
+            SINGLE.sample(&mut st.rng)
+        };
+        sleep(d).await;
+    }
+
+    fn admit(&self, items: &[ItemWrite]) -> Admission {
+        let mut st = self.lock();
+        st.stats.requests += 1;
+        let now = Instant::now();
+        let charge: Vec<f64> = items
+            .iter()
+            .map(|i| {
+                let old = st.sizes.get(&(i.pk.clone(), i.sk.clone())).copied().unwrap_or(0);
+                transactional_wcu(old.max(i.size))
+            })
+            .collect();
+        let mut need: BTreeMap<&str, f64> = BTreeMap::new();
+        for (i, w) in items.iter().zip(&charge) {
+            *need.entry(i.pk.as_str()).or_default() += w;
+        }
+        if need.iter().any(|(pk, w)| st.tokens(pk, now) < *w) {
+            st.stats.throttles += 1;
+            return Admission::Throttled(SINGLE.sample(&mut st.rng));
+        }
+        if items.iter().any(|i| st.held.contains(&(i.pk.clone(), i.sk.clone()))) {
+            st.stats.conflicts += 1;
+            return Admission::Conflict(SINGLE.sample(&mut st.rng));
+        }
+        for (pk, w) in need {
+            if let Some(b) = st.buckets.get_mut(pk) {
+                b.tokens -= w;
+            }
+            if !pk.starts_with("KEY#") {
+                *st.stats.wcu_by_pk.entry(pk.to_string()).or_default() += w;
+            }
+        }
+        for (i, w) in items.iter().zip(charge) {
+            st.held.insert((i.pk.clone(), i.sk.clone()));
+            *st.stats.wcu.entry(i.kind).or_default() += w;
+        }
+        let scale = 1.0 + PER_ITEM * items.len().saturating_sub(1) as f64;
+        Admission::Admitted(TRANSACTION.sample(&mut st.rng).mul_f64(scale))
+    }
+}
+
+impl Store for ModelStore {
+    async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        self.read().await;
+        self.inner.load_account(id).await
+    }
+
+    async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        let items = commit_items(&c).map_err(CommitError::Store)?;
+        self.lock().stats.commits += 1;
+        let mut retry = 0;
+        let service = loop {
+            match self.admit(&items) {
+                Admission::Admitted(service) => break service,
+                Admission::Conflict(after) => {
+                    sleep(after).await;
+                    return Err(CommitError::Conflict);
+                }
+                Admission::Throttled(after) => {
+                    sleep(after).await;
+                    if retry == THROTTLE_RETRIES {
+                        self.lock().stats.unavailable += 1;
+                        return Err(CommitError::Store(StoreError::Unavailable(
+                            "modelled: throttled past the SDK's retries".into(),
+                        )));
+                    }
+                    let backoff = self.lock().rng.between(BACKOFF_MS.0, BACKOFF_MS.1) * f64::from(1u32 << retry);
+                    sleep(Duration::from_secs_f64(backoff / 1000.0)).await;
+                    retry += 1;
+                }
+            }
+        };
+        sleep(service).await;
+        let entries = c.ledger.len() as u64;
+        let result = self.inner.commit(c).await;
+        let mut st = self.lock();
+        for i in &items {
+            st.held.remove(&(i.pk.clone(), i.sk.clone()));
+        }
+        match &result {
+            Ok(()) => {
+                st.stats.entries += entries;
+                for i in &items {
+                    let l = st.stats.largest.entry(i.kind).or_default();
+                    *l = (*l).max(i.size);
+                    st.sizes.insert((i.pk.clone(), i.sk.clone()), i.size);
+                    if i.kind == "outbox" {
+                        if let Some((_, id)) = i.sk.split_once('#') {
+                            st.outbox.insert(id.to_string(), ((i.pk.clone(), i.sk.clone()), i.size));
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                // A failed condition writes nothing and is charged as DynamoDB charges a failed
+                // conditional write: by the stored item's size (at least 1 KB), not the new one's.
+                st.stats.condition_failed += 1;
+                let now = Instant::now();
+                for i in &items {
+                    let old = st.sizes.get(&(i.pk.clone(), i.sk.clone())).copied().unwrap_or(0);
+                    let refund = transactional_wcu(old.max(i.size)) - transactional_wcu(old);
+                    st.stats.wcu_failed += transactional_wcu(old);
+                    *st.stats.wcu.entry(i.kind).or_default() -= refund;
+                    if !i.pk.starts_with("KEY#") {
+                        *st.stats.wcu_by_pk.entry(i.pk.clone()).or_default() -= refund;
+                    }
+                    st.tokens(&i.pk, now);
+                    if let Some(b) = st.buckets.get_mut(&i.pk) {
+                        b.tokens += refund;
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn ledger_page(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before_seq: Option<u64>,
+    ) -> Result<(Vec<LedgerEntry>, bool), StoreError> {
+        self.read().await;
+        self.inner.ledger_page(account_id, limit, before_seq).await
+    }
+    async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
+        self.read().await;
+        self.inner.load_hold(account_id, hold_id).await
+    }
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        self.read().await;
+        self.inner.load_idempotency(account_id, scope_key).await
+    }
+    async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
+        // A one-item transaction of at most 1 KB.
+        self.standard_write(2.0).await;
+        self.inner.put_purchase(w).await
+    }
+    async fn payment_account(&self, pi: &str) -> Result<Option<String>, StoreError> {
+        self.read().await;
+        self.inner.payment_account(pi).await
+    }
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        self.read().await;
+        self.inner.load_recharge(account_id, recharge_id).await
+    }
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+        self.read().await;
+        self.inner.load_purchase(account_id, purchase_id).await
+    }
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        self.standard_write(1.0).await;
+        self.inner.claim_delivery(r).await
+    }
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        self.standard_write(1.0).await;
+        self.inner.finish_delivery(r).await
+    }
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read().await;
+        self.inner.recent_deliveries(account_id, limit).await
+    }
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        self.read().await;
+        self.inner.accounts_for_sweep(limit, after).await
+    }
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        self.read().await;
+        self.inner.load_accounts(ids).await
+    }
+    async fn count_start(
+        &self,
+        account_id: &str,
+        what: &str,
+        window_start_ms: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        self.standard_write(1.0).await;
+        self.inner.count_start(account_id, what, window_start_ms, limit).await
+    }
+    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read().await;
+        self.inner.accounts_expiring(by_ms, limit).await
+    }
+    async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
+        self.read().await;
+        self.inner.ended_grants(account_id).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read().await;
+        self.inner.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        self.standard_write(1.0).await;
+        self.inner.save_checkpoint(name, value).await
+    }
+    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        // TransactWriteItems of deletes, 25 at a time; a delete is charged at the item's size.
+        for chunk in events.chunks(25) {
+            let d = {
+                let mut st = self.lock();
+                st.stats.requests += 1;
+                let mut wcu = 0.0;
+                for e in chunk {
+                    if let Some(((pk, sk), size)) = st.outbox.remove(&e.id) {
+                        st.sizes.remove(&(pk, sk));
+                        wcu += transactional_wcu(size);
+                    }
+                }
+                *st.stats.wcu.entry("outbox delete").or_default() += wcu;
+                let scale = 1.0 + PER_ITEM * chunk.len().saturating_sub(1) as f64;
+                TRANSACTION.sample(&mut st.rng).mul_f64(scale)
+            };
+            sleep(d).await;
+        }
+        self.inner.clear_outbox(events).await
+    }
+    async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        self.read().await;
+        self.inner.pending_outbox(shard, limit).await
+    }
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        self.read().await;
+        self.inner.payment_claims(account_id).await
+    }
+    async fn account_ids(
+        &self,
+        limit: usize,
+        after: Option<String>,
+        segment: Segment,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        self.read().await;
+        self.inner.account_ids(limit, after, segment).await
+    }
+}
+
+// ---- the load ---------------------------------------------------------------------------------
+
+type Service = Credits<Arc<ModelStore>, Arc<MemoryBus>>;
+
+const ACCOUNT: &str = "hot";
+const CONSUMABLE: &str = "api_calls";
+/// Credits granted before the load: far more than any run draws.
+const GRANT_CREDITS: i64 = 1_000_000;
+/// Virtual time before the window (not counted), and the window counted.
+const WARM: Duration = Duration::from_secs(2);
+const WINDOW: Duration = Duration::from_secs(10);
+const INSTANCES: [usize; 4] = [1, 4, 16, 64];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Single,
+    Batch(usize),
+}
+
+impl Mode {
+    fn label(self) -> String {
+        match self {
+            Mode::Single => "single debits".into(),
+            Mode::Batch(n) => format!("batches of {n}"),
+        }
+    }
+}
+
+/// What the workers saw: the window's requests, and everything for the invariant.
+#[derive(Default)]
+struct Tally {
+    /// Debits answered as applied by requests that ended in the window.
+    window_applied: u64,
+    /// Latencies of the requests that started in the window, however late they ended.
+    latencies_ms: Vec<f64>,
+    /// Errors of requests (an `ApiError` code) and of events in a batch (their status).
+    errors: BTreeMap<String, u64>,
+    /// Over the whole run: debits answered as applied, and what they took.
+    applied: u64,
+    debited: i64,
+    /// Keys whose answer was not "applied": each is looked up afterwards, in case it committed.
+    unsure: Vec<String>,
+}
+
+/// One Lambda environment: one request at a time until the window closes.
+async fn worker(
+    credits: Arc<Service>,
+    mode: Mode,
+    w: usize,
+    seed: u64,
+    (from, to): (Instant, Instant),
+    tally: Arc<Mutex<Tally>>,
+) {
+    let mut rng = XorShift::new(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut i = 0u64;
+    while Instant::now() < to {
+        let started = Instant::now();
+        sleep(FRONT.sample(&mut rng)).await;
+        let (mut applied, mut debited) = (0u64, 0i64);
+        let mut unsure = Vec::new();
+        let mut errors = Vec::new();
+        match mode {
+            Mode::Single => {
+                let k = format!("s{w}-{i}");
+                match credits.debit(ACCOUNT, CONSUMABLE, 1, &key(&k)).await {
+                    Ok(d) => {
+                        applied = 1;
+                        debited = d.from_credits;
+                    }
+                    Err(e) => {
+                        errors.push(e.code().to_string());
+                        unsure.push(k);
+                    }
+                }
+            }
+            Mode::Batch(n) => {
+                let events: Vec<UsageEvent> = (0..n)
+                    .map(|j| UsageEvent {
+                        consumable: CONSUMABLE.into(),
+                        quantity: 1,
+                        key: key(&format!("b{w}-{i}-{j}")),
+                    })
+                    .collect();
+                match credits.debit_batch(ACCOUNT, &events).await {
+                    Ok(r) => {
+                        for e in r.results {
+                            if e.status == 200 && !e.replayed {
+                                applied += 1;
+                                debited += e.from_credits.unwrap_or(0);
+                            } else {
+                                errors.push(format!("event {}{}", e.status, if e.replayed { " replayed" } else { "" }));
+                                unsure.push(e.idempotency_key);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        errors.push(e.code().to_string());
+                        unsure.extend(events.iter().map(|e| e.key.as_str().to_string()));
+                    }
+                }
+            }
+        }
+        let done = Instant::now();
+        let mut t = tally.lock().expect("tally");
+        if done >= from && done < to {
+            t.window_applied += applied;
+        }
+        if started >= from && started < to {
+            t.latencies_ms.push(done.duration_since(started).as_secs_f64() * 1000.0);
+        }
+        t.applied += applied;
+        t.debited += debited;
+        t.unsure.extend(unsure);
+        for e in errors {
+            *t.errors.entry(e).or_default() += 1;
+        }
+        i += 1;
+    }
+}
+
+struct Row {
+    mode: Mode,
+    instances: usize,
+    /// Debits answered as applied, per second of the window.
+    debits_per_s: f64,
+    /// Debits committed, per second of the window: also those whose request failed after they
+    /// committed (a batch whose later commit failed), which a client's retry replays.
+    committed_per_s: f64,
+    /// What the busiest partition's 1,000 WCU/s sustains: at most `debits_per_s`.
+    sustained_per_s: f64,
+    /// WCU/s on the busiest partition key (above 1,000: spending the bucket's starting second,
+    /// which a longer run would not have).
+    hot_wcu_per_s: f64,
+    commits_per_s: f64,
+    conflict_rate: f64,
+    stale_rate: f64,
+    throttle_rate: f64,
+    wcu_per_debit: f64,
+    /// The share of `wcu_per_debit` spent on transactions whose condition failed.
+    wasted_per_debit: f64,
+    wcu_by_kind: String,
+    p50: f64,
+    p99: f64,
+    errors: String,
+    invariant: Result<String, String>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run(profile: &Profile, mode: Mode, instances: usize, seed: u64) -> Row {
+    let store = Arc::new(ModelStore::new(seed));
+    let bus = Arc::new(MemoryBus::default());
+    let service = || Arc::new(Credits::new(profile.clone(), store.clone(), bus.clone()));
+    let setup = service();
+    setup.upsert_account(ACCOUNT, "free", vec![]).await.expect("create the account");
+    setup.adjust(ACCOUNT, GRANT_CREDITS * C, "bench", &key("grant")).await.expect("grant credits");
+    // Past the month's allowance, so every debit draws credits and writes a ledger entry.
+    setup.debit(ACCOUNT, CONSUMABLE, 1_000, &key("allowance")).await.expect("use the allowance");
+    let start = store.inner.load_account(ACCOUNT).await.expect("read").expect("account");
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let from = Instant::now() + WARM;
+    let to = from + WINDOW;
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..instances {
+        workers.spawn(worker(service(), mode, w, seed, (from, to), tally.clone()));
+    }
+    sleep_until(from).await;
+    let before = store.stats();
+    sleep_until(to).await;
+    let window = store.stats().since(&before);
+    while let Some(done) = workers.join_next().await {
+        done.expect("worker");
+    }
+
+    let t = std::mem::take(&mut *tally.lock().expect("tally"));
+    let invariant = check(&store, &start, &t).await;
+    let secs = WINDOW.as_secs_f64();
+    // Per debit that committed in the window, answered or not.
+    let debits = window.entries.max(1) as f64;
+    let debits_per_s = t.window_applied as f64 / secs;
+    let hot_wcu = window.hottest().map_or(0.0, |(_, w)| w);
+    let sustained_per_s = if hot_wcu > 0.0 {
+        debits_per_s.min(PARTITION_WCU_PER_S * secs * debits_per_s / hot_wcu)
+    } else {
+        debits_per_s
+    };
+    let mut lat = t.latencies_ms.clone();
+    lat.sort_by(f64::total_cmp);
+    let per_kind: Vec<String> = window
+        .wcu
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| match window.largest.get(k) {
+            Some(b) => format!("{k} {:.2} (largest {b} B)", v / debits),
+            None => format!("{k} {:.2}", v / debits),
+        })
+        .collect();
+    Row {
+        mode,
+        instances,
+        debits_per_s,
+        committed_per_s: window.entries as f64 / secs,
+        sustained_per_s,
+        hot_wcu_per_s: hot_wcu / secs,
+        commits_per_s: (window.commits - window.conflicts - window.unavailable - window.condition_failed) as f64 / secs,
+        conflict_rate: window.conflicts as f64 / window.commits.max(1) as f64,
+        stale_rate: window.condition_failed as f64 / window.commits.max(1) as f64,
+        throttle_rate: window.throttles as f64 / window.requests.max(1) as f64,
+        wcu_per_debit: window.total_wcu() / debits,
+        wasted_per_debit: window.wcu_failed / debits,
+        wcu_by_kind: per_kind.join(", "),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        errors: if t.errors.is_empty() {
+            "-".into()
+        } else {
+            t.errors.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
+        },
+        invariant,
+    }
+}
+
+/// The balance is the starting balance less every debit that committed: those answered as
+/// applied, and any whose answer was lost (its key committed, its request failed); the ledger
+/// since the start says the same.
+async fn check(store: &ModelStore, start: &Account, t: &Tally) -> Result<String, String> {
+    let inner = &store.inner;
+    let (mut recovered, mut recovered_n) = (0i64, 0u64);
+    for k in &t.unsure {
+        if let Some(rec) = inner.load_idempotency(ACCOUNT, &format!("usage:{k}")).await.map_err(|e| e.to_string())? {
+            let took = rec.outcome.get("from_credits").and_then(|v| v.as_i64());
+            recovered += took.ok_or_else(|| format!("the outcome of {k} has no from_credits: {}", rec.outcome))?;
+            recovered_n += 1;
+        }
+    }
+    let debited = t.debited + recovered;
+    let end = inner.load_account(ACCOUNT).await.map_err(|e| e.to_string())?.ok_or("the account is gone")?;
+    let expected = start.balance.get() - debited;
+    if end.balance.get() != expected {
+        return Err(format!("balance {} != start {} − debited {debited}", end.balance.get(), start.balance.get()));
+    }
+    let (mut sum, mut entries, mut before, mut newest) = (0i64, 0u64, None, None);
+    'pages: loop {
+        let (page, more) = inner.ledger_page(ACCOUNT, 1_000, before).await.map_err(|e| e.to_string())?;
+        for e in &page {
+            if e.seq <= start.version {
+                break 'pages;
+            }
+            newest.get_or_insert(e.balance_after.get());
+            sum += e.amount.get();
+            entries += 1;
+            before = Some(e.seq);
+        }
+        if !more {
+            break;
+        }
+    }
+    if sum != -debited || entries != t.applied + recovered_n {
+        return Err(format!(
+            "ledger since start: {entries} entries summing {sum}; answered {} debits (+{recovered_n} recovered) of {debited}",
+            t.applied
+        ));
+    }
+    if newest.is_some_and(|b| b != end.balance.get()) {
+        return Err(format!("newest entry's balance_after {newest:?} != balance {}", end.balance.get()));
+    }
+    Ok(format!("ok: {} debits, {debited} µcr, {recovered_n} recovered from keys of failed requests", entries))
+}
+
+fn print_assumptions() {
+    println!("# modelled, not measured: one account against a model of DynamoDB in virtual time (tokio, paused clock)");
+    println!("# model assumptions:");
+    println!(
+        "#   TransactWriteItems latency: lognormal, median {} ms, p99 {} ms, ×(1 + {}·(items−1)) (a {}-item commit: median {:.1} ms)",
+        TRANSACTION.median_ms,
+        TRANSACTION.p99_ms,
+        PER_ITEM,
+        EVENTS_PER_COMMIT + 2,
+        TRANSACTION.median_ms * (1.0 + PER_ITEM * (EVENTS_PER_COMMIT + 1) as f64)
+    );
+    println!(
+        "#   reads (GetItem, Query), one-item writes, and refusals (conflict, throttle): lognormal, median {} ms, p99 {} ms",
+        SINGLE.median_ms, SINGLE.p99_ms
+    );
+    println!("#   conflict: a transaction touching an item (pk+sk) held by one in flight fails at once with TransactionConflict (nothing queues);");
+    println!("#     an admitted transaction holds its items for its whole latency and is applied at its end; the holder always wins");
+    println!(
+        "#   capacity: token bucket per partition key, {PARTITION_WCU_PER_S} WCU/s, starting at {BUCKET_START_S} s of it, keeping at most {BUCKET_KEEP_S} s;"
+    );
+    println!("#     admitted only if every partition it writes has the WCU; no adaptive capacity, no split for heat");
+    println!(
+        "#   throttled: the SDK retries {THROTTLE_RETRIES} times after {}–{} ms·2^n, then the commit fails Unavailable",
+        BACKOFF_MS.0, BACKOFF_MS.1
+    );
+    println!("#   WCU: 2 per started KB of each transaction item (adapters::dynamo::commit_items sizes), a replaced item at the larger");
+    println!("#     of its last charged and new size; one admitted whose condition fails (stale version, claimed key) is charged like a");
+    println!("#     failed conditional write, each item at its stored size (at least 1 KB); refused for conflict or capacity: not charged");
+    println!(
+        "#   front: API Gateway + Lambda invoke + the way back, per request: lognormal, median {} ms, p99 {} ms (in a request's latency)",
+        FRONT.median_ms, FRONT.p99_ms
+    );
+    println!("#   Lambda: each instance is its own Credits (own cache) serving one request at a time, back to back (closed loop);");
+    println!("#     handler compute time is 0 ms; the engine's retry jitter is its own (not seeded: runs differ a little); its 5 s");
+    println!("#     write budget is timed on the real clock, so only its 100 attempts bound a write here");
+    println!(
+        "#   load: one account on `usd-overage`/free past its allowance, each debit 1 {CONSUMABLE} (1,000 µcr, a ledger entry); {} s warm-up, {} s counted; batches commit {EVENTS_PER_COMMIT} events at a time",
+        WARM.as_secs(),
+        WINDOW.as_secs()
+    );
+    println!("# columns (all modelled, over the counted window):");
+    println!("#   debits/s: debits answered as applied; committed: debits that committed, also those of a batch whose request then");
+    println!("#     failed (a later commit of it did not); sustained: debits/s capped at what 1,000 WCU/s on the busiest partition key");
+    println!("#     allows (hot pk WCU/s above 1,000: the run spent the bucket's starting second, which a longer one would not have)");
+    println!("#   commits/s: transactions that wrote; conflicts, cond fail (stale version or claimed key): per commit attempt;");
+    println!("#   throttles: per TransactWriteItems sent; WCU/debit: all WCU charged / debits committed; wasted: the part of it charged");
+    println!("#     for transactions whose condition failed; p50/p99: requests (a whole batch) started in the window, however late they");
+    println!("#     end, retries included; errors: requests (or events) not answered as applied");
+}
+
+#[tokio::main(flavor = "current_thread", start_paused = true)]
+async fn main() {
+    let real = std::time::Instant::now();
+    let profile = Profile::load("usd-overage").unwrap_or_else(|e| panic!("profile: {e}"));
+    print_assumptions();
+    println!();
+    // (heading, second line, width) of each column; the first is left-aligned.
+    const COLUMNS: [(&str, &str, usize); 15] = [
+        ("modelled", "", 16),
+        ("inst", "", 4),
+        ("debits/s", "", 9),
+        ("committed", "debits/s", 9),
+        ("sustained", "debits/s", 9),
+        ("hot pk", "WCU/s", 7),
+        ("commits/s", "", 9),
+        ("conflicts", "/attempt", 9),
+        ("cond fail", "/attempt", 9),
+        ("throttles", "/request", 9),
+        ("WCU/debit", "", 9),
+        ("wasted", "of it", 7),
+        ("p50 ms", "request", 8),
+        ("p99 ms", "request", 8),
+        (" errors", "", 0),
+    ];
+    for line in [0, 1] {
+        let cells: Vec<String> = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, b, w))| {
+                let text = if line == 0 { a } else { b };
+                if i == 0 {
+                    format!("{text:<w$}")
+                } else {
+                    format!("{text:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", cells.join(" ").trim_end());
+    }
+    let modes = [Mode::Single, Mode::Batch(10), Mode::Batch(50), Mode::Batch(500.min(MAX_BATCH_EVENTS))];
+    let mut rows = Vec::new();
+    for (m, mode) in modes.iter().enumerate() {
+        for (n, instances) in INSTANCES.iter().enumerate() {
+            let row = run(&profile, *mode, *instances, SEED ^ ((m as u64) << 8 | n as u64)).await;
+            println!(
+                "{:<16} {:>4} {:>9.0} {:>9.0} {:>9.0} {:>7.0} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>9.2} {:>7.2} {:>8.1} {:>8.1}  {}",
+                row.mode.label(),
+                row.instances,
+                row.debits_per_s,
+                row.committed_per_s,
+                row.sustained_per_s,
+                row.hot_wcu_per_s,
+                row.commits_per_s,
+                row.conflict_rate,
+                row.stale_rate,
+                row.throttle_rate,
+                row.wcu_per_debit,
+                row.wasted_per_debit,
+                row.p50,
+                row.p99,
+                row.errors
+            );
+            rows.push(row);
+        }
+    }
+
+    println!();
+    println!("# modelled WCU per debit by item kind (window)");
+    for r in &rows {
+        println!("{:<16} {:>4}  {}", r.mode.label(), r.instances, r.wcu_by_kind);
+    }
+
+    println!();
+    println!("# invariant: balance = starting balance − what was debited, and the ledger since the start agrees");
+    let mut failed = 0;
+    for r in &rows {
+        match &r.invariant {
+            Ok(s) => println!("{:<16} {:>4}  {s}", r.mode.label(), r.instances),
+            Err(e) => {
+                failed += 1;
+                println!("{:<16} {:>4}  FAILED: {e}", r.mode.label(), r.instances);
+            }
+        }
+    }
+
+    println!();
+    let best = |pick: &dyn Fn(&Row) -> bool| {
+        rows.iter().filter(|r| pick(r)).max_by(|a, b| a.sustained_per_s.total_cmp(&b.sustained_per_s))
+    };
+    if let Some(b) = best(&|r| matches!(r.mode, Mode::Batch(_))) {
+        println!(
+            "# modelled target ≥1,000 debits/s for one account through batches: {} (best sustained {:.0}/s, {} on {} instances)",
+            if b.sustained_per_s >= 1000.0 { "met" } else { "NOT met" },
+            b.sustained_per_s,
+            b.mode.label(),
+            b.instances
+        );
+    }
+    let b50: Vec<String> = rows
+        .iter()
+        .filter(|r| r.mode == Mode::Batch(50))
+        .map(|r| {
+            format!("{} on {} instance(s)", if r.wcu_per_debit <= 2.5 { "met" } else { "NOT met" }, r.instances)
+                + &format!(" ({:.2})", r.wcu_per_debit)
+        })
+        .collect();
+    println!("# modelled target ≤2.5 WCU per debit at batch 50: {}", b50.join("; "));
+    if let Some(s) = best(&|r| r.mode == Mode::Single) {
+        println!(
+            "# modelled single debits beside it: best sustained {:.0}/s on {} instances, {:.2} WCU per debit",
+            s.sustained_per_s, s.instances, s.wcu_per_debit
+        );
+    }
+    println!("# {:.1} s of real time", real.elapsed().as_secs_f64());
+    if failed > 0 {
+        eprintln!("{failed} configuration(s) broke the invariant");
+        std::process::exit(1);
+    }
+}
