@@ -139,8 +139,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             Claim { scope_key: format!("adjustment:{}", key.as_str()), hash: request_hash(&request), permanent: false };
         let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
-            if terms.expires_at.is_some_and(|t| t <= now) {
-                return Err(ApiError::rule("invalid_expiry", "`expires_at` must be in the future."));
+            if terms.expires_at.is_some_and(|t| t <= now || t > clock::MAX_MS) {
+                return Err(ApiError::rule(
+                    "invalid_expiry",
+                    "`expires_at` must be in the future, before the year 10000.",
+                ));
             }
             let mut next = a.next(now);
             if amount < 0 && next.available(now).get() < -amount {

@@ -74,7 +74,14 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 /// allowed); `None` if it is not one.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+    if !s.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -112,10 +119,13 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(((days * 86_400 + h * 3600 + mi * 60 + sec) - offset_min * 60) * 1000 + millis)
 }
 
+/// The last millisecond RFC 3339's four-digit years reach: 9999-12-31T23:59:59.999Z.
+pub const MAX_MS: i64 = 253_402_300_799_999;
+
 /// The first millisecond of a `YYYY-MM` month and of the month after it.
 pub fn month_bounds(month: &str) -> Option<(i64, i64)> {
     let (y, m) = month.split_once('-')?;
-    if y.len() != 4 || m.len() != 2 {
+    if y.len() != 4 || m.len() != 2 || !y.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
     }
     let y: i64 = y.parse().ok()?;
@@ -147,11 +157,20 @@ mod tests {
         }
         assert_eq!(parse_rfc3339("2026-11-30T23:59:59+01:00"), Some(1_796_083_199_000 - 3_600_000));
         assert_eq!(parse_rfc3339("2026-12-01T00:00:00Z"), Some(1_796_083_200_000));
-        for bad in ["2026-02-30T00:00:00Z", "2026-11-30", "2026-11-30T24:00:00Z", "2026-11-30T10:00:00", "x"] {
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-11-30",
+            "2026-11-30T24:00:00Z",
+            "2026-11-30T10:00:00",
+            "x",
+            "2026-12-31T00:00:00é1234",
+            "2026-12-31T00:00:00.é",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
         assert_eq!(month_bounds("2026-11"), Some((1_793_491_200_000, 1_796_083_200_000)));
         assert_eq!(month_bounds("2026-12").map(|b| b.1), parse_rfc3339("2027-01-01T00:00:00Z"));
         assert_eq!(month_bounds("2026-13"), None);
+        assert_eq!(month_bounds("+123-+1"), None);
     }
 }

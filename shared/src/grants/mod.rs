@@ -164,7 +164,8 @@ impl Account {
         let missing = self.balance.get() - sum;
         if missing > 0 {
             self.grants.push(Grant {
-                id: format!("grant_opening_{}", self.id),
+                // One per account, made once: the id need only be unique within it.
+                id: "grant_opening".to_string(),
                 source: GrantSource::Adjustment,
                 category: Category::Promotional,
                 granted: Micros::new(missing),
