@@ -208,6 +208,9 @@ pub struct Account {
     /// whether it is still open (auto-recharge is paused while one is).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub disputes: BTreeMap<String, Dispute>,
+    /// Balance alert thresholds besides the low-balance one (rules §15), at most five.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Micros>,
     /// The active grants (rules §15): the balance is the sum of their `remaining`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<Grant>,
@@ -274,6 +277,7 @@ impl Account {
             last_recharge_error: None,
             refunded: BTreeMap::new(),
             disputes: BTreeMap::new(),
+            alerts: Vec::new(),
             grants: Vec::new(),
             pending: Pending::default(),
         }

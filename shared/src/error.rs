@@ -45,6 +45,9 @@ pub enum ApiError {
     /// `retry_after` is the seconds until the limit allows it again.
     #[error("Too many requests of this kind for this account. Please retry in {retry_after} seconds.")]
     TooManyRequests { retry_after: u64 },
+    /// A check that could not decide (a failed or unreadable read): it never answers allowed.
+    #[error("We could not decide this check right now. Please retry.")]
+    Undecided,
     /// An event that needs another one handled first (a refund before its payment's credit);
     /// the sender delivers it again later (Stripe retries for days).
     #[error("{1}")]
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::Upstream => "upstream_unavailable",
             ApiError::PaymentsUnavailable => "payment_provider_unavailable",
             ApiError::Busy => "account_busy",
+            ApiError::Undecided => "check_unavailable",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::OutOfOrder(code, _) => code,
         }
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::Upstream
                 | ApiError::PaymentsUnavailable
                 | ApiError::Busy
+                | ApiError::Undecided
                 | ApiError::OutOfOrder(..)
                 | ApiError::TooManyRequests { .. }
         )
@@ -98,7 +103,7 @@ impl ApiError {
     /// Seconds a client should wait before trying again (`Retry-After`), when we know.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Busy => Some(1),
+            ApiError::Busy | ApiError::Undecided => Some(1),
             ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
             _ => None,
         }

@@ -90,6 +90,18 @@ pub enum Event {
     DisputeClosed(DisputeMoved),
     /// A grant's remaining credits expired (rules §15).
     GrantExpired(GrantExpired),
+    /// The balance fell below one of the account's alert thresholds (rules §15).
+    BalanceAlert(BalanceAlert),
+}
+
+/// `BalanceAlert`: the threshold crossed from at-or-above to below, and the balances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceAlert {
+    pub threshold: i64,
+    pub balance: i64,
+    pub previous_balance: i64,
+    pub cause: String,
+    pub version: u64,
 }
 
 /// `GrantExpired`: which grant, what left with it, when it was due.
@@ -116,13 +128,14 @@ impl Event {
             Event::PaymentDisputed(_) => "PaymentDisputed",
             Event::DisputeClosed(_) => "DisputeClosed",
             Event::GrantExpired(_) => "GrantExpired",
+            Event::BalanceAlert(_) => "BalanceAlert",
         }
     }
 
     /// Reads a delivered event back: `None` for a detail type we do not publish, an error for
     /// a detail that does not read as its type.
     pub fn read(detail_type: &str, detail: &Value) -> Option<Result<Event, serde_json::Error>> {
-        const OURS: [&str; 11] = [
+        const OURS: [&str; 12] = [
             "BalanceLow",
             "BalanceDepleted",
             "CreditsAdded",
@@ -134,6 +147,7 @@ impl Event {
             "PaymentDisputed",
             "DisputeClosed",
             "GrantExpired",
+            "BalanceAlert",
         ];
         OURS.contains(&detail_type)
             .then(|| serde_json::from_value(json!({"detail_type": detail_type, "detail": detail})))
@@ -150,6 +164,7 @@ impl Event {
             Event::PurchaseProcessing(d) | Event::PurchaseFailed(d) => d.balance,
             Event::PaymentDisputed(d) | Event::DisputeClosed(d) => d.balance,
             Event::GrantExpired(d) => d.balance,
+            Event::BalanceAlert(d) => d.balance,
         }
     }
 

@@ -330,6 +330,19 @@ pub fn crossing_events(
     if before.balance.get() > 0 && after.balance.get() <= 0 {
         out.push(DomainEvent::new(&after.id, now, Event::BalanceDepleted(crossed("BalanceDepleted"))));
     }
+    // Each alert threshold crossed from at-or-above to below: its own event, once a crossing.
+    for t in &after.alerts {
+        if before.balance >= *t && after.balance < *t {
+            let alert = crate::events::BalanceAlert {
+                threshold: t.get(),
+                balance: after.balance.get(),
+                previous_balance: before.balance.get(),
+                cause: cause.to_string(),
+                version: after.version,
+            };
+            out.push(DomainEvent::new(&after.id, now, Event::BalanceAlert(alert)));
+        }
+    }
     out
 }
 

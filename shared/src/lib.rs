@@ -4,9 +4,11 @@
 pub mod account;
 pub mod accounts;
 pub mod adapters;
+pub mod alerts;
 pub mod auth;
 pub mod batch;
 pub mod cards;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod crediting;

@@ -33,6 +33,7 @@ pub fn notification_kind(event: &Event) -> Option<&'static str> {
     match event {
         Event::BalanceLow(_) => Some("credit_balance_low"),
         Event::BalanceDepleted(_) => Some("credit_balance_depleted"),
+        Event::BalanceAlert(_) => Some("credit_balance_alert"),
         Event::AutoRechargeSucceeded(_) => Some("credit_auto_recharge_triggered"),
         // seed 000: "a credit_purchase_failed notification if the charge fails".
         Event::AutoRechargeFailed(_) | Event::PurchaseFailed(_) => Some("credit_purchase_failed"),
@@ -80,6 +81,18 @@ pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -
                 ],
                 "Manage credits",
                 format!("Credits for {account_id} are low: {balance} left."),
+            )
+        }
+        Event::BalanceAlert(a) => {
+            let threshold = credits(p, a.threshold);
+            (
+                format!("Your credit balance fell below {threshold}"),
+                vec![
+                    format!("The credit balance of {account_id} is {balance}, below the alert you set at {threshold}."),
+                    "Buy credits or turn on auto top-up if you expect to need more.".into(),
+                ],
+                "Manage credits",
+                format!("Credits for {account_id} fell below {threshold}: {balance} left."),
             )
         }
         Event::BalanceDepleted(_) => (
@@ -377,6 +390,18 @@ mod tests {
         assert!(v.text.contains("Auto top-up is on"));
         let o = r("org-runs", "BalanceLow", json!({"balance": 5 * C, "threshold": 5 * C}));
         assert!(o.sms.contains("5 credits left"), "{}", o.sms);
+    }
+
+    #[test]
+    fn a_balance_alert_names_its_threshold() {
+        let m = r(
+            "usd-overage",
+            "BalanceAlert",
+            json!({"threshold": 10 * C, "balance": 9 * C, "previous_balance": 20 * C, "cause": "usage", "version": 3}),
+        );
+        assert_eq!((m.kind, m.subject.as_str()), ("credit_balance_alert", "Your credit balance fell below $10.00"));
+        assert!(m.text.contains("is $9.00, below the alert you set at $10.00"), "{}", m.text);
+        assert!(m.sms.contains("fell below $10.00: $9.00 left"), "{}", m.sms);
     }
 
     #[test]

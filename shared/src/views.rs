@@ -34,6 +34,8 @@ pub struct CreditsView {
     pub purchase_options: PurchaseOptions,
     /// The grant that expires next: how much, and when (rules §15); `null` when none expires.
     pub next_expiry: Option<NextExpiry>,
+    /// The account's balance alerts (rules §15).
+    pub alerts: crate::alerts::AlertsView,
 }
 
 /// The soonest expiry among the account's grants.
@@ -229,6 +231,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             next_expiry: a
                 .next_expiry()
                 .map(|(amount, at)| NextExpiry { amount: amount.get(), expires_at: clock::rfc3339(at) }),
+            alerts: crate::alerts::AlertsView::of(&a.alerts),
         })
     }
 

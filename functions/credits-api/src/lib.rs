@@ -9,6 +9,8 @@
 //! - `GET /v1/accounts/{id}/credits/grants` (view roles); `POST …/grants/{grant_id}/void` (service)
 //! - `GET /v1/accounts/{id}/credits/transactions.csv` (view roles): the whole ledger as CSV
 //! - `GET /v1/reports/revenue?month=YYYY-MM` (service): the revenue report
+//! - `GET /v1/accounts/{id}/credits/check?consumable=&quantity=` (view roles): may it be used?
+//! - `PUT /v1/accounts/{id}/credits/alerts` (billing roles) `{thresholds}`
 //! - `GET /billing`: the billing page (static; it signs in with the caller's token and reads
 //!   everything through the routes above and the purchase function's)
 
@@ -44,6 +46,8 @@ pub enum Route {
     VoidGrant(String, String),
     TransactionsCsv(String),
     Revenue,
+    Check(String),
+    Alerts(String),
 }
 
 impl Route {
@@ -61,6 +65,8 @@ impl Route {
             ["v1", "accounts", id, "credits", "grants", g, "void"] => Route::VoidGrant(a(id), a(g)),
             ["v1", "accounts", id, "credits", "transactions.csv"] => Route::TransactionsCsv(a(id)),
             ["v1", "reports", "revenue"] => Route::Revenue,
+            ["v1", "accounts", id, "credits", "check"] => Route::Check(a(id)),
+            ["v1", "accounts", id, "credits", "alerts"] => Route::Alerts(a(id)),
             _ => return None,
         })
     }
@@ -78,6 +84,8 @@ impl Route {
             Route::VoidGrant(..) => "void_grant",
             Route::TransactionsCsv(_) => "transactions_csv",
             Route::Revenue => "revenue",
+            Route::Check(_) => "check",
+            Route::Alerts(_) => "alerts",
         }
     }
 
@@ -90,14 +98,15 @@ impl Route {
             | Route::Transactions(id)
             | Route::Notifications(id)
             | Route::Grants(id)
-            | Route::TransactionsCsv(id) => Some((id, Access::View)),
-            Route::AutoRecharge(id) => Some((id, Access::Billing)),
+            | Route::TransactionsCsv(id)
+            | Route::Check(id) => Some((id, Access::View)),
+            Route::AutoRecharge(id) | Route::Alerts(id) => Some((id, Access::Billing)),
         }
     }
 
     fn method(&self) -> &'static str {
         match self {
-            Route::Account(_) | Route::AutoRecharge(_) => "PUT",
+            Route::Account(_) | Route::AutoRecharge(_) | Route::Alerts(_) => "PUT",
             Route::Adjustments(_) | Route::VoidGrant(..) => "POST",
             Route::Billing
             | Route::Credits(_)
@@ -105,7 +114,8 @@ impl Route {
             | Route::Notifications(_)
             | Route::Grants(_)
             | Route::TransactionsCsv(_)
-            | Route::Revenue => "GET",
+            | Route::Revenue
+            | Route::Check(_) => "GET",
         }
     }
 }
@@ -172,6 +182,34 @@ async fn route_request<S: Store, B: EventBus>(
             Reply::ok(&credits.void_grant(id, grant).await?)
         }
         Route::TransactionsCsv(_) => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Check(id) => {
+            let q = req.query_string_parameters();
+            let consumable = q
+                .first("consumable")
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| ApiError::invalid("`consumable` is required."))?
+                .to_string();
+            let quantity = q
+                .first("quantity")
+                .and_then(|v| v.parse::<i64>().ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::invalid("`quantity` must be a positive whole number."))?;
+            // Fails closed: whatever is not the caller's mistake is 503, never an answer.
+            let answer = credits.check(id, &consumable, quantity).await.map_err(|e| match e {
+                ApiError::InvalidRequest(_) | ApiError::NotFound(..) => e,
+                _ => ApiError::Undecided,
+            })?;
+            Reply::ok(&answer)
+        }
+        Route::Alerts(id) => {
+            let body = json_object(req, &["thresholds"])?;
+            let thresholds = body
+                .array("thresholds")?
+                .iter()
+                .map(|v| v.as_i64().ok_or_else(|| ApiError::invalid("`thresholds` must be integers (micro-credits).")))
+                .collect::<Result<Vec<i64>, _>>()?;
+            Reply::ok(&credits.set_alerts(id, &thresholds).await?)
+        }
         Route::Revenue => {
             let month = req
                 .query_string_parameters()
