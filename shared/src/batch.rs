@@ -27,9 +27,14 @@ use crate::usage::{usage_description, Debited};
 
 /// Events one request may carry.
 pub const MAX_BATCH_EVENTS: usize = 500;
-/// Events one commit carries: one `TransactWriteItems` holds at most 100 items (the account,
-/// the ledger block, an idempotency record per event, and the crossing events).
+/// Events one commit carries at most: one `TransactWriteItems` holds at most 100 items (the
+/// account, the ledger block, an idempotency record per event, records of grants that end,
+/// and events).
 pub const EVENTS_PER_COMMIT: usize = 90;
+/// DynamoDB's limit on the items of one transaction. A commit takes the next event only while
+/// the items it may need (its key, and every active grant ending) still fit beside the crossing
+/// and expiry events.
+const ITEMS_PER_TRANSACTION: usize = 100;
 
 /// One debit of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,11 +133,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Err(ApiError::invalid(format!("`events` must hold 1 to {MAX_BATCH_EVENTS} events.")));
         }
         let mut results = Vec::with_capacity(events.len());
-        // Keys this batch applied (or found applied), so a key repeated later in the batch
-        // replays instead of applying twice.
+        // Keys found applied before, so a key repeated later in the batch replays.
         let mut known: HashMap<String, IdemRecord> = HashMap::new();
-        for chunk in events.chunks(EVENTS_PER_COMMIT) {
-            results.extend(self.commit_group(id, chunk, &mut known).await?);
+        while results.len() < events.len() {
+            let from = results.len();
+            let upto = (from + EVENTS_PER_COMMIT).min(events.len());
+            // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`).
+            let done = self.commit_group(id, &events[from..upto], &mut known).await?;
+            if done.is_empty() {
+                return Err(ApiError::Upstream);
+            }
+            results.extend(done);
         }
         Ok(BatchResults { results })
     }
@@ -159,6 +170,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let mut results = Vec::with_capacity(events.len());
                     let mut here: HashMap<String, IdemRecord> = HashMap::new();
                     for (e, hash) in events.iter().zip(&hashes) {
+                        let expiries = next.pending.entries.len();
+                        let items = 2 // the account and the ledger block
+                            + keys.len()
+                            + next.pending.ended.len()
+                            + expiries // their GrantExpired events
+                            + 2 + next.alerts.len() // crossing events
+                            + 1 + next.grants.len(); // this event's key; its grants ending
+                        if !results.is_empty() && items > ITEMS_PER_TRANSACTION {
+                            break;
+                        }
                         let key = e.key.as_str();
                         let sk = scope_key(&e.key);
                         if let Some(rec) = here.get(&sk).or_else(|| known_now.get(&sk)) {
@@ -223,8 +244,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Applied::HoldNotOpen(_) | Applied::PurchaseNotInState => return Err(ApiError::Upstream),
             };
             // A refused event whose key applied before answers its first result, as the
-            // single debit does. A refused event changed nothing, so the others stand.
-            let refused: Vec<usize> = (0..results.len()).filter(|&i| results[i].status != 200).collect();
+            // single debit does. A refused event changed nothing, so the others stand. A key
+            // applied later in this same commit does not count: at its place it had not.
+            let applied_here: std::collections::HashSet<&str> =
+                results.iter().filter(|r| r.status == 200 && !r.replayed).map(|r| r.idempotency_key.as_str()).collect();
+            let refused: Vec<usize> = (0..results.len())
+                .filter(|&i| results[i].status != 200 && !applied_here.contains(events[i].key.as_str()))
+                .collect();
             let refused_keys: Vec<String> = refused.iter().map(|&i| scope_key(&events[i].key)).collect();
             let looked =
                 futures_util::future::join_all(refused_keys.iter().map(|sk| self.store.load_idempotency(id, sk))).await;
@@ -235,5 +261,48 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             return Ok(results);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::memory_credits;
+    use crate::ids::key;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::store::Store;
+
+    fn ev(consumable: &str, quantity: i64, k: &str) -> UsageEvent {
+        UsageEvent { consumable: consumable.into(), quantity, key: key(k) }
+    }
+
+    #[tokio::test]
+    async fn a_key_refused_then_applied_later_in_the_batch_stays_refused_at_its_place() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
+        c.adjust("a", C, "grant", &key("g")).await.unwrap();
+        let r = c.debit_batch("a", &[ev("api_calls", 5_000, "k"), ev("api_calls", 10, "k")]).await.unwrap();
+        let got: Vec<(u16, bool)> = r.results.iter().map(|r| (r.status, r.replayed)).collect();
+        assert_eq!(got, [(402, false), (200, false)]);
+    }
+
+    /// Many small grants, each used up by the batch: every commit stays within a transaction's
+    /// 100 items (the memory store refuses more, as DynamoDB does), and all events apply.
+    #[tokio::test]
+    async fn commits_stay_within_a_transactions_items() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
+        for i in 0..40 {
+            c.adjust("a", 10_000, "small", &key(&format!("g{i}"))).await.unwrap();
+        }
+        c.set_alerts("a", &[300_000, 200_000, 100_000, 50_000, 10_000]).await.unwrap();
+        let events: Vec<UsageEvent> = (0..90).map(|i| ev("api_calls", 4, &format!("e{i}"))).collect();
+        let r = c.debit_batch("a", &events).await.unwrap();
+        assert_eq!(r.results.iter().filter(|r| r.status == 200).count(), 90);
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(a.balance.get(), 400_000 - 90 * 4_000);
+        assert_eq!(a.grants.iter().map(|g| g.remaining.get()).sum::<i64>(), a.balance.get());
     }
 }

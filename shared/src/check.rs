@@ -52,6 +52,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
         };
         let now = clock::now_ms();
+        // The state a debit now would start from: grants past their expiry gone, lapsed holds
+        // dropped, a new month's allowance.
+        let account = account.next(now);
         let available = account.available(now).get();
         let p = &self.profile;
         let answer = |allowed, reason, cost| CheckAnswer { allowed, reason, cost, available };

@@ -318,7 +318,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             // (before the change's own), and grants that ended.
             let pending = std::mem::take(&mut planned.next.pending);
             planned.next.index_for_sweep();
-            self.mark_episode(&current, &mut planned.next, planned.cause);
+            // Grants that expired in this write take the balance down as an expiry does (no
+            // recharge for breakage), unless the change itself is usage.
+            let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
+            let cause = if expired && !USAGE_CAUSES.contains(&planned.cause) { "expiry" } else { planned.cause };
+            self.mark_episode(&current, &mut planned.next, cause);
             debug_assert!(planned.next.version > current.version);
             let mut outbox = planned.events;
             // Each grant that expired in this write says so once (rules §15).

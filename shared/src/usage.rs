@@ -66,8 +66,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         };
         let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
-            let d = ledger::draw(profile, a, consumable, quantity, now)?;
+            // Decided on the state the write starts from (grants past their expiry gone), the
+            // one it commits.
             let mut next = a.next(now);
+            let d = ledger::draw(profile, &next, consumable, quantity, now)?;
             ledger::apply_draw(&mut next, consumable, &d, now);
             let entry = (d.cost.get() > 0).then(|| {
                 LedgerEntry::after(
@@ -111,8 +113,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let profile = &self.profile;
         let hold_id = new_id("hold");
         self.apply(id, Some(&claim), |a, now| {
-            let hold = ledger::reserve(profile, a, consumable, quantity, now, ttl_seconds * 1000)?;
             let mut next = a.next(now);
+            let hold = ledger::reserve(profile, &next, consumable, quantity, now, ttl_seconds * 1000)?;
             if next.holds.len() >= MAX_OPEN_HOLDS {
                 return Err(ApiError::rule(
                     "too_many_holds",

@@ -210,7 +210,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             plan: a.plan.clone(),
             unit: p.unit.clone(),
             balance: a.balance.get(),
-            available: a.available(now).get(),
+            available: a.next(now).available(now).get(),
             held: a.held(now).get(),
             low_balance: a.balance <= threshold,
             low_balance_threshold: threshold.get(),

@@ -68,6 +68,13 @@ impl Store for MemoryStore {
         if self.contend.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommitError::Conflict);
         }
+        // DynamoDB refuses a transaction of more than 100 items: so does this store.
+        let items = crate::adapters::dynamo::commit_items(&c).map_err(CommitError::Store)?.len();
+        if items > 100 {
+            return Err(CommitError::Store(StoreError::Unavailable(format!(
+                "a transaction of {items} items (at most 100)"
+            ))));
+        }
         let mut m = self.lock().map_err(CommitError::Store)?;
         let id = c.account.id.clone();
         let current = m.accounts.get(&id);

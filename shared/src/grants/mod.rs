@@ -27,6 +27,9 @@ use crate::clock;
 use crate::ledger::{new_id, EntryKind, LedgerEntry};
 use crate::money::Micros;
 
+/// Grants one write expires at most.
+pub const MAX_EXPIRIES_PER_WRITE: usize = 8;
+
 /// Priority of a grant that does not say (0–100; lower burns first).
 pub const DEFAULT_PRIORITY: u8 = 50;
 pub const MAX_PRIORITY: u8 = 100;
@@ -307,7 +310,10 @@ impl Account {
             .map(|g| (g.expires_at.unwrap_or(0), g.id.clone(), g.remaining.get()))
             .collect();
         due.sort();
-        for (_, id, remaining) in due {
+        // A bounded number a write (each is an entry, an ended-grant record and an event in one
+        // transaction of at most 100 items); the rest expire at the next write or run, and
+        // until then their credits are not spendable anyway.
+        for (_, id, remaining) in due.into_iter().take(MAX_EXPIRIES_PER_WRITE) {
             // Open holds keep what they need: the grant waits until they end.
             if self.balance.get() - remaining < self.held(now).get() {
                 continue;
@@ -376,5 +382,41 @@ impl Grant {
             }
             .to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::GrantTerms;
+    use crate::engine::memory_credits;
+    use crate::ids::key;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::store::Store;
+
+    /// A hold opened before a grant expires, a debit after: the debit sees only what is left
+    /// once the grant has gone, so the hold can always settle and nothing goes below zero.
+    #[tokio::test]
+    async fn a_debit_after_an_expiry_cannot_take_what_a_hold_needs() {
+        let c = memory_credits("org-runs");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "runs", 1_000, &key("allowance")).await.unwrap();
+        c.adjust("a", 50 * C / 100, "live", &key("l")).await.unwrap();
+        let soon = crate::clock::now_ms() + 150;
+        let terms = GrantTerms { expires_at: Some(soon), ..GrantTerms::default() };
+        c.adjust_with("a", 50 * C / 100, "short", &terms, &key("x")).await.unwrap();
+        let hold = c.reserve("a", "runs", 30, 600, &key("h")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // 50 runs (0.5 credit): the short grant expires first, leaving 0.5 with 0.3 held.
+        let check = c.check("a", "runs", 50).await.unwrap();
+        assert!(!check.allowed, "{check:?}");
+        assert_eq!(c.debit("a", "runs", 50, &key("d1")).await.unwrap_err().code(), "out_of_credits");
+        c.debit("a", "runs", 20, &key("d2")).await.unwrap();
+        let settled = c.settle("a", &hold.hold_id, 30).await.unwrap();
+        assert_eq!(settled.from_credits, 30 * C / 100);
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(a.balance.get(), 0);
+        assert_eq!(a.grants.iter().map(|g| g.remaining.get()).sum::<i64>(), 0);
+        let ledger = c.whole_ledger("a").await.unwrap();
+        assert!(crate::reconcile::ledger_differences(&a, &ledger).is_empty());
     }
 }

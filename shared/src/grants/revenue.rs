@@ -124,6 +124,9 @@ pub fn revenue_line(account_id: &str, grants: &[Grant], ledger: &[LedgerEntry], 
 /// The ledger as CSV, newest first, with the page's columns.
 pub fn ledger_csv(entries: &[LedgerEntry]) -> String {
     let field = |s: &str| {
+        // A text cell a spreadsheet would run as a formula is kept as text.
+        let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+        let s = s.as_str();
         if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
@@ -281,6 +284,13 @@ mod tests {
         assert_eq!((after.expired_or_voided, after.deferred), (Valued { credits: 1, amount: 334 }, Valued::default()));
         // Every cent of the grant is accounted for exactly once across the months.
         assert_eq!(before.consumed.amount + l.consumed.amount + after.expired_or_voided.amount, 1000);
+    }
+
+    #[test]
+    fn csv_keeps_formulas_as_text() {
+        let mut e = entry(1, 0, EntryKind::Adjustment, &[("f", 5)]);
+        e.description = "=HYPERLINK(\"x\")".into();
+        assert!(ledger_csv(&[e]).ends_with(",\"'=HYPERLINK(\"\"x\"\")\"\n"), "{}", "quoted and prefixed");
     }
 
     #[test]

@@ -27,8 +27,13 @@ impl DynamoStore {
     /// partition of the expiry index.
     pub(super) async fn expiry_index(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         let mut ids = Vec::new();
-        for shard in 0..crate::account::EXPIRY_INDEX_SHARDS {
+        // Each shard its share, so that accounts that stay due on one (waiting for a hold)
+        // never starve the others.
+        let shards = crate::account::EXPIRY_INDEX_SHARDS;
+        let share = limit.div_ceil(shards as usize).max(1);
+        for shard in 0..shards {
             let mut start = None;
+            let mut taken = 0usize;
             loop {
                 let out = self
                     .client
@@ -38,14 +43,16 @@ impl DynamoStore {
                     .key_condition_expression("gsi2pk = :k AND gsi2sk <= :by")
                     .expression_attribute_values(":k", s(format!("EXPIRY#{shard}")))
                     .expression_attribute_values(":by", s(format!("{:013}", by_ms.max(0))))
+                    .limit(i32::try_from(share - taken).unwrap_or(i32::MAX))
                     .set_exclusive_start_key(start)
                     .send()
                     .await
                     .map_err(|e| unavailable("Query(expiry index)", e))?;
-                ids.extend(out.items().iter().filter_map(account_id_of).map(str::to_string));
-                if ids.len() >= limit {
-                    ids.truncate(limit);
-                    return Ok(ids);
+                let page: Vec<String> = out.items().iter().filter_map(account_id_of).map(str::to_string).collect();
+                taken += page.len();
+                ids.extend(page);
+                if taken >= share {
+                    break;
                 }
                 match out.last_evaluated_key {
                     Some(k) if !k.is_empty() => start = Some(k),
