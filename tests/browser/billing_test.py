@@ -132,7 +132,10 @@ def run(api, moto, table, token_for, http, checks, shots):
                 page.reload()
                 page.wait_for_selector("#credits:not([hidden])")
                 kinds = [r.get_attribute("data-kind") for r in page.locator("#transactions tr").all()]
-                if "auto_recharge" in kinds:
+                # The view reads the account, then the ledger page: a reload between the
+                # recharge's commit and those two reads can show the entry with the balance
+                # from just before it. Wait until both show the recharge.
+                if "auto_recharge" in kinds and page.inner_text("#balance") == "105 minutes":
                     break
                 time.sleep(1)
             checks.check("browser: a debit past the threshold shows the auto-reload in the list",
