@@ -61,28 +61,27 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if !p.consumables.contains_key(consumable) {
             return Ok(answer(false, CheckReason::UnknownConsumable, 0));
         }
-        let Some(pc) = p.plan(&account.plan).and_then(|plan| plan.consumables.get(consumable)) else {
+        if p.plan(&account.plan).and_then(|plan| plan.consumables.get(consumable)).is_none() {
             return Ok(answer(false, CheckReason::NotInPlan, 0));
-        };
-        // What the debit would take from credits after the allowance.
-        let month = clock::month_of(now);
-        let remaining =
-            (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0);
-        let credit_units = quantity - quantity.min(remaining);
-        let Some(cost) = pc.rate.cost(credit_units) else {
-            return Ok(answer(false, CheckReason::InsufficientCredits, i64::MAX));
+        }
+        // The debit's own arithmetic: its price, then whether the account can pay it.
+        let cost = match ledger::price(p, &account, consumable, quantity, now) {
+            Ok((_, _, Some(cost))) => cost.get(),
+            Ok((_, _, None)) => return Ok(answer(false, CheckReason::InsufficientCredits, i64::MAX)),
+            Err(e) => return Err(undecided(id, consumable, &e)),
         };
         match ledger::draw(p, &account, consumable, quantity, now) {
-            Ok(d) if d.cost == cost => Ok(answer(true, CheckReason::Ok, cost.get())),
-            Err(ApiError::OutOfCredits { .. }) => Ok(answer(false, CheckReason::InsufficientCredits, cost.get())),
-            // Anything else (and a debit that would cost other than computed) is a state the
-            // check cannot vouch for: fail closed.
-            other => {
-                tracing::error!(account_id = id, consumable, ?other, "check could not decide");
-                Err(ApiError::Undecided)
-            }
+            Ok(_) => Ok(answer(true, CheckReason::Ok, cost)),
+            Err(ApiError::OutOfCredits { .. }) => Ok(answer(false, CheckReason::InsufficientCredits, cost)),
+            // Anything else is a state the check cannot vouch for: fail closed.
+            Err(e) => Err(undecided(id, consumable, &e)),
         }
     }
+}
+
+fn undecided(account_id: &str, consumable: &str, e: &ApiError) -> ApiError {
+    tracing::error!(account_id, consumable, error = ?e, "check could not decide");
+    ApiError::Undecided
 }
 
 #[cfg(test)]

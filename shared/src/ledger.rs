@@ -203,8 +203,15 @@ pub struct Draw {
     pub cost: Micros,
 }
 
-/// Allowance first, then credits at the plan's rate, all or nothing (strict mode).
-pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i64, now: i64) -> Result<Draw, ApiError> {
+/// How `quantity` would split between the allowance and credits, and what it would cost,
+/// whether or not the account can pay it (`None` cost: beyond what a price can express).
+pub fn price(
+    profile: &Profile,
+    account: &Account,
+    consumable: &str,
+    quantity: i64,
+    now: i64,
+) -> Result<(i64, i64, Option<Micros>), ApiError> {
     check_quantity(quantity, false)?;
     let pc = plan_consumable(profile, account, consumable)?;
     let month = clock::month_of(now);
@@ -212,7 +219,13 @@ pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i6
         (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0);
     let from_allowance = quantity.min(remaining);
     let credit_units = quantity - from_allowance;
-    let cost = pc.rate.cost(credit_units).ok_or_else(|| out_of_credits(profile, account, consumable))?;
+    Ok((from_allowance, credit_units, pc.rate.cost(credit_units)))
+}
+
+/// Allowance first, then credits at the plan's rate, all or nothing (strict mode).
+pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i64, now: i64) -> Result<Draw, ApiError> {
+    let (from_allowance, credit_units, cost) = price(profile, account, consumable, quantity, now)?;
+    let cost = cost.ok_or_else(|| out_of_credits(profile, account, consumable))?;
     if cost > account.available(now) {
         return Err(out_of_credits(profile, account, consumable));
     }

@@ -87,7 +87,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// Reconciles one account against its ledger and Stripe's payments.
     pub async fn reconcile_account<H: PaymentHistory>(&self, history: &H, id: &str) -> Result<AccountReport, ApiError> {
         let account = self.account(id).await?;
-        let ledger = self.full_ledger(id).await?;
+        let ledger = self.whole_ledger(id).await?;
         let claims = self.store.payment_claims(id).await.map_err(|_| ApiError::Upstream)?;
         let stripe = match &account.stripe_customer_id {
             Some(customer) => history.customer_payments(customer).await?,
@@ -104,21 +104,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             stripe_payments: stripe.len(),
             differences,
         })
-    }
-
-    async fn full_ledger(&self, id: &str) -> Result<Vec<LedgerEntry>, ApiError> {
-        let mut all = Vec::new();
-        let mut before = None;
-        loop {
-            let (page, more) = self.store.ledger_page(id, 1000, before).await.map_err(|_| ApiError::Upstream)?;
-            before = page.last().map(|e| e.seq);
-            all.extend(page);
-            if !more || before.is_none() {
-                break;
-            }
-        }
-        all.reverse();
-        Ok(all)
     }
 
     async fn payment_differences(

@@ -131,6 +131,34 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// Every item of partition `pk` whose sort key starts with `prefix`, read page by page
+    /// with strong consistency.
+    async fn query_all<T: DeserializeOwned>(&self, pk: String, prefix: &str, what: &str) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable(what, e))?;
+            for item in page.items() {
+                out.push(from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -421,29 +449,7 @@ impl Store for DynamoStore {
     }
 
     async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
-        let mut claims = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :payment)")
-                .expression_attribute_values(":pk", s(account_pk(account_id)))
-                .expression_attribute_values(":payment", s("IDEM#payment:"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Query(payment claims)", e))?;
-            for item in out.items() {
-                claims.push(from_item(item)?);
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(claims),
-            }
-        }
+        self.query_all(account_pk(account_id), "IDEM#payment:", "Query(payment claims)").await
     }
 
     async fn account_ids(
@@ -460,28 +466,7 @@ impl Store for DynamoStore {
     }
 
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<Grant>, StoreError> {
-        let mut out: Vec<Grant> = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :grant)")
-                .expression_attribute_values(":pk", s(account_pk(account_id)))
-                .expression_attribute_values(":grant", s("GRANT#"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Query(grants)", e))?;
-            for item in page.items() {
-                out.push(from_item(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
+        let mut out: Vec<Grant> = self.query_all(account_pk(account_id), "GRANT#", "Query(grants)").await?;
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
     }
