@@ -48,6 +48,9 @@ pub struct Config {
     /// and `TOPUP_CHECKOUT_CANCEL_URL` (hosted), each defaulting to the billing page. `None`
     /// when neither those nor `TOPUP_BILLING_URL` are set.
     pub checkout_ui: Option<CheckoutUi>,
+    /// Webhooks out: the retry queue, whether loopback endpoints are allowed, the retry
+    /// schedule and window, when a failing endpoint is disabled (`TOPUP_WEBHOOK_*`).
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl Config {
@@ -116,6 +119,8 @@ impl Config {
             }
             Some(_) => return Err(ConfigError::Invalid("TOPUP_CHECKOUT_UI", "must be `embedded` or `hosted`".into())),
         };
+        let webhooks = crate::webhooks::WebhookSettings::from_lookup(&get)
+            .map_err(|(name, why)| ConfigError::Invalid(name, why))?;
         Ok(Config {
             profile,
             stack,
@@ -128,6 +133,7 @@ impl Config {
             stripe_api_base,
             stripe_publishable_key,
             checkout_ui,
+            webhooks,
         })
     }
 }

@@ -7,7 +7,7 @@ use crate::account::{Account, Dispute};
 use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
-use crate::events::{CreditsAdded, DisputeMoved, DomainEvent, Event, RechargeSucceeded};
+use crate::events::{CreditsAdded, DisputeMoved, DomainEvent, Event, RechargeSucceeded, RefundMoved};
 use crate::grants::{Burn, Category, GrantSource, NewGrant, DEFAULT_PRIORITY};
 use crate::ids::RechargeId;
 use crate::ledger::{request_hash, Credited, EntryKind, EntryView, LedgerEntry};
@@ -185,9 +185,21 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = a.next(now);
             next.refunded.insert(payment_intent_id.to_string(), share);
-            let (_, entry) = take_back(p, &mut next, now, owed, (EntryKind::Refund, payment_intent_id), "Refund");
+            let (taken, entry) = take_back(p, &mut next, now, owed, (EntryKind::Refund, payment_intent_id), "Refund");
             let view = entry.as_ref().map(LedgerEntry::view);
-            Change { ledger: entry, ..Change::quiet(next, "refund", view) }.write()
+            let event = DomainEvent::new(
+                id,
+                now,
+                Event::RefundCreated(RefundMoved {
+                    payment_id: payment_intent_id.to_string(),
+                    amount_refunded,
+                    charge_amount,
+                    taken,
+                    forgiven: owed - taken,
+                    balance: next.balance.get(),
+                }),
+            );
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "refund", view) }.write()
         })
         .await?
         .done()

@@ -92,6 +92,21 @@ pub enum Event {
     GrantExpired(GrantExpired),
     /// The balance fell below one of the account's alert thresholds (rules §15).
     BalanceAlert(BalanceAlert),
+    /// A refund of a credited payment took back its share of the credits (what it could).
+    RefundCreated(RefundMoved),
+}
+
+/// `RefundCreated`: the payment, Stripe's running refunded total, and the credits it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundMoved {
+    pub payment_id: String,
+    /// Money refunded so far on the charge, and the charge (minor units).
+    pub amount_refunded: i64,
+    pub charge_amount: i64,
+    /// Credits taken back by this refund, and those not taken (already used or reserved).
+    pub taken: i64,
+    pub forgiven: i64,
+    pub balance: i64,
 }
 
 /// `BalanceAlert`: the threshold crossed from at-or-above to below, and the balances.
@@ -129,13 +144,14 @@ impl Event {
             Event::DisputeClosed(_) => "DisputeClosed",
             Event::GrantExpired(_) => "GrantExpired",
             Event::BalanceAlert(_) => "BalanceAlert",
+            Event::RefundCreated(_) => "RefundCreated",
         }
     }
 
     /// Reads a delivered event back: `None` for a detail type we do not publish, an error for
     /// a detail that does not read as its type.
     pub fn read(detail_type: &str, detail: &Value) -> Option<Result<Event, serde_json::Error>> {
-        const OURS: [&str; 12] = [
+        const OURS: [&str; 13] = [
             "BalanceLow",
             "BalanceDepleted",
             "CreditsAdded",
@@ -148,6 +164,7 @@ impl Event {
             "DisputeClosed",
             "GrantExpired",
             "BalanceAlert",
+            "RefundCreated",
         ];
         OURS.contains(&detail_type)
             .then(|| serde_json::from_value(json!({"detail_type": detail_type, "detail": detail})))
@@ -165,6 +182,7 @@ impl Event {
             Event::PaymentDisputed(d) | Event::DisputeClosed(d) => d.balance,
             Event::GrantExpired(d) => d.balance,
             Event::BalanceAlert(d) => d.balance,
+            Event::RefundCreated(d) => d.balance,
         }
     }
 
@@ -259,6 +277,8 @@ pub fn sample_detail(detail_type: &str, overrides: Value) -> Value {
             "message": null, "credits": 0, "charge": charge, "balance": 0}),
         "AutoRechargePaused" => json!({"month": "2026-11", "reason": "monthly_cap", "monthly_max": 10,
             "monthly_spend_max": null, "balance": 0}),
+        "RefundCreated" => json!({"payment_id": "pi_1", "amount_refunded": 0, "charge_amount": 0, "taken": 0,
+            "forgiven": 0, "balance": 0}),
         "PaymentDisputed" | "DisputeClosed" => json!({"dispute_id": "dp_1", "payment_id": "pi_1", "status": "open",
             "taken": 0, "disputed": charge, "balance": 0}),
         _ => json!({}),

@@ -33,6 +33,7 @@ pub mod store;
 pub mod sweep;
 pub mod usage;
 pub mod views;
+pub mod webhooks;
 
 pub use config::Config;
 pub use error::ApiError;
@@ -81,4 +82,55 @@ pub fn live_notifier(
         ),
         billing_url,
     })
+}
+
+/// The live webhook deliverer of the `webhooks-out` function: DynamoDB for endpoints and
+/// deliveries, the checked HTTPS client, SQS for follow-ups, SES to tell an endpoint's owner
+/// it was disabled. Needs `TOPUP_WEBHOOK_QUEUE_URL`.
+pub fn live_dispatcher(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+) -> Result<
+    webhooks::deliver::Dispatcher<
+        adapters::dynamo::DynamoStore,
+        adapters::webhooks_out::HttpSender,
+        adapters::webhooks_out::SqsRetryQueue,
+        adapters::ses_sns::AwsChannels,
+    >,
+    config::ConfigError,
+> {
+    let settings = config.webhooks.clone();
+    let queue_url = settings.queue_url.clone().ok_or(config::ConfigError::Missing("TOPUP_WEBHOOK_QUEUE_URL"))?;
+    let from = config.email_from.clone().ok_or(config::ConfigError::Missing("TOPUP_EMAIL_FROM"))?;
+    let sender = adapters::webhooks_out::HttpSender::new(settings.allow_loopback)
+        .map_err(|e| config::ConfigError::Invalid("TOPUP_WEBHOOK_ALLOW_LOOPBACK", format!("no TLS roots: {e}")))?;
+    Ok(webhooks::deliver::Dispatcher {
+        store: adapters::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone()),
+        sender,
+        queue: adapters::webhooks_out::SqsRetryQueue::new(aws_sdk_sqs::Client::new(aws), Some(queue_url)),
+        channels: adapters::ses_sns::AwsChannels::new(
+            aws_sdk_sesv2::Client::new(aws),
+            aws_sdk_sns::Client::new(aws),
+            from.clone(),
+        ),
+        settings,
+        operator_email: Some(from),
+    })
+}
+
+/// The endpoints' administration for `credits-api`: the same table, and the retry queue a
+/// manual redelivery is put on (when `TOPUP_WEBHOOK_QUEUE_URL` is not set, redelivery answers
+/// 503 and says so in the log).
+pub fn live_webhook_admin(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+) -> webhooks::api::WebhookAdmin<adapters::dynamo::DynamoStore, adapters::webhooks_out::SqsRetryQueue> {
+    webhooks::api::WebhookAdmin {
+        store: adapters::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), config.table.clone()),
+        queue: adapters::webhooks_out::SqsRetryQueue::new(
+            aws_sdk_sqs::Client::new(aws),
+            config.webhooks.queue_url.clone(),
+        ),
+        settings: config.webhooks.clone(),
+    }
 }

@@ -41,9 +41,11 @@ pub fn notification_kind(event: &Event) -> Option<&'static str> {
         Event::CreditsAdded(c) if c.settled_after_processing => Some("credit_purchase_settled"),
         Event::AutoRechargePaused(_) => Some("credit_auto_recharge_paused"),
         Event::PaymentDisputed(_) => Some("credit_payment_disputed"),
-        Event::CreditsAdded(_) | Event::PurchaseProcessing(_) | Event::DisputeClosed(_) | Event::GrantExpired(_) => {
-            None
-        }
+        Event::CreditsAdded(_)
+        | Event::PurchaseProcessing(_)
+        | Event::DisputeClosed(_)
+        | Event::GrantExpired(_)
+        | Event::RefundCreated(_) => None,
     }
 }
 
@@ -55,7 +57,7 @@ fn charge(c: &Charge) -> String {
     format_money(c.amount, &c.currency)
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
@@ -176,7 +178,9 @@ pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -
             )
         }
         // Nothing is sent for these (`notification_kind` answered `None` above).
-        Event::PurchaseProcessing(_) | Event::DisputeClosed(_) | Event::GrantExpired(_) => return None,
+        Event::PurchaseProcessing(_) | Event::DisputeClosed(_) | Event::GrantExpired(_) | Event::RefundCreated(_) => {
+            return None
+        }
     };
     let text = format!("{}\n\n{action}: {billing_url}\n", paragraphs.join("\n\n"));
     let html = format!(

@@ -7,3 +7,4 @@ pub mod memory;
 pub mod secrets;
 pub mod ses_sns;
 pub mod stripe;
+pub mod webhooks_out;

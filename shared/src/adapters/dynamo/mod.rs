@@ -34,6 +34,7 @@ mod attributes;
 mod items;
 mod listing;
 mod table;
+mod webhooks;
 
 pub use items::{commit_items, item_size, ItemWrite};
 use items::{idempotency_key, page_entries, plan_commit, purchase_planned, Planned, Slot};

@@ -1,0 +1,149 @@
+//! Where endpoints and deliveries are kept. Every write is conditional on the record's
+//! `version` (`None`: it must not exist yet), so two writers never lose each other's change:
+//! the loser reads again and decides again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use super::{Delivery, Endpoint};
+use crate::store::StoreError;
+
+pub trait WebhookStore: Send + Sync {
+    /// Writes `e` (its `version` already advanced) if the stored version is `expected`
+    /// (`None`: no endpoint with its id). `false` when that did not hold.
+    fn put_endpoint(
+        &self,
+        e: &Endpoint,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn endpoint(&self, id: &str) -> impl Future<Output = Result<Option<Endpoint>, StoreError>> + Send;
+    /// Every endpoint, deleted ones too, oldest first.
+    fn endpoints(&self) -> impl Future<Output = Result<Vec<Endpoint>, StoreError>> + Send;
+    /// As `put_endpoint`, for a delivery.
+    fn put_delivery(
+        &self,
+        d: &Delivery,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn delivery(
+        &self,
+        endpoint_id: &str,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<Option<Delivery>, StoreError>> + Send;
+    /// An endpoint's deliveries, newest first, `limit` at a time after the delivery id `after`;
+    /// the page and the id to continue after, if there may be more.
+    fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<Delivery>, Option<String>), StoreError>> + Send;
+}
+
+/// In memory, for unit tests.
+#[derive(Default)]
+pub struct MemoryWebhookStore {
+    endpoints: Mutex<BTreeMap<String, Endpoint>>,
+    /// (endpoint id, delivery id) → delivery; delivery ids sort by event time.
+    deliveries: Mutex<BTreeMap<(String, String), Delivery>>,
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("memory store lock poisoned".into())
+}
+
+impl WebhookStore for MemoryWebhookStore {
+    async fn put_endpoint(&self, e: &Endpoint, expected: Option<u64>) -> Result<bool, StoreError> {
+        let mut m = self.endpoints.lock().map_err(|_| poisoned())?;
+        if m.get(&e.id).map(|s| s.version) != expected {
+            return Ok(false);
+        }
+        m.insert(e.id.clone(), e.clone());
+        Ok(true)
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        Ok(self.endpoints.lock().map_err(|_| poisoned())?.get(id).cloned())
+    }
+
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        let mut all: Vec<Endpoint> = self.endpoints.lock().map_err(|_| poisoned())?.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    async fn put_delivery(&self, d: &Delivery, expected: Option<u64>) -> Result<bool, StoreError> {
+        let mut m = self.deliveries.lock().map_err(|_| poisoned())?;
+        let key = (d.endpoint_id.clone(), d.id.clone());
+        if m.get(&key).map(|s| s.version) != expected {
+            return Ok(false);
+        }
+        m.insert(key, d.clone());
+        Ok(true)
+    }
+
+    async fn delivery(&self, endpoint_id: &str, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+        let m = self.deliveries.lock().map_err(|_| poisoned())?;
+        Ok(m.get(&(endpoint_id.to_string(), delivery_id.to_string())).cloned())
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<Delivery>, Option<String>), StoreError> {
+        let m = self.deliveries.lock().map_err(|_| poisoned())?;
+        let mut page: Vec<Delivery> = m
+            .iter()
+            .rev()
+            .filter(|((e, id), _)| e == endpoint_id && after.is_none_or(|a| id.as_str() < a))
+            .map(|(_, d)| d.clone())
+            .take(limit + 1)
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more { page.last().map(|d| d.id.clone()) } else { None };
+        Ok((page, next))
+    }
+}
+
+/// A borrowed store is a store (tests and the function share one).
+impl<T: WebhookStore> WebhookStore for &T {
+    fn put_endpoint(
+        &self,
+        e: &Endpoint,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).put_endpoint(e, expected)
+    }
+    fn endpoint(&self, id: &str) -> impl Future<Output = Result<Option<Endpoint>, StoreError>> + Send {
+        (**self).endpoint(id)
+    }
+    fn endpoints(&self) -> impl Future<Output = Result<Vec<Endpoint>, StoreError>> + Send {
+        (**self).endpoints()
+    }
+    fn put_delivery(
+        &self,
+        d: &Delivery,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).put_delivery(d, expected)
+    }
+    fn delivery(
+        &self,
+        endpoint_id: &str,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<Option<Delivery>, StoreError>> + Send {
+        (**self).delivery(endpoint_id, delivery_id)
+    }
+    fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<Delivery>, Option<String>), StoreError>> + Send {
+        (**self).deliveries(endpoint_id, limit, after)
+    }
+}
