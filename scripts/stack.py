@@ -137,8 +137,35 @@ def start_emulators(stack: Stack, moto_port: int, stripe_port: int) -> tuple[str
     return moto, stripe
 
 
+# webhooks-out's retry queue and its dead letters, as the template's WebhookRetryQueue and
+# WebhookRetryDeadLetters, named per bus (two served stacks never share a queue). The visibility
+# timeout is the template's 180 s cut to 30: a batch item the function reports failed comes
+# back within a local test's patience.
+WEBHOOK_RETRY_QUEUE = "WebhookRetryQueue"
+WEBHOOK_RETRY_DEAD_LETTERS = "WebhookRetryDeadLetters"
+WEBHOOK_RETRY_VISIBILITY_S = 30
+WEBHOOK_RETRY_MAX_RECEIVES = 5
+
+
+def webhook_retry_queue(endpoint: str, bus: str) -> str:
+    """Makes (or finds: the same attributes make the same queue) `<bus>-WebhookRetryQueue`, with
+    its RedrivePolicy to `<bus>-WebhookRetryDeadLetters`, in the emulator; returns its URL.
+    scripts/wiring.py hands its messages to webhooks-out as the template's SQS event does."""
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    dlq = sqs.create_queue(QueueName=f"{bus}-{WEBHOOK_RETRY_DEAD_LETTERS}")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": WEBHOOK_RETRY_MAX_RECEIVES})
+    return sqs.create_queue(QueueName=f"{bus}-{WEBHOOK_RETRY_QUEUE}", Attributes={
+        "VisibilityTimeout": str(WEBHOOK_RETRY_VISIBILITY_S), "MessageRetentionPeriod": "345600",
+        "RedrivePolicy": redrive})["QueueUrl"]
+
+
 def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) -> None:
-    """What the SAM template creates, made in the emulator: table (with TTL), bus, sender."""
+    """What the SAM template creates, made in the emulator: table (with TTL), bus, sender,
+    webhooks-out's retry queue (with its dead-letter queue)."""
     import boto3  # from the venv (moto depends on it)
 
     kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test")
@@ -169,6 +196,7 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
     ses = boto3.client("sesv2", **kw)
     if sender_domain not in [i["IdentityName"] for i in ses.list_email_identities().get("EmailIdentities", [])]:
         ses.create_email_identity(EmailIdentity=sender_domain)
+    webhook_retry_queue(endpoint, bus)
 
 
 def put_stripe_secret(endpoint: str, name: str, secret_key: str, webhook_secret: str) -> str:
@@ -207,6 +235,15 @@ def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str,
         "TOPUP_CHECKOUT_UI": env.get("TOPUP_CHECKOUT_UI", "hosted"),
         "TOPUP_EMAIL_FROM": env.get("TOPUP_EMAIL_FROM", "billing@example.com"),
         "TOPUP_BILLING_URL": env.get("TOPUP_BILLING_URL", "http://localhost:3000/settings/billing"),
+        # Webhooks out: the retry queue (made by create_resources; found again here), endpoints
+        # on http:// and 127.0.0.1 (a receiver you run yourself; never in the template), and a
+        # retry schedule of seconds rather than days, so that a local test sees an endpoint
+        # retried, given up on and disabled.
+        "TOPUP_WEBHOOK_QUEUE_URL": env.get("TOPUP_WEBHOOK_QUEUE_URL") or webhook_retry_queue(endpoint, bus),
+        "TOPUP_WEBHOOK_ALLOW_LOOPBACK": env.get("TOPUP_WEBHOOK_ALLOW_LOOPBACK", "true"),
+        "TOPUP_WEBHOOK_RETRY_SCHEDULE": env.get("TOPUP_WEBHOOK_RETRY_SCHEDULE", "1,2,4,8,16,30"),
+        "TOPUP_WEBHOOK_RETRY_WINDOW": env.get("TOPUP_WEBHOOK_RETRY_WINDOW", "300"),
+        "TOPUP_WEBHOOK_DISABLE_AFTER": env.get("TOPUP_WEBHOOK_DISABLE_AFTER", "900"),
         "AWS_LAMBDA_LOG_LEVEL": env.get("AWS_LAMBDA_LOG_LEVEL", "info"),
     })
     return env
@@ -274,6 +311,7 @@ def serve(args) -> int:
         register_webhook(stripe, args.port)
         svc = token_for("service", None, secret)
         failures = "\n".join(f"  {binary:<15} {url.rsplit('/', 1)[-1]}" for binary, url in r.forwarder.failure_queues.items())
+        retries = env["TOPUP_WEBHOOK_QUEUE_URL"].rsplit("/", 1)[-1]
         print(f"""
 topup is serving on http://127.0.0.1:{args.port} (profile {args.profile})
   moto (AWS)      {moto}   data: {moto}/moto-api/data.json
@@ -304,6 +342,11 @@ Sent emails and SMS land in moto: {moto}/moto-api/data.json (ses.Message, sns.SM
 Events a function still failed on after its retries land in its failure queue:
 {failures}
   scripts/redrive --queue <queue> --endpoint-url {moto} --lambda-endpoint-url http://127.0.0.1:{args.watch_port}
+Webhooks out to a receiver of your own (locally http:// and 127.0.0.1 are allowed):
+  curl -s -X POST http://127.0.0.1:{args.port}/v1/webhook-endpoints -H "authorization: Bearer $T" \\
+       -H 'content-type: application/json' -d '{{"url":"http://127.0.0.1:8080/hook","events":["*"]}}'
+  Retries wait in {retries} (seconds apart: {env['TOPUP_WEBHOOK_RETRY_SCHEDULE']}); a retry webhooks-out
+  itself failed on {WEBHOOK_RETRY_MAX_RECEIVES} times goes to {retries.replace(WEBHOOK_RETRY_QUEUE, WEBHOOK_RETRY_DEAD_LETTERS)}.
 Ctrl-C stops everything.
 """, flush=True)
         del svc

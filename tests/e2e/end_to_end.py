@@ -260,6 +260,8 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
         except Exception as e:
             checks.check("browser (usd-overage) ran to the end", False, repr(e))
 
+        webhooks_out(api, svc, checks, stack_api)
+
         # The contract: schemathesis generates requests from infra/openapi.yaml (valid and not)
         # against the served API; no 5xx, no status or body outside the document.
         s, b = http("PUT", f"{api}/v1/accounts/fuzz", svc, {"plan": "pro", "billing_contacts": [{"email": "fuzz@example.com"}]})
@@ -277,14 +279,16 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
 
         manifest = json.loads((stack_api.ROOT / "events/expected.json").read_text())
         for file, expected in manifest:
-            fn = file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-", "reconcile-")) else "credits-api"
+            fn = ("webhooks-out" if file.startswith("webhooks-out-")
+                  else file.split("-")[0] if file.startswith(("debit-", "notify-", "purchase-", "webhook-", "reconcile-"))
+                  else "credits-api")
             out = subprocess.run(["cargo", "lambda", "invoke", fn, "--data-file", f"events/{file}",
                                   "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port)],
                                  cwd=stack_api.ROOT, env=env, capture_output=True, text=True, timeout=120)
             try:
                 reply = json.loads(out.stdout)
                 # An HTTP function answers a status; an event function's success stands for 200.
-                status = reply.get("statusCode", 200 if out.returncode == 0 and fn in ("notify", "reconcile") else None)
+                status = reply.get("statusCode", 200 if out.returncode == 0 and fn in ("notify", "reconcile", "webhooks-out") else None)
             except json.JSONDecodeError:
                 status = None
             checks.check(f"cargo lambda invoke {fn} --data-file events/{file} → {expected}",
@@ -356,6 +360,133 @@ class SesGate:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: answers each POST with the next scripted status (200
+    once the script is done) and keeps the signature header and raw body of each."""
+
+    def __init__(self, script: list[int]) -> None:
+        import http.server
+
+        self.script = list(script)
+        self.got: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        me = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with me.lock:
+                    me.got.append((self.headers.get("topup-signature", ""), body))
+                    status = me.script.pop(0) if me.script else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/topup"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(b) for _, b in self.got]
+
+    def wait(self, n: int, timeout: float) -> list[dict]:
+        end = time.time() + timeout
+        while time.time() < end and len(self.got) < n:
+            time.sleep(0.2)
+        return self.bodies()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def readme_verify(root):
+    """The README's receiver example, run as a receiver would run it."""
+    text = (root / "README.md").read_text()
+    block = text.split("<!-- verify-webhook:start -->", 1)[1].split("<!-- verify-webhook:end -->", 1)[0]
+    code = block.split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md (verify-webhook)", "exec"), scope)
+    return scope["verify"]
+
+
+def webhooks_out(api: str, svc: str, checks: Checks, stack_api) -> None:
+    """Webhooks out through the served stack: endpoints registered through the router, events
+    from the bus (the template's rule → webhooks-out), retries from the SQS queue with real
+    delays (the template's SQS source, honoured by scripts/wiring.py), every delivery verified
+    with the README's example."""
+    verify = readme_verify(stack_api.ROOT)
+    s, b = http("POST", f"{api}/v1/webhook-endpoints", svc, {"url": "https://10.0.0.7/hook", "events": ["*"]})
+    checks.check("a private-address webhook URL → 422 invalid_url", s == 422 and b["error"]["code"] == "invalid_url", f"{s} {b}")
+    s, b = http("POST", f"{api}/v1/webhook-endpoints", svc, {"url": "https://169.254.169.254/latest", "events": ["*"]})
+    checks.check("a link-local webhook URL → 422 invalid_url", s == 422 and b["error"]["code"] == "invalid_url", f"{s} {b}")
+
+    alerts, flaky = Receiver([]), Receiver([500, 500, 500])
+    made = []
+    try:
+        s, a = http("POST", f"{api}/v1/webhook-endpoints", svc, {"url": alerts.url, "events": ["balance.alert"]})
+        s2, f = http("POST", f"{api}/v1/webhook-endpoints", svc, {"url": flaky.url, "events": ["balance.low"]})
+        checks.check("POST /v1/webhook-endpoints (loopback, allowed by the local stack's configuration) → 201 with the secret",
+                     s == 201 and s2 == 201 and str(a.get("secret", "")).startswith("whsec_"), f"{s} {a} {s2} {f}")
+        if s != 201 or s2 != 201:
+            return
+        made = [a["id"], f["id"]]
+        # $20 → $4: crosses the $15 and $10 alerts and the $5 low-balance threshold.
+        http("PUT", f"{api}/v1/accounts/e2e-hooks", svc, {"plan": "free", "billing_contacts": []})
+        http("POST", f"{api}/v1/accounts/e2e-hooks/usage", svc, {"consumable": "api_calls", "quantity": 1000, "idempotency_key": "h0"})
+        http("POST", f"{api}/v1/accounts/e2e-hooks/credits/adjustments", svc,
+             {"amount": 20_000_000, "reason": "hooks grant", "idempotency_key": "hg1"})
+        s, _ = http("PUT", f"{api}/v1/accounts/e2e-hooks/credits/alerts", svc, {"thresholds": [15_000_000, 10_000_000]})
+        s2, d = http("POST", f"{api}/v1/accounts/e2e-hooks/usage", svc,
+                     {"consumable": "api_calls", "quantity": 16_000, "idempotency_key": "h1"})
+        checks.check("a debit from $20 to $4 → 200", s == 200 and s2 == 200, f"{s} {s2} {d}")
+
+        got = alerts.wait(2, 30)
+        time.sleep(3)  # anything more would be a duplicate
+        got = alerts.bodies()
+        thresholds = sorted(b["data"].get("threshold") for b in got)
+        checks.check("the debit crossing two alert thresholds delivers each balance.alert once to the receiver",
+                     thresholds == [10_000_000, 15_000_000] and all(b["type"] == "balance.alert" and b["account_id"] == "e2e-hooks"
+                                                                    and b["data"].get("balance") == 4_000_000 for b in got),
+                     f"{got}")
+        checks.check("every alert delivery verifies with the README's example (and not with another secret)",
+                     bool(alerts.got) and all(verify(a["secret"], sig, body) and not verify(f["secret"], sig, body)
+                                              for sig, body in alerts.got), f"{alerts.got[:1]}")
+
+        # The flaky receiver: 500, 500, 500, then 200, after 1 s, 2 s and 4 s (the local schedule).
+        started = time.time()
+        got = flaky.wait(4, 60)
+        took = time.time() - started
+        time.sleep(3)
+        got = flaky.bodies()
+        ids = {b["id"] for b in got}
+        checks.check("a receiver answering 500 three times then 200 gets balance.low four times, with one id and body",
+                     len(got) == 4 and len(ids) == 1 and got[0]["type"] == "balance.low"
+                     and len({body for _, body in flaky.got}) == 1, f"{len(got)} deliveries in {took:.1f} s: {got}")
+        checks.check("its retries waited for the schedule's delays (1 + 2 + 4 s)", took >= 6.0, f"{took:.1f} s")
+        checks.check("every retry verifies with the README's example",
+                     all(verify(f["secret"], sig, body) for sig, body in flaky.got), f"{flaky.got[:1]}")
+        s, page = http("GET", f"{api}/v1/webhook-endpoints/{f['id']}/deliveries", svc)
+        rec = (page or {}).get("deliveries", [{}])[0] if s == 200 and page.get("deliveries") else {}
+        checks.check("GET …/deliveries shows it succeeded on attempt 4, last answer 200",
+                     (rec.get("status"), rec.get("attempts"), rec.get("last_response_code"), rec.get("event_id"))
+                     == ("succeeded", 4, 200, next(iter(ids), None)), f"{s} {page}")
+        if rec.get("id"):
+            s, r = http("POST", f"{api}/v1/webhook-endpoints/{f['id']}/deliveries/{rec['id']}/redeliver", svc, {})
+            again = flaky.wait(5, 30)
+            checks.check("a manual redelivery → 202, and the receiver gets the same event id once more",
+                         s == 202 and len(again) == 5 and again[4]["id"] == rec.get("event_id"), f"{s} {r} {len(again)}")
+    finally:
+        for i in made:
+            http("DELETE", f"{api}/v1/webhook-endpoints/{i}", svc)
+        alerts.close()
+        flaky.close()
 
 
 def batch_usage(api, svc, checks):

@@ -51,6 +51,12 @@ pub struct World {
     pub events: aws_sdk_eventbridge::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub aws: aws_config::SdkConfig,
+    /// Webhook endpoints, over this world's table and its own follow-up queue
+    /// (`config.webhooks.queue_url`).
+    pub webhooks: topup::webhooks::api::WebhookAdmin<
+        topup::adapters::dynamo::DynamoStore,
+        topup::adapters::webhooks_out::SqsRetryQueue,
+    >,
 }
 
 /// An idempotency key for a test, checked like any other.
@@ -71,6 +77,8 @@ impl World {
         let events = aws_sdk_eventbridge::Client::new(&aws);
         create_table(&dynamo, &table).await.expect("create table on the emulator");
         events.create_event_bus().name(&bus).send().await.expect("create bus on the emulator");
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let queue = sqs.create_queue().queue_name(unique("whq")).send().await.expect("create queue on the emulator");
         let config = Config {
             profile: Profile::load(profile).expect("shipped profile"),
             // Each world is its own deployment: its Stripe keys and objects are its own.
@@ -87,9 +95,18 @@ impl World {
                 success_url: "https://app.example.com/settings/billing?checkout_session={CHECKOUT_SESSION_ID}".into(),
                 cancel_url: "https://app.example.com/settings/billing".into(),
             }),
+            // Receivers in tests listen on 127.0.0.1; retries a second apart.
+            webhooks: topup::webhooks::WebhookSettings {
+                queue_url: queue.queue_url().map(str::to_string),
+                allow_loopback: true,
+                retry_schedule: vec![1, 1, 2],
+                retry_window_s: 60,
+                ..topup::webhooks::WebhookSettings::default()
+            },
         };
         let credits = topup::live(&config, &aws);
-        World { config, credits, dynamo, events, sqs: aws_sdk_sqs::Client::new(&aws), aws }
+        let webhooks = topup::live_webhook_admin(&config, &aws);
+        World { config, credits, dynamo, events, sqs, aws, webhooks }
     }
 
     /// Another process's view of the same table and bus: a fresh cache, as a second Lambda
@@ -129,7 +146,7 @@ impl World {
     }
 
     pub async fn api(&self, req: Request) -> (u16, Value) {
-        read(credits_api::handle(&self.config, &self.credits, req).await)
+        read(credits_api::handle(&self.config, &self.webhooks, &self.credits, req).await)
     }
 
     /// The `purchase` function against the local Stripe.

@@ -10,7 +10,8 @@ async fn the_billing_page_is_served_with_its_configuration_and_a_policy() {
     let mut w = World::new("voice-minutes").await;
     w.config.stripe_publishable_key = Some("pk_test_</script><b>".into());
     w.config.stripe_api_base = Some("http://127.0.0.1:8420".into());
-    let resp = credits_api::handle(&w.config, &w.credits, request("GET", "/billing", None, None, None)).await;
+    let resp =
+        credits_api::handle(&w.config, &w.webhooks, &w.credits, request("GET", "/billing", None, None, None)).await;
     assert_eq!(resp.status(), 200);
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     assert_eq!(header("content-type"), "text/html; charset=utf-8");
@@ -29,9 +30,11 @@ async fn the_billing_page_is_served_with_its_configuration_and_a_policy() {
     assert!(!html.contains("sk_test"), "no secret in the page");
     // Stripe's own API is not an emulator.
     w.config.stripe_api_base = Some("https://api.stripe.com".into());
-    let resp = credits_api::handle(&w.config, &w.credits, request("GET", "/billing", None, None, None)).await;
+    let resp =
+        credits_api::handle(&w.config, &w.webhooks, &w.credits, request("GET", "/billing", None, None, None)).await;
     let Body::Text(html) = resp.body() else { panic!("text body") };
     assert!(html.contains(r#""stripe_emulator":null"#));
-    let resp = credits_api::handle(&w.config, &w.credits, request("POST", "/billing", None, None, None)).await;
+    let resp =
+        credits_api::handle(&w.config, &w.webhooks, &w.credits, request("POST", "/billing", None, None, None)).await;
     assert_eq!(resp.status(), 405);
 }

@@ -70,7 +70,7 @@ async fn the_check_fails_closed() {
     let down = aws_config().await.to_builder().endpoint_url("http://127.0.0.1:1").build();
     let blind = topup::live(&w.config, &down);
     let req = get("/v1/accounts/acme/credits/check?consumable=api_calls&quantity=1", &service());
-    let resp = credits_api::handle(&w.config, &blind, req).await;
+    let resp = credits_api::handle(&w.config, &w.webhooks, &blind, req).await;
     assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let (s, b) = read(resp);
     assert_eq!((s, b["error"]["code"].as_str()), (503, Some("check_unavailable")), "{b}");

@@ -191,7 +191,8 @@ async fn voice_minutes_free_shows_the_seed_notice_and_a_downgrade_turns_auto_rel
     .await;
     let a = w.credits.store.load_account("clinic").await.expect("load").expect("exists");
     let other = w.another_instance();
-    let (_, v) = read(credits_api::handle(&w.config, &other, get("/v1/accounts/clinic/credits", &service())).await);
+    let (_, v) =
+        read(credits_api::handle(&w.config, &w.webhooks, &other, get("/v1/accounts/clinic/credits", &service())).await);
     assert_eq!(
         (v["auto_recharge"]["enabled"].as_bool(), v["auto_recharge"]["level"].as_str()),
         (Some(true), Some("critical"))
@@ -206,6 +207,7 @@ async fn voice_minutes_free_shows_the_seed_notice_and_a_downgrade_turns_auto_rel
     let (s, b) = read(
         credits_api::handle(
             &w.config,
+            &w.webhooks,
             &other,
             put("/v1/accounts/clinic", &service(), json!({"plan": "free", "billing_contacts": []})),
         )

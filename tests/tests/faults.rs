@@ -635,12 +635,19 @@ impl Schedule {
                 });
                 let n = self.rng.below(2);
                 let req = post(&self.path("/credits/adjustments"), &service(), body);
-                statuses.push(read(Box::pin(credits_api::handle(&self.w.config, &self.instances[n], req)).await).0);
+                statuses.push(
+                    read(
+                        Box::pin(credits_api::handle(&self.w.config, &self.w.webhooks, &self.instances[n], req)).await,
+                    )
+                    .0,
+                );
             }
             "void" => {
                 let n = self.rng.below(2);
                 let req = get(&self.path("/credits/grants"), &service());
-                let (s, b) = read(Box::pin(credits_api::handle(&self.w.config, &self.instances[n], req)).await);
+                let (s, b) = read(
+                    Box::pin(credits_api::handle(&self.w.config, &self.w.webhooks, &self.instances[n], req)).await,
+                );
                 statuses.push(s);
                 let ids: Vec<String> = b["grants"]
                     .as_array()
@@ -651,7 +658,9 @@ impl Schedule {
                     .collect();
                 if let Some(id) = self.rng.pick(&ids).cloned() {
                     let req = post(&self.path(&format!("/credits/grants/{id}/void")), &service(), json!({}));
-                    let (s, b) = read(Box::pin(credits_api::handle(&self.w.config, &self.instances[n], req)).await);
+                    let (s, b) = read(
+                        Box::pin(credits_api::handle(&self.w.config, &self.w.webhooks, &self.instances[n], req)).await,
+                    );
                     statuses.push(s);
                     if s == 200 && b["status"] != "voided" && b["status"] != "used" && b["status"] != "expired" {
                         self.fail(format!("void answered {b}"));
@@ -902,7 +911,7 @@ impl Schedule {
                 let body = json!({"plan": plan, "billing_contacts": [{"email": "billing@example.com"}]});
                 let req = put(&self.path(""), &service(), body);
                 let n = self.rng.below(2);
-                let (s, _) = read(credits_api::handle(&self.w.config, &self.instances[n], req).await);
+                let (s, _) = read(credits_api::handle(&self.w.config, &self.w.webhooks, &self.instances[n], req).await);
                 statuses.push(s);
             }
             other => self.fail(format!("unknown step {other}")),

@@ -308,6 +308,7 @@ async fn a_refund_takes_from_its_own_grant_and_the_report_matches_the_ledger() {
     // The ledger as CSV: a header and a row per entry, newest first.
     let resp = credits_api::handle(
         &w.config,
+        &w.webhooks,
         &w.credits,
         get("/v1/accounts/org/credits/transactions.csv", &person("member", "org")),
     )

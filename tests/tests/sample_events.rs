@@ -1,5 +1,6 @@
 //! The sample events in `events/` (API Gateway HTTP API payloads with JWT authorizer claims,
-//! and EventBridge events for `notify` and `reconcile`) run through the handlers in the order of `events/expected.json`, each with its status.
+//! EventBridge events for `notify`, `reconcile` and `webhooks-out`, and an SQS batch for
+//! `webhooks-out`) run through the handlers in the order of `events/expected.json`, each with its status.
 //! The same files drive `cargo lambda invoke` in `./scripts/test`.
 
 use topup_tests::*;
@@ -39,6 +40,21 @@ async fn every_sample_event_answers_its_expected_status() {
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             let problems = reconcile::log_report(&report, reconcile::GRACE_S);
             assert_eq!((expected, problems), (200, 0), "{file}: {:?}", report.differences);
+            continue;
+        }
+        if file.starts_with("webhooks-out-") {
+            // An EventBridge event or an SQS batch of follow-ups: 200 stands for "handled, no
+            // record to receive again" (no endpoint is registered, and a follow-up for a
+            // delivery that does not exist is done).
+            let event: serde_json::Value = serde_json::from_str(&text).expect("event json");
+            let d = topup::live_dispatcher(&w.config, &w.aws).expect("dispatcher");
+            let reply = webhooks_out::handle(&d, &event, topup::clock::now_ms())
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            if event.get("Records").is_some() {
+                assert_eq!(reply["batchItemFailures"], serde_json::json!([]), "{file}");
+            }
+            assert_eq!(expected, 200, "{file}");
             continue;
         }
         let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));

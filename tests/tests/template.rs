@@ -36,9 +36,9 @@ fn the_template_never_sets_the_local_jwt_secret() {
     );
 }
 
-/// Issue 6: every function has an errors and a throttles alarm; both dead-letter queues and the
-/// three failure queues have a depth alarm; the outbox, sweep and reconciliation metrics have
-/// theirs; every alarm notifies the topic.
+/// Issue 6: every function has an errors and a throttles alarm; the four dead-letter queues
+/// (three rules', webhooks-out's retries') and the four failure queues have a depth alarm; the
+/// outbox, sweep and reconciliation metrics have theirs; every alarm notifies the topic.
 #[test]
 fn every_function_and_dead_letter_queue_is_watched() {
     let t = template();
@@ -48,7 +48,7 @@ fn every_function_and_dead_letter_queue_is_watched() {
         .filter(|w| w[1].trim() == "Type: AWS::Serverless::Function")
         .map(|w| w[0].trim().trim_end_matches(':'))
         .collect();
-    assert_eq!(functions.len(), 7, "{functions:?}");
+    assert_eq!(functions.len(), 8, "{functions:?}");
     for f in &functions {
         for metric in ["Errors", "Throttles"] {
             assert!(t.contains(&format!("  {f}{metric}Alarm:\n")), "{f} has no {metric} alarm");
@@ -57,9 +57,12 @@ fn every_function_and_dead_letter_queue_is_watched() {
     for q in [
         "AutoRechargeDeadLetters",
         "NotifyDeadLetters",
+        "WebhooksOutDeadLetters",
+        "WebhookRetryDeadLetters",
         "AutoRechargeFunctionFailures",
         "NotifyFunctionFailures",
         "ReconcileFunctionFailures",
+        "WebhooksOutFunctionFailures",
     ] {
         assert!(t.contains(&format!("  {q}Alarm:\n")), "{q} has no depth alarm");
     }
@@ -70,7 +73,7 @@ fn every_function_and_dead_letter_queue_is_watched() {
     let alarms = t.matches("Type: AWS::CloudWatch::Alarm").count();
     assert_eq!(
         alarms,
-        7 * 2 + 2 + 3 + 4 + 1,
+        8 * 2 + 4 + 4 + 4 + 1,
         "function alarms, dead-letter and failure-queue alarms, metric alarms, EventBridge failures"
     );
     assert_eq!(t.matches("AlarmActions: [!Ref AlarmTopic]").count(), alarms, "every alarm notifies");
@@ -98,14 +101,18 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 22, "{routes:?}");
+    assert_eq!(routes.len(), 30, "{routes:?}");
     for (binary, method, path) in routes {
-        let concrete =
-            path.replace("{account_id}", "acme").replace("{hold_id}", "hold_x").replace("{purchase_id}", "pur_x");
+        let concrete = path
+            .replace("{account_id}", "acme")
+            .replace("{hold_id}", "hold_x")
+            .replace("{purchase_id}", "pur_x")
+            .replace("{endpoint_id}", "we_x")
+            .replace("{delivery_id}", "wd_x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
         if path == "/billing" || path.ends_with(".csv") {
             // The routes that answer HTML and CSV rather than JSON.
-            let resp = credits_api::handle(&w.config, &w.credits, req).await;
+            let resp = credits_api::handle(&w.config, &w.webhooks, &w.credits, req).await;
             assert_eq!((binary.as_str(), resp.status().as_u16()), ("credits-api", 200));
             continue;
         }
@@ -466,7 +473,7 @@ fn get_att<'a>(v: &'a Value, attribute: &str) -> Option<&'a str> {
 fn the_template_reader_reads_the_template() {
     let doc = template_doc();
     assert_eq!(doc["Transform"], "AWS::Serverless-2016-10-31");
-    assert_eq!(functions(&doc).len(), 7);
+    assert_eq!(functions(&doc).len(), 8);
     let r = resources(&doc);
     assert_eq!(r["Bus"]["Properties"]["Name"], "!Sub topup-${AWS::StackName}");
     assert_eq!(r["DebitFunction"]["Metadata"]["BuildProperties"]["Binary"], "debit");
@@ -523,7 +530,7 @@ fn every_function_eventbridge_invokes_has_an_encrypted_alarmed_failure_queue() {
         });
         assert!(alarmed, "{queue} has no depth alarm");
     }
-    assert_eq!(checked, 3, "auto-recharge, notify and reconcile");
+    assert_eq!(checked, 4, "auto-recharge, notify, reconcile and webhooks-out");
 }
 
 /// SPEC §13: route throttles for every route, a default for the API, reserved concurrency for
@@ -640,4 +647,106 @@ fn deletes_only_touch_the_outbox_and_sms_never_publishes_to_a_topic() {
         ["AutoRechargeFunction", "CreditsApiFunction", "DebitFunction", "PurchaseFunction", "WebhookFunction"],
         "only the functions that write balances clear the outbox"
     );
+}
+
+/// Every SQS event source (webhooks-out's retry queue) as AWS advises: the queue's visibility
+/// timeout at least six times its function's timeout, so a message is not handed out again while
+/// a batch runs; encrypted; partial batch responses, so one failed message does not bring its
+/// batch back; and a dead-letter queue (encrypted, depth-alarmed) after a few receives.
+#[test]
+fn every_sqs_event_source_outlasts_its_function_and_dead_letters_into_an_alarmed_queue() {
+    let doc = template_doc();
+    let r = resources(&doc);
+    let default_timeout = doc["Globals"]["Function"]["Timeout"].as_i64().expect("Globals Timeout");
+    let encrypted =
+        |q: &Value| q["Properties"]["SqsManagedSseEnabled"] == true || !q["Properties"]["KmsMasterKeyId"].is_null();
+    let alarmed = |queue: &str| {
+        r.values().any(|a| {
+            let p = &a["Properties"];
+            a["Type"] == "AWS::CloudWatch::Alarm"
+                && p["MetricName"] == "ApproximateNumberOfMessagesVisible"
+                && p["Dimensions"].as_array().is_some_and(|d| {
+                    d.iter().any(|d| d["Name"] == "QueueName" && get_att(&d["Value"], "QueueName") == Some(queue))
+                })
+                && p["Threshold"] == 1
+                && !strings(&p["AlarmActions"]).is_empty()
+        })
+    };
+    let mut sources = Vec::new();
+    for (id, props) in functions(&doc) {
+        let timeout = props["Timeout"].as_i64().unwrap_or(default_timeout);
+        for e in props["Events"].as_object().into_iter().flat_map(|m| m.values()) {
+            if e["Type"] != "SQS" {
+                continue;
+            }
+            let p = &e["Properties"];
+            let queue = get_att(&p["Queue"], "Arn").unwrap_or_else(|| panic!("{id}: Queue not !GetAtt X.Arn"));
+            let q = &r[queue];
+            assert_eq!(q["Type"], "AWS::SQS::Queue", "{id}: {queue}");
+            assert!(encrypted(q), "{queue} is not encrypted");
+            let visibility = q["Properties"]["VisibilityTimeout"].as_i64().unwrap_or(30);
+            assert!(
+                visibility >= 6 * timeout,
+                "{queue}: VisibilityTimeout {visibility} < 6 × {id}'s Timeout {timeout}"
+            );
+            assert_eq!(
+                strings(&p["FunctionResponseTypes"]),
+                ["ReportBatchItemFailures"],
+                "{id}: partial batch responses"
+            );
+            assert!(p["BatchSize"].as_i64().is_some_and(|n| (1..=10).contains(&n)), "{id}: BatchSize");
+            let concurrency = p["ScalingConfig"]["MaximumConcurrency"].as_i64();
+            assert!(
+                concurrency.is_some_and(|n| n < props["ReservedConcurrentExecutions"].as_i64().unwrap_or(0)),
+                "{id}: the poller's MaximumConcurrency must stay below the reserved concurrency (never throttled)"
+            );
+            let redrive = &q["Properties"]["RedrivePolicy"];
+            let dlq =
+                get_att(&redrive["deadLetterTargetArn"], "Arn").unwrap_or_else(|| panic!("{queue}: no RedrivePolicy"));
+            assert!(
+                redrive["maxReceiveCount"].as_i64().is_some_and(|n| (1..=10).contains(&n)),
+                "{queue}: maxReceiveCount"
+            );
+            assert_eq!(r[dlq]["Type"], "AWS::SQS::Queue", "{queue}: {dlq}");
+            assert!(encrypted(&r[dlq]), "{dlq} is not encrypted");
+            assert!(alarmed(dlq), "{dlq} has no depth alarm");
+            sources.push((id, queue));
+        }
+    }
+    assert_eq!(sources, [("WebhooksOutFunction", "WebhookRetryQueue")]);
+}
+
+/// Webhooks out: the functions that enqueue a delivery's next attempt (webhooks-out itself and
+/// credits-api's manual redelivery) are told the retry queue and may send to it alone; the
+/// deployed template never lets an endpoint be http:// or loopback (the local stack's switch);
+/// the retry queue keeps a message past the 3-day retry window.
+#[test]
+fn webhook_retries_go_to_their_queue_and_endpoints_are_never_loopback() {
+    let t = template();
+    assert!(!t.contains("TOPUP_WEBHOOK_ALLOW_LOOPBACK"), "only the local stack allows http:// and loopback endpoints");
+    let doc = template_doc();
+    let r = resources(&doc);
+    assert_eq!(r["WebhooksOutFunction"]["Metadata"]["BuildProperties"]["Binary"], "webhooks-out");
+    let retention = r["WebhookRetryQueue"]["Properties"]["MessageRetentionPeriod"].as_i64().unwrap_or(345_600);
+    assert!(retention > 259_200, "the retry queue drops messages inside the retry window");
+    let mut senders = Vec::new();
+    for (id, props) in functions(&doc) {
+        let sends = statements(props)
+            .into_iter()
+            .filter(|s| strings(&s["Action"]).iter().any(|a| a.starts_with("sqs:")))
+            .collect::<Vec<_>>();
+        let told = &props["Environment"]["Variables"]["TOPUP_WEBHOOK_QUEUE_URL"];
+        if sends.is_empty() {
+            assert!(told.is_null(), "{id}: told the retry queue but may not send to it");
+            continue;
+        }
+        assert_eq!(*told, "!Ref WebhookRetryQueue", "{id}");
+        for s in sends {
+            assert_eq!(strings(&s["Action"]), ["sqs:SendMessage"], "{id}: only SendMessage");
+            assert_eq!(strings(&s["Resource"]), ["!GetAtt WebhookRetryQueue.Arn"], "{id}: only the retry queue");
+        }
+        senders.push(id);
+    }
+    senders.sort();
+    assert_eq!(senders, ["CreditsApiFunction", "WebhooksOutFunction"]);
 }

@@ -11,6 +11,10 @@
 //! - `GET /v1/reports/revenue?month=YYYY-MM` (service): the revenue report
 //! - `GET /v1/accounts/{id}/credits/check?consumable=&quantity=` (view roles): may it be used?
 //! - `PUT /v1/accounts/{id}/credits/alerts` (billing roles) `{thresholds}`
+//! - `POST /v1/webhook-endpoints` `{url, events, description?, contact_email?}`, `GET` (all);
+//!   `GET`/`DELETE /v1/webhook-endpoints/{id}`; `POST …/{id}/rotate-secret`, `POST …/{id}/enable`;
+//!   `GET …/{id}/deliveries?limit=&cursor=`; `POST …/{id}/deliveries/{delivery_id}/redeliver`
+//!   (service, not bound to an account): webhooks out (rules §15)
 //! - `GET /billing`: the billing page (static; it signs in with the caller's token and reads
 //!   everything through the routes above and the purchase function's)
 
@@ -26,6 +30,9 @@ use topup::ids::IdempotencyKey;
 use topup::recharge::AutoRechargeInput;
 use topup::store::Store;
 use topup::views::decode_cursor;
+use topup::webhooks::api::{NewEndpoint, WebhookAdmin};
+use topup::webhooks::deliver::RetryQueue;
+use topup::webhooks::WebhookStore;
 use topup::{ApiError, Config};
 
 pub const DEFAULT_PAGE: usize = 20;
@@ -48,6 +55,12 @@ pub enum Route {
     Revenue,
     Check(String),
     Alerts(String),
+    WebhookEndpoints,
+    WebhookEndpoint(String),
+    WebhookRotate(String),
+    WebhookEnable(String),
+    WebhookDeliveries(String),
+    WebhookRedeliver(String, String),
 }
 
 impl Route {
@@ -67,6 +80,12 @@ impl Route {
             ["v1", "reports", "revenue"] => Route::Revenue,
             ["v1", "accounts", id, "credits", "check"] => Route::Check(a(id)),
             ["v1", "accounts", id, "credits", "alerts"] => Route::Alerts(a(id)),
+            ["v1", "webhook-endpoints"] => Route::WebhookEndpoints,
+            ["v1", "webhook-endpoints", id] => Route::WebhookEndpoint(a(id)),
+            ["v1", "webhook-endpoints", id, "rotate-secret"] => Route::WebhookRotate(a(id)),
+            ["v1", "webhook-endpoints", id, "enable"] => Route::WebhookEnable(a(id)),
+            ["v1", "webhook-endpoints", id, "deliveries"] => Route::WebhookDeliveries(a(id)),
+            ["v1", "webhook-endpoints", id, "deliveries", d, "redeliver"] => Route::WebhookRedeliver(a(id), a(d)),
             _ => return None,
         })
     }
@@ -86,6 +105,12 @@ impl Route {
             Route::Revenue => "revenue",
             Route::Check(_) => "check",
             Route::Alerts(_) => "alerts",
+            Route::WebhookEndpoints => "webhook_endpoints",
+            Route::WebhookEndpoint(_) => "webhook_endpoint",
+            Route::WebhookRotate(_) => "webhook_rotate_secret",
+            Route::WebhookEnable(_) => "webhook_enable",
+            Route::WebhookDeliveries(_) => "webhook_deliveries",
+            Route::WebhookRedeliver(..) => "webhook_redeliver",
         }
     }
 
@@ -93,6 +118,12 @@ impl Route {
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
             Route::Billing | Route::Revenue => None,
+            Route::WebhookEndpoints
+            | Route::WebhookEndpoint(_)
+            | Route::WebhookRotate(_)
+            | Route::WebhookEnable(_)
+            | Route::WebhookDeliveries(_)
+            | Route::WebhookRedeliver(..) => None,
             Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) => Some((id, Access::Service)),
             Route::Credits(id)
             | Route::Transactions(id)
@@ -104,10 +135,17 @@ impl Route {
         }
     }
 
-    fn method(&self) -> &'static str {
+    /// The methods a route answers; any other is 405.
+    fn methods(&self) -> &'static [&'static str] {
         match self {
-            Route::Account(_) | Route::AutoRecharge(_) | Route::Alerts(_) => "PUT",
-            Route::Adjustments(_) | Route::VoidGrant(..) => "POST",
+            Route::Account(_) | Route::AutoRecharge(_) | Route::Alerts(_) => &["PUT"],
+            Route::Adjustments(_)
+            | Route::VoidGrant(..)
+            | Route::WebhookRotate(_)
+            | Route::WebhookEnable(_)
+            | Route::WebhookRedeliver(..) => &["POST"],
+            Route::WebhookEndpoints => &["GET", "POST"],
+            Route::WebhookEndpoint(_) => &["GET", "DELETE"],
             Route::Billing
             | Route::Credits(_)
             | Route::Transactions(_)
@@ -115,12 +153,32 @@ impl Route {
             | Route::Grants(_)
             | Route::TransactionsCsv(_)
             | Route::Revenue
-            | Route::Check(_) => "GET",
+            | Route::Check(_)
+            | Route::WebhookDeliveries(_) => &["GET"],
         }
+    }
+
+    /// Routes that span every account (the service only, with a token not bound to one).
+    fn deployment_wide(&self) -> bool {
+        matches!(
+            self,
+            Route::Revenue
+                | Route::WebhookEndpoints
+                | Route::WebhookEndpoint(_)
+                | Route::WebhookRotate(_)
+                | Route::WebhookEnable(_)
+                | Route::WebhookDeliveries(_)
+                | Route::WebhookRedeliver(..)
+        )
     }
 }
 
-pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S, B>, req: Request) -> Response<Body> {
+pub async fn handle<S: Store, B: EventBus, W: WebhookStore, Q: RetryQueue>(
+    config: &Config,
+    webhooks: &WebhookAdmin<W, Q>,
+    credits: &Credits<S, B>,
+    req: Request,
+) -> Response<Body> {
     let Some(route) = Route::parse(&segments(&req)) else {
         return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into())));
     };
@@ -136,7 +194,67 @@ pub async fn handle<S: Store, B: EventBus>(config: &Config, credits: &Credits<S,
             Err(e) => respond(route.name(), Err(e)),
         };
     }
+    if route.deployment_wide() && route != Route::Revenue {
+        return respond(route.name(), webhook_request(config, webhooks, &req, &route).await);
+    }
     respond(route.name(), route_request(config, credits, &req, &route).await)
+}
+
+/// The webhook endpoints' routes (rules §15).
+async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
+    config: &Config,
+    webhooks: &WebhookAdmin<W, Q>,
+    req: &Request,
+    route: &Route,
+) -> Result<Reply, ApiError> {
+    allowed(config, req, route)?;
+    let now = topup::clock::now_ms();
+    let post = req.method() == "POST";
+    match route {
+        Route::WebhookEndpoints if post => {
+            let body = json_object(req, &["url", "events", "description", "contact_email"])?;
+            let events = body
+                .array("events")?
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid("`events` must be strings.")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let new = NewEndpoint {
+                url: body.str("url")?.to_string(),
+                events,
+                description: body.opt_str("description")?.map(str::to_string),
+                contact_email: body.opt_str("contact_email")?.map(str::to_string),
+            };
+            Reply::created(&webhooks.create(new, now).await?)
+        }
+        Route::WebhookEndpoints => Reply::ok(&webhooks.list().await?),
+        Route::WebhookEndpoint(id) => {
+            check_id("endpoint_id", id)?;
+            if req.method() == "DELETE" {
+                Reply::ok(&webhooks.delete(id).await?)
+            } else {
+                Reply::ok(&webhooks.get(id).await?)
+            }
+        }
+        Route::WebhookRotate(id) => {
+            check_id("endpoint_id", id)?;
+            Reply::ok(&webhooks.rotate(id, now).await?)
+        }
+        Route::WebhookEnable(id) => {
+            check_id("endpoint_id", id)?;
+            Reply::ok(&webhooks.enable(id).await?)
+        }
+        Route::WebhookDeliveries(id) => {
+            check_id("endpoint_id", id)?;
+            let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
+            Reply::ok(&webhooks.deliveries(id, page_limit(req)?, cursor.as_deref()).await?)
+        }
+        Route::WebhookRedeliver(id, delivery) => {
+            check_id("endpoint_id", id)?;
+            check_id("delivery_id", delivery)?;
+            Reply::new(202, &webhooks.redeliver(id, delivery, now).await?)
+        }
+        _ => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
+    }
 }
 
 async fn route_request<S: Store, B: EventBus>(
@@ -149,6 +267,13 @@ async fn route_request<S: Store, B: EventBus>(
     let method = req.method().as_str();
     match route {
         Route::Billing => Err(ApiError::MethodNotAllowed(method.to_string())),
+        // Answered by `webhook_request`.
+        Route::WebhookEndpoints
+        | Route::WebhookEndpoint(_)
+        | Route::WebhookRotate(_)
+        | Route::WebhookEnable(_)
+        | Route::WebhookDeliveries(_)
+        | Route::WebhookRedeliver(..) => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
         Route::Account(id) => {
             let body = json_object(req, &["plan", "billing_contacts"])?;
             let plan = body.str("plan")?;
@@ -239,7 +364,7 @@ async fn route_request<S: Store, B: EventBus>(
 fn allowed(config: &Config, req: &Request, route: &Route) -> Result<(), ApiError> {
     let who = identity(req, config)?;
     let method = req.method().as_str();
-    if method != route.method() {
+    if !route.methods().contains(&method) {
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
     match route.guard() {
@@ -247,8 +372,8 @@ fn allowed(config: &Config, req: &Request, route: &Route) -> Result<(), ApiError
             check_id("account_id", id)?;
             who.authorize(&config.profile, access, id)
         }
-        // The revenue report spans every account: the service only.
-        None if *route == Route::Revenue => match (&who.role, &who.account_id) {
+        // The revenue report and webhook endpoints span every account: the service only.
+        None if route.deployment_wide() => match (&who.role, &who.account_id) {
             (topup::auth::Role::Service, None) => Ok(()),
             _ => Err(ApiError::Forbidden),
         },

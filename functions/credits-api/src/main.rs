@@ -6,5 +6,9 @@ async fn main() -> Result<(), Error> {
     let config = topup::Config::from_env()?;
     let aws = aws_config::load_from_env().await;
     let credits = topup::live(&config, &aws);
-    run(service_fn(|req: Request| async { Ok::<_, Error>(credits_api::handle(&config, &credits, req).await) })).await
+    let webhooks = topup::live_webhook_admin(&config, &aws);
+    run(service_fn(|req: Request| async {
+        Ok::<_, Error>(credits_api::handle(&config, &webhooks, &credits, req).await)
+    }))
+    .await
 }

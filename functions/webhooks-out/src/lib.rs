@@ -1,0 +1,77 @@
+//! The `webhooks-out` function (rules §15): topup's events to the customer's own endpoints.
+//!
+//! Two sources invoke it:
+//! - EventBridge, with one of our events (`{"detail-type", "detail"}`): a delivery per
+//!   subscribed endpoint, each attempted at once. Failing (so EventBridge retries, then its
+//!   failure destination keeps the event) only when a delivery could not be recorded or its
+//!   follow-up not queued.
+//! - SQS, with follow-ups (`{"Records": [...]}`): each is the next attempt of one delivery, or
+//!   its closing once the retry window is spent. The answer names the records to receive
+//!   again (`batchItemFailures`); the rest are done.
+
+use serde_json::{json, Value};
+use topup::notify::Channels;
+use topup::webhooks::deliver::{DeliverError, Dispatcher, FollowUp, RetryQueue, Sender};
+use topup::webhooks::WebhookStore;
+
+/// Handles one invocation, from either source.
+pub async fn handle<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, event: &Value, now: i64) -> Result<Value, DeliverError>
+where
+    W: WebhookStore,
+    H: Sender,
+    Q: RetryQueue,
+    C: Channels,
+{
+    match event.get("Records").and_then(Value::as_array) {
+        Some(records) => Ok(follow_ups(d, records, now).await),
+        None => {
+            let report = d.on_event(event, now).await?;
+            tracing::info!(
+                detail_type = event["detail-type"].as_str().unwrap_or_default(),
+                attempted = report.attempted,
+                succeeded = report.succeeded,
+                skipped = report.skipped,
+                "event sent to webhook endpoints"
+            );
+            Ok(json!(report))
+        }
+    }
+}
+
+/// Each record on its own: one that fails is received again; one that cannot be read is
+/// logged and dropped (it would fail forever; the dead-letter queue is for the former).
+async fn follow_ups<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, records: &[Value], now: i64) -> Value
+where
+    W: WebhookStore,
+    H: Sender,
+    Q: RetryQueue,
+    C: Channels,
+{
+    let mut failures = Vec::new();
+    for r in records {
+        let id = r["messageId"].as_str().unwrap_or_default();
+        let f = match r["body"].as_str().map(serde_json::from_str::<FollowUp>) {
+            Some(Ok(f)) => f,
+            _ => {
+                tracing::error!(message_id = id, "a retry queue message that is not a follow-up; dropped");
+                continue;
+            }
+        };
+        match d.on_follow_up(&f, now).await {
+            Ok(report) => tracing::info!(
+                endpoint_id = %f.endpoint_id,
+                delivery_id = %f.delivery_id,
+                attempted = report.attempted,
+                succeeded = report.succeeded,
+                closed = report.closed,
+                deferred = report.deferred,
+                "follow-up handled"
+            ),
+            Err(e) => {
+                tracing::warn!(message_id = id, error = %e, "follow-up failed; it will be received again");
+                failures.push(json!({"itemIdentifier": id}));
+            }
+        }
+    }
+    json!({"batchItemFailures": failures})
+}

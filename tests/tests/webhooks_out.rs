@@ -1,0 +1,347 @@
+//! Webhooks out against the emulators (rules §15): endpoints through the served routes, events
+//! from the bus delivered by the `webhooks-out` handler to a receiver on 127.0.0.1 over real
+//! HTTP, follow-ups through a real SQS queue with real delays, delivery records in DynamoDB.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use topup::webhooks::verify;
+use topup_tests::*;
+
+/// A receiver: answers each request with the next scripted status (200 when the script is
+/// done) and keeps what it was sent (the signature header and the body).
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    script: Arc<Mutex<VecDeque<u16>>>,
+    got: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    async fn start(script: &[u16]) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let r = Receiver {
+            url: format!("http://127.0.0.1:{port}/hooks/topup"),
+            script: Arc::new(Mutex::new(script.iter().copied().collect())),
+            got: Arc::new(Mutex::new(Vec::new())),
+        };
+        let me = r.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Headers, then Content-Length bytes of body.
+                    let (head, body) = loop {
+                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..at]).to_string();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                                })
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0);
+                            while buf.len() < at + 4 + len {
+                                let Ok(n) = sock.read(&mut chunk).await else { return };
+                                if n == 0 {
+                                    return;
+                                }
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                            break (head, String::from_utf8_lossy(&buf[at + 4..at + 4 + len]).to_string());
+                        }
+                    };
+                    let sig = head
+                        .lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("topup-signature")))
+                        .map(|(_, v)| v.trim().to_string())
+                        .unwrap_or_default();
+                    me.got.lock().unwrap().push((sig, body));
+                    let status = me.script.lock().unwrap().pop_front().unwrap_or(200);
+                    let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        r
+    }
+
+    fn got(&self) -> Vec<(String, Value, String)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(sig, body)| (sig.clone(), serde_json::from_str(body).expect("json body"), body.clone()))
+            .collect()
+    }
+}
+
+fn dispatcher(
+    w: &World,
+) -> topup::webhooks::deliver::Dispatcher<
+    topup::adapters::dynamo::DynamoStore,
+    topup::adapters::webhooks_out::HttpSender,
+    topup::adapters::webhooks_out::SqsRetryQueue,
+    topup::adapters::ses_sns::AwsChannels,
+> {
+    topup::live_dispatcher(&w.config, &w.aws).expect("live dispatcher")
+}
+
+async fn register(w: &World, url: &str, events: Value) -> Value {
+    let (s, b) = w.api(post("/v1/webhook-endpoints", &service(), json!({"url": url, "events": events}))).await;
+    assert_eq!(s, 201, "{b}");
+    b
+}
+
+/// Hands the follow-ups on the world's queue to the handler, as Lambda's SQS source does,
+/// until the queue has been empty for `quiet`. Returns how many messages it handed over.
+async fn run_follow_ups(w: &World, quiet: Duration) -> usize {
+    let d = dispatcher(w);
+    let url = w.config.webhooks.queue_url.clone().expect("queue");
+    let mut handed = 0;
+    let mut idle = std::time::Instant::now();
+    loop {
+        let r = w.sqs.receive_message().queue_url(&url).max_number_of_messages(10).send().await.expect("receive");
+        let msgs = r.messages();
+        if msgs.is_empty() {
+            if idle.elapsed() >= quiet {
+                return handed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        idle = std::time::Instant::now();
+        let records: Vec<Value> = msgs
+            .iter()
+            .map(|m| json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body()}))
+            .collect();
+        let out =
+            webhooks_out::handle(&d, &json!({"Records": records}), topup::clock::now_ms()).await.expect("handled");
+        let failed: Vec<&str> = out["batchItemFailures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["itemIdentifier"].as_str())
+            .collect();
+        for m in msgs {
+            if !failed.contains(&m.message_id().unwrap_or_default()) {
+                let h = m.receipt_handle().unwrap_or_default();
+                w.sqs.delete_message().queue_url(&url).receipt_handle(h).send().await.expect("delete");
+            }
+        }
+        handed += msgs.len();
+    }
+}
+
+#[tokio::test]
+async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_private_addresses_refused() {
+    let w = World::new("usd-overage").await;
+    let made = register(&w, "https://hooks.example.com/topup", json!(["balance.low", "balance.alert"])).await;
+    let id = made["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("we_"));
+    assert!(made["secret"].as_str().is_some_and(|s| s.starts_with("whsec_") && s.len() > 40));
+    assert_eq!(
+        (made["url"].as_str(), made["status"].as_str()),
+        (Some("https://hooks.example.com/topup"), Some("enabled"))
+    );
+    assert_eq!(made["events"], json!(["balance.low", "balance.alert"]));
+
+    let (s, list) = w.api(get("/v1/webhook-endpoints", &service())).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["webhook_endpoints"].as_array().map(Vec::len), Some(1));
+    assert!(list["webhook_endpoints"][0].get("secret").is_none(), "the secret is shown once");
+    let (s, one) = w.api(get(&format!("/v1/webhook-endpoints/{id}"), &service())).await;
+    assert_eq!((s, one["id"].as_str()), (200, Some(id.as_str())));
+
+    for (url, code) in [
+        ("https://10.0.0.7/hook", "invalid_url"),
+        ("https://192.168.1.20/hook", "invalid_url"),
+        ("https://172.20.0.1/hook", "invalid_url"),
+        ("https://169.254.169.254/latest/meta-data/", "invalid_url"),
+        ("https://0.0.0.0/hook", "invalid_url"),
+        ("https://[fd12::1]/hook", "invalid_url"),
+        ("http://hooks.example.com/topup", "invalid_url"),
+        ("not a url", "invalid_url"),
+    ] {
+        let (s, b) = w.api(post("/v1/webhook-endpoints", &service(), json!({"url": url, "events": ["*"]}))).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (422, Some(code)), "{url}: {b}");
+    }
+    let (s, b) = w
+        .api(post("/v1/webhook-endpoints", &service(), json!({"url": "https://a.example.com", "events": ["nope"]})))
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_event_type")));
+    for body in [json!({"url": "https://a.example.com"}), json!({"events": ["*"]}), json!({"url": 5, "events": ["*"]})]
+    {
+        let (s, b) = w.api(post("/v1/webhook-endpoints", &service(), body.clone())).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
+    }
+    // Only the service, with a token not bound to one account.
+    for who in [person("owner", "acme"), token(json!({"sub": "b", "role": "service", "account_id": "acme"}))] {
+        let (s, _) = w.api(get("/v1/webhook-endpoints", &who)).await;
+        assert_eq!(s, 403);
+    }
+    let (s, _) = w.api(request("GET", "/v1/webhook-endpoints", None, None, None)).await;
+    assert_eq!(s, 401);
+    let (s, _) = w.api(request("PUT", "/v1/webhook-endpoints", Some(&service()), None, None)).await;
+    assert_eq!(s, 405);
+
+    // Rotation: a new secret, shown once more.
+    let (s, rotated) = w.api(post(&format!("/v1/webhook-endpoints/{id}/rotate-secret"), &service(), json!({}))).await;
+    assert_eq!(s, 200, "{rotated}");
+    assert_ne!(rotated["secret"], made["secret"]);
+
+    let (s, b) = w.api(request("DELETE", &format!("/v1/webhook-endpoints/{id}"), Some(&service()), None, None)).await;
+    assert_eq!((s, b), (200, json!({"id": id, "deleted": true})));
+    let (s, b) = w.api(get(&format!("/v1/webhook-endpoints/{id}"), &service())).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("webhook_endpoint_not_found")));
+    let (_, list) = w.api(get("/v1/webhook-endpoints", &service())).await;
+    assert_eq!(list["webhook_endpoints"], json!([]));
+}
+
+#[tokio::test]
+async fn a_debit_crossing_two_alert_thresholds_delivers_each_event_once_signed() {
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    let receiver = Receiver::start(&[]).await;
+    let made = register(&w, &receiver.url, json!(["balance.alert"])).await;
+    let secret = made["secret"].as_str().expect("secret").to_string();
+    let everything = Receiver::start(&[]).await;
+    register(&w, &everything.url, json!(["*"])).await;
+    w.account("acme", "free").await;
+    w.usage("acme", "api_calls", 1_000).await;
+    w.grant("acme", 20 * C).await;
+    let (s, _) =
+        w.api(put("/v1/accounts/acme/credits/alerts", &service(), json!({"thresholds": [15 * C, 10 * C]}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(w.usage("acme", "api_calls", 11_000).await.0, 200); // $20 → $9
+
+    // The bus delivers at least once: every event is handed over twice.
+    let events = observer.drain(Duration::from_secs(2)).await;
+    let d = dispatcher(&w);
+    for e in events.iter().chain(events.iter()) {
+        webhooks_out::handle(&d, e, topup::clock::now_ms()).await.expect("delivered");
+    }
+    let got = receiver.got();
+    let mut thresholds: Vec<i64> = got.iter().filter_map(|(_, b, _)| b["data"]["threshold"].as_i64()).collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, [10 * C, 15 * C], "each crossing once: {got:?}");
+    let now_s = topup::clock::now_ms() / 1000;
+    for (sig, body, raw) in &got {
+        assert_eq!(body["type"], "balance.alert");
+        assert_eq!(body["account_id"], "acme");
+        assert_eq!(body["data"]["balance"], 9 * C);
+        assert!(body["id"].as_str().is_some_and(|i| i.starts_with("evt_")) && body["created"].as_i64().is_some());
+        assert!(verify(&secret, sig, raw, now_s, 300), "signed with the endpoint's secret");
+    }
+    // The `*` endpoint got the same two alerts (and nothing twice).
+    let all = everything.got();
+    let ids: std::collections::HashSet<String> = all.iter().map(|(_, b, _)| b["id"].to_string()).collect();
+    assert_eq!(ids.len(), all.len(), "no event twice");
+    assert_eq!(all.iter().filter(|(_, b, _)| b["type"] == "balance.alert").count(), 2);
+    // Their follow-ups find every delivery done and send nothing.
+    run_follow_ups(&w, Duration::from_secs(3)).await;
+    assert_eq!(receiver.got().len(), 2);
+}
+
+#[tokio::test]
+async fn a_receiver_failing_three_times_gets_the_event_four_times_with_one_id_and_the_record_shows_it() {
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    let receiver = Receiver::start(&[500, 500, 500]).await;
+    let made = register(&w, &receiver.url, json!(["balance.low", "balance.depleted"])).await;
+    let id = made["id"].as_str().expect("id").to_string();
+    let secret = made["secret"].as_str().expect("secret").to_string();
+    w.account("acme", "free").await;
+    w.usage("acme", "api_calls", 1_000).await;
+    w.grant("acme", 6 * C).await;
+    assert_eq!(w.usage("acme", "api_calls", 2_000).await.0, 200); // $6 → $4: below the $5 low threshold
+
+    let events = observer.drain(Duration::from_secs(2)).await;
+    let low = of_type(&events, "BalanceLow");
+    assert_eq!(low.len(), 1);
+    let d = dispatcher(&w);
+    webhooks_out::handle(&d, low[0], topup::clock::now_ms()).await.expect("first attempt");
+    assert_eq!(receiver.got().len(), 1);
+    // The retries come from the queue: after 1 s, 1 s and 2 s.
+    let started = std::time::Instant::now();
+    let handed = run_follow_ups(&w, Duration::from_secs(4)).await;
+    let got = receiver.got();
+    assert_eq!(got.len(), 4, "500, 500, 500, then 200: {got:?}");
+    assert!(handed >= 4, "three retries and the last one's follow-up");
+    assert!(started.elapsed() >= Duration::from_secs(4), "each retry waited for its delay");
+    let event_id = low[0]["detail"]["event_id"].as_str().expect("event id");
+    for (sig, body, raw) in &got {
+        assert_eq!(body["id"], event_id, "a retry carries the same id");
+        assert_eq!(raw, &got[0].2, "and the same body");
+        assert!(verify(&secret, sig, raw, topup::clock::now_ms() / 1000, 300));
+    }
+    let (s, page) = w.api(get(&format!("/v1/webhook-endpoints/{id}/deliveries"), &service())).await;
+    assert_eq!(s, 200, "{page}");
+    let rec = &page["deliveries"][0];
+    assert_eq!(page["deliveries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        (rec["status"].as_str(), rec["attempts"].as_i64(), rec["last_response_code"].as_i64()),
+        (Some("succeeded"), Some(4), Some(200)),
+        "{rec}"
+    );
+    assert_eq!((rec["event_id"].as_str(), rec["type"].as_str()), (Some(event_id), Some("balance.low")));
+
+    // Manual redelivery: 202, and the same event once more.
+    let did = rec["id"].as_str().expect("delivery id");
+    let (s, b) =
+        w.api(post(&format!("/v1/webhook-endpoints/{id}/deliveries/{did}/redeliver"), &service(), json!({}))).await;
+    assert_eq!((s, b["status"].as_str()), (202, Some("pending")), "{b}");
+    run_follow_ups(&w, Duration::from_secs(3)).await;
+    let got = receiver.got();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[4].1["id"], event_id);
+    let (_, page) = w.api(get(&format!("/v1/webhook-endpoints/{id}/deliveries"), &service())).await;
+    assert_eq!(
+        (page["deliveries"][0]["status"].as_str(), page["deliveries"][0]["attempts"].as_i64()),
+        (Some("succeeded"), Some(5))
+    );
+    let (s, b) = w
+        .api(post(
+            &format!("/v1/webhook-endpoints/{id}/deliveries/wd_0000000000000_evt_none/redeliver"),
+            &service(),
+            json!({}),
+        ))
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("webhook_delivery_not_found")));
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_2xx_leaves_a_failed_delivery_after_the_window() {
+    let mut w = World::new("usd-overage").await;
+    w.config.webhooks.retry_window_s = 3;
+    let receiver = Receiver::start(&[503; 10]).await;
+    let made = register(&w, &receiver.url, json!(["*"])).await;
+    let id = made["id"].as_str().expect("id").to_string();
+    let event = json!({"detail-type": "GrantExpired", "detail": {"grant_id": "grt_1", "expired": 5, "expires_at": "x",
+        "balance": 0, "event_id": "evt_window", "account_id": "acme", "occurred_at": "x", "occurred_ms": topup::clock::now_ms()}});
+    let d = dispatcher(&w);
+    webhooks_out::handle(&d, &event, topup::clock::now_ms()).await.expect("first attempt");
+    run_follow_ups(&w, Duration::from_secs(4)).await;
+    // 0, +1 s, +1 s (at 2 s); +2 s would pass the 3 s window.
+    assert_eq!(receiver.got().len(), 3);
+    let (_, page) = w.api(get(&format!("/v1/webhook-endpoints/{id}/deliveries"), &service())).await;
+    let rec = &page["deliveries"][0];
+    assert_eq!(
+        (rec["status"].as_str(), rec["attempts"].as_i64(), rec["last_response_code"].as_i64(), rec["type"].as_str()),
+        (Some("failed"), Some(3), Some(503), Some("grant.expired")),
+        "{rec}"
+    );
+    assert_eq!(rec["next_attempt_at"], Value::Null);
+}
