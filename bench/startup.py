@@ -37,6 +37,8 @@ def cold_init_ms(cmd: list[str], env: dict, name: str) -> float:
         "TOPUP_EMAIL_FROM": "billing@example.com",
         "TOPUP_BILLING_URL": "https://app.example.com/settings/billing",
         "TOPUP_CHECKOUT_UI": "hosted",
+        # webhooks-out needs its follow-up queue named at start (init reads no queue).
+        "TOPUP_WEBHOOK_QUEUE_URL": "http://127.0.0.1:1/123456789012/bench-webhook-retries",
     })
     srv.settimeout(30)
     start = time.perf_counter()

@@ -435,7 +435,7 @@ def faults(args) -> int:
 # ---- bench --------------------------------------------------------------------------------
 
 # Every function the template deploys (each its own release binary).
-FUNCTIONS = ["debit", "credits-api", "purchase", "webhook", "auto-recharge", "notify", "reconcile"]
+FUNCTIONS = ["debit", "credits-api", "purchase", "webhook", "auto-recharge", "notify", "reconcile", "webhooks-out"]
 
 
 def bench(args) -> int:
@@ -447,7 +447,7 @@ def bench(args) -> int:
     subprocess.run(["cargo", "build", "--release", "--bins"] + [a for f in FUNCTIONS for a in ("-p", f)],
                    cwd=ROOT, env=env0, check=True)
     subprocess.run(["cargo", "build", "--release", "-p", "topup-tests", "--example", "bench_model",
-                    "--example", "bench_debits", "--example", "bench_recharge", "--example", "bench_sweep"],
+                    "--example", "bench_debits", "--example", "bench_recharge", "--example", "bench_sweep", "--example", "bench_webhooks"],
                    cwd=ROOT, env=env0, check=True)
     # The DynamoDB model needs no emulator: it runs first, in virtual time.
     subprocess.run([str(ROOT / "target/release/examples/bench_model")], cwd=ROOT, env=env0, check=True)
@@ -461,6 +461,8 @@ def bench(args) -> int:
         subprocess.run([str(ROOT / "target/release/examples/bench_recharge")], cwd=ROOT, env=env, check=True)
         print()
         subprocess.run([str(ROOT / "target/release/examples/bench_sweep")], cwd=ROOT, env=env, check=True)
+        print()
+        subprocess.run([str(ROOT / "target/release/examples/bench_webhooks")], cwd=ROOT, env=env, check=True)
         print()
         startup.report(ROOT, FUNCTIONS, aws_env(moto))
     finally:

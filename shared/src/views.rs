@@ -189,8 +189,18 @@ pub struct ChannelView {
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// `GET /v1/accounts/{id}/credits`: the credits view (rules §5, §11).
     pub async fn view(&self, id: &str) -> Result<CreditsView, ApiError> {
-        let a = self.load(id).await?;
-        let (recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
+        // The account, then its latest entries: a write between the two reads would show an
+        // entry newer than the balance beside it, so the account is read again until the
+        // page holds nothing it has not seen (an entry's `seq` is the version that wrote it).
+        let mut a = self.load(id).await?;
+        let (mut recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
+        for _ in 0..3 {
+            if recent.first().is_none_or(|e| e.seq <= a.version) {
+                break;
+            }
+            a = self.load(id).await?;
+            (recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
+        }
         let now = clock::now_ms();
         let p = &self.profile;
         let month = clock::month_of(now);

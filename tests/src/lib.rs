@@ -20,6 +20,7 @@ use topup::ledger::LedgerEntry;
 use topup::profile::Profile;
 use topup::secret::Secret;
 use topup::store::Store;
+use topup::webhooks::deliver::Dispatcher;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
 /// The webhook endpoint's signing secret in the tests.
@@ -738,6 +739,11 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter 
 }
 
 impl RequestCounter {
+    /// An SQS client on `aws` whose every request this counter counts.
+    pub fn sqs(&self, aws: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(aws).interceptor(self.clone()).build())
+    }
+
     /// A DynamoDB client on `aws` whose every request this counter counts.
     pub fn dynamo(&self, aws: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
         aws_sdk_dynamodb::Client::from_conf(
@@ -795,4 +801,144 @@ pub fn account_item(a: &topup::account::Account) -> std::collections::HashMap<St
     item.insert("pk".into(), AttributeValue::S(format!("ACCOUNT#{}", a.id)));
     item.insert("sk".into(), AttributeValue::S("ACCOUNT".into()));
     item
+}
+
+// ---- webhooks out ---------------------------------------------------------------------------
+
+/// A receiver: answers each request with the next scripted status (200 when the script is
+/// done) and keeps what it was sent (the signature header and the body).
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    pub async fn start(script: &[u16]) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let r = Receiver {
+            url: format!("http://127.0.0.1:{port}/hooks/topup"),
+            script: std::sync::Arc::new(std::sync::Mutex::new(script.iter().copied().collect())),
+            got: std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
+        let me = r.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Headers, then Content-Length bytes of body.
+                    let (head, body) = loop {
+                        let Ok(n) = tokio::io::AsyncReadExt::read(&mut sock, &mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..at]).to_string();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                                })
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0);
+                            while buf.len() < at + 4 + len {
+                                let Ok(n) = tokio::io::AsyncReadExt::read(&mut sock, &mut chunk).await else { return };
+                                if n == 0 {
+                                    return;
+                                }
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                            break (head, String::from_utf8_lossy(&buf[at + 4..at + 4 + len]).to_string());
+                        }
+                    };
+                    let sig = head
+                        .lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("topup-signature")))
+                        .map(|(_, v)| v.trim().to_string())
+                        .unwrap_or_default();
+                    me.got.lock().unwrap().push((sig, body));
+                    let status = me.script.lock().unwrap().pop_front().unwrap_or(200);
+                    let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut sock, resp.as_bytes()).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut sock).await;
+                });
+            }
+        });
+        r
+    }
+
+    pub fn got(&self) -> Vec<(String, Value, String)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(sig, body)| (sig.clone(), serde_json::from_str(body).expect("json body"), body.clone()))
+            .collect()
+    }
+}
+
+pub fn dispatcher(
+    w: &World,
+) -> Dispatcher<
+    topup::adapters::dynamo::DynamoStore,
+    topup::adapters::webhooks_out::HttpSender,
+    topup::adapters::webhooks_out::SqsRetryQueue,
+    topup::adapters::ses_sns::AwsChannels,
+> {
+    topup::live_dispatcher(&w.config, &w.aws).expect("live dispatcher")
+}
+
+pub async fn register(w: &World, url: &str, events: Value) -> Value {
+    let (s, b) = w.api(post("/v1/webhook-endpoints", &service(), json!({"url": url, "events": events}))).await;
+    assert_eq!(s, 201, "{b}");
+    b
+}
+
+/// Hands the follow-ups on the world's queue to the handler, as Lambda's SQS source does,
+/// until the queue has been empty for `quiet`. Returns how many messages it handed over.
+pub async fn run_follow_ups<W, H, Q, C>(w: &World, d: &Dispatcher<W, H, Q, C>, quiet: Duration) -> usize
+where
+    W: topup::webhooks::WebhookStore,
+    H: topup::webhooks::deliver::Sender,
+    Q: topup::webhooks::deliver::RetryQueue,
+    C: topup::notify::Channels,
+{
+    let url = w.config.webhooks.queue_url.clone().expect("queue");
+    let mut handed = 0;
+    let mut idle = std::time::Instant::now();
+    loop {
+        let r = w.sqs.receive_message().queue_url(&url).max_number_of_messages(10).send().await.expect("receive");
+        let msgs = r.messages();
+        if msgs.is_empty() {
+            if idle.elapsed() >= quiet {
+                return handed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        idle = std::time::Instant::now();
+        let records: Vec<Value> = msgs
+            .iter()
+            .map(|m| json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body()}))
+            .collect();
+        let out = webhooks_out::handle(d, &json!({"Records": records}), topup::clock::now_ms).await.expect("handled");
+        let failed: Vec<&str> = out["batchItemFailures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["itemIdentifier"].as_str())
+            .collect();
+        for m in msgs {
+            if !failed.contains(&m.message_id().unwrap_or_default()) {
+                let h = m.receipt_handle().unwrap_or_default();
+                w.sqs.delete_message().queue_url(&url).receipt_handle(h).send().await.expect("delete");
+            }
+        }
+        handed += msgs.len();
+    }
 }

@@ -355,6 +355,7 @@ async fn stripe_down_leaves_nothing_that_could_credit_and_a_retry_resumes() {
 #[tokio::test]
 async fn a_refund_takes_the_refunded_credits_back_once() {
     let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
     w.account("acme", "free").await;
     let b = open_purchase(&w, "acme", json!({"amount": 4000})).await;
     let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
@@ -385,6 +386,13 @@ async fn a_refund_takes_the_refunded_credits_back_once() {
     let v = w.view("acme").await;
     assert_eq!((v["balance"].as_i64(), v["lifetime_added"].as_i64()), (Some(0), Some(40 * C)));
     assert_eq!(w.ledger("acme").await.len(), 3);
+    // Each refund that took credits back is one RefundCreated (webhooks' `refund.created`).
+    let events = observer.drain(Duration::from_secs(2)).await;
+    let refunds: Vec<(i64, i64)> = of_type(&events, "RefundCreated")
+        .iter()
+        .map(|e| (e["detail"]["amount_refunded"].as_i64().unwrap_or(-1), e["detail"]["taken"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(refunds, [(1000, 10 * C), (4000, 30 * C)], "{events:?}");
     w.assert_invariants("acme").await;
 }
 

@@ -48,9 +48,8 @@ async fn every_sample_event_answers_its_expected_status() {
             // delivery that does not exist is done).
             let event: serde_json::Value = serde_json::from_str(&text).expect("event json");
             let d = topup::live_dispatcher(&w.config, &w.aws).expect("dispatcher");
-            let reply = webhooks_out::handle(&d, &event, topup::clock::now_ms())
-                .await
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            let reply =
+                webhooks_out::handle(&d, &event, topup::clock::now_ms).await.unwrap_or_else(|e| panic!("{file}: {e}"));
             if event.get("Records").is_some() {
                 assert_eq!(reply["batchItemFailures"], serde_json::json!([]), "{file}");
             }

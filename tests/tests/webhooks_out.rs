@@ -2,148 +2,11 @@
 //! from the bus delivered by the `webhooks-out` handler to a receiver on 127.0.0.1 over real
 //! HTTP, follow-ups through a real SQS queue with real delays, delivery records in DynamoDB.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use topup::webhooks::verify;
 use topup_tests::*;
-
-/// A receiver: answers each request with the next scripted status (200 when the script is
-/// done) and keeps what it was sent (the signature header and the body).
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    script: Arc<Mutex<VecDeque<u16>>>,
-    got: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    async fn start(script: &[u16]) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let r = Receiver {
-            url: format!("http://127.0.0.1:{port}/hooks/topup"),
-            script: Arc::new(Mutex::new(script.iter().copied().collect())),
-            got: Arc::new(Mutex::new(Vec::new())),
-        };
-        let me = r.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    // Headers, then Content-Length bytes of body.
-                    let (head, body) = loop {
-                        let Ok(n) = sock.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..at]).to_string();
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
-                                })
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0);
-                            while buf.len() < at + 4 + len {
-                                let Ok(n) = sock.read(&mut chunk).await else { return };
-                                if n == 0 {
-                                    return;
-                                }
-                                buf.extend_from_slice(&chunk[..n]);
-                            }
-                            break (head, String::from_utf8_lossy(&buf[at + 4..at + 4 + len]).to_string());
-                        }
-                    };
-                    let sig = head
-                        .lines()
-                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("topup-signature")))
-                        .map(|(_, v)| v.trim().to_string())
-                        .unwrap_or_default();
-                    me.got.lock().unwrap().push((sig, body));
-                    let status = me.script.lock().unwrap().pop_front().unwrap_or(200);
-                    let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        r
-    }
-
-    fn got(&self) -> Vec<(String, Value, String)> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(sig, body)| (sig.clone(), serde_json::from_str(body).expect("json body"), body.clone()))
-            .collect()
-    }
-}
-
-fn dispatcher(
-    w: &World,
-) -> topup::webhooks::deliver::Dispatcher<
-    topup::adapters::dynamo::DynamoStore,
-    topup::adapters::webhooks_out::HttpSender,
-    topup::adapters::webhooks_out::SqsRetryQueue,
-    topup::adapters::ses_sns::AwsChannels,
-> {
-    topup::live_dispatcher(&w.config, &w.aws).expect("live dispatcher")
-}
-
-async fn register(w: &World, url: &str, events: Value) -> Value {
-    let (s, b) = w.api(post("/v1/webhook-endpoints", &service(), json!({"url": url, "events": events}))).await;
-    assert_eq!(s, 201, "{b}");
-    b
-}
-
-/// Hands the follow-ups on the world's queue to the handler, as Lambda's SQS source does,
-/// until the queue has been empty for `quiet`. Returns how many messages it handed over.
-async fn run_follow_ups(w: &World, quiet: Duration) -> usize {
-    let d = dispatcher(w);
-    let url = w.config.webhooks.queue_url.clone().expect("queue");
-    let mut handed = 0;
-    let mut idle = std::time::Instant::now();
-    loop {
-        let r = w.sqs.receive_message().queue_url(&url).max_number_of_messages(10).send().await.expect("receive");
-        let msgs = r.messages();
-        if msgs.is_empty() {
-            if idle.elapsed() >= quiet {
-                return handed;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        idle = std::time::Instant::now();
-        let records: Vec<Value> = msgs
-            .iter()
-            .map(|m| json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body()}))
-            .collect();
-        let out =
-            webhooks_out::handle(&d, &json!({"Records": records}), topup::clock::now_ms()).await.expect("handled");
-        let failed: Vec<&str> = out["batchItemFailures"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["itemIdentifier"].as_str())
-            .collect();
-        for m in msgs {
-            if !failed.contains(&m.message_id().unwrap_or_default()) {
-                let h = m.receipt_handle().unwrap_or_default();
-                w.sqs.delete_message().queue_url(&url).receipt_handle(h).send().await.expect("delete");
-            }
-        }
-        handed += msgs.len();
-    }
-}
 
 #[tokio::test]
 async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_private_addresses_refused() {
@@ -231,7 +94,7 @@ async fn a_debit_crossing_two_alert_thresholds_delivers_each_event_once_signed()
     let events = observer.drain(Duration::from_secs(2)).await;
     let d = dispatcher(&w);
     for e in events.iter().chain(events.iter()) {
-        webhooks_out::handle(&d, e, topup::clock::now_ms()).await.expect("delivered");
+        webhooks_out::handle(&d, e, topup::clock::now_ms).await.expect("delivered");
     }
     let got = receiver.got();
     let mut thresholds: Vec<i64> = got.iter().filter_map(|(_, b, _)| b["data"]["threshold"].as_i64()).collect();
@@ -251,7 +114,7 @@ async fn a_debit_crossing_two_alert_thresholds_delivers_each_event_once_signed()
     assert_eq!(ids.len(), all.len(), "no event twice");
     assert_eq!(all.iter().filter(|(_, b, _)| b["type"] == "balance.alert").count(), 2);
     // Their follow-ups find every delivery done and send nothing.
-    run_follow_ups(&w, Duration::from_secs(3)).await;
+    run_follow_ups(&w, &dispatcher(&w), Duration::from_secs(3)).await;
     assert_eq!(receiver.got().len(), 2);
 }
 
@@ -272,11 +135,11 @@ async fn a_receiver_failing_three_times_gets_the_event_four_times_with_one_id_an
     let low = of_type(&events, "BalanceLow");
     assert_eq!(low.len(), 1);
     let d = dispatcher(&w);
-    webhooks_out::handle(&d, low[0], topup::clock::now_ms()).await.expect("first attempt");
+    webhooks_out::handle(&d, low[0], topup::clock::now_ms).await.expect("first attempt");
     assert_eq!(receiver.got().len(), 1);
     // The retries come from the queue: after 1 s, 1 s and 2 s.
     let started = std::time::Instant::now();
-    let handed = run_follow_ups(&w, Duration::from_secs(4)).await;
+    let handed = run_follow_ups(&w, &dispatcher(&w), Duration::from_secs(4)).await;
     let got = receiver.got();
     assert_eq!(got.len(), 4, "500, 500, 500, then 200: {got:?}");
     assert!(handed >= 4, "three retries and the last one's follow-up");
@@ -303,7 +166,7 @@ async fn a_receiver_failing_three_times_gets_the_event_four_times_with_one_id_an
     let (s, b) =
         w.api(post(&format!("/v1/webhook-endpoints/{id}/deliveries/{did}/redeliver"), &service(), json!({}))).await;
     assert_eq!((s, b["status"].as_str()), (202, Some("pending")), "{b}");
-    run_follow_ups(&w, Duration::from_secs(3)).await;
+    run_follow_ups(&w, &dispatcher(&w), Duration::from_secs(3)).await;
     let got = receiver.got();
     assert_eq!(got.len(), 5);
     assert_eq!(got[4].1["id"], event_id);
@@ -332,8 +195,8 @@ async fn a_receiver_that_never_answers_2xx_leaves_a_failed_delivery_after_the_wi
     let event = json!({"detail-type": "GrantExpired", "detail": {"grant_id": "grt_1", "expired": 5, "expires_at": "x",
         "balance": 0, "event_id": "evt_window", "account_id": "acme", "occurred_at": "x", "occurred_ms": topup::clock::now_ms()}});
     let d = dispatcher(&w);
-    webhooks_out::handle(&d, &event, topup::clock::now_ms()).await.expect("first attempt");
-    run_follow_ups(&w, Duration::from_secs(4)).await;
+    webhooks_out::handle(&d, &event, topup::clock::now_ms).await.expect("first attempt");
+    run_follow_ups(&w, &dispatcher(&w), Duration::from_secs(4)).await;
     // 0, +1 s, +1 s (at 2 s); +2 s would pass the 3 s window.
     assert_eq!(receiver.got().len(), 3);
     let (_, page) = w.api(get(&format!("/v1/webhook-endpoints/{id}/deliveries"), &service())).await;

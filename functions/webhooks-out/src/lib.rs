@@ -14,8 +14,12 @@ use topup::notify::Channels;
 use topup::webhooks::deliver::{DeliverError, Dispatcher, FollowUp, RetryQueue, Sender};
 use topup::webhooks::WebhookStore;
 
-/// Handles one invocation, from either source.
-pub async fn handle<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, event: &Value, now: i64) -> Result<Value, DeliverError>
+/// Handles one invocation, from either source; `clock` gives the time of each attempt.
+pub async fn handle<W, H, Q, C>(
+    d: &Dispatcher<W, H, Q, C>,
+    event: &Value,
+    clock: fn() -> i64,
+) -> Result<Value, DeliverError>
 where
     W: WebhookStore,
     H: Sender,
@@ -23,9 +27,9 @@ where
     C: Channels,
 {
     match event.get("Records").and_then(Value::as_array) {
-        Some(records) => Ok(follow_ups(d, records, now).await),
+        Some(records) => Ok(follow_ups(d, records, clock).await),
         None => {
-            let report = d.on_event(event, now).await?;
+            let report = d.on_event(event, clock()).await?;
             tracing::info!(
                 detail_type = event["detail-type"].as_str().unwrap_or_default(),
                 attempted = report.attempted,
@@ -38,40 +42,45 @@ where
     }
 }
 
-/// Each record on its own: one that fails is received again; one that cannot be read is
-/// logged and dropped (it would fail forever; the dead-letter queue is for the former).
-async fn follow_ups<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, records: &[Value], now: i64) -> Value
+/// Each record on its own, all at once (each attempt may wait up to 10 s for its receiver;
+/// one after another, a batch of slow receivers would outlast the function's timeout): one
+/// that fails is received again; one that cannot be read is logged and dropped (it would fail
+/// forever; the dead-letter queue is for the former).
+async fn follow_ups<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, records: &[Value], clock: fn() -> i64) -> Value
 where
     W: WebhookStore,
     H: Sender,
     Q: RetryQueue,
     C: Channels,
 {
-    let mut failures = Vec::new();
-    for r in records {
+    let runs = records.iter().map(|r| async move {
         let id = r["messageId"].as_str().unwrap_or_default();
         let f = match r["body"].as_str().map(serde_json::from_str::<FollowUp>) {
             Some(Ok(f)) => f,
             _ => {
                 tracing::error!(message_id = id, "a retry queue message that is not a follow-up; dropped");
-                continue;
+                return None;
             }
         };
-        match d.on_follow_up(&f, now).await {
-            Ok(report) => tracing::info!(
-                endpoint_id = %f.endpoint_id,
-                delivery_id = %f.delivery_id,
-                attempted = report.attempted,
-                succeeded = report.succeeded,
-                closed = report.closed,
-                deferred = report.deferred,
-                "follow-up handled"
-            ),
+        match d.on_follow_up(&f, clock()).await {
+            Ok(report) => {
+                tracing::info!(
+                    endpoint_id = %f.endpoint_id,
+                    delivery_id = %f.delivery_id,
+                    attempted = report.attempted,
+                    succeeded = report.succeeded,
+                    closed = report.closed,
+                    deferred = report.deferred,
+                    "follow-up handled"
+                );
+                None
+            }
             Err(e) => {
                 tracing::warn!(message_id = id, error = %e, "follow-up failed; it will be received again");
-                failures.push(json!({"itemIdentifier": id}));
+                Some(json!({"itemIdentifier": id}))
             }
         }
-    }
+    });
+    let failures: Vec<Value> = futures_util::future::join_all(runs).await.into_iter().flatten().collect();
     json!({"batchItemFailures": failures})
 }

@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let dispatcher = topup::live_dispatcher(&config, &aws)?;
     let dispatcher = &dispatcher;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        webhooks_out::handle(dispatcher, &event.payload, topup::clock::now_ms()).await.map_err(Error::from)
+        webhooks_out::handle(dispatcher, &event.payload, topup::clock::now_ms).await.map_err(Error::from)
     }))
     .await
 }

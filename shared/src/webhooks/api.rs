@@ -63,7 +63,7 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
         }
         let e = Endpoint {
             id: crate::ledger::new_id("we"),
-            url: new.url.trim().to_string(),
+            url: target.normalized.clone(),
             events,
             status: "enabled".into(),
             secret: new_secret(),
@@ -73,6 +73,7 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
             contact_email: new.contact_email,
             created_at: now,
             failing_since: None,
+            last_failure_at: None,
             disabled_at: None,
             version: 1,
         };
@@ -145,6 +146,7 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
                 e.status = "enabled".into();
                 e.disabled_at = None;
                 e.failing_since = None;
+                e.last_failure_at = None;
             })
             .await?;
         Ok(e.view())
@@ -153,7 +155,10 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
     pub async fn deliveries(&self, id: &str, limit: usize, cursor: Option<&str>) -> Result<Value, ApiError> {
         self.live(id).await?;
         if let Some(c) = cursor {
-            parse_delivery_id(c).ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this list gave."))?;
+            let ours = c.len() <= crate::http::MAX_ID_LEN && parse_delivery_id(c).is_some();
+            if !ours {
+                return Err(ApiError::invalid("`cursor` is not a cursor this list gave."));
+            }
         }
         let (page, next) = self.store.deliveries(id, limit, cursor).await.map_err(upstream)?;
         let views: Vec<Value> = page.iter().map(super::Delivery::view).collect();
@@ -184,18 +189,23 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
                 status: "pending".into(),
                 next_attempt_at: Some(now),
                 retry_from: now,
+                retry_base: d.attempts,
                 version: v + 1,
-                ..d
+                ..d.clone()
             };
             if !self.store.put_delivery(&next, Some(v)).await.map_err(upstream)? {
                 continue;
             }
             let f =
                 FollowUp { endpoint_id: id.to_string(), delivery_id: delivery_id.to_string(), attempt: next.attempts };
-            self.queue.send(&f, 0).await.map_err(|why| {
+            if let Err(why) = self.queue.send(&f, 0).await {
+                // Not queued: put the delivery back as it was, so nothing reads `pending` with
+                // no follow-up on its way (if that write fails too, a redelivery fixes it).
                 tracing::warn!(reason = %why, "redelivery not queued");
-                ApiError::Upstream
-            })?;
+                let back = super::Delivery { version: v + 2, ..d };
+                let _ = self.store.put_delivery(&back, Some(v + 1)).await;
+                return Err(ApiError::Upstream);
+            }
             tracing::info!(endpoint_id = id, delivery_id, "webhook redelivery queued");
             return Ok(next.view());
         }

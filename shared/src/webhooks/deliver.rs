@@ -136,17 +136,11 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
     /// already made it.
     async fn start(&self, endpoint: &Endpoint, out: &Outgoing, now: i64) -> Result<Report, DeliverError> {
         let fresh = Delivery::new(&endpoint.id, out, now);
-        match self.attempt(endpoint, fresh.clone(), None, now).await? {
+        match self.attempt(endpoint, fresh, None, now).await? {
             Some(r) => Ok(r),
-            // The delivery exists: an earlier run made it. If that run died before its
-            // attempt, make the attempt; otherwise the follow-up queue owns it.
-            None => match self.store.delivery(&endpoint.id, &fresh.id).await? {
-                Some(d) if d.status == "pending" && d.attempts == 0 => {
-                    let v = d.version;
-                    Ok(self.attempt(endpoint, d, Some(v), now).await?.unwrap_or_default())
-                }
-                _ => Ok(Report { skipped: 1, ..Report::default() }),
-            },
+            // The delivery exists (its first attempt was claimed by an earlier run, which also
+            // queued its follow-up): nothing more to do here.
+            None => Ok(Report { skipped: 1, ..Report::default() }),
         }
     }
 
@@ -207,7 +201,8 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
             };
         }
         let n = d.attempts + 1;
-        let next_due = self.settings.next_due(n, d.retry_from, now);
+        // The schedule counts the attempts of this window (a redelivery starts it over).
+        let next_due = self.settings.next_due(n - d.retry_base.min(d.attempts), d.retry_from, now);
         // 1. The follow-up first: whatever happens next, the delivery is looked at again.
         let delay = next_due.map_or(WATCHDOG_S, |due| ((due - now + 999) / 1000).clamp(0, MAX_DELAY_S));
         let follow = FollowUp { endpoint_id: endpoint.id.clone(), delivery_id: d.id.clone(), attempt: n };
@@ -248,6 +243,7 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
         }
         tracing::info!(
             endpoint_id = %endpoint.id,
+            host = %endpoint.host(),
             delivery_id = %claimed.id,
             event_id = %claimed.event_id,
             attempt = n,
@@ -257,31 +253,45 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
         );
         // A manual redelivery in between wins: its own attempt records its answer.
         self.store.put_delivery(&claimed, Some(v)).await?;
-        self.endpoint_health(&endpoint.id, ok, now).await?;
+        // A whole window of failures: its first attempt is when the endpoint's streak started
+        // at the latest.
+        let spent = (!ok && next_due.is_none()).then_some(claimed.retry_from);
+        self.endpoint_health(&endpoint.id, ok, spent, now).await?;
         let closed = usize::from(claimed.status == "failed");
         Ok(Some(Report { attempted: 1, succeeded: usize::from(ok), closed, ..Report::default() }))
     }
 
-    /// A success ends an endpoint's failing streak; a failure starts one, or, when it has
-    /// lasted `disable_after`, disables the endpoint and tells its owner (once: the write that
-    /// disables is conditional).
-    async fn endpoint_health(&self, id: &str, ok: bool, now: i64) -> Result<(), DeliverError> {
+    /// A success ends an endpoint's failing streak; a failure starts one (or starts it over
+    /// after a day without failures) or extends it. The endpoint is disabled, and its owner
+    /// told, once its streak has lasted `disable_after`, or has covered a whole retry window at
+    /// least as long (`spent`: the window's start) of a delivery that failed every attempt. Once: the write
+    /// that disables is conditional on the endpoint being enabled.
+    async fn endpoint_health(&self, id: &str, ok: bool, spent: Option<i64>, now: i64) -> Result<(), DeliverError> {
         for _ in 0..5 {
             let Some(e) = self.store.endpoint(id).await? else { return Ok(()) };
             let mut next = e.clone();
             if ok {
-                if e.failing_since.is_none() {
+                if e.failing_since.is_none() && e.last_failure_at.is_none() {
                     return Ok(());
                 }
                 next.failing_since = None;
+                next.last_failure_at = None;
             } else {
-                match e.failing_since {
-                    None => next.failing_since = Some(now),
-                    Some(since) if e.status == "enabled" && now - since >= self.settings.disable_after_s * 1000 => {
-                        next.status = "disabled".into();
-                        next.disabled_at = Some(now);
-                    }
-                    Some(_) => return Ok(()),
+                let recent = e.last_failure_at.is_none_or(|l| now - l < super::STREAK_GAP_MS);
+                let since = match e.failing_since {
+                    Some(s) if recent => s,
+                    _ => now,
+                };
+                next.failing_since = Some(since);
+                next.last_failure_at = Some(now);
+                let too_long = now - since >= self.settings.disable_after_s * 1000;
+                // With the deployed settings (window and limit both 72 h) the last retry comes a
+                // little before the limit: a streak covering the whole window counts as the limit.
+                let whole_window = spent.is_some_and(|from| since <= from)
+                    && self.settings.retry_window_s >= self.settings.disable_after_s;
+                if e.status == "enabled" && (too_long || whole_window) {
+                    next.status = "disabled".into();
+                    next.disabled_at = Some(now);
                 }
             }
             next.version = e.version + 1;
@@ -296,14 +306,17 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
     }
 
     async fn tell_owner(&self, e: &Endpoint) {
-        tracing::error!(endpoint_id = %e.id, url = %e.url, "webhook endpoint disabled after failing for too long");
+        tracing::error!(endpoint_id = %e.id, host = %e.host(), "webhook endpoint disabled after failing for too long");
         let Some(to) = e.contact_email.as_ref().or(self.operator_email.as_ref()) else { return };
         let days = self.settings.disable_after_s as f64 / 86_400.0;
         let text = format!(
-            "Deliveries to your webhook endpoint {} ({}) have failed for {days:.1} days, so it has been disabled. \
-             Events are no longer sent to it. Fix the endpoint, enable it again (POST /v1/webhook-endpoints/{}/enable) \
-             and redeliver what it missed from its deliveries list.",
-            e.url, e.id, e.id
+            "Deliveries to your webhook endpoint {} at {} have failed for {days:.1} days, so it has been disabled: \
+             events are no longer sent to it, and those that happen while it is disabled are not kept for it. \
+             Fix the endpoint and enable it again (POST /v1/webhook-endpoints/{}/enable); the deliveries that \
+             failed before are in its deliveries list, and each can be sent again (…/redeliver).",
+            e.id,
+            e.host(),
+            e.id
         );
         let m = Rendered {
             kind: "webhook_endpoint_disabled",
@@ -529,31 +542,31 @@ mod tests {
         let r = d.on_follow_up(&f, now).await.unwrap();
         assert_eq!((r.attempted, r.succeeded), (1, 1));
         assert_eq!(w.posts().len(), 5);
+        assert_eq!(w.last_follow_up().1, 10, "a redelivery starts the schedule over");
         let page = w.admin().deliveries(&ep, 10, None).await.unwrap();
         assert_eq!(page["deliveries"][0]["status"], "succeeded");
         assert_eq!(page["deliveries"][0]["attempts"], 5);
     }
 
     #[tokio::test]
-    async fn a_follow_up_after_a_dead_runner_sends_again_and_a_lost_last_attempt_is_closed() {
+    async fn a_duplicate_event_sends_nothing_and_a_lost_last_attempt_is_closed() {
         let w = World::new();
         let (ep, _) = w.endpoint(&["*"]).await;
-        // A runner made the delivery and died before its attempt: the bus's retry makes it.
-        let out = Outgoing::from_bus(&low("evt_4")).unwrap().unwrap();
-        let stored = Delivery::new(&ep, &out, 0);
-        assert!(w.store.put_delivery(&stored, None).await.unwrap());
         let d = w.dispatcher();
         assert_eq!(d.on_event(&low("evt_4"), 1_000).await.unwrap().attempted, 1);
+        assert_eq!(d.on_event(&low("evt_4"), 1_500).await.unwrap().skipped, 1);
+        let id = crate::webhooks::delivery_id(1_000, "evt_4");
         // A last attempt whose runner died after claiming (next attempt none, still pending).
-        let mut lost = w.store.delivery(&ep, &stored.id).await.unwrap().unwrap();
+        let mut lost = w.store.delivery(&ep, &id).await.unwrap().unwrap();
         let v = lost.version;
         lost.status = "pending".into();
         lost.next_attempt_at = None;
         lost.version = v + 1;
         assert!(w.store.put_delivery(&lost, Some(v)).await.unwrap());
-        let f = FollowUp { endpoint_id: ep.clone(), delivery_id: stored.id.clone(), attempt: lost.attempts };
+        let f = FollowUp { endpoint_id: ep.clone(), delivery_id: id.clone(), attempt: lost.attempts };
         assert_eq!(d.on_follow_up(&f, 70_000).await.unwrap().closed, 1);
-        assert_eq!(w.store.delivery(&ep, &stored.id).await.unwrap().unwrap().status, "failed");
+        assert_eq!(w.store.delivery(&ep, &id).await.unwrap().unwrap().status, "failed");
+        assert_eq!(w.posts().len(), 1);
     }
 
     #[tokio::test]
@@ -589,6 +602,27 @@ mod tests {
         // Enabled again: the streak starts over and redelivery works.
         assert_eq!(w.admin().enable(&ep).await.unwrap()["status"], "enabled");
         w.admin().redeliver(&ep, &f.delivery_id, now).await.expect("queued");
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_a_quiet_day_starts_the_streak_over() {
+        let mut w = World::new();
+        w.settings.disable_after_s = 2 * 86_400;
+        let (ep, _) = w.endpoint(&["*"]).await;
+        w.script(&[Answer::Status(500), Answer::Status(200), Answer::Status(500), Answer::Status(500)]);
+        let d = w.dispatcher();
+        d.on_event(&low("evt_a"), 0).await.unwrap();
+        assert_eq!(w.store.endpoint(&ep).await.unwrap().unwrap().failing_since, Some(0));
+        // Days later, failures again (the success in between ended the first streak anyway).
+        let day = 86_400_000;
+        d.on_event(&low("evt_b"), day).await.unwrap();
+        assert_eq!(w.store.endpoint(&ep).await.unwrap().unwrap().failing_since, None);
+        d.on_event(&low("evt_c"), 2 * day).await.unwrap();
+        // A single failure three days after that: the streak starts over, no disabling.
+        d.on_event(&low("evt_d"), 5 * day).await.unwrap();
+        let e = w.store.endpoint(&ep).await.unwrap().unwrap();
+        assert_eq!((e.status.as_str(), e.failing_since), ("enabled", Some(5 * day)));
+        assert!(w.mail.sent.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -166,7 +166,7 @@ pub fn verify(secret: &str, header: &str, body: &str, now_s: i64, tolerance_s: i
         }
     }
     let Some(t) = t else { return false };
-    if (now_s - t).abs() > tolerance_s {
+    if now_s.abs_diff(t) > tolerance_s.unsigned_abs() {
         return false;
     }
     let expected = signature(secret, t, body);
@@ -265,8 +265,8 @@ impl WebhookSettings {
 }
 
 /// An endpoint: where to POST, which events, how to sign. Versioned: every change is a
-/// conditional write on `version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// conditional write on `version`. Its `Debug` leaves the secrets out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub id: String,
     pub url: String,
@@ -283,13 +283,36 @@ pub struct Endpoint {
     /// Who is told when the endpoint is disabled (else the deployment's sender address).
     pub contact_email: Option<String>,
     pub created_at: i64,
-    /// Since when attempts to it have failed without a success in between.
+    /// Since when attempts to it have failed without a success in between, and the latest
+    /// failure (a streak with no failure for a day starts over).
     pub failing_since: Option<i64>,
+    #[serde(default)]
+    pub last_failure_at: Option<i64>,
     pub disabled_at: Option<i64>,
     pub version: u64,
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A streak of failures with no failure for this long starts over at the next one.
+pub const STREAK_GAP_MS: i64 = 86_400_000;
+
 impl Endpoint {
+    /// The URL's host, for logs (a path or query may carry the receiver's own token).
+    pub fn host(&self) -> String {
+        ::url::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
+    }
+
     pub fn subscribes(&self, kind: &str) -> bool {
         self.status == "enabled" && self.events.iter().any(|e| e == "*" || e == kind)
     }
@@ -350,6 +373,9 @@ pub struct Delivery {
     /// (its first attempt, or its last manual redelivery).
     pub created_at: i64,
     pub retry_from: i64,
+    /// Attempts made before the current window began (a redelivery starts the schedule over).
+    #[serde(default)]
+    pub retry_base: u32,
     /// The exact body every attempt sends.
     pub body: String,
     pub version: u64,
@@ -373,6 +399,7 @@ impl Delivery {
             next_attempt_at: None,
             created_at: out.created_ms,
             retry_from: now,
+            retry_base: 0,
             body: out.body.clone(),
             version: 0,
         }

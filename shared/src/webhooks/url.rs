@@ -17,6 +17,9 @@ pub const MAX_URL_LEN: usize = 2048;
 /// A URL taken apart for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The URL as the `url` crate writes it back (host lowercased, IDNA, path escaped): what is
+    /// stored and sent, so the URL checked is the URL called.
+    pub normalized: String,
     pub https: bool,
     pub host: String,
     pub port: u16,
@@ -58,10 +61,11 @@ pub fn parse(raw: &str, allow_loopback: bool) -> Result<Target, ApiError> {
         _ => return Err(invalid("`url` must be an https URL.")),
     };
     let port = u.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
-    Ok(Target { https, host, port, literal })
+    Ok(Target { normalized: u.as_str().to_string(), https, host, port, literal })
 }
 
-/// An IPv4 address inside an IPv6 one (mapped, compatible or NAT64) is judged as itself.
+/// An IPv4 address inside an IPv6 one (mapped, translated, compatible or NAT64) is judged as
+/// itself.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
@@ -69,8 +73,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
                 return IpAddr::V4(v4);
             }
             let s = v6.segments();
-            // 64:ff9b::/96, the well-known NAT64 prefix.
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+            // 64:ff9b::/96 (well-known NAT64), 64:ff9b:1::/48 (local-use NAT64) and
+            // ::ffff:0:0:0/96 (IPv4-translated): the last 32 bits are the IPv4 address.
+            let nat64 = s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1);
+            let translated = s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0;
+            if nat64 || translated {
                 return IpAddr::V4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
             }
             IpAddr::V6(v6)
@@ -139,7 +146,10 @@ pub async fn check_resolved(target: &Target, allow_loopback: bool) -> Result<(),
     if target.literal.is_some() {
         return Ok(());
     }
-    let Ok(addrs) = tokio::net::lookup_host((target.host.as_str(), target.port)).await else {
+    // A slow resolver must not hold the request past its own timeout: unanswered counts as
+    // not resolving (yet).
+    let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+    let Ok(Ok(addrs)) = tokio::time::timeout(std::time::Duration::from_secs(3), lookup).await else {
         return Ok(());
     };
     for addr in addrs {
@@ -167,6 +177,8 @@ mod tests {
             "https://[::ffff:10.0.0.1]/h",
             "https://[::ffff:169.254.169.254]/h",
             "https://[64:ff9b::a9fe:a9fe]/h",
+            "https://[64:ff9b:1::a00:1]/h",
+            "https://[::ffff:0:a00:1]/h",
             "https://100.64.0.1/h",
             "https://224.0.0.1/h",
             "https://255.255.255.255/h",
@@ -196,8 +208,9 @@ mod tests {
         ] {
             assert_eq!(parse(bad, true).map_err(|e| e.code().to_string()), Err("invalid_url".into()), "{bad}");
         }
-        let t = parse("https://hooks.example.com/x", false).expect("ok");
+        let t = parse("https://Hooks.Example.com/a b", false).expect("ok");
         assert_eq!((t.https, t.port, t.host.as_str()), (true, 443, "hooks.example.com"));
+        assert_eq!(t.normalized, "https://hooks.example.com/a%20b", "what is stored is what is sent");
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(parse(&long, false).is_err());
     }

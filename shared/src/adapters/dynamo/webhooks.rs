@@ -3,7 +3,7 @@
 //! | item     | pk                     | sk                 |
 //! |----------|------------------------|--------------------|
 //! | endpoint | `WEBHOOKS`             | `EP#{endpoint_id}` |
-//! | delivery | `WHD#{endpoint_id}`    | `{delivery_id}` (`wd_{event ms:013}_{event id}`: newest last; TTL 30 days) |
+//! | delivery | `WHD#{endpoint_id}`    | `{delivery_id}` (`wd_{event ms:013}_{event id}`: newest last; TTL 30 days after the event or the last redelivery) |
 //!
 //! Endpoints are few (at most 20) and read on every event: one partition, one query.
 //! Every write is a `PutItem` conditional on the stored `version`.
@@ -55,7 +55,9 @@ impl WebhookStore for DynamoStore {
     }
 
     async fn put_delivery(&self, d: &Delivery, expected: Option<u64>) -> Result<bool, StoreError> {
-        let item = to_item(d, deliveries_pk(&d.endpoint_id), d.id.clone(), Some(d.created_at + DELIVERY_RETENTION_MS))?;
+        // Kept for the retention after the event, or after a redelivery's window began.
+        let ttl = d.created_at.max(d.retry_from) + DELIVERY_RETENTION_MS;
+        let item = to_item(d, deliveries_pk(&d.endpoint_id), d.id.clone(), Some(ttl))?;
         self.put_versioned(item, expected, "PutItem webhook delivery").await
     }
 
