@@ -55,6 +55,8 @@ pub trait RetryQueue: Send + Sync {
 pub const MAX_DELAY_S: i64 = 900;
 /// The follow-up of a last attempt: only there to close a delivery whose runner died.
 const WATCHDOG_S: i64 = 60;
+/// How far an endpoint's latest failure may lag behind before it is written again.
+const FAILURE_MARK_MS: i64 = 3_600_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("webhook delivery incomplete, retry: {0}")]
@@ -256,7 +258,7 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
         // A whole window of failures: its first attempt is when the endpoint's streak started
         // at the latest.
         let spent = (!ok && next_due.is_none()).then_some(claimed.retry_from);
-        self.endpoint_health(&endpoint.id, ok, spent, now).await?;
+        self.endpoint_health(endpoint, ok, spent, now).await?;
         let closed = usize::from(claimed.status == "failed");
         Ok(Some(Report { attempted: 1, succeeded: usize::from(ok), closed, ..Report::default() }))
     }
@@ -264,36 +266,26 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
     /// A success ends an endpoint's failing streak; a failure starts one (or starts it over
     /// after a day without failures) or extends it. The endpoint is disabled, and its owner
     /// told, once its streak has lasted `disable_after`, or has covered a whole retry window at
-    /// least as long (`spent`: the window's start) of a delivery that failed every attempt. Once: the write
-    /// that disables is conditional on the endpoint being enabled.
-    async fn endpoint_health(&self, id: &str, ok: bool, spent: Option<i64>, now: i64) -> Result<(), DeliverError> {
+    /// least as long (`spent`: the window's start) of a delivery that failed every attempt.
+    /// Once: the write that disables is conditional on the endpoint being enabled.
+    ///
+    /// The endpoint item is written only when something changes: a streak starting or ending,
+    /// its latest failure moving by an hour or more (a day's gap is all it must detect), or
+    /// disabling. A receiver that is down for a burst of events is not one write per attempt
+    /// on one item.
+    async fn endpoint_health(
+        &self,
+        known: &Endpoint,
+        ok: bool,
+        spent: Option<i64>,
+        now: i64,
+    ) -> Result<(), DeliverError> {
+        if self.health_change(known, ok, spent, now).is_none() {
+            return Ok(());
+        }
         for _ in 0..5 {
-            let Some(e) = self.store.endpoint(id).await? else { return Ok(()) };
-            let mut next = e.clone();
-            if ok {
-                if e.failing_since.is_none() && e.last_failure_at.is_none() {
-                    return Ok(());
-                }
-                next.failing_since = None;
-                next.last_failure_at = None;
-            } else {
-                let recent = e.last_failure_at.is_none_or(|l| now - l < super::STREAK_GAP_MS);
-                let since = match e.failing_since {
-                    Some(s) if recent => s,
-                    _ => now,
-                };
-                next.failing_since = Some(since);
-                next.last_failure_at = Some(now);
-                let too_long = now - since >= self.settings.disable_after_s * 1000;
-                // With the deployed settings (window and limit both 72 h) the last retry comes a
-                // little before the limit: a streak covering the whole window counts as the limit.
-                let whole_window = spent.is_some_and(|from| since <= from)
-                    && self.settings.retry_window_s >= self.settings.disable_after_s;
-                if e.status == "enabled" && (too_long || whole_window) {
-                    next.status = "disabled".into();
-                    next.disabled_at = Some(now);
-                }
-            }
+            let Some(e) = self.store.endpoint(&known.id).await? else { return Ok(()) };
+            let Some(mut next) = self.health_change(&e, ok, spent, now) else { return Ok(()) };
             next.version = e.version + 1;
             if self.store.put_endpoint(&next, Some(e.version)).await? {
                 if next.status == "disabled" && e.status == "enabled" {
@@ -302,7 +294,42 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
                 return Ok(());
             }
         }
-        Err(DeliverError(format!("endpoint {id} kept changing")))
+        Err(DeliverError(format!("endpoint {} kept changing", known.id)))
+    }
+
+    /// The endpoint after an attempt's outcome, when that changes what is stored.
+    fn health_change(&self, e: &Endpoint, ok: bool, spent: Option<i64>, now: i64) -> Option<Endpoint> {
+        let mut next = e.clone();
+        if ok {
+            if e.failing_since.is_none() && e.last_failure_at.is_none() {
+                return None;
+            }
+            next.failing_since = None;
+            next.last_failure_at = None;
+            return Some(next);
+        }
+        let recent = e.last_failure_at.is_none_or(|l| now - l < super::STREAK_GAP_MS);
+        let since = match e.failing_since {
+            Some(s) if recent => s,
+            _ => now,
+        };
+        let too_long = now - since >= self.settings.disable_after_s * 1000;
+        // With the deployed settings (window and limit both 72 h) the last retry comes a
+        // little before the limit: a streak covering the whole window counts as the limit.
+        let whole_window =
+            spent.is_some_and(|from| since <= from) && self.settings.retry_window_s >= self.settings.disable_after_s;
+        let disable = e.status == "enabled" && (too_long || whole_window);
+        let stale = e.last_failure_at.is_none_or(|l| now - l >= FAILURE_MARK_MS);
+        if e.failing_since == Some(since) && !stale && !disable {
+            return None;
+        }
+        next.failing_since = Some(since);
+        next.last_failure_at = Some(now);
+        if disable {
+            next.status = "disabled".into();
+            next.disabled_at = Some(now);
+        }
+        Some(next)
     }
 
     async fn tell_owner(&self, e: &Endpoint) {
