@@ -71,6 +71,21 @@ async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_priv
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("webhook_endpoint_not_found")));
     let (_, list) = w.api(get("/v1/webhook-endpoints", &service())).await;
     assert_eq!(list["webhook_endpoints"], json!([]));
+    // The deleted endpoint's record stays for its deliveries' follow-ups, then expires (TTL).
+    let item = w
+        .dynamo
+        .get_item()
+        .table_name(&w.config.table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOKS".into()))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(format!("EP#{id}")))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("kept");
+    let ttl: i64 = item.get("ttl").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).expect("a ttl");
+    let days = (ttl - topup::clock::now_ms() / 1000) as f64 / 86_400.0;
+    assert!((30.9..31.1).contains(&days), "{days} days");
 }
 
 #[tokio::test]

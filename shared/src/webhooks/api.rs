@@ -9,8 +9,9 @@ use super::{
 use crate::error::ApiError;
 use crate::store::StoreError;
 
-/// At most this many endpoints (not deleted) per deployment: each event is sent to every one.
-pub const MAX_ENDPOINTS: usize = 20;
+/// At most this many endpoints (not deleted) per deployment: each event reads them all (one
+/// query) and is sent to every one that subscribes, concurrently.
+pub const MAX_ENDPOINTS: usize = 100;
 pub const MAX_DESCRIPTION: usize = 500;
 
 fn upstream(e: StoreError) -> ApiError {
@@ -75,6 +76,7 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
             failing_since: None,
             last_failure_at: None,
             disabled_at: None,
+            deleted_at: None,
             version: 1,
         };
         if !self.store.put_endpoint(&e, None).await.map_err(upstream)? {
@@ -116,10 +118,16 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
         Err(ApiError::Busy)
     }
 
-    /// Deletes an endpoint: nothing more is sent to it; its record stays (marked deleted) so
-    /// its deliveries' follow-ups find it and close.
+    /// Deletes an endpoint: nothing more is sent to it; its record stays, marked deleted, until
+    /// its deliveries' records are gone (DynamoDB's TTL, a day past their retention), so their
+    /// follow-ups find it and close.
     pub async fn delete(&self, id: &str) -> Result<Value, ApiError> {
-        self.change(id, |e| e.status = "deleted".into()).await?;
+        let now = crate::clock::now_ms();
+        self.change(id, |e| {
+            e.status = "deleted".into();
+            e.deleted_at = Some(now);
+        })
+        .await?;
         tracing::info!(endpoint_id = id, "webhook endpoint deleted");
         Ok(json!({"id": id, "deleted": true}))
     }

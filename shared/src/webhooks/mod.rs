@@ -289,6 +289,8 @@ pub struct Endpoint {
     #[serde(default)]
     pub last_failure_at: Option<i64>,
     pub disabled_at: Option<i64>,
+    #[serde(default)]
+    pub deleted_at: Option<i64>,
     pub version: u64,
 }
 

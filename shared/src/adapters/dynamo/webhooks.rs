@@ -5,7 +5,8 @@
 //! | endpoint | `WEBHOOKS`             | `EP#{endpoint_id}` |
 //! | delivery | `WHD#{endpoint_id}`    | `{delivery_id}` (`wd_{event ms:013}_{event id}`: newest last; TTL 30 days after the event or the last redelivery) |
 //!
-//! Endpoints are few (at most 20) and read on every event: one partition, one query.
+//! Endpoints are few (at most 100) and read on every event: one partition, one query. A
+//! deleted endpoint expires (TTL) a day after its deliveries' records can.
 //! Every write is a `PutItem` conditional on the stored `version`.
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -40,7 +41,9 @@ impl DynamoStore {
 
 impl WebhookStore for DynamoStore {
     async fn put_endpoint(&self, e: &Endpoint, expected: Option<u64>) -> Result<bool, StoreError> {
-        let item = to_item(e, ENDPOINTS_PK.into(), endpoint_sk(&e.id), None)?;
+        // A deleted endpoint leaves the table a day after the last of its deliveries can.
+        let ttl = e.deleted_at.map(|d| d + DELIVERY_RETENTION_MS + 86_400_000);
+        let item = to_item(e, ENDPOINTS_PK.into(), endpoint_sk(&e.id), ttl)?;
         self.put_versioned(item, expected, "PutItem webhook endpoint").await
     }
 
