@@ -260,7 +260,7 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
         except Exception as e:
             checks.check("browser (usd-overage) ran to the end", False, repr(e))
 
-        webhooks_out(api, svc, checks, stack_api)
+        webhooks_out(api, svc, checks, stack_api, moto, watch_port)
 
         # The contract: schemathesis generates requests from infra/openapi.yaml (valid and not)
         # against the served API; no 5xx, no status or body outside the document.
@@ -418,7 +418,7 @@ def readme_verify(root):
     return scope["verify"]
 
 
-def webhooks_out(api: str, svc: str, checks: Checks, stack_api) -> None:
+def webhooks_out(api: str, svc: str, checks: Checks, stack_api, moto: str, watch_port: int) -> None:
     """Webhooks out through the served stack: endpoints registered through the router, events
     from the bus (the template's rule → webhooks-out), retries from the SQS queue with real
     delays (the template's SQS source, honoured by scripts/wiring.py), every delivery verified
@@ -484,6 +484,21 @@ def webhooks_out(api: str, svc: str, checks: Checks, stack_api) -> None:
             again = flaky.wait(5, 30)
             checks.check("a manual redelivery → 202, and the receiver gets the same event id once more",
                          s == 202 and len(again) == 5 and again[4]["id"] == rec.get("event_id"), f"{s} {r} {len(again)}")
+            # A follow-up in the retry queue's dead letters (webhooks-out failed on it five
+            # times): scripts/redrive hands it back in the SQS shape; this one is stale (the
+            # delivery succeeded), so it is done without sending anything again.
+            import boto3
+            sqs = boto3.client("sqs", endpoint_url=moto, region_name=stack_api.REGION, aws_access_key_id="test",
+                               aws_secret_access_key="test")
+            dlq = sqs.get_queue_url(QueueName="topup-WebhookRetryDeadLetters")["QueueUrl"]
+            sqs.send_message(QueueUrl=dlq, MessageBody=json.dumps(
+                {"endpoint_id": f["id"], "delivery_id": rec["id"], "attempt": 1}))
+            out = subprocess.run([str(stack_api.ROOT / "scripts" / "redrive"), "--queue", "topup-WebhookRetryDeadLetters",
+                                  "--endpoint-url", moto, "--lambda-endpoint-url", f"http://127.0.0.1:{watch_port}"],
+                                 cwd=stack_api.ROOT, capture_output=True, text=True, timeout=300)
+            checks.check("scripts/redrive hands a dead-lettered follow-up back to webhooks-out: redriven 1, nothing resent",
+                         out.returncode == 0 and "redriven 1, failed 0, left 0" in out.stdout and len(flaky.bodies()) == 5,
+                         f"{out.stdout[-400:]} {out.stderr[-300:]}")
     finally:
         for i in made:
             http("DELETE", f"{api}/v1/webhook-endpoints/{i}", svc)
