@@ -84,6 +84,8 @@ impl WebhookStore for DynamoStore {
             .key_condition_expression("pk = :pk")
             .expression_attribute_values(":pk", s(pk.clone()))
             .scan_index_forward(false)
+            // Read-your-writes: a delivery just recorded (or redelivered) shows as it is now.
+            .consistent_read(true)
             .limit(i32::try_from(limit).unwrap_or(100))
             .set_exclusive_start_key(start)
             .send()
