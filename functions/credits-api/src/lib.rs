@@ -55,12 +55,65 @@ pub enum Route {
     Revenue,
     Check(String),
     Alerts(String),
-    WebhookEndpoints,
-    WebhookEndpoint(String),
-    WebhookRotate(String),
-    WebhookEnable(String),
-    WebhookDeliveries(String),
-    WebhookRedeliver(String, String),
+    Webhooks(Hook),
+}
+
+/// The webhook endpoints' routes (rules §15), under `/v1/webhook-endpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Endpoints,
+    Endpoint(String),
+    Rotate(String),
+    Enable(String),
+    Deliveries(String),
+    Redeliver(String, String),
+}
+
+impl Hook {
+    fn parse(rest: &[&str]) -> Option<Hook> {
+        let a = |s: &str| s.to_string();
+        Some(match rest {
+            [] => Hook::Endpoints,
+            [id] => Hook::Endpoint(a(id)),
+            [id, "rotate-secret"] => Hook::Rotate(a(id)),
+            [id, "enable"] => Hook::Enable(a(id)),
+            [id, "deliveries"] => Hook::Deliveries(a(id)),
+            [id, "deliveries", d, "redeliver"] => Hook::Redeliver(a(id), a(d)),
+            _ => return None,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Hook::Endpoints => "webhook_endpoints",
+            Hook::Endpoint(_) => "webhook_endpoint",
+            Hook::Rotate(_) => "webhook_rotate_secret",
+            Hook::Enable(_) => "webhook_enable",
+            Hook::Deliveries(_) => "webhook_deliveries",
+            Hook::Redeliver(..) => "webhook_redeliver",
+        }
+    }
+
+    fn methods(&self) -> &'static [&'static str] {
+        match self {
+            Hook::Endpoints => &["GET", "POST"],
+            Hook::Endpoint(_) => &["GET", "DELETE"],
+            Hook::Rotate(_) | Hook::Enable(_) | Hook::Redeliver(..) => &["POST"],
+            Hook::Deliveries(_) => &["GET"],
+        }
+    }
+
+    /// The endpoint the route names, if it names one.
+    fn endpoint_id(&self) -> Option<&str> {
+        match self {
+            Hook::Endpoints => None,
+            Hook::Endpoint(id)
+            | Hook::Rotate(id)
+            | Hook::Enable(id)
+            | Hook::Deliveries(id)
+            | Hook::Redeliver(id, _) => Some(id),
+        }
+    }
 }
 
 impl Route {
@@ -80,12 +133,7 @@ impl Route {
             ["v1", "reports", "revenue"] => Route::Revenue,
             ["v1", "accounts", id, "credits", "check"] => Route::Check(a(id)),
             ["v1", "accounts", id, "credits", "alerts"] => Route::Alerts(a(id)),
-            ["v1", "webhook-endpoints"] => Route::WebhookEndpoints,
-            ["v1", "webhook-endpoints", id] => Route::WebhookEndpoint(a(id)),
-            ["v1", "webhook-endpoints", id, "rotate-secret"] => Route::WebhookRotate(a(id)),
-            ["v1", "webhook-endpoints", id, "enable"] => Route::WebhookEnable(a(id)),
-            ["v1", "webhook-endpoints", id, "deliveries"] => Route::WebhookDeliveries(a(id)),
-            ["v1", "webhook-endpoints", id, "deliveries", d, "redeliver"] => Route::WebhookRedeliver(a(id), a(d)),
+            ["v1", "webhook-endpoints", rest @ ..] => Route::Webhooks(Hook::parse(rest)?),
             _ => return None,
         })
     }
@@ -105,25 +153,14 @@ impl Route {
             Route::Revenue => "revenue",
             Route::Check(_) => "check",
             Route::Alerts(_) => "alerts",
-            Route::WebhookEndpoints => "webhook_endpoints",
-            Route::WebhookEndpoint(_) => "webhook_endpoint",
-            Route::WebhookRotate(_) => "webhook_rotate_secret",
-            Route::WebhookEnable(_) => "webhook_enable",
-            Route::WebhookDeliveries(_) => "webhook_deliveries",
-            Route::WebhookRedeliver(..) => "webhook_redeliver",
+            Route::Webhooks(h) => h.name(),
         }
     }
 
     /// The account a route names and who may call it; the billing page names none.
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
-            Route::Billing | Route::Revenue => None,
-            Route::WebhookEndpoints
-            | Route::WebhookEndpoint(_)
-            | Route::WebhookRotate(_)
-            | Route::WebhookEnable(_)
-            | Route::WebhookDeliveries(_)
-            | Route::WebhookRedeliver(..) => None,
+            Route::Billing | Route::Revenue | Route::Webhooks(_) => None,
             Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) => Some((id, Access::Service)),
             Route::Credits(id)
             | Route::Transactions(id)
@@ -139,13 +176,8 @@ impl Route {
     fn methods(&self) -> &'static [&'static str] {
         match self {
             Route::Account(_) | Route::AutoRecharge(_) | Route::Alerts(_) => &["PUT"],
-            Route::Adjustments(_)
-            | Route::VoidGrant(..)
-            | Route::WebhookRotate(_)
-            | Route::WebhookEnable(_)
-            | Route::WebhookRedeliver(..) => &["POST"],
-            Route::WebhookEndpoints => &["GET", "POST"],
-            Route::WebhookEndpoint(_) => &["GET", "DELETE"],
+            Route::Adjustments(_) | Route::VoidGrant(..) => &["POST"],
+            Route::Webhooks(h) => h.methods(),
             Route::Billing
             | Route::Credits(_)
             | Route::Transactions(_)
@@ -153,23 +185,13 @@ impl Route {
             | Route::Grants(_)
             | Route::TransactionsCsv(_)
             | Route::Revenue
-            | Route::Check(_)
-            | Route::WebhookDeliveries(_) => &["GET"],
+            | Route::Check(_) => &["GET"],
         }
     }
 
     /// Routes that span every account (the service only, with a token not bound to one).
     fn deployment_wide(&self) -> bool {
-        matches!(
-            self,
-            Route::Revenue
-                | Route::WebhookEndpoints
-                | Route::WebhookEndpoint(_)
-                | Route::WebhookRotate(_)
-                | Route::WebhookEnable(_)
-                | Route::WebhookDeliveries(_)
-                | Route::WebhookRedeliver(..)
-        )
+        matches!(self, Route::Revenue | Route::Webhooks(_))
     }
 }
 
@@ -194,8 +216,8 @@ pub async fn handle<S: Store, B: EventBus, W: WebhookStore, Q: RetryQueue>(
             Err(e) => respond(route.name(), Err(e)),
         };
     }
-    if route.deployment_wide() && route != Route::Revenue {
-        return respond(route.name(), webhook_request(config, webhooks, &req, &route).await);
+    if let Route::Webhooks(hook) = &route {
+        return respond(route.name(), webhook_request(config, webhooks, &req, &route, hook).await);
     }
     respond(route.name(), route_request(config, credits, &req, &route).await)
 }
@@ -206,12 +228,16 @@ async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
     webhooks: &WebhookAdmin<W, Q>,
     req: &Request,
     route: &Route,
+    hook: &Hook,
 ) -> Result<Reply, ApiError> {
     allowed(config, req, route)?;
+    if let Some(id) = hook.endpoint_id() {
+        check_id("endpoint_id", id)?;
+    }
     let now = topup::clock::now_ms();
-    let post = req.method() == "POST";
-    match route {
-        Route::WebhookEndpoints if post => {
+    let method = req.method().as_str();
+    match hook {
+        Hook::Endpoints if method == "POST" => {
             let body = json_object(req, &["url", "events", "description", "contact_email"])?;
             let events = body
                 .array("events")?
@@ -226,34 +252,19 @@ async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
             };
             Reply::created(&webhooks.create(new, now).await?)
         }
-        Route::WebhookEndpoints => Reply::ok(&webhooks.list().await?),
-        Route::WebhookEndpoint(id) => {
-            check_id("endpoint_id", id)?;
-            if req.method() == "DELETE" {
-                Reply::ok(&webhooks.delete(id).await?)
-            } else {
-                Reply::ok(&webhooks.get(id).await?)
-            }
-        }
-        Route::WebhookRotate(id) => {
-            check_id("endpoint_id", id)?;
-            Reply::ok(&webhooks.rotate(id, now).await?)
-        }
-        Route::WebhookEnable(id) => {
-            check_id("endpoint_id", id)?;
-            Reply::ok(&webhooks.enable(id).await?)
-        }
-        Route::WebhookDeliveries(id) => {
-            check_id("endpoint_id", id)?;
+        Hook::Endpoints => Reply::ok(&webhooks.list().await?),
+        Hook::Endpoint(id) if method == "DELETE" => Reply::ok(&webhooks.delete(id).await?),
+        Hook::Endpoint(id) => Reply::ok(&webhooks.get(id).await?),
+        Hook::Rotate(id) => Reply::ok(&webhooks.rotate(id, now).await?),
+        Hook::Enable(id) => Reply::ok(&webhooks.enable(id).await?),
+        Hook::Deliveries(id) => {
             let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
             Reply::ok(&webhooks.deliveries(id, page_limit(req)?, cursor.as_deref()).await?)
         }
-        Route::WebhookRedeliver(id, delivery) => {
-            check_id("endpoint_id", id)?;
+        Hook::Redeliver(id, delivery) => {
             check_id("delivery_id", delivery)?;
             Reply::new(202, &webhooks.redeliver(id, delivery, now).await?)
         }
-        _ => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
     }
 }
 
@@ -268,12 +279,7 @@ async fn route_request<S: Store, B: EventBus>(
     match route {
         Route::Billing => Err(ApiError::MethodNotAllowed(method.to_string())),
         // Answered by `webhook_request`.
-        Route::WebhookEndpoints
-        | Route::WebhookEndpoint(_)
-        | Route::WebhookRotate(_)
-        | Route::WebhookEnable(_)
-        | Route::WebhookDeliveries(_)
-        | Route::WebhookRedeliver(..) => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
+        Route::Webhooks(_) => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
         Route::Account(id) => {
             let body = json_object(req, &["plan", "billing_contacts"])?;
             let plan = body.str("plan")?;

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::deliver::{FollowUp, RetryQueue};
+use super::store::{update_endpoint, Updated};
 use super::{
     new_secret, parse_delivery_id, url, Endpoint, WebhookSettings, WebhookStore, EVENT_TYPES, ROTATION_OVERLAP_MS,
 };
@@ -103,19 +104,21 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
         Ok(self.live(id).await?.view())
     }
 
-    /// Changes a live endpoint with `f`, by a write conditional on its version (re-read and
-    /// re-decided when another writer came first).
+    /// Changes a live endpoint with `f` (`store::update_endpoint`: conditional on its version,
+    /// re-read and re-decided when another writer came first).
     async fn change(&self, id: &str, f: impl Fn(&mut Endpoint)) -> Result<Endpoint, ApiError> {
-        for _ in 0..5 {
-            let e = self.live(id).await?;
-            let mut next = e.clone();
-            f(&mut next);
-            next.version = e.version + 1;
-            if self.store.put_endpoint(&next, Some(e.version)).await.map_err(upstream)? {
-                return Ok(next);
-            }
+        let change = |e: &Endpoint| {
+            (e.status != "deleted").then(|| {
+                let mut next = e.clone();
+                f(&mut next);
+                next
+            })
+        };
+        match update_endpoint(&self.store, id, change).await.map_err(upstream)? {
+            Updated::Changed { after, .. } => Ok(after),
+            Updated::Unchanged => Err(endpoint_not_found()),
+            Updated::Contended => Err(ApiError::Busy),
         }
-        Err(ApiError::Busy)
     }
 
     /// Deletes an endpoint: nothing more is sent to it; its record stays, marked deleted, until

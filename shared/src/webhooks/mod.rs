@@ -8,6 +8,7 @@
 //!   message sent with a delay (no function ever sleeps), with backoff, for the retry window
 //!   (72 hours); then the delivery is `failed` and kept for manual redelivery. An endpoint that
 //!   has failed for three days is disabled and its owner told.
+//! - `health`: an endpoint's failing streak, and disabling it (its owner told once).
 //! - `url`: which URLs and addresses may be called (https; never private, link-local or
 //!   unspecified; loopback only where the configuration allows it).
 //! - `store`: where endpoints and deliveries are kept (DynamoDB in `adapters::dynamo`, memory
@@ -23,6 +24,7 @@ use sha2::Sha256;
 
 pub mod api;
 pub mod deliver;
+pub mod health;
 pub mod store;
 pub mod url;
 
@@ -305,9 +307,6 @@ impl std::fmt::Debug for Endpoint {
             .finish_non_exhaustive()
     }
 }
-
-/// A streak of failures with no failure for this long starts over at the next one.
-pub const STREAK_GAP_MS: i64 = 86_400_000;
 
 impl Endpoint {
     /// The URL's host, for logs (a path or query may carry the receiver's own token).

@@ -41,6 +41,36 @@ pub trait WebhookStore: Send + Sync {
     ) -> impl Future<Output = Result<(Vec<Delivery>, Option<String>), StoreError>> + Send;
 }
 
+/// What `update_endpoint` did.
+#[derive(Debug)]
+pub enum Updated {
+    /// No endpoint with the id, or the change asked for nothing.
+    Unchanged,
+    /// Written: the endpoint before and after.
+    Changed { before: Endpoint, after: Endpoint },
+    /// Other writers came first every time.
+    Contended,
+}
+
+/// Reads endpoint `id`, asks `change` for its new state (`None`: leave it) and writes that under
+/// the version it read; when another writer came first, reads and asks again, at most five
+/// times. The one read-modify-write of an endpoint, for the service's changes and for health.
+pub async fn update_endpoint<W: WebhookStore>(
+    store: &W,
+    id: &str,
+    change: impl Fn(&Endpoint) -> Option<Endpoint>,
+) -> Result<Updated, StoreError> {
+    for _ in 0..5 {
+        let Some(before) = store.endpoint(id).await? else { return Ok(Updated::Unchanged) };
+        let Some(mut after) = change(&before) else { return Ok(Updated::Unchanged) };
+        after.version = before.version + 1;
+        if store.put_endpoint(&after, Some(before.version)).await? {
+            return Ok(Updated::Changed { before, after });
+        }
+    }
+    Ok(Updated::Contended)
+}
+
 /// In memory, for unit tests.
 #[derive(Default)]
 pub struct MemoryWebhookStore {
