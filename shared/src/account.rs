@@ -214,6 +214,12 @@ pub struct Account {
     /// The active grants (rules §15): the balance is the sum of their `remaining`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<Grant>,
+    /// A hot account's lanes (rules §14): how many, and what each holds on lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<crate::lanes::Lanes>,
+    /// Set on a lane's own item: the account it belongs to and the lease that funds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<crate::lanes::LaneOf>,
     /// What the write being planned produced besides this state (expiry entries, grant moves,
     /// ended grants); the engine commits it. Never stored.
     #[serde(skip)]
@@ -279,6 +285,8 @@ impl Account {
             disputes: BTreeMap::new(),
             alerts: Vec::new(),
             grants: Vec::new(),
+            lanes: None,
+            lane: None,
             pending: Pending::default(),
         }
     }

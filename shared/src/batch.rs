@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::http::{error_body, status_of};
 use crate::ids::IdempotencyKey;
+use crate::lanes::{lane_id, owner_of};
 use crate::ledger::{self, request_hash, EntryKind, IdemRecord, LedgerEntry};
 use crate::money::Micros;
 use crate::store::Store;
@@ -135,13 +136,34 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let mut results = Vec::with_capacity(events.len());
         // Keys found applied before, so a key repeated later in the batch replays.
         let mut known: HashMap<String, IdemRecord> = HashMap::new();
+        // An account with lanes: the batch goes to one lane while it can take the events
+        // (leasing when its credits are spent), then to the account (rules §14).
+        let mut lane = events.first().and_then(|e| self.lane_for(id, &e.consumable, e.key.as_str()));
+        let mut leased_at: Option<usize> = None;
         while results.len() < events.len() {
             let from = results.len();
             let upto = (from + EVENTS_PER_COMMIT).min(events.len());
-            // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`).
-            let done = self.commit_group(id, &events[from..upto], &mut known).await?;
+            let (target, beside) = match lane {
+                Some(n) => (lane_id(id, n), self.balance_beside(id, n)),
+                None => (id.to_string(), 0),
+            };
+            // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`), and a
+            // lane stops at the first event it cannot take.
+            let done = match self.commit_group(&target, beside, &events[from..upto], &mut known).await {
+                Err(ApiError::NotFound("account_not_found", _)) if lane.is_some() => vec![],
+                other => other?,
+            };
             if done.is_empty() {
-                return Err(ApiError::Upstream);
+                let Some(n) = lane else { return Err(ApiError::Upstream) };
+                let e = &events[from];
+                if leased_at != Some(from)
+                    && self.lease(id, n, self.credits_needed(id, &e.consumable, e.quantity)).await?
+                {
+                    leased_at = Some(from);
+                } else {
+                    lane = None;
+                }
+                continue;
             }
             results.extend(done);
         }
@@ -153,11 +175,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     async fn commit_group(
         &self,
         id: &str,
+        beside: i64,
         events: &[UsageEvent],
         known: &mut HashMap<String, IdemRecord>,
     ) -> Result<Vec<EventResult>, ApiError> {
         let hashes: Vec<String> = events.iter().map(hash_of).collect();
         let profile = &self.profile;
+        let owner = owner_of(id);
         loop {
             let known_now = &*known;
             let applied = self
@@ -188,6 +212,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         }
                         let d = match ledger::draw(profile, &next, &e.consumable, e.quantity, now) {
                             Ok(d) => d,
+                            // A lane stops here: this event and the rest go elsewhere.
+                            Err(ApiError::NotOnLane) => break,
                             Err(refusal) => {
                                 results.push(EventResult::refused(key, &refusal));
                                 continue;
@@ -208,11 +234,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let outcome = Debited {
                             from_allowance: d.from_allowance,
                             from_credits: d.cost.get(),
-                            balance: next.balance.get(),
+                            balance: next.balance.get() + beside,
                             transaction_id: entry.as_ref().map(|en| en.id.clone()),
                         };
                         let rec = IdemRecord {
-                            account_id: id.to_string(),
+                            account_id: owner.to_string(),
                             scope_key: sk.clone(),
                             request_hash: hash.clone(),
                             outcome: serde_json::to_value(&outcome).map_err(|_| ApiError::Upstream)?,
@@ -226,12 +252,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         entries.extend(entry);
                     }
                     next.version = base + (entries.len() as u64).max(1);
+                    let refused = results.iter().any(|r| r.status == 402);
                     if keys.is_empty() {
+                        if refused && a.leased_out() {
+                            // Refused while lanes hold credits: decided again on the whole.
+                            return Err(ApiError::NotOnLane);
+                        }
                         // Nothing to write: answered on the state as read (a refusal decided
                         // on a cached state is planned again on a fresh read first).
                         return Ok(Plan::AlreadySo(results));
                     }
-                    Change { entries, keys, ..Change::quiet(next, "usage", results) }.write()
+                    Change { entries, keys, refused, ..Change::quiet(next, "usage", results) }.write()
                 })
                 .await?;
             let mut results = match applied {
@@ -253,7 +284,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 .collect();
             let refused_keys: Vec<String> = refused.iter().map(|&i| scope_key(&events[i].key)).collect();
             let looked =
-                futures_util::future::join_all(refused_keys.iter().map(|sk| self.store.load_idempotency(id, sk))).await;
+                futures_util::future::join_all(refused_keys.iter().map(|sk| self.store.load_idempotency(owner, sk)))
+                    .await;
             for (i, rec) in refused.into_iter().zip(looked) {
                 if let Some(rec) = rec.map_err(upstream)? {
                     results[i] = replayed(events[i].key.as_str(), &rec, &hashes[i])?;

@@ -44,6 +44,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // Fresh, never the cache: a check that read an old state could allow what the debit
         // would refuse. A failed read is "cannot decide".
         let account = match self.store.load_account(id).await {
+            // With lanes: decided on the whole account, as a debit there would be.
+            Ok(Some(a)) if a.leased_out() => match self.lanes_of(&a).await {
+                Ok(lanes) => crate::lanes::whole(&a, &lanes),
+                Err(_) => return Err(ApiError::Undecided),
+            },
             Ok(Some(a)) => a,
             Ok(None) => return Err(ApiError::account_not_found()),
             Err(e) => {

@@ -44,6 +44,11 @@ const CACHE_CAP: usize = 10_000;
 const USAGE_CAUSES: [&str; 2] = ["usage", "settle"];
 /// Changes that take credits back without usage: going low through one starts no recharge.
 const NOT_USAGE_CAUSES: [&str; 5] = ["refund", "dispute", "adjustment", "expiry", "void"];
+/// Changes an account may make while its lanes hold credits (rules §14): they add credits or
+/// touch nothing a threshold, a hold or the allowance depends on. Any other change (and usage
+/// that would take the account to its floor, or a refusal) recalls the lanes first.
+const LANE_SAFE_CAUSES: [&str; 7] =
+    ["payment", "purchase_state", "customer", "card_saved", "card_removed", "recharge_claim", "recharge_failed"];
 
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
@@ -75,6 +80,9 @@ pub(crate) struct Change<T> {
     pub(crate) entries: Vec<LedgerEntry>,
     /// A group commit's idempotency records, each claimed with the change.
     pub(crate) keys: Vec<IdemRecord>,
+    /// Some event of a group commit was refused for want of credits: on an account whose
+    /// lanes hold credits, that is decided again on the whole (rules §14).
+    pub(crate) refused: bool,
 }
 
 impl<T> Change<T> {
@@ -94,6 +102,7 @@ impl<T> Change<T> {
             credited: None,
             entries: vec![],
             keys: vec![],
+            refused: false,
         }
     }
 
@@ -286,9 +295,29 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             Some(a) => (a, false),
             None => (self.load(account_id).await?, true),
         };
+        // A lane's writes: its keys are its account's, and it says nothing of thresholds.
+        let owner = crate::lanes::owner_of(account_id);
+        let on_lane = owner != account_id;
         for attempt in 0..MAX_ATTEMPTS {
             let now = clock::now_ms();
-            let planned = match plan(&current, now) {
+            let result = plan(&current, now);
+            if !on_lane && current.leased_out() && self.needs_recall(&current, &result, now) {
+                // Decided on the whole account: its lanes' credits come back first.
+                if !fresh {
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                    continue;
+                }
+                if !self.recall(&current).await? {
+                    if self.write_budget.checked_sub(started.elapsed()).is_none() {
+                        break;
+                    }
+                    self.backoff(attempt, started).await;
+                }
+                current = self.load(account_id).await?;
+                continue;
+            }
+            let planned = match result {
                 Ok(Plan::Write(change)) => change,
                 Ok(Plan::AlreadySo(outcome)) if fresh => return Ok(Applied::Done(outcome)),
                 Ok(Plan::AlreadySo(_)) => {
@@ -299,9 +328,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Err(refusal) => {
                     // An applied key answers with its first result, not with today's refusal.
                     if let Some(c) = claim {
-                        if let Some(rec) =
-                            self.store.load_idempotency(account_id, &c.scope_key).await.map_err(upstream)?
-                        {
+                        if let Some(rec) = self.store.load_idempotency(owner, &c.scope_key).await.map_err(upstream)? {
                             return replay(&rec, c).map(Applied::Done);
                         }
                     }
@@ -322,7 +349,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             // recharge for breakage), unless the change itself is usage.
             let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
             let cause = if expired && !USAGE_CAUSES.contains(&planned.cause) { "expiry" } else { planned.cause };
-            self.mark_episode(&current, &mut planned.next, cause);
+            if !on_lane {
+                self.mark_episode(&current, &mut planned.next, cause);
+            }
             debug_assert!(planned.next.version > current.version);
             let mut outbox = planned.events;
             // Each grant that expired in this write says so once (rules §15).
@@ -342,9 +371,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ));
             }
             outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
+            if on_lane {
+                // A lane's balance is part of its account's, whose thresholds are decided on
+                // the account (never with credits out on lanes); its parts are not grants.
+                outbox.clear();
+            }
             let mut idempotency: Vec<IdemRecord> = match claim {
                 Some(c) => vec![IdemRecord {
-                    account_id: account_id.to_string(),
+                    account_id: owner.to_string(),
                     scope_key: c.scope_key.clone(),
                     request_hash: c.hash.clone(),
                     outcome: serde_json::to_value(&planned.outcome).map_err(|_| ApiError::Upstream)?,
@@ -369,7 +403,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 recharge: planned.recharge,
                 payment_index: planned.payment_index,
                 outbox: outbox.clone(),
-                ended_grants: pending.ended,
+                ended_grants: if on_lane { vec![] } else { pending.ended },
             };
             match self.store.commit(commit).await {
                 Ok(()) => {
@@ -408,23 +442,53 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(upstream(e));
                 }
             }
-            let Some(left) = self.write_budget.checked_sub(started.elapsed()) else {
+            if self.write_budget.checked_sub(started.elapsed()).is_none() {
                 break;
-            };
+            }
             if attempt >= 1 {
                 // Contention with another process: exponential backoff with full jitter, then a
                 // fresh read. The state the failure returned is stale once we have slept, and
                 // planning on it would only lose the race again (holding the item, and paying
                 // for a failed transaction, each time).
-                let cap = (4u64 << attempt.min(6)).min(250);
-                let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
-                tokio::time::sleep(Duration::from_millis(r % cap).min(left)).await;
+                self.backoff(attempt, started).await;
                 current = self.load(account_id).await?;
                 fresh = true;
             }
         }
         tracing::warn!(account_id, "write did not settle under contention");
         Err(ApiError::Busy)
+    }
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// Exponential backoff with full jitter after losing a race, within the write budget.
+    async fn backoff(&self, attempt: u32, started: std::time::Instant) {
+        let Some(left) = self.write_budget.checked_sub(started.elapsed()) else { return };
+        let cap = (4u64 << attempt.min(6)).min(250);
+        let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        tokio::time::sleep(Duration::from_millis(r % cap).min(left)).await;
+    }
+
+    /// Whether a write planned on an account whose lanes hold credits must recall them first:
+    /// a refusal, a change not safe beside lanes, usage that reaches the floor or refused an
+    /// event, or a leased grant near its expiry.
+    fn needs_recall<T>(&self, current: &Account, result: &Result<Plan<T>, ApiError>, now: i64) -> bool {
+        if crate::lanes::part_expiring(current, now) {
+            return true;
+        }
+        match result {
+            Err(_) => true,
+            Ok(Plan::AlreadySo(_)) => false,
+            Ok(Plan::Write(change)) => {
+                if LANE_SAFE_CAUSES.contains(&change.cause) {
+                    return false;
+                }
+                let usage_above_floor = change.cause == "usage"
+                    && !change.refused
+                    && change.next.balance.get() > crate::lanes::floor(&self.profile, &change.next);
+                !usage_above_floor
+            }
+        }
     }
 }
 

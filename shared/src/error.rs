@@ -52,6 +52,10 @@ pub enum ApiError {
     /// the sender delivers it again later (Stripe retries for days).
     #[error("{1}")]
     OutOfOrder(&'static str, String),
+    /// A lane cannot take this debit (its lease is spent, or is of another month, or the
+    /// consumable still has allowance): the debit goes to the account. Never answered.
+    #[error("The account is busy. Please retry.")]
+    NotOnLane,
 }
 
 impl ApiError {
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::Undecided => "check_unavailable",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::OutOfOrder(code, _) => code,
+            ApiError::NotOnLane => "account_busy",
         }
     }
 
@@ -97,13 +102,14 @@ impl ApiError {
                 | ApiError::Undecided
                 | ApiError::OutOfOrder(..)
                 | ApiError::TooManyRequests { .. }
+                | ApiError::NotOnLane
         )
     }
 
     /// Seconds a client should wait before trying again (`Retry-After`), when we know.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Busy | ApiError::Undecided => Some(1),
+            ApiError::Busy | ApiError::Undecided | ApiError::NotOnLane => Some(1),
             ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
             _ => None,
         }

@@ -188,7 +188,7 @@ pub fn status_of(e: &ApiError) -> u16 {
         ApiError::OutOfCredits { .. } => 402,
         ApiError::Rule(..) => 422,
         ApiError::Upstream => 502,
-        ApiError::Busy | ApiError::PaymentsUnavailable | ApiError::Undecided => 503,
+        ApiError::Busy | ApiError::PaymentsUnavailable | ApiError::Undecided | ApiError::NotOnLane => 503,
         ApiError::TooManyRequests { .. } => 429,
     }
 }

@@ -28,6 +28,21 @@ pub enum EntryKind {
     Expiry,
     /// What remained of a grant voided by the service (negative).
     Void,
+    /// Credits leased from the account to one of its lanes (negative, on the account; rules §14).
+    LeaseOut,
+    /// The same credits arriving on the lane (positive, on the lane).
+    LeaseIn,
+    /// A lane's unspent credits going back to the account: negative on the lane, positive on
+    /// the account.
+    LeaseReturn,
+}
+
+impl EntryKind {
+    /// Entries that move credits between an account and its lanes: they never change the
+    /// account's balance as a whole.
+    pub fn is_lease(self) -> bool {
+        matches!(self, EntryKind::LeaseOut | EntryKind::LeaseIn | EntryKind::LeaseReturn)
+    }
 }
 
 /// One immutable movement of credits. `seq` is the account version that wrote it, so entries
@@ -46,6 +61,11 @@ pub struct LedgerEntry {
     /// `amount` (rules §15). Empty on entries from before grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<(String, i64)>,
+    /// On a lane's entry: the account's `seq` this entry follows in the account's ledger (the
+    /// lease that funded the lane, or the account's side of a return), which orders the
+    /// lanes' entries among the account's without clocks (rules §14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<u64>,
 }
 
 impl LedgerEntry {
@@ -68,6 +88,7 @@ impl LedgerEntry {
             created_at: now,
             description: description.into(),
             grants: std::mem::take(&mut next.pending.moves),
+            anchor: next.lane.as_ref().map(|l| l.anchor),
         }
     }
 
@@ -215,8 +236,15 @@ pub fn price(
     check_quantity(quantity, false)?;
     let pc = plan_consumable(profile, account, consumable)?;
     let month = clock::month_of(now);
-    let remaining =
-        (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0);
+    // A lane holds credits only: it takes a consumable whose allowance was used up (rules §14).
+    if account.lane.is_some() && !crate::lanes::lane_serves(account, consumable, now) {
+        return Err(ApiError::NotOnLane);
+    }
+    let remaining = if account.lane.is_some() {
+        0
+    } else {
+        (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0)
+    };
     let from_allowance = quantity.min(remaining);
     let credit_units = quantity - from_allowance;
     Ok((from_allowance, credit_units, pc.rate.cost(credit_units)))
@@ -225,9 +253,11 @@ pub fn price(
 /// Allowance first, then credits at the plan's rate, all or nothing (strict mode).
 pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i64, now: i64) -> Result<Draw, ApiError> {
     let (from_allowance, credit_units, cost) = price(profile, account, consumable, quantity, now)?;
-    let cost = cost.ok_or_else(|| out_of_credits(profile, account, consumable))?;
+    let refuse =
+        || if account.lane.is_some() { ApiError::NotOnLane } else { out_of_credits(profile, account, consumable) };
+    let cost = cost.ok_or_else(refuse)?;
     if cost > account.available(now) {
-        return Err(out_of_credits(profile, account, consumable));
+        return Err(refuse());
     }
     Ok(Draw { from_allowance, credit_units, cost })
 }

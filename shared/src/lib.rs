@@ -18,6 +18,7 @@ pub mod events;
 pub mod grants;
 pub mod http;
 pub mod ids;
+pub mod lanes;
 pub mod ledger;
 pub mod metrics;
 pub mod money;

@@ -129,6 +129,11 @@ pub trait Store: Send + Sync {
     /// The account, read with strong consistency.
     fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send;
+    /// Several commits (of different accounts) in one transaction, all or nothing: a lease
+    /// between an account and one of its lanes, a recall of every lane (rules §14). A failed
+    /// condition answers as `commit` does; `Stale` carries no state when several accounts
+    /// were written.
+    fn commit_all(&self, commits: Vec<Commit>) -> impl Future<Output = Result<(), CommitError>> + Send;
     /// Ledger entries newest first, strictly older than `before_seq` when given.
     fn ledger_page(
         &self,
@@ -257,6 +262,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send {
         (**self).commit(commit)
+    }
+    fn commit_all(&self, commits: Vec<Commit>) -> impl Future<Output = Result<(), CommitError>> + Send {
+        (**self).commit_all(commits)
     }
     fn ledger_page(
         &self,

@@ -10,6 +10,7 @@ use crate::engine::{upstream, Applied, Change, Claim, Credits};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ids::IdempotencyKey;
+use crate::lanes::lane_id;
 use crate::ledger::{self, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, LedgerEntry};
 use crate::money::Micros;
 use crate::store::{HoldWrite, Store};
@@ -59,6 +60,37 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         quantity: i64,
         key: &IdempotencyKey,
     ) -> Result<Debited, ApiError> {
+        // An account with lanes: the debit goes to a lane when it can take it, leasing once if
+        // its credits are spent; otherwise to the account, which decides on the whole.
+        if let Some(n) = self.lane_for(id, consumable, key.as_str()) {
+            let lane = lane_id(id, n);
+            for leased in [false, true] {
+                let beside = self.balance_beside(id, n);
+                match self.debit_on(&lane, beside, consumable, quantity, key).await {
+                    Ok(d) => return Ok(d),
+                    Err(ApiError::NotOnLane) => {}
+                    Err(ApiError::NotFound("account_not_found", _)) => {}
+                    Err(e) => return Err(e),
+                }
+                if leased || !self.lease(id, n, self.credits_needed(id, consumable, quantity)).await? {
+                    break;
+                }
+            }
+        }
+        self.debit_on(id, 0, consumable, quantity, key).await
+    }
+
+    /// A debit applied on `target`: the account, or one of its lanes (whose answer adds
+    /// `beside`, the rest of the account's balance as this process last knew it).
+    async fn debit_on(
+        &self,
+        target: &str,
+        beside: i64,
+        consumable: &str,
+        quantity: i64,
+        key: &IdempotencyKey,
+    ) -> Result<Debited, ApiError> {
+        let id = target;
         let claim = Claim {
             scope_key: format!("usage:{}", key.as_str()),
             hash: request_hash(&json!({"consumable": consumable, "quantity": quantity})),
@@ -83,7 +115,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let outcome = Debited {
                 from_allowance: d.from_allowance,
                 from_credits: d.cost.get(),
-                balance: next.balance.get(),
+                balance: next.balance.get() + beside,
                 transaction_id: entry.as_ref().map(|e| e.id.clone()),
             };
             Change { ledger: entry, ..Change::quiet(next, "usage", outcome) }.write()

@@ -193,6 +193,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // entry newer than the balance beside it, so the account is read again until the
         // page holds nothing it has not seen (an entry's `seq` is the version that wrote it).
         let mut a = self.load(id).await?;
+        if a.lanes_ever() > 0 {
+            // With lanes: the items, then the merged page, whose newest entry's running balance
+            // is the whole balance as the chains' entries show it (rules §14).
+            let lanes = self.lanes_of(&a).await?;
+            let (recent, _) = self.merged_page(&a, 5, None).await?;
+            let mut whole = crate::lanes::whole(&a, &lanes);
+            if let Some(top) = recent.first() {
+                whole.balance = top.balance_after;
+            }
+            return Ok(self.credits_view(&whole, &recent));
+        }
         let (mut recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
         for _ in 0..3 {
             if recent.first().is_none_or(|e| e.seq <= a.version) {
@@ -201,6 +212,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             a = self.load(id).await?;
             (recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
         }
+        Ok(self.credits_view(&a, &recent))
+    }
+
+    fn credits_view(&self, a: &Account, recent: &[LedgerEntry]) -> CreditsView {
         let now = clock::now_ms();
         let p = &self.profile;
         let month = clock::month_of(now);
@@ -215,7 +230,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             })
             .collect();
         let threshold = a.low_balance_threshold(p);
-        Ok(CreditsView {
+        CreditsView {
             account_id: a.id.clone(),
             plan: a.plan.clone(),
             unit: p.unit.clone(),
@@ -228,7 +243,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             lifetime_spent: a.lifetime_spent.get(),
             recent_transactions: recent.iter().map(LedgerEntry::view).collect(),
             allowances,
-            auto_recharge: auto_recharge_view(p, &a, &month),
+            auto_recharge: auto_recharge_view(p, a, &month),
             payment_method: a.payment_method.as_ref().map(PaymentMethodView::of),
             last_recharge_error: a.last_recharge_error.as_ref().map(|e| RechargeErrorView {
                 code: e.code.clone(),
@@ -242,7 +257,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 .next_expiry()
                 .map(|(amount, at)| NextExpiry { amount: amount.get(), expires_at: clock::rfc3339(at) }),
             alerts: crate::alerts::AlertsView::of(&a.alerts),
-        })
+        }
     }
 
     /// `GET /v1/accounts/{id}/notifications`: recent notifications, newest first, each with its
@@ -270,8 +285,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// `GET /v1/accounts/{id}/credits/transactions`: newest first, `cursor` from the last page.
-    pub async fn transactions(&self, id: &str, limit: usize, cursor: Option<u64>) -> Result<LedgerPage, ApiError> {
-        self.load(id).await?;
+    pub async fn transactions(&self, id: &str, limit: usize, cursor: Option<&str>) -> Result<LedgerPage, ApiError> {
+        let a = self.load(id).await?;
+        if a.lanes_ever() > 0 {
+            let chains = a.lanes_ever() as usize + 1;
+            let bounds = cursor.map(|c| crate::lanes::ledger::decode_merged_cursor(c, chains)).transpose()?;
+            let (page, next) = self.merged_page(&a, limit, bounds).await?;
+            return Ok(LedgerPage {
+                transactions: page.iter().map(LedgerEntry::view).collect(),
+                next_cursor: next.map(|b| crate::lanes::ledger::encode_merged_cursor(&b)),
+            });
+        }
+        let cursor = cursor.map(decode_cursor).transpose()?;
         let (page, more) = self.store.ledger_page(id, limit, cursor).await.map_err(upstream)?;
         let next_cursor = if more { page.last().map(|e| encode_cursor(e.seq)) } else { None };
         Ok(LedgerPage { transactions: page.iter().map(LedgerEntry::view).collect(), next_cursor })

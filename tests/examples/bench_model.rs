@@ -316,7 +316,15 @@ impl Store for ModelStore {
     }
 
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
-        let items = commit_items(&c).map_err(CommitError::Store)?;
+        self.commit_all(vec![c]).await
+    }
+
+    /// One transaction of several commits (a lane's lease, a recall): charged and held as one.
+    async fn commit_all(&self, cs: Vec<Commit>) -> Result<(), CommitError> {
+        let mut items = Vec::new();
+        for c in &cs {
+            items.extend(commit_items(c).map_err(CommitError::Store)?);
+        }
         self.lock().stats.commits += 1;
         let mut retry = 0;
         let service = loop {
@@ -341,8 +349,8 @@ impl Store for ModelStore {
             }
         };
         sleep(service).await;
-        let entries = c.ledger.len() as u64;
-        let result = self.inner.commit(c).await;
+        let entries: u64 = cs.iter().map(|c| c.ledger.len() as u64).sum();
+        let result = self.inner.commit_all(cs).await;
         let mut st = self.lock();
         for i in &items {
             st.held.remove(&(i.pk.clone(), i.sk.clone()));

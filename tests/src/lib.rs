@@ -320,6 +320,25 @@ impl World {
         let ledger = self.ledger(id).await;
         let differences = topup::reconcile::ledger_differences(&account, &ledger);
         assert!(differences.is_empty(), "{id}: {differences:#?}");
+        // An account with lanes (rules §14): each lane on its own, and the whole.
+        if account.lanes_ever() > 0 {
+            let mut lanes = Vec::new();
+            for lane in self.credits.lanes_of(&account).await.expect("lanes") {
+                let l = self.ledger(&lane.id).await;
+                let d = topup::reconcile::ledger_differences(&lane, &l);
+                assert!(d.is_empty(), "{}: {d:#?}", lane.id);
+                lanes.push((lane, l));
+            }
+            let d = topup::reconcile::lane_differences(&account, &ledger, &lanes);
+            assert!(d.is_empty(), "{id} with its lanes: {d:#?}");
+        }
+    }
+
+    /// The account's ledger as its page shows it, oldest first: with lanes, every lane's
+    /// entries merged in with the whole balance after each.
+    pub async fn account_ledger(&self, id: &str) -> Vec<LedgerEntry> {
+        let account = self.credits.store.load_account(id).await.expect("load").expect("account exists");
+        self.credits.merged_ledger(&account).await.expect("merged ledger")
     }
 
     /// Sets auto-recharge through `PUT .../credits/auto-recharge` as the service; must be 200.

@@ -152,6 +152,9 @@ impl Store for FaultyStore {
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
         gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.commit(c))
     }
+    async fn commit_all(&self, cs: Vec<Commit>) -> Result<(), CommitError> {
+        gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.commit_all(cs))
+    }
     async fn ledger_page(
         &self,
         account_id: &str,

@@ -11,6 +11,7 @@
 //! - `GET /v1/reports/revenue?month=YYYY-MM` (service): the revenue report
 //! - `GET /v1/accounts/{id}/credits/check?consumable=&quantity=` (view roles): may it be used?
 //! - `PUT /v1/accounts/{id}/credits/alerts` (billing roles) `{thresholds}`
+//! - `PUT /v1/accounts/{id}/lanes` (service) `{lanes}`: spread a hot account's debits over 1–16 lanes
 //! - `POST /v1/webhook-endpoints` `{url, events, description?, contact_email?}`, `GET` (all);
 //!   `GET`/`DELETE /v1/webhook-endpoints/{id}`; `POST …/{id}/rotate-secret`, `POST …/{id}/enable`;
 //!   `GET …/{id}/deliveries?limit=&cursor=`; `POST …/{id}/deliveries/{delivery_id}/redeliver`
@@ -29,7 +30,6 @@ use topup::http::{check_id, identity, json_object, respond, segments, Reply};
 use topup::ids::IdempotencyKey;
 use topup::recharge::AutoRechargeInput;
 use topup::store::Store;
-use topup::views::decode_cursor;
 use topup::webhooks::api::{NewEndpoint, WebhookAdmin};
 use topup::webhooks::deliver::RetryQueue;
 use topup::webhooks::WebhookStore;
@@ -55,6 +55,7 @@ pub enum Route {
     Revenue,
     Check(String),
     Alerts(String),
+    Lanes(String),
     Webhooks(Hook),
 }
 
@@ -133,6 +134,7 @@ impl Route {
             ["v1", "reports", "revenue"] => Route::Revenue,
             ["v1", "accounts", id, "credits", "check"] => Route::Check(a(id)),
             ["v1", "accounts", id, "credits", "alerts"] => Route::Alerts(a(id)),
+            ["v1", "accounts", id, "lanes"] => Route::Lanes(a(id)),
             ["v1", "webhook-endpoints", rest @ ..] => Route::Webhooks(Hook::parse(rest)?),
             _ => return None,
         })
@@ -153,6 +155,7 @@ impl Route {
             Route::Revenue => "revenue",
             Route::Check(_) => "check",
             Route::Alerts(_) => "alerts",
+            Route::Lanes(_) => "lanes",
             Route::Webhooks(h) => h.name(),
         }
     }
@@ -161,7 +164,9 @@ impl Route {
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
             Route::Billing | Route::Revenue | Route::Webhooks(_) => None,
-            Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) => Some((id, Access::Service)),
+            Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) | Route::Lanes(id) => {
+                Some((id, Access::Service))
+            }
             Route::Credits(id)
             | Route::Transactions(id)
             | Route::Notifications(id)
@@ -175,7 +180,7 @@ impl Route {
     /// The methods a route answers; any other is 405.
     fn methods(&self) -> &'static [&'static str] {
         match self {
-            Route::Account(_) | Route::AutoRecharge(_) | Route::Alerts(_) => &["PUT"],
+            Route::Account(_) | Route::AutoRecharge(_) | Route::Alerts(_) | Route::Lanes(_) => &["PUT"],
             Route::Adjustments(_) | Route::VoidGrant(..) => &["POST"],
             Route::Webhooks(h) => h.methods(),
             Route::Billing
@@ -303,8 +308,8 @@ async fn route_request<S: Store, B: EventBus>(
             Reply::ok(&credits.set_auto_recharge(id, &input).await?)
         }
         Route::Transactions(id) => {
-            let cursor = req.query_string_parameters().first("cursor").map(decode_cursor).transpose()?;
-            Reply::ok(&credits.transactions(id, page_limit(req)?, cursor).await?)
+            let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
+            Reply::ok(&credits.transactions(id, page_limit(req)?, cursor.as_deref()).await?)
         }
         Route::Notifications(id) => Reply::ok(&credits.notifications(id, page_limit(req)?).await?),
         Route::Grants(id) => Reply::ok(&credits.grants(id).await?),
@@ -340,6 +345,12 @@ async fn route_request<S: Store, B: EventBus>(
                 .map(|v| v.as_i64().ok_or_else(|| ApiError::invalid("`thresholds` must be integers (micro-credits).")))
                 .collect::<Result<Vec<i64>, _>>()?;
             Reply::ok(&credits.set_alerts(id, &thresholds).await?)
+        }
+        Route::Lanes(id) => {
+            let body = json_object(req, &["lanes"])?;
+            let k = u32::try_from(body.i64("lanes")?)
+                .map_err(|_| ApiError::rule("invalid_lanes", "`lanes` must be between 1 and 16."))?;
+            Reply::ok(&credits.set_lanes(id, k).await?)
         }
         Route::Revenue => {
             let month = req

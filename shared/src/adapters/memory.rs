@@ -59,82 +59,108 @@ fn purchase_conflict(m: &Memory, account_id: &str, w: &PurchaseWrite) -> Option<
     }
 }
 
+/// Whether commit `c` may be written over what is stored: the conditions of one commit.
+fn check(m: &Memory, c: &Commit) -> Result<(), CommitError> {
+    let id = c.account.id.clone();
+    let current = m.accounts.get(&id);
+    let stale = match current {
+        None => c.expected_version != 0,
+        Some(a) => a.version != c.expected_version,
+    };
+    let idem_claimed: Vec<IdemRecord> = c
+        .idempotency
+        .iter()
+        .filter_map(|r| m.idem.get(&(r.account_id.clone(), r.scope_key.clone())).cloned())
+        .collect();
+    let hold_problem = match &c.hold {
+        Some(HoldWrite::Settle(r)) => match m.holds.get(&(id.clone(), r.hold_id.clone())) {
+            Some(h) if h.status == HoldStatus::Open => None,
+            other => Some(other.cloned()),
+        },
+        _ => None,
+    };
+    let purchase_problem = c.purchase.as_ref().and_then(|w| purchase_conflict(&m, &id, w));
+    // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
+    if !idem_claimed.is_empty() {
+        return Err(CommitError::KeyClaimed(idem_claimed));
+    }
+    if let Some(h) = hold_problem {
+        return Err(CommitError::HoldNotOpen(h.map(Box::new)));
+    }
+    if let Some(p) = purchase_problem {
+        return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
+    }
+    if stale {
+        return Err(CommitError::Stale(current.cloned().map(Box::new)));
+    }
+    Ok(())
+}
+
+/// Writes commit `c` (its conditions checked).
+fn write(m: &mut Memory, c: Commit) {
+    let id = c.account.id.clone();
+    if let Some(pi) = c.payment_index {
+        m.payments.insert(pi, id.clone());
+    }
+    if let Some(r) = c.recharge {
+        m.recharges.insert((id.clone(), r.recharge_id.to_string()), r);
+    }
+    if let Some(w) = c.purchase {
+        m.purchases.insert((id.clone(), w.record.purchase_id.to_string()), w.record);
+    }
+    for e in c.ledger {
+        m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
+    }
+    for r in c.idempotency {
+        m.idem.insert((r.account_id.clone(), r.scope_key.clone()), r);
+    }
+    match c.hold {
+        Some(HoldWrite::Create(r)) | Some(HoldWrite::Settle(r)) => {
+            m.holds.insert((id.clone(), r.hold_id.clone()), r);
+        }
+        None => {}
+    }
+    for g in c.ended_grants {
+        let list = m.ended_grants.entry(id.clone()).or_default();
+        list.retain(|x| x.id != g.id);
+        list.push(g);
+    }
+    for e in c.outbox {
+        m.outbox.insert((e.created_at, e.id.clone()), e);
+    }
+    m.accounts.insert(id, c.account);
+}
+
 impl Store for MemoryStore {
     async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         Ok(self.lock()?.accounts.get(id).cloned())
     }
 
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
+        self.commit_all(vec![c]).await
+    }
+
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
         if self.contend.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommitError::Conflict);
         }
         // DynamoDB refuses a transaction of more than 100 items: so does this store.
-        let items = crate::adapters::dynamo::commit_items(&c).map_err(CommitError::Store)?.len();
+        let mut items = 0;
+        for c in &commits {
+            items += crate::adapters::dynamo::commit_items(c).map_err(CommitError::Store)?.len();
+        }
         if items > 100 {
             return Err(CommitError::Store(StoreError::Unavailable(format!(
                 "a transaction of {items} items (at most 100)"
             ))));
         }
         let mut m = self.lock().map_err(CommitError::Store)?;
-        let id = c.account.id.clone();
-        let current = m.accounts.get(&id);
-        let stale = match current {
-            None => c.expected_version != 0,
-            Some(a) => a.version != c.expected_version,
-        };
-        let idem_claimed: Vec<IdemRecord> =
-            c.idempotency.iter().filter_map(|r| m.idem.get(&(id.clone(), r.scope_key.clone())).cloned()).collect();
-        let hold_problem = match &c.hold {
-            Some(HoldWrite::Settle(r)) => match m.holds.get(&(id.clone(), r.hold_id.clone())) {
-                Some(h) if h.status == HoldStatus::Open => None,
-                other => Some(other.cloned()),
-            },
-            _ => None,
-        };
-        let purchase_problem = c.purchase.as_ref().and_then(|w| purchase_conflict(&m, &id, w));
-        // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
-        if !idem_claimed.is_empty() {
-            return Err(CommitError::KeyClaimed(idem_claimed));
+        for c in &commits {
+            check(&m, c)?;
         }
-        if let Some(h) = hold_problem {
-            return Err(CommitError::HoldNotOpen(h.map(Box::new)));
+        for c in commits {
+            write(&mut m, c);
         }
-        if let Some(p) = purchase_problem {
-            return Err(CommitError::PurchaseNotInState(p.map(Box::new)));
-        }
-        if stale {
-            return Err(CommitError::Stale(current.cloned().map(Box::new)));
-        }
-        if let Some(pi) = c.payment_index {
-            m.payments.insert(pi, id.clone());
-        }
-        if let Some(r) = c.recharge {
-            m.recharges.insert((id.clone(), r.recharge_id.to_string()), r);
-        }
-        if let Some(w) = c.purchase {
-            m.purchases.insert((id.clone(), w.record.purchase_id.to_string()), w.record);
-        }
-        for e in c.ledger {
-            m.ledger.entry(id.clone()).or_default().insert(e.seq, e);
-        }
-        for r in c.idempotency {
-            m.idem.insert((id.clone(), r.scope_key.clone()), r);
-        }
-        match c.hold {
-            Some(HoldWrite::Create(r)) | Some(HoldWrite::Settle(r)) => {
-                m.holds.insert((id.clone(), r.hold_id.clone()), r);
-            }
-            None => {}
-        }
-        for g in c.ended_grants {
-            let list = m.ended_grants.entry(id.clone()).or_default();
-            list.retain(|x| x.id != g.id);
-            list.push(g);
-        }
-        for e in c.outbox {
-            m.outbox.insert((e.created_at, e.id.clone()), e);
-        }
-        m.accounts.insert(id, c.account);
         Ok(())
     }
 

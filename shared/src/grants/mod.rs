@@ -265,9 +265,12 @@ impl Account {
     }
 
     /// Moves used-up grants out of the active list (they are written as records).
-    fn retire_used(&mut self, now: i64) {
+    pub(crate) fn retire_used(&mut self, now: i64) {
+        // A grant with a part out on a lane is not used up until the part comes back.
+        let out: Vec<String> =
+            self.lanes.iter().flat_map(|l| l.out.values().flatten().map(|(g, _)| g.clone())).collect();
         let (used, active): (Vec<Grant>, Vec<Grant>) =
-            std::mem::take(&mut self.grants).into_iter().partition(|g| g.remaining.get() == 0);
+            std::mem::take(&mut self.grants).into_iter().partition(|g| g.remaining.get() == 0 && !out.contains(&g.id));
         self.grants = active;
         for mut g in used {
             g.ended = Some(GrantEnd::Used);
@@ -314,8 +317,9 @@ impl Account {
         // transaction of at most 100 items); the rest expire at the next write or run, and
         // until then their credits are not spendable anyway.
         for (_, id, remaining) in due.into_iter().take(MAX_EXPIRIES_PER_WRITE) {
-            // Open holds keep what they need: the grant waits until they end.
-            if self.balance.get() - remaining < self.held(now).get() {
+            // Open holds keep what they need: the grant waits until they end; a grant with a
+            // part out on a lane waits for the recall (which comes first).
+            if self.balance.get() - remaining < self.held(now).get() || self.grant_out(&id) {
                 continue;
             }
             self.version += 1;

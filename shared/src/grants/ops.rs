@@ -35,7 +35,7 @@ pub const EXPIRY_RUN_LIMIT: usize = 1_000;
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// `GET /v1/accounts/{id}/credits/grants`.
     pub async fn grants(&self, id: &str) -> Result<GrantList, ApiError> {
-        let a = self.load(id).await?;
+        let a = self.whole_account(id).await?;
         let ended = self.store.ended_grants(id).await.map_err(upstream)?;
         let mut active = a.clone();
         active.ensure_grants();

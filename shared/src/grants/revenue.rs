@@ -71,7 +71,7 @@ pub fn revenue_line(account_id: &str, grants: &[Grant], ledger: &[LedgerEntry], 
     // Per paid grant: credits taken so far (returns give back), to value each move at cost.
     let mut taken: HashMap<&str, i64> = HashMap::new();
     let mut granted: HashMap<&str, i64> = HashMap::new();
-    for e in ledger.iter().filter(|e| e.created_at < end) {
+    for e in ledger.iter().filter(|e| e.created_at < end && !e.kind.is_lease()) {
         let in_month = e.created_at >= start;
         for (gid, m) in &e.grants {
             let Some(g) = by_id.get(gid.as_str()).filter(|g| g.category == Category::Paid) else { continue };
@@ -169,8 +169,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// `GET …/credits/transactions.csv`.
     pub async fn transactions_csv(&self, id: &str) -> Result<String, ApiError> {
-        self.load(id).await?;
-        let mut all = self.whole_ledger(id).await?;
+        let a = self.load(id).await?;
+        let mut all = if a.lanes_ever() > 0 { self.merged_ledger(&a).await? } else { self.whole_ledger(id).await? };
         all.reverse();
         Ok(ledger_csv(&all))
     }
@@ -181,7 +181,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let a = self.load(id).await?;
         let mut grants = self.store.ended_grants(id).await.map_err(upstream)?;
         grants.extend(a.grants.iter().cloned());
-        let ledger = self.whole_ledger(id).await?;
+        // With lanes: their usage too; leases only move credits between the parts.
+        let ledger = if a.lanes_ever() > 0 { self.merged_ledger(&a).await? } else { self.whole_ledger(id).await? };
         Ok(revenue_line(id, &grants, &ledger, start, end))
     }
 
@@ -193,7 +194,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let mut after = None;
         loop {
             let (ids, next) = self.store.account_ids(500, after, Segment::WHOLE).await.map_err(upstream)?;
-            for id in ids {
+            // A lane's line is its account's.
+            for id in ids.into_iter().filter(|id| crate::lanes::owner_of(id) == id.as_str()) {
                 let line = self.revenue_of(&id, month).await?;
                 if !line.is_empty() {
                     accounts.push(line);
@@ -255,6 +257,7 @@ mod tests {
             created_at: at,
             description: String::new(),
             grants: moves.iter().map(|(g, m)| (g.to_string(), *m)).collect(),
+            anchor: None,
         }
     }
 

@@ -20,7 +20,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod lanes;
 mod runs;
+
+pub use lanes::lane_differences;
 
 pub use runs::{Report, Unreadable};
 
@@ -94,6 +97,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             None => Vec::new(),
         };
         let mut differences = ledger_differences(&account, &ledger);
+        if account.lanes_ever() > 0 {
+            // The account with its lanes, as a whole (each lane is also reconciled on its own).
+            let mut lanes = Vec::new();
+            for lane in self.lanes_of(&account).await? {
+                let ledger = self.whole_ledger(&lane.id).await?;
+                lanes.push((lane, ledger));
+            }
+            differences.extend(lane_differences(&account, &ledger, &lanes));
+        }
         differences
             .extend(self.payment_differences(&account, &ledger, &claims, &stripe, clock::now_ms() / 1000).await?);
         Ok(AccountReport {
@@ -463,6 +475,7 @@ mod tests {
             created_at: 0,
             description: String::new(),
             grants: vec![],
+            anchor: None,
         }
     }
 

@@ -215,6 +215,10 @@ fn block_item(account_id: &str, entries: &[LedgerEntry]) -> Result<Item, StoreEr
     item.insert("account_id".into(), s(account_id));
     item.insert("last_seq".into(), AttributeValue::N(last.to_string()));
     item.insert("block".into(), s(json));
+    // A lane's group commit: every entry of it follows the same account entry.
+    if let Some(a) = entries.first().and_then(|e| e.anchor) {
+        item.insert("anchor".into(), AttributeValue::N(a.to_string()));
+    }
     Ok(item)
 }
 
@@ -227,6 +231,7 @@ pub(crate) fn entries_of(item: &Item) -> Result<Vec<LedgerEntry>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt("ledger block without account_id".into()))?;
     let json = block.as_s().map_err(|_| StoreError::Corrupt("ledger block is not a string".into()))?;
     let packed: Vec<Packed> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let anchor = item.get("anchor").and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<u64>().ok());
     Ok(packed
         .into_iter()
         .map(|(id, seq, kind, amount, balance_after, created_at, description, grants)| LedgerEntry {
@@ -239,6 +244,7 @@ pub(crate) fn entries_of(item: &Item) -> Result<Vec<LedgerEntry>, StoreError> {
             created_at,
             description,
             grants,
+            anchor,
         })
         .collect())
 }
@@ -270,6 +276,7 @@ mod tests {
             created_at: 1_795_305_600_000,
             description: "5 api_calls".into(),
             grants: vec![("grant_a".into(), amount)],
+            anchor: None,
         }
     }
 

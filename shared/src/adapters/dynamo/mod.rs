@@ -185,7 +185,15 @@ impl Store for DynamoStore {
     }
 
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
-        let planned = plan_commit(&c).map_err(CommitError::Store)?;
+        self.commit_all(vec![c]).await
+    }
+
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
+        let mut planned = Vec::new();
+        for c in &commits {
+            planned.extend(plan_commit(c).map_err(CommitError::Store)?);
+        }
+        let several = commits.len() > 1;
         let slots: Vec<Slot> = planned.iter().map(|p| p.slot).collect();
         let items =
             planned.into_iter().map(|p| self.put(p)).collect::<Result<Vec<_>, _>>().map_err(CommitError::Store)?;
@@ -203,7 +211,7 @@ impl Store for DynamoStore {
                 // figure the hot-account ceiling in BENCHMARKS.md is computed from); summed
                 // only when debug logging is on.
                 tracing::debug!(
-                    account_id = %c.account.id,
+                    account_id = %commits.first().map_or("", |c| c.account.id.as_str()),
                     wcu = out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum::<f64>(),
                     "commit"
                 );
@@ -247,7 +255,7 @@ impl Store for DynamoStore {
             return Err(CommitError::PurchaseNotInState(reason_item::<PurchaseRecord>(r)));
         }
         if let Some(r) = failed(Slot::Account) {
-            return Err(CommitError::Stale(reason_item::<Account>(r)));
+            return Err(CommitError::Stale(if several { None } else { reason_item::<Account>(r) }));
         }
         if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
             return Err(CommitError::Conflict);

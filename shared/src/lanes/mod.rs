@@ -1,0 +1,526 @@
+//! Lanes (rules §14): one hot account's balance split over `K` items, each on its own partition
+//! key, so its debits commit on `K` serial chains instead of one.
+//!
+//! - **A lane** is an account item of its own, id `{account}~{n}` (`n` in `1..=K`), that holds
+//!   credits on lease: parts of the account's grants, moved by a **lease**, one transaction on
+//!   the account and the lane (a `lease_out` entry on the account, a `lease_in` on the lane,
+//!   each with the grant moves). A lease is sized to about a second of the lane's traffic.
+//! - **Debits** whose consumable's allowance for the month is used up go to a lane (any lane:
+//!   their idempotency keys stay the account's, on the account's key space, so a retry meets its
+//!   first result wherever it lands). A lane that cannot pay asks for a lease; when the account
+//!   cannot lease (it is near its **floor**), the debit goes to the account.
+//! - **The floor** is the highest threshold anything is decided at (low balance, alerts, zero).
+//!   Leases never take the account's own balance to the floor, so while lanes hold credits the
+//!   balance as a whole is above every threshold and no crossing can happen; near the floor
+//!   (**drain mode**) debits go to the account, and every crossing is decided on the whole.
+//! - **A recall** is one transaction on the account and every lane holding credits: each lane's
+//!   credits go back (`lease_return` on both sides). The account recalls before any write that
+//!   is not safe beside lanes (holds, refunds, disputes, adjustments, expiry, void, settings
+//!   that move a threshold, a plan change), before refusing a debit, and before a debit that
+//!   would take it to the floor: a 402 means the whole account cannot pay.
+//! - **The ledger** of the account is its own entries and its lanes', in one total order that
+//!   needs no clock: each lane entry carries the account `seq` it follows (its `anchor`).
+//!
+//! `K = 1` (or no lanes) is the account alone, as it always was.
+
+use std::collections::BTreeMap;
+
+pub mod ledger;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::Account;
+use crate::clock;
+use crate::engine::{upstream, Credits};
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::grants::in_burn_order;
+use crate::ledger::{EntryKind, LedgerEntry};
+use crate::money::Micros;
+use crate::profile::Profile;
+use crate::store::{Commit, CommitError, Store};
+
+/// The most lanes an account may have (a recall writes every lane in one transaction).
+pub const MAX_LANES: u32 = 16;
+/// A lease is sized to about this much of its lane's traffic.
+const LEASE_WINDOW_MS: i64 = 1_000;
+/// Grants expiring sooner than this are never leased: they expire on the account.
+const LEASE_EXPIRY_MARGIN_MS: i64 = 3_600_000;
+/// A lane hands its debits to the account once a part it holds expires sooner than this (the
+/// account recalls it before the grant expires).
+const LANE_EXPIRY_GUARD_MS: i64 = 1_800_000;
+/// Lease attempts before a lane gives its debit to the account.
+const LEASE_ATTEMPTS: u32 = 6;
+
+/// An account's lanes, kept on the account's item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lanes {
+    /// Lanes debits are spread over now (0 or 1: none).
+    pub k: u32,
+    /// The most lanes the account ever had: the ledgers its own ledger merges.
+    pub ever: u32,
+    /// Per lane, the grant parts leased to it and not yet settled by a return,
+    /// `(grant id, micro-credits)`. The lane spends them without telling the account; a return
+    /// gives back what is left, and the rest was spent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub out: BTreeMap<u32, Vec<(String, i64)>>,
+}
+
+/// On a lane's own item: whose lane it is, and what its last lease said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneOf {
+    pub account: String,
+    pub n: u32,
+    /// The account `seq` the lane's next entries follow (its last lease, or its last return).
+    pub anchor: u64,
+    /// The month of the last lease, and the consumables whose allowance that month was used
+    /// up then: the only debits the lane takes (allowance is never leased).
+    pub month: String,
+    pub credit_only: Vec<String>,
+    /// The last lease: how much, and when (the next is sized from how fast it went).
+    pub leased: i64,
+    pub leased_at: i64,
+}
+
+/// The id of lane `n` of `account`. Account ids never hold `~`.
+pub fn lane_id(account: &str, n: u32) -> String {
+    format!("{account}~{n}")
+}
+
+/// The account an id belongs to: itself, or the account of a lane.
+pub fn owner_of(id: &str) -> &str {
+    id.split_once('~').map_or(id, |(a, _)| a)
+}
+
+impl Account {
+    /// Lanes that take debits now (0 when the account has none, or one).
+    pub fn active_lanes(&self) -> u32 {
+        self.lanes.as_ref().map_or(0, |l| if l.k > 1 { l.k } else { 0 })
+    }
+
+    /// Lanes whose ledgers belong to this account's (every lane it ever had).
+    pub fn lanes_ever(&self) -> u32 {
+        self.lanes.as_ref().map_or(0, |l| l.ever)
+    }
+
+    /// Whether any lane may hold credits of this account.
+    pub fn leased_out(&self) -> bool {
+        self.lanes.as_ref().is_some_and(|l| l.out.values().any(|v| !v.is_empty()))
+    }
+
+    /// Whether part of grant `id` is out on a lane (the grant stays active until it returns).
+    pub fn grant_out(&self, id: &str) -> bool {
+        self.lanes.as_ref().is_some_and(|l| l.out.values().flatten().any(|(g, _)| g == id))
+    }
+
+    /// Credits leased out and not yet settled, per lane summed: an upper bound of what the
+    /// lanes hold.
+    pub fn leased_total(&self) -> i64 {
+        self.lanes.as_ref().map_or(0, |l| l.out.values().flatten().map(|(_, m)| m).sum())
+    }
+}
+
+/// The highest balance anything is decided at: the low-balance threshold, every alert
+/// threshold, and zero. While lanes hold credits the account's own balance stays above it.
+pub fn floor(profile: &Profile, a: &Account) -> i64 {
+    let mut f = a.low_balance_threshold(profile).get().max(0);
+    for t in &a.alerts {
+        f = f.max(t.get());
+    }
+    f
+}
+
+/// Whether a lane may take a debit of `consumable` at `now`: its lease is of this month, the
+/// consumable's allowance was used up then, and none of its parts is near its expiry.
+pub fn lane_serves(lane: &Account, consumable: &str, now: i64) -> bool {
+    let Some(of) = &lane.lane else { return false };
+    of.month == clock::month_of(now)
+        && of.credit_only.iter().any(|c| c == consumable)
+        && lane.grants.iter().all(|g| g.expires_at.is_none_or(|t| t > now + LANE_EXPIRY_GUARD_MS))
+}
+
+/// Whether a grant with a part out on a lane expires soon (or has): the account recalls its
+/// lanes before any write, so the grant expires whole, on the account.
+pub fn part_expiring(a: &Account, now: i64) -> bool {
+    a.grants.iter().any(|g| g.expires_at.is_some_and(|t| t <= now + LANE_EXPIRY_GUARD_MS) && a.grant_out(&g.id))
+}
+
+/// The consumables of `a`'s plan whose allowance for the month of `now` is used up (held units
+/// aside, which may come back).
+fn credit_only(profile: &Profile, a: &Account, now: i64) -> Vec<String> {
+    let month = clock::month_of(now);
+    let Some(plan) = profile.plan(&a.plan) else { return vec![] };
+    profile
+        .consumables
+        .keys()
+        .filter(|c| plan.consumables.get(*c).is_some_and(|pc| a.used(c, &month) >= pc.included))
+        .cloned()
+        .collect()
+}
+
+/// The next state of a lane: its next version, nothing expired (a lane's parts never expire
+/// on it), no allowance.
+fn lane_next(lane: &Account, now: i64) -> Account {
+    let mut next = lane.clone();
+    next.pending = Default::default();
+    next.updated_at = now;
+    next.version += 1;
+    next
+}
+
+/// How much a lease to a lane should carry: about `LEASE_WINDOW_MS` of what the lane spent
+/// since its last lease, at least `need`, at most four times the last.
+fn lease_size(lane: Option<&Account>, need: i64, now: i64) -> i64 {
+    let Some(of) = lane.and_then(|l| l.lane.as_ref()) else { return need.saturating_mul(100) };
+    let elapsed = (now - of.leased_at).max(50);
+    let rate_window = i128::from(of.leased) * i128::from(LEASE_WINDOW_MS) / i128::from(elapsed);
+    let sized = i64::try_from(rate_window.min(i128::from(of.leased) * 4)).unwrap_or(i64::MAX);
+    sized.max(need).max(need.saturating_mul(4))
+}
+
+/// A new lane item for lane `n` of `account`.
+fn new_lane(profile: &Profile, account: &Account, n: u32, now: i64) -> Account {
+    let mut lane = Account::new(profile, &lane_id(&account.id, n), &account.plan, vec![], now);
+    lane.lane = Some(LaneOf {
+        account: account.id.clone(),
+        n,
+        anchor: 0,
+        month: clock::month_of(now),
+        credit_only: vec![],
+        leased: 0,
+        leased_at: now,
+    });
+    lane
+}
+
+/// Plans a lease of up to `want` (at least `need`) from `account` to its lane `n`; `None` when
+/// the account cannot spare `need` above its floor.
+fn plan_lease(
+    profile: &Profile,
+    account: &Account,
+    lane: Option<&Account>,
+    n: u32,
+    need: i64,
+    now: i64,
+) -> Option<(Commit, Commit)> {
+    let want = lease_size(lane, need, now);
+    let lanes = account.lanes.as_ref()?;
+    if n == 0 || n > lanes.k || lanes.k < 2 {
+        return None;
+    }
+    // What the account can spare: never to its floor, never what holds reserve.
+    let spare = (account.balance.get() - floor(profile, account) - 1).min(account.available(now).get()).min(
+        account
+            .grants
+            .iter()
+            .filter(|g| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now))
+            .map(|g| g.remaining.get())
+            .sum(),
+    );
+    let amount = want.min(spare);
+    if amount < need.max(1) {
+        return None;
+    }
+    let mut next = account.clone();
+    next.pending = Default::default();
+    next.updated_at = now;
+    next.version += 1;
+    // The parts, in burn order, from grants that will not expire on the lane.
+    let order: Vec<String> = in_burn_order(&next.grants)
+        .into_iter()
+        .filter(|g| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now))
+        .map(|g| g.id.clone())
+        .collect();
+    let mut left = amount;
+    let mut parts: Vec<(String, i64)> = Vec::new();
+    for id in order {
+        if left == 0 {
+            break;
+        }
+        if let Some(g) = next.grants.iter_mut().find(|g| g.id == id) {
+            let take = left.min(g.remaining.get());
+            if take > 0 {
+                g.remaining = Micros::new(g.remaining.get() - take);
+                left -= take;
+                parts.push((id, take));
+            }
+        }
+    }
+    let amount = amount - left;
+    next.balance = Micros::new(next.balance.get() - amount);
+    next.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
+    let out = next.lanes.get_or_insert_with(Lanes::default).out.entry(n).or_default();
+    for (g, m) in &parts {
+        match out.iter_mut().find(|(id, _)| id == g) {
+            Some((_, held)) => *held += m,
+            None => out.push((g.clone(), *m)),
+        }
+    }
+    let lane_item = lane.cloned().unwrap_or_else(|| new_lane(profile, account, n, now));
+    let lease_no = next.version;
+    let out_entry =
+        LedgerEntry::after(&mut next, EntryKind::LeaseOut, Micros::new(-amount), now, format!("Lease to lane {n}"));
+
+    let mut lane_state = lane_next(&lane_item, now);
+    lane_state.plan = account.plan.clone();
+    lane_state.ensure_grants();
+    for (g, m) in &parts {
+        match lane_state.grants.iter_mut().find(|x| x.id == *g) {
+            Some(x) => x.remaining = Micros::new(x.remaining.get() + m),
+            None => {
+                if let Some(src) = account.grants.iter().find(|x| x.id == *g) {
+                    let mut part = src.clone();
+                    part.remaining = Micros::new(*m);
+                    lane_state.grants.push(part);
+                }
+            }
+        }
+    }
+    lane_state.balance = Micros::new(lane_state.balance.get() + amount);
+    lane_state.lane = Some(LaneOf {
+        account: account.id.clone(),
+        n,
+        anchor: lease_no,
+        month: clock::month_of(now),
+        credit_only: credit_only(profile, account, now),
+        leased: amount,
+        leased_at: now,
+    });
+    lane_state.pending.moves = parts.clone();
+    let in_entry = LedgerEntry::after(
+        &mut lane_state,
+        EntryKind::LeaseIn,
+        Micros::new(amount),
+        now,
+        format!("Lease from the account (its entry {lease_no})"),
+    );
+    let account_commit = Commit { ledger: vec![out_entry], ..Commit::account_only(next, account.version) };
+    let lane_commit = Commit { ledger: vec![in_entry], ..Commit::account_only(lane_state, lane_item.version) };
+    Some((account_commit, lane_commit))
+}
+
+/// Plans a recall: every lane holding credits gives them back to `account` (which holds them
+/// all after), in one transaction with the account. `None` when nothing is out.
+pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Option<Vec<Commit>> {
+    if !account.leased_out() {
+        return None;
+    }
+    let mut next = account.clone();
+    next.pending = Default::default();
+    next.updated_at = now;
+    let base = account.version;
+    let mut account_entries = Vec::new();
+    let mut commits = Vec::new();
+    for lane in lanes.iter().filter(|l| l.balance.get() > 0) {
+        let Some(of) = &lane.lane else { continue };
+        let parts: Vec<(String, i64)> =
+            lane.grants.iter().filter(|g| g.remaining.get() > 0).map(|g| (g.id.clone(), g.remaining.get())).collect();
+        let back: i64 = parts.iter().map(|(_, m)| m).sum();
+        next.version = base + account_entries.len() as u64 + 1;
+        for (g, m) in &parts {
+            match next.grants.iter_mut().find(|x| x.id == *g) {
+                Some(x) => x.remaining = Micros::new(x.remaining.get() + m),
+                // A grant with a part out stays active (`retire_used`, `expire_grants`); should
+                // one be missing, the part comes back as it is, so the grants still add up.
+                None => {
+                    if let Some(part) = lane.grants.iter().find(|x| x.id == *g) {
+                        next.grants.push(part.clone());
+                    }
+                }
+            }
+        }
+        next.balance = Micros::new(next.balance.get() + back);
+        next.pending.moves = parts.clone();
+        account_entries.push(LedgerEntry::after(
+            &mut next,
+            EntryKind::LeaseReturn,
+            Micros::new(back),
+            now,
+            format!("Return from lane {}", of.n),
+        ));
+        let mut lane_state = lane_next(lane, now);
+        for g in lane_state.grants.iter_mut() {
+            g.remaining = Micros::ZERO;
+        }
+        lane_state.grants.clear();
+        lane_state.balance = Micros::ZERO;
+        if let Some(o) = lane_state.lane.as_mut() {
+            o.anchor = next.version;
+        }
+        lane_state.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
+        let e = LedgerEntry::after(
+            &mut lane_state,
+            EntryKind::LeaseReturn,
+            Micros::new(-back),
+            now,
+            format!("Return to the account (its entry {})", next.version),
+        );
+        commits.push(Commit { ledger: vec![e], ..Commit::account_only(lane_state, lane.version) });
+    }
+    // Every lane's parts are settled: what did not come back was spent on it.
+    if let Some(l) = next.lanes.as_mut() {
+        l.out.clear();
+    }
+    next.version = base + (account_entries.len() as u64).max(1);
+    next.retire_used(now);
+    let ended = std::mem::take(&mut next.pending.ended);
+    let account_commit =
+        Commit { ledger: account_entries, ended_grants: ended, ..Commit::account_only(next, account.version) };
+    commits.insert(0, account_commit);
+    Some(commits)
+}
+
+/// What a view of the whole account shows: the account with its lanes' credits, parts and
+/// spending added (`lanes` as read alongside it).
+pub fn whole(account: &Account, lanes: &[Account]) -> Account {
+    let mut w = account.clone();
+    for lane in lanes {
+        w.balance = Micros::new(w.balance.get() + lane.balance.get());
+        w.lifetime_spent = Micros::new(w.lifetime_spent.get() + lane.lifetime_spent.get());
+        for part in &lane.grants {
+            if let Some(g) = w.grants.iter_mut().find(|g| g.id == part.id) {
+                g.remaining = Micros::new(g.remaining.get() + part.remaining.get());
+            }
+        }
+    }
+    w
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// The lanes of `account` as stored now (strong reads); lanes never written are left out.
+    pub async fn lanes_of(&self, account: &Account) -> Result<Vec<Account>, ApiError> {
+        let ids: Vec<String> = (1..=account.lanes_ever()).map(|n| lane_id(&account.id, n)).collect();
+        let read = futures_util::future::join_all(ids.iter().map(|id| self.store.load_account(id))).await;
+        let mut out = Vec::new();
+        for r in read {
+            if let Some(a) = r.map_err(upstream)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The account as a whole: its own item with what its lanes hold.
+    pub async fn whole_account(&self, id: &str) -> Result<Account, ApiError> {
+        let a = self.load(id).await?;
+        if a.lanes_ever() == 0 {
+            return Ok(a);
+        }
+        let lanes = self.lanes_of(&a).await?;
+        Ok(whole(&a, &lanes))
+    }
+
+    /// Brings every lane's credits back to the account read as `account`. `Ok(false)` when
+    /// the account or a lane moved meanwhile (read again and retry).
+    pub(crate) async fn recall(&self, account: &Account) -> Result<bool, ApiError> {
+        let lanes = self.lanes_of(account).await?;
+        let Some(commits) = plan_recall(account, &lanes, clock::now_ms()) else { return Ok(true) };
+        match self.store.commit_all(commits).await {
+            Ok(()) => {
+                tracing::debug!(account_id = %account.id, "lanes recalled");
+                Ok(true)
+            }
+            Err(CommitError::Stale(_) | CommitError::Conflict) => Ok(false),
+            Err(CommitError::Store(e)) => Err(upstream(e)),
+            Err(_) => Err(ApiError::Upstream),
+        }
+    }
+
+    /// Leases credits to lane `n` of account `id`, at least `need`: `Ok(false)` when the
+    /// account cannot spare them above its floor (the debit goes to the account).
+    pub(crate) async fn lease(&self, id: &str, n: u32, need: i64) -> Result<bool, ApiError> {
+        for _ in 0..LEASE_ATTEMPTS {
+            let lane_key = lane_id(id, n);
+            let (account, lane) =
+                futures_util::future::join(self.store.load_account(id), self.store.load_account(&lane_key)).await;
+            let Some(account) = account.map_err(upstream)? else { return Err(ApiError::account_not_found()) };
+            self.remember(&account);
+            let lane = lane.map_err(upstream)?;
+            let now = clock::now_ms();
+            let Some((a, l)) = plan_lease(&self.profile, &account, lane.as_ref(), n, need, now) else {
+                return Ok(false);
+            };
+            let (next_account, next_lane) = (a.account.clone(), l.account.clone());
+            match self.store.commit_all(vec![a, l]).await {
+                Ok(()) => {
+                    self.remember(&next_account);
+                    self.remember(&next_lane);
+                    return Ok(true);
+                }
+                Err(CommitError::Stale(_) | CommitError::Conflict) => continue,
+                Err(CommitError::Store(e)) => return Err(upstream(e)),
+                Err(_) => return Err(ApiError::Upstream),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The lane a debit of `consumable` under `key` goes to, known from this process's last
+    /// view of the account: `None` for the account itself (no lanes, or allowance left).
+    pub(crate) fn lane_for(&self, id: &str, consumable: &str, key: &str) -> Option<u32> {
+        let a = self.cached(id)?;
+        let k = a.active_lanes();
+        if k == 0 {
+            return None;
+        }
+        let now = clock::now_ms();
+        if !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
+            return None;
+        }
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        Some(1 + (h % u64::from(k)) as u32)
+    }
+
+    /// The rest of account `id`'s balance beside lane `n`, as this process last knew it: the
+    /// account's own and its other lanes'. A lane's debit answers its own balance plus this.
+    pub(crate) fn balance_beside(&self, id: &str, n: u32) -> i64 {
+        let Some(a) = self.cached(id) else { return 0 };
+        let lanes: i64 = (1..=a.lanes_ever())
+            .filter(|m| *m != n)
+            .filter_map(|m| self.cached(&lane_id(id, m)))
+            .map(|l| l.balance.get())
+            .sum();
+        a.balance.get() + lanes
+    }
+
+    /// What a debit of `quantity` would cost in credits on account `id` as last known (the
+    /// least a lease must bring), at least one micro-credit.
+    pub(crate) fn credits_needed(&self, id: &str, consumable: &str, quantity: i64) -> i64 {
+        let Some(a) = self.cached(id) else { return 1 };
+        crate::ledger::price(&self.profile, &a, consumable, quantity, clock::now_ms())
+            .ok()
+            .and_then(|(_, _, cost)| cost)
+            .map_or(1, |c| c.get().max(1))
+    }
+
+    /// `PUT /v1/accounts/{id}/lanes`: spreads the account's debits over `k` lanes (1: none).
+    /// Every lane's credits come back first (a change of the setting is not safe beside them).
+    pub async fn set_lanes(&self, id: &str, k: u32) -> Result<LanesView, ApiError> {
+        if !(1..=MAX_LANES).contains(&k) {
+            return Err(ApiError::rule("invalid_lanes", format!("`lanes` must be between 1 and {MAX_LANES}.")));
+        }
+        self.apply(id, None, |a, now| {
+            let view = LanesView { lanes: k, floor: floor(&self.profile, a) };
+            if a.lanes.as_ref().map_or(1, |l| l.k.max(1)) == k {
+                return Ok(crate::engine::Plan::AlreadySo(view));
+            }
+            let mut next = a.next(now);
+            let l = next.lanes.get_or_insert_with(Lanes::default);
+            l.k = k;
+            l.ever = l.ever.max(if k > 1 { k } else { 0 });
+            crate::engine::Change::quiet(next, "lanes", view).write()
+        })
+        .await?
+        .done()
+    }
+}
+
+/// The answer of `PUT …/lanes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanesView {
+    pub lanes: u32,
+    /// Below this balance (micro-credits) the account takes its debits itself.
+    pub floor: i64,
+}

@@ -1,0 +1,223 @@
+//! Lanes over the in-memory store: routing, leases, recalls, exact refusals, crossings, and the
+//! merged ledger. The same behaviour runs against the emulators in `tests/tests/lanes.rs` and
+//! under faults in `tests/tests/faults.rs`.
+
+use std::sync::Arc;
+
+use crate::adapters::memory::{MemoryBus, MemoryStore};
+use crate::engine::{memory_credits, Credits};
+use crate::ids::key;
+use crate::lanes::lane_id;
+use crate::money::MICROS_PER_CREDIT as C;
+use crate::profile::Profile;
+use crate::reconcile::{lane_differences, ledger_differences};
+use crate::store::Store;
+
+type Mem = Credits<Arc<MemoryStore>, Arc<MemoryBus>>;
+
+/// An account on `free` (1,000 api_calls a month) with its allowance used and `credits`.
+async fn hot(c: &Mem, id: &str, credits: i64, lanes: u32) {
+    c.upsert_account(id, "free", vec![]).await.unwrap();
+    c.debit(id, "api_calls", 1_000, &key(&format!("{id}-allowance"))).await.unwrap();
+    c.adjust(id, credits, "grant", &key(&format!("{id}-g"))).await.unwrap();
+    c.set_lanes(id, lanes).await.unwrap();
+}
+
+/// The account's balance as a whole, and every check of reconciliation on it and its lanes.
+async fn whole_and_clean(c: &Mem, id: &str) -> i64 {
+    let a = c.store.load_account(id).await.unwrap().unwrap();
+    let own = c.whole_ledger(id).await.unwrap();
+    assert!(ledger_differences(&a, &own).is_empty(), "{:?}", ledger_differences(&a, &own));
+    let mut lanes = Vec::new();
+    for lane in c.lanes_of(&a).await.unwrap() {
+        let l = c.whole_ledger(&lane.id).await.unwrap();
+        assert!(ledger_differences(&lane, &l).is_empty(), "{}: {:?}", lane.id, ledger_differences(&lane, &l));
+        lanes.push((lane, l));
+    }
+    let d = lane_differences(&a, &own, &lanes);
+    assert!(d.is_empty(), "{d:?}");
+    let whole = c.whole_account(id).await.unwrap();
+    let merged = c.merged_ledger(&a).await.unwrap();
+    assert_eq!(merged.last().map_or(0, |e| e.balance_after.get()), whole.balance.get());
+    whole.balance.get()
+}
+
+#[tokio::test]
+async fn debits_go_to_lanes_and_the_balance_is_the_whole() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 20 * C, 4).await;
+    // The first debit learns the account; the rest go to lanes, leasing as they need.
+    for i in 0..200 {
+        c.debit("a", "api_calls", 3, &key(&format!("d{i}"))).await.unwrap();
+    }
+    let lanes = c.lanes_of(&c.account("a").await.unwrap()).await.unwrap();
+    assert!(lanes.len() >= 2, "debits spread over lanes: {}", lanes.len());
+    assert!(lanes.iter().any(|l| l.lifetime_spent.get() > 0));
+    assert_eq!(whole_and_clean(&c, "a").await, 20 * C - 200 * 3_000);
+    // A key replays wherever it lands, and conflicts with another request.
+    let again = c.debit("a", "api_calls", 3, &key("d7")).await.unwrap();
+    assert_eq!(again.from_credits, 3_000);
+    assert_eq!(c.debit("a", "api_calls", 4, &key("d7")).await.unwrap_err().code(), "idempotency_conflict");
+    assert_eq!(whole_and_clean(&c, "a").await, 20 * C - 200 * 3_000);
+    // The view, the check and the grants see the whole.
+    let v = c.view("a").await.unwrap();
+    assert_eq!(v.balance, 20 * C - 200 * 3_000);
+    assert_eq!(v.lifetime_spent, 200 * 3_000);
+    let g = c.grants("a").await.unwrap();
+    assert_eq!(g.grants.iter().map(|g| g.remaining).sum::<i64>(), v.balance);
+}
+
+/// A debit is refused only when the whole account cannot pay: credits out on lanes come back
+/// first (a recall), and the refusal carries the whole balance.
+#[tokio::test]
+async fn a_402_means_the_whole_account_is_empty() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 8 * C, 8).await;
+    for i in 0..64 {
+        c.debit("a", "api_calls", 10, &key(&format!("d{i}"))).await.unwrap();
+    }
+    let whole = whole_and_clean(&c, "a").await;
+    assert_eq!(whole, 8 * C - 64 * 10_000);
+    // Exactly the whole balance in one debit: it applies, though no lane nor the account alone
+    // holds it.
+    let all = whole / 1_000;
+    let d = c.debit("a", "api_calls", all, &key("everything")).await.unwrap();
+    assert_eq!(d.balance, 0);
+    let e = c.debit("a", "api_calls", 1, &key("more")).await.unwrap_err();
+    assert_eq!(e.code(), "usage_limit_reached");
+    assert_eq!(whole_and_clean(&c, "a").await, 0);
+    let a = c.account("a").await.unwrap();
+    assert!(!a.leased_out());
+}
+
+/// Low balance is decided on the whole: one `BalanceLow` when the whole crosses, however the
+/// credits were spread.
+#[tokio::test]
+async fn crossings_are_decided_on_the_whole_once() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 7 * C, 4).await;
+    // $7 with a $5 threshold: 2,100 debits of $0.001 cross it once.
+    for i in 0..2_100 {
+        c.debit("a", "api_calls", 1, &key(&format!("d{i}"))).await.unwrap();
+    }
+    let low: Vec<_> =
+        c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type() == "BalanceLow").cloned().collect();
+    assert_eq!(low.len(), 1, "{low:?}");
+    assert_eq!(whole_and_clean(&c, "a").await, 7 * C - 2_100 * 1_000);
+    assert!(c.bus.published.lock().unwrap().iter().all(|e| !e.account_id.contains('~')), "no event names a lane");
+}
+
+/// Many processes debiting one account with lanes at once: nothing is spent twice, every key
+/// applies once, and the 402s come only when the whole is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_debits_over_lanes_spend_each_credit_once() {
+    let store = Arc::new(MemoryStore::default());
+    let bus = Arc::new(MemoryBus::default());
+    let p = Profile::load("usd-overage").unwrap();
+    let first = Credits::new(p.clone(), store.clone(), bus.clone());
+    hot(&first, "a", 6 * C, 4).await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = Credits::new(p.clone(), store.clone(), bus.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut applied = 0i64;
+            let mut refused = 0;
+            for i in 0..150 {
+                match c.debit("a", "api_calls", 10, &key(&format!("w{w}-{i}"))).await {
+                    Ok(_) => applied += 1,
+                    Err(e) if e.code() == "usage_limit_reached" => refused += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            (applied, refused)
+        }));
+    }
+    let mut applied = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        applied += a;
+        refused += r;
+    }
+    // $6 at $0.01 a debit: exactly 600 apply, the other 600 are refused.
+    assert_eq!((applied, refused), (600, 600));
+    assert_eq!(whole_and_clean(&first, "a").await, 0);
+}
+
+/// A batch goes to a lane, leases as it spends, and answers each event as the single debit
+/// would; the rest goes to the account when the lane cannot take it.
+#[tokio::test]
+async fn batches_use_lanes_and_stay_exact() {
+    use crate::batch::UsageEvent;
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 6 * C, 4).await;
+    let ev = |i: usize| UsageEvent { consumable: "api_calls".into(), quantity: 5, key: key(&format!("b{i}")) };
+    for round in 0..3 {
+        let events: Vec<UsageEvent> = (round * 300..round * 300 + 300).map(ev).collect();
+        let r = c.debit_batch("a", &events).await.unwrap();
+        assert!(r.results.iter().all(|r| r.status == 200 || r.status == 402));
+    }
+    // 900 events of $0.005: $4.50 of $6.
+    assert_eq!(whole_and_clean(&c, "a").await, 6 * C - 900 * 5_000);
+    // Replays across lanes and the account answer their first result.
+    let r = c.debit_batch("a", &[ev(3), ev(600)]).await.unwrap();
+    assert!(r.results.iter().all(|r| r.replayed));
+    // Past the whole balance: 300 more apply, and the rest are 402, decided on the whole.
+    let events: Vec<UsageEvent> = (1_000..1_400).map(ev).collect();
+    let r = c.debit_batch("a", &events).await.unwrap();
+    assert_eq!(r.results.iter().filter(|r| r.status == 200).count(), 300);
+    assert_eq!(r.results.iter().filter(|r| r.status == 402).count(), 100);
+    assert_eq!(whole_and_clean(&c, "a").await, 0);
+}
+
+/// Anything not safe beside lanes (a hold, a negative adjustment, a plan or lane change) brings
+/// their credits back first; back to one lane, the account holds everything.
+#[tokio::test]
+async fn unsafe_changes_and_demotion_recall_the_lanes() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 20 * C, 4).await;
+    for i in 0..50 {
+        c.debit("a", "api_calls", 2, &key(&format!("d{i}"))).await.unwrap();
+    }
+    assert!(c.account("a").await.unwrap().leased_out());
+    c.reserve("a", "api_calls", 100, 60, &key("h")).await.unwrap();
+    let a = c.account("a").await.unwrap();
+    assert!(!a.leased_out());
+    assert_eq!(a.balance.get(), 20 * C - 50 * 2_000);
+    for i in 0..50 {
+        c.debit("a", "api_calls", 2, &key(&format!("e{i}"))).await.unwrap();
+    }
+    c.set_lanes("a", 1).await.unwrap();
+    let a = c.account("a").await.unwrap();
+    assert!(!a.leased_out());
+    assert_eq!(a.balance.get(), 20 * C - 100 * 2_000);
+    assert_eq!(whole_and_clean(&c, "a").await, 20 * C - 100 * 2_000);
+    // No lanes now: debits are the account's alone.
+    c.debit("a", "api_calls", 2, &key("after")).await.unwrap();
+    assert!(!c.account("a").await.unwrap().leased_out());
+    // The ledger page pages the merged ledger without gaps or repeats.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = c.transactions("a", 7, cursor.as_deref()).await.unwrap();
+        seen.extend(page.transactions.iter().map(|t| (t.id.clone(), t.balance_after)));
+        match page.next_cursor {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let merged = c.merged_ledger(&c.account("a").await.unwrap()).await.unwrap();
+    let want: Vec<(String, i64)> = merged.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
+    assert_eq!(seen, want);
+    assert!(c.store.load_account(&lane_id("a", 1)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn lanes_are_set_within_bounds() {
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    assert_eq!(c.set_lanes("a", 0).await.unwrap_err().code(), "invalid_lanes");
+    assert_eq!(c.set_lanes("a", 17).await.unwrap_err().code(), "invalid_lanes");
+    assert_eq!(c.set_lanes("nope", 4).await.unwrap_err().code(), "account_not_found");
+    assert_eq!(c.set_lanes("a", 4).await.unwrap().lanes, 4);
+}

@@ -1,0 +1,121 @@
+//! Reconciliation of an account with lanes as a whole (rules §14). Each lane is reconciled as
+//! a ledger of its own (its entries add up to its balance, its moves to its parts); this checks
+//! what ties them to the account: every lease and every return recorded on both sides with the
+//! same amount and grant moves; a lane never holding more than is out on lease to it; each
+//! lane's entries following the account's in a total order; and the whole balance, run in that
+//! order, never below zero and ending at the account's balance plus the lanes'.
+
+use std::collections::HashMap;
+
+use crate::account::Account;
+use crate::lanes::ledger::order_key;
+use crate::ledger::{EntryKind, LedgerEntry};
+
+use super::{Difference, Severity};
+
+/// Differences between an account (with its own ledger, oldest first) and its lanes (each
+/// with its ledger, oldest first).
+pub fn lane_differences(
+    account: &Account,
+    own: &[LedgerEntry],
+    lanes: &[(Account, Vec<LedgerEntry>)],
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let diff = |code: &'static str, ours: i64, theirs: i64, detail: String| Difference {
+        account_id: account.id.clone(),
+        code: code.into(),
+        severity: Severity::Wrong,
+        payment_id: None,
+        ours: Some(ours),
+        theirs: Some(theirs),
+        age_s: None,
+        detail,
+    };
+    // The account's side of every lease and return, by its seq.
+    let mut sides: HashMap<u64, &LedgerEntry> = own
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::LeaseOut | EntryKind::LeaseReturn))
+        .map(|e| (e.seq, e))
+        .collect();
+    let mirrored = |a: &LedgerEntry, b: &LedgerEntry| {
+        let mut x: Vec<(String, i64)> = a.grants.iter().map(|(g, m)| (g.clone(), -m)).collect();
+        let mut y = b.grants.clone();
+        x.sort();
+        y.sort();
+        a.amount.get() == -b.amount.get() && x == y
+    };
+    for (lane, ledger) in lanes {
+        let n = lane.lane.as_ref().map_or(0, |l| l.n);
+        let mut previous = None;
+        for e in ledger {
+            let key = order_key(n, e);
+            if previous.is_some_and(|p| key <= p) {
+                out.push(diff(
+                    "lane_order_broken",
+                    e.seq as i64,
+                    n as i64,
+                    format!("Lane {n}'s entry {} is out of the account's order.", e.id),
+                ));
+            }
+            previous = Some(key);
+            if !matches!(e.kind, EntryKind::LeaseIn | EntryKind::LeaseReturn) {
+                continue;
+            }
+            let anchor = e.anchor.unwrap_or(0);
+            let pair = sides.remove(&anchor);
+            let expected = if e.kind == EntryKind::LeaseIn { EntryKind::LeaseOut } else { EntryKind::LeaseReturn };
+            if !pair.is_some_and(|p| p.kind == expected && mirrored(p, e)) {
+                out.push(diff(
+                    "lease_unmatched",
+                    e.amount.get(),
+                    pair.map_or(0, |p| -p.amount.get()),
+                    format!("Lane {n}'s entry {} has no matching entry on the account.", e.id),
+                ));
+            }
+        }
+        let out_to_lane: i64 =
+            account.lanes.as_ref().and_then(|l| l.out.get(&n)).map_or(0, |v| v.iter().map(|(_, m)| m).sum());
+        if lane.balance.get() > out_to_lane {
+            out.push(diff(
+                "lane_holds_more_than_leased",
+                lane.balance.get(),
+                out_to_lane,
+                format!("Lane {n} holds more than the account has out on lease to it."),
+            ));
+        }
+    }
+    if let Some(e) = sides.values().next() {
+        out.push(diff(
+            "lease_unmatched",
+            e.amount.get(),
+            0,
+            format!("The account's entry {} has no matching entry on a lane.", e.id),
+        ));
+    }
+    // The whole balance in the account's order.
+    let mut all: Vec<((u64, u8, u32, u64), i64)> = own.iter().map(|e| (order_key(0, e), e.amount.get())).collect();
+    for (lane, ledger) in lanes {
+        let n = lane.lane.as_ref().map_or(0, |l| l.n);
+        all.extend(ledger.iter().map(|e| (order_key(n, e), e.amount.get())));
+    }
+    all.sort();
+    let mut running = 0i64;
+    for (_, amount) in &all {
+        running += amount;
+        // A lease's account side comes first, so only a credit spent twice takes it below zero.
+        if running < 0 {
+            out.push(diff("negative_balance", running, 0, "The account's balance as a whole went below zero.".into()));
+            break;
+        }
+    }
+    let whole = account.balance.get() + lanes.iter().map(|(l, _)| l.balance.get()).sum::<i64>();
+    if running != whole {
+        out.push(diff(
+            "balance_not_ledger_sum",
+            whole,
+            running,
+            "The whole balance is not the sum of the merged ledger.".into(),
+        ));
+    }
+    out
+}
