@@ -361,7 +361,8 @@ impl Account {
     /// Keeps the sparse indexes in step: the sweep's lists the account while auto-recharge is
     /// on, the expiry run's while a grant has an expiry (keyed by the soonest).
     pub fn index_for_sweep(&mut self) {
-        let next = self.next_expiry().map(|(_, t)| t);
+        // A lane's parts never expire on it (its account recalls them first): never listed.
+        let next = self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none());
         self.gsi2pk = next.map(|_| expiry_index_key(&self.id));
         self.gsi2sk = next.map(|t| format!("{:013}", t.max(0)));
         self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());

@@ -157,7 +157,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let Some(n) = lane else { return Err(ApiError::Upstream) };
                 let e = &events[from];
                 if leased_at != Some(from)
-                    && self.lease(id, n, self.credits_needed(id, &e.consumable, e.quantity)).await?
+                    && self.lease(id, n, &e.consumable, self.credits_needed(id, &e.consumable, e.quantity)).await?
                 {
                     leased_at = Some(from);
                 } else {

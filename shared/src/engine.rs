@@ -480,13 +480,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             Err(_) => true,
             Ok(Plan::AlreadySo(_)) => false,
             Ok(Plan::Write(change)) => {
-                if LANE_SAFE_CAUSES.contains(&change.cause) {
-                    return false;
+                // Down to the floor, or a grant expiring on the way: decided on the whole.
+                let expiring = change.next.pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
+                if expiring || change.next.balance.get() <= crate::lanes::floor(&self.profile, &change.next) {
+                    return true;
                 }
-                let usage_above_floor = change.cause == "usage"
-                    && !change.refused
-                    && change.next.balance.get() > crate::lanes::floor(&self.profile, &change.next);
-                !usage_above_floor
+                let usage = change.cause == "usage" && !change.refused;
+                !(usage || LANE_SAFE_CAUSES.contains(&change.cause))
             }
         }
     }

@@ -72,7 +72,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     Err(ApiError::NotFound("account_not_found", _)) => {}
                     Err(e) => return Err(e),
                 }
-                if leased || !self.lease(id, n, self.credits_needed(id, consumable, quantity)).await? {
+                if leased || !self.lease(id, n, consumable, self.credits_needed(id, consumable, quantity)).await? {
                     break;
                 }
             }

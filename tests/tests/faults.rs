@@ -361,6 +361,14 @@ struct Stats {
     late_successes: u64,
     /// Events of batches answered (applied, replayed or refused one by one).
     batch_events: u64,
+    /// Schedules whose account ran with lanes, and the leases, returns and lane changes
+    /// (promotions, demotions) they made (rules §14).
+    with_lanes: u64,
+    leases: u64,
+    returns: u64,
+    lane_changes: u64,
+    /// Debits (single or in batches) that a lane applied.
+    lane_debits: u64,
 }
 
 impl Stats {
@@ -376,6 +384,11 @@ impl Stats {
         self.disputes += o.disputes;
         self.late_successes += o.late_successes;
         self.batch_events += o.batch_events;
+        self.with_lanes += o.with_lanes;
+        self.leases += o.leases;
+        self.returns += o.returns;
+        self.lane_changes += o.lane_changes;
+        self.lane_debits += o.lane_debits;
     }
 }
 
@@ -406,6 +419,20 @@ impl Schedule {
             json!({"enabled": true, "threshold": threshold, "amount": amount, "monthly_max": monthly_max}),
         )
         .await;
+        // Half the accounts run with lanes (rules §14): their allowance used up first, so their
+        // debits go to lanes, leasing, refilling and draining back as the balance moves.
+        let lanes = if rng.chance(50) { rng.range(2, 4) } else { 1 };
+        if lanes > 1 {
+            let left = w.included(&id, consumable).await;
+            if left > 0 {
+                let (s, b) = w.usage(&id, consumable, left).await;
+                assert_eq!(s, 200, "allowance: {b}");
+            }
+            let (s, b) = w.api(put(&format!("/v1/accounts/{id}/lanes"), &service(), json!({"lanes": lanes}))).await;
+            assert_eq!(s, 200, "lanes: {b}");
+            // Room above the floor, so lanes lease and refill before the balance drains.
+            w.grant(&id, rng.range(5, 30) * C).await;
+        }
         let armed = Arc::new(Armed::default());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let instance = || {
@@ -451,7 +478,7 @@ impl Schedule {
             usage_keys: Vec::new(),
             steps: Vec::new(),
             length: 0,
-            stats: Stats::default(),
+            stats: Stats { with_lanes: u64::from(lanes > 1), ..Stats::default() },
             w,
         }
     }
@@ -520,6 +547,15 @@ impl Schedule {
             self.w.ledger(&self.id).await.iter().filter(|e| e.kind == topup::ledger::EntryKind::Purchase).count()
                 as u64;
         self.stats.refunds = payments.iter().filter(|p| p.amount_refunded > 0).count() as u64;
+        let own = self.w.ledger(&self.id).await;
+        let kind = |k: topup::ledger::EntryKind| own.iter().filter(|e| e.kind == k).count() as u64;
+        self.stats.leases = kind(topup::ledger::EntryKind::LeaseOut);
+        self.stats.returns = kind(topup::ledger::EntryKind::LeaseReturn);
+        let merged = self.w.account_ledger(&self.id).await;
+        self.stats.lane_debits = merged
+            .iter()
+            .filter(|e| e.kind == topup::ledger::EntryKind::Consumption && e.account_id.contains('~'))
+            .count() as u64;
         self.stats
     }
 
@@ -549,6 +585,7 @@ impl Schedule {
             ("dispute", on(self.stats.webhook_deliveries > 0, 2)),
             ("recharge-recorded-failed", 3),
             ("dispute-closes", on(!self.open_disputes.is_empty(), 3)),
+            ("lanes", on(self.stats.with_lanes > 0, 3)),
         ]
     }
 
@@ -917,6 +954,19 @@ impl Schedule {
                 let (s, _) = read(credits_api::handle(&self.w.config, &self.w.webhooks, &self.instances[n], req).await);
                 statuses.push(s);
             }
+            "lanes" => {
+                // Promotion, demotion (every lane's credits recalled) or another K, with a fault
+                // anywhere in it.
+                let k = self.rng.range(1, 4);
+                let req = put(&self.path("/lanes"), &service(), json!({ "lanes": k }));
+                let n = self.rng.below(2);
+                let (s, b) = read(credits_api::handle(&self.w.config, &self.w.webhooks, &self.instances[n], req).await);
+                if s == 200 && b["lanes"] != k {
+                    self.fail(format!("lanes set to {k} answered {b}"));
+                }
+                self.stats.lane_changes += u64::from(s == 200);
+                statuses.push(s);
+            }
             other => self.fail(format!("unknown step {other}")),
         }
         statuses
@@ -1047,7 +1097,34 @@ impl Schedule {
             self.fail(format!("reconciliation {}: {bad:?}", if settled { "after settling" } else { "found" }));
         }
         let account = self.w.credits.account(&self.id).await.expect("account");
-        let ledger = self.w.ledger(&self.id).await;
+        // As the ledger page shows it: with lanes, their entries merged in, with the whole
+        // balance after each (rules §14); the lanes' invariants are reconciliation's above.
+        let ledger = self.w.account_ledger(&self.id).await;
+        if settled && account.lanes_ever() > 0 {
+            // The page, paged, is that merged ledger exactly, and its newest running balance
+            // is the account's with its lanes'.
+            let mut seen = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = match self.w.credits.transactions(&self.id, 40, cursor.as_deref()).await {
+                    Ok(p) => p,
+                    Err(e) => self.fail(format!("ledger page: {e:?}")),
+                };
+                seen.extend(page.transactions.iter().map(|t| (t.id.clone(), t.balance_after)));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let want: Vec<(String, i64)> = ledger.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
+            if seen != want {
+                self.fail(format!("the ledger page is not the merged ledger: {seen:?} vs {want:?}"));
+            }
+            let whole = self.w.credits.whole_account(&self.id).await.expect("whole").balance.get();
+            if ledger.last().map_or(0, |e| e.balance_after.get()) != whole {
+                self.fail(format!("the merged ledger ends at {:?}, the whole balance is {whole}", ledger.last()));
+            }
+        }
         // §10.5: one charge per recharge claim, at most one per low-balance episode, and never
         // more than the monthly cap.
         let recharges: Vec<_> = payments.iter().filter(|p| p.metadata.contains_key("topup_recharge_id")).collect();

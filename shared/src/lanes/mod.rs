@@ -173,7 +173,7 @@ fn lane_next(lane: &Account, now: i64) -> Account {
 /// How much a lease to a lane should carry: about `LEASE_WINDOW_MS` of what the lane spent
 /// since its last lease, at least `need`, at most four times the last.
 fn lease_size(lane: Option<&Account>, need: i64, now: i64) -> i64 {
-    let Some(of) = lane.and_then(|l| l.lane.as_ref()) else { return need.saturating_mul(100) };
+    let Some(of) = lane.and_then(|l| l.lane.as_ref()).filter(|o| o.leased > 0) else { return need.saturating_mul(16) };
     let elapsed = (now - of.leased_at).max(50);
     let rate_window = i128::from(of.leased) * i128::from(LEASE_WINDOW_MS) / i128::from(elapsed);
     let sized = i64::try_from(rate_window.min(i128::from(of.leased) * 4)).unwrap_or(i64::MAX);
@@ -430,7 +430,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// Leases credits to lane `n` of account `id`, at least `need`: `Ok(false)` when the
     /// account cannot spare them above its floor (the debit goes to the account).
-    pub(crate) async fn lease(&self, id: &str, n: u32, need: i64) -> Result<bool, ApiError> {
+    pub(crate) async fn lease(&self, id: &str, n: u32, consumable: &str, need: i64) -> Result<bool, ApiError> {
         for _ in 0..LEASE_ATTEMPTS {
             let lane_key = lane_id(id, n);
             let (account, lane) =
@@ -439,6 +439,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             self.remember(&account);
             let lane = lane.map_err(upstream)?;
             let now = clock::now_ms();
+            // A lease for a debit the lane would still not take (allowance left) helps nobody.
+            if !credit_only(&self.profile, &account, now).iter().any(|c| c == consumable) {
+                return Ok(false);
+            }
             let Some((a, l)) = plan_lease(&self.profile, &account, lane.as_ref(), n, need, now) else {
                 return Ok(false);
             };
