@@ -138,7 +138,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let mut known: HashMap<String, IdemRecord> = HashMap::new();
         // An account with lanes: the batch goes to one lane while it can take the events
         // (leasing when its credits are spent), then to the account (rules §14).
-        let mut lane = events.first().and_then(|e| self.lane_for(id, &e.consumable, e.key.as_str()));
+        let mut lane = events.first().and_then(|e| self.lane_for(id, &e.consumable));
         let mut leased_at: Option<usize> = None;
         while results.len() < events.len() {
             let from = results.len();

@@ -150,6 +150,9 @@ pub struct Credits<S, B> {
     cache: Mutex<HashMap<String, Account>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     write_budget: Duration,
+    /// This process's lane on an account with lanes (rules §14): one process writes one lane,
+    /// so its cached state of that lane is current unless another process shares it.
+    pub(crate) home_lane: u32,
 }
 
 pub(crate) fn upstream(e: StoreError) -> ApiError {
@@ -179,6 +182,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             cache: Mutex::new(HashMap::new()),
             stripes,
             write_budget: WRITE_BUDGET,
+            home_lane: u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap_or([0; 4])),
         }
     }
 

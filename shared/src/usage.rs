@@ -62,7 +62,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     ) -> Result<Debited, ApiError> {
         // An account with lanes: the debit goes to a lane when it can take it, leasing once if
         // its credits are spent; otherwise to the account, which decides on the whole.
-        if let Some(n) = self.lane_for(id, consumable, key.as_str()) {
+        if let Some(n) = self.lane_for(id, consumable) {
             let lane = lane_id(id, n);
             for leased in [false, true] {
                 let beside = self.balance_beside(id, n);

@@ -349,7 +349,10 @@ impl Store for ModelStore {
             }
         };
         sleep(service).await;
-        let entries: u64 = cs.iter().map(|c| c.ledger.len() as u64).sum();
+        // Debits only: a lane's lease and return entries move credits, they are not debits.
+        let entries: u64 =
+            cs.iter().flat_map(|c| &c.ledger).filter(|e| e.kind == topup::ledger::EntryKind::Consumption).count()
+                as u64;
         let result = self.inner.commit_all(cs).await;
         let mut st = self.lock();
         for i in &items {
@@ -528,11 +531,20 @@ const GRANT_CREDITS: i64 = 1_000_000;
 const WARM: Duration = Duration::from_secs(2);
 const WINDOW: Duration = Duration::from_secs(10);
 const INSTANCES: [usize; 4] = [1, 4, 16, 64];
+/// Lambda environments sending batches to an account with lanes.
+const LANE_INSTANCES: [usize; 3] = [16, 64, 128];
+/// Credits of the drained run: about two seconds of ten thousand debits a second, past warm-up.
+const DRAIN_CREDITS: i64 = 45_000 * 1_000 / 1_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Single,
     Batch(usize),
+    /// Batches of `batch` on an account with `k` lanes (rules §14).
+    Lanes {
+        k: u32,
+        batch: usize,
+    },
 }
 
 impl Mode {
@@ -540,6 +552,13 @@ impl Mode {
         match self {
             Mode::Single => "single debits".into(),
             Mode::Batch(n) => format!("batches of {n}"),
+            Mode::Lanes { k, batch } => format!("{k} lanes, b{batch}"),
+        }
+    }
+    fn lanes(self) -> u32 {
+        match self {
+            Mode::Lanes { k, .. } => k,
+            _ => 1,
         }
     }
 }
@@ -558,11 +577,29 @@ struct Tally {
     debited: i64,
     /// Keys whose answer was not "applied": each is looked up afterwards, in case it committed.
     unsure: Vec<String>,
+    /// Debits refused for want of credits, and of those, refused while the account as a whole
+    /// (its item and its lanes, read the instant the answer came) could still pay one.
+    refused: u64,
+    inexact_refusals: u64,
+}
+
+/// The account's balance as a whole, read from the model's store at no cost in virtual time.
+async fn whole_balance(store: &ModelStore) -> i64 {
+    let inner = &store.inner;
+    let Ok(Some(a)) = inner.load_account(ACCOUNT).await else { return 0 };
+    let mut total = a.balance.get();
+    for n in 1..=a.lanes_ever() {
+        if let Ok(Some(l)) = inner.load_account(&topup::lanes::lane_id(ACCOUNT, n)).await {
+            total += l.balance.get();
+        }
+    }
+    total
 }
 
 /// One Lambda environment: one request at a time until the window closes.
 async fn worker(
     credits: Arc<Service>,
+    store: Arc<ModelStore>,
     mode: Mode,
     w: usize,
     seed: u64,
@@ -575,6 +612,7 @@ async fn worker(
         let started = Instant::now();
         sleep(FRONT.sample(&mut rng)).await;
         let (mut applied, mut debited) = (0u64, 0i64);
+        let mut refusals = 0u64;
         let mut unsure = Vec::new();
         let mut errors = Vec::new();
         match mode {
@@ -586,12 +624,15 @@ async fn worker(
                         debited = d.from_credits;
                     }
                     Err(e) => {
+                        if e.code() == "usage_limit_reached" {
+                            refusals += 1;
+                        }
                         errors.push(e.code().to_string());
                         unsure.push(k);
                     }
                 }
             }
-            Mode::Batch(n) => {
+            Mode::Batch(n) | Mode::Lanes { batch: n, .. } => {
                 let events: Vec<UsageEvent> = (0..n)
                     .map(|j| UsageEvent {
                         consumable: CONSUMABLE.into(),
@@ -606,6 +647,7 @@ async fn worker(
                                 applied += 1;
                                 debited += e.from_credits.unwrap_or(0);
                             } else {
+                                refusals += u64::from(e.status == 402);
                                 errors.push(format!("event {}{}", e.status, if e.replayed { " replayed" } else { "" }));
                                 unsure.push(e.idempotency_key);
                             }
@@ -619,7 +661,12 @@ async fn worker(
             }
         }
         let done = Instant::now();
+        // A refusal is exact only if the whole account could not pay one more debit when it was
+        // answered (credits only go down here, so it could not when it was decided either).
+        let inexact = if refusals > 0 && whole_balance(&store).await >= 1_000 { refusals } else { 0 };
         let mut t = tally.lock().expect("tally");
+        t.refused += refusals;
+        t.inexact_refusals += inexact;
         if done >= from && done < to {
             t.window_applied += applied;
         }
@@ -661,6 +708,11 @@ struct Row {
     p99: f64,
     errors: String,
     invariant: Result<String, String>,
+    /// Debits refused for want of credits, and those refused while the whole could pay one.
+    refused: u64,
+    inexact: u64,
+    /// The run drained its credits (the exact-refusal run).
+    drained: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -670,15 +722,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn run(profile: &Profile, mode: Mode, instances: usize, seed: u64) -> Row {
+async fn run_with(profile: &Profile, mode: Mode, instances: usize, seed: u64, grant: i64) -> Row {
     let store = Arc::new(ModelStore::new(seed));
     let bus = Arc::new(MemoryBus::default());
     let service = || Arc::new(Credits::new(profile.clone(), store.clone(), bus.clone()));
     let setup = service();
     setup.upsert_account(ACCOUNT, "free", vec![]).await.expect("create the account");
-    setup.adjust(ACCOUNT, GRANT_CREDITS * C, "bench", &key("grant")).await.expect("grant credits");
+    setup.adjust(ACCOUNT, grant, "bench", &key("grant")).await.expect("grant credits");
     // Past the month's allowance, so every debit draws credits and writes a ledger entry.
     setup.debit(ACCOUNT, CONSUMABLE, 1_000, &key("allowance")).await.expect("use the allowance");
+    if mode.lanes() > 1 {
+        setup.set_lanes(ACCOUNT, mode.lanes()).await.expect("lanes");
+    }
     let start = store.inner.load_account(ACCOUNT).await.expect("read").expect("account");
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -686,7 +741,7 @@ async fn run(profile: &Profile, mode: Mode, instances: usize, seed: u64) -> Row 
     let to = from + WINDOW;
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..instances {
-        workers.spawn(worker(service(), mode, w, seed, (from, to), tally.clone()));
+        workers.spawn(worker(service(), store.clone(), mode, w, seed, (from, to), tally.clone()));
     }
     sleep_until(from).await;
     let before = store.stats();
@@ -741,12 +796,31 @@ async fn run(profile: &Profile, mode: Mode, instances: usize, seed: u64) -> Row 
             t.errors.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
         },
         invariant,
+        refused: t.refused,
+        inexact: t.inexact_refusals,
+        drained: false,
     }
 }
 
-/// The balance is the starting balance less every debit that committed: those answered as
-/// applied, and any whose answer was lost (its key committed, its request failed); the ledger
-/// since the start says the same.
+/// Every entry of one chain (the account, or one of its lanes), oldest first.
+async fn chain(inner: &MemoryStore, id: &str) -> Result<Vec<LedgerEntry>, String> {
+    let (mut all, mut before) = (Vec::new(), None);
+    loop {
+        let (page, more) = inner.ledger_page(id, 1_000, before).await.map_err(|e| e.to_string())?;
+        before = page.last().map(|e| e.seq);
+        all.extend(page);
+        if !more || before.is_none() {
+            break;
+        }
+    }
+    all.reverse();
+    Ok(all)
+}
+
+/// The balance as a whole (the account's and its lanes') is the starting balance less every
+/// debit that committed: those answered as applied, and any whose answer was lost (its key
+/// committed, its request failed); the debits in the ledgers since the start say the same; and
+/// reconciliation finds nothing wrong with the account, any lane, or the leases between them.
 async fn check(store: &ModelStore, start: &Account, t: &Tally) -> Result<String, String> {
     let inner = &store.inner;
     let (mut recovered, mut recovered_n) = (0i64, 0u64);
@@ -759,36 +833,42 @@ async fn check(store: &ModelStore, start: &Account, t: &Tally) -> Result<String,
     }
     let debited = t.debited + recovered;
     let end = inner.load_account(ACCOUNT).await.map_err(|e| e.to_string())?.ok_or("the account is gone")?;
+    let whole = whole_balance(store).await;
     let expected = start.balance.get() - debited;
-    if end.balance.get() != expected {
-        return Err(format!("balance {} != start {} − debited {debited}", end.balance.get(), start.balance.get()));
+    if whole != expected {
+        return Err(format!("whole balance {whole} != start {} − debited {debited}", start.balance.get()));
     }
-    let (mut sum, mut entries, mut before, mut newest) = (0i64, 0u64, None, None);
-    'pages: loop {
-        let (page, more) = inner.ledger_page(ACCOUNT, 1_000, before).await.map_err(|e| e.to_string())?;
-        for e in &page {
-            if e.seq <= start.version {
-                break 'pages;
-            }
-            newest.get_or_insert(e.balance_after.get());
-            sum += e.amount.get();
-            entries += 1;
-            before = Some(e.seq);
-        }
-        if !more {
-            break;
-        }
+    let own = chain(inner, ACCOUNT).await?;
+    let mut problems = topup::reconcile::ledger_differences(&end, &own);
+    let mut debits: Vec<LedgerEntry> = own.iter().filter(|e| e.seq > start.version).cloned().collect();
+    let mut lanes = Vec::new();
+    for n in 1..=end.lanes_ever() {
+        let id = topup::lanes::lane_id(ACCOUNT, n);
+        let Some(lane) = inner.load_account(&id).await.map_err(|e| e.to_string())? else { continue };
+        let ledger = chain(inner, &id).await?;
+        problems.extend(topup::reconcile::ledger_differences(&lane, &ledger));
+        debits.extend(ledger.iter().cloned());
+        lanes.push((lane, ledger));
     }
+    if end.lanes_ever() > 0 {
+        problems.extend(topup::reconcile::lane_differences(&end, &own, &lanes));
+    }
+    if let Some(p) = problems.first() {
+        return Err(format!("reconciliation: {} {}", p.code, p.detail));
+    }
+    debits.retain(|e| e.kind == topup::ledger::EntryKind::Consumption);
+    let sum: i64 = debits.iter().map(|e| e.amount.get()).sum();
+    let entries = debits.len() as u64;
     if sum != -debited || entries != t.applied + recovered_n {
         return Err(format!(
-            "ledger since start: {entries} entries summing {sum}; answered {} debits (+{recovered_n} recovered) of {debited}",
+            "ledgers since start: {entries} debits summing {sum}; answered {} debits (+{recovered_n} recovered) of {debited}",
             t.applied
         ));
     }
-    if newest.is_some_and(|b| b != end.balance.get()) {
-        return Err(format!("newest entry's balance_after {newest:?} != balance {}", end.balance.get()));
-    }
-    Ok(format!("ok: {} debits, {debited} µcr, {recovered_n} recovered from keys of failed requests", entries))
+    Ok(format!(
+        "ok: {entries} debits, {debited} µcr, {recovered_n} recovered from keys of failed requests{}",
+        if lanes.is_empty() { String::new() } else { format!("; {} lanes reconciled with the account", lanes.len()) }
+    ))
 }
 
 fn print_assumptions() {
@@ -880,11 +960,28 @@ async fn main() {
             .collect();
         println!("{}", cells.join(" ").trim_end());
     }
-    let modes = [Mode::Single, Mode::Batch(10), Mode::Batch(50), Mode::Batch(500.min(MAX_BATCH_EVENTS))];
+    let modes = [
+        Mode::Single,
+        Mode::Batch(10),
+        Mode::Batch(50),
+        Mode::Batch(500.min(MAX_BATCH_EVENTS)),
+        Mode::Lanes { k: 4, batch: 50 },
+        Mode::Lanes { k: 8, batch: 50 },
+    ];
+    let mut runs: Vec<(Mode, usize, i64)> = Vec::new();
+    for mode in modes {
+        let counts: &[usize] = if mode.lanes() > 1 { &LANE_INSTANCES } else { &INSTANCES };
+        runs.extend(counts.iter().map(|n| (mode, *n, GRANT_CREDITS * C)));
+    }
+    // Lanes drained to empty under load: every refusal must be one the whole account could not
+    // pay (credits for about two seconds of the load, then refusals for the rest of the window).
+    runs.push((Mode::Lanes { k: 8, batch: 50 }, 64, DRAIN_CREDITS * C));
     let mut rows = Vec::new();
-    for (m, mode) in modes.iter().enumerate() {
-        for (n, instances) in INSTANCES.iter().enumerate() {
-            let row = run(&profile, *mode, *instances, SEED ^ ((m as u64) << 8 | n as u64)).await;
+    for (m, (mode, instances, grant)) in runs.iter().enumerate() {
+        {
+            let (mode, instances) = (mode, instances);
+            let row = run_with(&profile, *mode, *instances, SEED ^ ((m as u64) << 8 | *instances as u64), *grant).await;
+            let row = Row { drained: *grant < GRANT_CREDITS * C, ..row };
             println!(
                 "{:<16} {:>4} {:>9.0} {:>9.0} {:>9.0} {:>7.0} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>9.2} {:>7.2} {:>8.1} {:>8.1}  {}",
                 row.mode.label(),
@@ -954,7 +1051,45 @@ async fn main() {
             s.sustained_per_s, s.instances, s.wcu_per_debit
         );
     }
+    if let Some(l) = best(&|r| r.mode.lanes() > 1 && !r.drained) {
+        let hot_share = l.hot_wcu_per_s / PARTITION_WCU_PER_S;
+        println!(
+            "# modelled target ≥10,000 debits/s for one account with lanes: {} (best sustained {:.0}/s, {} on {} instances, {:.2} WCU per debit; busiest partition at {:.0}% of 1,000 WCU/s)",
+            if l.sustained_per_s >= 10_000.0 { "met" } else { "NOT met" },
+            l.sustained_per_s,
+            l.mode.label(),
+            l.instances,
+            l.wcu_per_debit,
+            hot_share * 100.0
+        );
+        println!(
+            "#   table write capacity at that rate: {:.0} WCU/s ({:.2} WCU per debit × {:.0} debits/s), ≈ ${:.2} per million debits on demand at $0.625 per million write units",
+            l.wcu_per_debit * l.sustained_per_s,
+            l.wcu_per_debit,
+            l.sustained_per_s,
+            l.wcu_per_debit * 0.625
+        );
+    }
+    for r in rows.iter().filter(|r| r.mode.lanes() > 1) {
+        if r.inexact > 0 || r.drained {
+            println!(
+                "# exact refusals ({}, {} instances{}): {} debits refused, {} of them while the whole account could pay one ({})",
+                r.mode.label(),
+                r.instances,
+                if r.drained { ", drained to empty" } else { "" },
+                r.refused,
+                r.inexact,
+                if r.inexact == 0 && (r.refused > 0 || !r.drained) { "exact" } else { "NOT exact" }
+            );
+        }
+    }
+    let inexact: u64 = rows.iter().map(|r| r.inexact).sum();
+    let drained_refused = rows.iter().any(|r| r.drained && r.refused > 0);
     println!("# {:.1} s of real time", real.elapsed().as_secs_f64());
+    if inexact > 0 || !drained_refused {
+        eprintln!("a refusal was not exact ({inexact}), or the drained run refused nothing");
+        std::process::exit(1);
+    }
     if failed > 0 {
         eprintln!("{failed} configuration(s) broke the invariant");
         std::process::exit(1);

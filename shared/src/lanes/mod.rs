@@ -461,9 +461,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Ok(false)
     }
 
-    /// The lane a debit of `consumable` under `key` goes to, known from this process's last
-    /// view of the account: `None` for the account itself (no lanes, or allowance left).
-    pub(crate) fn lane_for(&self, id: &str, consumable: &str, key: &str) -> Option<u32> {
+    /// The lane a debit of `consumable` goes to, known from this process's last view of the
+    /// account: `None` for the account itself (no lanes, or allowance left). Each process has
+    /// its own lane (keys are the account's, so any lane is right for any key), which keeps its
+    /// view of that lane current and spreads processes over the lanes.
+    pub(crate) fn lane_for(&self, id: &str, consumable: &str) -> Option<u32> {
         let a = self.cached(id)?;
         let k = a.active_lanes();
         if k == 0 {
@@ -473,8 +475,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
             return None;
         }
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-        Some(1 + (h % u64::from(k)) as u32)
+        Some(1 + self.home_lane % k)
     }
 
     /// The rest of account `id`'s balance beside lane `n`, as this process last knew it: the
