@@ -258,3 +258,47 @@ async fn debits_that_cross_nothing_emit_nothing() {
     }
     assert!(observer.drain(Duration::from_secs(1)).await.is_empty());
 }
+
+/// Rules §13: a balance write that cannot commit within its budget answers 503 `account_busy`
+/// with `Retry-After` and writes nothing, on the emulator. The contention is real and certain:
+/// an instance holding the account in its cache plans on that version after another instance
+/// wrote the account, so its compare-and-swap loses on the emulator; with no budget left to
+/// read again and retry, it gives up. The client's retry of the same key then applies once.
+#[tokio::test]
+async fn a_write_that_cannot_commit_within_its_budget_answers_account_busy() {
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    w.grant("acme", 10 * C).await;
+    w.usage("acme", "api_calls", 1_000).await; // use up the allowance
+    let debit = |k: &str| {
+        post(
+            "/v1/accounts/acme/usage",
+            &service(),
+            json!({"consumable": "api_calls", "quantity": 100, "idempotency_key": k}),
+        )
+    };
+    // No time to retry: it commits when it wins its race and gives up when it loses one.
+    let hurried = w.another_instance().with_write_budget(Duration::ZERO);
+    let (s, first) = read(debit::handle(&w.config, &hurried, debit("first")).await);
+    assert_eq!(s, 200, "uncontended, it wins: {first}");
+    // Another instance writes the account: the hurried one's cached version is now stale.
+    let (s, second) = w.debit(debit("between")).await;
+    assert_eq!(s, 200, "{second}");
+    let per_debit = first["balance"].as_i64().expect("balance") - second["balance"].as_i64().expect("balance");
+    assert!(per_debit > 0, "{first} {second}");
+    let before = w.snapshot("acme").await;
+
+    let resp = debit::handle(&w.config, &hurried, debit("busy")).await;
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let (s, b) = read(resp);
+    assert_eq!((s, b["error"]["code"].as_str()), (503, Some("account_busy")), "{b}");
+    assert_eq!(w.snapshot("acme").await, before, "a write that gave up wrote nothing");
+
+    // Retried, the same key applies once; retried again, it answers the same.
+    let (s, applied) = w.debit(debit("busy")).await;
+    assert_eq!((s, applied["balance"].as_i64()), (200, Some(second["balance"].as_i64().expect("balance") - per_debit)));
+    let (s, again) = w.debit(debit("busy")).await;
+    assert_eq!((s, &again), (200, &applied));
+    assert_eq!(w.view("acme").await["balance"], applied["balance"]);
+    w.assert_invariants("acme").await;
+}

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use topup::ledger::EntryKind;
 use topup::pricing::PurchaseChoice;
 use topup::purchases::{PurchaseStatus, FAILED_MESSAGE, PROCESSING_MESSAGE};
@@ -154,4 +155,64 @@ async fn a_purchase_write_from_a_stale_read_is_refused() {
     // The service's own moves read again and succeed.
     let moved = w.credits.purchase_processing("acme", &p.purchase_id).await.expect("processing");
     assert_eq!((moved.status, moved.checkout_session_id.as_deref()), (PurchaseStatus::Processing, Some("cs_first")));
+}
+
+/// Rules §13: an account starts at most `PURCHASES_PER_MINUTE` purchases a minute, counted in
+/// the table (a conditional counter per account and minute), through the `purchase` function.
+/// The next start in the same minute answers 429 `too_many_requests` with the seconds until the
+/// next minute, before Stripe is asked, and writes nothing; a retry of a started purchase is
+/// answered, not counted; another account has its own count.
+#[tokio::test]
+async fn the_twenty_first_purchase_start_in_a_minute_is_refused_and_changes_nothing() {
+    use topup::purchases::PURCHASES_PER_MINUTE;
+    assert_eq!(PURCHASES_PER_MINUTE, 20);
+    let w = World::new("usd-overage").await;
+    let id = unique("limit");
+    let other = unique("limit");
+    w.account(&id, "free").await;
+    w.account(&other, "free").await;
+    // The 21 starts must fall in one minute: begin at the top of one if this one is ending.
+    let into_minute = topup::clock::now_ms().rem_euclid(60_000);
+    if into_minute > 30_000 {
+        tokio::time::sleep(Duration::from_millis((60_000 - into_minute + 50) as u64)).await;
+    }
+    let minute = topup::clock::now_ms() / 60_000;
+    let mut keys = Vec::new();
+    for i in 0..PURCHASES_PER_MINUTE {
+        let k = unique(&format!("start{i}"));
+        let (s, b) = w.buy(buy_request(&id, json!({"amount": 500}), Some(&k))).await;
+        assert_eq!(s, 201, "start {i}: {b}");
+        keys.push((k, b["purchase_id"].clone()));
+    }
+    let before = w.snapshot(&id).await;
+    let counter = before
+        .iter()
+        .find(|i| i.get("sk").and_then(|v| v.as_s().ok()).is_some_and(|s| s.starts_with("RATE#purchases#")))
+        .expect("the minute's counter");
+    let counted = PURCHASES_PER_MINUTE.to_string();
+    assert_eq!(counter.get("n").and_then(|v| v.as_n().ok()), Some(&counted));
+
+    // Through a Stripe that cannot be reached: refused before Stripe would be asked.
+    let ui = w.config.checkout_ui.clone().expect("checkout configured");
+    let payments = unreachable_stripe();
+    let checkout = purchase::Checkout { payments: &payments, ui: &ui };
+    let resp =
+        purchase::handle(&w.config, &w.credits, &checkout, buy_request(&id, json!({"amount": 500}), Some("late")))
+            .await;
+    let retry_after: Option<u64> =
+        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let (s, b) = read(resp);
+    assert_eq!((s, b["error"]["code"].as_str()), (429, Some("too_many_requests")), "{b}");
+    let retry_after = retry_after.expect("Retry-After");
+    assert_eq!(topup::clock::now_ms() / 60_000, minute, "all 21 in one minute");
+    let left_s = (60_000 - topup::clock::now_ms().rem_euclid(60_000) + 999) / 1000;
+    assert!((1..=60).contains(&retry_after) && retry_after.abs_diff(left_s as u64) <= 1, "{retry_after} vs {left_s}");
+    assert_eq!(w.snapshot(&id).await, before, "a refused start writes nothing");
+
+    // A retry of a started purchase is answered with it; another account starts its own.
+    let (k, first) = &keys[0];
+    let (s, b) = w.buy(buy_request(&id, json!({"amount": 500}), Some(k))).await;
+    assert_eq!((s, &b["purchase_id"]), (201, first), "{b}");
+    let (s, b) = w.buy(buy_request(&other, json!({"amount": 500}), Some("late"))).await;
+    assert_eq!(s, 201, "{b}");
 }

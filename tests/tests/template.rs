@@ -533,6 +533,40 @@ fn every_function_eventbridge_invokes_has_an_encrypted_alarmed_failure_queue() {
     assert_eq!(checked, 4, "auto-recharge, notify, reconcile and webhooks-out");
 }
 
+/// The outbox-age alarm (rules §13): the sweep reports `OutboxOldestAgeSeconds` (in seconds,
+/// the stack as its dimension) every 5 minutes; the alarm fires when the oldest event has waited
+/// more than 15 minutes, or when no sweep has reported for two periods.
+#[test]
+fn the_outbox_alarm_fires_when_an_event_has_waited_over_fifteen_minutes() {
+    let doc = template_doc();
+    let r = resources(&doc);
+    let alarms: Vec<&Value> = r
+        .values()
+        .filter(|a| a["Type"] == "AWS::CloudWatch::Alarm" && a["Properties"]["MetricName"] == "OutboxOldestAgeSeconds")
+        .map(|a| &a["Properties"])
+        .collect();
+    assert_eq!(alarms.len(), 1, "one alarm on the outbox's age");
+    let a = alarms[0];
+    assert_eq!(a["Namespace"], "topup", "the namespace the functions' metrics are in");
+    assert_eq!(a["Dimensions"], serde_json::json!([{"Name": "Stack", "Value": "!Ref AWS::StackName"}]));
+    assert_eq!(
+        (a["Statistic"].as_str(), a["ComparisonOperator"].as_str()),
+        (Some("Maximum"), Some("GreaterThanThreshold"))
+    );
+    assert_eq!(a["Threshold"].as_i64(), Some(15 * 60), "15 minutes, in the metric's seconds");
+    assert_eq!(a["TreatMissingData"], "breaching", "a sweep that stops reporting alarms too");
+    // Periods of the sweep's interval; one period without a report is tolerated.
+    let sweep = &r["AutoRechargeFunction"]["Properties"]["Events"]["Sweep"];
+    assert_eq!(
+        (sweep["Type"].as_str(), sweep["Properties"]["Schedule"].as_str()),
+        (Some("Schedule"), Some("rate(5 minutes)"))
+    );
+    assert_eq!(
+        (a["Period"].as_i64(), a["EvaluationPeriods"].as_i64(), a["DatapointsToAlarm"].as_i64()),
+        (Some(300), Some(2), Some(1))
+    );
+}
+
 /// SPEC §13: route throttles for every route, a default for the API, reserved concurrency for
 /// every function.
 #[test]
@@ -618,6 +652,7 @@ fn statements(props: &Value) -> Vec<&Value> {
 fn deletes_only_touch_the_outbox_and_sms_never_publishes_to_a_topic() {
     let doc = template_doc();
     let mut deleters = Vec::new();
+    let mut publishers = Vec::new();
     for (id, props) in functions(&doc) {
         for s in statements(props) {
             let actions = strings(&s["Action"]);
@@ -637,10 +672,15 @@ fn deletes_only_touch_the_outbox_and_sms_never_publishes_to_a_topic() {
                 assert_eq!(*leading, serde_json::json!(["RECONCILE#*"]), "reconcile writes beyond its checkpoints");
             }
             if grants("sns:Publish") {
-                assert!(!strings(&s["Resource"]).contains(&"*"), "{id}: sns:Publish on every resource");
+                // SMS to a phone number has no ARN: Publish on everything that is not a topic.
+                assert_eq!(actions, ["sns:Publish"], "{id}: sns:Publish in its own statement");
+                assert!(s["Resource"].is_null(), "{id}: sns:Publish with a Resource ({})", s["Resource"]);
+                assert_eq!(s["NotResource"], "arn:aws:sns:*:*:*", "{id}: sns:Publish must exclude every topic");
+                publishers.push(id);
             }
         }
     }
+    assert_eq!(publishers, ["NotifyFunction"], "only notify sends SMS");
     deleters.sort();
     assert_eq!(
         deleters,
