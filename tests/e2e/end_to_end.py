@@ -295,6 +295,7 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
                          status == expected, f"{status} {out.stdout[:300]} {out.stderr[-300:]}")
 
         batch_usage(api, svc, checks)
+        lanes(api, svc, checks)
         failure_queue_and_redrive(api, moto, secret, checks, stack_api, r, ses, kw, watch_port)
         crowd(api, svc, checks)
         r.shutdown()
@@ -527,6 +528,46 @@ def batch_usage(api, svc, checks):
     checks.check("the same batch again replays every applied event; the balance stays $19.50",
                  s == 200 and got == [(200, True), (200, True), (422, False), (200, True)]
                  and (v or {}).get("balance") == 19_500_000, f"{s} {again} {v}")
+
+
+def lanes(api, svc, checks):
+    """`PUT …/lanes` through the router and the template's route: a hot account on four lanes
+    takes batches and single debits, the view and the ledger page show the whole balance, and
+    one lane again brings every lane's credits home."""
+    acct = f"{api}/v1/accounts/e2e-lanes"
+    http("PUT", acct, svc, {"plan": "free", "billing_contacts": []})
+    http("POST", f"{acct}/credits/adjustments", svc, {"amount": 20_000_000, "reason": "lanes grant", "idempotency_key": "lg1"})
+    http("POST", f"{acct}/usage", svc, {"consumable": "api_calls", "quantity": 1_000, "idempotency_key": "l-allowance"})
+    s, b = http("PUT", f"{acct}/lanes", svc, {"lanes": 4})
+    checks.check("PUT lanes → 200 {lanes: 4, floor: $5}", s == 200 and b == {"lanes": 4, "floor": 5_000_000}, f"{s} {b}")
+    s, bad = http("PUT", f"{acct}/lanes", svc, {"lanes": 17})
+    checks.check("PUT lanes 17 → 422 invalid_lanes", s == 422 and (bad or {}).get("error", {}).get("code") == "invalid_lanes",
+                 f"{s} {bad}")
+    events = [{"consumable": "api_calls", "quantity": 10, "idempotency_key": f"le{i}"} for i in range(60)]
+    statuses = []
+    for chunk in (events[:30], events[30:]):
+        s, b = http("POST", f"{acct}/usage/batch", svc, {"events": chunk})
+        statuses += [r.get("status") for r in (b or {}).get("results", [])]
+    for i in range(10):
+        s, _ = http("POST", f"{acct}/usage", svc, {"consumable": "api_calls", "quantity": 10, "idempotency_key": f"ls{i}"})
+        statuses.append(s)
+    want = 20_000_000 - 70 * 10_000
+    s, v = http("GET", f"{acct}/credits", svc)
+    s2, page = http("GET", f"{acct}/credits/transactions?limit=5", svc)
+    kinds = {t.get("kind") for t in (page or {}).get("transactions", [])}
+    top = ((page or {}).get("transactions") or [{}])[0].get("balance_after")
+    checks.check("70 debits on lanes: every one applied; the view and the page's newest entry say the whole balance",
+                 statuses == [200] * 70 and (v or {}).get("balance") == want and top == want, f"{statuses} {v} {page}")
+    checks.check("the lanes were funded by leases (lease entries on the page)", bool(kinds & {"lease_out", "lease_in"})
+                 or any(t.get("kind") == "lease_out" for t in http("GET", f"{acct}/credits/transactions?limit=100", svc)[1]
+                        .get("transactions", [])), f"{page}")
+    s, b = http("PUT", f"{acct}/lanes", svc, {"lanes": 1})
+    s2, page = http("GET", f"{acct}/credits/transactions?limit=3", svc)
+    s3, v = http("GET", f"{acct}/credits", svc)
+    first = ((page or {}).get("transactions") or [{}])[0]
+    checks.check("lanes 1 → every lane's credits home, the whole balance unchanged",
+                 s == 200 and first.get("balance_after") == want and (v or {}).get("balance") == want,
+                 f"{s} {b} {page} {v}")
 
 
 def failure_queue_and_redrive(api: str, moto: str, secret: str, checks: Checks, stack_api, r, ses: SesGate,
