@@ -145,7 +145,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let upto = (from + EVENTS_PER_COMMIT).min(events.len());
             let (target, beside) = match lane {
                 Some(n) => (lane_id(id, n), self.balance_beside(id, n)),
-                None => (id.to_string(), 0),
+                None => (id.to_string(), self.lanes_balance(id)),
             };
             // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`), and a
             // lane stops at the first event it cannot take.
@@ -234,7 +234,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let outcome = Debited {
                             from_allowance: d.from_allowance,
                             from_credits: d.cost.get(),
-                            balance: next.balance.get() + beside,
+                            balance: next.balance.get() + crate::lanes::beside_of(a, beside),
                             transaction_id: entry.as_ref().map(|en| en.id.clone()),
                         };
                         let rec = IdemRecord {

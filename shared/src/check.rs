@@ -45,8 +45,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // would refuse. A failed read is "cannot decide".
         let account = match self.store.load_account(id).await {
             // With lanes: decided on the whole account, as a debit there would be.
-            Ok(Some(a)) if a.leased_out() => match self.lanes_of(&a).await {
-                Ok(lanes) => crate::lanes::whole(&a, &lanes),
+            // (read with them at one instant: a lease or recall between would count credits
+            // twice or not at all).
+            Ok(Some(a)) if a.leased_out() => match self.snapshot(id).await {
+                Ok((a, lanes)) => crate::lanes::whole(&a, &lanes),
                 Err(_) => return Err(ApiError::Undecided),
             },
             Ok(Some(a)) => a,

@@ -28,6 +28,8 @@ use crate::ledger::{crossing_events, Credited, HoldRecord, IdemRecord, LedgerEnt
 use crate::profile::Profile;
 use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
 
+/// DynamoDB's limit on the items of one transaction.
+const ITEMS_PER_TRANSACTION: usize = 100;
 /// Attempts before a contended write answers 503 `account_busy`.
 pub(crate) const MAX_ATTEMPTS: u32 = 100;
 /// How long a balance write may wait (for this process's queue of the account and for
@@ -47,8 +49,11 @@ const NOT_USAGE_CAUSES: [&str; 5] = ["refund", "dispute", "adjustment", "expiry"
 /// Changes an account may make while its lanes hold credits (rules §14): they add credits or
 /// touch nothing a threshold, a hold or the allowance depends on. Any other change (and usage
 /// that would take the account to its floor, or a refusal) recalls the lanes first.
-const LANE_SAFE_CAUSES: [&str; 7] =
-    ["payment", "purchase_state", "customer", "card_saved", "card_removed", "recharge_claim", "recharge_failed"];
+const LANE_SAFE_CAUSES: [&str; 4] = ["purchase_state", "customer", "card_saved", "recharge_claim"];
+/// Refusals of a malformed or impossible request, the same on the whole as on the account's
+/// own item: they recall nothing. Any other refusal is decided again on the whole.
+const REFUSALS_OF_THE_REQUEST: [&str; 5] =
+    ["unknown_consumable", "invalid_quantity", "invalid_ttl", "too_many_holds", "invalid_lanes"];
 
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
@@ -302,23 +307,24 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // A lane's writes: its keys are its account's, and it says nothing of thresholds.
         let owner = crate::lanes::owner_of(account_id);
         let on_lane = owner != account_id;
+        // A recall of the account's lanes planned on the state read, committed with the change
+        // it is for in one transaction (rules §14): no lease can come between them.
+        let mut recalled: Option<crate::lanes::Recall> = None;
         for attempt in 0..MAX_ATTEMPTS {
             let now = clock::now_ms();
             let result = plan(&current, now);
             if !on_lane && current.leased_out() && self.needs_recall(&current, &result, now) {
-                // Decided on the whole account: its lanes' credits come back first.
+                // Decided on the whole account: planned again with its lanes' credits home.
                 if !fresh {
                     current = self.load(account_id).await?;
                     fresh = true;
                     continue;
                 }
-                if !self.recall(&current).await? {
-                    if self.write_budget.checked_sub(started.elapsed()).is_none() {
-                        break;
-                    }
-                    self.backoff(attempt, started).await;
+                let lanes = self.lanes_of(&current).await?;
+                if let Some(r) = crate::lanes::plan_recall(&current, &lanes, now) {
+                    current = r.account.account.clone();
+                    recalled = Some(r);
                 }
-                current = self.load(account_id).await?;
                 continue;
             }
             let planned = match result {
@@ -397,9 +403,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             ledger.extend(planned.ledger);
             ledger.append(&mut planned.entries);
             debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
+            let mut ended_grants = if on_lane { vec![] } else { pending.ended };
+            let mut expected_version = current.version;
+            let recall = recalled.take();
+            if let Some(r) = &recall {
+                // The recall's entries and retired grants come first, under the version read.
+                expected_version = r.account.expected_version;
+                ledger.splice(0..0, r.account.ledger.iter().cloned());
+                ended_grants.splice(0..0, r.account.ended_grants.iter().cloned());
+            }
             let commit = Commit {
                 account: planned.next.clone(),
-                expected_version: current.version,
+                expected_version,
                 ledger,
                 idempotency,
                 hold: planned.hold,
@@ -407,11 +422,37 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 recharge: planned.recharge,
                 payment_index: planned.payment_index,
                 outbox: outbox.clone(),
-                ended_grants: if on_lane { vec![] } else { pending.ended },
+                ended_grants,
             };
-            match self.store.commit(commit).await {
+            let mut lanes_after: Vec<Account> = Vec::new();
+            let written = match recall {
+                None => self.store.commit(commit).await,
+                Some(r) => {
+                    let count =
+                        |c: &Commit| crate::adapters::dynamo::commit_items(c).map_or(usize::MAX / 4, |i| i.len());
+                    let items = count(&commit) + r.lanes.iter().map(count).sum::<usize>();
+                    if items > ITEMS_PER_TRANSACTION {
+                        // Too much for one transaction beside the change: the recall alone
+                        // first, then the change planned again on what it left.
+                        if !self.recall(r).await? {
+                            self.backoff(attempt, started).await;
+                        }
+                        current = self.load(account_id).await?;
+                        fresh = true;
+                        continue;
+                    }
+                    lanes_after = r.lanes.iter().map(|c| c.account.clone()).collect();
+                    let mut all = vec![commit];
+                    all.extend(r.lanes);
+                    self.store.commit_all(all).await
+                }
+            };
+            match written {
                 Ok(()) => {
                     self.remember(&planned.next);
+                    for l in &lanes_after {
+                        self.remember(l);
+                    }
                     publish_committed(&self.store, &self.bus, &outbox).await;
                     return Ok(Applied::Done(planned.outcome));
                 }
@@ -481,6 +522,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return true;
         }
         match result {
+            Err(ApiError::Rule(code, _)) => !REFUSALS_OF_THE_REQUEST.contains(code),
+            Err(
+                ApiError::InvalidRequest(_)
+                | ApiError::NotFound(..)
+                | ApiError::HoldNotFound
+                | ApiError::HoldExpired
+                | ApiError::IdempotencyConflict,
+            ) => false,
             Err(_) => true,
             Ok(Plan::AlreadySo(_)) => false,
             Ok(Plan::Write(change)) => {

@@ -77,11 +77,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
             }
         }
-        self.debit_on(id, 0, consumable, quantity, key).await
+        self.debit_on(id, self.lanes_balance(id), consumable, quantity, key).await
     }
 
-    /// A debit applied on `target`: the account, or one of its lanes (whose answer adds
-    /// `beside`, the rest of the account's balance as this process last knew it).
+    /// A debit applied on `target`: the account, or one of its lanes. While lanes hold credits
+    /// the answer adds `beside`, the rest of the account's balance as this process last knew it
+    /// (the other lanes', and the account's for a lane).
     async fn debit_on(
         &self,
         target: &str,
@@ -115,7 +116,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let outcome = Debited {
                 from_allowance: d.from_allowance,
                 from_credits: d.cost.get(),
-                balance: next.balance.get() + beside,
+                balance: next.balance.get() + crate::lanes::beside_of(a, beside),
                 transaction_id: entry.as_ref().map(|e| e.id.clone()),
             };
             Change { ledger: entry, ..Change::quiet(next, "usage", outcome) }.write()

@@ -194,15 +194,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // page holds nothing it has not seen (an entry's `seq` is the version that wrote it).
         let mut a = self.load(id).await?;
         if a.lanes_ever() > 0 {
-            // With lanes: the items, then the merged page, whose newest entry's running balance
-            // is the whole balance as the chains' entries show it (rules §14).
-            let lanes = self.lanes_of(&a).await?;
-            let (recent, _) = self.merged_page(&a, 5, None).await?;
-            let mut whole = crate::lanes::whole(&a, &lanes);
-            if let Some(top) = recent.first() {
-                whole.balance = top.balance_after;
-            }
-            return Ok(self.credits_view(&whole, &recent));
+            // With lanes: the account and its lanes read at one instant, and the merged page as
+            // of that instant, whose newest running balance is that whole balance (rules §14).
+            let (a, lanes) = self.snapshot(id).await?;
+            let bounds = crate::lanes::ledger::first_bounds(&a, &lanes);
+            let (recent, _) = self.merged_page(&a, 5, bounds).await?;
+            return Ok(self.credits_view(&crate::lanes::whole(&a, &lanes), &recent));
         }
         let (mut recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
         for _ in 0..3 {
@@ -289,7 +286,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let a = self.load(id).await?;
         if a.lanes_ever() > 0 {
             let chains = a.lanes_ever() as usize + 1;
-            let bounds = cursor.map(|c| crate::lanes::ledger::decode_merged_cursor(c, chains)).transpose()?;
+            let (a, bounds) = match cursor {
+                Some(c) => (a, crate::lanes::ledger::decode_merged_cursor(c, chains)?),
+                None => {
+                    let (a, lanes) = self.snapshot(id).await?;
+                    let bounds = crate::lanes::ledger::first_bounds(&a, &lanes);
+                    (a, bounds)
+                }
+            };
             let (page, next) = self.merged_page(&a, limit, bounds).await?;
             return Ok(LedgerPage {
                 transactions: page.iter().map(LedgerEntry::view).collect(),

@@ -266,11 +266,21 @@ impl Account {
 
     /// Moves used-up grants out of the active list (they are written as records).
     pub(crate) fn retire_used(&mut self, now: i64) {
+        self.retire_some(now, usize::MAX);
+    }
+
+    /// Retires at most `max` used-up grants (a recall bounds what one transaction writes; the
+    /// rest retire at a later write).
+    pub(crate) fn retire_some(&mut self, now: i64, max: usize) {
         // A grant with a part out on a lane is not used up until the part comes back.
         let out: Vec<String> =
             self.lanes.iter().flat_map(|l| l.out.values().flatten().map(|(g, _)| g.clone())).collect();
-        let (used, active): (Vec<Grant>, Vec<Grant>) =
-            std::mem::take(&mut self.grants).into_iter().partition(|g| g.remaining.get() == 0 && !out.contains(&g.id));
+        let mut taken = 0usize;
+        let (used, active): (Vec<Grant>, Vec<Grant>) = std::mem::take(&mut self.grants).into_iter().partition(|g| {
+            let done = g.remaining.get() == 0 && !out.contains(&g.id) && taken < max;
+            taken += usize::from(done);
+            done
+        });
         self.grants = active;
         for mut g in used {
             g.ended = Some(GrantEnd::Used);
@@ -302,7 +312,8 @@ impl Account {
     /// Expires every grant past its instant whose credits no open hold needs, each with its
     /// `expiry` entry (called by `Account::next`, so at the start of every write).
     pub(crate) fn expire_grants(&mut self, now: i64) {
-        if !self.grants.iter().any(|g| g.expired(now)) {
+        // A lane's parts never expire on it: its account recalls them before (rules §14).
+        if self.lane.is_some() || !self.grants.iter().any(|g| g.expired(now)) {
             return;
         }
         self.ensure_grants();

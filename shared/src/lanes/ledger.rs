@@ -55,30 +55,49 @@ pub fn encode_merged_cursor(bounds: &[Option<u64>]) -> String {
     format!("m{}", parts.join("."))
 }
 
+/// A cursor read back for an account with `chains` chains now. A lane added since the first
+/// page has only entries newer than it (nothing of it on later pages); a cursor of the
+/// account's own ledger from before it had lanes continues that ledger.
 pub fn decode_merged_cursor(s: &str, chains: usize) -> Result<Vec<Option<u64>>, ApiError> {
     let bad = || ApiError::invalid("`cursor` is not a cursor this API returned.");
-    let body = s.strip_prefix('m').ok_or_else(bad)?;
-    let bounds: Vec<Option<u64>> = body
-        .split('.')
-        .map(|p| if p == "-" { Ok(None) } else { u64::from_str_radix(p, 16).map(Some).map_err(|_| bad()) })
-        .collect::<Result<_, _>>()?;
-    if bounds.len() != chains {
+    let mut bounds: Vec<Option<u64>> = match s.strip_prefix('m') {
+        Some(body) => body
+            .split('.')
+            .map(|p| if p == "-" { Ok(None) } else { u64::from_str_radix(p, 16).map(Some).map_err(|_| bad()) })
+            .collect::<Result<_, _>>()?,
+        None => vec![Some(crate::views::decode_cursor(s)?)],
+    };
+    if bounds.len() > chains {
         return Err(bad());
     }
+    bounds.resize(chains, Some(0));
     Ok(bounds)
 }
 
+/// The bounds of a merged ledger's first page: everything each chain held when `a` and its
+/// `lanes` were read together (`Credits::snapshot`), and nothing written since.
+pub fn first_bounds(a: &Account, lanes: &[Account]) -> Vec<Option<u64>> {
+    let mut bounds = vec![Some(a.version + 1)];
+    for n in 1..=a.lanes_ever() {
+        let id = lane_id(&a.id, n);
+        bounds.push(Some(lanes.iter().find(|l| l.id == id).map_or(0, |l| l.version + 1)));
+    }
+    bounds
+}
+
 impl<S: Store, B: EventBus> Credits<S, B> {
-    /// One page (newest first) of account `a`'s merged ledger below `bounds` (one per chain,
-    /// `None`: from the newest), and the next page's bounds when there is more.
+    /// One page (newest first) of account `a`'s merged ledger below `bounds` (one per chain;
+    /// the first page's from `first_bounds`), and the next page's bounds when there is more.
     pub async fn merged_page(
         &self,
         a: &Account,
         limit: usize,
-        bounds: Option<Vec<Option<u64>>>,
+        bounds: Vec<Option<u64>>,
     ) -> Result<(Vec<LedgerEntry>, Option<Vec<Option<u64>>>), ApiError> {
         let chains = a.lanes_ever() + 1;
-        let bounds = bounds.unwrap_or_else(|| vec![None; chains as usize]);
+        if bounds.len() != chains as usize {
+            return Err(ApiError::invalid("`cursor` is not a cursor this API returned."));
+        }
         let ids: Vec<String> = (0..chains).map(|c| if c == 0 { a.id.clone() } else { lane_id(&a.id, c) }).collect();
         let read = futures_util::future::join_all(
             ids.iter().zip(&bounds).map(|(id, b)| self.store.ledger_page(id, limit, *b)),
@@ -190,6 +209,10 @@ mod tests {
     fn merged_cursors_read_back() {
         let b = vec![Some(0x2a), None, Some(7)];
         assert_eq!(decode_merged_cursor(&encode_merged_cursor(&b), 3).unwrap(), b);
-        assert!(decode_merged_cursor("m1.2", 3).is_err() && decode_merged_cursor("c12", 3).is_err());
+        // A lane added since: nothing of it on later pages.
+        assert_eq!(decode_merged_cursor("m1.2", 3).unwrap(), [Some(1), Some(2), Some(0)]);
+        // The account's own cursor from before it had lanes.
+        assert_eq!(decode_merged_cursor("c12", 3).unwrap(), [Some(0x12), Some(0), Some(0)]);
+        assert!(decode_merged_cursor("m1.2.3.4", 3).is_err() && decode_merged_cursor("mz", 3).is_err());
     }
 }

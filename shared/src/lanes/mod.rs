@@ -122,6 +122,16 @@ impl Account {
     }
 }
 
+/// What a debit planned on `a` adds to its balance in its answer: `beside` on a lane, or on
+/// the account while its lanes hold credits; nothing otherwise (the account holds it all).
+pub fn beside_of(a: &Account, beside: i64) -> i64 {
+    if a.lane.is_some() || a.leased_out() {
+        beside
+    } else {
+        0
+    }
+}
+
 /// The highest balance anything is decided at: the low-balance threshold, every alert
 /// threshold, and zero. While lanes hold credits the account's own balance stays above it.
 pub fn floor(profile: &Profile, a: &Account) -> i64 {
@@ -258,6 +268,7 @@ fn plan_lease(
             None => out.push((g.clone(), *m)),
         }
     }
+    next.index_for_sweep();
     let lane_item = lane.cloned().unwrap_or_else(|| new_lane(profile, account, n, now));
     let lease_no = next.version;
     let out_entry =
@@ -301,9 +312,29 @@ fn plan_lease(
     Some((account_commit, lane_commit))
 }
 
+/// Grants a recall retires at most (each is a record in its transaction).
+const RECALL_RETIRES: usize = 16;
+
+/// A recall planned: the account's commit (its state with every lane's credits home, the
+/// `lease_return` entries, the grants it retires) and each lane's. The engine commits it with
+/// the change it was made for, in one transaction, so no lease comes between them.
+pub(crate) struct Recall {
+    pub(crate) account: Commit,
+    pub(crate) lanes: Vec<Commit>,
+}
+
+impl Recall {
+    /// All of it, as one transaction on its own.
+    pub(crate) fn commits(self) -> Vec<Commit> {
+        let mut all = vec![self.account];
+        all.extend(self.lanes);
+        all
+    }
+}
+
 /// Plans a recall: every lane holding credits gives them back to `account` (which holds them
-/// all after), in one transaction with the account. `None` when nothing is out.
-pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Option<Vec<Commit>> {
+/// all after). `None` when nothing is out.
+pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Option<Recall> {
     if !account.leased_out() {
         return None;
     }
@@ -364,12 +395,12 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
         l.out.clear();
     }
     next.version = base + (account_entries.len() as u64).max(1);
-    next.retire_used(now);
+    next.retire_some(now, RECALL_RETIRES);
+    next.index_for_sweep();
     let ended = std::mem::take(&mut next.pending.ended);
     let account_commit =
         Commit { ledger: account_entries, ended_grants: ended, ..Commit::account_only(next, account.version) };
-    commits.insert(0, account_commit);
-    Some(commits)
+    Some(Recall { account: account_commit, lanes: commits })
 }
 
 /// What a view of the whole account shows: the account with its lanes' credits, parts and
@@ -404,22 +435,35 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// The account as a whole: its own item with what its lanes hold.
     pub async fn whole_account(&self, id: &str) -> Result<Account, ApiError> {
-        let a = self.load(id).await?;
-        if a.lanes_ever() == 0 {
-            return Ok(a);
-        }
-        let lanes = self.lanes_of(&a).await?;
+        let (a, lanes) = self.snapshot(id).await?;
         Ok(whole(&a, &lanes))
     }
 
-    /// Brings every lane's credits back to the account read as `account`. `Ok(false)` when
-    /// the account or a lane moved meanwhile (read again and retry).
-    pub(crate) async fn recall(&self, account: &Account) -> Result<bool, ApiError> {
-        let lanes = self.lanes_of(account).await?;
-        let Some(commits) = plan_recall(account, &lanes, clock::now_ms()) else { return Ok(true) };
-        match self.store.commit_all(commits).await {
+    /// The account read with its lanes at one instant: read again until no lease or recall
+    /// (each moves the account's version) came between the reads.
+    pub async fn snapshot(&self, id: &str) -> Result<(Account, Vec<Account>), ApiError> {
+        let mut a = self.load(id).await?;
+        for _ in 0..4 {
+            if a.lanes_ever() == 0 {
+                return Ok((a, vec![]));
+            }
+            let lanes = self.lanes_of(&a).await?;
+            let again = self.load(id).await?;
+            if again.version == a.version {
+                return Ok((a, lanes));
+            }
+            a = again;
+        }
+        Err(ApiError::Busy)
+    }
+
+    /// Brings every lane's credits back to the account, on its own (when the change it is for
+    /// would not fit beside it in one transaction). `Ok(false)` when the account or a lane
+    /// moved meanwhile (read again and retry).
+    pub(crate) async fn recall(&self, recall: Recall) -> Result<bool, ApiError> {
+        match self.store.commit_all(recall.commits()).await {
             Ok(()) => {
-                tracing::debug!(account_id = %account.id, "lanes recalled");
+                tracing::debug!("lanes recalled");
                 Ok(true)
             }
             Err(CommitError::Stale(_) | CommitError::Conflict) => Ok(false),
@@ -488,6 +532,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .map(|l| l.balance.get())
             .sum();
         a.balance.get() + lanes
+    }
+
+    /// What account `id`'s lanes hold, as this process last knew them.
+    pub(crate) fn lanes_balance(&self, id: &str) -> i64 {
+        let Some(a) = self.cached(id) else { return 0 };
+        (1..=a.lanes_ever()).filter_map(|n| self.cached(&lane_id(id, n))).map(|l| l.balance.get()).sum()
     }
 
     /// What a debit of `quantity` would cost in credits on account `id` as last known (the

@@ -226,3 +226,55 @@ async fn lanes_are_set_within_bounds() {
     assert_eq!(c.set_lanes("nope", 4).await.unwrap_err().code(), "account_not_found");
     assert_eq!(c.set_lanes("a", 4).await.unwrap().lanes, 4);
 }
+
+/// A ledger read page by page while debits go on shows the ledger as it was at the first page:
+/// every chain is bounded by the first page, so nothing written since slips in between pages.
+#[tokio::test]
+async fn pages_do_not_drift_while_debits_go_on() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 20 * C, 4).await;
+    let others: Vec<Mem> = (0..6).map(|_| Credits::new(c.profile.clone(), c.store.clone(), c.bus.clone())).collect();
+    for i in 0..60 {
+        others[i % 6].debit("a", "api_calls", 2, &key(&format!("d{i}"))).await.unwrap();
+    }
+    let then = c.merged_ledger(&c.account("a").await.unwrap()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut page = c.transactions("a", 9, None).await.unwrap();
+    loop {
+        seen.extend(page.transactions.iter().map(|t| (t.id.clone(), t.balance_after)));
+        // More debits (and leases) between every two pages.
+        for i in 0..6 {
+            others[i].debit("a", "api_calls", 2, &key(&format!("x{}-{i}", seen.len()))).await.unwrap();
+        }
+        let Some(next) = page.next_cursor else { break };
+        page = c.transactions("a", 9, Some(&next)).await.unwrap();
+    }
+    let want: Vec<(String, i64)> = then.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
+    assert_eq!(seen, want);
+}
+
+/// A malformed or impossible request is refused on the account's own item: it does not call
+/// the lanes' credits back.
+#[tokio::test]
+async fn bad_requests_recall_nothing() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 20 * C, 4).await;
+    for i in 0..20 {
+        c.debit("a", "api_calls", 2, &key(&format!("d{i}"))).await.unwrap();
+    }
+    assert!(c.account("a").await.unwrap().leased_out());
+    assert_eq!(c.reserve("a", "nope", 1, 60, &key("h1")).await.unwrap_err().code(), "unknown_consumable");
+    assert_eq!(c.reserve("a", "api_calls", 1, 0, &key("h2")).await.unwrap_err().code(), "invalid_ttl");
+    assert_eq!(c.settle("a", "hold_nope", 1).await.unwrap_err().code(), "hold_not_found");
+    assert!(c.account("a").await.unwrap().leased_out(), "lanes keep their credits");
+    // A real hold recalls them, in the same transaction as the hold.
+    let before = c.account("a").await.unwrap().version;
+    c.reserve("a", "api_calls", 10, 60, &key("h3")).await.unwrap();
+    let a = c.account("a").await.unwrap();
+    assert!(!a.leased_out());
+    let own = c.whole_ledger("a").await.unwrap();
+    let returns = own.iter().filter(|e| e.kind == crate::ledger::EntryKind::LeaseReturn && e.seq > before).count() as u64;
+    // The returns' versions, then the hold's (committed together with it).
+    assert!(returns >= 1 && a.version == before + returns + 1, "{returns} returns, version {} from {before}", a.version);
+    assert_eq!(whole_and_clean(&c, "a").await, 20 * C - 20 * 2_000);
+}
