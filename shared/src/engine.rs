@@ -428,13 +428,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let written = match recall {
                 None => self.store.commit(commit).await,
                 Some(r) => {
-                    let count =
-                        |c: &Commit| crate::adapters::dynamo::commit_items(c).map_or(usize::MAX / 4, |i| i.len());
-                    let items = count(&commit) + r.lanes.iter().map(count).sum::<usize>();
+                    let count = |c: &Commit| crate::adapters::dynamo::commit_items(c).map_or(usize::MAX, |i| i.len());
+                    let items = r.lanes.iter().map(count).fold(count(&commit), usize::saturating_add);
                     if items > ITEMS_PER_TRANSACTION {
                         // Too much for one transaction beside the change: the recall alone
                         // first, then the change planned again on what it left.
                         if !self.recall(r).await? {
+                            if self.write_budget.checked_sub(started.elapsed()).is_none() {
+                                break;
+                            }
                             self.backoff(attempt, started).await;
                         }
                         current = self.load(account_id).await?;

@@ -109,6 +109,9 @@ impl NewGrant {
     }
 }
 
+/// Used-up grants one write of an account with lanes retires at most (each is an item).
+const RETIRES_PER_WRITE_WITH_LANES: usize = 16;
+
 /// Where a decrease takes credits from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Burn<'a> {
@@ -266,7 +269,10 @@ impl Account {
 
     /// Moves used-up grants out of the active list (they are written as records).
     pub(crate) fn retire_used(&mut self, now: i64) {
-        self.retire_some(now, usize::MAX);
+        // An account with lanes may have many grants used up at once (leased out whole, they
+        // wait for the lanes): a write retires a bounded number, the rest at later writes.
+        let max = if self.lanes.is_some() { RETIRES_PER_WRITE_WITH_LANES } else { usize::MAX };
+        self.retire_some(now, max);
     }
 
     /// Retires at most `max` used-up grants (a recall bounds what one transaction writes; the

@@ -51,6 +51,8 @@ const LEASE_EXPIRY_MARGIN_MS: i64 = 3_600_000;
 /// A lane hands its debits to the account once a part it holds expires sooner than this (the
 /// account recalls it before the grant expires).
 const LANE_EXPIRY_GUARD_MS: i64 = 1_800_000;
+/// Reads of an account and its lanes before a view gives up (a lease or recall each time).
+const SNAPSHOT_READS: u32 = 8;
 /// Lease attempts before a lane gives its debit to the account.
 const LEASE_ATTEMPTS: u32 = 6;
 
@@ -66,6 +68,10 @@ pub struct Lanes {
     /// gives back what is left, and the rest was spent.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub out: BTreeMap<u32, Vec<(String, i64)>>,
+    /// Leases and recalls made: a read of the account and its lanes is one instant when this
+    /// held still across it (`Credits::snapshot`); the account's own debits do not move it.
+    #[serde(default)]
+    pub moves: u64,
 }
 
 /// On a lane's own item: whose lane it is, and what its last lease said.
@@ -261,7 +267,9 @@ fn plan_lease(
     let amount = amount - left;
     next.balance = Micros::new(next.balance.get() - amount);
     next.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
-    let out = next.lanes.get_or_insert_with(Lanes::default).out.entry(n).or_default();
+    let lanes_now = next.lanes.get_or_insert_with(Lanes::default);
+    lanes_now.moves += 1;
+    let out = lanes_now.out.entry(n).or_default();
     for (g, m) in &parts {
         match out.iter_mut().find(|(id, _)| id == g) {
             Some((_, held)) => *held += m,
@@ -393,6 +401,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     // Every lane's parts are settled: what did not come back was spent on it.
     if let Some(l) = next.lanes.as_mut() {
         l.out.clear();
+        l.moves += 1;
     }
     next.version = base + (account_entries.len() as u64).max(1);
     next.retire_some(now, RECALL_RETIRES);
@@ -442,17 +451,21 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// The account read with its lanes at one instant: read again until no lease or recall
     /// (each moves the account's version) came between the reads.
     pub async fn snapshot(&self, id: &str) -> Result<(Account, Vec<Account>), ApiError> {
+        let moves = |a: &Account| a.lanes.as_ref().map_or(0, |l| l.moves);
         let mut a = self.load(id).await?;
-        for _ in 0..4 {
+        for attempt in 0..SNAPSHOT_READS {
             if a.lanes_ever() == 0 {
                 return Ok((a, vec![]));
             }
             let lanes = self.lanes_of(&a).await?;
             let again = self.load(id).await?;
-            if again.version == a.version {
-                return Ok((a, lanes));
+            // Only a lease or a recall moves credits between the account and its lanes: the
+            // account's own debits since the first read are in `again`, and change no lane.
+            if moves(&again) == moves(&a) {
+                return Ok((again, lanes));
             }
             a = again;
+            tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(4))).await;
         }
         Err(ApiError::Busy)
     }
@@ -537,7 +550,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// What account `id`'s lanes hold, as this process last knew them.
     pub(crate) fn lanes_balance(&self, id: &str) -> i64 {
         let Some(a) = self.cached(id) else { return 0 };
-        (1..=a.lanes_ever()).filter_map(|n| self.cached(&lane_id(id, n))).map(|l| l.balance.get()).sum()
+        let Some(lanes) = &a.lanes else { return 0 };
+        // Only lanes with credits out, never more than is out (a cached lane may be stale).
+        let held: i64 = lanes.out.keys().filter_map(|n| self.cached(&lane_id(id, *n))).map(|l| l.balance.get()).sum();
+        held.min(a.leased_total())
     }
 
     /// What a debit of `quantity` would cost in credits on account `id` as last known (the

@@ -273,8 +273,43 @@ async fn bad_requests_recall_nothing() {
     let a = c.account("a").await.unwrap();
     assert!(!a.leased_out());
     let own = c.whole_ledger("a").await.unwrap();
-    let returns = own.iter().filter(|e| e.kind == crate::ledger::EntryKind::LeaseReturn && e.seq > before).count() as u64;
+    let returns =
+        own.iter().filter(|e| e.kind == crate::ledger::EntryKind::LeaseReturn && e.seq > before).count() as u64;
     // The returns' versions, then the hold's (committed together with it).
-    assert!(returns >= 1 && a.version == before + returns + 1, "{returns} returns, version {} from {before}", a.version);
+    assert!(
+        returns >= 1 && a.version == before + returns + 1,
+        "{returns} returns, version {} from {before}",
+        a.version
+    );
     assert_eq!(whole_and_clean(&c, "a").await, 20 * C - 20 * 2_000);
+}
+
+/// Many small grants leased out whole and spent on lanes wait for the lanes to retire: the
+/// recall, and every write after it, retires a bounded number, so each stays one transaction.
+#[tokio::test]
+async fn many_grants_spent_on_lanes_retire_a_few_at_a_time() {
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
+    // More than one transaction's 100 items of them.
+    for i in 0..200 {
+        c.adjust("a", 10_000, "small", &key(&format!("s{i}"))).await.unwrap();
+    }
+    c.adjust("a", 8 * C, "big", &key("big")).await.unwrap();
+    c.set_lanes("a", 4).await.unwrap();
+    let others: Vec<Mem> = (0..8).map(|_| Credits::new(c.profile.clone(), c.store.clone(), c.bus.clone())).collect();
+    for i in 0..220 {
+        others[i % 8].debit("a", "api_calls", 10, &key(&format!("d{i}"))).await.unwrap();
+    }
+    // The lanes spent the small grants first (oldest first); they cannot retire while out.
+    let before = c.account("a").await.unwrap();
+    let used = before.grants.iter().filter(|g| g.remaining.get() == 0).count();
+    assert!(used > 150, "{used} used grants waiting");
+    c.set_lanes("a", 1).await.unwrap();
+    for i in 0..16 {
+        c.debit("a", "api_calls", 10, &key(&format!("after{i}"))).await.unwrap();
+    }
+    let a = c.account("a").await.unwrap();
+    assert!(a.grants.iter().all(|g| g.remaining.get() > 0), "every used grant retired by now");
+    assert_eq!(whole_and_clean(&c, "a").await, 200 * 10_000 + 8 * C - 236 * 10_000);
 }
