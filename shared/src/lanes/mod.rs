@@ -187,7 +187,8 @@ fn lane_next(lane: &Account, now: i64) -> Account {
 }
 
 /// How much a lease to a lane should carry: about `LEASE_WINDOW_MS` of what the lane spent
-/// since its last lease, at least `need`, at most four times the last.
+/// since its last lease (its last lease over the time it lasted), at most four times the last,
+/// and at least four times `need` (the first: sixteen).
 fn lease_size(lane: Option<&Account>, need: i64, now: i64) -> i64 {
     let Some(of) = lane.and_then(|l| l.lane.as_ref()).filter(|o| o.leased > 0) else { return need.saturating_mul(16) };
     let elapsed = (now - of.leased_at).max(50);

@@ -11,7 +11,7 @@ use crate::account::Account;
 use crate::lanes::ledger::order_key;
 use crate::ledger::{EntryKind, LedgerEntry};
 
-use super::{Difference, Severity};
+use super::Difference;
 
 /// Differences between an account (with its own ledger, oldest first) and its lanes (each
 /// with its ledger, oldest first).
@@ -21,15 +21,8 @@ pub fn lane_differences(
     lanes: &[(Account, Vec<LedgerEntry>)],
 ) -> Vec<Difference> {
     let mut out = Vec::new();
-    let diff = |code: &'static str, ours: i64, theirs: i64, detail: String| Difference {
-        account_id: account.id.clone(),
-        code: code.into(),
-        severity: Severity::Wrong,
-        payment_id: None,
-        ours: Some(ours),
-        theirs: Some(theirs),
-        age_s: None,
-        detail,
+    let diff = |code: &'static str, ours: i64, theirs: i64, detail: String| {
+        Difference::wrong(&account.id, code, ours, theirs, detail)
     };
     // The account's side of every lease and return, by its seq.
     let mut sides: HashMap<u64, &LedgerEntry> = own

@@ -336,18 +336,27 @@ fn payment_of(claim: &IdemRecord) -> &str {
     claim.scope_key.strip_prefix("payment:").unwrap_or(&claim.scope_key)
 }
 
+impl Difference {
+    /// A difference of our books with themselves (no payment in it): always wrong.
+    pub(crate) fn wrong(account_id: &str, code: &'static str, ours: i64, theirs: i64, detail: String) -> Difference {
+        Difference {
+            account_id: account_id.to_string(),
+            code: code.into(),
+            severity: Severity::Wrong,
+            payment_id: None,
+            ours: Some(ours),
+            theirs: Some(theirs),
+            age_s: None,
+            detail,
+        }
+    }
+}
+
 /// rules §10.1 and §10.4 on one account's stored state.
 pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Difference> {
     let mut out = Vec::new();
-    let diff = |code: &'static str, ours: i64, theirs: i64, detail: String| Difference {
-        account_id: account.id.clone(),
-        code: code.into(),
-        severity: Severity::Wrong,
-        payment_id: None,
-        ours: Some(ours),
-        theirs: Some(theirs),
-        age_s: None,
-        detail,
+    let diff = |code: &'static str, ours: i64, theirs: i64, detail: String| {
+        Difference::wrong(&account.id, code, ours, theirs, detail)
     };
     let sum: i64 = ledger.iter().map(|e| e.amount.get()).sum();
     if sum != account.balance.get() {
