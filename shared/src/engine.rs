@@ -46,15 +46,6 @@ const CACHE_CAP: usize = 10_000;
 const USAGE_CAUSES: [&str; 2] = ["usage", "settle"];
 /// Changes that take credits back without usage: going low through one starts no recharge.
 const NOT_USAGE_CAUSES: [&str; 5] = ["refund", "dispute", "adjustment", "expiry", "void"];
-/// Changes an account may make while its lanes hold credits (rules §14): they add credits or
-/// touch nothing a threshold, a hold or the allowance depends on. Any other change (and usage
-/// that would take the account to its floor, or a refusal) recalls the lanes first.
-const LANE_SAFE_CAUSES: [&str; 4] = ["purchase_state", "customer", "card_saved", "recharge_claim"];
-/// Refusals of a malformed or impossible request, the same on the whole as on the account's
-/// own item: they recall nothing. Any other refusal is decided again on the whole.
-const REFUSALS_OF_THE_REQUEST: [&str; 5] =
-    ["unknown_consumable", "invalid_quantity", "invalid_ttl", "too_many_holds", "invalid_lanes"];
-
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
     /// Commit this change and answer its outcome.
@@ -514,36 +505,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let cap = (4u64 << attempt.min(6)).min(250);
         let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
         tokio::time::sleep(Duration::from_millis(r % cap).min(left)).await;
-    }
-
-    /// Whether a write planned on an account whose lanes hold credits must recall them first:
-    /// a refusal, a change not safe beside lanes, usage that reaches the floor or refused an
-    /// event, or a leased grant near its expiry.
-    fn needs_recall<T>(&self, current: &Account, result: &Result<Plan<T>, ApiError>, now: i64) -> bool {
-        if crate::lanes::part_expiring(current, now) {
-            return true;
-        }
-        match result {
-            Err(ApiError::Rule(code, _)) => !REFUSALS_OF_THE_REQUEST.contains(code),
-            Err(
-                ApiError::InvalidRequest(_)
-                | ApiError::NotFound(..)
-                | ApiError::HoldNotFound
-                | ApiError::HoldExpired
-                | ApiError::IdempotencyConflict,
-            ) => false,
-            Err(_) => true,
-            Ok(Plan::AlreadySo(_)) => false,
-            Ok(Plan::Write(change)) => {
-                // Down to the floor, or a grant expiring on the way: decided on the whole.
-                let expiring = change.next.pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
-                if expiring || change.next.balance.get() <= crate::lanes::floor(&self.profile, &change.next) {
-                    return true;
-                }
-                let usage = change.cause == "usage" && !change.refused;
-                !(usage || LANE_SAFE_CAUSES.contains(&change.cause))
-            }
-        }
     }
 }
 

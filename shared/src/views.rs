@@ -192,11 +192,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // The account, then its latest entries: a write between the two reads would show an
         // entry newer than the balance beside it, so the account is read again until the
         // page holds nothing it has not seen (an entry's `seq` is the version that wrote it).
-        let mut a = self.load(id).await?;
+        // With lanes: the account and its lanes read at one instant (one read without), and
+        // the merged page as of that instant, whose newest running balance is that whole
+        // balance (rules §14).
+        let (mut a, lanes) = self.snapshot(id).await?;
         if a.lanes_ever() > 0 {
-            // With lanes: the account and its lanes read at one instant, and the merged page as
-            // of that instant, whose newest running balance is that whole balance (rules §14).
-            let (a, lanes) = self.snapshot(id).await?;
             let bounds = crate::lanes::ledger::first_bounds(&a, &lanes);
             let (recent, _) = self.merged_page(&a, 5, bounds).await?;
             return Ok(self.credits_view(&crate::lanes::whole(&a, &lanes), &recent));
@@ -283,16 +283,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// `GET /v1/accounts/{id}/credits/transactions`: newest first, `cursor` from the last page.
     pub async fn transactions(&self, id: &str, limit: usize, cursor: Option<&str>) -> Result<LedgerPage, ApiError> {
-        let a = self.load(id).await?;
+        // The first page is read with the lanes at one instant; a later one follows its cursor.
+        let (a, lanes) = match cursor {
+            None => self.snapshot(id).await?,
+            Some(_) => (self.load(id).await?, vec![]),
+        };
         if a.lanes_ever() > 0 {
-            let chains = a.lanes_ever() as usize + 1;
-            let (a, bounds) = match cursor {
-                Some(c) => (a, crate::lanes::ledger::decode_merged_cursor(c, chains)?),
-                None => {
-                    let (a, lanes) = self.snapshot(id).await?;
-                    let bounds = crate::lanes::ledger::first_bounds(&a, &lanes);
-                    (a, bounds)
-                }
+            let bounds = match cursor {
+                Some(c) => crate::lanes::ledger::decode_merged_cursor(c, a.lanes_ever() as usize + 1)?,
+                None => crate::lanes::ledger::first_bounds(&a, &lanes),
             };
             let (page, next) = self.merged_page(&a, limit, bounds).await?;
             return Ok(LedgerPage {

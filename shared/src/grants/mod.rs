@@ -240,18 +240,9 @@ impl Account {
             let usable = |g: &&Grant| how != Burn::Order || !g.expired(now);
             a.into_iter().chain(b.into_iter().filter(usable)).map(|g| g.id.clone()).collect()
         };
-        for id in order {
-            if left == 0 {
-                break;
-            }
-            if let Some(g) = self.grants.iter_mut().find(|g| g.id == id) {
-                let take = left.min(g.remaining.get());
-                if take > 0 {
-                    g.remaining = Micros::new(g.remaining.get() - take);
-                    left -= take;
-                    self.pending.moves.push((id.clone(), -take));
-                }
-            }
+        for (id, took) in self.take_in_order(&order, left) {
+            left -= took;
+            self.pending.moves.push((id, -took));
         }
         if left > 0 {
             // Only expired credits are left (a refund beyond what is live): take from them.
@@ -267,17 +258,32 @@ impl Account {
         self.retire_used(now);
     }
 
+    /// Takes up to `amount` from the grants named in `order`, in that order, and says what it
+    /// took from each, `(grant id, micro-credits)`; the balance is the caller's to move.
+    pub(crate) fn take_in_order(&mut self, order: &[String], amount: i64) -> Vec<(String, i64)> {
+        let mut left = amount;
+        let mut taken = Vec::new();
+        for id in order {
+            if left == 0 {
+                break;
+            }
+            if let Some(g) = self.grants.iter_mut().find(|g| g.id == *id) {
+                let take = left.min(g.remaining.get());
+                if take > 0 {
+                    g.remaining = Micros::new(g.remaining.get() - take);
+                    left -= take;
+                    taken.push((id.clone(), take));
+                }
+            }
+        }
+        taken
+    }
+
     /// Moves used-up grants out of the active list (they are written as records).
     pub(crate) fn retire_used(&mut self, now: i64) {
         // An account with lanes may have many grants used up at once (leased out whole, they
         // wait for the lanes): a write retires a bounded number, the rest at later writes.
         let max = if self.lanes.is_some() { RETIRES_PER_WRITE_WITH_LANES } else { usize::MAX };
-        self.retire_some(now, max);
-    }
-
-    /// Retires at most `max` used-up grants (a recall bounds what one transaction writes; the
-    /// rest retire at a later write).
-    pub(crate) fn retire_some(&mut self, now: i64, max: usize) {
         // A grant with a part out on a lane is not used up until the part comes back.
         let out: Vec<String> =
             self.lanes.iter().flat_map(|l| l.out.values().flatten().map(|(g, _)| g.clone())).collect();

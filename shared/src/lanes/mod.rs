@@ -26,8 +26,11 @@
 use std::collections::BTreeMap;
 
 pub mod ledger;
+mod recall;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use recall::{plan_recall, Recall};
 
 use serde::{Deserialize, Serialize};
 
@@ -227,15 +230,13 @@ fn plan_lease(
     if n == 0 || n > lanes.k || lanes.k < 2 {
         return None;
     }
+    // Grants that will not expire on the lane.
+    let leasable =
+        |g: &crate::grants::Grant| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now);
     // What the account can spare: never to its floor, never what holds reserve.
-    let spare = (account.balance.get() - floor(profile, account) - 1).min(account.available(now).get()).min(
-        account
-            .grants
-            .iter()
-            .filter(|g| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now))
-            .map(|g| g.remaining.get())
-            .sum(),
-    );
+    let spare = (account.balance.get() - floor(profile, account) - 1)
+        .min(account.available(now).get())
+        .min(account.grants.iter().filter(|g| leasable(g)).map(|g| g.remaining.get()).sum());
     let amount = want.min(spare);
     if amount < need.max(1) {
         return None;
@@ -244,28 +245,11 @@ fn plan_lease(
     next.pending = Default::default();
     next.updated_at = now;
     next.version += 1;
-    // The parts, in burn order, from grants that will not expire on the lane.
-    let order: Vec<String> = in_burn_order(&next.grants)
-        .into_iter()
-        .filter(|g| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now))
-        .map(|g| g.id.clone())
-        .collect();
-    let mut left = amount;
-    let mut parts: Vec<(String, i64)> = Vec::new();
-    for id in order {
-        if left == 0 {
-            break;
-        }
-        if let Some(g) = next.grants.iter_mut().find(|g| g.id == id) {
-            let take = left.min(g.remaining.get());
-            if take > 0 {
-                g.remaining = Micros::new(g.remaining.get() - take);
-                left -= take;
-                parts.push((id, take));
-            }
-        }
-    }
-    let amount = amount - left;
+    // The parts, in burn order.
+    let order: Vec<String> =
+        in_burn_order(&next.grants).into_iter().filter(|g| leasable(g)).map(|g| g.id.clone()).collect();
+    let parts = next.take_in_order(&order, amount);
+    let amount: i64 = parts.iter().map(|(_, m)| m).sum();
     next.balance = Micros::new(next.balance.get() - amount);
     next.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
     let lanes_now = next.lanes.get_or_insert_with(Lanes::default);
@@ -319,98 +303,6 @@ fn plan_lease(
     let account_commit = Commit { ledger: vec![out_entry], ..Commit::account_only(next, account.version) };
     let lane_commit = Commit { ledger: vec![in_entry], ..Commit::account_only(lane_state, lane_item.version) };
     Some((account_commit, lane_commit))
-}
-
-/// Grants a recall retires at most (each is a record in its transaction).
-const RECALL_RETIRES: usize = 16;
-
-/// A recall planned: the account's commit (its state with every lane's credits home, the
-/// `lease_return` entries, the grants it retires) and each lane's. The engine commits it with
-/// the change it was made for, in one transaction, so no lease comes between them.
-pub(crate) struct Recall {
-    pub(crate) account: Commit,
-    pub(crate) lanes: Vec<Commit>,
-}
-
-impl Recall {
-    /// All of it, as one transaction on its own.
-    pub(crate) fn commits(self) -> Vec<Commit> {
-        let mut all = vec![self.account];
-        all.extend(self.lanes);
-        all
-    }
-}
-
-/// Plans a recall: every lane holding credits gives them back to `account` (which holds them
-/// all after). `None` when nothing is out.
-pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Option<Recall> {
-    if !account.leased_out() {
-        return None;
-    }
-    let mut next = account.clone();
-    next.pending = Default::default();
-    next.updated_at = now;
-    let base = account.version;
-    let mut account_entries = Vec::new();
-    let mut commits = Vec::new();
-    for lane in lanes.iter().filter(|l| l.balance.get() > 0) {
-        let Some(of) = &lane.lane else { continue };
-        let parts: Vec<(String, i64)> =
-            lane.grants.iter().filter(|g| g.remaining.get() > 0).map(|g| (g.id.clone(), g.remaining.get())).collect();
-        let back: i64 = parts.iter().map(|(_, m)| m).sum();
-        next.version = base + account_entries.len() as u64 + 1;
-        for (g, m) in &parts {
-            match next.grants.iter_mut().find(|x| x.id == *g) {
-                Some(x) => x.remaining = Micros::new(x.remaining.get() + m),
-                // A grant with a part out stays active (`retire_used`, `expire_grants`); should
-                // one be missing, the part comes back as it is, so the grants still add up.
-                None => {
-                    if let Some(part) = lane.grants.iter().find(|x| x.id == *g) {
-                        next.grants.push(part.clone());
-                    }
-                }
-            }
-        }
-        next.balance = Micros::new(next.balance.get() + back);
-        next.pending.moves = parts.clone();
-        account_entries.push(LedgerEntry::after(
-            &mut next,
-            EntryKind::LeaseReturn,
-            Micros::new(back),
-            now,
-            format!("Return from lane {}", of.n),
-        ));
-        let mut lane_state = lane_next(lane, now);
-        for g in lane_state.grants.iter_mut() {
-            g.remaining = Micros::ZERO;
-        }
-        lane_state.grants.clear();
-        lane_state.balance = Micros::ZERO;
-        if let Some(o) = lane_state.lane.as_mut() {
-            o.anchor = next.version;
-        }
-        lane_state.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
-        let e = LedgerEntry::after(
-            &mut lane_state,
-            EntryKind::LeaseReturn,
-            Micros::new(-back),
-            now,
-            format!("Return to the account (its entry {})", next.version),
-        );
-        commits.push(Commit { ledger: vec![e], ..Commit::account_only(lane_state, lane.version) });
-    }
-    // Every lane's parts are settled: what did not come back was spent on it.
-    if let Some(l) = next.lanes.as_mut() {
-        l.out.clear();
-        l.moves += 1;
-    }
-    next.version = base + (account_entries.len() as u64).max(1);
-    next.retire_some(now, RECALL_RETIRES);
-    next.index_for_sweep();
-    let ended = std::mem::take(&mut next.pending.ended);
-    let account_commit =
-        Commit { ledger: account_entries, ended_grants: ended, ..Commit::account_only(next, account.version) };
-    Some(Recall { account: account_commit, lanes: commits })
 }
 
 /// What a view of the whole account shows: the account with its lanes' credits, parts and
@@ -469,21 +361,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(4))).await;
         }
         Err(ApiError::Busy)
-    }
-
-    /// Brings every lane's credits back to the account, on its own (when the change it is for
-    /// would not fit beside it in one transaction). `Ok(false)` when the account or a lane
-    /// moved meanwhile (read again and retry).
-    pub(crate) async fn recall(&self, recall: Recall) -> Result<bool, ApiError> {
-        match self.store.commit_all(recall.commits()).await {
-            Ok(()) => {
-                tracing::debug!("lanes recalled");
-                Ok(true)
-            }
-            Err(CommitError::Stale(_) | CommitError::Conflict) => Ok(false),
-            Err(CommitError::Store(e)) => Err(upstream(e)),
-            Err(_) => Err(ApiError::Upstream),
-        }
     }
 
     /// Leases credits to lane `n` of account `id`, at least `need`: `Ok(false)` when the
