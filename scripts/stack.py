@@ -229,6 +229,8 @@ def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str,
         "TOPUP_TABLE": table,
         "TOPUP_EVENT_BUS": bus,
         "TOPUP_LOCAL_JWT_SECRET": secret,
+        # The service is its OAuth client (rules §16): locally, the client id its tokens carry.
+        "TOPUP_SERVICE_CLIENT_ID": LOCAL_SERVICE_CLIENT_ID,
         "TOPUP_STRIPE_SECRET_ID": stripe_secret,
         "TOPUP_STRIPE_API_BASE": env.get("TOPUP_STRIPE_API_BASE", stripe),
         # Hosted: the session's `url` is localstripe's test payment page, which a person can open.
@@ -287,8 +289,18 @@ def sign(claims: dict, secret: str) -> str:
     return f"{head}.{body}.{sig}"
 
 
+# The client id of the local service token: deployed, the service is known by its OAuth client's
+# id (ServiceClientId), never by a role claim (rules §16).
+LOCAL_SERVICE_CLIENT_ID = "topup-local-service"
+# Roles a local token may carry: the service, people of one account, and staff across accounts.
+TOKEN_ROLES = ["service", "owner", "admin", "member", "editor", "support", "finance"]
+STAFF_ROLES = {"support", "finance"}
+
+
 def token_for(role: str, account: str | None, secret: str, hours: int = 12) -> str:
     claims = {"sub": f"local-{role}", "role": role, "exp": int(time.time()) + hours * 3600}
+    if role == "service":
+        claims["client_id"] = LOCAL_SERVICE_CLIENT_ID
     if account:
         claims["account_id"] = account
     return sign(claims, secret)
@@ -483,7 +495,7 @@ def main() -> int:
     sub.add_parser("faults")
     sub.add_parser("bench")
     t = sub.add_parser("token")
-    t.add_argument("role", choices=["service", "owner", "admin", "member", "editor"])
+    t.add_argument("role", choices=TOKEN_ROLES)
     t.add_argument("--account", default=None)
     t.add_argument("--hours", type=int, default=12)
     args = p.parse_args()
@@ -496,8 +508,10 @@ def main() -> int:
     if args.cmd == "bench":
         return bench(args)
     secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)
-    if args.role != "service" and not args.account:
+    if args.role not in STAFF_ROLES | {"service"} and not args.account:
         p.error("a person's token needs --account")
+    if args.role in STAFF_ROLES and args.account:
+        p.error("staff (support, finance) work across accounts: no --account")
     print(token_for(args.role, args.account, secret, args.hours))
     return 0
 

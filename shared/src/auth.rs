@@ -1,6 +1,11 @@
-//! Identity (rules §5). Behind API Gateway the JWT authorizer has validated the token and the
-//! claims arrive in the request context. Without an authorizer, a `Bearer` token signed HS256
+//! Identity (rules §5, §16). Behind API Gateway the JWT authorizer has validated the token and
+//! the claims arrive in the request context. Without an authorizer, a `Bearer` token signed HS256
 //! with `TOPUP_LOCAL_JWT_SECRET` is accepted; without that secret, such a request is 401.
+//!
+//! The service (the product's backend) is known by its credential: a token of its own OAuth
+//! client, whose client id (`client_id`, else `azp`) is the configured service client id. A
+//! `role` claim never makes a caller the service: without that client id the token is a
+//! person's, and `service` is no role a person may have (401).
 
 use std::collections::HashMap;
 
@@ -19,14 +24,44 @@ use crate::secret::Secret;
 pub struct Identity {
     pub sub: String,
     pub role: Role,
-    /// The one account the caller may touch; `None` for a service token that may touch any.
+    /// The one account the caller may touch; `None` for the service or staff, who may touch any.
     pub account_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
+    /// The product's backend, by its OAuth client id.
     Service,
+    /// A person of one account (`owner`, `admin`, `member`, `editor`).
     Person(String),
+    /// A person who works across accounts for the team that runs topup (rules §16).
+    Staff(Staff),
+}
+
+/// Staff roles: people without an `account_id` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staff {
+    /// Reads every account.
+    Support,
+    /// Reads every account, and the deployment's money (the revenue report).
+    Finance,
+}
+
+impl Staff {
+    fn parse(role: &str) -> Option<Staff> {
+        match role {
+            "support" => Some(Staff::Support),
+            "finance" => Some(Staff::Finance),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Staff::Support => "support",
+            Staff::Finance => "finance",
+        }
+    }
 }
 
 /// What a route needs of the caller.
@@ -38,15 +73,22 @@ pub enum Access {
 }
 
 impl Identity {
-    /// Builds an identity from claims; any claim missing or unusable is 401.
-    pub fn from_claims(claims: &HashMap<String, String>) -> Result<Identity, ApiError> {
+    /// Builds an identity from claims; any claim missing or unusable is 401. `service_client`
+    /// is the service's OAuth client id (configuration); a token whose `client_id` (else `azp`)
+    /// is that is the service, and no other token is.
+    pub fn from_claims(claims: &HashMap<String, String>, service_client: Option<&str>) -> Result<Identity, ApiError> {
         let sub = claims.get("sub").filter(|s| !s.is_empty()).ok_or(ApiError::Unauthenticated)?;
-        let role = claims.get("role").ok_or(ApiError::Unauthenticated)?;
         let account = claims.get("account_id").map(String::as_str).filter(|s| !s.is_empty());
-        let role = match role.as_str() {
-            "service" => Role::Service,
-            r if PERSON_ROLES.contains(&r) => Role::Person(r.to_string()),
-            _ => return Err(ApiError::Unauthenticated),
+        let client = claims.get("client_id").or_else(|| claims.get("azp")).map(String::as_str).filter(|c| !c.is_empty());
+        let is_service = matches!((client, service_client), (Some(c), Some(s)) if !s.is_empty() && c == s);
+        let role = if is_service {
+            Role::Service
+        } else {
+            let role = claims.get("role").ok_or(ApiError::Unauthenticated)?;
+            match role.as_str() {
+                r if PERSON_ROLES.contains(&r) => Role::Person(r.to_string()),
+                r => Role::Staff(Staff::parse(r).ok_or(ApiError::Unauthenticated)?),
+            }
         };
         let account_id = match (&role, account) {
             (Role::Service, None | Some("*")) => None,
@@ -54,8 +96,16 @@ impl Identity {
             // rules §11: a person's token without `account_id`, or with `*`, is 401.
             (Role::Person(_), None | Some("*")) => return Err(ApiError::Unauthenticated),
             (Role::Person(_), Some(a)) => Some(a.to_string()),
+            // Staff work across accounts: a staff role tied to one account is no role we know.
+            (Role::Staff(_), None) => None,
+            (Role::Staff(_), Some(_)) => return Err(ApiError::Unauthenticated),
         };
         Ok(Identity { sub: sub.clone(), role, account_id })
+    }
+
+    /// Is this the service with every account in reach?
+    pub fn is_deployment_service(&self) -> bool {
+        self.role == Role::Service && self.account_id.is_none()
     }
 
     /// May this caller do `access` on `account_id`? 403 for a wrong role or tenant.
@@ -71,6 +121,9 @@ impl Identity {
             (Role::Person(_), Access::Service) => false,
             (Role::Person(r), Access::View) => profile.can_view(r),
             (Role::Person(r), Access::Billing) => profile.can_bill(r),
+            // Staff read every account; what else they may do is granted route by route.
+            (Role::Staff(_), Access::View) => true,
+            (Role::Staff(_), Access::Service | Access::Billing) => false,
         };
         if allowed {
             Ok(())
@@ -90,6 +143,8 @@ struct Claims {
     sub: Option<String>,
     role: Option<String>,
     account_id: Option<String>,
+    client_id: Option<String>,
+    azp: Option<String>,
     exp: Option<i64>,
     nbf: Option<i64>,
 }
@@ -116,7 +171,14 @@ pub fn verify_hs256(token: &str, secret: &Secret, now_secs: i64) -> Result<HashM
         return Err(ApiError::Unauthenticated);
     }
     let mut out = HashMap::new();
-    for (k, v) in [("sub", claims.sub), ("role", claims.role), ("account_id", claims.account_id)] {
+    let named = [
+        ("sub", claims.sub),
+        ("role", claims.role),
+        ("account_id", claims.account_id),
+        ("client_id", claims.client_id),
+        ("azp", claims.azp),
+    ];
+    for (k, v) in named {
         if let Some(v) = v {
             out.insert(k.to_string(), v);
         }
@@ -158,7 +220,7 @@ mod tests {
         let t = sign_hs256(&json!({"sub":"u1","role":"owner","account_id":"acme","exp": 2_000_000_000}), &secret());
         let c = verify_hs256(&t, &secret(), 1_800_000_000).unwrap();
         assert_eq!(c["account_id"], "acme");
-        let id = Identity::from_claims(&c).unwrap();
+        let id = Identity::from_claims(&c, Some(SVC)).unwrap();
         assert_eq!(id.role, Role::Person("owner".into()));
         assert!(verify_hs256(&t, &Secret::new("another-secret-012345"), 1_800_000_000).is_err());
         let mut forged = t.clone();
@@ -175,29 +237,82 @@ mod tests {
         assert!(verify_hs256(&format!("{h}.{p}."), &secret(), 0).is_err());
     }
 
+    const SVC: &str = "topup-local-service";
+
+    fn claims(role: &str, acct: Option<&str>) -> HashMap<String, String> {
+        let mut m = HashMap::from([("sub".to_string(), "u".to_string()), ("role".to_string(), role.to_string())]);
+        if let Some(a) = acct {
+            m.insert("account_id".into(), a.into());
+        }
+        m
+    }
+
+    fn service(acct: Option<&str>) -> HashMap<String, String> {
+        let mut m = claims("service", acct);
+        m.insert("client_id".into(), SVC.into());
+        m
+    }
+
     #[test]
     fn roles_and_tenants() {
         let profile = Profile::load("voice-minutes").unwrap();
-        let claims = |role: &str, acct: Option<&str>| {
-            let mut m = HashMap::from([("sub".to_string(), "u".to_string()), ("role".to_string(), role.to_string())]);
-            if let Some(a) = acct {
-                m.insert("account_id".into(), a.into());
-            }
-            m
-        };
-        let editor = Identity::from_claims(&claims("editor", Some("a1"))).unwrap();
+        let from = |c: &HashMap<String, String>| Identity::from_claims(c, Some(SVC));
+        let editor = from(&claims("editor", Some("a1"))).unwrap();
         assert!(editor.authorize(&profile, Access::View, "a1").is_ok());
         assert_eq!(editor.authorize(&profile, Access::Billing, "a1"), Err(ApiError::Forbidden));
         assert_eq!(editor.authorize(&profile, Access::View, "a2"), Err(ApiError::Forbidden));
         assert_eq!(editor.authorize(&profile, Access::Service, "a1"), Err(ApiError::Forbidden));
-        let member = Identity::from_claims(&claims("member", Some("a1"))).unwrap();
+        let member = from(&claims("member", Some("a1"))).unwrap();
         assert_eq!(member.authorize(&profile, Access::View, "a1"), Err(ApiError::Forbidden));
-        let svc = Identity::from_claims(&claims("service", None)).unwrap();
+        let svc = from(&service(None)).unwrap();
+        assert!(svc.is_deployment_service());
         assert!(svc.authorize(&profile, Access::Service, "anything").is_ok());
-        let scoped = Identity::from_claims(&claims("service", Some("a1"))).unwrap();
+        let scoped = from(&service(Some("a1"))).unwrap();
         assert_eq!(scoped.authorize(&profile, Access::Service, "a2"), Err(ApiError::Forbidden));
-        assert_eq!(Identity::from_claims(&claims("owner", None)), Err(ApiError::Unauthenticated));
-        assert_eq!(Identity::from_claims(&claims("owner", Some("*"))), Err(ApiError::Unauthenticated));
-        assert_eq!(Identity::from_claims(&claims("root", Some("a1"))), Err(ApiError::Unauthenticated));
+        assert!(!scoped.is_deployment_service());
+        assert_eq!(from(&claims("owner", None)), Err(ApiError::Unauthenticated));
+        assert_eq!(from(&claims("owner", Some("*"))), Err(ApiError::Unauthenticated));
+        assert_eq!(from(&claims("root", Some("a1"))), Err(ApiError::Unauthenticated));
+    }
+
+    /// rules §16: `role: service` is not a credential; the client id is.
+    #[test]
+    fn the_service_is_its_client_id_never_a_role_claim() {
+        // A person's token claiming to be the service, with or without an account: 401.
+        for acct in [None, Some("a1"), Some("*")] {
+            assert_eq!(Identity::from_claims(&claims("service", acct), Some(SVC)), Err(ApiError::Unauthenticated));
+        }
+        // Another client's id, or a deployment with no service client configured: not the service.
+        let mut other = service(None);
+        other.insert("client_id".into(), "someone-else".into());
+        assert_eq!(Identity::from_claims(&other, Some(SVC)), Err(ApiError::Unauthenticated));
+        assert_eq!(Identity::from_claims(&service(None), None), Err(ApiError::Unauthenticated));
+        assert_eq!(Identity::from_claims(&service(None), Some("")), Err(ApiError::Unauthenticated));
+        // The service's own client: with `azp` (Auth0, Okta) as with `client_id` (Cognito), and
+        // whatever (if any) role it carries.
+        let mut azp = HashMap::from([("sub".to_string(), "svc@clients".to_string()), ("azp".to_string(), SVC.into())]);
+        assert_eq!(Identity::from_claims(&azp, Some(SVC)).unwrap().role, Role::Service);
+        azp.insert("role".into(), "member".into());
+        assert_eq!(Identity::from_claims(&azp, Some(SVC)).unwrap().role, Role::Service);
+        // A person keeps being a person even if their client is named like nothing we know.
+        let mut owner = claims("owner", Some("a1"));
+        owner.insert("client_id".into(), "web-app".into());
+        assert_eq!(Identity::from_claims(&owner, Some(SVC)).unwrap().role, Role::Person("owner".into()));
+    }
+
+    #[test]
+    fn staff_read_every_account_and_nothing_more() {
+        let profile = Profile::load("voice-minutes").unwrap();
+        for (role, staff) in [("support", Staff::Support), ("finance", Staff::Finance)] {
+            let who = Identity::from_claims(&claims(role, None), Some(SVC)).unwrap();
+            assert_eq!(who.role, Role::Staff(staff));
+            assert!(!who.is_deployment_service());
+            assert!(who.authorize(&profile, Access::View, "a1").is_ok());
+            assert!(who.authorize(&profile, Access::View, "a2").is_ok());
+            assert_eq!(who.authorize(&profile, Access::Billing, "a1"), Err(ApiError::Forbidden));
+            assert_eq!(who.authorize(&profile, Access::Service, "a1"), Err(ApiError::Forbidden));
+            // Staff are not of one account.
+            assert_eq!(Identity::from_claims(&claims(role, Some("a1")), Some(SVC)), Err(ApiError::Unauthenticated));
+        }
     }
 }

@@ -31,6 +31,10 @@ pub struct Config {
     /// HS256 secret for `Authorization: Bearer` tokens when no API Gateway authorizer ran
     /// (`TOPUP_LOCAL_JWT_SECRET`). The SAM template never sets it.
     pub local_jwt_secret: Option<Secret>,
+    /// The OAuth client id of the product's backend (`TOPUP_SERVICE_CLIENT_ID`, the template's
+    /// `ServiceClientId`): a token whose `client_id` (else `azp`) is this is the service (rules
+    /// §16). Unset, no token is the service.
+    pub service_client_id: Option<String>,
     /// Sender of notification emails (`TOPUP_EMAIL_FROM`, a verified SES identity).
     pub email_from: Option<String>,
     /// The billing page notifications link to (`TOPUP_BILLING_URL`).
@@ -74,6 +78,7 @@ impl Config {
             }
             Some(s) => Some(Secret::new(s)),
         };
+        let service_client_id = get("TOPUP_SERVICE_CLIENT_ID").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let email_from = get("TOPUP_EMAIL_FROM").filter(|s| !s.is_empty());
         if let Some(f) = &email_from {
             if !crate::account::valid_email(f) {
@@ -127,6 +132,7 @@ impl Config {
             table,
             event_bus,
             local_jwt_secret,
+            service_client_id,
             email_from,
             billing_url,
             stripe_secret_id,

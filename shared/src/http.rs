@@ -21,7 +21,7 @@ pub fn identity(req: &Request, config: &Config) -> Result<Identity, ApiError> {
     if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref() {
         if let Some(claims) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.claims) {
             if !claims.is_empty() {
-                return Identity::from_claims(claims);
+                return Identity::from_claims(claims, config.service_client_id.as_deref());
             }
         }
     }
@@ -30,7 +30,7 @@ pub fn identity(req: &Request, config: &Config) -> Result<Identity, ApiError> {
     let token =
         header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(ApiError::Unauthenticated)?;
     let claims: HashMap<String, String> = verify_hs256(token.trim(), secret, crate::clock::now_ms() / 1000)?;
-    Identity::from_claims(&claims)
+    Identity::from_claims(&claims, config.service_client_id.as_deref())
 }
 
 /// The path's segments, without the stage: `/v1/accounts/a1/usage` → `["v1","accounts","a1","usage"]`.

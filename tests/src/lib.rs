@@ -87,6 +87,7 @@ impl World {
             table: table.clone(),
             event_bus: bus.clone(),
             local_jwt_secret: Some(Secret::new(JWT_SECRET)),
+            service_client_id: Some(SERVICE_CLIENT_ID.into()),
             email_from: Some("billing@example.com".into()),
             billing_url: Some("https://app.example.com/settings/billing".into()),
             stripe_secret_id: None,
@@ -414,8 +415,12 @@ pub fn token(claims: Value) -> String {
     sign_hs256(&claims, &Secret::new(JWT_SECRET))
 }
 
+/// The service's OAuth client id in every test world, as the local stack's (rules §16).
+pub const SERVICE_CLIENT_ID: &str = "topup-local-service";
+
+/// The backend's token: its own client's, with every account in reach.
 pub fn service() -> String {
-    token(json!({"sub": "backend", "role": "service"}))
+    token(json!({"sub": "backend", "role": "service", "client_id": SERVICE_CLIENT_ID}))
 }
 
 pub fn person(role: &str, account: &str) -> String {

@@ -51,7 +51,7 @@ async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_priv
         assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
     }
     // Only the service, with a token not bound to one account.
-    for who in [person("owner", "acme"), token(json!({"sub": "b", "role": "service", "account_id": "acme"}))] {
+    for who in [person("owner", "acme"), token(json!({"sub": "b", "role": "service", "client_id": SERVICE_CLIENT_ID, "account_id": "acme"}))] {
         let (s, _) = w.api(get("/v1/webhook-endpoints", &who)).await;
         assert_eq!(s, 403);
     }
