@@ -12,6 +12,12 @@ use crate::ids::RechargeId;
 use crate::money::Micros;
 use crate::profile::Profile;
 
+/// The most the account item may take (rules §16), inside DynamoDB's 400 KB an item: what an
+/// account at every limit needs (1,000 active grants, 100 open holds, 16 lanes with their
+/// leases, five alerts, a card and auto-recharge), with room to spare. A test builds that
+/// account and measures it by DynamoDB's size rules.
+pub const ACCOUNT_ITEM_BUDGET: usize = 300 * 1024;
+
 /// The partition of the sparse index (`gsi1`) that lists accounts with auto-recharge on.
 pub const SWEEP_INDEX_KEY: &str = "AUTORECHARGE";
 /// Partitions of the sparse index (`gsi2`) of accounts with an expiring grant.
@@ -352,8 +358,10 @@ impl Account {
             next.auto_recharge.spent_this_month_cents = 0;
         }
         next.holds.retain(|_, h| h.expires_at > now);
-        // Grants past their instant expire first, each with its entry and version.
+        // Grants past their instant expire first, each with its entry and version; used-up
+        // grants an earlier write had no room to retire go now (rules §16).
         next.expire_grants(now);
+        next.retire_used(now);
         next.version += 1;
         next
     }

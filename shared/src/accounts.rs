@@ -155,6 +155,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let overflow = || ApiError::rule("invalid_amount", "The balance would overflow.");
             next.balance.checked_add(Micros::new(amount)).ok_or_else(overflow)?;
             if amount > 0 {
+                next.room_for_grant()?;
                 next.lifetime_added = next.lifetime_added.checked_add(Micros::new(amount)).ok_or_else(overflow)?;
                 let spec = NewGrant {
                     source: GrantSource::Adjustment,

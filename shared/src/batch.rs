@@ -200,7 +200,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             + next.pending.ended.len()
                             + expiries // their GrantExpired events
                             + 2 + next.alerts.len() // crossing events
-                            + 1 + next.grants.len(); // this event's key; its grants ending
+                            + 1 + next.grants.len().min(next.retire_room()); // this event's key; its grants ending
                         if !results.is_empty() && items > ITEMS_PER_TRANSACTION {
                             break;
                         }

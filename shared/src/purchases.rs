@@ -235,6 +235,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return if existing.request_hash == hash { Ok(existing) } else { Err(ApiError::IdempotencyConflict) };
             }
         }
+        // A purchase becomes a grant once paid, and a payment is never refused: an account
+        // with no room for another grant may not start one (rules §16).
+        account.room_for_grant()?;
         self.count_purchase_start(id, now).await?;
         let record = PurchaseRecord {
             purchase_id,

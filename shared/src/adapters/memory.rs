@@ -147,7 +147,15 @@ impl Store for MemoryStore {
         // DynamoDB refuses a transaction of more than 100 items: so does this store.
         let mut items = 0;
         for c in &commits {
-            items += crate::adapters::dynamo::commit_items(c).map_err(CommitError::Store)?.len();
+            let planned = crate::adapters::dynamo::commit_items(c).map_err(CommitError::Store)?;
+            // Nor an item over 400 KB.
+            if let Some(big) = planned.iter().find(|i| i.size > 400 * 1024) {
+                return Err(CommitError::Store(StoreError::Unavailable(format!(
+                    "a {} item of {} bytes (at most 400 KB)",
+                    big.kind, big.size
+                ))));
+            }
+            items += planned.len();
         }
         if items > 100 {
             return Err(CommitError::Store(StoreError::Unavailable(format!(

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod ops;
 pub mod revenue;
+#[cfg(test)]
+mod limits_tests;
 
 use crate::account::Account;
 use crate::clock;
@@ -109,8 +111,16 @@ impl NewGrant {
     }
 }
 
-/// Used-up grants one write of an account with lanes retires at most (each is an item).
-const RETIRES_PER_WRITE_WITH_LANES: usize = 16;
+/// Used-up grants one write retires at most (each is an item of the write's transaction, which
+/// DynamoDB caps at 100 items): a use that empties more grants than this leaves the rest, at
+/// zero, to later writes (rules §16).
+pub const RETIRES_PER_WRITE: usize = 16;
+
+/// Active grants an account may hold (they live in the account item, which DynamoDB caps at
+/// 400 KB): an addition past this is 422 `too_many_grants` (rules §16). A payment already made
+/// is never refused: its credits are granted whatever the count (purchases and recharges are
+/// refused at their start instead).
+pub const MAX_ACTIVE_GRANTS: usize = 1_000;
 
 /// Where a decrease takes credits from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +195,32 @@ impl Account {
                 ended_at: None,
             });
         }
+    }
+
+    /// Used-up grants this write may still retire (`RETIRES_PER_WRITE` less those it has).
+    pub(crate) fn retire_room(&self) -> usize {
+        let retired = self.pending.ended.iter().filter(|g| g.ended == Some(GrantEnd::Used)).count();
+        RETIRES_PER_WRITE.saturating_sub(retired)
+    }
+
+    /// Grants that still count against `MAX_ACTIVE_GRANTS`: all but the used-up ones waiting
+    /// to be retired (a grant with a part out on a lane is still in use).
+    pub fn active_grants(&self) -> usize {
+        let out = |id: &str| self.lanes.iter().any(|l| l.out.values().flatten().any(|(g, _)| g == id));
+        self.grants.iter().filter(|g| g.remaining.get() > 0 || out(&g.id)).count()
+    }
+
+    /// 422 `too_many_grants` when one more grant would pass `MAX_ACTIVE_GRANTS`.
+    pub fn room_for_grant(&self) -> Result<(), crate::error::ApiError> {
+        if self.active_grants() >= MAX_ACTIVE_GRANTS {
+            return Err(crate::error::ApiError::rule(
+                "too_many_grants",
+                format!(
+                    "The account holds {MAX_ACTIVE_GRANTS} active grants, the most it may; use or void some before adding more."
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Adds `amount` as a new grant; returns its id. The caller checked for overflow.
@@ -279,11 +315,13 @@ impl Account {
         taken
     }
 
-    /// Moves used-up grants out of the active list (they are written as records).
+    /// Moves used-up grants out of the active list (they are written as records): at most
+    /// `RETIRES_PER_WRITE` a write, oldest first; the rest, at zero, at later writes.
     pub(crate) fn retire_used(&mut self, now: i64) {
-        // An account with lanes may have many grants used up at once (leased out whole, they
-        // wait for the lanes): a write retires a bounded number, the rest at later writes.
-        let max = if self.lanes.is_some() { RETIRES_PER_WRITE_WITH_LANES } else { usize::MAX };
+        let max = self.retire_room();
+        if max == 0 {
+            return;
+        }
         // A grant with a part out on a lane is not used up until the part comes back.
         let out: Vec<String> =
             self.lanes.iter().flat_map(|l| l.out.values().flatten().map(|(g, _)| g.clone())).collect();
