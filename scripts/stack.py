@@ -387,40 +387,81 @@ def stack_api() -> types.SimpleNamespace:
                                  token_for=token_for)
 
 
+class Phases:
+    """Each phase of the test command and how long it took, printed at the end (the command's
+    budget is 20 minutes on a fresh 2-core machine; this says where the time goes)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, float]] = []
+        self.started = time.time()
+
+    def run(self, name: str, fn):
+        log(name)
+        t = time.time()
+        try:
+            return fn()
+        finally:
+            self.done.append((name, time.time() - t))
+
+    def report(self) -> None:
+        print("\ntest command phases:", flush=True)
+        for name, secs in self.done:
+            print(f"  {secs:7.1f}s  {name}", flush=True)
+        print(f"  {time.time() - self.started:7.1f}s  in all (bootstrap not counted: it ran before)", flush=True)
+
+
+# Schedules the emulator-backed fault suite runs in the test command: it checks the adapters'
+# realism under injected faults (each schedule is seconds of wall clock against moto); longer
+# runs are ./scripts/faults (TOPUP_FAULT_SCHEDULES, default 200).
+TEST_FAULT_SCHEDULES = "40"
+
+
 def test(args) -> int:
     sys.path.insert(0, str(ROOT / "tests" / "e2e"))
     import end_to_end  # the end-to-end scenarios and the checks' tally
 
     env0 = aws_env("http://127.0.0.1:1")
     started = time.time()
-    log("building the workspace and its tests")
-    subprocess.run(["cargo", "build", "--workspace", "--all-targets", "--locked"], cwd=ROOT, env=env0, check=True)
+    phases = Phases()
+    phases.run("building the workspace and its tests",
+               lambda: subprocess.run(["cargo", "build", "--workspace", "--all-targets", "--locked"], cwd=ROOT,
+                                      env=env0, check=True))
     stack = Stack()
     rc = 0
     checks = end_to_end.Checks()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
         env = test_env(moto, stripe)
-        log("cargo test --workspace (unit, handler and integration tests against the emulators)")
-        if subprocess.run(["cargo", "test", "--workspace", "--locked"], cwd=ROOT, env=env).returncode != 0:
+        env.setdefault("TOPUP_FAULT_SCHEDULES", TEST_FAULT_SCHEDULES)
+        # The fault suite runs after the rest, as its own phase.
+        unit = phases.run("cargo test --workspace, but the fault suite (unit, handler and integration tests against the emulators)",
+                          lambda: subprocess.run(["cargo", "test", "--workspace", "--locked", "--", "--skip",
+                                                  "random_schedules_with_failures_keep_every_invariant"], cwd=ROOT, env=env))
+        if unit.returncode != 0:
             rc = 1
-        log("cfn-lint infra/template.yaml")
-        lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "infra/template.yaml"], cwd=ROOT)
+        fault = phases.run(f"the fault suite ({env['TOPUP_FAULT_SCHEDULES']} schedules against the emulators)",
+                           lambda: subprocess.run(["cargo", "test", "-p", "topup-tests", "--test", "faults", "--locked"],
+                                                  cwd=ROOT, env=env))
+        if fault.returncode != 0:
+            rc = 1
+        lint = phases.run("cfn-lint infra/template.yaml",
+                          lambda: subprocess.run([str(VENV_BIN / "cfn-lint"), "infra/template.yaml"], cwd=ROOT))
         checks.check("cfn-lint infra/template.yaml", lint.returncode == 0)
-        log("sam validate --lint (offline, no credentials)")
         sam_env = dict(os.environ, SAM_CLI_TELEMETRY="0", AWS_DEFAULT_REGION=REGION, AWS_ACCESS_KEY_ID="test",
                        AWS_SECRET_ACCESS_KEY="test")
-        sam = subprocess.run([str(ROOT / ".venv" / "sam" / "bin" / "sam"), "validate", "--lint", "-t",
-                              "infra/template.yaml", "--region", REGION], cwd=ROOT, env=sam_env)
+        sam = phases.run("sam validate --lint (offline, no credentials)",
+                         lambda: subprocess.run([str(ROOT / ".venv" / "sam" / "bin" / "sam"), "validate", "--lint", "-t",
+                                                 "infra/template.yaml", "--region", REGION], cwd=ROOT, env=sam_env))
         checks.check("sam validate --lint", sam.returncode == 0)
-        log("end to end through cargo lambda watch and the router")
-        end_to_end.run(moto, stripe, DEFAULT_SECRET, checks, stack_api())
-        log("the billing page in headless Chromium")
-        end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api())
+        phases.run("end to end through cargo lambda watch and the router",
+                   lambda: end_to_end.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
+        phases.run("the billing page in headless Chromium",
+                   lambda: end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
     finally:
         stack.stop()
     if checks.failed:
         rc = 1
+    phases.report()
     log(f"done in {time.time() - started:.0f}s, {'green' if rc == 0 else 'RED (see above)'}")
     # The stack's own checks, as the closing line (cargo test printed its results above).
     print(f"\nstack: {checks.passed} passed, {checks.failed} failed", flush=True)

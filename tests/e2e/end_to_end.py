@@ -558,9 +558,14 @@ def lanes(api, svc, checks):
     top = ((page or {}).get("transactions") or [{}])[0].get("balance_after")
     checks.check("70 debits on lanes: every one applied; the view and the page's newest entry say the whole balance",
                  statuses == [200] * 70 and (v or {}).get("balance") == want and top == want, f"{statuses} {v} {page}")
-    checks.check("the lanes were funded by leases (lease entries on the page)", bool(kinds & {"lease_out", "lease_in"})
-                 or any(t.get("kind") == "lease_out" for t in http("GET", f"{acct}/credits/transactions?limit=100", svc)[1]
-                        .get("transactions", [])), f"{page}")
+    # Lanes are ours (rules §16): the customer's pages show no lease entries, and their running
+    # balances of the whole account add up entry by entry (newest first).
+    s, full = http("GET", f"{acct}/credits/transactions?limit=100", svc)
+    txs = (full or {}).get("transactions", [])
+    adds_up = all(txs[i]["balance_after"] == txs[i + 1]["balance_after"] + txs[i]["amount"] for i in range(len(txs) - 1))
+    checks.check("lanes are invisible: no lease entries on the page, running balances that add up",
+                 len(txs) >= 70 and not (kinds | {t.get("kind") for t in txs}) & {"lease_out", "lease_in", "lease_return"}
+                 and adds_up, f"{full}")
     s, b = http("PUT", f"{acct}/lanes", svc, {"lanes": 1})
     s2, page = http("GET", f"{acct}/credits/transactions?limit=3", svc)
     s3, v = http("GET", f"{acct}/credits", svc)

@@ -142,15 +142,22 @@ async fn batches_the_ledger_page_and_demotion() {
             None => break,
         }
     }
-    let want: Vec<(String, i64)> = merged.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
+    // What the account's people see is the merged ledger without our leases (rules §16).
+    let shown: Vec<&topup::ledger::LedgerEntry> = merged.iter().filter(|e| !e.kind.is_lease()).collect();
+    let want: Vec<(String, i64)> = shown.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
     assert_eq!(seen, want);
     assert_eq!(seen.first().map(|x| x.1), Some(7 * C - spent));
+    for w in shown.windows(2) {
+        assert_eq!(w[1].balance_after.get(), w[0].balance_after.get() + w[1].amount.get(), "adds up: {:?}", w[1]);
+    }
     assert!(merged.iter().any(|e| e.kind == topup::ledger::EntryKind::LeaseOut));
     assert!(merged.iter().any(|e| e.kind == topup::ledger::EntryKind::LeaseIn));
     let view = w.view("hot").await;
     assert_eq!(view["balance"], 7 * C - spent);
+    assert!(view["recent_transactions"].as_array().expect("recent").iter().all(|t| !t["kind"].as_str().unwrap_or("").starts_with("lease")));
     let csv = w.credits.transactions_csv("hot").await.expect("csv");
-    assert_eq!(csv.lines().count(), merged.len() + 1, "a header and a row per entry");
+    assert_eq!(csv.lines().count(), shown.len() + 1, "a header and a row per entry the customer sees");
+    assert!(!csv.contains("lease"), "{csv}");
 
     // Back to one lane: every lane's credits come home with a return on both sides.
     let (s, _) = w.api(put("/v1/accounts/hot/lanes", &service(), json!({"lanes": 1}))).await;

@@ -170,7 +170,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// `GET …/credits/transactions.csv`.
     pub async fn transactions_csv(&self, id: &str) -> Result<String, ApiError> {
         let a = self.load(id).await?;
-        let mut all = if a.lanes_ever() > 0 { self.merged_ledger(&a).await? } else { self.whole_ledger(id).await? };
+        // With lanes: what the account's people see, without our leases (rules §16).
+        let mut all = if a.lanes_ever() > 0 { self.customer_ledger(&a).await? } else { self.whole_ledger(id).await? };
         all.reverse();
         Ok(ledger_csv(&all))
     }

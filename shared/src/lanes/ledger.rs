@@ -85,22 +85,61 @@ pub fn first_bounds(a: &Account, lanes: &[Account]) -> Vec<Option<u64>> {
     bounds
 }
 
+/// Reads of the merged ledger one page of the customer's may take.
+const MAX_READS_A_PAGE: usize = 32;
+
 impl<S: Store, B: EventBus> Credits<S, B> {
-    /// One page (newest first) of account `a`'s merged ledger below `bounds` (one per chain;
-    /// the first page's from `first_bounds`), and the next page's bounds when there is more.
+    /// One page (newest first) of what account `a`'s people see of its merged ledger below
+    /// `bounds` (one per chain; the first page's from `first_bounds`), and the next page's
+    /// bounds when there is more. Lease entries are ours, not the customer's (rules §16): they
+    /// move credits between the account's own parts, never the whole balance, so the page skips
+    /// them and the running balances of what it shows still add up.
     pub async fn merged_page(
         &self,
         a: &Account,
         limit: usize,
         bounds: Vec<Option<u64>>,
     ) -> Result<(Vec<LedgerEntry>, Option<Vec<Option<u64>>>), ApiError> {
+        let mut shown = Vec::with_capacity(limit);
+        let mut bounds = bounds;
+        // Leases are a small share of entries (each funds many debits): a page rarely needs a
+        // second read; the bound keeps a pathological run of them from holding a request.
+        for _ in 0..MAX_READS_A_PAGE {
+            let (read, more) = self.merged_raw(a, limit, &bounds).await?;
+            let total = read.len();
+            for (i, (c, e)) in read.into_iter().enumerate() {
+                let slot = &mut bounds[c as usize];
+                *slot = Some(slot.map_or(e.seq, |s| s.min(e.seq)));
+                if !e.kind.is_lease() {
+                    shown.push(e);
+                }
+                if shown.len() == limit {
+                    let rest = i + 1 < total || more;
+                    return Ok((shown, rest.then_some(bounds)));
+                }
+            }
+            if !more {
+                return Ok((shown, None));
+            }
+        }
+        Ok((shown, Some(bounds)))
+    }
+
+    /// Up to `limit` entries of the merged ledger below `bounds`, newest first, with their
+    /// chains (0 the account, n lane n), leases included; whether there are more.
+    async fn merged_raw(
+        &self,
+        a: &Account,
+        limit: usize,
+        bounds: &[Option<u64>],
+    ) -> Result<(Vec<(u32, LedgerEntry)>, bool), ApiError> {
         let chains = a.lanes_ever() + 1;
         if bounds.len() != chains as usize {
             return Err(ApiError::invalid("`cursor` is not a cursor this API returned."));
         }
         let ids: Vec<String> = (0..chains).map(|c| if c == 0 { a.id.clone() } else { lane_id(&a.id, c) }).collect();
         let read = futures_util::future::join_all(
-            ids.iter().zip(&bounds).map(|(id, b)| self.store.ledger_page(id, limit, *b)),
+            ids.iter().zip(bounds).map(|(id, b)| self.store.ledger_page(id, limit, *b)),
         )
         .await;
         let mut pages = Vec::new();
@@ -113,15 +152,20 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let mut merged = merge_newest_first(pages);
         let rest = merged.len() > limit;
         merged.truncate(limit);
-        let mut next = bounds.clone();
         let mut taken = vec![0usize; chains as usize];
-        for (c, e) in &merged {
-            let slot = &mut next[*c as usize];
-            *slot = Some(slot.map_or(e.seq, |s| s.min(e.seq)));
+        for (c, _) in &merged {
             taken[*c as usize] += 1;
         }
         let has_more = rest || more.iter().zip(&taken).any(|((read, m), t)| *m || read > t);
-        Ok((merged.into_iter().map(|(_, e)| e).collect(), has_more.then_some(next)))
+        Ok((merged, has_more))
+    }
+
+    /// Every entry of account `a` and its lanes as its people see them (no leases), oldest
+    /// first, with the whole balance after each.
+    pub async fn customer_ledger(&self, a: &Account) -> Result<Vec<LedgerEntry>, ApiError> {
+        let mut all = self.merged_ledger(a).await?;
+        all.retain(|e| !e.kind.is_lease());
+        Ok(all)
     }
 
     /// Every entry of account `a` and its lanes, oldest first, with the whole balance after each.

@@ -209,9 +209,22 @@ async fn unsafe_changes_and_demotion_recall_the_lanes() {
             None => break,
         }
     }
-    let merged = c.merged_ledger(&c.account("a").await.unwrap()).await.unwrap();
-    let want: Vec<(String, i64)> = merged.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
+    // The pages are the customer's ledger: no leases (ours, rules §16), running balances of the
+    // whole account that add up entry by entry.
+    let a = c.account("a").await.unwrap();
+    let merged = c.merged_ledger(&a).await.unwrap();
+    assert!(merged.iter().any(|e| e.kind.is_lease()), "the lanes were leased to");
+    let shown = c.customer_ledger(&a).await.unwrap();
+    assert!(shown.iter().all(|e| !e.kind.is_lease()));
+    for w in shown.windows(2) {
+        assert_eq!(w[1].balance_after.get(), w[0].balance_after.get() + w[1].amount.get(), "{:?}", w[1]);
+    }
+    assert_eq!(shown.last().map(|e| e.balance_after), Some(a.balance), "ends at the whole balance");
+    let want: Vec<(String, i64)> = shown.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
     assert_eq!(seen, want);
+    let csv = c.transactions_csv("a").await.unwrap();
+    assert!(!csv.contains("lease"), "{csv}");
+    assert_eq!(csv.lines().count(), shown.len() + 1, "a header and a line an entry");
     let lanes = c.lanes_of(&c.account("a").await.unwrap()).await.unwrap();
     assert!(!lanes.is_empty() && lanes.iter().all(|l| l.balance.get() == 0));
     assert!(lanes.iter().all(|l| l.id.starts_with("a~") && l.id != lane_id("a", 0)));
@@ -237,7 +250,7 @@ async fn pages_do_not_drift_while_debits_go_on() {
     for i in 0..60 {
         others[i % 6].debit("a", "api_calls", 2, &key(&format!("d{i}"))).await.unwrap();
     }
-    let then = c.merged_ledger(&c.account("a").await.unwrap()).await.unwrap();
+    let then = c.customer_ledger(&c.account("a").await.unwrap()).await.unwrap();
     let mut seen = Vec::new();
     let mut page = c.transactions("a", 9, None).await.unwrap();
     loop {
