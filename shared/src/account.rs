@@ -107,6 +107,10 @@ pub struct AutoRecharge {
     /// low balance or the balance is above the threshold again.
     #[serde(default)]
     pub low_without_usage: bool,
+    /// Failed recharges of `used_month` whose PaymentIntent Stripe would not cancel (rules
+    /// §16): their count and money stayed in the month, so a late success is not counted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<RechargeId>,
 }
 
 /// What the product recorded of a recharge when it claimed it, before charging, kept for good
@@ -280,6 +284,7 @@ impl Account {
                 spent_this_month_cents: 0,
                 episode_charged: false,
                 low_without_usage: false,
+                kept: vec![],
             },
             payment_method: None,
             stripe_customer_id: None,
@@ -355,6 +360,7 @@ impl Account {
         if next.auto_recharge.used_month != month {
             next.auto_recharge.used_month = month;
             next.auto_recharge.used_this_month = 0;
+            next.auto_recharge.kept.clear();
             next.auto_recharge.spent_this_month_cents = 0;
         }
         next.holds.retain(|_, h| h.expires_at > now);

@@ -96,14 +96,22 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let ar = &mut next.auto_recharge;
                         if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id.as_str() == payment.reference) {
                             ar.in_flight = None;
+                        } else if let Some(kept) =
+                            ar.kept.iter().position(|r| r.as_str() == payment.reference)
+                        {
+                            // Recorded as failed with its count and money kept (Stripe would not
+                            // cancel it): they are already in the month (rules §16).
+                            ar.kept.remove(kept);
                         } else if let Some(month) = &payment.recharge_month {
                             // Not in flight and not credited yet: recorded as failed (its count
-                            // given back), though the money came through after all. It counts
-                            // again toward the month it was claimed in (rules §12).
+                            // given back, its PaymentIntent cancelled), though the money came
+                            // through after all. It counts again toward the month it was
+                            // claimed in (rules §12), and the episode is charged (rules §16).
                             if ar.used_month == *month {
-                                ar.used_this_month += 1;
-                                ar.spent_this_month_cents += payment.charge_cents;
+                                ar.used_this_month = ar.used_this_month.saturating_add(1);
+                                ar.spent_this_month_cents = ar.spent_this_month_cents.saturating_add(payment.charge_cents);
                             }
+                            ar.episode_charged = true;
                         }
                         events.push(DomainEvent::new(
                             id,

@@ -25,6 +25,15 @@ pub enum ChargeOutcome {
     },
 }
 
+/// What asking Stripe to cancel a PaymentIntent came to (rules §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled (now or before): it can never succeed.
+    Canceled,
+    /// Past cancelling (it succeeded, or is processing): its money may still come.
+    NotCancelable,
+}
+
 /// Stripe could not be reached or failed on its side: the same call may be retried (with the
 /// same idempotency key).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -126,6 +135,13 @@ pub trait Payments: Send + Sync {
         &self,
         charge: &OffSessionCharge,
     ) -> impl Future<Output = Result<ChargeOutcome, PaymentsUnavailable>> + Send;
+    /// Cancels a PaymentIntent that did not go through, so that it can never succeed later
+    /// (idempotent per key).
+    fn cancel_payment(
+        &self,
+        payment_intent_id: &str,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<CancelOutcome, PaymentsUnavailable>> + Send;
 }
 
 /// What buying credits and saving a card need besides charging: Checkout Sessions,

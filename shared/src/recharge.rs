@@ -16,10 +16,19 @@ use crate::events::{DomainEvent, Event, RechargeFailed, RechargePaused};
 use crate::ids::RechargeId;
 use crate::ledger::{new_id, EntryKind, EntryView};
 use crate::money::Micros;
-use crate::payments::{ChargeOutcome, OffSessionCharge, Payments};
+use crate::payments::{CancelOutcome, ChargeOutcome, OffSessionCharge, Payments};
 use crate::pricing::{self, format_credits};
 use crate::store::Store;
 use crate::views::{auto_recharge_view, plan_unavailable_message, AutoRechargeView};
+
+/// What a failed recharge does with its claim's count and money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// Its PaymentIntent can never succeed: the month gets them back.
+    GiveBack,
+    /// Its PaymentIntent may still succeed: they stay in the month.
+    Keep,
+}
 
 /// How long a claim may stay in flight before the sweep recovers it.
 pub const LEASE_MS: i64 = 120_000;
@@ -129,10 +138,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Ok(RechargeResult::Credited { payment_intent_id })
             }
             Ok(ChargeOutcome::Processing { payment_intent_id }) => Ok(RechargeResult::Pending { payment_intent_id }),
-            Ok(ChargeOutcome::Failed { code, decline_code, message, .. }) => {
+            Ok(ChargeOutcome::Failed { payment_intent_id, code, decline_code, message }) => {
                 let failure = RechargeError { code: code.clone(), decline_code, message, at: 0 };
-                self.fail_recharge(id, &claim.recharge_id, &failure).await?;
-                Ok(RechargeResult::Failed { code })
+                match self.fail_charged_recharge(payments, id, &claim.recharge_id, payment_intent_id.as_deref(), &failure).await {
+                    Ok(_) => Ok(RechargeResult::Failed { code }),
+                    // Stripe did not answer the cancel: the claim stays in flight, and the
+                    // sweep's recovery repeats the same charge call and the cancel.
+                    Err(ApiError::PaymentsUnavailable) => Ok(RechargeResult::Unanswered),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => {
                 tracing::warn!(account_id = id, recharge_id = %claim.recharge_id, error = %e, "charge unanswered; the sweep will recover it");
@@ -295,6 +309,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         recharge_id: &RechargeId,
         failure: &RechargeError,
     ) -> Result<bool, ApiError> {
+        self.record_recharge_failure(id, recharge_id, failure, Release::GiveBack).await
+    }
+
+    async fn record_recharge_failure(
+        &self,
+        id: &str,
+        recharge_id: &RechargeId,
+        failure: &RechargeError,
+        release: Release,
+    ) -> Result<bool, ApiError> {
         self.apply(id, None, |a, now| {
             if a.auto_recharge.in_flight.as_ref().is_none_or(|c| &c.recharge_id != recharge_id) {
                 return Ok(Plan::AlreadySo(false));
@@ -303,10 +327,20 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let ar = &mut next.auto_recharge;
             ar.in_flight = None;
             ar.suspended = true;
-            ar.episode_charged = false;
-            ar.used_this_month = ar.used_this_month.saturating_sub(1);
-            if let Some(claim) = &a.auto_recharge.in_flight {
-                ar.spent_this_month_cents = (ar.spent_this_month_cents - claim.charge_cents).max(0);
+            match release {
+                Release::GiveBack => {
+                    ar.episode_charged = false;
+                    ar.used_this_month = ar.used_this_month.saturating_sub(1);
+                    if let Some(claim) = &a.auto_recharge.in_flight {
+                        ar.spent_this_month_cents = (ar.spent_this_month_cents - claim.charge_cents).max(0);
+                    }
+                }
+                // Its money may still come: it stays counted, and the episode stays charged.
+                Release::Keep => {
+                    if a.auto_recharge.in_flight.as_ref().is_some_and(|c| clock::month_of(c.claimed_at) == ar.used_month) {
+                        ar.kept.push(recharge_id.clone());
+                    }
+                }
             }
             next.last_recharge_error = Some(RechargeError { at: now, ..failure.clone() });
             let event = DomainEvent::new(
@@ -325,6 +359,38 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         })
         .await?
         .done()
+    }
+
+    /// A recharge whose charge failed at Stripe (rules §16): its PaymentIntent is cancelled
+    /// first, so that it can never succeed behind the cap's back, then the failure is recorded.
+    /// Cancelled (or never made), the claim's count and money are given back as for any failure;
+    /// one Stripe will not cancel (it succeeded or is processing after all) keeps them, and the
+    /// episode's one charge, so no second recharge can be charged beside it. 502
+    /// `payment_provider_unavailable` when Stripe does not answer: nothing is recorded and the
+    /// caller tries again (a recovery, or Stripe's redelivery of the webhook).
+    pub async fn fail_charged_recharge<P: Payments>(
+        &self,
+        payments: &P,
+        id: &str,
+        recharge_id: &RechargeId,
+        payment_intent_id: Option<&str>,
+        failure: &RechargeError,
+    ) -> Result<bool, ApiError> {
+        let release = match payment_intent_id {
+            None => Release::GiveBack,
+            Some(pi) => match payments.cancel_payment(pi, &self.stripe_key("recharge-cancel", recharge_id.as_str())).await {
+                Ok(CancelOutcome::Canceled) => Release::GiveBack,
+                Ok(CancelOutcome::NotCancelable) => {
+                    tracing::warn!(account_id = id, recharge_id = %recharge_id, payment_intent_id = pi, "a failed recharge's PaymentIntent could not be cancelled: its count and money stay in the month");
+                    Release::Keep
+                }
+                Err(e) => {
+                    tracing::warn!(account_id = id, recharge_id = %recharge_id, error = %e, "could not cancel a failed recharge's PaymentIntent");
+                    return Err(ApiError::PaymentsUnavailable);
+                }
+            },
+        };
+        self.record_recharge_failure(id, recharge_id, failure, release).await
     }
 
     /// `PUT /v1/accounts/{id}/credits/auto-recharge` (rules §5, §8): validated against the

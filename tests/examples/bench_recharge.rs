@@ -48,6 +48,14 @@ impl Payments for CountingStripe {
         self.bump();
         self.inner.charge_off_session(charge).await
     }
+    async fn cancel_payment(
+        &self,
+        payment_intent_id: &str,
+        key: &str,
+    ) -> Result<topup::payments::CancelOutcome, PaymentsUnavailable> {
+        self.bump();
+        self.inner.cancel_payment(payment_intent_id, key).await
+    }
 }
 
 const RUNS: usize = 15;

@@ -220,6 +220,13 @@ impl<P: Payments> Payments for Counting<P> {
         }
         self.inner.charge_off_session(charge).await
     }
+    async fn cancel_payment(
+        &self,
+        payment_intent_id: &str,
+        key: &str,
+    ) -> Result<topup::payments::CancelOutcome, topup::payments::PaymentsUnavailable> {
+        self.inner.cancel_payment(payment_intent_id, key).await
+    }
 }
 
 /// 50 triggers — 40 deliveries of one `BalanceLow` and 10 sweeps — from 5 instances: exactly
@@ -375,8 +382,12 @@ async fn a_recharge_is_credited_once_by_its_webhook_or_the_function_whichever_co
 async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
     let w = World::new("usd-overage").await;
     let (_, claim) = claimed_below_threshold(&w).await;
+    // A PaymentIntent that failed after it was made (still `requires_payment_method` at Stripe).
+    let (s, pi) = local_stripe("POST", "/v1/payment_intents", &[("amount", "1000"), ("currency", "usd")]).await;
+    assert_eq!(s, 200, "{pi}");
+    let pi_id = pi["id"].as_str().expect("id").to_string();
     let failed = json!({
-        "id": "pi_async_fail",
+        "id": pi_id,
         "object": "payment_intent",
         "status": "requires_payment_method",
         "metadata": {"topup_account_id": "acme", "topup_recharge_id": claim.recharge_id},
@@ -393,6 +404,8 @@ async fn a_recharge_that_fails_later_is_recorded_by_its_webhook() {
     assert_eq!(v["balance"], 4 * C);
     assert_eq!(v["last_recharge_error"]["code"], "card_declined");
     assert_eq!(v["auto_recharge"]["used_this_month"], 0, "a failed recharge gives its count back");
+    let (_, read) = local_stripe("GET", &format!("/v1/payment_intents/{pi_id}"), &[]).await;
+    assert_eq!(read["status"], "canceled", "cancelled first, so it can never succeed later: {read}");
     assert!(
         !v["auto_recharge"]["paused"].is_null(),
         "suspended until a new card or a purchase: {}",
@@ -548,5 +561,60 @@ async fn a_refund_or_a_negative_adjustment_that_crosses_the_threshold_charges_no
         panic!("claimed after a negative adjustment")
     };
     assert_eq!(why, "not_started_by_usage");
+    w.assert_invariants("acme").await;
+}
+
+/// rules §16: a recharge recorded failed whose PaymentIntent Stripe will not cancel (it went
+/// through after all) keeps its count, its money and its episode's one charge: nothing else can
+/// be charged beside it, and its late success is credited once and counted once. On the old
+/// path the failure gave the count back, a second recharge was charged in the same month, and
+/// the late success took the month past its cap.
+#[tokio::test]
+async fn a_late_success_never_makes_room_for_another_charge() {
+    let w = World::new("usd-overage").await;
+    let (payments, claim) = claimed_below_threshold(&w).await;
+    w.set_auto_recharge("acme", json!({"enabled": true, "monthly_max": 1})).await;
+    // Charged at Stripe; the function records it failed (as a `payment_failed` read before a
+    // retry of the confirmation succeeded would): its cancel is refused.
+    let payment_intent_id = charge_as_the_function(&w, &payments, &claim).await;
+    let failure = topup::account::RechargeError {
+        code: "processing_error".into(),
+        decline_code: None,
+        message: "An error occurred while processing the card.".into(),
+        at: 0,
+    };
+    let recorded = w
+        .credits
+        .fail_charged_recharge(&payments, "acme", &claim.recharge_id, Some(&payment_intent_id), &failure)
+        .await
+        .expect("recorded");
+    assert!(recorded);
+    let v = w.view("acme").await;
+    assert_eq!(v["balance"], 4 * C);
+    assert_eq!(
+        (v["auto_recharge"]["used_this_month"].as_i64(), v["auto_recharge"]["spent_this_month"].as_i64()),
+        (Some(1), Some(1000)),
+        "kept: its money may still come: {v}"
+    );
+    // A new card lifts the suspension; usage draws on the low balance again: nothing is charged.
+    w.save_card("acme").await;
+    w.usage("acme", "api_calls", 1_000).await;
+    let again = w.credits.recharge(&payments, "acme").await.expect("again");
+    assert!(matches!(again, topup::recharge::RechargeResult::NotDue { .. }), "{again:?}");
+    // The money arrives: credited once, counted once.
+    let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
+    let event = stripe_event("payment_intent.succeeded", pi);
+    for _ in 0..3 {
+        let (s, r) = w.deliver(&event).await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let v = w.view("acme").await;
+    assert_eq!(v["balance"], 13 * C, "credited once");
+    assert_eq!(w.ledger("acme").await.iter().filter(|e| e.kind == EntryKind::AutoRecharge).count(), 1);
+    assert_eq!(
+        (v["auto_recharge"]["used_this_month"].as_i64(), v["auto_recharge"]["spent_this_month"].as_i64()),
+        (Some(1), Some(1000)),
+        "the month's count and money never pass the cap: {v}"
+    );
     w.assert_invariants("acme").await;
 }

@@ -256,6 +256,9 @@ impl Payments for FaultyStripe {
     async fn charge_off_session(&self, c: &OffSessionCharge) -> Result<ChargeOutcome, PaymentsUnavailable> {
         gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.charge_off_session(c))
     }
+    async fn cancel_payment(&self, pi: &str, key: &str) -> Result<topup::payments::CancelOutcome, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.cancel_payment(pi, key))
+    }
 }
 
 impl Purchases for FaultyStripe {

@@ -2,7 +2,7 @@
 //! stack's Stripe; `tests/support/localstripe_local.py`): a saved card that pays, one declined
 //! when charged, one that needs authentication, and idempotency keys that never charge twice.
 
-use topup::payments::{ChargeOutcome, OffSessionCharge, Payments};
+use topup::payments::{CancelOutcome, ChargeOutcome, OffSessionCharge, Payments};
 use topup_tests::*;
 
 fn charge(customer: &str, pm: &str, key: &str) -> OffSessionCharge {
@@ -64,4 +64,34 @@ async fn declines_and_authentication_are_failures_with_their_codes() {
         }
         other => panic!("expected authentication_required, got {other:?}"),
     }
+}
+
+/// rules §16: a failed recharge's PaymentIntent is cancelled so it can never succeed later; one
+/// that succeeded is past cancelling, and says so.
+#[tokio::test]
+async fn a_failed_payment_intent_is_cancelled_and_a_succeeded_one_is_not() {
+    let p = stripe_payments();
+    let customer = p.create_customer(&new_customer(&unique("acct"), None)).await.expect("customer");
+    let needs_auth = stripe_card(&p, &customer, "4000002760003184").await;
+    let ChargeOutcome::Failed { payment_intent_id: Some(pi), .. } =
+        p.charge_off_session(&charge(&customer, &needs_auth, &unique("rch"))).await.expect("answered")
+    else {
+        panic!("expected a PaymentIntent needing authentication")
+    };
+    let key = unique("cancel");
+    assert_eq!(p.cancel_payment(&pi, &key).await.expect("cancel"), CancelOutcome::Canceled);
+    let (_, read) = local_stripe("GET", &format!("/v1/payment_intents/{pi}"), &[]).await;
+    assert_eq!(read["status"], "canceled", "{read}");
+    // Again (a retry, or a redelivered webhook): still cancelled, with or without the same key.
+    assert_eq!(p.cancel_payment(&pi, &key).await.expect("again"), CancelOutcome::Canceled);
+    assert_eq!(p.cancel_payment(&pi, &unique("cancel")).await.expect("another key"), CancelOutcome::Canceled);
+    let card = stripe_card(&p, &customer, "4242424242424242").await;
+    let ChargeOutcome::Succeeded { payment_intent_id: paid } =
+        p.charge_off_session(&charge(&customer, &card, &unique("rch"))).await.expect("charge")
+    else {
+        panic!("expected a payment")
+    };
+    assert_eq!(p.cancel_payment(&paid, &unique("cancel")).await.expect("answered"), CancelOutcome::NotCancelable);
+    // A PaymentIntent Stripe does not know is no answer to act on: an error, tried again.
+    assert!(p.cancel_payment("pi_unknown_to_stripe", &unique("cancel")).await.is_err());
 }

@@ -289,7 +289,9 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                         .unwrap_or_else(|| "The payment did not go through.".into()),
                     at: clock::now_ms(),
                 };
-                let failed = credits.fail_recharge(account, recharge, &failure).await?;
+                // Cancelled first, so this PaymentIntent can never succeed behind the cap's
+                // back (rules §16); Stripe unreachable is a 5xx, and Stripe delivers again.
+                let failed = credits.fail_charged_recharge(payments, account, recharge, Some(pi), &failure).await?;
                 Ok(Handled::Word(if failed { "failed" } else { "unchanged" }))
             }
         }

@@ -10,7 +10,7 @@ use stripe_checkout::checkout_session::{
 };
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
-    CreatePaymentIntent, CreatePaymentIntentOffSession, ListPaymentIntent, RetrievePaymentIntent,
+    CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentOffSession, ListPaymentIntent, RetrievePaymentIntent,
 };
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_core::PaymentIntentStatus;
@@ -157,6 +157,35 @@ impl Payments for StripePayments {
                     .unwrap_or_else(|| "The payment did not go through.".into()),
             },
         })
+    }
+
+    async fn cancel_payment(&self, payment_intent_id: &str, key: &str) -> Result<CancelOutcome, PaymentsUnavailable> {
+        let strategy = idempotent(key)?;
+        let sent = CancelPaymentIntent::new(payment_intent_id)
+            .customize()
+            .request_strategy(strategy)
+            .send(&self.client().await?)
+            .await;
+        match sent {
+            Ok(_) => Ok(CancelOutcome::Canceled),
+            Err(StripeError::Stripe(..)) => self.after_refused_cancel(payment_intent_id).await,
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+impl StripePayments {
+    /// A PaymentIntent Stripe would not cancel: cancelled already, or past it (succeeded,
+    /// processing); read to tell which. One still in a cancellable state is an error of ours or
+    /// Stripe's, retried.
+    async fn after_refused_cancel(&self, payment_intent_id: &str) -> Result<CancelOutcome, PaymentsUnavailable> {
+        let pi =
+            RetrievePaymentIntent::new(payment_intent_id).send(&self.client().await?).await.map_err(unavailable)?;
+        match pi.status {
+            PaymentIntentStatus::Canceled => Ok(CancelOutcome::Canceled),
+            PaymentIntentStatus::Succeeded | PaymentIntentStatus::Processing => Ok(CancelOutcome::NotCancelable),
+            other => Err(PaymentsUnavailable(format!("cancel refused for a PaymentIntent in {}", other.as_str()))),
+        }
     }
 }
 
