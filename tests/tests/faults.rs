@@ -835,8 +835,10 @@ impl Schedule {
             "recharge-recorded-failed" => {
                 // A claim in flight is charged, the function records it failed (the bank asked
                 // the customer to authenticate), and the customer then completes it: the
-                // payment succeeds after all (rules §12). Credited once, from the recharge's
-                // record, and counted toward the month again.
+                // payment succeeds after all (rules §12). Recording the failure cancels the
+                // PaymentIntent first; Stripe will not (it succeeded), so the claim's count and
+                // money stay in the month and no other charge can be made beside it (rules
+                // §16). Credited once, from the recharge's record, counted once.
                 let n = self.rng.below(2);
                 if let Ok(a) = self.instances[n].account(&self.id).await {
                     let method = a.payment_method.as_ref().map(|p| p.id.clone());
@@ -868,7 +870,13 @@ impl Schedule {
                                 at: 0,
                             };
                             if self.instances[n]
-                                .fail_recharge(&self.id, &claim.recharge_id, &failure)
+                                .fail_charged_recharge(
+                                    &self.stripe,
+                                    &self.id,
+                                    &claim.recharge_id,
+                                    Some(&payment_intent_id),
+                                    &failure,
+                                )
                                 .await
                                 .unwrap_or(false)
                             {
@@ -1119,9 +1127,15 @@ impl Schedule {
                     None => break,
                 }
             }
-            let want: Vec<(String, i64)> = ledger.iter().rev().map(|e| (e.id.clone(), e.balance_after.get())).collect();
+            // Without our leases (rules §16): only movements in and out of the account.
+            let want: Vec<(String, i64)> = ledger
+                .iter()
+                .rev()
+                .filter(|e| !e.kind.is_lease())
+                .map(|e| (e.id.clone(), e.balance_after.get()))
+                .collect();
             if seen != want {
-                self.fail(format!("the ledger page is not the merged ledger: {seen:?} vs {want:?}"));
+                self.fail(format!("the ledger page is not the merged ledger without leases: {seen:?} vs {want:?}"));
             }
             let whole = self.w.credits.whole_account(&self.id).await.expect("whole").balance.get();
             if ledger.last().map_or(0, |e| e.balance_after.get()) != whole {
@@ -1161,6 +1175,23 @@ impl Schedule {
         }
         if account.auto_recharge.used_this_month as i64 > self.monthly_max {
             self.fail(format!("the month's count {} is above the cap", account.auto_recharge.used_this_month));
+        }
+        // rules §16: every recharge that took money this month is in the month's count and money
+        // (a late success never slips past them), so the cap bounds what was really charged.
+        let month = topup::clock::month_of(topup::clock::now_ms());
+        if account.auto_recharge.used_month == month {
+            let paid: Vec<_> = recharges.iter().filter(|p| p.status == "succeeded").collect();
+            let money: i64 = paid.iter().map(|p| p.amount).sum();
+            if paid.len() as i64 > i64::from(account.auto_recharge.used_this_month)
+                || money > account.auto_recharge.spent_this_month_cents
+            {
+                self.fail(format!(
+                    "{} recharges took {money} this month, the month counts {} and {}",
+                    paid.len(),
+                    account.auto_recharge.used_this_month,
+                    account.auto_recharge.spent_this_month_cents
+                ));
+            }
         }
         // Disputes (rules §12): each takes back at most once and returns at most what it took;
         // once settled, every dispute opened at Stripe is recorded.
