@@ -12,10 +12,16 @@ use crate::grants::{Burn, Category, GrantSource, NewGrant, DEFAULT_PRIORITY, MAX
 use crate::ids::IdempotencyKey;
 use crate::ledger::{request_hash, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
+use crate::pricing::MAX_CHARGE_CENTS;
 use crate::store::{Commit, CommitError, Store};
 
-/// The largest adjustment either way: a billion credits.
-pub const MAX_ADJUSTMENT: i64 = 1_000_000_000 * crate::money::MICROS_PER_CREDIT;
+/// The most credits one request may name (rules §16): an adjustment either way, an
+/// auto-recharge's threshold or amount. A billion credits: past any real use, and thousands of
+/// them still add up inside an `i64` (every sum is checked besides).
+pub const MAX_CREDITS: i64 = 1_000_000_000 * crate::money::MICROS_PER_CREDIT;
+
+/// The largest adjustment either way.
+pub const MAX_ADJUSTMENT: i64 = MAX_CREDITS;
 
 /// An account as `PUT /v1/accounts/{id}` answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +136,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if terms.cost_cents.is_some_and(|c| c < 0) {
             return Err(ApiError::rule("invalid_amount", "A paid grant's `charge.amount` may not be negative."));
         }
+        // A cost basis is what one payment took: no more than one charge can be (rules §16).
+        if terms.cost_cents.is_some_and(|c| c > MAX_CHARGE_CENTS) {
+            return Err(ApiError::rule(
+                "invalid_amount",
+                format!("A paid grant's `charge.amount` may be at most {MAX_CHARGE_CENTS} minor units."),
+            ));
+        }
         let mut request = json!({"amount": amount, "reason": reason});
         if *terms != GrantTerms::default() {
             request["grant"] =
@@ -196,6 +209,7 @@ mod tests {
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;
+    use crate::money::MICROS_PER_CREDIT as C;
 
     #[tokio::test]
     async fn an_upgrade_from_a_plan_without_reloads_restores_the_default_maximum() {
@@ -217,5 +231,22 @@ mod tests {
             );
         }
         assert_eq!(c.adjust("a", MAX_ADJUSTMENT, "x", &key("max")).await.unwrap().amount, MAX_ADJUSTMENT);
+        assert_eq!(c.adjust("a", -MAX_ADJUSTMENT, "x", &key("-max")).await.unwrap().amount, -MAX_ADJUSTMENT);
+    }
+
+    /// A paid adjustment's charge (its cost basis) is at most one charge's worth: the largest
+    /// is granted, one more cent is 422 and writes nothing.
+    #[tokio::test]
+    async fn a_paid_adjustments_charge_is_bounded() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        let paid = |cents: i64| GrantTerms { cost_cents: Some(cents), ..GrantTerms::default() };
+        let before = c.store.load_account("a").await.unwrap().unwrap();
+        let e = c.adjust_with("a", C, "x", &paid(MAX_CHARGE_CENTS + 1), &key("over")).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_amount");
+        assert_eq!(c.store.load_account("a").await.unwrap().unwrap(), before, "nothing written");
+        c.adjust_with("a", C, "x", &paid(MAX_CHARGE_CENTS), &key("max")).await.unwrap();
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(a.grants.iter().map(|g| g.cost_cents).collect::<Vec<_>>(), vec![MAX_CHARGE_CENTS]);
     }
 }

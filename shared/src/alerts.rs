@@ -60,3 +60,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         .done()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::memory_credits;
+
+    /// A threshold is at most `MAX_THRESHOLD` (rules §16): the largest is kept, one more is 422
+    /// `invalid_threshold` and changes nothing.
+    #[tokio::test]
+    async fn thresholds_are_bounded_at_their_edge() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        let before = c.store.load_account("a").await.unwrap();
+        let e = c.set_alerts("a", &[MAX_THRESHOLD + 1]).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_threshold");
+        assert_eq!(c.store.load_account("a").await.unwrap(), before);
+        let v = c.set_alerts("a", &[MAX_THRESHOLD, 1]).await.unwrap();
+        assert_eq!(v.thresholds, vec![MAX_THRESHOLD, 1]);
+    }
+}

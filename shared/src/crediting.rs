@@ -8,7 +8,7 @@ use crate::engine::{upstream, Applied, Change, Claim, Credits, Plan};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::events::{CreditsAdded, DisputeMoved, DomainEvent, Event, RechargeSucceeded, RefundMoved};
-use crate::grants::{Burn, Category, GrantSource, NewGrant, DEFAULT_PRIORITY};
+use crate::grants::{Burn, Category, Grant, GrantSource, NewGrant, DEFAULT_PRIORITY};
 use crate::ids::RechargeId;
 use crate::ledger::{request_hash, Credited, EntryKind, EntryView, LedgerEntry};
 use crate::money::Micros;
@@ -337,6 +337,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// `charge.dispute.closed` (rules §12): `won` returns exactly what the dispute took (a
     /// positive `dispute` entry), once; `lost` keeps it. Either way the dispute is no longer
     /// open. A close before its open is 409 `dispute_not_opened_yet`, delivered again later.
+    /// Won credits go back to the payment's grant, or, if it has ended, to a new paid grant at
+    /// its cost basis (rules §15).
     pub async fn dispute_closed(
         &self,
         id: &str,
@@ -346,6 +348,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         currency: &str,
     ) -> Result<DisputeOutcome, ApiError> {
         let p = &self.profile;
+        let original = if won { self.disputed_grant(id, dispute_id).await? } else { None };
         self.apply(id, None, |a, now| {
             let Some(dispute) = a.disputes.get(dispute_id).cloned() else {
                 return Err(ApiError::OutOfOrder(
@@ -362,11 +365,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             next.balance
                 .checked_add(Micros::new(returned))
                 .ok_or_else(|| ApiError::rule("invalid_amount", "The balance would overflow."))?;
-            if returned > 0 {
-                next.restore_credits(Micros::new(returned), &dispute.payment_id, now);
-            }
+            let restored = if returned > 0 {
+                next.restore_credits(Micros::new(returned), &dispute.payment_id, original.as_ref(), now)
+            } else {
+                None
+            };
             let entry = (returned > 0).then(|| {
-                let description = format!("Dispute won: {} returned", format_credits(p, Micros::new(returned)));
+                let mut description = format!("Dispute won: {} returned", format_credits(p, Micros::new(returned)));
+                if restored.is_some() {
+                    description.push_str(" (restored as a new grant: the payment's own had ended)");
+                }
                 LedgerEntry::after(&mut next, EntryKind::Dispute, Micros::new(returned), now, description)
             });
             let event = DomainEvent::new(
@@ -386,6 +394,25 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         })
         .await?
         .done()
+    }
+}
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// The grant of a dispute's payment as it was granted, for a won dispute to restore its
+    /// credits at their cost basis: active on the account, or else its record from when it
+    /// ended. The record is read after the account, so a grant that ends in between is there;
+    /// its basis never changes, so either copy serves. `None` for an unknown dispute or a
+    /// payment from before grants.
+    async fn disputed_grant(&self, id: &str, dispute_id: &str) -> Result<Option<Grant>, ApiError> {
+        let Some(a) = self.store.load_account(id).await.map_err(upstream)? else { return Ok(None) };
+        let Some(pi) = a.disputes.get(dispute_id).map(|d| d.payment_id.clone()) else { return Ok(None) };
+        let of = |g: &&Grant| g.payment_id.as_deref() == Some(pi.as_str());
+        if let Some(g) = a.grants.iter().find(of) {
+            return Ok(Some(g.clone()));
+        }
+        let ended = self.store.ended_grants(id).await.map_err(upstream)?;
+        // The payment's first grant (a grant restored before carries the same basis).
+        Ok(ended.iter().filter(of).min_by_key(|g| (g.created_at, g.id.clone())).cloned())
     }
 }
 
@@ -437,5 +464,55 @@ mod tests {
             c.bus.published.lock().unwrap().iter().filter(|e| e.detail_type() == "CreditsAdded").cloned().collect();
         assert_eq!(added.len(), 2, "one CreditsAdded per payment");
         assert_eq!(c.credit_payment("a", &payment("pi_3", 0)).await.unwrap_err().code(), "invalid_amount");
+    }
+
+    /// A paid grant used up (ended), its payment disputed (the dispute takes other credits) and
+    /// the dispute won: the credits come back paid at the payment's cost basis, and the revenue
+    /// report recognises them when used and says they were restored.
+    #[tokio::test]
+    async fn a_won_dispute_of_an_ended_grant_restores_paid_credits_at_their_cost() {
+        use crate::accounts::GrantTerms;
+        use crate::grants::GrantSource;
+        use crate::ids::key;
+        let c = memory_credits("org-runs");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "runs", 1_000, &key("allowance")).await.unwrap();
+        // 5 credits for $5.00, and 5 promotional ones that burn after them.
+        c.credit_payment("a", &payment("pi_1", 5 * C)).await.unwrap();
+        let later = GrantTerms { priority: Some(90), ..GrantTerms::default() };
+        c.adjust_with("a", 5 * C, "welcome", &later, &key("w")).await.unwrap();
+        c.debit("a", "runs", 500, &key("use")).await.unwrap();
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        assert!(a.grants.iter().all(|g| g.payment_id.is_none()), "pi_1's grant ended: {:?}", a.grants);
+
+        let opened = c.dispute_opened("a", "dp_1", "pi_1", 500, "usd").await.unwrap();
+        assert!(matches!(opened, DisputeOutcome::Applied(Some(ref e)) if e.amount == -5 * C), "{opened:?}");
+        let won = c.dispute_closed("a", "dp_1", true, 500, "usd").await.unwrap();
+        let DisputeOutcome::Applied(Some(entry)) = won else { panic!("{won:?}") };
+        assert_eq!(entry.amount, 5 * C);
+        assert!(entry.description.contains("restored"), "{}", entry.description);
+
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        let restored = a.grants.iter().find(|g| g.payment_id.as_deref() == Some("pi_1")).expect("restored");
+        assert_eq!(
+            (restored.category, restored.source, restored.granted.get(), restored.cost_cents),
+            (Category::Paid, GrantSource::Purchase, 5 * C, 500),
+            "paid, at the payment's cost basis"
+        );
+        let list = c.grants("a").await.unwrap().grants;
+        assert!(list.iter().any(|g| g.id == restored.id && g.category == Category::Paid && g.status == "active"));
+
+        // 2 of the restored credits used: revenue at $1.00 a credit.
+        c.debit("a", "runs", 200, &key("more")).await.unwrap();
+        let month = crate::clock::month_of(crate::clock::now_ms());
+        let line = c.revenue_of("a", &month).await.unwrap();
+        use crate::grants::revenue::Valued;
+        assert_eq!(line.restored, Valued { credits: 5 * C, amount: 500 }, "{line:?}");
+        assert_eq!(line.granted, Valued { credits: 5 * C, amount: 500 }, "pi_1 only: {line:?}");
+        assert_eq!(line.consumed, Valued { credits: 7 * C, amount: 700 }, "{line:?}");
+        assert_eq!(line.deferred, Valued { credits: 3 * C, amount: 300 }, "{line:?}");
+        let a = c.store.load_account("a").await.unwrap().unwrap();
+        let ledger = c.whole_ledger("a").await.unwrap();
+        assert!(crate::reconcile::ledger_differences(&a, &ledger).is_empty());
     }
 }

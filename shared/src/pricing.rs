@@ -6,6 +6,10 @@ use crate::error::ApiError;
 use crate::money::{Cents, Micros};
 use crate::profile::{Profile, Purchase};
 
+/// The largest charge, in minor units (rules §16): Stripe's own limit for one payment
+/// ($999,999.99), whatever a profile allows. Also the most a paid adjustment may say it cost.
+pub const MAX_CHARGE_CENTS: i64 = 99_999_999;
+
 /// What the client asked for: exactly one of these, or nothing for the profile's default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PurchaseChoice {
@@ -45,8 +49,24 @@ fn mul(a: i64, b: i64) -> Result<i64, ApiError> {
     a.checked_mul(b).ok_or_else(|| ApiError::rule("amount_out_of_range", "The purchase is too large."))
 }
 
-/// Prices a purchase for an account on `plan`.
+/// Prices a purchase for an account on `plan`; a charge past `MAX_CHARGE_CENTS` is 422
+/// `amount_out_of_range`, whatever the profile allows.
 pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Quote, ApiError> {
+    let q = quote_of(profile, plan, choice)?;
+    if q.charge.get() > MAX_CHARGE_CENTS {
+        return Err(too_large(&profile.currency));
+    }
+    Ok(q)
+}
+
+fn too_large(currency: &str) -> ApiError {
+    ApiError::rule(
+        "amount_out_of_range",
+        format!("One payment can be at most {}.", format_money(MAX_CHARGE_CENTS, currency)),
+    )
+}
+
+fn quote_of(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Quote, ApiError> {
     let cur = profile.currency.as_str();
     let given =
         [choice.amount.is_some(), choice.package.is_some(), choice.blocks.is_some()].iter().filter(|b| **b).count();
@@ -147,8 +167,16 @@ pub fn quote(profile: &Profile, plan: &str, choice: &PurchaseChoice) -> Result<Q
 
 /// What one auto-recharge of `credits` costs on `plan`: at the purchase rate of the profile
 /// (the block price for blocks; seed 004: "charged at the same per-minute rate as a manual
-/// purchase"). A fraction of a cent is charged up.
+/// purchase"). A fraction of a cent is charged up; past `MAX_CHARGE_CENTS`, 422.
 pub fn recharge_charge(profile: &Profile, plan: &str, credits: Micros) -> Result<Cents, ApiError> {
+    let charge = recharge_charge_of(profile, plan, credits)?;
+    if charge.get() > MAX_CHARGE_CENTS {
+        return Err(too_large(&profile.currency));
+    }
+    Ok(charge)
+}
+
+fn recharge_charge_of(profile: &Profile, plan: &str, credits: Micros) -> Result<Cents, ApiError> {
     let per_cent = match &profile.purchase {
         Purchase::Amount { micros_per_cent, .. } | Purchase::Packages { micros_per_cent, .. } => *micros_per_cent,
         Purchase::Blocks { units_per_block, .. } => {
@@ -164,7 +192,8 @@ pub fn recharge_charge(profile: &Profile, plan: &str, credits: Micros) -> Result
                 .map_err(|_| ApiError::rule("amount_out_of_range", "Too large."));
         }
     };
-    Ok(Cents::new((credits.get() + per_cent - 1) / per_cent))
+    let cents = credits.get().checked_add(per_cent - 1).map(|c| c / per_cent.max(1));
+    cents.map(Cents::new).ok_or_else(|| too_large(&profile.currency))
 }
 
 /// Credits in the profile's unit for a person: `$12.50`, `100 minutes`, `12 credits`.
@@ -210,6 +239,25 @@ mod tests {
             "one block on Pro"
         );
         assert_eq!(recharge_charge(&p("usd-overage"), "free", Micros::new(1)).unwrap(), Cents::new(1), "rounded up");
+    }
+
+    /// Whatever a profile allows, one charge is at most Stripe's limit: the largest is quoted,
+    /// a cent more is 422 `amount_out_of_range`.
+    #[test]
+    fn a_charge_is_at_most_stripes_limit() {
+        let mut p = Profile::load("usd-overage").unwrap();
+        if let Purchase::Amount { max_cents, .. } = &mut p.purchase {
+            *max_cents = 10 * MAX_CHARGE_CENTS;
+        }
+        let q = |a: i64| quote(&p, "free", &amount(a));
+        assert_eq!(q(MAX_CHARGE_CENTS).unwrap().charge, Cents::new(MAX_CHARGE_CENTS));
+        assert_eq!(q(MAX_CHARGE_CENTS + 1).unwrap_err().code(), "amount_out_of_range");
+        // usd-overage: a cent buys 10,000 micro-credits.
+        let most = Micros::new(MAX_CHARGE_CENTS * 10_000);
+        assert_eq!(recharge_charge(&p, "free", most).unwrap(), Cents::new(MAX_CHARGE_CENTS));
+        let more = Micros::new(most.get() + 1);
+        assert_eq!(recharge_charge(&p, "free", more).unwrap_err().code(), "amount_out_of_range", "a cent more");
+        assert_eq!(recharge_charge(&p, "free", Micros::new(i64::MAX)).unwrap_err().code(), "amount_out_of_range");
     }
 
     #[test]

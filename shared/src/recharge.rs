@@ -398,6 +398,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn set_auto_recharge(&self, id: &str, input: &AutoRechargeInput) -> Result<AutoRechargeView, ApiError> {
         let p = &self.profile;
         let rules = &p.auto_recharge;
+        input.within_bounds(rules.fixed_amount)?;
         self.apply(id, None, |a, now| {
             let plan = p
                 .plan(&a.plan)
@@ -436,6 +437,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         format_credits(p, rules.amount_max)
                     ),
                 ));
+            }
+            // An amount one recharge could not charge (past Stripe's limit) is refused now.
+            if input.amount.is_some() {
+                pricing::recharge_charge(p, &a.plan, amount)?;
             }
             if threshold < rules.threshold_min {
                 return Err(ApiError::rule(
@@ -540,4 +545,87 @@ pub struct AutoRechargeInput {
     pub monthly_max: Option<i64>,
     /// Cents a month at most (an option no seed has); 0 removes the limit.
     pub monthly_spend_max: Option<i64>,
+}
+
+/// The largest monthly spending limit, in minor units ($1,000,000,000.00; rules §16).
+pub const MAX_MONTHLY_SPEND_CENTS: i64 = 100_000_000_000;
+
+impl AutoRechargeInput {
+    /// The bounds that hold whatever the profile says (rules §16): a threshold or amount of at
+    /// most `MAX_CREDITS`, a spending limit of at most `MAX_MONTHLY_SPEND_CENTS`; each past
+    /// them is 422 with its field's code. The profile's own ranges are checked after.
+    fn within_bounds(&self, fixed_amount: bool) -> Result<(), ApiError> {
+        use crate::accounts::MAX_CREDITS;
+        if !fixed_amount && self.amount.is_some_and(|a| a > MAX_CREDITS) {
+            return Err(ApiError::rule(
+                "amount_out_of_range",
+                format!("The amount can be at most {MAX_CREDITS} micro-credits."),
+            ));
+        }
+        if self.threshold.is_some_and(|t| t > MAX_CREDITS) {
+            return Err(ApiError::rule(
+                "threshold_out_of_range",
+                format!("The threshold can be at most {MAX_CREDITS} micro-credits."),
+            ));
+        }
+        if self.monthly_spend_max.is_some_and(|m| m > MAX_MONTHLY_SPEND_CENTS) {
+            return Err(ApiError::rule(
+                "invalid_monthly_spend_max",
+                format!("The monthly spending limit can be at most {MAX_MONTHLY_SPEND_CENTS} minor units."),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod settings_bounds {
+    use super::*;
+    use crate::accounts::MAX_CREDITS;
+    use crate::engine::memory_credits;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::profile::Purchase;
+
+    fn off(threshold: Option<i64>, amount: Option<i64>, spend: Option<i64>) -> AutoRechargeInput {
+        AutoRechargeInput { threshold, amount, monthly_spend_max: spend, ..AutoRechargeInput::default() }
+    }
+
+    /// Each bound at its edge, with a profile that would allow more: the largest is taken, one
+    /// more is 422 and changes nothing.
+    #[tokio::test]
+    async fn settings_are_bounded_whatever_the_profile_allows() {
+        let mut c = memory_credits("usd-overage");
+        c.profile.auto_recharge.amount_max = Micros::new(i64::MAX);
+        // Credits cheap enough that the largest amount is a charge Stripe takes.
+        if let Purchase::Amount { micros_per_cent, .. } = &mut c.profile.purchase {
+            *micros_per_cent = 100_000_000;
+        }
+        c.upsert_account("a", "pro", vec![]).await.unwrap();
+        let refused = [
+            (off(None, Some(MAX_CREDITS + 1), None), "amount_out_of_range"),
+            (off(Some(MAX_CREDITS + 1), Some(MAX_CREDITS), None), "threshold_out_of_range"),
+            (off(None, None, Some(MAX_MONTHLY_SPEND_CENTS + 1)), "invalid_monthly_spend_max"),
+        ];
+        for (input, code) in refused {
+            let before = c.store.load_account("a").await.unwrap();
+            assert_eq!(c.set_auto_recharge("a", &input).await.unwrap_err().code(), code, "{input:?}");
+            assert_eq!(c.store.load_account("a").await.unwrap(), before, "{input:?} wrote");
+        }
+        let v = c.set_auto_recharge("a", &off(Some(MAX_CREDITS), Some(MAX_CREDITS), None)).await.unwrap();
+        assert_eq!((v.threshold, v.amount), (MAX_CREDITS, Some(MAX_CREDITS)));
+        let v = c.set_auto_recharge("a", &off(Some(0), Some(10 * C), Some(MAX_MONTHLY_SPEND_CENTS))).await;
+        assert_eq!(v.unwrap().monthly_spend_max, Some(MAX_MONTHLY_SPEND_CENTS));
+    }
+
+    /// An amount whose one recharge would be past Stripe's limit is refused when it is set.
+    #[tokio::test]
+    async fn an_amount_that_could_not_be_charged_is_refused() {
+        let mut c = memory_credits("usd-overage");
+        c.profile.auto_recharge.amount_max = Micros::new(i64::MAX);
+        c.upsert_account("a", "pro", vec![]).await.unwrap();
+        let most = crate::pricing::MAX_CHARGE_CENTS * 10_000; // usd-overage: 10,000 a cent
+        c.set_auto_recharge("a", &off(Some(0), Some(most), None)).await.unwrap();
+        let e = c.set_auto_recharge("a", &off(Some(0), Some(most + 1), None)).await.unwrap_err();
+        assert_eq!(e.code(), "amount_out_of_range");
+    }
 }

@@ -256,3 +256,52 @@ pub(crate) fn usage_description(consumable: &str, quantity: i64, from_allowance:
         format!("{quantity} {consumable}")
     }
 }
+
+#[cfg(test)]
+mod bounds {
+    use crate::accounts::MAX_ADJUSTMENT;
+    use crate::batch::UsageEvent;
+    use crate::engine::memory_credits;
+    use crate::ids::key;
+    use crate::ledger::MAX_QUANTITY;
+    use crate::store::Store;
+    use crate::ApiError;
+
+    fn code<T>(r: Result<T, ApiError>) -> String {
+        r.map(|_| ()).unwrap_err().code().to_string()
+    }
+
+    /// A quantity is at most `MAX_QUANTITY` on every route that takes one (rules §16): one more
+    /// is 422 `invalid_quantity` and writes nothing; the largest is applied (with credits for
+    /// it: 10^12 runs at 0.01 credit, 10^16 micro-credits).
+    #[tokio::test]
+    async fn every_quantity_is_bounded_at_its_edge() {
+        let c = memory_credits("org-runs");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "runs", 1_000, &key("allowance")).await.unwrap();
+        for i in 0..10 {
+            c.adjust("a", MAX_ADJUSTMENT, "a lot", &key(&format!("g{i}"))).await.unwrap();
+        }
+        let before = c.store.load_account("a").await.unwrap();
+        let over = MAX_QUANTITY + 1;
+        assert_eq!(code(c.debit("a", "runs", over, &key("d")).await), "invalid_quantity");
+        assert_eq!(code(c.reserve("a", "runs", over, 60, &key("h")).await), "invalid_quantity");
+        let one = |quantity: i64| [UsageEvent { consumable: "runs".into(), quantity, key: key("b") }];
+        let r = c.debit_batch("a", &one(over)).await.unwrap().results.remove(0);
+        assert_eq!((r.status, r.error.map(|e| e["code"].clone())), (422, Some("invalid_quantity".into())));
+        assert_eq!(c.store.load_account("a").await.unwrap(), before, "the refusals wrote nothing");
+
+        let d = c.debit("a", "runs", MAX_QUANTITY, &key("max")).await.unwrap();
+        assert_eq!((d.from_credits, d.balance), (MAX_QUANTITY * 10_000, 0));
+
+        // A hold of one run (all the balance), settled at the largest quantity: the rest is
+        // unbilled; one more is refused and writes nothing.
+        c.adjust("a", 10_000, "one run", &key("r")).await.unwrap();
+        let hold = c.reserve("a", "runs", 1, 60, &key("h1")).await.unwrap();
+        let held = c.store.load_account("a").await.unwrap();
+        assert_eq!(code(c.settle("a", &hold.hold_id, over).await), "invalid_quantity");
+        assert_eq!(c.store.load_account("a").await.unwrap(), held, "a refused settle writes nothing");
+        let s = c.settle("a", &hold.hold_id, MAX_QUANTITY).await.unwrap();
+        assert_eq!((s.from_hold, s.unbilled, s.balance), (1, MAX_QUANTITY - 1, 0), "{s:?}");
+    }
+}

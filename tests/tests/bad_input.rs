@@ -381,3 +381,146 @@ async fn bad_account_and_adjustment_input_is_refused() {
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("account_not_found")));
     w.assert_invariants("acme").await;
 }
+
+/// Every amount, charge and quantity has a documented maximum (rules §16): the largest is
+/// accepted, one more is 422 with its code and writes nothing.
+#[tokio::test]
+async fn amounts_charges_and_quantities_are_bounded_at_their_edge() {
+    use topup::accounts::{MAX_ADJUSTMENT, MAX_CREDITS};
+    use topup::alerts::MAX_THRESHOLD;
+    use topup::ledger::MAX_QUANTITY;
+    use topup::pricing::MAX_CHARGE_CENTS;
+    use topup::recharge::MAX_MONTHLY_SPEND_CENTS;
+
+    let w = World::new("org-runs").await;
+    let id = unique("edge");
+    w.account(&id, "pro").await;
+    w.usage(&id, "runs", w.included(&id, "runs").await).await;
+    let svc = service();
+    let adj = format!("/v1/accounts/{id}/credits/adjustments");
+    let usage = format!("/v1/accounts/{id}/usage");
+    let ar = format!("/v1/accounts/{id}/credits/auto-recharge");
+    let paid = |cents: i64, k: &str| {
+        json!({"amount": C, "reason": "paid", "idempotency_key": k, "category": "paid",
+               "charge": {"amount": cents, "currency": "usd"}})
+    };
+    // Each refused request, and the function that answers it.
+    let (api, debit, buy) = ("credits-api", "debit", "purchase");
+    let refused = vec![
+        (
+            "an adjustment past the largest",
+            api,
+            post(&adj, &svc, json!({"amount": MAX_ADJUSTMENT + 1, "reason": "x", "idempotency_key": "a1"})),
+            "invalid_amount",
+        ),
+        (
+            "a negative adjustment past the largest",
+            api,
+            post(&adj, &svc, json!({"amount": -MAX_ADJUSTMENT - 1, "reason": "x", "idempotency_key": "a2"})),
+            "invalid_amount",
+        ),
+        (
+            "a paid adjustment's charge past one payment",
+            api,
+            post(&adj, &svc, paid(MAX_CHARGE_CENTS + 1, "a3")),
+            "invalid_amount",
+        ),
+        (
+            "a quantity past the largest",
+            debit,
+            post(&usage, &svc, json!({"consumable": "runs", "quantity": MAX_QUANTITY + 1, "idempotency_key": "u1"})),
+            "invalid_quantity",
+        ),
+        (
+            "a hold past the largest",
+            debit,
+            post(
+                &format!("{usage}/holds"),
+                &svc,
+                json!({"consumable": "runs", "quantity": MAX_QUANTITY + 1, "idempotency_key": "h1"}),
+            ),
+            "invalid_quantity",
+        ),
+        (
+            "an auto-recharge amount past the largest",
+            api,
+            put(&ar, &svc, json!({"enabled": false, "amount": MAX_CREDITS + 1})),
+            "amount_out_of_range",
+        ),
+        (
+            "an auto-recharge threshold past the largest",
+            api,
+            put(&ar, &svc, json!({"enabled": false, "threshold": MAX_CREDITS + 1})),
+            "threshold_out_of_range",
+        ),
+        (
+            "a monthly spending limit past the largest",
+            api,
+            put(&ar, &svc, json!({"enabled": false, "monthly_spend_max": MAX_MONTHLY_SPEND_CENTS + 1})),
+            "invalid_monthly_spend_max",
+        ),
+        (
+            "an alert past the largest",
+            api,
+            put(&format!("/v1/accounts/{id}/credits/alerts"), &svc, json!({"thresholds": [MAX_THRESHOLD + 1]})),
+            "invalid_threshold",
+        ),
+        (
+            "a purchase past one payment",
+            buy,
+            buy_request(&id, json!({"amount": MAX_CHARGE_CENTS + 1}), None),
+            "amount_out_of_range",
+        ),
+    ];
+    for (name, function, req, code) in refused {
+        let before = w.snapshot(&id).await;
+        let (s, b) = match function {
+            "debit" => w.debit(req).await,
+            "purchase" => w.buy(req).await,
+            _ => w.api(req).await,
+        };
+        assert_eq!((s, b["error"]["code"].as_str()), (422, Some(code)), "{name}: {b}");
+        assert_eq!(before, w.snapshot(&id).await, "{name} changed state");
+    }
+    let batch = json!({"events": [{"consumable": "runs", "quantity": MAX_QUANTITY + 1, "idempotency_key": "b1"}]});
+    let before = w.snapshot(&id).await;
+    let (s, b) = w.debit(post(&format!("{usage}/batch"), &svc, batch)).await;
+    assert_eq!((s, b["results"][0]["status"].as_i64()), (200, Some(422)), "{b}");
+    assert_eq!(b["results"][0]["error"]["code"], "invalid_quantity", "{b}");
+    assert_eq!(before, w.snapshot(&id).await, "a refused batch event changed state");
+
+    // The largest of each is accepted: 10^12 runs at 0.01 credit need ten of the largest
+    // adjustments.
+    for i in 0..10 {
+        let (s, b) = w
+            .api(post(
+                &adj,
+                &svc,
+                json!({"amount": MAX_ADJUSTMENT, "reason": "x", "idempotency_key": format!("max{i}")}),
+            ))
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = w.api(post(&adj, &svc, paid(MAX_CHARGE_CENTS, "paid_max"))).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = w.usage(&id, "runs", MAX_QUANTITY).await;
+    assert_eq!((s, b["from_credits"].as_i64()), (200, Some(MAX_QUANTITY * 10_000)), "{b}");
+    let (s, b) = w
+        .api(put(&ar, &svc, json!({"enabled": false, "threshold": 0, "monthly_spend_max": MAX_MONTHLY_SPEND_CENTS})))
+        .await;
+    assert_eq!((s, b["monthly_spend_max"].as_i64()), (200, Some(MAX_MONTHLY_SPEND_CENTS)), "{b}");
+    let (s, b) =
+        w.api(put(&format!("/v1/accounts/{id}/credits/alerts"), &svc, json!({"thresholds": [MAX_THRESHOLD]}))).await;
+    assert_eq!(s, 200, "{b}");
+    let hold = json!({"consumable": "runs", "quantity": 1, "idempotency_key": "h2"});
+    let (s, h) = w.debit(post(&format!("{usage}/holds"), &svc, hold)).await;
+    assert_eq!(s, 201, "{h}");
+    let settle = format!("{usage}/holds/{}/settle", h["hold_id"].as_str().unwrap_or_default());
+    let before = w.snapshot(&id).await;
+    let (s, b) = w.debit(post(&settle, &svc, json!({"quantity": MAX_QUANTITY + 1}))).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_quantity")), "{b}");
+    assert_eq!(before, w.snapshot(&id).await, "a refused settle changed state");
+    let (s, b) = w.debit(post(&settle, &svc, json!({"quantity": MAX_QUANTITY}))).await;
+    assert_eq!((s, b["from_hold"].as_i64()), (200, Some(1)), "{b}");
+    w.assert_invariants(&id).await;
+}

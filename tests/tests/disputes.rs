@@ -19,6 +19,13 @@ async fn credited_purchase(w: &World, id: &str) -> Value {
     paid
 }
 
+/// The account's grants as its owner lists them.
+async fn grants_of(w: &World, id: &str) -> Vec<Value> {
+    let (s, b) = w.api(get(&format!("/v1/accounts/{id}/credits/grants"), &person("owner", id))).await;
+    assert_eq!(s, 200, "{b}");
+    b["grants"].as_array().cloned().unwrap_or_default()
+}
+
 /// The charge of a paid session, as the local Stripe holds it.
 async fn charge_of(paid: &Value) -> String {
     let pi = paid["payment_intent"].as_str().expect("pi");
@@ -172,5 +179,67 @@ async fn reconciliation_sees_a_dispute_whose_event_has_not_arrived() {
     w.deliver(&stripe_event("charge.dispute.created", dispute)).await;
     let report = w.credits.reconcile_account(&stripe_payments(), &id).await.expect("reconcile");
     assert_eq!(report.differences, vec![], "{report:?}");
+    w.assert_invariants(&id).await;
+}
+
+/// A dispute won after its payment's grant was used up (rules §15): the credits come back as a
+/// paid grant at the payment's cost basis, the ledger says they were restored, and the revenue
+/// report recognises revenue for them when they are used (and lists them as restored).
+#[tokio::test]
+async fn a_won_dispute_of_a_used_up_grant_comes_back_paid_and_the_report_sees_it() {
+    let w = World::new("org-runs").await;
+    let id = unique("restored");
+    // $20 for 20 credits, and 20 promotional credits that burn after them.
+    let paid = credited_purchase(&w, &id).await;
+    let (s, b) = w
+        .api(post(
+            &format!("/v1/accounts/{id}/credits/adjustments"),
+            &service(),
+            json!({"amount": 20 * C, "reason": "welcome", "idempotency_key": "w", "priority": 90}),
+        ))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let included = w.included(&id, "runs").await;
+    assert_eq!(w.usage(&id, "runs", included + 2_000).await.0, 200, "the purchase's 20 credits used up");
+    let list = grants_of(&w, &id).await;
+    assert!(list.iter().any(|g| g["category"] == "paid" && g["status"] == "used"), "{list:?}");
+
+    // Disputed in full: the 20 credits come from the promotional grant; then won.
+    let charge = charge_of(&paid).await;
+    let (_, dispute) = local_stripe("POST", &format!("/_config/charges/{charge}/dispute"), &[]).await;
+    let (s, r) = w.deliver(&stripe_event("charge.dispute.created", dispute.clone())).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(w.view(&id).await["balance"], 0);
+    let (_, closed) = local_stripe(
+        "POST",
+        &format!("/_config/disputes/{}/close", dispute["id"].as_str().expect("id")),
+        &[("status", "won")],
+    )
+    .await;
+    let (s, r) = w.deliver(&stripe_event("charge.dispute.closed", closed)).await;
+    assert_eq!(s, 200, "{r}");
+    let v = w.view(&id).await;
+    assert_eq!(v["balance"], 20 * C, "{v}");
+    let entry = &v["recent_transactions"][0];
+    assert!(entry["description"].as_str().is_some_and(|d| d.contains("restored")), "{entry}");
+
+    // The grants list shows them as an active paid grant of the purchase.
+    let list = grants_of(&w, &id).await;
+    let back = list.iter().find(|g| g["status"] == "active" && g["category"] == "paid").cloned();
+    let back = back.unwrap_or_else(|| panic!("no active paid grant: {list:?}"));
+    assert_eq!((back["source"].as_str(), back["remaining"].as_i64()), (Some("purchase"), Some(20 * C)), "{back}");
+
+    // 5 of them used: $5.00 of revenue at the payment's $1.00 a credit.
+    assert_eq!(w.usage(&id, "runs", 500).await.0, 200);
+    let month = topup::clock::month_of(topup::clock::now_ms());
+    let (s, r) = w.api(get(&format!("/v1/reports/revenue?month={month}"), &service())).await;
+    assert_eq!(s, 200, "{r}");
+    let line = r["accounts"].as_array().and_then(|a| a.iter().find(|l| l["account_id"] == json!(id))).cloned();
+    let line = line.unwrap_or_else(|| panic!("no line: {r}"));
+    assert_eq!(line["granted"], json!({"credits": 20 * C, "amount": 2_000}), "{line}");
+    assert_eq!(line["restored"], json!({"credits": 20 * C, "amount": 2_000}), "{line}");
+    assert_eq!(line["consumed"], json!({"credits": 25 * C, "amount": 2_500}), "{line}");
+    assert_eq!(line["taken_back"], json!({"credits": 0, "amount": 0}), "promotional credits went: {line}");
+    assert_eq!(line["deferred"], json!({"credits": 15 * C, "amount": 1_500}), "{line}");
     w.assert_invariants(&id).await;
 }

@@ -287,6 +287,7 @@ async fn a_refund_takes_from_its_own_grant_and_the_report_matches_the_ledger() {
     assert_eq!(line["taken_back"], json!({"credits": 4 * C, "amount": 600}));
     assert_eq!(line["deferred"], json!({"credits": 3 * C, "amount": 600}));
     assert_eq!(line["expired_or_voided"], json!({"credits": 0, "amount": 0}));
+    assert_eq!(line["restored"], json!({"credits": 0, "amount": 0}), "no dispute was won");
     // The same from the ledger by hand: paid credits in consumption entries.
     let ledger = w.ledger("org").await;
     let paid_ids: Vec<String> =

@@ -440,6 +440,13 @@ fn grant_terms(config: &Config, body: &topup::http::Fields) -> Result<GrantTerms
             if amount < 0 {
                 return Err(ApiError::rule("invalid_amount", "`charge.amount` may not be negative."));
             }
+            // At most what one payment can be (rules §16).
+            if amount > topup::pricing::MAX_CHARGE_CENTS {
+                return Err(ApiError::rule(
+                    "invalid_amount",
+                    format!("`charge.amount` may be at most {} (minor units).", topup::pricing::MAX_CHARGE_CENTS),
+                ));
+            }
             Some(amount)
         }
         (Some("paid"), Some(_)) => return Err(ApiError::invalid("`charge` must be an object.")),

@@ -245,17 +245,39 @@ impl Account {
         id
     }
 
-    /// Returns `amount` to grant `id` if it is still active (a won dispute), else as a new grant
-    /// like it.
-    pub fn restore_credits(&mut self, amount: Micros, payment_id: &str, now: i64) {
+    /// Returns `amount` (a won dispute's) to the payment's grant if it is still active. If it has
+    /// ended, they come back as a new grant of the payment, paid at `original`'s cost basis for
+    /// those credits (the grant as it was granted), so the revenue report values them as the
+    /// payment did (rules §15); promotional only for a payment with no paid grant (from before
+    /// grants). The new grant's id, if one was made.
+    pub fn restore_credits(
+        &mut self,
+        amount: Micros,
+        payment_id: &str,
+        original: Option<&Grant>,
+        now: i64,
+    ) -> Option<String> {
         if let Some(g) = self.grants.iter_mut().find(|g| g.payment_id.as_deref() == Some(payment_id)) {
             g.remaining = Micros::new(g.remaining.get() + amount.get());
             self.balance = Micros::new(self.balance.get() + amount.get());
             self.pending.moves.push((g.id.clone(), amount.get()));
-            return;
+            return None;
         }
-        let spec = NewGrant { payment_id: Some(payment_id.to_string()), ..NewGrant::promotional() };
-        self.add_credits(amount, spec, now);
+        let spec = match original.filter(|o| o.category == Category::Paid) {
+            Some(o) => NewGrant {
+                source: o.source,
+                category: Category::Paid,
+                // The dispute took live credits (the payment's own had ended): they come back
+                // live, with the payment's expiry only if it is still ahead.
+                expires_at: o.expires_at.filter(|t| *t > now),
+                priority: o.priority,
+                // Proportional, rounded down: never more than the payment cost.
+                cost_cents: o.cost_of(amount.get(), 0),
+                payment_id: Some(payment_id.to_string()),
+            },
+            None => NewGrant { payment_id: Some(payment_id.to_string()), ..NewGrant::promotional() },
+        };
+        Some(self.add_credits(amount, spec, now))
     }
 
     /// Takes `amount` from the grants as `how` says; the caller made sure it is there.

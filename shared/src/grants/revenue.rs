@@ -1,8 +1,11 @@
 //! The revenue report (rules §15): for a calendar month, per account and in total, the paid
 //! credits granted, consumed (revenue, at each grant's cost basis), expired or voided
-//! (breakage), taken back (refunds, disputes, negative adjustments) and remaining at the month's
-//! end (deferred). Read from the ledger's grant moves, so its totals are the ledger's; and the
-//! ledger as CSV.
+//! (breakage), taken back (refunds, disputes, negative adjustments), restored (a won dispute
+//! whose payment's grant had ended) and remaining at the month's end (deferred). Read from the
+//! ledger's grant moves, so its totals are the ledger's; and the ledger as CSV.
+//!
+//! Every sum is checked (rules §16): a total that would not fit an `i64` refuses the report
+//! (logged), never wraps into a wrong figure.
 
 use std::collections::HashMap;
 
@@ -23,13 +26,19 @@ pub struct Valued {
     pub amount: i64,
 }
 
+/// A sum of the report would overflow: it is refused, not wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
 impl Valued {
-    fn add(&mut self, credits: i64, amount: i64) {
-        self.credits += credits;
-        self.amount += amount;
+    fn add(&mut self, credits: i64, amount: i64) -> Result<(), Overflow> {
+        let credits = self.credits.checked_add(credits).ok_or(Overflow)?;
+        let amount = self.amount.checked_add(amount).ok_or(Overflow)?;
+        *self = Valued { credits, amount };
+        Ok(())
     }
-    fn plus(&mut self, o: &Valued) {
-        self.add(o.credits, o.amount);
+    fn plus(&mut self, o: &Valued) -> Result<(), Overflow> {
+        self.add(o.credits, o.amount)
     }
 }
 
@@ -44,8 +53,12 @@ pub struct RevenueLine {
     /// Paid credits expired or voided in the month: breakage.
     pub expired_or_voided: Valued,
     /// Paid credits taken back in the month (refunds, disputes, negative adjustments), less
-    /// any returned.
+    /// any returned to their grant.
     pub taken_back: Valued,
+    /// Paid credits restored in the month after a won dispute whose payment's grant had ended:
+    /// a new paid grant at that payment's cost basis (not new money, so not `granted`).
+    #[serde(default)]
+    pub restored: Valued,
     /// Paid credits left at the month's end: deferred revenue.
     pub deferred: Valued,
 }
@@ -54,6 +67,22 @@ impl RevenueLine {
     fn is_empty(&self) -> bool {
         *self == RevenueLine { account_id: self.account_id.clone(), ..RevenueLine::default() }
     }
+
+    /// Adds `o`'s figures to this line's.
+    fn plus(&mut self, o: &RevenueLine) -> Result<(), Overflow> {
+        self.granted.plus(&o.granted)?;
+        self.consumed.plus(&o.consumed)?;
+        self.expired_or_voided.plus(&o.expired_or_voided)?;
+        self.taken_back.plus(&o.taken_back)?;
+        self.restored.plus(&o.restored)?;
+        self.deferred.plus(&o.deferred)
+    }
+}
+
+/// An overflowing sum as the API answers it: logged, and a failure rather than a wrong figure.
+fn overflowed(account_id: &str, month: &str) -> ApiError {
+    tracing::error!(account_id, month, "a revenue report sum overflowed; the report is refused");
+    ApiError::Upstream
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +93,15 @@ pub struct RevenueReport {
     pub total: RevenueLine,
 }
 
-/// One account's line from its grants and its whole ledger (oldest first).
-pub fn revenue_line(account_id: &str, grants: &[Grant], ledger: &[LedgerEntry], start: i64, end: i64) -> RevenueLine {
+/// One account's line from its grants and its whole ledger (oldest first); `Overflow` when a
+/// sum would not fit.
+pub fn revenue_line(
+    account_id: &str,
+    grants: &[Grant],
+    ledger: &[LedgerEntry],
+    start: i64,
+    end: i64,
+) -> Result<RevenueLine, Overflow> {
     let by_id: HashMap<&str, &Grant> = grants.iter().map(|g| (g.id.as_str(), g)).collect();
     let mut line = RevenueLine { account_id: account_id.to_string(), ..RevenueLine::default() };
     // Per paid grant: credits taken so far (returns give back), to value each move at cost.
@@ -84,27 +120,30 @@ pub fn revenue_line(account_id: &str, grants: &[Grant], ledger: &[LedgerEntry], 
                     let value = g.cost_of(back, was_taken - back);
                     taken.insert(id, was_taken - back);
                     if in_month {
-                        line.taken_back.add(-back, -value);
+                        line.taken_back.add(-back, -value)?;
                     }
                 } else {
                     granted.insert(id, *m);
                     if in_month {
-                        line.granted.add(*m, g.cost_of(*m, 0));
+                        // A grant a won dispute made (its payment's own had ended) gives back
+                        // what the dispute took: restored, not granted anew.
+                        let to = if e.kind == EntryKind::Dispute { &mut line.restored } else { &mut line.granted };
+                        to.add(*m, g.cost_of(*m, 0))?;
                     }
                 }
                 continue;
             }
-            let amount = -m;
+            let amount = m.checked_neg().ok_or(Overflow)?;
             let before = taken.get(id).copied().unwrap_or(0);
             let value = g.cost_of(amount, before);
-            taken.insert(id, before + amount);
+            taken.insert(id, before.checked_add(amount).ok_or(Overflow)?);
             if !in_month {
                 continue;
             }
             match e.kind {
-                EntryKind::Consumption => line.consumed.add(amount, value),
-                EntryKind::Expiry | EntryKind::Void => line.expired_or_voided.add(amount, value),
-                _ => line.taken_back.add(amount, value),
+                EntryKind::Consumption => line.consumed.add(amount, value)?,
+                EntryKind::Expiry | EntryKind::Void => line.expired_or_voided.add(amount, value)?,
+                _ => line.taken_back.add(amount, value)?,
             }
         }
     }
@@ -113,12 +152,12 @@ pub fn revenue_line(account_id: &str, grants: &[Grant], ledger: &[LedgerEntry], 
             continue;
         }
         let t = taken.get(id).copied().unwrap_or(0);
-        let left = g.granted.get() - t;
+        let left = g.granted.get().checked_sub(t).ok_or(Overflow)?;
         if left > 0 {
-            line.deferred.add(left, g.cost_of(left, t));
+            line.deferred.add(left, g.cost_of(left, t))?;
         }
     }
-    line
+    Ok(line)
 }
 
 /// The ledger as CSV, newest first, with the page's columns.
@@ -184,7 +223,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         grants.extend(a.grants.iter().cloned());
         // With lanes: their usage too; leases only move credits between the parts.
         let ledger = if a.lanes_ever() > 0 { self.merged_ledger(&a).await? } else { self.whole_ledger(id).await? };
-        Ok(revenue_line(id, &grants, &ledger, start, end))
+        revenue_line(id, &grants, &ledger, start, end).map_err(|Overflow| overflowed(id, month))
     }
 
     /// `GET /v1/reports/revenue?month=YYYY-MM` (service): every account with paid credits
@@ -208,16 +247,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
         }
         accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-        let mut total = RevenueLine { account_id: "total".into(), ..RevenueLine::default() };
-        for l in &accounts {
-            total.granted.plus(&l.granted);
-            total.consumed.plus(&l.consumed);
-            total.expired_or_voided.plus(&l.expired_or_voided);
-            total.taken_back.plus(&l.taken_back);
-            total.deferred.plus(&l.deferred);
-        }
+        let total = total_of(&accounts).map_err(|Overflow| overflowed("total", month))?;
         Ok(RevenueReport { month: month.to_string(), currency: self.profile.currency.clone(), accounts, total })
     }
+}
+
+/// The total of the accounts' lines, every sum checked.
+fn total_of(accounts: &[RevenueLine]) -> Result<RevenueLine, Overflow> {
+    let mut total = RevenueLine { account_id: "total".into(), ..RevenueLine::default() };
+    for l in accounts {
+        total.plus(l)?;
+    }
+    Ok(total)
 }
 
 fn month_range(month: &str) -> Result<(i64, i64), ApiError> {
@@ -274,20 +315,63 @@ mod tests {
             entry(5, 25, EntryKind::Expiry, &[("p", -1)]),
         ];
         // Month [10, 20): two paid credits consumed; one deferred at the end.
-        let l = revenue_line("a", &grants, &ledger, 10, 20);
+        let l = revenue_line("a", &grants, &ledger, 10, 20).unwrap();
         assert_eq!(l.granted, Valued::default());
         assert_eq!(l.consumed, Valued { credits: 2, amount: 666 });
         assert_eq!(l.deferred, Valued { credits: 1, amount: 334 });
         // The month before: granted, nothing used, all deferred; after: the rest expires.
-        let before = revenue_line("a", &grants, &ledger, 0, 10);
+        let before = revenue_line("a", &grants, &ledger, 0, 10).unwrap();
         assert_eq!(
             (before.granted, before.deferred),
             (Valued { credits: 3, amount: 1000 }, Valued { credits: 3, amount: 1000 })
         );
-        let after = revenue_line("a", &grants, &ledger, 20, 30);
+        let after = revenue_line("a", &grants, &ledger, 20, 30).unwrap();
         assert_eq!((after.expired_or_voided, after.deferred), (Valued { credits: 1, amount: 334 }, Valued::default()));
         // Every cent of the grant is accounted for exactly once across the months.
         assert_eq!(before.consumed.amount + l.consumed.amount + after.expired_or_voided.amount, 1000);
+    }
+
+    #[test]
+    fn a_grant_restored_after_a_won_dispute_is_paid_at_its_cost_and_says_so() {
+        // $10 for 3 credits, used up (ended); a dispute takes 3 credits from a promotional
+        // grant; won, they come back as a new paid grant `r` at the payment's cost basis.
+        let grants = [
+            grant("p", 3, 1000, Category::Paid),
+            grant("f", 5, 0, Category::Promotional),
+            grant("r", 3, 1000, Category::Paid),
+        ];
+        let ledger = [
+            entry(1, 5, EntryKind::Purchase, &[("p", 3)]),
+            entry(2, 6, EntryKind::Adjustment, &[("f", 5)]),
+            entry(3, 7, EntryKind::Consumption, &[("p", -3)]),
+            entry(4, 8, EntryKind::Dispute, &[("f", -3)]),
+            entry(5, 15, EntryKind::Dispute, &[("r", 3)]),
+            entry(6, 16, EntryKind::Consumption, &[("r", -2)]),
+        ];
+        let l = revenue_line("a", &grants, &ledger, 10, 20).unwrap();
+        assert_eq!(l.restored, Valued { credits: 3, amount: 1000 }, "{l:?}");
+        assert_eq!(l.granted, Valued::default(), "not new money");
+        assert_eq!(l.consumed, Valued { credits: 2, amount: 666 }, "revenue when used");
+        assert_eq!(l.deferred, Valued { credits: 1, amount: 334 });
+        assert_eq!(l.taken_back, Valued::default(), "the dispute took promotional credits");
+    }
+
+    #[test]
+    fn a_sum_that_would_overflow_is_refused_not_wrapped() {
+        // Two paid grants each costing more than half of i64: their revenue cannot be summed.
+        let big = i64::MAX / 2 + 1;
+        let grants = [grant("a", 1, big, Category::Paid), grant("b", 1, big, Category::Paid)];
+        let ledger = [
+            entry(1, 5, EntryKind::Purchase, &[("a", 1)]),
+            entry(2, 5, EntryKind::Purchase, &[("b", 1)]),
+            entry(3, 15, EntryKind::Consumption, &[("a", -1), ("b", -1)]),
+        ];
+        assert_eq!(revenue_line("a", &grants, &ledger, 10, 20), Err(Overflow));
+        // Each alone fits; their total across accounts does not.
+        let one = revenue_line("a", &grants[..1], &ledger[..1], 0, 10).unwrap();
+        assert_eq!(one.granted, Valued { credits: 1, amount: big });
+        assert_eq!(total_of(&[one.clone(), one.clone()]), Err(Overflow));
+        assert_eq!(total_of(std::slice::from_ref(&one)).map(|t| t.granted), Ok(one.granted));
     }
 
     #[test]
