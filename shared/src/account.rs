@@ -319,7 +319,7 @@ impl Account {
 
     /// Credits reserved by live holds.
     pub fn held(&self, now: i64) -> Micros {
-        Micros::new(self.live_holds(now).map(|(_, h)| h.micros.get()).sum())
+        Micros::new(crate::money::total(self.live_holds(now).map(|(_, h)| h.micros.get())))
     }
 
     /// Allowance units of `consumable` reserved by live holds in `month`.
@@ -327,7 +327,7 @@ impl Account {
         self.live_holds(now)
             .filter(|(_, h)| h.consumable == consumable && h.month == month)
             .map(|(_, h)| h.allowance_units)
-            .sum()
+            .fold(0i64, i64::saturating_add)
     }
 
     /// What a debit may draw: the balance less what live holds reserve. Expired credits that

@@ -305,9 +305,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if a.disputes.contains_key(dispute_id) {
                 return Ok(Plan::AlreadySo(DisputeOutcome::AlreadySo));
             }
-            let before: i64 = a.refunded.get(payment_intent_id).copied().unwrap_or(0)
-                + a.disputes.values().filter(|d| d.payment_id == payment_intent_id).map(|d| d.taken.get()).sum::<i64>();
-            let owed = share.min(amount - before).max(0);
+            let before = a.refunded.get(payment_intent_id).copied().unwrap_or(0).saturating_add(crate::money::total(
+                a.disputes.values().filter(|d| d.payment_id == payment_intent_id).map(|d| d.taken.get()),
+            ));
+            let owed = share.min(amount.saturating_sub(before)).max(0);
             let mut next = a.next(now);
             let (taken, entry) =
                 take_back(p, &mut next, now, owed, (EntryKind::Dispute, payment_intent_id), "Disputed payment");

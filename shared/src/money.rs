@@ -6,6 +6,14 @@ use serde::{Deserialize, Serialize};
 /// One credit, in micro-credits.
 pub const MICROS_PER_CREDIT: i64 = 1_000_000;
 
+/// A total of money that never wraps (rules §16): at `i64::MAX` or `i64::MIN` it stays there,
+/// so a total past what any account can hold is wrong where it shows (reconciliation reports
+/// it), never silently small. Every amount that enters is bounded far below these, so no real
+/// total reaches them.
+pub fn total<I: IntoIterator<Item = i64>>(amounts: I) -> i64 {
+    amounts.into_iter().fold(0i64, i64::saturating_add)
+}
+
 /// A signed amount of micro-credits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -126,5 +134,16 @@ mod tests {
             assert!(r.cost(u).unwrap().0 <= budget, "budget {budget} units {u}");
             assert!(r.cost(u + 1).unwrap().0 > budget, "budget {budget} units {u}");
         }
+    }
+}
+
+#[cfg(test)]
+mod total_tests {
+    #[test]
+    fn a_total_never_wraps() {
+        assert_eq!(super::total([1, 2, 3]), 6);
+        assert_eq!(super::total([i64::MAX, 1, 5]), i64::MAX, "not negative");
+        assert_eq!(super::total([i64::MIN, -1]), i64::MIN, "not positive");
+        assert_eq!(super::total(std::iter::empty()), 0);
     }
 }

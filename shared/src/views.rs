@@ -328,7 +328,7 @@ pub fn auto_recharge_view(p: &Profile, a: &Account, month: &str) -> AutoRecharge
     let plan_allows = plan.is_some_and(|pl| pl.auto_recharge);
     let spent = if ar.used_month == month { ar.spent_this_month_cents } else { 0 };
     let next_charge = crate::pricing::recharge_charge(p, &a.plan, ar.amount).map_or(0, |c| c.get());
-    let over_money = ar.monthly_spend_max_cents.is_some_and(|cap| spent + next_charge > cap);
+    let over_money = ar.monthly_spend_max_cents.is_some_and(|cap| spent.saturating_add(next_charge) > cap);
     let paused = if !plan_allows {
         Paused::new("plan", plan_unavailable_message(&a.plan))
     } else if ar.enabled && a.dispute_open() {

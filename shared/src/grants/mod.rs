@@ -170,14 +170,14 @@ impl Grant {
 impl Account {
     /// Credits in grants past their expiry that open holds still need (they serve only holds).
     pub fn expired_credits(&self, now: i64) -> Micros {
-        Micros::new(self.grants.iter().filter(|g| g.expired(now)).map(|g| g.remaining.get()).sum())
+        Micros::new(crate::money::total(self.grants.iter().filter(|g| g.expired(now)).map(|g| g.remaining.get())))
     }
 
     /// A legacy account (its balance from before grants) gets one promotional grant for the
     /// difference, so that the balance is always the sum of the grants' remaining.
     pub(crate) fn ensure_grants(&mut self) {
-        let sum: i64 = self.grants.iter().map(|g| g.remaining.get()).sum();
-        let missing = self.balance.get() - sum;
+        let sum = crate::money::total(self.grants.iter().map(|g| g.remaining.get()));
+        let missing = self.balance.get().saturating_sub(sum);
         if missing > 0 {
             self.grants.push(Grant {
                 // One per account, made once: the id need only be unique within it.

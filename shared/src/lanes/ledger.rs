@@ -36,7 +36,7 @@ pub fn order_key(chain: u32, e: &LedgerEntry) -> (u64, u8, u32, u64) {
 /// Entries of several chains, each newest first, merged newest first with the whole balance
 /// after each; `heads` is each chain's balance after its newest entry given.
 fn merge_newest_first(chains: Vec<(u32, Vec<LedgerEntry>)>) -> Vec<(u32, LedgerEntry)> {
-    let mut total: i64 = chains.iter().filter_map(|(_, es)| es.first()).map(|e| e.balance_after.get()).sum();
+    let mut total = crate::money::total(chains.iter().filter_map(|(_, es)| es.first()).map(|e| e.balance_after.get()));
     let mut all: Vec<(u32, LedgerEntry)> =
         chains.into_iter().flat_map(|(c, es)| es.into_iter().map(move |e| (c, e))).collect();
     all.sort_by(|(ca, a), (cb, b)| order_key(*cb, b).cmp(&order_key(*ca, a)));

@@ -127,7 +127,7 @@ impl Account {
     /// Credits leased out and not yet settled, per lane summed: an upper bound of what the
     /// lanes hold.
     pub fn leased_total(&self) -> i64 {
-        self.lanes.as_ref().map_or(0, |l| l.out.values().flatten().map(|(_, m)| m).sum())
+        self.lanes.as_ref().map_or(0, |l| crate::money::total(l.out.values().flatten().map(|(_, m)| *m)))
     }
 }
 
@@ -236,7 +236,7 @@ fn plan_lease(
     // What the account can spare: never to its floor, never what holds reserve.
     let spare = (account.balance.get() - floor(profile, account) - 1)
         .min(account.available(now).get())
-        .min(account.grants.iter().filter(|g| leasable(g)).map(|g| g.remaining.get()).sum());
+        .min(crate::money::total(account.grants.iter().filter(|g| leasable(g)).map(|g| g.remaining.get())));
     let amount = want.min(spare);
     if amount < need.max(1) {
         return None;
@@ -249,7 +249,7 @@ fn plan_lease(
     let order: Vec<String> =
         in_burn_order(&next.grants).into_iter().filter(|g| leasable(g)).map(|g| g.id.clone()).collect();
     let parts = next.take_in_order(&order, amount);
-    let amount: i64 = parts.iter().map(|(_, m)| m).sum();
+    let amount = crate::money::total(parts.iter().map(|(_, m)| *m));
     next.balance = Micros::new(next.balance.get() - amount);
     next.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
     let lanes_now = next.lanes.get_or_insert_with(Lanes::default);
@@ -421,8 +421,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .filter(|m| *m != n)
             .filter_map(|m| self.cached(&lane_id(id, m)))
             .map(|l| l.balance.get())
-            .sum();
-        a.balance.get() + lanes
+            .fold(0i64, i64::saturating_add);
+        a.balance.get().saturating_add(lanes)
     }
 
     /// What account `id`'s lanes hold, as this process last knew them.
@@ -430,7 +430,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let Some(a) = self.cached(id) else { return 0 };
         let Some(lanes) = &a.lanes else { return 0 };
         // Only lanes with credits out, never more than is out (a cached lane may be stale).
-        let held: i64 = lanes.out.keys().filter_map(|n| self.cached(&lane_id(id, *n))).map(|l| l.balance.get()).sum();
+        let held = crate::money::total(lanes.out.keys().filter_map(|n| self.cached(&lane_id(id, *n))).map(|l| l.balance.get()));
         held.min(a.leased_total())
     }
 

@@ -54,7 +54,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
         let Some(of) = &lane.lane else { continue };
         let parts: Vec<(String, i64)> =
             lane.grants.iter().filter(|g| g.remaining.get() > 0).map(|g| (g.id.clone(), g.remaining.get())).collect();
-        let back: i64 = parts.iter().map(|(_, m)| m).sum();
+        let back = crate::money::total(parts.iter().map(|(_, m)| *m));
         next.version = base + account_entries.len() as u64 + 1;
         for (g, m) in &parts {
             match next.grants.iter_mut().find(|x| x.id == *g) {

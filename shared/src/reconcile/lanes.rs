@@ -67,7 +67,7 @@ pub fn lane_differences(
             }
         }
         let out_to_lane: i64 =
-            account.lanes.as_ref().and_then(|l| l.out.get(&n)).map_or(0, |v| v.iter().map(|(_, m)| m).sum());
+            account.lanes.as_ref().and_then(|l| l.out.get(&n)).map_or(0, |v| crate::money::total(v.iter().map(|(_, m)| *m)));
         if lane.balance.get() > out_to_lane {
             out.push(diff(
                 "lane_holds_more_than_leased",
@@ -101,7 +101,7 @@ pub fn lane_differences(
             break;
         }
     }
-    let whole = account.balance.get() + lanes.iter().map(|(l, _)| l.balance.get()).sum::<i64>();
+    let whole = account.balance.get().saturating_add(crate::money::total(lanes.iter().map(|(l, _)| l.balance.get())));
     if running != whole {
         out.push(diff(
             "balance_not_ledger_sum",

@@ -358,7 +358,7 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
     let diff = |code: &'static str, ours: i64, theirs: i64, detail: String| {
         Difference::wrong(&account.id, code, ours, theirs, detail)
     };
-    let sum: i64 = ledger.iter().map(|e| e.amount.get()).sum();
+    let sum = crate::money::total(ledger.iter().map(|e| e.amount.get()));
     if sum != account.balance.get() {
         out.push(diff(
             "balance_not_ledger_sum",
@@ -372,10 +372,12 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
         let added = matches!(e.kind, EntryKind::Purchase | EntryKind::AutoRecharge)
             || (e.kind == EntryKind::Adjustment && e.amount.get() > 0);
         if added {
-            *totals.entry("added").or_default() += e.amount.get();
+            let t = totals.entry("added").or_default();
+            *t = t.saturating_add(e.amount.get());
         }
         if e.kind == EntryKind::Consumption {
-            *totals.entry("spent").or_default() -= e.amount.get();
+            let t = totals.entry("spent").or_default();
+            *t = t.saturating_sub(e.amount.get());
         }
     }
     let added = totals.get("added").copied().unwrap_or(0);
@@ -399,7 +401,7 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
     // Grants (rules §15): the balance is the sum of what they hold (an account from before
     // grants has none until its next write), none below zero; each entry's moves add up to its
     // amount; a grant expires or is voided at most once.
-    let held_by_grants: i64 = account.grants.iter().map(|g| g.remaining.get()).sum();
+    let held_by_grants = crate::money::total(account.grants.iter().map(|g| g.remaining.get()));
     if !account.grants.is_empty() && held_by_grants != account.balance.get() {
         out.push(diff(
             "grants_not_balance",
@@ -412,12 +414,12 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
         out.push(diff("grant_negative", g.remaining.get(), 0, format!("Grant {} holds less than nothing.", g.id)));
     }
     if let Some(e) =
-        ledger.iter().find(|e| !e.grants.is_empty() && e.grants.iter().map(|m| m.1).sum::<i64>() != e.amount.get())
+        ledger.iter().find(|e| !e.grants.is_empty() && crate::money::total(e.grants.iter().map(|m| m.1)) != e.amount.get())
     {
         out.push(diff(
             "grant_moves_not_amount",
             e.amount.get(),
-            e.grants.iter().map(|m| m.1).sum(),
+            crate::money::total(e.grants.iter().map(|m| m.1)),
             format!("Entry {} moves other amounts of its grants than it records.", e.id),
         ));
     }
@@ -449,7 +451,7 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
     let mut chain_reported = false;
     let mut negative_reported = false;
     for e in ledger {
-        running += e.amount.get();
+        running = running.saturating_add(e.amount.get());
         if e.balance_after.get() != running && !chain_reported {
             chain_reported = true;
             out.push(diff(
