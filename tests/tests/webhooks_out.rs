@@ -2,11 +2,112 @@
 //! from the bus delivered by the `webhooks-out` handler to a receiver on 127.0.0.1 over real
 //! HTTP, follow-ups through a real SQS queue with real delays, delivery records in DynamoDB.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
+use topup::webhooks::api::MAX_ENDPOINTS;
 use topup::webhooks::verify;
 use topup_tests::*;
+
+/// The count of live endpoints the table keeps beside them (`WEBHOOKS`/`COUNT`).
+async fn live_count(w: &World) -> Option<i64> {
+    let item = w
+        .dynamo
+        .get_item()
+        .table_name(&w.config.table)
+        .key("pk", AttributeValue::S("WEBHOOKS".into()))
+        .key("sk", AttributeValue::S("COUNT".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get")
+        .item?;
+    item.get("live").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok())
+}
+
+/// Registers endpoints `urls` all at once, each its own request; the status and body of each.
+async fn register_at_once(w: &Arc<World>, urls: Vec<String>) -> Vec<(u16, Value)> {
+    let runs: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let w = Arc::clone(w);
+            tokio::spawn(async move {
+                w.api(post("/v1/webhook-endpoints", &service(), json!({"url": url, "events": ["*"]}))).await
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for r in runs {
+        out.push(r.await.expect("ran"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_endpoint_limit_holds_under_concurrent_creates_and_a_delete_frees_one_place() {
+    let w = Arc::new(World::new("usd-overage").await);
+    let tries = MAX_ENDPOINTS + 30;
+    let all = register_at_once(&w, (0..tries).map(|i| format!("http://127.0.0.1:9/hook/{i}")).collect()).await;
+    let made: Vec<&str> = all.iter().filter(|(s, _)| *s == 201).filter_map(|(_, b)| b["id"].as_str()).collect();
+    assert_eq!(made.len(), MAX_ENDPOINTS, "at most the limit exists");
+    for (s, b) in all.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!((*s, b["error"]["code"].as_str()), (422, Some("too_many_endpoints")), "{b}");
+    }
+    let (_, list) = w.api(get("/v1/webhook-endpoints", &service())).await;
+    assert_eq!(list["webhook_endpoints"].as_array().map(Vec::len), Some(MAX_ENDPOINTS));
+    assert_eq!(live_count(&w).await, Some(MAX_ENDPOINTS as i64));
+
+    // Deleting one frees one place: of two creates at once, one is made.
+    let path = format!("/v1/webhook-endpoints/{}", made[0]);
+    let (s, _) = w.api(request("DELETE", &path, Some(&service()), None, None)).await;
+    assert_eq!(s, 200);
+    let (s, _) = w.api(request("DELETE", &path, Some(&service()), None, None)).await;
+    assert_eq!(s, 404, "deleted once, counted once");
+    let two = register_at_once(&w, vec!["http://127.0.0.1:9/a".into(), "http://127.0.0.1:9/b".into()]).await;
+    let mut statuses: Vec<u16> = two.iter().map(|(s, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 422]);
+    assert_eq!(live_count(&w).await, Some(MAX_ENDPOINTS as i64));
+}
+
+#[tokio::test]
+async fn endpoints_stored_before_the_count_and_with_one_previous_secret_read_back_and_are_counted() {
+    let w = World::new("usd-overage").await;
+    let now = topup::clock::now_ms();
+    // Three endpoints as the code before stored them: no count item, one rotated-out secret
+    // in `previous_secret`, one endpoint deleted.
+    for (i, status) in ["enabled", "disabled", "deleted"].iter().enumerate() {
+        let old = json!({"id": format!("we_old{i}"), "url": format!("http://127.0.0.1:9/old/{i}"), "events": ["*"],
+            "status": status, "secret": format!("whsec_old{i}"), "previous_secret": "whsec_before",
+            "previous_until": now + 3_600_000, "description": null, "contact_email": null, "created_at": now,
+            "failing_since": null, "last_failure_at": null, "disabled_at": null, "deleted_at": null, "version": 1,
+            "pk": "WEBHOOKS", "sk": format!("EP#we_old{i}")});
+        let item =
+            old.as_object().expect("object").iter().map(|(k, v)| (k.clone(), topup::adapters::dynamo::to_attr(v)));
+        w.dynamo.put_item().table_name(&w.config.table).set_item(Some(item.collect())).send().await.expect("put");
+    }
+    assert_eq!(live_count(&w).await, None);
+    let (_, list) = w.api(get("/v1/webhook-endpoints", &service())).await;
+    assert_eq!(list["webhook_endpoints"].as_array().map(Vec::len), Some(2), "{list}");
+    let stored =
+        topup::webhooks::WebhookStore::endpoint(&w.webhooks.store, "we_old0").await.expect("read").expect("kept");
+    assert_eq!(stored.signing_secrets(now), ["whsec_old0", "whsec_before"], "the old secret still signs");
+
+    // The first delete counts the live ones (two) and takes itself off; a create adds itself.
+    let (s, _) = w.api(request("DELETE", "/v1/webhook-endpoints/we_old1", Some(&service()), None, None)).await;
+    assert_eq!(s, 200);
+    assert_eq!(live_count(&w).await, Some(1));
+    register(&w, "http://127.0.0.1:9/new", json!(["*"])).await;
+    assert_eq!(live_count(&w).await, Some(2));
+    // A rotation keeps the old previous secret beside the one it replaces.
+    let (s, _) = w.api(post("/v1/webhook-endpoints/we_old0/rotate-secret", &service(), json!({}))).await;
+    assert_eq!(s, 200);
+    let stored =
+        topup::webhooks::WebhookStore::endpoint(&w.webhooks.store, "we_old0").await.expect("read").expect("kept");
+    assert_eq!(stored.signing_secrets(now)[1..], ["whsec_old0", "whsec_before"]);
+}
 
 #[tokio::test]
 async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_private_addresses_refused() {
@@ -35,6 +136,10 @@ async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_priv
         ("https://169.254.169.254/latest/meta-data/", "invalid_url"),
         ("https://0.0.0.0/hook", "invalid_url"),
         ("https://[fd12::1]/hook", "invalid_url"),
+        ("https://192.0.2.10/hook", "invalid_url"),
+        ("https://[2001:db8::1]/hook", "invalid_url"),
+        ("https://[2002:a00:7::1]/hook", "invalid_url"),
+        ("https://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook", "invalid_url"),
         ("http://hooks.example.com/topup", "invalid_url"),
         ("not a url", "invalid_url"),
     ] {
@@ -51,7 +156,10 @@ async fn endpoints_are_registered_by_the_service_listed_without_secrets_and_priv
         assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
     }
     // Only the service, with a token not bound to one account.
-    for who in [person("owner", "acme"), token(json!({"sub": "b", "role": "service", "client_id": SERVICE_CLIENT_ID, "account_id": "acme"}))] {
+    for who in [
+        person("owner", "acme"),
+        token(json!({"sub": "b", "role": "service", "client_id": SERVICE_CLIENT_ID, "account_id": "acme"})),
+    ] {
         let (s, _) = w.api(get("/v1/webhook-endpoints", &who)).await;
         assert_eq!(s, 403);
     }

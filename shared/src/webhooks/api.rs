@@ -3,15 +3,14 @@
 use serde_json::{json, Value};
 
 use super::deliver::{FollowUp, RetryQueue};
-use super::store::{update_endpoint, Updated};
-use super::{
-    new_secret, parse_delivery_id, url, Endpoint, WebhookSettings, WebhookStore, EVENT_TYPES, ROTATION_OVERLAP_MS,
-};
+use super::store::{update_endpoint, Created, Updated};
+use super::{new_secret, parse_delivery_id, url, Endpoint, WebhookSettings, WebhookStore, EVENT_TYPES};
 use crate::error::ApiError;
 use crate::store::StoreError;
 
 /// At most this many endpoints (not deleted) per deployment: each event reads them all (one
-/// query) and is sent to every one that subscribes, concurrently.
+/// query) and is sent to every one that subscribes, concurrently. The store keeps it, in the
+/// same atomic write as the endpoint (store.rs), so concurrent creates cannot pass it.
 pub const MAX_ENDPOINTS: usize = 100;
 pub const MAX_DESCRIPTION: usize = 500;
 
@@ -55,22 +54,13 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
                 return Err(ApiError::rule("invalid_email", "`contact_email` is not an email address."));
             }
         }
-        let live =
-            self.store.endpoints().await.map_err(upstream)?.into_iter().filter(|e| e.status != "deleted").count();
-        if live >= MAX_ENDPOINTS {
-            return Err(ApiError::rule(
-                "too_many_endpoints",
-                format!("At most {MAX_ENDPOINTS} webhook endpoints; delete one first."),
-            ));
-        }
         let e = Endpoint {
             id: crate::ledger::new_id("we"),
             url: target.normalized.clone(),
             events,
             status: "enabled".into(),
             secret: new_secret(),
-            previous_secret: None,
-            previous_until: None,
+            previous_secrets: Vec::new(),
             description: new.description.filter(|d| !d.trim().is_empty()),
             contact_email: new.contact_email,
             created_at: now,
@@ -80,8 +70,16 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
             deleted_at: None,
             version: 1,
         };
-        if !self.store.put_endpoint(&e, None).await.map_err(upstream)? {
-            return Err(ApiError::Upstream); // a fresh random id taken: retry
+        match self.store.create_endpoint(&e, MAX_ENDPOINTS).await.map_err(upstream)? {
+            Created::Made => {}
+            Created::Full => {
+                return Err(ApiError::rule(
+                    "too_many_endpoints",
+                    format!("At most {MAX_ENDPOINTS} webhook endpoints; delete one first."),
+                ))
+            }
+            Created::Taken => return Err(ApiError::Upstream), // a fresh random id taken: retry
+            Created::Contended => return Err(ApiError::Busy),
         }
         tracing::info!(endpoint_id = %e.id, "webhook endpoint registered");
         Ok(e.view_with_secret())
@@ -135,16 +133,11 @@ impl<W: WebhookStore, Q: RetryQueue> WebhookAdmin<W, Q> {
         Ok(json!({"id": id, "deleted": true}))
     }
 
-    /// A new secret; the previous one keeps signing beside it for a day, so receivers can
-    /// switch without refusing a delivery.
+    /// A new secret; every earlier one keeps signing beside it for a day from its own
+    /// rotation (`Endpoint::rotate`), so receivers can switch without refusing a delivery.
     pub async fn rotate(&self, id: &str, now: i64) -> Result<Value, ApiError> {
         let secret = new_secret();
-        let e = self
-            .change(id, |e| {
-                e.previous_secret = Some(std::mem::replace(&mut e.secret, secret.clone()));
-                e.previous_until = Some(now + ROTATION_OVERLAP_MS);
-            })
-            .await?;
+        let e = self.change(id, |e| e.rotate(secret.clone(), now)).await?;
         tracing::info!(endpoint_id = id, "webhook endpoint secret rotated");
         Ok(e.view_with_secret())
     }

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use serde_json::json;
 
 use super::*;
+use crate::error::ApiError;
 use crate::notify::{Rendered, SendError};
+use crate::store::StoreError;
 use crate::webhooks::api::{NewEndpoint, WebhookAdmin};
 use crate::webhooks::{verify, MemoryWebhookStore};
 
@@ -306,6 +308,94 @@ async fn a_rotated_secret_signs_beside_the_new_one_for_a_day() {
     let t = (crate::webhooks::ROTATION_OVERLAP_MS + 1_000) / 1000;
     assert!(verify(&new, &sig, &body, t, 300) && !verify(&old, &sig, &body, t, 300));
     assert!(w.admin().list().await.unwrap()["webhook_endpoints"][0].get("secret").is_none());
+}
+
+#[tokio::test]
+async fn a_second_rotation_within_a_day_keeps_the_first_secret_signing_until_its_own_day_ends() {
+    let w = World::new();
+    let (ep, first) = w.endpoint(&["*"]).await;
+    let h = 3_600_000;
+    let second = w.admin().rotate(&ep, 0).await.unwrap()["secret"].as_str().unwrap().to_string();
+    let third = w.admin().rotate(&ep, 2 * h).await.unwrap()["secret"].as_str().unwrap().to_string();
+    let d = w.dispatcher();
+    let signed_by = |at: i64| {
+        let (_, sig, body) = w.posts().pop().unwrap();
+        [&first, &second, &third].map(|s| verify(s, &sig, &body, at / 1000, 300))
+    };
+    d.on_event(&low("evt_r1"), 3 * h).await.unwrap();
+    assert_eq!(signed_by(3 * h), [true, true, true], "every previous secret still verifies");
+    d.on_event(&low("evt_r2"), 24 * h + 1_000).await.unwrap();
+    assert_eq!(signed_by(24 * h + 1_000), [false, true, true], "the first's day is over, the second's is not");
+    d.on_event(&low("evt_r3"), 26 * h + 1_000).await.unwrap();
+    assert_eq!(signed_by(26 * h + 1_000), [false, false, true]);
+}
+
+/// The memory store, pausing before every call, as a remote store does: concurrent creates
+/// interleave between their reads and writes.
+struct Remote<'a>(&'a MemoryWebhookStore);
+
+impl crate::webhooks::WebhookStore for Remote<'_> {
+    async fn put_endpoint(&self, e: &Endpoint, expected: Option<u64>) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.put_endpoint(e, expected).await
+    }
+    async fn create_endpoint(&self, e: &Endpoint, max: usize) -> Result<crate::webhooks::Created, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.create_endpoint(e, max).await
+    }
+    async fn retire_endpoint(&self, e: &Endpoint, expected: u64) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.retire_endpoint(e, expected).await
+    }
+    async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.endpoint(id).await
+    }
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.endpoints().await
+    }
+    async fn put_delivery(&self, d: &Delivery, expected: Option<u64>) -> Result<bool, StoreError> {
+        self.0.put_delivery(d, expected).await
+    }
+    async fn delivery(&self, endpoint_id: &str, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.0.delivery(endpoint_id, delivery_id).await
+    }
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<Delivery>, Option<String>), StoreError> {
+        self.0.deliveries(endpoint_id, limit, after).await
+    }
+}
+
+#[tokio::test]
+async fn the_endpoint_limit_holds_under_concurrent_creates_and_a_delete_frees_a_place() {
+    use crate::webhooks::api::MAX_ENDPOINTS;
+    let w = World::new();
+    let admin = WebhookAdmin { store: Remote(&w.store), queue: &w.queue, settings: w.settings.clone() };
+    let make = |i: usize| NewEndpoint {
+        url: format!("http://127.0.0.1:9/hook/{i}"),
+        events: vec!["*".into()],
+        ..NewEndpoint::default()
+    };
+    let all = futures_util::future::join_all((0..MAX_ENDPOINTS + 30).map(|i| admin.create(make(i), 0))).await;
+    let made: Vec<&str> = all.iter().filter_map(|r| r.as_ref().ok()).filter_map(|v| v["id"].as_str()).collect();
+    assert_eq!(made.len(), MAX_ENDPOINTS);
+    for r in &all {
+        if let Err(e) = r {
+            assert!(matches!(e, ApiError::Rule("too_many_endpoints", _)), "the limit's own error: {e:?}");
+        }
+    }
+    assert_eq!(w.store.endpoints().await.unwrap().len(), MAX_ENDPOINTS);
+    // A delete frees one place, once; a deleted endpoint never counts.
+    let again = futures_util::future::join_all([admin.delete(made[0]), admin.delete(made[0])]).await;
+    assert_eq!(again.iter().filter(|r| r.is_ok()).count(), 1);
+    let two = futures_util::future::join_all([admin.create(make(1_000), 0), admin.create(make(1_001), 0)]).await;
+    assert_eq!(two.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(admin.list().await.unwrap()["webhook_endpoints"].as_array().map(Vec::len), Some(MAX_ENDPOINTS));
 }
 
 #[tokio::test]

@@ -9,8 +9,9 @@
 //!   (72 hours); then the delivery is `failed` and kept for manual redelivery. An endpoint that
 //!   has failed for three days is disabled and its owner told.
 //! - `health`: an endpoint's failing streak, and disabling it (its owner told once).
-//! - `url`: which URLs and addresses may be called (https; never private, link-local or
-//!   unspecified; loopback only where the configuration allows it).
+//! - `url`: which URLs and addresses may be called (https; never private, link-local,
+//!   unspecified, documentation or reserved; loopback, and any port, only where the
+//!   configuration allows it).
 //! - `store`: where endpoints and deliveries are kept (DynamoDB in `adapters::dynamo`, memory
 //!   for unit tests).
 //!
@@ -28,7 +29,7 @@ pub mod health;
 pub mod store;
 pub mod url;
 
-pub use store::{MemoryWebhookStore, WebhookStore};
+pub use store::{Created, MemoryWebhookStore, WebhookStore};
 
 /// The event types an endpoint may subscribe to (rules §15), `*` meaning all of them.
 pub const EVENT_TYPES: [&str; 11] = [
@@ -63,8 +64,14 @@ pub const DETAIL_TYPES: [&str; 11] = [
 /// The header a delivery is signed in.
 pub const SIGNATURE_HEADER: &str = "Topup-Signature";
 
-/// How long a rotated-out secret keeps signing beside the new one, so receivers can switch.
+/// How long a rotated-out secret keeps signing beside the new one, so receivers can switch:
+/// each for this long from its own rotation, however many rotations follow.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3_600_000;
+
+/// At most this many rotated-out secrets sign beside the current one. Rotations are rare; past
+/// this many within a day, the oldest stops signing early (a receiver still on it refuses
+/// deliveries), so a rotation, which may be answering a leak, is never refused.
+pub const MAX_PREVIOUS_SECRETS: usize = 10;
 
 /// How long delivery records are kept (DynamoDB TTL): well past the retry window, for manual
 /// redelivery and for reading what happened.
@@ -266,9 +273,18 @@ impl WebhookSettings {
     }
 }
 
-/// An endpoint: where to POST, which events, how to sign. Versioned: every change is a
-/// conditional write on `version`. Its `Debug` leaves the secrets out.
+/// A rotated-out secret, signing beside the current one until `until`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until: i64,
+}
+
+/// An endpoint: where to POST, which events, how to sign. Versioned: every change is a
+/// conditional write on `version`. Its `Debug` leaves the secrets out. Read through
+/// `StoredEndpoint`, so records from before `previous_secrets` read back.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredEndpoint")]
 pub struct Endpoint {
     pub id: String,
     pub url: String,
@@ -278,9 +294,9 @@ pub struct Endpoint {
     /// deliveries' sake, never listed or sent to).
     pub status: String,
     pub secret: String,
-    /// A rotated-out secret and until when it still signs beside `secret`.
-    pub previous_secret: Option<String>,
-    pub previous_until: Option<i64>,
+    /// Rotated-out secrets, oldest first, each signing beside `secret` until its own `until`
+    /// (at most `MAX_PREVIOUS_SECRETS`).
+    pub previous_secrets: Vec<PreviousSecret>,
     pub description: Option<String>,
     /// Who is told when the endpoint is disabled (else the deployment's sender address).
     pub contact_email: Option<String>,
@@ -288,12 +304,66 @@ pub struct Endpoint {
     /// Since when attempts to it have failed without a success in between, and the latest
     /// failure (a streak with no failure for a day starts over).
     pub failing_since: Option<i64>,
-    #[serde(default)]
     pub last_failure_at: Option<i64>,
     pub disabled_at: Option<i64>,
-    #[serde(default)]
     pub deleted_at: Option<i64>,
     pub version: u64,
+}
+
+/// An endpoint as stored by any version: before `previous_secrets` an endpoint kept one
+/// rotated-out secret (`previous_secret`, `previous_until`), which reads back as a list of one.
+/// Code from before the list reads a record written now with no previous secret (its fields
+/// are optional), so rolling back loses only the overlap.
+#[derive(Deserialize)]
+struct StoredEndpoint {
+    id: String,
+    url: String,
+    events: Vec<String>,
+    status: String,
+    secret: String,
+    #[serde(default)]
+    previous_secrets: Vec<PreviousSecret>,
+    #[serde(default)]
+    previous_secret: Option<String>,
+    #[serde(default)]
+    previous_until: Option<i64>,
+    description: Option<String>,
+    contact_email: Option<String>,
+    created_at: i64,
+    failing_since: Option<i64>,
+    #[serde(default)]
+    last_failure_at: Option<i64>,
+    disabled_at: Option<i64>,
+    #[serde(default)]
+    deleted_at: Option<i64>,
+    version: u64,
+}
+
+impl From<StoredEndpoint> for Endpoint {
+    fn from(r: StoredEndpoint) -> Endpoint {
+        let mut previous_secrets = r.previous_secrets;
+        if let (Some(secret), Some(until)) = (r.previous_secret, r.previous_until) {
+            if !previous_secrets.iter().any(|p| p.secret == secret) {
+                previous_secrets.insert(0, PreviousSecret { secret, until });
+            }
+        }
+        Endpoint {
+            id: r.id,
+            url: r.url,
+            events: r.events,
+            status: r.status,
+            secret: r.secret,
+            previous_secrets,
+            description: r.description,
+            contact_email: r.contact_email,
+            created_at: r.created_at,
+            failing_since: r.failing_since,
+            last_failure_at: r.last_failure_at,
+            disabled_at: r.disabled_at,
+            deleted_at: r.deleted_at,
+            version: r.version,
+        }
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -318,15 +388,23 @@ impl Endpoint {
         self.status == "enabled" && self.events.iter().any(|e| e == "*" || e == kind)
     }
 
-    /// The secrets that sign at `now`: the current one, and a rotated-out one in its overlap.
+    /// The secrets that sign at `now`: the current one, and every rotated-out one in its own
+    /// overlap, newest first.
     pub fn signing_secrets(&self, now: i64) -> Vec<&str> {
         let mut v = vec![self.secret.as_str()];
-        if let (Some(p), Some(until)) = (&self.previous_secret, self.previous_until) {
-            if now < until {
-                v.push(p.as_str());
-            }
-        }
+        v.extend(self.previous_secrets.iter().rev().filter(|p| now < p.until).map(|p| p.secret.as_str()));
         v
+    }
+
+    /// Makes `secret` the current one at `now`: the one it replaces signs beside it for
+    /// `ROTATION_OVERLAP_MS`, as every earlier one still does until its own end; those past
+    /// their end go, and past `MAX_PREVIOUS_SECRETS` the oldest goes early.
+    pub fn rotate(&mut self, secret: String, now: i64) {
+        let old = std::mem::replace(&mut self.secret, secret);
+        self.previous_secrets.retain(|p| now < p.until);
+        self.previous_secrets.push(PreviousSecret { secret: old, until: now + ROTATION_OVERLAP_MS });
+        let extra = self.previous_secrets.len().saturating_sub(MAX_PREVIOUS_SECRETS);
+        self.previous_secrets.drain(..extra);
     }
 
     /// What the API shows of it: never the secret (but when it is made or rotated).
@@ -509,6 +587,55 @@ mod tests {
         assert_eq!(s.delay_after(7), 4);
         let bad = |k: &str| (k == "TOPUP_WEBHOOK_RETRY_SCHEDULE").then(|| "1,0".to_string());
         assert!(WebhookSettings::from_lookup(&bad).is_err());
+    }
+
+    fn endpoint() -> Endpoint {
+        serde_json::from_value(json!({"id": "we_1", "url": "https://example.com/h", "events": ["*"],
+            "status": "enabled", "secret": "whsec_0", "description": null, "contact_email": null,
+            "created_at": 0, "failing_since": null, "disabled_at": null, "version": 1}))
+        .expect("reads")
+    }
+
+    #[test]
+    fn every_rotated_out_secret_signs_for_a_day_from_its_own_rotation_at_most_ten() {
+        let h = 3_600_000;
+        let mut e = endpoint();
+        e.rotate("whsec_1".into(), 0);
+        e.rotate("whsec_2".into(), h);
+        assert_eq!(e.signing_secrets(2 * h), ["whsec_2", "whsec_1", "whsec_0"], "a second rotation keeps the first");
+        assert_eq!(e.signing_secrets(24 * h - 1), ["whsec_2", "whsec_1", "whsec_0"]);
+        assert_eq!(e.signing_secrets(24 * h), ["whsec_2", "whsec_1"], "each ends a day after its own rotation");
+        assert_eq!(e.signing_secrets(25 * h), ["whsec_2"]);
+        // A rotation drops the ones past their end.
+        e.rotate("whsec_3".into(), 24 * h + 1);
+        let kept: Vec<&str> = e.previous_secrets.iter().map(|p| p.secret.as_str()).collect();
+        assert_eq!(kept, ["whsec_1", "whsec_2"]);
+        // Past ten within a day, the oldest goes early.
+        for i in 4..=20 {
+            e.rotate(format!("whsec_{i}"), 25 * h + i);
+        }
+        assert_eq!(e.previous_secrets.len(), MAX_PREVIOUS_SECRETS);
+        assert_eq!(e.signing_secrets(26 * h).len(), MAX_PREVIOUS_SECRETS + 1);
+        assert_eq!(e.previous_secrets[0].secret, "whsec_10");
+        assert_eq!(e.signing_secrets(26 * h)[..2], ["whsec_20", "whsec_19"]);
+    }
+
+    #[test]
+    fn an_endpoint_stored_with_one_previous_secret_reads_back_with_it() {
+        let mut old = serde_json::to_value(endpoint()).expect("json");
+        let map = old.as_object_mut().expect("object");
+        map.remove("previous_secrets");
+        map.insert("previous_secret".into(), json!("whsec_old"));
+        map.insert("previous_until".into(), json!(5_000));
+        let e: Endpoint = serde_json::from_value(old).expect("an old record reads");
+        assert_eq!(e.signing_secrets(4_999), ["whsec_0", "whsec_old"]);
+        assert_eq!(e.signing_secrets(5_000), ["whsec_0"]);
+        // Written back, it is the list (and code from before the list reads it, without one).
+        let written = serde_json::to_value(&e).expect("json");
+        assert_eq!(written["previous_secrets"], json!([{"secret": "whsec_old", "until": 5_000}]));
+        assert!(written.get("previous_secret").is_none());
+        let again: Endpoint = serde_json::from_value(written).expect("reads");
+        assert!(again == e);
     }
 
     #[test]

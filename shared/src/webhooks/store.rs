@@ -1,6 +1,10 @@
 //! Where endpoints and deliveries are kept. Every write is conditional on the record's
 //! `version` (`None`: it must not exist yet), so two writers never lose each other's change:
 //! the loser reads again and decides again.
+//!
+//! The endpoint limit (rules §15) is the store's to keep: an endpoint is made only by
+//! `create_endpoint` and deleted only by `retire_endpoint`, which count the live endpoints in
+//! the same atomic write as the endpoint's own, so concurrent creates never pass the limit.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,14 +13,33 @@ use std::sync::Mutex;
 use super::{Delivery, Endpoint};
 use crate::store::StoreError;
 
+/// What `create_endpoint` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Made,
+    /// `max` endpoints live already: nothing written.
+    Full,
+    /// An endpoint with its id exists (a fresh random id: never, in practice).
+    Taken,
+    /// Other writers came first every time: nothing written.
+    Contended,
+}
+
 pub trait WebhookStore: Send + Sync {
     /// Writes `e` (its `version` already advanced) if the stored version is `expected`
-    /// (`None`: no endpoint with its id). `false` when that did not hold.
+    /// (`None`: no endpoint with its id). `false` when that did not hold. Neither makes nor
+    /// deletes an endpoint: `create_endpoint` and `retire_endpoint` do, keeping the count.
     fn put_endpoint(
         &self,
         e: &Endpoint,
         expected: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Writes the new endpoint `e` if fewer than `max` endpoints are live (not deleted), in
+    /// one atomic step with counting them.
+    fn create_endpoint(&self, e: &Endpoint, max: usize) -> impl Future<Output = Result<Created, StoreError>> + Send;
+    /// Writes `e`, now deleted, if the stored version is `expected`, freeing its place under
+    /// the limit in the same atomic step. `false` when the version did not hold.
+    fn retire_endpoint(&self, e: &Endpoint, expected: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn endpoint(&self, id: &str) -> impl Future<Output = Result<Option<Endpoint>, StoreError>> + Send;
     /// Every endpoint, deleted ones too, oldest first.
     fn endpoints(&self) -> impl Future<Output = Result<Vec<Endpoint>, StoreError>> + Send;
@@ -64,7 +87,12 @@ pub async fn update_endpoint<W: WebhookStore>(
         let Some(before) = store.endpoint(id).await? else { return Ok(Updated::Unchanged) };
         let Some(mut after) = change(&before) else { return Ok(Updated::Unchanged) };
         after.version = before.version + 1;
-        if store.put_endpoint(&after, Some(before.version)).await? {
+        let written = if before.status != "deleted" && after.status == "deleted" {
+            store.retire_endpoint(&after, before.version).await?
+        } else {
+            store.put_endpoint(&after, Some(before.version)).await?
+        };
+        if written {
             return Ok(Updated::Changed { before, after });
         }
     }
@@ -91,6 +119,24 @@ impl WebhookStore for MemoryWebhookStore {
         }
         m.insert(e.id.clone(), e.clone());
         Ok(true)
+    }
+
+    async fn create_endpoint(&self, e: &Endpoint, max: usize) -> Result<Created, StoreError> {
+        // Counted and written under one lock: the memory store's atomic step.
+        let mut m = self.endpoints.lock().map_err(|_| poisoned())?;
+        if m.contains_key(&e.id) {
+            return Ok(Created::Taken);
+        }
+        if m.values().filter(|x| x.status != "deleted").count() >= max {
+            return Ok(Created::Full);
+        }
+        m.insert(e.id.clone(), e.clone());
+        Ok(Created::Made)
+    }
+
+    async fn retire_endpoint(&self, e: &Endpoint, expected: u64) -> Result<bool, StoreError> {
+        // The count is of live endpoints, so marking it deleted frees its place.
+        self.put_endpoint(e, Some(expected)).await
     }
 
     async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
@@ -147,6 +193,12 @@ impl<T: WebhookStore> WebhookStore for &T {
         expected: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).put_endpoint(e, expected)
+    }
+    fn create_endpoint(&self, e: &Endpoint, max: usize) -> impl Future<Output = Result<Created, StoreError>> + Send {
+        (**self).create_endpoint(e, max)
+    }
+    fn retire_endpoint(&self, e: &Endpoint, expected: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).retire_endpoint(e, expected)
     }
     fn endpoint(&self, id: &str) -> impl Future<Output = Result<Option<Endpoint>, StoreError>> + Send {
         (**self).endpoint(id)

@@ -2,11 +2,15 @@
 //!
 //! An endpoint's URL is https, names a host, carries no credentials, and neither is nor
 //! resolves to an address inside a private network: private, carrier-grade NAT, link-local
-//! (169.254.0.0/16, where cloud metadata lives), unspecified, multicast, broadcast or reserved
-//! ranges are always refused, and loopback unless the deployment's configuration allows it
-//! (the local stack does, and then also allows plain http to loopback). A name is checked when
-//! the endpoint is made and again at every delivery, where the connection goes only to the
-//! addresses the check let through (DNS can change in between).
+//! (169.254.0.0/16, where cloud metadata lives), unspecified, multicast, broadcast,
+//! documentation or reserved ranges are always refused, and loopback unless the deployment's
+//! configuration allows it (the local stack does, and then also allows plain http to loopback
+//! and any port). An IPv4 address carried inside an IPv6 one (mapped, translated, NAT64, 6to4,
+//! Teredo) is judged as that IPv4 address. Outside the local stack the port is 443 or
+//! 1024–65535, so a URL cannot aim a delivery at a well-known service (SSH, SMTP, …) of a host
+//! that is otherwise public. A name is checked when the endpoint is made and again at every
+//! delivery, where the connection goes only to the addresses the check let through (DNS can
+//! change in between).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -61,11 +65,22 @@ pub fn parse(raw: &str, allow_loopback: bool) -> Result<Target, ApiError> {
         _ => return Err(invalid("`url` must be an https URL.")),
     };
     let port = u.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
+    // Only the local stack (loopback allowed) calls any port: its receivers listen where
+    // they can.
+    if !allow_loopback && !port_allowed(port) {
+        return Err(invalid("`url`'s port must be 443 or from 1024 to 65535."));
+    }
     Ok(Target { normalized: u.as_str().to_string(), https, host, port, literal })
 }
 
-/// An IPv4 address inside an IPv6 one (mapped, translated, compatible or NAT64) is judged as
-/// itself.
+/// The ports a delivery may call outside the local stack (rules §15): https's own, and the
+/// unprivileged range, never a well-known service's.
+pub fn port_allowed(port: u16) -> bool {
+    port == 443 || port >= 1024
+}
+
+/// An IPv4 address inside an IPv6 one (mapped, translated, NAT64, 6to4 or Teredo) is judged as
+/// itself: a relay or tunnel would deliver to it.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
@@ -78,12 +93,24 @@ fn canonical(ip: IpAddr) -> IpAddr {
             let nat64 = s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1);
             let translated = s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0;
             if nat64 || translated {
-                return IpAddr::V4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
+                return IpAddr::V4(from_segments(s[6], s[7]));
+            }
+            // 2002::/16 (6to4): the IPv4 address is bits 16..48.
+            if s[0] == 0x2002 {
+                return IpAddr::V4(from_segments(s[1], s[2]));
+            }
+            // 2001:0::/32 (Teredo): the client's IPv4 address is the last 32 bits, inverted.
+            if s[0] == 0x2001 && s[1] == 0 {
+                return IpAddr::V4(from_segments(!s[6], !s[7]));
             }
             IpAddr::V6(v6)
         }
         v4 => v4,
     }
+}
+
+fn from_segments(hi: u16, lo: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
 }
 
 /// Whether a delivery may connect to `ip`; if not, what kind of address it is.
@@ -113,6 +140,9 @@ fn v4(a: Ipv4Addr, allow_loopback: bool) -> Result<(), &'static str> {
         Err("an IETF protocol assignment address")
     } else if o0 == 198 && (o1 == 18 || o1 == 19) {
         Err("a benchmarking address")
+    } else if matches!(a.octets(), [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _]) {
+        // TEST-NET-1, -2 and -3 (RFC 5737): never a real receiver.
+        Err("a documentation address")
     } else {
         Ok(())
     }
@@ -131,6 +161,8 @@ fn v6(a: Ipv6Addr, allow_loopback: bool) -> Result<(), &'static str> {
         Err("a link-local address")
     } else if a.is_multicast() {
         Err("a multicast address")
+    } else if a.segments()[..2] == [0x2001, 0x0db8] {
+        Err("a documentation address")
     } else if a.segments()[..6] == [0, 0, 0, 0, 0, 0] {
         // IPv4-compatible (deprecated): judged as the IPv4 address it carries.
         let o = a.octets();
@@ -191,6 +223,63 @@ mod tests {
         for lo in ["https://127.0.0.1:8443/h", "https://[::1]/h", "https://localhost/h", "http://127.0.0.1:9/h"] {
             assert_eq!(parse(lo, false).map_err(|e| e.code().to_string()), Err("invalid_url".into()), "{lo}");
             assert!(parse(lo, true).is_ok(), "{lo}");
+        }
+    }
+
+    #[test]
+    fn documentation_reserved_and_tunnelled_private_addresses_are_refused() {
+        for bad in [
+            "https://192.0.2.1/h",
+            "https://198.51.100.7/h",
+            "https://203.0.113.9/h",
+            "https://240.0.0.1/h",
+            "https://[2001:db8::1]/h",
+            "https://[2001:db8:ffff::5]/h",
+            // 6to4 carrying 10.0.0.1, 169.254.169.254 and 192.168.1.1.
+            "https://[2002:a00:1::1]/h",
+            "https://[2002:a9fe:a9fe::]/h",
+            "https://[2002:c0a8:101:1::1]/h",
+            // Teredo whose client is 10.0.0.1, 169.254.169.254 and 203.0.113.9 (inverted bits).
+            "https://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/h",
+            "https://[2001:0:4136:e378:8000:63bf:5601:5601]/h",
+            "https://[2001:0:4136:e378:8000:63bf:34ff:8ef6]/h",
+        ] {
+            for allow in [false, true] {
+                assert_eq!(parse(bad, allow).map_err(|e| e.code().to_string()), Err("invalid_url".into()), "{bad}");
+            }
+        }
+        // 6to4 and Teredo carrying 127.0.0.1: loopback, so only where loopback is allowed.
+        for lo in ["https://[2002:7f00:1::1]/h", "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/h"] {
+            assert!(parse(lo, false).is_err() && parse(lo, true).is_ok(), "{lo}");
+        }
+        // Carrying a public address (8.8.8.8), they are judged as it.
+        for ok in ["https://[2002:808:808::1]/h", "https://[2001:0:4136:e378:8000:63bf:f7f7:f7f7]/h"] {
+            assert!(parse(ok, false).is_ok(), "{ok}");
+        }
+        for resolved in ["2002:a00:1::1", "2001:0:4136:e378:8000:63bf:f5ff:fffe", "2001:db8::1", "192.0.2.1"] {
+            assert!(allowed(resolved.parse().unwrap(), true).is_err(), "a resolved {resolved}");
+        }
+    }
+
+    #[test]
+    fn outside_the_local_stack_the_port_is_443_or_unprivileged() {
+        for bad in [
+            "https://example.com:80/h",
+            "https://example.com:22/h",
+            "https://8.8.8.8:25/h",
+            "https://example.com:1023/h",
+        ] {
+            assert_eq!(parse(bad, false).map_err(|e| e.code().to_string()), Err("invalid_url".into()), "{bad}");
+            assert!(parse(bad, true).is_ok(), "the local stack calls any port: {bad}");
+        }
+        for ok in [
+            "https://example.com/h",
+            "https://example.com:443/h",
+            "https://example.com:1024/h",
+            "https://example.com:8443/h",
+            "https://example.com:65535/h",
+        ] {
+            assert!(parse(ok, false).is_ok(), "{ok}");
         }
     }
 
