@@ -17,6 +17,7 @@
 //! | ended grant   | `ACCOUNT#{id}`  | `GRANT#{grant_id}` (used up, expired or voided) |
 //! | checkpoint    | `{job}#…` (`RECONCILE#…`, `SWEEP#…`) | `CHECKPOINT` (`value`: JSON) |
 //! | start count   | `ACCOUNT#{id}`  | `RATE#{what}#{window_ms:013}` (`n`; TTL a day) |
+//! | webhook endpoint | `WEBHOOKS`   | `EP#{endpoint_id}` (and their count, `COUNT`; `webhooks.rs`) |
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
 //! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
