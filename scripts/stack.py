@@ -435,7 +435,7 @@ def test(args) -> int:
         env.setdefault("TOPUP_FAULT_SCHEDULES", TEST_FAULT_SCHEDULES)
         # The fault suite runs after the rest, as its own phase.
         unit = phases.run("cargo test --workspace, but the fault suite (unit, handler and integration tests against the emulators)",
-                          lambda: subprocess.run(["cargo", "test", "--workspace", "--locked", "--", "--skip",
+                          lambda: subprocess.run(["cargo", "test", "--workspace", "--locked", "--no-fail-fast", "--", "--skip",
                                                   "random_schedules_with_failures_keep_every_invariant"], cwd=ROOT, env=env))
         if unit.returncode != 0:
             rc = 1
