@@ -60,7 +60,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let default_max = self.profile.auto_recharge.monthly_max_default;
         let allows = plan_rules.auto_recharge;
         if self.store.load_account(id).await.map_err(upstream)?.is_none() {
-            let now = clock::now_ms();
+            let now = self.now();
             let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
             account.version = 1;
             match self.store.commit(Commit::account_only(account.clone(), 0)).await {

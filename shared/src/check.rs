@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock;
 use crate::engine::Credits;
 use crate::error::ApiError;
 use crate::events::EventBus;
@@ -58,7 +57,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return Err(ApiError::Undecided);
             }
         };
-        let now = clock::now_ms();
+        let now = self.now();
         // The state a debit now would start from: grants past their expiry gone, lapsed holds
         // dropped, a new month's allowance.
         let account = account.next(now);

@@ -149,6 +149,8 @@ pub struct Credits<S, B> {
     /// This process's lane on an account with lanes (rules §14): one process writes one lane,
     /// so its cached state of that lane is current unless another process shares it.
     pub(crate) home_lane: u32,
+    /// Where every operation reads the time.
+    clock: std::sync::Arc<dyn clock::Clock>,
 }
 
 pub(crate) fn upstream(e: StoreError) -> ApiError {
@@ -179,7 +181,26 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             stripes,
             write_budget: WRITE_BUDGET,
             home_lane: u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap_or([0; 4])),
+            clock: std::sync::Arc::new(clock::SystemClock),
         }
+    }
+
+    /// The same service reading the time from `clock` (tests and the simulator move it).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn clock::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The same service writing lane `n` of a hot account (rules §14); a new process picks one
+    /// at random. For the simulator, whose processes must choose alike on every run of a seed.
+    pub fn with_home_lane(mut self, n: u32) -> Self {
+        self.home_lane = n;
+        self
+    }
+
+    /// Milliseconds since the Unix epoch, by this service's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// The same service with another write budget (see `WRITE_BUDGET`).
@@ -302,7 +323,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // it is for in one transaction (rules §14): no lease can come between them.
         let mut recalled: Option<crate::lanes::Recall> = None;
         for attempt in 0..MAX_ATTEMPTS {
-            let now = clock::now_ms();
+            let now = self.now();
             let result = plan(&current, now);
             if !on_lane && current.leased_out() && self.needs_recall(&current, &result, now) {
                 // Decided on the whole account: planned again with its lanes' credits home.

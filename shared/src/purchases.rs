@@ -227,7 +227,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let account = self.load(id).await?;
         let quote = pricing::quote(&self.profile, &account.plan, choice)?;
         let hash = request_hash(&json!({"amount": choice.amount, "package": choice.package, "blocks": choice.blocks}));
-        let now = clock::now_ms();
+        let now = self.now();
         let purchase_id = purchase_id(id, key);
         // A retry under its key names a purchase already started: it is answered, not counted.
         if key.is_some() {
@@ -315,7 +315,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = current.clone();
             edit(&mut next);
-            next.updated_at = clock::now_ms().max(current.updated_at + 1);
+            next.updated_at = self.now().max(current.updated_at + 1);
             let write = PurchaseWrite {
                 record: next.clone(),
                 from: vec![current.status],

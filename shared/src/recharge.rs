@@ -96,7 +96,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Ok(None);
         };
         match &account.auto_recharge.in_flight {
-            Some(claim) if clock::now_ms() - claim.claimed_at >= lease_ms => {
+            Some(claim) if self.now() - claim.claimed_at >= lease_ms => {
                 tracing::info!(account_id = id, recharge_id = %claim.recharge_id, "recovering a recharge claim");
                 self.charge_claim(payments, &account, claim).await.map(Some)
             }

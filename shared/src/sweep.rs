@@ -6,7 +6,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::account::Account;
-use crate::clock;
 use crate::engine::{upstream, Credits};
 use crate::error::ApiError;
 use crate::events::{drain_outbox, EventBus, OutboxDrain};
@@ -154,7 +153,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
         // Grants past their instant expire here if no write of their account came first; their
         // events go out with the outbox below.
-        report.expiry = match self.expire_grants(clock::now_ms()).await {
+        report.expiry = match self.expire_grants(self.now()).await {
             Ok(r) => r,
             // The recharges above stand; the next run expires what this one could not list.
             Err(e) => {
@@ -162,7 +161,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ExpiryReport { failed: 1, ..ExpiryReport::default() }
             }
         };
-        report.outbox = drain_outbox(&self.store, &self.bus, clock::now_ms(), deadline).await.map_err(upstream)?;
+        report.outbox = drain_outbox(&self.store, &self.bus, self.now(), deadline).await.map_err(upstream)?;
         tracing::info!(
             grants_expired = report.expiry.expired,
             visited = report.visited,
@@ -187,7 +186,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let account = account.map_err(upstream)?;
         let id = account.id.as_str();
         match &account.auto_recharge.in_flight {
-            Some(claim) if clock::now_ms() - claim.claimed_at >= lease_ms => {
+            Some(claim) if self.now() - claim.claimed_at >= lease_ms => {
                 Ok(self.recover_recharge(payments, id, lease_ms).await?.map_or(Swept::NotDue, Swept::Recovered))
             }
             Some(_) => Ok(Swept::NotDue),

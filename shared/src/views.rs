@@ -213,7 +213,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     fn credits_view(&self, a: &Account, recent: &[LedgerEntry]) -> CreditsView {
-        let now = clock::now_ms();
+        let now = self.now();
         let p = &self.profile;
         let month = clock::month_of(now);
         let plan = p.plan(&a.plan);

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stripe_webhook::{Webhook, WebhookError};
 use topup::account::RechargeError;
-use topup::clock;
 use topup::crediting::DisputeOutcome;
 use topup::engine::Credits;
 use topup::events::EventBus;
@@ -287,7 +286,7 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                         .message
                         .filter(|m| !m.is_empty())
                         .unwrap_or_else(|| "The payment did not go through.".into()),
-                    at: clock::now_ms(),
+                    at: credits.now(),
                 };
                 // Cancelled first, so this PaymentIntent can never succeed behind the cap's
                 // back (rules §16); Stripe unreachable is a 5xx, and Stripe delivers again.

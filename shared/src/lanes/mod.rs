@@ -373,7 +373,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let Some(account) = account.map_err(upstream)? else { return Err(ApiError::account_not_found()) };
             self.remember(&account);
             let lane = lane.map_err(upstream)?;
-            let now = clock::now_ms();
+            let now = self.now();
             // A lease for a debit the lane would still not take (allowance left) helps nobody.
             if !credit_only(&self.profile, &account, now).iter().any(|c| c == consumable) {
                 return Ok(false);
@@ -406,7 +406,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if k == 0 {
             return None;
         }
-        let now = clock::now_ms();
+        let now = self.now();
         if !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
             return None;
         }
@@ -438,7 +438,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// least a lease must bring), at least one micro-credit.
     pub(crate) fn credits_needed(&self, id: &str, consumable: &str, quantity: i64) -> i64 {
         let Some(a) = self.cached(id) else { return 1 };
-        crate::ledger::price(&self.profile, &a, consumable, quantity, clock::now_ms())
+        crate::ledger::price(&self.profile, &a, consumable, quantity, self.now())
             .ok()
             .and_then(|(_, _, cost)| cost)
             .map_or(1, |c| c.get().max(1))

@@ -28,7 +28,6 @@ pub use lanes::lane_differences;
 pub use runs::{Report, Unreadable};
 
 use crate::account::Account;
-use crate::clock;
 use crate::engine::Credits;
 use crate::error::ApiError;
 use crate::events::EventBus;
@@ -107,7 +106,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             differences.extend(lane_differences(&account, &ledger, &lanes));
         }
         differences
-            .extend(self.payment_differences(&account, &ledger, &claims, &stripe, clock::now_ms() / 1000).await?);
+            .extend(self.payment_differences(&account, &ledger, &claims, &stripe, self.now() / 1000).await?);
         Ok(AccountReport {
             account_id: id.to_string(),
             balance: account.balance.get(),
