@@ -107,10 +107,18 @@ pub struct AutoRecharge {
     /// low balance or the balance is above the threshold again.
     #[serde(default)]
     pub low_without_usage: bool,
-    /// Failed recharges of `used_month` whose PaymentIntent Stripe would not cancel (rules
-    /// §16): their count and money stayed in the month, so a late success is not counted again.
+    /// Failed recharges of `used_month` whose PaymentIntent was still processing when Stripe
+    /// was asked to cancel it (rules §16): their count and money stay in the month until it
+    /// settles, so a late success is not counted again and a late failure gives them back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kept: Vec<RechargeId>,
+    pub kept: Vec<KeptRecharge>,
+}
+
+/// A failed recharge whose payment may still come (`AutoRecharge::kept`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRecharge {
+    pub recharge_id: RechargeId,
+    pub charge_cents: i64,
 }
 
 /// What the product recorded of a recharge when it claimed it, before charging, kept for good

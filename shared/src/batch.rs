@@ -234,7 +234,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let outcome = Debited {
                             from_allowance: d.from_allowance,
                             from_credits: d.cost.get(),
-                            balance: next.balance.get() + crate::lanes::beside_of(a, beside),
+                            balance: next.balance.get().saturating_add(crate::lanes::beside_of(a, beside)),
                             transaction_id: entry.as_ref().map(|en| en.id.clone()),
                         };
                         let rec = IdemRecord {

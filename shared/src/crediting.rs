@@ -97,11 +97,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         if ar.in_flight.as_ref().is_some_and(|c| c.recharge_id.as_str() == payment.reference) {
                             ar.in_flight = None;
                         } else if let Some(kept) =
-                            ar.kept.iter().position(|r| r.as_str() == payment.reference)
+                            ar.kept.iter().position(|k| k.recharge_id.as_str() == payment.reference)
                         {
-                            // Recorded as failed with its count and money kept (Stripe would not
-                            // cancel it): they are already in the month (rules §16).
+                            // Recorded as failed with its count and money kept (it was still
+                            // processing): they are already in the month (rules §16). The card
+                            // paid after all, so the failure no longer suspends recharges.
                             ar.kept.remove(kept);
+                            ar.suspended = false;
                         } else if let Some(month) = &payment.recharge_month {
                             // Not in flight and not credited yet: recorded as failed (its count
                             // given back, its PaymentIntent cancelled), though the money came

@@ -30,8 +30,10 @@ pub enum ChargeOutcome {
 pub enum CancelOutcome {
     /// Cancelled (now or before): it can never succeed.
     Canceled,
-    /// Past cancelling (it succeeded, or is processing): its money may still come.
-    NotCancelable,
+    /// Past cancelling: it succeeded, and its money came.
+    Succeeded,
+    /// Past cancelling: it is processing, and its money may still come (or it may fail).
+    Processing,
 }
 
 /// Stripe could not be reached or failed on its side: the same call may be retried (with the

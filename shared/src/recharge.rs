@@ -320,6 +320,20 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         release: Release,
     ) -> Result<bool, ApiError> {
         self.apply(id, None, |a, now| {
+            if release == Release::GiveBack && a.auto_recharge.kept.iter().any(|k| &k.recharge_id == recharge_id) {
+                // A recharge kept while it was processing has failed after all: the month gets
+                // its count and money back (its failure was recorded when it was kept). A new
+                // month has cleared what it kept, and owes nothing back.
+                let mut next = a.next(now);
+                let ar = &mut next.auto_recharge;
+                if let Some(i) = ar.kept.iter().position(|k| &k.recharge_id == recharge_id) {
+                    let k = ar.kept.remove(i);
+                    ar.used_this_month = ar.used_this_month.saturating_sub(1);
+                    ar.spent_this_month_cents = (ar.spent_this_month_cents - k.charge_cents).max(0);
+                    ar.episode_charged = false;
+                }
+                return Change::quiet(next, "recharge_failed", true).write();
+            }
             if a.auto_recharge.in_flight.as_ref().is_none_or(|c| &c.recharge_id != recharge_id) {
                 return Ok(Plan::AlreadySo(false));
             }
@@ -337,8 +351,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
                 // Its money may still come: it stays counted, and the episode stays charged.
                 Release::Keep => {
-                    if a.auto_recharge.in_flight.as_ref().is_some_and(|c| clock::month_of(c.claimed_at) == ar.used_month) {
-                        ar.kept.push(recharge_id.clone());
+                    if let Some(c) =
+                        a.auto_recharge.in_flight.as_ref().filter(|c| clock::month_of(c.claimed_at) == ar.used_month)
+                    {
+                        ar.kept.push(crate::account::KeptRecharge {
+                            recharge_id: recharge_id.clone(),
+                            charge_cents: c.charge_cents,
+                        });
                     }
                 }
             }
@@ -363,11 +382,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// A recharge whose charge failed at Stripe (rules §16): its PaymentIntent is cancelled
     /// first, so that it can never succeed behind the cap's back, then the failure is recorded.
-    /// Cancelled (or never made), the claim's count and money are given back as for any failure;
-    /// one Stripe will not cancel (it succeeded or is processing after all) keeps them, and the
-    /// episode's one charge, so no second recharge can be charged beside it. 502
-    /// `payment_provider_unavailable` when Stripe does not answer: nothing is recorded and the
-    /// caller tries again (a recovery, or Stripe's redelivery of the webhook).
+    /// Cancelled (or never made), the claim's count and money are given back as for any failure.
+    /// One that succeeded after all (a `payment_failed` delivered after the success) is credited
+    /// instead, from the recharge's record. One still processing keeps its count, money and the
+    /// episode's one charge, so no second recharge can be charged beside it, until it settles.
+    /// A recharge neither in flight nor kept was answered already: nothing is asked of Stripe.
+    /// 502 `payment_provider_unavailable` when Stripe does not answer: nothing is recorded and
+    /// the caller tries again (a recovery, or Stripe's redelivery of the webhook).
     pub async fn fail_charged_recharge<P: Payments>(
         &self,
         payments: &P,
@@ -376,12 +397,35 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         payment_intent_id: Option<&str>,
         failure: &RechargeError,
     ) -> Result<bool, ApiError> {
+        let a = self.load(id).await?;
+        let ar = &a.auto_recharge;
+        let kept = ar.kept.iter().any(|k| &k.recharge_id == recharge_id);
+        if ar.in_flight.as_ref().is_none_or(|c| &c.recharge_id != recharge_id) && !kept {
+            return Ok(false);
+        }
+        // A key of this attempt's own: Stripe replays an answer to a key, and a PaymentIntent
+        // refused once (processing) may be cancellable or settled by the next attempt.
+        let key = self.stripe_key("recharge-cancel", &new_id(recharge_id.as_str()));
         let release = match payment_intent_id {
             None => Release::GiveBack,
-            Some(pi) => match payments.cancel_payment(pi, &self.stripe_key("recharge-cancel", recharge_id.as_str())).await {
+            Some(pi) => match payments.cancel_payment(pi, &key).await {
                 Ok(CancelOutcome::Canceled) => Release::GiveBack,
-                Ok(CancelOutcome::NotCancelable) => {
-                    tracing::warn!(account_id = id, recharge_id = %recharge_id, payment_intent_id = pi, "a failed recharge's PaymentIntent could not be cancelled: its count and money stay in the month");
+                Ok(CancelOutcome::Succeeded) => {
+                    // Not a failure: the money came. Credited once, from the claim's record.
+                    tracing::info!(account_id = id, recharge_id = %recharge_id, payment_intent_id = pi, "a recharge reported failed had succeeded: crediting it");
+                    let Some(record) = self.store.load_recharge(id, recharge_id.as_str()).await.map_err(upstream)? else {
+                        return Err(ApiError::Upstream);
+                    };
+                    let paid = self
+                        .recharge_paid(id, recharge_id, pi, Some(record.charge_cents), Some(&record.currency))
+                        .await?;
+                    if let RechargePaid::Ignored(reason) = paid {
+                        tracing::error!(account_id = id, recharge_id = %recharge_id, reason, "a succeeded recharge does not match its record");
+                    }
+                    return Ok(false);
+                }
+                Ok(CancelOutcome::Processing) => {
+                    tracing::warn!(account_id = id, recharge_id = %recharge_id, payment_intent_id = pi, "a failed recharge's PaymentIntent is processing: its count and money stay in the month until it settles");
                     Release::Keep
                 }
                 Err(e) => {

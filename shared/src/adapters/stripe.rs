@@ -183,7 +183,8 @@ impl StripePayments {
             RetrievePaymentIntent::new(payment_intent_id).send(&self.client().await?).await.map_err(unavailable)?;
         match pi.status {
             PaymentIntentStatus::Canceled => Ok(CancelOutcome::Canceled),
-            PaymentIntentStatus::Succeeded | PaymentIntentStatus::Processing => Ok(CancelOutcome::NotCancelable),
+            PaymentIntentStatus::Succeeded => Ok(CancelOutcome::Succeeded),
+            PaymentIntentStatus::Processing => Ok(CancelOutcome::Processing),
             other => Err(PaymentsUnavailable(format!("cancel refused for a PaymentIntent in {}", other.as_str()))),
         }
     }

@@ -118,8 +118,8 @@ pub const RETIRES_PER_WRITE: usize = 16;
 
 /// Active grants an account may hold (they live in the account item, which DynamoDB caps at
 /// 400 KB): an addition past this is 422 `too_many_grants` (rules §16). A payment already made
-/// is never refused: its credits are granted whatever the count (purchases and recharges are
-/// refused at their start instead).
+/// is never refused: its credits are granted whatever the count (a purchase is refused at its
+/// start instead; an account has at most one recharge in flight).
 pub const MAX_ACTIVE_GRANTS: usize = 1_000;
 
 /// Where a decrease takes credits from.

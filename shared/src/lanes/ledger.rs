@@ -43,7 +43,7 @@ fn merge_newest_first(chains: Vec<(u32, Vec<LedgerEntry>)>) -> Vec<(u32, LedgerE
     for (_, e) in all.iter_mut() {
         let amount = e.amount.get();
         e.balance_after = Micros::new(total);
-        total -= amount;
+        total = total.saturating_sub(amount);
     }
     all
 }
