@@ -21,6 +21,10 @@ pub struct MemoryStore {
     inner: Mutex<Memory>,
     /// While set, every commit loses its race (`Conflict`), as under endless contention.
     pub contend: std::sync::atomic::AtomicBool,
+    /// Faults for the simulator: the next commit fails and does nothing (the store is down).
+    pub fail_next_commit: std::sync::atomic::AtomicBool,
+    /// The next commit takes effect and its answer is lost (the caller dies right after it).
+    pub lose_next_answer: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -144,6 +148,9 @@ impl Store for MemoryStore {
         if self.contend.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommitError::Conflict);
         }
+        if self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommitError::Store(StoreError::Unavailable("injected: the store is down".into())));
+        }
         // DynamoDB refuses a transaction of more than 100 items: so does this store.
         let mut items = 0;
         for c in &commits {
@@ -174,6 +181,9 @@ impl Store for MemoryStore {
         }
         for c in commits {
             write(&mut m, c);
+        }
+        if self.lose_next_answer.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommitError::Store(StoreError::Unavailable("injected: the answer was lost".into())));
         }
         Ok(())
     }
