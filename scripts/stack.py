@@ -413,7 +413,7 @@ class Phases:
 # Schedules the emulator-backed fault suite runs in the test command: it checks the adapters'
 # realism under injected faults (each schedule is seconds of wall clock against moto); longer
 # runs are ./scripts/faults (TOPUP_FAULT_SCHEDULES, default 200).
-TEST_FAULT_SCHEDULES = "40"
+TEST_FAULT_SCHEDULES = "30"
 
 
 def test(args) -> int:
