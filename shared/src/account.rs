@@ -70,6 +70,9 @@ pub struct Hold {
     /// The allowance month the units were reserved from.
     pub month: String,
     pub expires_at: i64,
+    /// The entity whose usage it reserves for (rules §17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::engine::{upstream, Applied, Change, Credits, Plan};
+use crate::entities::{entity_spend, Entity, EntitySpend};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::http::{error_body, status_of};
@@ -43,6 +44,8 @@ pub struct UsageEvent {
     pub consumable: String,
     pub quantity: i64,
     pub key: IdempotencyKey,
+    /// The member, project or key whose usage it is (rules §17).
+    pub entity: Option<String>,
 }
 
 /// What one event of a batch came to.
@@ -87,6 +90,12 @@ impl EventResult {
         if let Some(balance) = body.get("balance") {
             error["balance"] = balance.clone();
         }
+        // An entity's budget refused it: which entity, and what its month still allows.
+        for field in ["entity", "remaining_this_month"] {
+            if let Some(v) = body.get(field) {
+                error[field] = v.clone();
+            }
+        }
         EventResult {
             idempotency_key: key.to_string(),
             status: status_of(e),
@@ -111,7 +120,12 @@ fn scope_key(key: &IdempotencyKey) -> String {
 }
 
 fn hash_of(e: &UsageEvent) -> String {
-    request_hash(&json!({"consumable": e.consumable, "quantity": e.quantity}))
+    // As the single debit's: the entity only when one is named.
+    let mut request = json!({"consumable": e.consumable, "quantity": e.quantity});
+    if let Some(name) = &e.entity {
+        request["entity"] = json!(name);
+    }
+    request_hash(&request)
 }
 
 /// The answer a key's first result gives an event: a replay, or 409 for another request.
@@ -138,7 +152,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let mut known: HashMap<String, IdemRecord> = HashMap::new();
         // An account with lanes: the batch goes to one lane while it can take the events
         // (leasing when its credits are spent), then to the account (rules §14).
-        let mut lane = events.first().and_then(|e| self.lane_for(id, &e.consumable));
+        // Events naming an entity are decided with its record on the account (rules §17).
+        let named = events.iter().any(|e| e.entity.is_some());
+        let mut lane = if named { None } else { events.first().and_then(|e| self.lane_for(id, &e.consumable)) };
         let mut leased_at: Option<usize> = None;
         while results.len() < events.len() {
             let from = results.len();
@@ -182,7 +198,21 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let hashes: Vec<String> = events.iter().map(hash_of).collect();
         let profile = &self.profile;
         let owner = owner_of(id);
+        let mut names: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.entity.as_deref())
+            .filter(|n| crate::entities::check_entity(n).is_ok())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut moved = 0;
         loop {
+            // The records of the entities the events name, read before each plan (rules §17).
+            let mut stored: HashMap<String, Entity> = HashMap::new();
+            for name in &names {
+                stored.insert(name.to_string(), self.entity_record(id, name).await?);
+            }
+            let stored = &stored;
             let known_now = &*known;
             let applied = self
                 .apply(id, None, |a, now| {
@@ -193,6 +223,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let mut keys: Vec<IdemRecord> = Vec::new();
                     let mut results = Vec::with_capacity(events.len());
                     let mut here: HashMap<String, IdemRecord> = HashMap::new();
+                    // The entities as this commit leaves them, and the alerts they cross.
+                    let mut spent: HashMap<String, Entity> = HashMap::new();
+                    let mut alerts: Vec<crate::events::DomainEvent> = Vec::new();
                     for (e, hash) in events.iter().zip(&hashes) {
                         let expiries = next.pending.entries.len();
                         let items = 2 // the account and the ledger block
@@ -200,7 +233,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             + next.pending.ended.len()
                             + expiries // their GrantExpired events
                             + 2 + next.alerts.len() // crossing events
-                            + 1 + next.grants.len().min(next.retire_room()); // this event's key; its grants ending
+                            + 1 + next.grants.len().min(next.retire_room()) // this event's key; its grants ending
+                            + spent.len() + alerts.len() + 3; // entities written, their alerts, this event's
                         if !results.is_empty() && items > ITEMS_PER_TRANSACTION {
                             break;
                         }
@@ -219,6 +253,33 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                                 continue;
                             }
                         };
+                        if let Some(Err(invalid)) = e.entity.as_deref().map(crate::entities::check_entity) {
+                            results.push(EventResult::refused(key, &invalid));
+                            continue;
+                        }
+                        if let Some(name) = &e.entity {
+                            let current = match spent.get(name) {
+                                Some(s) => s.clone(),
+                                None => match stored.get(name) {
+                                    Some(s) => s.at(now),
+                                    None => return Err(ApiError::Upstream),
+                                },
+                            };
+                            match entity_spend(&current, d.cost.get(), now) {
+                                Ok(s) => {
+                                    let balance = next.balance.get() - d.cost.get();
+                                    let version = stored.get(name).map_or(0, |e| e.version);
+                                    let levels = EntitySpend { stored_version: version, write: false, ..s.clone() };
+                                    let (_, events) = levels.into_change(owner, balance, now);
+                                    alerts.extend(events);
+                                    spent.insert(name.clone(), s.record);
+                                }
+                                Err(refusal) => {
+                                    results.push(EventResult::refused(key, &refusal));
+                                    continue;
+                                }
+                            }
+                        }
                         ledger::apply_draw(&mut next, &e.consumable, &d, now);
                         let entry = (d.cost.get() > 0).then(|| {
                             // Entries of one commit take the versions after the account's.
@@ -230,6 +291,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                                 now,
                                 usage_description(&e.consumable, e.quantity, d.from_allowance),
                             )
+                            .of_entity(e.entity.as_deref())
                         });
                         let outcome = Debited {
                             from_allowance: d.from_allowance,
@@ -262,7 +324,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         // on a cached state is planned again on a fresh read first).
                         return Ok(Plan::AlreadySo(results));
                     }
-                    Change { entries, keys, refused, ..Change::quiet(next, "usage", results) }.write()
+                    let entities = spent
+                        .into_values()
+                        .map(|record| {
+                            let version = stored.get(&record.entity).map_or(0, |e| e.version);
+                            record.write(version)
+                        })
+                        .collect();
+                    Change { entries, keys, refused, entities, events: alerts, ..Change::quiet(next, "usage", results) }
+                        .write()
                 })
                 .await?;
             let mut results = match applied {
@@ -270,6 +340,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Applied::KeysClaimed(recs) => {
                     // Applied before: those events replay; plan the rest again.
                     known.extend(recs.into_iter().map(|r| (r.scope_key.clone(), r)));
+                    continue;
+                }
+                Applied::EntityMoved => {
+                    // Another writer spent from an entity meanwhile: read them again.
+                    moved += 1;
+                    if moved >= crate::entities::ENTITY_ATTEMPTS {
+                        return Err(ApiError::Busy);
+                    }
                     continue;
                 }
                 Applied::HoldNotOpen(_) | Applied::PurchaseNotInState => return Err(ApiError::Upstream),
@@ -305,7 +383,7 @@ mod tests {
     use crate::store::Store;
 
     fn ev(consumable: &str, quantity: i64, k: &str) -> UsageEvent {
-        UsageEvent { consumable: consumable.into(), quantity, key: key(k) }
+        UsageEvent { consumable: consumable.into(), quantity, key: key(k), entity: None }
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@ pub enum CheckReason {
     NotInPlan,
     /// Not a consumable of this product.
     UnknownConsumable,
+    /// The account could pay, but it would take the entity past its monthly limit (rules §17).
+    EntityBudgetExceeded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,21 @@ pub struct CheckAnswer {
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// `GET …/credits/check`. `quantity` is checked by the caller (a malformed one is 400).
     pub async fn check(&self, id: &str, consumable: &str, quantity: i64) -> Result<CheckAnswer, ApiError> {
+        self.check_as(id, consumable, quantity, None).await
+    }
+
+    /// The check of a debit of `entity`'s usage, if it names one: also against the entity's
+    /// month, as the debit would be (rules §17).
+    pub async fn check_as(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        entity: Option<&str>,
+    ) -> Result<CheckAnswer, ApiError> {
+        if let Some(name) = entity {
+            crate::entities::check_entity(name)?;
+        }
         check_quantity(quantity, false)
             .map_err(|_| ApiError::invalid("`quantity` must be a positive whole number."))?;
         // Fresh, never the cache: a check that read an old state could allow what the debit
@@ -77,6 +94,20 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             Err(e) => return Err(undecided(id, consumable, &e)),
         };
         match ledger::draw(p, &account, consumable, quantity, now) {
+            Ok(_) if entity.is_some() => {
+                let name = entity.unwrap_or_default();
+                let stored = match self.store.load_entity(crate::lanes::owner_of(id), name).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(account_id = id, error = %e, "check could not read the entity");
+                        return Err(ApiError::Undecided);
+                    }
+                };
+                match stored.map(|e| e.room_for(cost, now)) {
+                    Some(Err(_)) => Ok(answer(false, CheckReason::EntityBudgetExceeded, cost)),
+                    _ => Ok(answer(true, CheckReason::Ok, cost)),
+                }
+            }
             Ok(_) => Ok(answer(true, CheckReason::Ok, cost)),
             Err(ApiError::OutOfCredits { .. }) => Ok(answer(false, CheckReason::InsufficientCredits, cost)),
             // Anything else is a state the check cannot vouch for: fail closed.

@@ -79,6 +79,9 @@ pub(crate) struct Change<T> {
     /// Some event of a group commit was refused for want of credits: on an account whose
     /// lanes hold credits, that is decided again on the whole (rules §14).
     pub(crate) refused: bool,
+    /// Entities whose spend moves with the change (rules §17), each conditioned on the
+    /// version it was planned on.
+    pub(crate) entities: Vec<crate::entities::EntityWrite>,
 }
 
 impl<T> Change<T> {
@@ -99,6 +102,7 @@ impl<T> Change<T> {
             entries: vec![],
             keys: vec![],
             refused: false,
+            entities: vec![],
         }
     }
 
@@ -118,6 +122,9 @@ pub(crate) enum Applied<T> {
     /// Keys of a group commit (`Change::keys`) that were claimed already, with their first
     /// results: nothing was written; plan again knowing them.
     KeysClaimed(Vec<IdemRecord>),
+    /// An entity the change named moved since it was read: nothing was written; read it again
+    /// and plan again (rules §17).
+    EntityMoved,
 }
 
 impl<T> Applied<T> {
@@ -125,7 +132,9 @@ impl<T> Applied<T> {
     pub(crate) fn done(self) -> Result<T, ApiError> {
         match self {
             Applied::Done(t) => Ok(t),
-            Applied::HoldNotOpen(_) | Applied::PurchaseNotInState | Applied::KeysClaimed(_) => Err(ApiError::Upstream),
+            Applied::HoldNotOpen(_) | Applied::PurchaseNotInState | Applied::KeysClaimed(_) | Applied::EntityMoved => {
+                Err(ApiError::Upstream)
+            }
         }
     }
 }
@@ -435,6 +444,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 payment_index: planned.payment_index,
                 outbox: outbox.clone(),
                 ended_grants,
+                entities: std::mem::take(&mut planned.entities),
             };
             let mut lanes_after: Vec<Account> = Vec::new();
             let written = match recall {
@@ -483,6 +493,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
                 Err(CommitError::HoldNotOpen(rec)) => return Ok(Applied::HoldNotOpen(rec)),
                 Err(CommitError::PurchaseNotInState(_)) => return Ok(Applied::PurchaseNotInState),
+                Err(CommitError::EntityMoved) => return Ok(Applied::EntityMoved),
                 Err(CommitError::Stale(Some(a))) => {
                     self.remember(&a);
                     current = *a;

@@ -28,6 +28,10 @@ pub enum ApiError {
     /// Out of allowance and credits. `code` comes from the profile's consumable.
     #[error("{message}")]
     OutOfCredits { code: String, message: String, balance: i64, consumable: String },
+    /// The debit would take its entity's month past its limit (rules §17); the account itself
+    /// could pay. `remaining` is what the limit still allows this month.
+    #[error("This would take `{entity}` past its monthly budget.")]
+    EntityBudgetExceeded { entity: String, remaining: i64 },
     /// A well-formed value that breaks a rule of the profile or the domain.
     #[error("{1}")]
     Rule(&'static str, String),
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::HoldExpired => "hold_expired",
             ApiError::HoldNotFound => "hold_not_found",
             ApiError::OutOfCredits { code, .. } => code,
+            ApiError::EntityBudgetExceeded { .. } => "entity_budget_exceeded",
             ApiError::Rule(code, _) => code,
             ApiError::Upstream => "upstream_unavailable",
             ApiError::PaymentsUnavailable => "payment_provider_unavailable",

@@ -94,6 +94,19 @@ pub enum Event {
     BalanceAlert(BalanceAlert),
     /// A refund of a credited payment took back its share of the credits (what it could).
     RefundCreated(RefundMoved),
+    /// An entity's month reached 80 % or 100 % of its limit (rules §17).
+    EntityBudgetAlert(EntityBudgetAlert),
+}
+
+/// `EntityBudgetAlert`: which entity, the level reached (80 or 100), its month's spend (holds
+/// included) and its limit, and the account's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityBudgetAlert {
+    pub entity: String,
+    pub percent: u8,
+    pub spent: i64,
+    pub monthly_limit: i64,
+    pub balance: i64,
 }
 
 /// `RefundCreated`: the payment, Stripe's running refunded total, and the credits it took.
@@ -145,13 +158,14 @@ impl Event {
             Event::GrantExpired(_) => "GrantExpired",
             Event::BalanceAlert(_) => "BalanceAlert",
             Event::RefundCreated(_) => "RefundCreated",
+            Event::EntityBudgetAlert(_) => "EntityBudgetAlert",
         }
     }
 
     /// Reads a delivered event back: `None` for a detail type we do not publish, an error for
     /// a detail that does not read as its type.
     pub fn read(detail_type: &str, detail: &Value) -> Option<Result<Event, serde_json::Error>> {
-        const OURS: [&str; 13] = [
+        const OURS: [&str; 14] = [
             "BalanceLow",
             "BalanceDepleted",
             "CreditsAdded",
@@ -165,6 +179,7 @@ impl Event {
             "GrantExpired",
             "BalanceAlert",
             "RefundCreated",
+            "EntityBudgetAlert",
         ];
         OURS.contains(&detail_type)
             .then(|| serde_json::from_value(json!({"detail_type": detail_type, "detail": detail})))
@@ -183,6 +198,7 @@ impl Event {
             Event::GrantExpired(d) => d.balance,
             Event::BalanceAlert(d) => d.balance,
             Event::RefundCreated(d) => d.balance,
+            Event::EntityBudgetAlert(d) => d.balance,
         }
     }
 

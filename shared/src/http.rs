@@ -185,7 +185,7 @@ pub fn status_of(e: &ApiError) -> u16 {
         ApiError::NotFound(..) | ApiError::HoldNotFound => 404,
         ApiError::MethodNotAllowed(_) => 405,
         ApiError::IdempotencyConflict | ApiError::HoldExpired | ApiError::OutOfOrder(..) => 409,
-        ApiError::OutOfCredits { .. } => 402,
+        ApiError::OutOfCredits { .. } | ApiError::EntityBudgetExceeded { .. } => 402,
         ApiError::Rule(..) => 422,
         ApiError::Upstream => 502,
         ApiError::Busy | ApiError::PaymentsUnavailable | ApiError::Undecided | ApiError::NotOnLane => 503,
@@ -199,6 +199,10 @@ pub fn error_body(e: &ApiError) -> Value {
     if let ApiError::OutOfCredits { balance, consumable, .. } = e {
         body["balance"] = json!(balance);
         body["error"]["consumable"] = json!(consumable);
+    }
+    if let ApiError::EntityBudgetExceeded { entity, remaining } = e {
+        body["entity"] = json!(entity);
+        body["remaining_this_month"] = json!(remaining);
     }
     body
 }

@@ -66,6 +66,9 @@ pub struct LedgerEntry {
     /// lanes' entries among the account's without clocks (rules §14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor: Option<u64>,
+    /// The member, project or key whose usage this is (rules §17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
 }
 
 impl LedgerEntry {
@@ -89,7 +92,14 @@ impl LedgerEntry {
             description: description.into(),
             grants: std::mem::take(&mut next.pending.moves),
             anchor: next.lane.as_ref().map(|l| l.anchor),
+            entity: None,
         }
+    }
+
+    /// The same entry, of `entity`'s usage.
+    pub fn of_entity(mut self, entity: Option<&str>) -> LedgerEntry {
+        self.entity = entity.map(str::to_string);
+        self
     }
 
     /// The entry as the API shows it.
@@ -101,6 +111,7 @@ impl LedgerEntry {
             balance_after: self.balance_after.get(),
             created_at: clock::rfc3339(self.created_at),
             description: self.description.clone(),
+            entity: self.entity.clone(),
         }
     }
 }
@@ -114,6 +125,8 @@ pub struct EntryView {
     pub balance_after: i64,
     pub created_at: String,
     pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
 }
 
 pub fn new_id(prefix: &str) -> String {
@@ -286,6 +299,7 @@ pub fn reserve(
         micros: d.cost,
         month: clock::month_of(now),
         expires_at: now + ttl_ms,
+        entity: None,
     })
 }
 

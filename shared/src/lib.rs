@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod crediting;
 pub mod engine;
+pub mod entities;
 pub mod error;
 pub mod events;
 pub mod grants;

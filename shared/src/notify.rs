@@ -41,12 +41,19 @@ pub fn notification_kind(event: &Event) -> Option<&'static str> {
         Event::CreditsAdded(c) if c.settled_after_processing => Some("credit_purchase_settled"),
         Event::AutoRechargePaused(_) => Some("credit_auto_recharge_paused"),
         Event::PaymentDisputed(_) => Some("credit_payment_disputed"),
+        Event::EntityBudgetAlert(_) => Some("credit_entity_budget"),
         Event::CreditsAdded(_)
         | Event::PurchaseProcessing(_)
         | Event::DisputeClosed(_)
         | Event::GrantExpired(_)
         | Event::RefundCreated(_) => None,
     }
+}
+
+/// An entity name as text: it is checked at the edge (letters, digits and `. _ : @ -`), so it
+/// needs no escaping, but a message never trusts that.
+fn escape_plain(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')).collect()
 }
 
 fn credits(p: &Profile, micros: i64) -> String {
@@ -83,6 +90,23 @@ pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -
                 ],
                 "Manage credits",
                 format!("Credits for {account_id} are low: {balance} left."),
+            )
+        }
+        Event::EntityBudgetAlert(a) => {
+            let (spent, limit) = (credits(p, a.spent), credits(p, a.monthly_limit));
+            let entity = escape_plain(&a.entity);
+            (
+                format!("{entity} has used {}% of its monthly budget", a.percent),
+                vec![
+                    format!("{entity} of {account_id} has spent {spent} of its {limit} monthly budget this month."),
+                    if a.percent >= 100 {
+                        "Its usage that would cost credits is refused until next month, or until you raise its limit.".into()
+                    } else {
+                        "You can raise its limit on the billing page.".into()
+                    },
+                ],
+                "Manage budgets",
+                format!("{entity} of {account_id} has used {}% of its {limit} monthly budget.", a.percent),
             )
         }
         Event::BalanceAlert(a) => {

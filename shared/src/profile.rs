@@ -161,7 +161,7 @@ pub struct Notifications {
 }
 
 /// The notification types a profile may send (rules §8).
-pub const NOTIFICATION_TYPES: [&str; 7] = [
+pub const NOTIFICATION_TYPES: [&str; 8] = [
     "credit_balance_low",
     "credit_balance_depleted",
     "credit_auto_recharge_triggered",
@@ -169,6 +169,7 @@ pub const NOTIFICATION_TYPES: [&str; 7] = [
     "credit_purchase_settled",
     "credit_auto_recharge_paused",
     "credit_payment_disputed",
+    "credit_entity_budget",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

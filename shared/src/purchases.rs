@@ -409,7 +409,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             match applied {
                 Applied::Done(()) => return self.purchase(id, purchase_id).await,
                 Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
-                Applied::KeysClaimed(_) => return Err(ApiError::Upstream),
+                Applied::KeysClaimed(_) | Applied::EntityMoved => return Err(ApiError::Upstream),
             }
         }
         Err(ApiError::Busy)
@@ -491,7 +491,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 // The purchase changed since it was read (another delivery moved it): nothing
                 // was written; read it again and credit unless it has succeeded meanwhile.
                 Applied::PurchaseNotInState | Applied::HoldNotOpen(_) => continue,
-                Applied::KeysClaimed(_) => return Err(ApiError::Upstream),
+                Applied::KeysClaimed(_) | Applied::EntityMoved => return Err(ApiError::Upstream),
             }
         }
         Err(ApiError::Busy)

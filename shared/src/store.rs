@@ -39,6 +39,8 @@ pub enum CommitError {
     PurchaseNotInState(Option<Box<PurchaseRecord>>),
     /// Two writers collided inside the store (DynamoDB `TransactionConflict`): retry.
     Conflict,
+    /// An entity named by the change moved since it was read (rules §17): read it again.
+    EntityMoved,
     Store(StoreError),
 }
 
@@ -105,6 +107,9 @@ pub struct Commit {
     pub outbox: Vec<DomainEvent>,
     /// Grants that ended in this change (used up, expired, voided), each kept as its record.
     pub ended_grants: Vec<Grant>,
+    /// Entities whose spend this change moves (rules §17): each written only if still at the
+    /// version it was planned on.
+    pub entities: Vec<crate::entities::EntityWrite>,
 }
 
 impl Commit {
@@ -121,6 +126,7 @@ impl Commit {
             payment_index: None,
             outbox: vec![],
             ended_grants: vec![],
+            entities: vec![],
         }
     }
 }
@@ -233,6 +239,17 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The grants of an account that have ended (used up, expired, voided), newest first.
     fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
+    /// An entity of an account (rules §17), read with strong consistency.
+    fn load_entity(
+        &self,
+        account_id: &str,
+        entity: &str,
+    ) -> impl Future<Output = Result<Option<crate::entities::Entity>, StoreError>> + Send;
+    /// Every entity of an account, by name.
+    fn entities(
+        &self,
+        account_id: &str,
+    ) -> impl Future<Output = Result<Vec<crate::entities::Entity>, StoreError>> + Send;
     /// A job's saved progress under `name` (a sweep's cursor, a reconciliation segment's).
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
     fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -369,6 +386,19 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send {
         (**self).ended_grants(account_id)
+    }
+    fn load_entity(
+        &self,
+        account_id: &str,
+        entity: &str,
+    ) -> impl Future<Output = Result<Option<crate::entities::Entity>, StoreError>> + Send {
+        (**self).load_entity(account_id, entity)
+    }
+    fn entities(
+        &self,
+        account_id: &str,
+    ) -> impl Future<Output = Result<Vec<crate::entities::Entity>, StoreError>> + Send {
+        (**self).entities(account_id)
     }
     fn accounts_expiring(
         &self,

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::clock;
 use crate::engine::{upstream, Applied, Change, Claim, Credits};
+use crate::entities::{check_entity, entity_spend, Entity, EntitySpend, ENTITY_ATTEMPTS};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ids::IdempotencyKey;
@@ -60,6 +61,31 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         quantity: i64,
         key: &IdempotencyKey,
     ) -> Result<Debited, ApiError> {
+        self.debit_as(id, consumable, quantity, key, None).await
+    }
+
+    /// A debit of `entity`'s usage, if it names one (rules §17): decided against the entity's
+    /// month as well as the account, in one commit with the entity's record. A debit naming an
+    /// entity goes to the account, never a lane, so the entity's spend is decided in one place.
+    pub async fn debit_as(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        key: &IdempotencyKey,
+        entity: Option<&str>,
+    ) -> Result<Debited, ApiError> {
+        if let Some(name) = entity {
+            check_entity(name)?;
+            for _ in 0..ENTITY_ATTEMPTS {
+                let stored = self.entity_record(id, name).await?;
+                match self.debit_once(id, self.lanes_balance(id), consumable, quantity, key, Some(&stored)).await? {
+                    Applied::EntityMoved => continue,
+                    applied => return applied.done(),
+                }
+            }
+            return Err(ApiError::Busy);
+        }
         // An account with lanes: the debit goes to a lane when it can take it, leasing once if
         // its credits are spent; otherwise to the account, which decides on the whole.
         if let Some(n) = self.lane_for(id, consumable) {
@@ -91,18 +117,36 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         quantity: i64,
         key: &IdempotencyKey,
     ) -> Result<Debited, ApiError> {
+        self.debit_once(target, beside, consumable, quantity, key, None).await?.done()
+    }
+
+    /// One attempt at a debit on `target`, of `entity`'s usage as its record was read when one
+    /// is named (`Applied::EntityMoved` when it moved meanwhile).
+    async fn debit_once(
+        &self,
+        target: &str,
+        beside: i64,
+        consumable: &str,
+        quantity: i64,
+        key: &IdempotencyKey,
+        entity: Option<&Entity>,
+    ) -> Result<Applied<Debited>, ApiError> {
         let id = target;
-        let claim = Claim {
-            scope_key: format!("usage:{}", key.as_str()),
-            hash: request_hash(&json!({"consumable": consumable, "quantity": quantity})),
-            permanent: false,
-        };
+        let mut request = json!({"consumable": consumable, "quantity": quantity});
+        if let Some(e) = entity {
+            request["entity"] = json!(e.entity);
+        }
+        let claim = Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false };
         let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
             // Decided on the state the write starts from (grants past their expiry gone), the
-            // one it commits.
+            // one it commits. The account's own refusal comes first.
             let mut next = a.next(now);
             let d = ledger::draw(profile, &next, consumable, quantity, now)?;
+            let spend = match entity {
+                Some(stored) => Some(entity_spend(stored, d.cost.get(), now)?),
+                None => None,
+            };
             ledger::apply_draw(&mut next, consumable, &d, now);
             let entry = (d.cost.get() > 0).then(|| {
                 LedgerEntry::after(
@@ -112,6 +156,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     now,
                     usage_description(consumable, quantity, d.from_allowance),
                 )
+                .of_entity(entity.map(|e| e.entity.as_str()))
             });
             let outcome = Debited {
                 from_allowance: d.from_allowance,
@@ -119,10 +164,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 balance: next.balance.get().saturating_add(crate::lanes::beside_of(a, beside)),
                 transaction_id: entry.as_ref().map(|e| e.id.clone()),
             };
-            Change { ledger: entry, ..Change::quiet(next, "usage", outcome) }.write()
+            let (entities, events) = match spend {
+                Some(s) => s.into_change(id, next.balance.get(), now),
+                None => (vec![], vec![]),
+            };
+            Change { ledger: entry, entities, events, ..Change::quiet(next, "usage", outcome) }.write()
         })
-        .await?
-        .done()
+        .await
     }
 
     /// `POST /v1/accounts/{id}/usage/holds`: reserves allowance units and credits for a
@@ -135,25 +183,74 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         ttl_seconds: i64,
         key: &IdempotencyKey,
     ) -> Result<Reserved, ApiError> {
+        self.reserve_as(id, consumable, quantity, ttl_seconds, key, None).await
+    }
+
+    /// A hold of `entity`'s usage, if it names one: what it reserves in credits counts against
+    /// the entity's month until it is settled or expires (rules §17).
+    pub async fn reserve_as(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        ttl_seconds: i64,
+        key: &IdempotencyKey,
+        entity: Option<&str>,
+    ) -> Result<Reserved, ApiError> {
         if !(1..=86_400).contains(&ttl_seconds) {
             return Err(ApiError::rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
         }
-        let claim = Claim {
-            scope_key: format!("hold:{}", key.as_str()),
-            hash: request_hash(&json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds})),
-            permanent: false,
-        };
+        if let Some(name) = entity {
+            check_entity(name)?;
+        }
+        let mut request = json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds});
+        if let Some(name) = entity {
+            request["entity"] = json!(name);
+        }
+        let claim = Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        for _ in 0..ENTITY_ATTEMPTS {
+            let stored = match entity {
+                Some(name) => Some(self.entity_record(id, name).await?),
+                None => None,
+            };
+            match self.reserve_once(id, consumable, quantity, ttl_seconds, &claim, stored.as_ref()).await? {
+                Applied::EntityMoved => continue,
+                applied => return applied.done(),
+            }
+        }
+        Err(ApiError::Busy)
+    }
+
+    async fn reserve_once(
+        &self,
+        id: &str,
+        consumable: &str,
+        quantity: i64,
+        ttl_seconds: i64,
+        claim: &Claim,
+        entity: Option<&Entity>,
+    ) -> Result<Applied<Reserved>, ApiError> {
         let profile = &self.profile;
         let hold_id = new_id("hold");
-        self.apply(id, Some(&claim), |a, now| {
+        self.apply(id, Some(claim), |a, now| {
             let mut next = a.next(now);
-            let hold = ledger::reserve(profile, &next, consumable, quantity, now, ttl_seconds * 1000)?;
+            let mut hold = ledger::reserve(profile, &next, consumable, quantity, now, ttl_seconds * 1000)?;
             if next.holds.len() >= MAX_OPEN_HOLDS {
                 return Err(ApiError::rule(
                     "too_many_holds",
                     format!("An account may have at most {MAX_OPEN_HOLDS} open holds."),
                 ));
             }
+            let reserved = match entity {
+                Some(stored) => {
+                    let mut e = stored.at(now);
+                    e.room_for(hold.micros.get(), now)?;
+                    let levels = e.reserve(&hold_id, hold.micros.get(), hold.expires_at, now);
+                    hold.entity = Some(e.entity.clone());
+                    Some(EntitySpend { stored_version: stored.version, record: e, levels, write: true })
+                }
+                None => None,
+            };
             next.holds.insert(hold_id.clone(), hold.clone());
             let outcome = Reserved {
                 hold_id: hold_id.clone(),
@@ -172,10 +269,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 settle_hash: None,
                 settled: None,
             };
-            Change { hold: Some(HoldWrite::Create(record)), ..Change::quiet(next, "hold", outcome) }.write()
+            let (entities, events) = match reserved {
+                Some(s) => s.into_change(id, next.balance.get(), now),
+                None => (vec![], vec![]),
+            };
+            Change { hold: Some(HoldWrite::Create(record)), entities, events, ..Change::quiet(next, "hold", outcome) }
+                .write()
         })
-        .await?
-        .done()
+        .await
     }
 
     /// `POST /v1/accounts/{id}/usage/holds/{hold_id}/settle`. The threshold is checked here,
@@ -183,9 +284,53 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub async fn settle(&self, id: &str, hold_id: &str, quantity: i64) -> Result<Settled, ApiError> {
         ledger::check_quantity(quantity, true)?;
         let hash = request_hash(&json!({"quantity": quantity}));
+        // A hold of an entity's usage settles with the entity's record (rules §17).
+        let mut result = Ok(Applied::EntityMoved);
+        for _ in 0..ENTITY_ATTEMPTS {
+            let named = match self.cached(id) {
+                Some(a) if a.holds.contains_key(hold_id) => a.holds.get(hold_id).and_then(|h| h.entity.clone()),
+                _ => self.load(id).await?.holds.get(hold_id).and_then(|h| h.entity.clone()),
+            };
+            let stored = match &named {
+                Some(name) => Some(self.entity_record(id, name).await?),
+                None => None,
+            };
+            result = self.settle_once(id, hold_id, quantity, &hash, stored.as_ref()).await;
+            if !matches!(result, Ok(Applied::EntityMoved)) {
+                break;
+            }
+        }
+        let not_open = match result {
+            Ok(Applied::Done(settled)) => return Ok(settled),
+            Ok(Applied::HoldNotOpen(rec)) => rec.map(|r| *r),
+            Ok(Applied::EntityMoved) => return Err(ApiError::Busy),
+            Ok(Applied::PurchaseNotInState | Applied::KeysClaimed(_)) => return Err(ApiError::Upstream),
+            // Not among the account's open holds: settled, expired or unknown? The record says.
+            Err(ApiError::HoldNotFound | ApiError::HoldExpired) => {
+                self.store.load_hold(id, hold_id).await.map_err(upstream)?
+            }
+            Err(e) => return Err(e),
+        };
+        match not_open {
+            Some(r) if r.status == HoldStatus::Settled => match (r.settle_hash, r.settled) {
+                (Some(h), Some(settled)) if h == hash => Ok(settled),
+                _ => Err(ApiError::IdempotencyConflict),
+            },
+            Some(_) => Err(ApiError::HoldExpired),
+            None => Err(ApiError::HoldNotFound),
+        }
+    }
+
+    async fn settle_once(
+        &self,
+        id: &str,
+        hold_id: &str,
+        quantity: i64,
+        hash: &str,
+        entity: Option<&Entity>,
+    ) -> Result<Applied<Settled>, ApiError> {
         let profile = &self.profile;
-        let result = self
-            .apply(id, None, |a, now| {
+        self.apply(id, None, |a, now| {
                 let Some(hold) = a.holds.get(hold_id).cloned() else { return Err(ApiError::HoldNotFound) };
                 if hold.expires_at <= now {
                     return Err(ApiError::HoldExpired);
@@ -193,6 +338,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let mut next = a.next(now);
                 next.holds.remove(hold_id);
                 let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
+                // The entity the hold reserved for (if its record is the one read) counts what
+                // the settlement drew, and no longer what the hold reserved.
+                let spend = match (entity, &hold.entity) {
+                    (Some(stored), Some(name)) if &stored.entity == name => {
+                        let mut e = stored.at(now);
+                        let levels = e.settle(hold_id, s.from_credits.get(), now);
+                        Some(EntitySpend { stored_version: stored.version, record: e, levels, write: true })
+                    }
+                    (None, None) => None,
+                    // The hold names an entity whose record was not read: read it and plan again.
+                    _ => return Err(ApiError::Busy),
+                };
                 let entry = (s.from_credits.get() > 0).then(|| {
                     LedgerEntry::after(
                         &mut next,
@@ -201,6 +358,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         now,
                         usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
                     )
+                    .of_entity(hold.entity.as_deref())
                 });
                 let outcome = Settled {
                     hold_id: hold_id.to_string(),
@@ -217,35 +375,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     hold,
                     status: HoldStatus::Settled,
                     created_at: now,
-                    settle_hash: Some(hash.clone()),
+                    settle_hash: Some(hash.to_string()),
                     settled: Some(outcome.clone()),
+                };
+                let (entities, events) = match spend {
+                    Some(sp) => sp.into_change(id, next.balance.get(), now),
+                    None => (vec![], vec![]),
                 };
                 Change {
                     ledger: entry,
                     hold: Some(HoldWrite::Settle(record)),
+                    entities,
+                    events,
                     ..Change::quiet(next, "settle", outcome)
                 }
                 .write()
             })
-            .await;
-        let not_open = match result {
-            Ok(Applied::Done(settled)) => return Ok(settled),
-            Ok(Applied::HoldNotOpen(rec)) => rec.map(|r| *r),
-            Ok(Applied::PurchaseNotInState | Applied::KeysClaimed(_)) => return Err(ApiError::Upstream),
-            // Not among the account's open holds: settled, expired or unknown? The record says.
-            Err(ApiError::HoldNotFound | ApiError::HoldExpired) => {
-                self.store.load_hold(id, hold_id).await.map_err(upstream)?
-            }
-            Err(e) => return Err(e),
-        };
-        match not_open {
-            Some(r) if r.status == HoldStatus::Settled => match (r.settle_hash, r.settled) {
-                (Some(h), Some(settled)) if h == hash => Ok(settled),
-                _ => Err(ApiError::IdempotencyConflict),
-            },
-            Some(_) => Err(ApiError::HoldExpired),
-            None => Err(ApiError::HoldNotFound),
-        }
+            .await
     }
 }
 
@@ -286,7 +432,7 @@ mod bounds {
         let over = MAX_QUANTITY + 1;
         assert_eq!(code(c.debit("a", "runs", over, &key("d")).await), "invalid_quantity");
         assert_eq!(code(c.reserve("a", "runs", over, 60, &key("h")).await), "invalid_quantity");
-        let one = |quantity: i64| [UsageEvent { consumable: "runs".into(), quantity, key: key("b") }];
+        let one = |quantity: i64| [UsageEvent { consumable: "runs".into(), quantity, key: key("b"), entity: None }];
         let r = c.debit_batch("a", &one(over)).await.unwrap().results.remove(0);
         assert_eq!((r.status, r.error.map(|e| e["code"].clone())), (422, Some("invalid_quantity".into())));
         assert_eq!(c.store.load_account("a").await.unwrap(), before, "the refusals wrote nothing");

@@ -283,6 +283,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// `GET /v1/accounts/{id}/credits/transactions`: newest first, `cursor` from the last page.
     pub async fn transactions(&self, id: &str, limit: usize, cursor: Option<&str>) -> Result<LedgerPage, ApiError> {
+        self.transactions_of(id, limit, cursor, None).await
+    }
+
+    /// The ledger page of `entity`'s entries only, if it names one (`?entity=`, rules §17):
+    /// pages are read on until `limit` of its entries are found (or 32 pages were read), and the
+    /// cursor goes on from the last entry read.
+    pub async fn transactions_of(
+        &self,
+        id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+        entity: Option<&str>,
+    ) -> Result<LedgerPage, ApiError> {
+        if let Some(name) = entity {
+            crate::entities::check_entity(name)?;
+        }
+        let keep = |e: &LedgerEntry| entity.is_none_or(|name| e.entity.as_deref() == Some(name));
         // The first page is read with the lanes at one instant; a later one follows its cursor.
         let (a, lanes) = match cursor {
             None => self.snapshot(id).await?,
@@ -293,16 +310,36 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(c) => crate::lanes::ledger::decode_merged_cursor(c, a.lanes_ever() as usize + 1)?,
                 None => crate::lanes::ledger::first_bounds(&a, &lanes),
             };
-            let (page, next) = self.merged_page(&a, limit, bounds).await?;
+            let (page, next) = self.merged_page_of(&a, limit, bounds, &keep).await?;
             return Ok(LedgerPage {
                 transactions: page.iter().map(LedgerEntry::view).collect(),
                 next_cursor: next.map(|b| crate::lanes::ledger::encode_merged_cursor(&b)),
             });
         }
-        let cursor = cursor.map(decode_cursor).transpose()?;
-        let (page, more) = self.store.ledger_page(id, limit, cursor).await.map_err(upstream)?;
-        let next_cursor = if more { page.last().map(|e| encode_cursor(e.seq)) } else { None };
-        Ok(LedgerPage { transactions: page.iter().map(LedgerEntry::view).collect(), next_cursor })
+        let mut cursor = cursor.map(decode_cursor).transpose()?;
+        let mut shown: Vec<LedgerEntry> = Vec::with_capacity(limit);
+        for _ in 0..32 {
+            let (page, more) = self.store.ledger_page(id, limit, cursor).await.map_err(upstream)?;
+            let total = page.len();
+            for (i, e) in page.into_iter().enumerate() {
+                cursor = Some(e.seq);
+                if keep(&e) {
+                    shown.push(e);
+                }
+                if shown.len() == limit {
+                    let rest = i + 1 < total || more;
+                    let next_cursor = rest.then(|| cursor.map(encode_cursor)).flatten();
+                    return Ok(LedgerPage { transactions: shown.iter().map(LedgerEntry::view).collect(), next_cursor });
+                }
+            }
+            if !more {
+                return Ok(LedgerPage { transactions: shown.iter().map(LedgerEntry::view).collect(), next_cursor: None });
+            }
+        }
+        Ok(LedgerPage {
+            transactions: shown.iter().map(LedgerEntry::view).collect(),
+            next_cursor: cursor.map(encode_cursor),
+        })
     }
 }
 

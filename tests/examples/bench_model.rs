@@ -471,6 +471,14 @@ impl Store for ModelStore {
         self.read().await;
         self.inner.ended_grants(account_id).await
     }
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<topup::entities::Entity>, StoreError> {
+        self.read().await;
+        self.inner.load_entity(account_id, entity).await
+    }
+    async fn entities(&self, account_id: &str) -> Result<Vec<topup::entities::Entity>, StoreError> {
+        self.read().await;
+        self.inner.entities(account_id).await
+    }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         self.read().await;
         self.inner.load_checkpoint(name).await
@@ -638,6 +646,7 @@ async fn worker(
                         consumable: CONSUMABLE.into(),
                         quantity: 1,
                         key: key(&format!("b{w}-{i}-{j}")),
+                        entity: None,
                     })
                     .collect();
                 match credits.debit_batch(ACCOUNT, &events).await {

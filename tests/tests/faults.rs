@@ -215,6 +215,12 @@ impl Store for FaultyStore {
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.ended_grants(account_id))
     }
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<topup::entities::Entity>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_entity(account_id, entity))
+    }
+    async fn entities(&self, account_id: &str) -> Result<Vec<topup::entities::Entity>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.entities(account_id))
+    }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_checkpoint(name))
     }

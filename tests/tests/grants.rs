@@ -321,7 +321,7 @@ async fn a_refund_takes_from_its_own_grant_and_the_report_matches_the_ledger() {
         _ => String::new(),
     };
     let lines: Vec<&str> = body.lines().collect();
-    assert_eq!(lines[0], "id,kind,amount,balance_after,created_at,description");
+    assert_eq!(lines[0], "id,kind,amount,balance_after,created_at,description,entity");
     assert_eq!(lines.len(), ledger.len() + 1);
     assert!(lines[1].starts_with(&format!("{},refund,-4000000,3000000,", ledger[ledger.len() - 1].id)), "{}", lines[1]);
     w.assert_invariants("org").await;

@@ -101,14 +101,15 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 31, "{routes:?}");
+    assert_eq!(routes.len(), 34, "{routes:?}");
     for (binary, method, path) in routes {
         let concrete = path
             .replace("{account_id}", "acme")
             .replace("{hold_id}", "hold_x")
             .replace("{purchase_id}", "pur_x")
             .replace("{endpoint_id}", "we_x")
-            .replace("{delivery_id}", "wd_x");
+            .replace("{delivery_id}", "wd_x")
+            .replace("{entity}", "user:x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
         if path == "/billing" || path.ends_with(".csv") {
             // The routes that answer HTML and CSV rather than JSON.

@@ -56,6 +56,10 @@ pub enum Route {
     Check(String),
     Alerts(String),
     Lanes(String),
+    /// `GET …/entities` (rules §17).
+    Entities(String),
+    /// `GET` and `PUT …/entities/{entity}`.
+    Entity(String, String),
     Webhooks(Hook),
 }
 
@@ -135,6 +139,8 @@ impl Route {
             ["v1", "accounts", id, "credits", "check"] => Route::Check(a(id)),
             ["v1", "accounts", id, "credits", "alerts"] => Route::Alerts(a(id)),
             ["v1", "accounts", id, "lanes"] => Route::Lanes(a(id)),
+            ["v1", "accounts", id, "entities"] => Route::Entities(a(id)),
+            ["v1", "accounts", id, "entities", e] => Route::Entity(a(id), a(e)),
             ["v1", "webhook-endpoints", rest @ ..] => Route::Webhooks(Hook::parse(rest)?),
             _ => return None,
         })
@@ -156,6 +162,8 @@ impl Route {
             Route::Check(_) => "check",
             Route::Alerts(_) => "alerts",
             Route::Lanes(_) => "lanes",
+            Route::Entities(_) => "entities",
+            Route::Entity(..) => "entity",
             Route::Webhooks(h) => h.name(),
         }
     }
@@ -172,7 +180,10 @@ impl Route {
             | Route::Notifications(id)
             | Route::Grants(id)
             | Route::TransactionsCsv(id)
-            | Route::Check(id) => Some((id, Access::View)),
+            | Route::Check(id)
+            | Route::Entities(id)
+            // Reading one is a view; setting its limit (PUT) needs billing roles as well.
+            | Route::Entity(id, _) => Some((id, Access::View)),
             Route::AutoRecharge(id) | Route::Alerts(id) => Some((id, Access::Billing)),
         }
     }
@@ -190,7 +201,9 @@ impl Route {
             | Route::Grants(_)
             | Route::TransactionsCsv(_)
             | Route::Revenue
-            | Route::Check(_) => &["GET"],
+            | Route::Check(_)
+            | Route::Entities(_) => &["GET"],
+            Route::Entity(..) => &["GET", "PUT"],
         }
     }
 
@@ -308,9 +321,27 @@ async fn route_request<S: Store, B: EventBus>(
             Reply::ok(&credits.set_auto_recharge(id, &input).await?)
         }
         Route::Transactions(id) => {
-            let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
-            Reply::ok(&credits.transactions(id, page_limit(req)?, cursor.as_deref()).await?)
+            let q = req.query_string_parameters();
+            let cursor = q.first("cursor").map(str::to_string);
+            let entity = q.first("entity").map(str::to_string);
+            Reply::ok(&credits.transactions_of(id, page_limit(req)?, cursor.as_deref(), entity.as_deref()).await?)
         }
+        Route::Entities(id) => Reply::ok(&credits.entities(id).await?),
+        Route::Entity(id, entity) if method == "PUT" => {
+            identity(req, config)?.authorize(&config.profile, Access::Billing, id)?;
+            let body = json_object(req, &["monthly_limit", "name"])?;
+            let monthly_limit = match body.0.get("monthly_limit") {
+                None => None,
+                Some(serde_json::Value::Null) => Some(None),
+                Some(v) => Some(Some(v.as_i64().ok_or_else(|| {
+                    ApiError::rule("invalid_monthly_limit", "`monthly_limit` must be a whole number of micro-credits, or null.")
+                })?)),
+            };
+            let name = body.opt_str("name")?.map(str::to_string);
+            let settings = topup::entities::EntitySettings { monthly_limit, name };
+            Reply::ok(&credits.set_entity(id, entity, &settings).await?)
+        }
+        Route::Entity(id, entity) => Reply::ok(&credits.entity(id, entity).await?),
         Route::Notifications(id) => Reply::ok(&credits.notifications(id, page_limit(req)?).await?),
         Route::Grants(id) => Reply::ok(&credits.grants(id).await?),
         Route::VoidGrant(id, grant) => {
@@ -331,8 +362,9 @@ async fn route_request<S: Store, B: EventBus>(
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| ApiError::invalid("`quantity` must be a positive whole number."))?;
             // Fails closed: whatever is not the caller's mistake is 503, never an answer.
-            let answer = credits.check(id, &consumable, quantity).await.map_err(|e| match e {
-                ApiError::InvalidRequest(_) | ApiError::NotFound(..) => e,
+            let entity = q.first("entity").map(str::to_string);
+            let answer = credits.check_as(id, &consumable, quantity, entity.as_deref()).await.map_err(|e| match e {
+                ApiError::InvalidRequest(_) | ApiError::NotFound(..) | ApiError::Rule("invalid_entity", _) => e,
                 _ => ApiError::Undecided,
             })?;
             Reply::ok(&answer)

@@ -83,11 +83,12 @@ async fn route_request<S: Store, B: EventBus>(
     who.authorize(&config.profile, Access::Service, account_id)?;
     match route {
         Route::Usage { .. } => {
-            let body = json_object(req, &["consumable", "quantity", "idempotency_key"])?;
+            let body = json_object(req, &["consumable", "quantity", "idempotency_key", "entity"])?;
             let consumable = body.str("consumable")?;
             let quantity = body.i64("quantity")?;
             let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
-            Reply::ok(&credits.debit(account_id, consumable, quantity, &key).await?)
+            let entity = body.opt_str("entity")?;
+            Reply::ok(&credits.debit_as(account_id, consumable, quantity, &key, entity).await?)
         }
         Route::Batch { .. } => {
             let body = json_object_sized(req, &["events"], MAX_BATCH_BODY_BYTES)?;
@@ -95,12 +96,13 @@ async fn route_request<S: Store, B: EventBus>(
             Reply::ok(&credits.debit_batch(account_id, &events).await?)
         }
         Route::Hold { .. } => {
-            let body = json_object(req, &["consumable", "quantity", "idempotency_key", "ttl_seconds"])?;
+            let body = json_object(req, &["consumable", "quantity", "idempotency_key", "ttl_seconds", "entity"])?;
             let consumable = body.str("consumable")?;
             let quantity = body.i64("quantity")?;
             let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
             let ttl = body.opt_i64("ttl_seconds")?.unwrap_or(DEFAULT_HOLD_TTL_SECONDS);
-            Reply::created(&credits.reserve(account_id, consumable, quantity, ttl, &key).await?)
+            let entity = body.opt_str("entity")?;
+            Reply::created(&credits.reserve_as(account_id, consumable, quantity, ttl, &key, entity).await?)
         }
         Route::Settle { hold, .. } => {
             check_id("hold_id", hold)?;
@@ -122,11 +124,13 @@ fn batch_events(values: &[serde_json::Value]) -> Result<Vec<UsageEvent>, ApiErro
         .enumerate()
         .map(|(i, v)| {
             let at = |e: ApiError| ApiError::invalid(format!("`events[{i}]`: {e}"));
-            let f = Fields::of(v.clone(), &["consumable", "quantity", "idempotency_key"]).map_err(at)?;
+            let f = Fields::of(v.clone(), &["consumable", "quantity", "idempotency_key", "entity"]).map_err(at)?;
             Ok(UsageEvent {
                 consumable: f.str("consumable").map_err(at)?.to_string(),
                 quantity: f.i64("quantity").map_err(at)?,
                 key: IdempotencyKey::parse("idempotency_key", f.str("idempotency_key").map_err(at)?).map_err(at)?,
+                // Checked with the event (422 `invalid_entity` is its result, not the batch's).
+                entity: f.opt_str("entity").map_err(at)?.map(str::to_string),
             })
         })
         .collect()

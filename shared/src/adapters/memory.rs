@@ -41,6 +41,7 @@ struct Memory {
     starts: HashMap<(String, String, i64), u32>,
     checkpoints: HashMap<String, Value>,
     ended_grants: HashMap<String, Vec<Grant>>,
+    entities: BTreeMap<(String, String), crate::entities::Entity>,
 }
 
 impl MemoryStore {
@@ -97,12 +98,23 @@ fn check(m: &Memory, c: &Commit) -> Result<(), CommitError> {
     if stale {
         return Err(CommitError::Stale(current.cloned().map(Box::new)));
     }
+    // As the DynamoDB adapter: an entity moved since it was read fails the whole commit.
+    let owner = crate::lanes::owner_of(&id).to_string();
+    for w in &c.entities {
+        let stored = m.entities.get(&(owner.clone(), w.record.entity.clone())).map_or(0, |e| e.version);
+        if stored != w.expected_version {
+            return Err(CommitError::EntityMoved);
+        }
+    }
     Ok(())
 }
 
 /// Writes commit `c` (its conditions checked).
 fn write(m: &mut Memory, c: Commit) {
     let id = c.account.id.clone();
+    for w in c.entities {
+        m.entities.insert((w.record.account_id.clone(), w.record.entity.clone()), w.record);
+    }
     if let Some(pi) = c.payment_index {
         m.payments.insert(pi, id.clone());
     }
@@ -342,6 +354,18 @@ impl Store for MemoryStore {
         let mut out = self.lock()?.ended_grants.get(account_id).cloned().unwrap_or_default();
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
+    }
+
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<crate::entities::Entity>, StoreError> {
+        Ok(self.lock()?.entities.get(&(account_id.to_string(), entity.to_string())).cloned())
+    }
+
+    async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.entities.range((account_id.to_string(), String::new())..)
+            .take_while(|((a, _), _)| a == account_id)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {

@@ -72,6 +72,7 @@ async fn a_batch_that_empties_hundreds_of_grants_applies_every_event() {
             consumable: "api_calls".into(),
             quantity: 5_000,
             key: key(&format!("b{i}")),
+            entity: None,
         })
         .collect();
     let r = c.debit_batch("a", &events).await.unwrap();

@@ -172,18 +172,19 @@ pub fn ledger_csv(entries: &[LedgerEntry]) -> String {
             s.to_string()
         }
     };
-    let mut out = String::from("id,kind,amount,balance_after,created_at,description\n");
+    let mut out = String::from("id,kind,amount,balance_after,created_at,description,entity\n");
     for e in entries {
         let v = e.view();
         let kind = serde_json::to_value(v.kind).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
         out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             field(&v.id),
             kind,
             v.amount,
             v.balance_after,
             v.created_at,
-            field(&v.description)
+            field(&v.description),
+            field(v.entity.as_deref().unwrap_or(""))
         ));
     }
     out
@@ -300,6 +301,7 @@ mod tests {
             description: String::new(),
             grants: moves.iter().map(|(g, m)| (g.to_string(), *m)).collect(),
             anchor: None,
+            entity: None,
         }
     }
 
@@ -378,7 +380,7 @@ mod tests {
     fn csv_keeps_formulas_as_text() {
         let mut e = entry(1, 0, EntryKind::Adjustment, &[("f", 5)]);
         e.description = "=HYPERLINK(\"x\")".into();
-        assert!(ledger_csv(&[e]).ends_with(",\"'=HYPERLINK(\"\"x\"\")\"\n"), "{}", "quoted and prefixed");
+        assert!(ledger_csv(&[e]).ends_with(",\"'=HYPERLINK(\"\"x\"\")\",\n"), "{}", "quoted and prefixed");
     }
 
     #[test]
@@ -388,7 +390,11 @@ mod tests {
         let csv = ledger_csv(&[e]);
         assert_eq!(
             csv,
-            "id,kind,amount,balance_after,created_at,description\ntxn_1,adjustment,5,0,1970-01-01T00:00:00.000Z,\"Promo, \"\"welcome\"\"\"\n"
+            "id,kind,amount,balance_after,created_at,description,entity\ntxn_1,adjustment,5,0,1970-01-01T00:00:00.000Z,\"Promo, \"\"welcome\"\"\",\n"
         );
+        // An entry of an entity (rules §17) names it in the last column.
+        let mut named = entry(2, 0, EntryKind::Consumption, &[("f", -5)]);
+        named.entity = Some("user:bob@acme.example".into());
+        assert!(ledger_csv(&[named]).ends_with(",user:bob@acme.example\n"));
     }
 }

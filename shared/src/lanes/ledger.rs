@@ -100,6 +100,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         limit: usize,
         bounds: Vec<Option<u64>>,
     ) -> Result<(Vec<LedgerEntry>, Option<Vec<Option<u64>>>), ApiError> {
+        self.merged_page_of(a, limit, bounds, &|_| true).await
+    }
+
+    /// `merged_page` of the entries `keep` keeps (an entity's, rules §17), leases never.
+    pub async fn merged_page_of(
+        &self,
+        a: &Account,
+        limit: usize,
+        bounds: Vec<Option<u64>>,
+        keep: &(dyn Fn(&LedgerEntry) -> bool + Sync),
+    ) -> Result<(Vec<LedgerEntry>, Option<Vec<Option<u64>>>), ApiError> {
         let mut shown = Vec::with_capacity(limit);
         let mut bounds = bounds;
         // Leases are a small share of entries (each funds many debits): a page rarely needs a
@@ -110,7 +121,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             for (i, (c, e)) in read.into_iter().enumerate() {
                 let slot = &mut bounds[c as usize];
                 *slot = Some(slot.map_or(e.seq, |s| s.min(e.seq)));
-                if !e.kind.is_lease() {
+                if !e.kind.is_lease() && keep(&e) {
                     shown.push(e);
                 }
                 if shown.len() == limit {
@@ -199,6 +210,7 @@ mod tests {
             description: String::new(),
             grants: vec![],
             anchor,
+            entity: None,
         }
     }
 

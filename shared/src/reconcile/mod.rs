@@ -105,6 +105,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             differences.extend(lane_differences(&account, &ledger, &lanes));
         }
+        let entities = self.store.entities(id).await.map_err(|_| ApiError::Upstream)?;
+        differences.extend(entity_differences(id, &entities, &ledger));
         differences
             .extend(self.payment_differences(&account, &ledger, &claims, &stripe, self.now() / 1000).await?);
         Ok(AccountReport {
@@ -351,6 +353,34 @@ impl Difference {
     }
 }
 
+/// rules §17: each entity's recorded spend for its month is what its entries of that month drew
+/// (a debit naming an entity writes its entry and its record in one commit). Entries of an
+/// entity never go to a lane, so the account's own ledger holds them all.
+pub fn entity_differences(account_id: &str, entities: &[crate::entities::Entity], ledger: &[LedgerEntry]) -> Vec<Difference> {
+    let mut drawn: HashMap<(&str, String), i64> = HashMap::new();
+    for e in ledger.iter().filter(|e| e.kind == EntryKind::Consumption) {
+        if let Some(name) = e.entity.as_deref() {
+            let t = drawn.entry((name, crate::clock::month_of(e.created_at))).or_default();
+            *t = t.saturating_sub(e.amount.get());
+        }
+    }
+    entities
+        .iter()
+        .filter_map(|ent| {
+            let theirs = drawn.get(&(ent.entity.as_str(), ent.month.clone())).copied().unwrap_or(0);
+            (theirs != ent.spent).then(|| {
+                Difference::wrong(
+                    account_id,
+                    "entity_spend_mismatch",
+                    ent.spent,
+                    theirs,
+                    format!("Entity {} records {} spent in {}; its entries drew {theirs}.", ent.entity, ent.spent, ent.month),
+                )
+            })
+        })
+        .collect()
+}
+
 /// rules §10.1 and §10.4 on one account's stored state.
 pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Difference> {
     let mut out = Vec::new();
@@ -486,6 +516,7 @@ mod tests {
             description: String::new(),
             grants: vec![],
             anchor: None,
+            entity: None,
         }
     }
 

@@ -32,7 +32,7 @@ pub mod url;
 pub use store::{Created, MemoryWebhookStore, WebhookStore};
 
 /// The event types an endpoint may subscribe to (rules §15), `*` meaning all of them.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "balance.low",
     "balance.depleted",
     "balance.alert",
@@ -44,10 +44,11 @@ pub const EVENT_TYPES: [&str; 11] = [
     "dispute.created",
     "dispute.closed",
     "grant.expired",
+    "entity.budget_alert",
 ];
 
 /// The bus detail types `webhooks-out` is sent (the template's rule lists the same).
-pub const DETAIL_TYPES: [&str; 11] = [
+pub const DETAIL_TYPES: [&str; 12] = [
     "BalanceLow",
     "BalanceDepleted",
     "BalanceAlert",
@@ -59,6 +60,7 @@ pub const DETAIL_TYPES: [&str; 11] = [
     "PaymentDisputed",
     "DisputeClosed",
     "GrantExpired",
+    "EntityBudgetAlert",
 ];
 
 /// The header a delivery is signed in.
@@ -93,6 +95,7 @@ pub fn webhook_type(detail_type: &str, detail: &Value) -> Option<&'static str> {
         "PaymentDisputed" => "dispute.created",
         "DisputeClosed" => "dispute.closed",
         "GrantExpired" => "grant.expired",
+        "EntityBudgetAlert" => "entity.budget_alert",
         _ => return None,
     })
 }

@@ -24,6 +24,7 @@ pub(crate) enum Slot {
     Idempotency,
     Hold,
     Purchase,
+    Entity,
     Other,
 }
 
@@ -116,6 +117,16 @@ pub(crate) fn plan_commit(c: &Commit) -> Result<Vec<Planned>, StoreError> {
     if let Some(r) = &c.recharge {
         let item = to_item(r, pk.clone(), format!("RECHARGE#{}", r.recharge_id), None)?;
         out.push(planned(item, Some(NEW), Slot::Other, "recharge"));
+    }
+    for w in &c.entities {
+        let owner = crate::lanes::owner_of(&c.account.id);
+        let item = to_item(&w.record, account_pk(owner), format!("ENTITY#{}", w.record.entity), None)?;
+        let condition = if w.expected_version == 0 {
+            (NEW.to_string(), vec![])
+        } else {
+            ("version = :ev".to_string(), vec![(":ev", AttributeValue::N(w.expected_version.to_string()))])
+        };
+        out.push(Planned { item, condition: Some(condition), slot: Slot::Entity, kind: "entity" });
     }
     for g in &c.ended_grants {
         let item = to_item(g, pk.clone(), format!("GRANT#{}", g.id), None)?;
@@ -219,6 +230,14 @@ fn block_item(account_id: &str, entries: &[LedgerEntry]) -> Result<Item, StoreEr
     if let Some(a) = entries.first().and_then(|e| e.anchor) {
         item.insert("anchor".into(), AttributeValue::N(a.to_string()));
     }
+    // The entities of the entries that name one (rules §17), by seq: beside the packed
+    // entries, so blocks written before entities read back as they were.
+    let named: std::collections::BTreeMap<String, &str> =
+        entries.iter().filter_map(|e| e.entity.as_deref().map(|n| (e.seq.to_string(), n))).collect();
+    if !named.is_empty() {
+        let json = serde_json::to_string(&named).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        item.insert("entities".into(), s(json));
+    }
     Ok(item)
 }
 
@@ -232,6 +251,11 @@ pub(crate) fn entries_of(item: &Item) -> Result<Vec<LedgerEntry>, StoreError> {
     let json = block.as_s().map_err(|_| StoreError::Corrupt("ledger block is not a string".into()))?;
     let packed: Vec<Packed> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let anchor = item.get("anchor").and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<u64>().ok());
+    let named: std::collections::BTreeMap<String, String> = match item.get("entities").map(|v| v.as_s()) {
+        None => Default::default(),
+        Some(Ok(json)) => serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        Some(Err(_)) => return Err(StoreError::Corrupt("ledger block's entities are not a string".into())),
+    };
     Ok(packed
         .into_iter()
         .map(|(id, seq, kind, amount, balance_after, created_at, description, grants)| LedgerEntry {
@@ -245,6 +269,7 @@ pub(crate) fn entries_of(item: &Item) -> Result<Vec<LedgerEntry>, StoreError> {
             description,
             grants,
             anchor,
+            entity: named.get(&seq.to_string()).cloned(),
         })
         .collect())
 }
@@ -277,6 +302,7 @@ mod tests {
             description: "5 api_calls".into(),
             grants: vec![("grant_a".into(), amount)],
             anchor: None,
+            entity: None,
         }
     }
 

@@ -17,6 +17,7 @@
 //! | ended grant   | `ACCOUNT#{id}`  | `GRANT#{grant_id}` (used up, expired or voided) |
 //! | checkpoint    | `{job}#…` (`RECONCILE#…`, `SWEEP#…`) | `CHECKPOINT` (`value`: JSON) |
 //! | start count   | `ACCOUNT#{id}`  | `RATE#{what}#{window_ms:013}` (`n`; TTL a day) |
+//! | entity        | `ACCOUNT#{id}`  | `ENTITY#{entity}` (its limit and month's spend; rules §17) |
 //! | webhook endpoint | `WEBHOOKS`   | `EP#{endpoint_id}` (and their count, `COUNT`; `webhooks.rs`) |
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
@@ -258,6 +259,9 @@ impl Store for DynamoStore {
         if let Some(r) = failed(Slot::Account) {
             return Err(CommitError::Stale(if several { None } else { reason_item::<Account>(r) }));
         }
+        if failed(Slot::Entity).is_some() {
+            return Err(CommitError::EntityMoved);
+        }
         if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
             return Err(CommitError::Conflict);
         }
@@ -479,6 +483,14 @@ impl Store for DynamoStore {
         let mut out: Vec<Grant> = self.query_all(account_pk(account_id), "GRANT#", "Query(grants)").await?;
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
+    }
+
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<crate::entities::Entity>, StoreError> {
+        self.get(account_pk(account_id), format!("ENTITY#{entity}")).await?.map(|i| from_item(&i)).transpose()
+    }
+
+    async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
+        self.query_all(account_pk(account_id), "ENTITY#", "Query(entities)").await
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
