@@ -618,3 +618,74 @@ mod service_tests {
         assert_eq!((v.monthly_limit, v.remaining_this_month, v.name.as_deref()), (None, None, Some("Bob")));
     }
 }
+
+#[cfg(test)]
+mod cost_tests {
+    //! What a debit naming an entity costs beside one that does not, counted by DynamoDB's
+    //! published rules (a transactional write: 2 WCU per KB of each item, rounded up; a strongly
+    //! consistent read: 1 RCU per 4 KB). BENCHMARKS.md quotes these figures.
+    use super::*;
+    use crate::engine::memory_credits;
+    use crate::ids::key;
+    use crate::ledger::LedgerEntry;
+    use crate::money::MICROS_PER_CREDIT as C;
+    use crate::store::Commit;
+
+    fn wcu(size: usize) -> usize {
+        2 * size.div_ceil(1024).max(1)
+    }
+
+    #[tokio::test]
+    async fn a_debit_with_an_entity_adds_one_small_item_and_one_read() {
+        let c = memory_credits("usd-overage");
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
+        c.adjust("a", 100 * C, "grant", &key("g")).await.unwrap();
+        c.set_entity("a", "user:someone@example.com", &EntitySettings { monthly_limit: Some(Some(50 * C)), name: None })
+            .await
+            .unwrap();
+        c.debit_as("a", "api_calls", 1_000, &key("d1"), Some("user:someone@example.com")).await.unwrap();
+        let account = c.store.load_account("a").await.unwrap().unwrap();
+        let entry = c.whole_ledger("a").await.unwrap().pop().unwrap();
+        let record = c.store.load_entity("a", "user:someone@example.com").await.unwrap().unwrap();
+        let key_record = crate::ledger::IdemRecord {
+            account_id: "a".into(),
+            scope_key: "usage:d1".into(),
+            request_hash: "0".repeat(64),
+            outcome: serde_json::json!({"from_allowance": 0, "from_credits": C, "balance": 99 * C, "transaction_id": entry.id}),
+            created_at: 0,
+            permanent: false,
+            credited: None,
+        };
+        let plain = Commit {
+            ledger: vec![LedgerEntry { entity: None, ..entry.clone() }],
+            idempotency: vec![key_record.clone()],
+            ..Commit::account_only(account.clone(), 1)
+        };
+        let named = Commit {
+            ledger: vec![entry],
+            idempotency: vec![key_record],
+            entities: vec![EntityWrite { record: record.clone(), expected_version: record.version - 1 }],
+            ..Commit::account_only(account, 1)
+        };
+        let cost = |c: &Commit| -> (usize, usize) {
+            let items = crate::adapters::dynamo::commit_items(c).unwrap();
+            (items.len(), items.iter().map(|i| wcu(i.size)).sum())
+        };
+        let (plain_items, plain_wcu) = cost(&plain);
+        let (named_items, named_wcu) = cost(&named);
+        let entity_size = crate::adapters::dynamo::commit_items(&named)
+            .unwrap()
+            .iter()
+            .find(|i| i.kind == "entity")
+            .map(|i| i.size)
+            .unwrap();
+        eprintln!(
+            "a debit: {plain_items} items, {plain_wcu} WCU; naming an entity: {named_items} items, {named_wcu} WCU \
+             (the entity's item {entity_size} bytes), and one strongly consistent read of it (1 RCU)"
+        );
+        assert_eq!(named_items, plain_items + 1);
+        assert_eq!(named_wcu, plain_wcu + 2, "the entity's item is under 1 KB");
+    }
+}
+

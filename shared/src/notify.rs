@@ -421,6 +421,20 @@ mod tests {
     }
 
     #[test]
+    fn an_entity_budget_alert_names_the_entity_and_its_level() {
+        let m = r(
+            "usd-overage",
+            "EntityBudgetAlert",
+            json!({"entity": "user:ann@acme.example", "percent": 80, "spent": 8 * C, "monthly_limit": 10 * C, "balance": 40 * C}),
+        );
+        assert_eq!(
+            (m.kind, m.subject.as_str()),
+            ("credit_entity_budget", "user:ann@acme.example has used 80% of its monthly budget")
+        );
+        assert!(m.text.contains("has spent $8.00 of its $10.00 monthly budget"), "{}", m.text);
+    }
+
+    #[test]
     fn a_balance_alert_names_its_threshold() {
         let m = r(
             "usd-overage",

@@ -296,6 +296,7 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
 
         batch_usage(api, svc, checks)
         lanes(api, svc, checks)
+        entities(api, svc, checks, stack_api, secret, moto)
         failure_queue_and_redrive(api, moto, secret, checks, stack_api, r, ses, kw, watch_port)
         crowd(api, svc, checks)
         r.shutdown()
@@ -573,6 +574,60 @@ def lanes(api, svc, checks):
     checks.check("lanes 1 → every lane's credits home, the whole balance unchanged",
                  s == 200 and first.get("balance_after") == want and (v or {}).get("balance") == want,
                  f"{s} {b} {page} {v}")
+
+
+def entities(api: str, svc: str, checks: Checks, stack_api, secret: str, moto: str) -> None:
+    """Budgets for members, projects and keys (rules §17) through the router: an owner sets a
+    limit, usage naming the entity spends it, the debit past it is 402 with the entity and what
+    remains, the check says so, the list and the page's filter show it, the CSV has the column,
+    and reaching 80 % and 100 % emails the billing contact once each."""
+    acct = f"{api}/v1/accounts/e2e-ent"
+    s, _ = http("PUT", acct, svc, {"plan": "free", "billing_contacts": [{"email": "budgets@example.com"}]})
+    checks.check("PUT /v1/accounts/e2e-ent → 201", s == 201, f"{s}")
+    http("POST", f"{acct}/usage", svc, {"consumable": "api_calls", "quantity": 1_000, "idempotency_key": "ent-allowance"})
+    http("POST", f"{acct}/credits/adjustments", svc, {"amount": 50_000_000, "reason": "e2e", "idempotency_key": "ent-g"})
+    owner = stack_api.token_for("owner", "e2e-ent", secret)
+    s, b = http("PUT", f"{acct}/entities/user:ann@acme.example", owner, {"monthly_limit": 5_000_000, "name": "Ann"})
+    checks.check("PUT …/entities/user:ann@acme.example (owner) → 200 with the limit and nothing spent",
+                 s == 200 and b == {"entity": "user:ann@acme.example", "name": "Ann", "monthly_limit": 5_000_000,
+                                     "spent_this_month": 0, "remaining_this_month": 5_000_000}, f"{s} {b}")
+    use = lambda q, k: http("POST", f"{acct}/usage", svc, {"consumable": "api_calls", "quantity": q,
+                                                             "idempotency_key": k, "entity": "user:ann@acme.example"})
+    statuses = [use(4_000, "ent-1")[0], use(500, "ent-2")[0]]
+    s, refused = use(1_000, "ent-3")
+    checks.check("usage past the entity's limit → 402 entity_budget_exceeded with the entity and what remains",
+                 statuses == [200, 200] and s == 402 and refused.get("error", {}).get("code") == "entity_budget_exceeded"
+                 and refused.get("entity") == "user:ann@acme.example" and refused.get("remaining_this_month") == 500_000,
+                 f"{statuses} {s} {refused}")
+    s, c = http("GET", f"{acct}/credits/check?consumable=api_calls&quantity=1000&entity=user:ann@acme.example", svc)
+    checks.check("the check answers entity_budget_exceeded", s == 200 and c.get("reason") == "entity_budget_exceeded", f"{s} {c}")
+    s, _ = use(500, "ent-4")
+    s2, lst = http("GET", f"{acct}/entities", owner)
+    ann = [e for e in (lst or {}).get("entities", []) if e.get("entity") == "user:ann@acme.example"]
+    checks.check("the rest of the month's budget is taken exactly; the list shows it spent",
+                 s == 200 and s2 == 200 and ann and ann[0]["spent_this_month"] == 5_000_000
+                 and ann[0]["remaining_this_month"] == 0, f"{s} {s2} {lst}")
+    s, page = http("GET", f"{acct}/credits/transactions?entity=user:ann@acme.example", svc)
+    txs = (page or {}).get("transactions", [])
+    checks.check("?entity= shows only its entries", s == 200 and [t["amount"] for t in txs] == [-500_000, -500_000, -4_000_000]
+                 and all(t.get("entity") == "user:ann@acme.example" for t in txs), f"{s} {page}")
+    req = urllib.request.Request(f"{acct}/credits/transactions.csv", headers={"authorization": f"Bearer {svc}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        csv = r.read().decode()
+    checks.check("the CSV has the entity column", csv.startswith("id,kind,amount,balance_after,created_at,description,entity\n")
+                 and csv.count(",user:ann@acme.example\n") == 3, csv[:300])
+
+    def budget_mails() -> list:
+        data = json.load(urllib.request.urlopen(f"{moto}/moto-api/data.json"))
+        return sorted(m["subject"] for m in data.get("ses", {}).get("Message", [])
+                      if m["destinations"].get("ToAddresses") == ["budgets@example.com"] and "budget" in m["subject"])
+    want = ["user:ann@acme.example has used 100% of its monthly budget", "user:ann@acme.example has used 80% of its monthly budget"]
+    deadline = time.time() + 60
+    while time.time() < deadline and len(budget_mails()) < 2:
+        time.sleep(0.5)
+    time.sleep(2)  # a duplicate would have arrived by now
+    got = budget_mails()
+    checks.check("80 % and 100 % of the budget emailed to the billing contact once each", got == want, f"{got}")
 
 
 def failure_queue_and_redrive(api: str, moto: str, secret: str, checks: Checks, stack_api, r, ses: SesGate,
