@@ -181,6 +181,35 @@ def run(api, moto, table, token_for, http, checks, shots):
                          page.is_visible("#out-of-credits") and page.is_visible("#out-of-credits button"),
                          page.inner_text("#balance"))
 
+            # Budgets (rules §17): spend by member with its limit; an owner sets one.
+            account("team-org", "free")
+            s, b = http("POST", f"{api}/v1/accounts/team-org/credits/adjustments", svc,
+                        {"amount": 500_000_000, "reason": "browser", "idempotency_key": "team-g"})
+            assert s == 201, (s, b)
+            # Past the Free plan's 30 included minutes, so the entity's usage draws credits.
+            usage("team-org", 30, "team-allowance")
+            s, b = http("POST", f"{api}/v1/accounts/team-org/usage", svc,
+                        {"consumable": "voice_minutes", "quantity": 10, "idempotency_key": "team-u1",
+                         "entity": "agent:maria"})
+            assert s == 200, (s, b)
+            spent_maria = b["from_credits"]
+            open_page("team-org")
+            page.wait_for_selector('#entities-list tr[data-entity="agent:maria"]', timeout=20_000)
+            row = page.inner_text('#entities-list tr[data-entity="agent:maria"]')
+            checks.check("browser: spend by member lists what agent:maria spent, with no limit",
+                         spent_maria > 0 and "No limit" in row and "agent:maria" in row, row)
+            page.fill("#entity-name", "agent:bob")
+            page.fill("#entity-limit", "30")
+            page.click("#entity-add")
+            page.wait_for_selector('#entities-list tr[data-entity="agent:bob"]', timeout=20_000)
+            s, bob = http("GET", f"{api}/v1/accounts/team-org/entities/agent:bob", svc)
+            row = page.inner_text('#entities-list tr[data-entity="agent:bob"]')
+            value = page.input_value('#entities-list tr[data-entity="agent:bob"] input')
+            checks.check("browser: an owner sets agent:bob's monthly budget from the page",
+                         s == 200 and bob["monthly_limit"] == bob["remaining_this_month"] and bob["monthly_limit"] > 0
+                         and value == "30", f"{s} {bob} {row!r} {value!r}")
+            page.screenshot(path=str(shots / "budgets.png"), full_page=True)
+
             # A phone-width screen: nothing wider than the viewport.
             page.set_viewport_size({"width": 375, "height": 800})
             open_page("clinic")
