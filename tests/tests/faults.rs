@@ -43,6 +43,15 @@ use topup::secret::Secret;
 use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
 use topup_tests::*;
 
+/// The entity a usage key's debits name, if any: fixed by the key, so a replay names the same.
+fn entity_of(key: &str) -> Option<&'static str> {
+    match key.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 3 {
+        0 => Some("member-a"),
+        1 => Some("member-b"),
+        _ => None,
+    }
+}
+
 // ---- a seeded generator (splitmix64): the same seed, the same schedule ----------------------
 
 struct Rng(u64);
@@ -442,6 +451,12 @@ impl Schedule {
             // Room above the floor, so lanes lease and refill before the balance drains.
             w.grant(&id, rng.range(5, 30) * C).await;
         }
+        // Budgets (rules §17): a third of the debits name `member-a`, whose month is limited, and a
+        // third `member-b`, which has no limit (by the key, so a replay names the same one).
+        let member_limit = rng.range(1, 6) * C;
+        let (s, b) =
+            w.api(put(&format!("/v1/accounts/{id}/entities/member-a"), &service(), json!({"monthly_limit": member_limit}))).await;
+        assert_eq!(s, 200, "entity: {b}");
         let armed = Arc::new(Armed::default());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let instance = || {
@@ -616,7 +631,10 @@ impl Schedule {
                 let reqs: Vec<(String, i64)> = (0..3).map(|_| (unique("u"), self.quantity())).collect();
                 let call = |i: usize| {
                     let (k, q) = &reqs[i];
-                    let body = json!({"consumable": self.consumable, "quantity": q, "idempotency_key": k});
+                    let mut body = json!({"consumable": self.consumable, "quantity": q, "idempotency_key": k});
+                    if let Some(entity) = entity_of(k) {
+                        body["entity"] = json!(entity);
+                    }
                     debit::handle(&self.w.config, &self.instances[i % 2], post(&self.path("/usage"), &service(), body))
                 };
                 let (a, b, c) = tokio::join!(call(0), call(1), call(2));
@@ -646,8 +664,9 @@ impl Schedule {
                     };
                     events.push(ev);
                 }
+                // Each key names its entity, as its single debits do (null: none).
                 let body = json!({"events": events.iter().map(|(k, q)| json!({
-                    "consumable": self.consumable, "quantity": q, "idempotency_key": k,
+                    "consumable": self.consumable, "quantity": q, "idempotency_key": k, "entity": entity_of(k),
                 })).collect::<Vec<_>>()});
                 let (s, b) = Box::pin(self.call_debit(post(&self.path("/usage/batch"), &service(), body))).await;
                 statuses.push(s);
@@ -1018,7 +1037,10 @@ impl Schedule {
     }
 
     async fn debit(&mut self, key: &str, qty: i64) -> u16 {
-        let body = json!({"consumable": self.consumable, "quantity": qty, "idempotency_key": key});
+        let mut body = json!({"consumable": self.consumable, "quantity": qty, "idempotency_key": key});
+        if let Some(entity) = entity_of(key) {
+            body["entity"] = json!(entity);
+        }
         let (s, b) = self.call_debit(post(&self.path("/usage"), &service(), body)).await;
         self.remember(key, s, &b);
         if !self.usage_keys.iter().any(|(k, _)| k == key) {
@@ -1225,6 +1247,15 @@ impl Schedule {
             if let Some(missing) = self.disputes.iter().find(|d| !account.disputes.contains_key(*d)) {
                 self.fail(format!("dispute {missing} was opened at Stripe but never recorded"));
             }
+        }
+        // Budgets (rules §17): no entity's month passes its limit (reconciliation above checked
+        // each one's spend against its entries).
+        let entities = match self.w.credits.store.entities(&self.id).await {
+            Ok(e) => e,
+            Err(e) => self.fail(format!("entities: {e:?}")),
+        };
+        if let Some(e) = entities.iter().find(|e| e.monthly_limit.is_some_and(|l| e.spent > l)) {
+            self.fail(format!("entity {} spent {} past its limit {:?}", e.entity, e.spent, e.monthly_limit));
         }
         // Holds never hold more than the balance.
         let now = topup::clock::now_ms();

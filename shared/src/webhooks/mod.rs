@@ -541,6 +541,20 @@ mod tests {
     }
 
     #[test]
+    fn an_entity_budget_alert_goes_out_as_entity_budget_alert() {
+        let detail = json!({"entity": "user:ann", "percent": 80, "spent": 8, "monthly_limit": 10, "balance": 40,
+            "event_id": "evt_2", "account_id": "acme", "occurred_at": "x", "occurred_ms": 1_796_083_200_123i64});
+        let out = Outgoing::from_bus(&json!({"detail-type": "EntityBudgetAlert", "detail": detail}))
+            .expect("sent")
+            .expect("reads");
+        let body: Value = serde_json::from_str(&out.body).expect("json");
+        assert_eq!(body["type"], "entity.budget_alert");
+        assert_eq!(body["data"]["entity"], "user:ann");
+        assert_eq!(body["data"]["percent"], 80);
+        assert!(EVENT_TYPES.contains(&"entity.budget_alert") && DETAIL_TYPES.contains(&"EntityBudgetAlert"));
+    }
+
+    #[test]
     fn events_map_to_the_types_receivers_subscribe_to_and_the_body_is_the_rules_shape() {
         let detail = json!({"threshold": 5, "balance": 4, "previous_balance": 6, "cause": "usage", "version": 3,
             "event_id": "evt_1", "account_id": "acme", "occurred_at": "x", "occurred_ms": 1_796_083_200_123i64});
