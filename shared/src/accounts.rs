@@ -206,6 +206,7 @@ pub struct GrantTerms {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;

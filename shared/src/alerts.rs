@@ -63,6 +63,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
 

@@ -28,8 +28,6 @@ use crate::ledger::{crossing_events, Credited, HoldRecord, IdemRecord, LedgerEnt
 use crate::profile::Profile;
 use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
 
-/// DynamoDB's limit on the items of one transaction.
-const ITEMS_PER_TRANSACTION: usize = 100;
 /// Attempts before a contended write answers 503 `account_busy`.
 pub(crate) const MAX_ATTEMPTS: u32 = 100;
 /// How long a balance write may wait (for this process's queue of the account and for
@@ -450,25 +448,25 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let written = match recall {
                 None => self.store.commit(commit).await,
                 Some(r) => {
-                    let count = |c: &Commit| crate::adapters::dynamo::commit_items(c).map_or(usize::MAX, |i| i.len());
-                    let items = r.lanes.iter().map(count).fold(count(&commit), usize::saturating_add);
-                    if items > ITEMS_PER_TRANSACTION {
-                        // Too much for one transaction beside the change: the recall alone
-                        // first, then the change planned again on what it left.
-                        if !self.recall(r).await? {
-                            if self.write_budget.checked_sub(started.elapsed()).is_none() {
-                                break;
-                            }
-                            self.backoff(attempt, started).await;
-                        }
-                        current = self.load(account_id).await?;
-                        fresh = true;
-                        continue;
-                    }
                     lanes_after = r.lanes.iter().map(|c| c.account.clone()).collect();
                     let mut all = vec![commit];
-                    all.extend(r.lanes);
-                    self.store.commit_all(all).await
+                    all.extend(r.lanes.iter().cloned());
+                    match self.store.commit_all(all).await {
+                        Err(CommitError::TooLarge(_)) => {
+                            // Too much for one transaction beside the change: the recall alone
+                            // first, then the change planned again on what it left.
+                            if !self.recall(r).await? {
+                                if self.write_budget.checked_sub(started.elapsed()).is_none() {
+                                    break;
+                                }
+                                self.backoff(attempt, started).await;
+                            }
+                            current = self.load(account_id).await?;
+                            fresh = true;
+                            continue;
+                        }
+                        other => other,
+                    }
                 }
             };
             match written {
@@ -510,6 +508,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Err(CommitError::Store(e)) => {
                     self.forget(account_id);
                     return Err(upstream(e));
+                }
+                Err(CommitError::TooLarge(why)) => {
+                    // Limits are checked before a change is planned (rules §16); reaching
+                    // here is a bug, not the caller's to retry.
+                    tracing::error!(account_id, why, "a commit too large for one transaction");
+                    self.forget(account_id);
+                    return Err(ApiError::Upstream);
                 }
             }
             if self.write_budget.checked_sub(started.elapsed()).is_none() {
@@ -558,6 +563,7 @@ pub(crate) fn memory_credits(
 mod tests {
     //! Fast tests over the in-memory store and bus; the same behaviour is tested against the
     //! emulators in `tests/`.
+    use crate::store::Accounts;
     use super::*;
     use crate::ids::key;
     use std::sync::atomic::Ordering;

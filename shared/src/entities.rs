@@ -409,6 +409,7 @@ mod tests {
 #[cfg(test)]
 mod service_tests {
     //! Budgets over the in-memory store (the same against moto in `tests/tests/entities.rs`).
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;
@@ -624,6 +625,7 @@ mod cost_tests {
     //! What a debit naming an entity costs beside one that does not, counted by DynamoDB's
     //! published rules (a transactional write: 2 WCU per KB of each item, rounded up; a strongly
     //! consistent read: 1 RCU per 4 KB). BENCHMARKS.md quotes these figures.
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;

@@ -500,6 +500,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::PaymentRecords;
     use super::*;
     use crate::ids::key;
 

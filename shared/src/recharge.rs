@@ -624,6 +624,7 @@ impl AutoRechargeInput {
 
 #[cfg(test)]
 mod settings_bounds {
+    use crate::store::Accounts;
     use super::*;
     use crate::accounts::MAX_CREDITS;
     use crate::engine::memory_credits;

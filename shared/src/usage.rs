@@ -405,12 +405,12 @@ pub(crate) fn usage_description(consumable: &str, quantity: i64, from_allowance:
 
 #[cfg(test)]
 mod bounds {
+    use crate::store::Accounts;
     use crate::accounts::MAX_ADJUSTMENT;
     use crate::batch::UsageEvent;
     use crate::engine::memory_credits;
     use crate::ids::key;
     use crate::ledger::MAX_QUANTITY;
-    use crate::store::Store;
     use crate::ApiError;
 
     fn code<T>(r: Result<T, ApiError>) -> String {

@@ -6,6 +6,7 @@
 //! `TOPUP_TEST_AWS_ENDPOINT`. Each test makes its own table and bus, so tests run in parallel
 //! without resetting one another.
 
+use topup::store::Accounts;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -19,7 +20,6 @@ use topup::engine::Credits;
 use topup::ledger::LedgerEntry;
 use topup::profile::Profile;
 use topup::secret::Secret;
-use topup::store::Store;
 use topup::webhooks::deliver::Dispatcher;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";

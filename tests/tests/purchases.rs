@@ -1,6 +1,7 @@
 //! Purchases' life against the emulator (rules §7, §10.2): priced by the server, recorded
 //! pending, moved by webhook deliveries in any order, credited exactly once.
 
+use topup::store::PaymentRecords;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ async fn a_failed_payment_is_never_credited_and_says_so() {
 /// (no lost update of, say, the Checkout Session id when a webhook moves it at the same time).
 #[tokio::test]
 async fn a_purchase_write_from_a_stale_read_is_refused() {
-    use topup::store::{CommitError, PurchaseWrite, Store};
+    use topup::store::{CommitError, PurchaseWrite};
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let p = w.credits.record_purchase("acme", &amount(1000), None).await.expect("record");

@@ -2,11 +2,11 @@
 //! nothing; each way they can disagree is named. Account ids are unique per test because the
 //! local Stripe is shared and a customer is keyed by the account id, as in production.
 
+use topup::store::Listings;
 use std::collections::BTreeSet;
 
 use serde_json::json;
 use topup::reconcile::Severity;
-use topup::store::Store;
 use topup_tests::*;
 
 fn codes(differences: &[topup::reconcile::Difference]) -> BTreeSet<&str> {

@@ -474,11 +474,11 @@ impl Grant {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use crate::accounts::GrantTerms;
     use crate::engine::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
-    use crate::store::Store;
 
     /// A hold opened before a grant expires, a debit after: the debit sees only what is left
     /// once the grant has gone, so the hold can always settle and nothing goes below zero.
