@@ -41,7 +41,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Err(ApiError::rule("invalid_purchase", "Only purchases and auto-recharges credit a payment."));
         }
         let claim = Claim {
-            scope_key: format!("payment:{}", payment.payment_id),
+            scope_key: if crate::broken::on(crate::broken::Bug::CreditPaymentTwice) {
+                format!("payment:{}:{}", payment.payment_id, crate::ledger::new_id("again"))
+            } else {
+                format!("payment:{}", payment.payment_id)
+            },
             hash: request_hash(
                 &json!({"kind": payment.kind, "credits": payment.credits.get(), "charge": payment.charge_cents}),
             ),
@@ -193,7 +197,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             // Never more than the payment credited, less what refunds and its disputes (open or
             // lost) already took back (rules §12).
             let left = credited.saturating_sub(before).saturating_sub(a.kept_by_disputes(payment_intent_id));
-            let owed = (share - before).min(left);
+            let owed = if crate::broken::on(crate::broken::Bug::ForgetRefundCap) { share - before } else { (share - before).min(left) };
             if owed <= 0 {
                 return Ok(Plan::AlreadySo(None));
             }

@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod alerts;
 pub mod auth;
 pub mod batch;
+pub mod broken;
 pub mod cards;
 pub mod check;
 pub mod clock;

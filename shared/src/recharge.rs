@@ -200,7 +200,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.get();
             let over_money =
                 ar.monthly_spend_max_cents.is_some_and(|cap| ar.spent_this_month_cents + charge_cents > cap);
-            if ar.used_this_month >= ar.monthly_max || over_money {
+            let at_cap = ar.used_this_month >= ar.monthly_max && !crate::broken::on(crate::broken::Bug::ForgetMonthlyCap);
+            if at_cap || over_money {
                 // At the cap auto-recharge pauses until next month (seed 004); the first time
                 // a month, say so on the bus (the profile decides whether that is emailed).
                 let reason = if over_money { "monthly_spend_cap" } else { "monthly_cap" };

@@ -367,6 +367,9 @@ impl Account {
         let i = self.grants.iter().position(|g| g.id == id)?;
         let mut g = self.grants.remove(i);
         let amount = g.remaining.get();
+        if end == GrantEnd::Expired && crate::broken::on(crate::broken::Bug::ExpireGrantTwice) {
+            self.grants.insert(i, g.clone());
+        }
         self.balance = Micros::new(self.balance.get() - amount);
         g.remaining = Micros::ZERO;
         g.ended = Some(end);
