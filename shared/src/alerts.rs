@@ -54,7 +54,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = a.next(now);
             next.alerts = alerts.clone();
-            Change::quiet(next, "alerts", view).write()
+            Change::quiet(next, crate::cause::Cause::Alerts, view).write()
         })
         .await?
         .done()

@@ -331,7 +331,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             record.write(version)
                         })
                         .collect();
-                    Change { entries, keys, refused, entities, events: alerts, ..Change::quiet(next, "usage", results) }
+                    Change { entries, keys, refused, entities, events: alerts, ..Change::quiet(next, crate::cause::Cause::Usage, results) }
                         .write()
                 })
                 .await?;

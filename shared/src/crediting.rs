@@ -164,7 +164,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     purchase,
                     credited,
                     payment_index,
-                    ..Change::quiet(next, "payment", view)
+                    ..Change::quiet(next, crate::cause::Cause::Payment, view)
                 }
                 .write()
             })
@@ -217,7 +217,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     balance: next.balance.get(),
                 }),
             );
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "refund", view) }.write()
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::Refund, view) }.write()
         })
         .await?
         .done()
@@ -347,7 +347,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }),
             );
             let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "dispute", outcome) }.write()
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::Dispute, outcome) }.write()
         })
         .await?
         .done()
@@ -409,7 +409,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }),
             );
             let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "dispute_closed", outcome) }.write()
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::DisputeClosed, outcome) }.write()
         })
         .await?
         .done()

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::account::{Account, RechargeRecord};
 use crate::clock;
 use crate::error::ApiError;
+use crate::cause::{Cause, Effect};
 use crate::events::DomainEvent;
 use crate::events::{publish_committed, EventBus};
 use crate::ledger::{crossing_events, Credited, HoldRecord, IdemRecord, LedgerEntry};
@@ -40,10 +41,6 @@ pub const WRITE_BUDGET: Duration = Duration::from_secs(5);
 const STRIPES: usize = 256;
 const CACHE_CAP: usize = 10_000;
 
-/// Changes that are usage: drawing on a low balance may start a recharge.
-const USAGE_CAUSES: [&str; 2] = ["usage", "settle"];
-/// Changes that take credits back without usage: going low through one starts no recharge.
-const NOT_USAGE_CAUSES: [&str; 5] = ["refund", "dispute", "adjustment", "expiry", "void"];
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
     /// Commit this change and answer its outcome.
@@ -59,7 +56,7 @@ pub(crate) struct Change<T> {
     pub(crate) hold: Option<HoldWrite>,
     /// What the operation answers when this commits (and, keyed, on every replay).
     pub(crate) outcome: T,
-    pub(crate) cause: &'static str,
+    pub(crate) cause: Cause,
     /// Events besides the threshold crossings, written to the outbox with the change.
     pub(crate) events: Vec<DomainEvent>,
     /// A purchase state change committed with this balance change.
@@ -85,7 +82,7 @@ pub(crate) struct Change<T> {
 impl<T> Change<T> {
     /// A change of the account alone: no ledger entry, no hold, no events, no purchase; the
     /// others start from it and add theirs.
-    pub(crate) fn quiet(next: Account, cause: &'static str, outcome: T) -> Change<T> {
+    pub(crate) fn quiet(next: Account, cause: Cause, outcome: T) -> Change<T> {
         Change {
             next,
             ledger: None,
@@ -291,15 +288,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// Keeps the low-balance episode of `next` (rules §10.5, §12): it ends when the balance is no
     /// longer low; usage that draws on a low balance may start a recharge; a refund, dispute or
     /// negative adjustment that takes the balance low may not.
-    fn mark_episode(&self, current: &Account, next: &mut Account, cause: &str) {
+    fn mark_episode(&self, current: &Account, next: &mut Account, cause: Cause) {
         let trigger = self.profile.low_balance.trigger;
         let ar = &mut next.auto_recharge;
         if !trigger.is_low(next.balance, ar.threshold) {
             ar.episode_charged = false;
             ar.low_without_usage = false;
-        } else if USAGE_CAUSES.contains(&cause) {
+        } else if cause.effect() == Effect::Usage {
             ar.low_without_usage = false;
-        } else if NOT_USAGE_CAUSES.contains(&cause) && !trigger.is_low(current.balance, current.auto_recharge.threshold)
+        } else if cause.effect() == Effect::TakesBack
+            && !trigger.is_low(current.balance, current.auto_recharge.threshold)
         {
             ar.low_without_usage = true;
         }
@@ -377,7 +375,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             // Grants that expired in this write take the balance down as an expiry does (no
             // recharge for breakage), unless the change itself is usage.
             let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
-            let cause = if expired && !USAGE_CAUSES.contains(&planned.cause) { "expiry" } else { planned.cause };
+            let cause = if expired && planned.cause.effect() != Effect::Usage { Cause::Expiry } else { planned.cause };
             if !on_lane {
                 self.mark_episode(&current, &mut planned.next, cause);
             }
@@ -399,7 +397,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }),
                 ));
             }
-            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
+            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause.as_str()));
             if on_lane {
                 // A lane's balance is part of its account's, whose thresholds are decided on
                 // the account (never with credits out on lanes); its parts are not grants.

@@ -344,7 +344,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let view = e.view(now);
                     let change = crate::engine::Change {
                         entities: vec![e.write(stored.version)],
-                        ..crate::engine::Change::quiet(next, "entity", view)
+                        ..crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
                     };
                     change.write()
                 })

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod auth;
 pub mod batch;
 pub mod broken;
+pub mod cause;
 pub mod cards;
 pub mod check;
 pub mod clock;

@@ -401,7 +401,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     Change {
                         events: vec![event],
                         purchase: Some(purchase),
-                        ..Change::quiet(next, "purchase_state", ())
+                        ..Change::quiet(next, crate::cause::Cause::PurchaseState, ())
                     }
                     .write()
                 })

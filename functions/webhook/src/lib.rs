@@ -176,6 +176,7 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
         Err(
             e @ (ApiError::NotFound(..)
             | ApiError::Rule(..)
+            | ApiError::RequestRule(..)
             | ApiError::InvalidRequest(_)
             | ApiError::IdempotencyConflict),
         ) => {
