@@ -58,6 +58,9 @@ pub struct World {
         topup::adapters::dynamo::DynamoStore,
         topup::adapters::webhooks_out::SqsRetryQueue,
     >,
+    /// The clock every instance of this world reads, when a test moves time itself
+    /// (`with_manual_clock`); the system clock otherwise.
+    pub clock: Option<std::sync::Arc<topup::clock::ManualClock>>,
 }
 
 /// An idempotency key for a test, checked like any other.
@@ -108,13 +111,39 @@ impl World {
         };
         let credits = topup::live(&config, &aws);
         let webhooks = topup::live_webhook_admin(&config, &aws);
-        World { config, credits, dynamo, events, sqs, aws, webhooks }
+        World { config, credits, dynamo, events, sqs, aws, webhooks, clock: None }
     }
 
     /// Another process's view of the same table and bus: a fresh cache, as a second Lambda
     /// instance would have.
     pub fn another_instance(&self) -> LiveCredits {
-        topup::live(&self.config, &self.aws)
+        let credits = topup::live(&self.config, &self.aws);
+        match &self.clock {
+            Some(c) => credits.with_clock(c.clone()),
+            None => credits,
+        }
+    }
+
+    /// The same world on a clock that moves only when the test moves it (`advance`), starting
+    /// at `start_ms`: no test sleeps for a grant, a hold or a minute to pass.
+    pub fn with_manual_clock(mut self, start_ms: i64) -> World {
+        let clock = std::sync::Arc::new(topup::clock::ManualClock::at(start_ms));
+        self.credits = self.credits.with_clock(clock.clone());
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Now, by this world's clock.
+    pub fn now(&self) -> i64 {
+        self.credits.now()
+    }
+
+    /// Moves this world's manual clock on by `ms`.
+    pub fn advance(&self, ms: i64) {
+        match &self.clock {
+            Some(c) => c.advance(ms),
+            None => panic!("advance needs World::with_manual_clock"),
+        }
     }
 
     /// A queue that receives every event on this world's bus (a rule with an SQS target).
