@@ -6,6 +6,8 @@
   repository (never outside it), and every anchor into a Markdown file is one of its headings,
   slugged as GitHub slugs them (or an explicit `<a id=…>`/`<a name=…>`). Links inside code are
   not links. External links (`https:`, `mailto:`, …) are not fetched.
+- docs/api.md's route table has a row for every operation of `infra/openapi.yaml` and every
+  HTTP route of `infra/template.yaml`, and no other.
 - The README's two commands are the ones the project uses: its first code block of
   `./scripts/…` commands holds exactly the command `.ci/run` runs (the test command) and
   `./scripts/dev`, which exists, is executable and serves the stack (`stack.py serve`).
@@ -168,6 +170,32 @@ def check_commands(root: pathlib.Path) -> list[str]:
     return problems
 
 
+def routes_documented(root: pathlib.Path) -> list[str]:
+    """Every operation of infra/openapi.yaml and every HTTP route of infra/template.yaml is a row
+    of docs/api.md's route table, and the table names no other."""
+    norm = lambda method, path: f"{method.upper()} {path.replace('{account_id}', '{id}')}"
+    api, template, table = set(), set(), set()
+    path = None
+    for line in (root / "infra" / "openapi.yaml").read_text().splitlines():
+        m = re.match(r"^  (/\S*):\s*$", line)
+        path = m.group(1) if m else (path if line.startswith("    ") or not line.strip() else None)
+        m = re.match(r"^    (get|put|post|delete|patch):", line)
+        if m and path:
+            api.add(norm(m.group(1), path))
+    text = (root / "infra" / "template.yaml").read_text()
+    for p, method in re.findall(r"\n\s+Path: (\S+)\s*\n\s+Method: (\S+)", text):
+        template.add(norm(method, p))
+    for n, line in prose_lines((root / "docs" / "api.md").read_text(encoding="utf-8")):
+        m = re.match(r"^\| `(GET|PUT|POST|DELETE|PATCH) (/[^`?\s]*)", line)
+        if m:
+            table.add(norm(m.group(1), m.group(2)))
+    problems = [f"docs/api.md: route table lacks `{r}` ({src})"
+                for src, routes in (("infra/openapi.yaml", api), ("infra/template.yaml", template))
+                for r in sorted(routes - table)]
+    problems += [f"docs/api.md: route table lists `{r}`, which infra/openapi.yaml does not have" for r in sorted(table - api)]
+    return problems
+
+
 def self_test() -> list[str]:
     """The checker on planted mistakes: each must be found, and a clean page must pass."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +225,7 @@ def self_test() -> list[str]:
 def main() -> int:
     problems = self_test()
     if not problems:
-        problems = check_links(ROOT, doc_files(ROOT)) + check_commands(ROOT)
+        problems = check_links(ROOT, doc_files(ROOT)) + check_commands(ROOT) + routes_documented(ROOT)
     for p in problems:
         print(p, file=sys.stderr)
     files = ", ".join(f.relative_to(ROOT).as_posix() for f in doc_files(ROOT))
