@@ -166,7 +166,7 @@ pub fn signature_header(secrets: &[&str], t: i64, body: &str) -> String {
 }
 
 /// Whether `header` signs `body` with `secret` within `tolerance_s` of `now_s`: what a receiver
-/// does (the README shows the same in Python). Constant-time comparison of each `v1`.
+/// does (docs/api.md shows the same in Python, and the clients in sdks/ do it too). Constant-time comparison of each `v1`.
 pub fn verify(secret: &str, header: &str, body: &str, now_s: i64, tolerance_s: i64) -> bool {
     let mut t = None;
     let mut sigs = Vec::new();
