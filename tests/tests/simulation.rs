@@ -502,7 +502,7 @@ impl Schedule {
             59..=66 => {
                 let event = topup_tests::balance_low(ACCOUNT);
                 let n = self.rng.below(self.procs.len() as u64) as usize;
-                let r = auto_recharge::handle(&self.procs[n], &self.stripe, &event).await;
+                let r = auto_recharge::handle(&self.procs[n], &self.stripe, &topup_tests::trigger(&event)).await;
                 format!("BalanceLow → {}", r.map(|v| v["result"].to_string()).unwrap_or_else(|e| e.code().to_string()))
             }
             70..=72 => {
