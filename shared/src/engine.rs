@@ -163,7 +163,7 @@ pub(crate) fn upstream(e: StoreError) -> ApiError {
 }
 
 /// The first result of a claimed key, or 409 when the key was used for another request.
-fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, ApiError> {
+pub(crate) fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, ApiError> {
     if rec.request_hash != claim.hash {
         return Err(ApiError::IdempotencyConflict);
     }

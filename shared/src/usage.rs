@@ -132,11 +132,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         entity: Option<&Entity>,
     ) -> Result<Applied<Debited>, ApiError> {
         let id = target;
-        let mut request = json!({"consumable": consumable, "quantity": quantity});
-        if let Some(e) = entity {
-            request["entity"] = json!(e.entity);
-        }
-        let claim = Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let claim = usage_claim(key, consumable, quantity, entity.map(|e| e.entity.as_str()));
         let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
             // Decided on the state the write starts from (grants past their expiry gone), the
@@ -203,11 +199,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if let Some(name) = entity {
             check_entity(name)?;
         }
-        let mut request = json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds});
-        if let Some(name) = entity {
-            request["entity"] = json!(name);
-        }
-        let claim = Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let claim = hold_claim(key, consumable, quantity, ttl_seconds, entity);
         for _ in 0..ENTITY_ATTEMPTS {
             let stored = match entity {
                 Some(name) => Some(self.entity_record(id, name).await?),
@@ -393,6 +385,26 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             })
             .await
     }
+}
+
+/// The claim a debit's key makes: the scope it is claimed under and the hash of what it asked
+/// (the entity only when one is named). The single debit and every event of a batch make the
+/// same one, so a key means the same request whichever way it was sent.
+pub(crate) fn usage_claim(key: &IdempotencyKey, consumable: &str, quantity: i64, entity: Option<&str>) -> Claim {
+    let mut request = json!({"consumable": consumable, "quantity": quantity});
+    if let Some(name) = entity {
+        request["entity"] = json!(name);
+    }
+    Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false }
+}
+
+/// The claim a hold's key makes (its own scope: a hold and a debit may share a key).
+fn hold_claim(key: &IdempotencyKey, consumable: &str, quantity: i64, ttl_seconds: i64, entity: Option<&str>) -> Claim {
+    let mut request = json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds});
+    if let Some(name) = entity {
+        request["entity"] = json!(name);
+    }
+    Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false }
 }
 
 pub(crate) fn usage_description(consumable: &str, quantity: i64, from_allowance: i64) -> String {
