@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::http::{error_body, status_of};
 use crate::ids::IdempotencyKey;
-use crate::lanes::{lane_id, owner_of};
+use crate::lanes::owner_of;
 use crate::ledger::{self, EntryKind, IdemRecord, LedgerEntry};
 use crate::money::Micros;
 use crate::store::Store;
@@ -146,34 +146,30 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // (leasing when its credits are spent), then to the account (rules §14).
         // Events naming an entity are decided with its record on the account (rules §17).
         let named = events.iter().any(|e| e.entity.is_some());
-        let mut lane = if named { None } else { events.first().and_then(|e| self.lane_for(id, &e.consumable)) };
-        let mut leased_at: Option<usize> = None;
+        let Some(first) = events.first() else { return Ok(BatchResults { results }) };
+        let mut route = self.route(id, &first.consumable, named);
         while results.len() < events.len() {
             let from = results.len();
             let upto = (from + EVENTS_PER_COMMIT).min(events.len());
-            let (target, beside) = match lane {
-                Some(n) => (lane_id(id, n), self.balance_beside(id, n)),
-                None => (id.to_string(), self.lanes_balance(id)),
-            };
+            let (target, beside) = self.target(&route);
             // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`), and a
-            // lane stops at the first event it cannot take.
-            let done = match self.commit_group(&target, beside, &events[from..upto], &mut known).await {
-                Err(ApiError::NotFound("account_not_found", _)) if lane.is_some() => vec![],
-                other => other?,
-            };
-            if done.is_empty() {
-                let Some(n) = lane else { return Err(ApiError::Upstream) };
-                let e = &events[from];
-                if leased_at != Some(from)
-                    && self.lease(id, n, &e.consumable, self.credits_needed(id, &e.consumable, e.quantity)).await?
-                {
-                    leased_at = Some(from);
-                } else {
-                    lane = None;
+            // lane stops at the first event it cannot take (as a single debit would answer).
+            let failure = match self.commit_group(&target, beside, &events[from..upto], &mut known).await {
+                Ok(done) if !done.is_empty() => {
+                    results.extend(done);
+                    route.moved_on();
+                    continue;
                 }
-                continue;
+                Ok(_) => ApiError::NotOnLane,
+                Err(e) => e,
+            };
+            let e = &events[from];
+            match self.reroute(route, &failure, &e.consumable, e.quantity).await? {
+                Some(next) => route = next,
+                // Nothing taken on the account itself is a failure of the store.
+                None if failure == ApiError::NotOnLane => return Err(ApiError::Upstream),
+                None => return Err(failure),
             }
-            results.extend(done);
         }
         Ok(BatchResults { results })
     }

@@ -11,7 +11,6 @@ use crate::entities::{check_entity, entity_spend, Entity, EntitySpend, ENTITY_AT
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ids::IdempotencyKey;
-use crate::lanes::lane_id;
 use crate::ledger::{self, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, LedgerEntry};
 use crate::money::Micros;
 use crate::store::{HoldWrite, Store};
@@ -88,22 +87,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
         // An account with lanes: the debit goes to a lane when it can take it, leasing once if
         // its credits are spent; otherwise to the account, which decides on the whole.
-        if let Some(n) = self.lane_for(id, consumable) {
-            let lane = lane_id(id, n);
-            for leased in [false, true] {
-                let beside = self.balance_beside(id, n);
-                match self.debit_on(&lane, beside, consumable, quantity, key).await {
-                    Ok(d) => return Ok(d),
-                    Err(ApiError::NotOnLane) => {}
-                    Err(ApiError::NotFound("account_not_found", _)) => {}
-                    Err(e) => return Err(e),
-                }
-                if leased || !self.lease(id, n, consumable, self.credits_needed(id, consumable, quantity)).await? {
-                    break;
-                }
+        let mut route = self.route(id, consumable, false);
+        loop {
+            let (target, beside) = self.target(&route);
+            let failure = match self.debit_on(&target, beside, consumable, quantity, key).await {
+                Ok(d) => return Ok(d),
+                Err(e) => e,
+            };
+            match self.reroute(route, &failure, consumable, quantity).await? {
+                Some(next) => route = next,
+                None => return Err(failure),
             }
         }
-        self.debit_on(id, self.lanes_balance(id), consumable, quantity, key).await
     }
 
     /// A debit applied on `target`: the account, or one of its lanes. While lanes hold credits
