@@ -18,16 +18,6 @@ use crate::profile::Profile;
 /// account and measures it by DynamoDB's size rules.
 pub const ACCOUNT_ITEM_BUDGET: usize = 300 * 1024;
 
-/// The partition of the sparse index (`gsi1`) that lists accounts with auto-recharge on.
-pub const SWEEP_INDEX_KEY: &str = "AUTORECHARGE";
-/// Partitions of the sparse index (`gsi2`) of accounts with an expiring grant.
-pub const EXPIRY_INDEX_SHARDS: u32 = 4;
-
-/// The `gsi2` partition of an account: one of `EXPIRY#0` … `EXPIRY#3`.
-pub fn expiry_index_key(account_id: &str) -> String {
-    let h = account_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    format!("EXPIRY#{}", h % EXPIRY_INDEX_SHARDS)
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
@@ -211,15 +201,6 @@ pub struct Account {
     /// The account's Stripe customer, created once (rules §4).
     #[serde(default)]
     pub stripe_customer_id: Option<String>,
-    /// Set while auto-recharge is on: the key of the sparse index the scheduled sweep queries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi1pk: Option<String>,
-    /// Set while a grant has an expiry: the sparse index of the scheduled expiry run
-    /// (`EXPIRY#{0..3}`, spread over four keys), sorted by the next expiry (`gsi2sk`, ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi2pk: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi2sk: Option<String>,
     pub last_recharge_error: Option<RechargeError>,
     /// Credits taken back per refunded payment (PaymentIntent id): Stripe reports a charge's
     /// refunds as a running total, so a refund takes back only what this total adds.
@@ -310,9 +291,6 @@ impl Account {
             },
             payment_method: None,
             stripe_customer_id: None,
-            gsi1pk: None,
-            gsi2pk: None,
-            gsi2sk: None,
             last_recharge_error: None,
             refunded: BTreeMap::new(),
             disputes: BTreeMap::new(),
@@ -394,14 +372,16 @@ impl Account {
         next
     }
 
-    /// Keeps the sparse indexes in step: the sweep's lists the account while auto-recharge is
-    /// on, the expiry run's while a grant has an expiry (keyed by the soonest).
-    pub fn index_for_sweep(&mut self) {
-        // A lane's parts never expire on it (its account recalls them first): never listed.
-        let next = self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none());
-        self.gsi2pk = next.map(|_| expiry_index_key(&self.id));
-        self.gsi2sk = next.map(|t| format!("{:013}", t.max(0)));
-        self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());
+    /// Whether the scheduled sweep visits the account: while auto-recharge is on. (The store
+    /// keeps its listing in step with each write; how is the adapter's.)
+    pub fn swept(&self) -> bool {
+        self.auto_recharge.enabled
+    }
+
+    /// When the scheduled expiry run must visit the account: its soonest grant expiry. A lane's
+    /// parts never expire on it (its account recalls them first): never.
+    pub fn expiry_due(&self) -> Option<i64> {
+        self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none())
     }
 }
 

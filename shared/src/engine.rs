@@ -477,7 +477,6 @@ fn assemble<T: Serialize>(
     // What `Account::next` and the grants produced besides the state: expiry entries
     // (before the change's own), and grants that ended.
     let pending = std::mem::take(&mut planned.next.pending);
-    planned.next.index_for_sweep();
     // Grants that expired in this write take the balance down as an expiry does (no
     // recharge for breakage), unless the change itself is usage.
     let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);

@@ -871,14 +871,7 @@ pub async fn write_items(w: &World, items: Vec<std::collections::HashMap<String,
 
 /// The stored item of an account, as the store writes it.
 pub fn account_item(a: &topup::account::Account) -> std::collections::HashMap<String, AttributeValue> {
-    let serde_json::Value::Object(fields) = serde_json::to_value(a).expect("account serialises") else {
-        panic!("an account is an object")
-    };
-    let mut item: std::collections::HashMap<String, AttributeValue> =
-        fields.iter().map(|(k, v)| (k.clone(), topup::adapters::dynamo::to_attr(v))).collect();
-    item.insert("pk".into(), AttributeValue::S(format!("ACCOUNT#{}", a.id)));
-    item.insert("sk".into(), AttributeValue::S("ACCOUNT".into()));
-    item
+    topup::adapters::dynamo::account_item(a).expect("an account's item")
 }
 
 // ---- webhooks out ---------------------------------------------------------------------------

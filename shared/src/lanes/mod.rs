@@ -261,7 +261,6 @@ fn plan_lease(
             None => out.push((g.clone(), *m)),
         }
     }
-    next.index_for_sweep();
     let lane_item = lane.cloned().unwrap_or_else(|| new_lane(profile, account, n, now));
     let lease_no = next.version;
     let out_entry =

@@ -99,7 +99,6 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     next.version = base + (account_entries.len() as u64).max(1);
     // An account with lanes retires a bounded number a write (`retire_used`).
     next.retire_used(now);
-    next.index_for_sweep();
     let ended = std::mem::take(&mut next.pending.ended);
     let account_commit =
         Commit { ledger: account_entries, ended_grants: ended, ..Commit::account_only(next, account.version) };
