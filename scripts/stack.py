@@ -262,7 +262,7 @@ def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int, rel
                                        "--invoke-port", str(watch_port)] + ([] if reload else ["--ignore-changes"]),
                 env=env)
     wait_http(f"http://127.0.0.1:{watch_port}/")
-    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}")
+    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}", env.get("TOPUP_ALLOWED_ORIGINS", ""))
     r.serve("127.0.0.1", api_port)
     log(f"API router on http://127.0.0.1:{api_port} → cargo lambda watch :{watch_port}")
     import wiring
