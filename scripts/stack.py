@@ -457,6 +457,10 @@ def test(args) -> int:
                    lambda: end_to_end.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
         phases.run("the billing page in headless Chromium",
                    lambda: end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
+        sys.path.insert(0, str(ROOT / "tests" / "sdks"))
+        import clients  # tests/sdks/clients.py
+        phases.run("the clients (sdks/): installed as users install them, their tests, a scenario and the card",
+                   lambda: clients.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
     finally:
         stack.stop()
     if checks.failed:

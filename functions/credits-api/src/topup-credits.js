@@ -73,9 +73,10 @@ export function formatUnits(micros, unit) {
     const name = unit.code === "minute" ? "minute" : "credit";
     return n.toLocaleString("en-US", { maximumFractionDigits: 2 }) + " " + name + (Math.abs(n) === 1 ? "" : "s");
 }
-/** `api_calls` → `Api calls`. */
-function label(consumable) {
-    const s = consumable.replace(/_/g, " ");
+const ACRONYMS = new Set(["api", "llm", "mcp", "sms"]);
+/** `api_calls` → `API calls`, `voice_minutes` → `Voice minutes`. */
+export function consumableLabel(consumable) {
+    const s = consumable.split("_").map((w) => (ACRONYMS.has(w) ? w.toUpperCase() : w)).join(" ");
     return s.charAt(0).toUpperCase() + s.slice(1);
 }
 /** The `account_id` claim of a JWT, if it has one (read, not verified: the API verifies it). */
@@ -211,7 +212,7 @@ export class TopupCreditsElement extends Base {
             const row = document.createElement("div");
             row.className = "row";
             const name = document.createElement("span");
-            name.textContent = label(a.consumable);
+            name.textContent = consumableLabel(a.consumable);
             const used = document.createElement("span");
             used.className = "muted";
             used.textContent = `${a.used.toLocaleString("en-US")} of ${a.included.toLocaleString("en-US")} used`;
@@ -219,7 +220,7 @@ export class TopupCreditsElement extends Base {
             const bar = document.createElement("div");
             bar.className = `bar ${level}`;
             bar.setAttribute("role", "progressbar");
-            bar.setAttribute("aria-label", `${label(a.consumable)}: ${pct}% of this month's allowance used`);
+            bar.setAttribute("aria-label", `${consumableLabel(a.consumable)}: ${pct}% of this month's allowance used`);
             bar.setAttribute("aria-valuemin", "0");
             bar.setAttribute("aria-valuemax", "100");
             bar.setAttribute("aria-valuenow", String(pct));

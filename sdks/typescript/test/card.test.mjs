@@ -16,6 +16,8 @@ test("the card imports in Node without a DOM and formats amounts as the billing 
   assert.equal(card.formatUnits(-1_250_000, usd), "-$1.25");
   assert.equal(card.formatUnits(200_000_000, { code: "minute", micros_per_unit: 1_000_000 }), "200 minutes");
   assert.equal(card.formatUnits(1_000_000, { code: "credit", micros_per_unit: 1_000_000 }), "1 credit");
+  assert.equal(card.consumableLabel("api_calls"), "API calls");
+  assert.equal(card.consumableLabel("voice_minutes"), "Voice minutes");
 });
 
 test("the card's module has no imports, so the API can serve it as it is", () => {
