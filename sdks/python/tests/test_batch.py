@@ -120,6 +120,7 @@ class Batching(unittest.TestCase):
             self.assertTrue(f.done())
             self.assertEqual(f.result()["balance"], 5)
             batcher.close()
+            self.assertFalse(batcher._timer.is_alive(), "close ends the timer thread")
             with self.assertRaises(topup.TopupError) as cm:
                 batcher.submit("acme", "api_calls", 1)
             self.assertEqual(cm.exception.code, "batcher_closed")

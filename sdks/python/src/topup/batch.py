@@ -89,9 +89,12 @@ class DebitBatcher:
         """Refuses new debits, sends what waits and returns once every batch is answered."""
         with self._lock:
             self._closed = True
-            self._lock.notify()
+            for account in list(self._waiting):
+                self._send(account)
+            self._lock.notify()  # the timer thread sees nothing waits, and ends
         self.flush()
         self._pool.shutdown(wait=True)
+        self._timer.join(timeout=5)
 
     def __enter__(self) -> "DebitBatcher":
         return self
