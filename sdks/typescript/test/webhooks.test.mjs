@@ -62,3 +62,20 @@ test("without a clock given, now is used", async () => {
   assert.deepEqual(await verifyWebhook(body, await signWebhook(body, "s"), "s"), { id: "evt_2" });
   await assert.rejects(verifyWebhook(body, await signWebhook(body, "s", T), "s"), refused("timestamp_out_of_tolerance"));
 });
+
+test("without a global crypto (as in Node 18) keys and signatures still work", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const script = `
+    delete globalThis.crypto;
+    if (typeof globalThis.crypto !== "undefined") throw new Error("crypto is global");
+    const { newIdempotencyKey, signWebhook, verifyWebhook } = await import("@topup/client");
+    const key = await newIdempotencyKey();
+    const h = await signWebhook("{}", "whsec_test", ${T});
+    const e = await verifyWebhook("{}", h, "whsec_test", 300, ${T});
+    console.log(JSON.stringify({ key, h, e }));`;
+  const out = JSON.parse(execFileSync(process.execPath, ["--input-type=module", "-e", script],
+    { cwd: new URL(".", import.meta.url), encoding: "utf8" }));
+  assert.match(out.key, /^[0-9a-f-]{36}$/);
+  assert.equal(out.h, await signWebhook("{}", "whsec_test", T));
+  assert.deepEqual(out.e, {});
+});
