@@ -791,3 +791,24 @@ fn webhook_retries_go_to_their_queue_and_endpoints_are_never_loopback() {
     senders.sort();
     assert_eq!(senders, ["CreditsApiFunction", "WebhooksOutFunction"]);
 }
+
+/// SPEC §18: the API answers CORS for the `AllowedOrigins` parameter only, none by default
+/// (the `<topup-credits>` card on an app's page); never for any origin.
+#[test]
+fn cors_is_for_the_allowed_origins_only_and_none_by_default() {
+    let doc = template_doc();
+    let param = &doc["Parameters"]["AllowedOrigins"];
+    assert_eq!(param["Type"], "String");
+    assert_eq!(param["Default"], "");
+    assert_eq!(doc["Conditions"]["HasAllowedOrigins"]["!Not"][0]["!Equals"], serde_json::json!(["!Ref AllowedOrigins", ""]));
+    let cors = &resources(&doc)["Api"]["Properties"]["CorsConfiguration"]["Fn::If"];
+    assert_eq!(cors[0], "HasAllowedOrigins");
+    assert_eq!(cors[1]["AllowOrigins"]["!Split"], serde_json::json!([",", "!Ref AllowedOrigins"]));
+    assert_eq!(cors[2], "!Ref AWS::NoValue", "without origins, no CORS at all");
+    assert!(strings(&cors[1]["AllowHeaders"]).contains(&"authorization"));
+    assert!(!cors[1].to_string().contains('*'), "no wildcard: {}", cors[1]);
+    assert_eq!(cors[1].get("AllowCredentials"), None, "tokens go in a header, never cookies");
+    let r = resources(&doc);
+    let card = &r["CreditsApiFunction"]["Properties"]["Events"]["CreditsCardScript"]["Properties"];
+    assert_eq!((card["Path"].as_str(), card["Method"].as_str()), (Some("/billing/topup-credits.js"), Some("GET")));
+}
