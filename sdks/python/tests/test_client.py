@@ -125,6 +125,12 @@ class Errors(unittest.TestCase):
                 client(api).credits("acme")
             self.assertEqual((cm.exception.status, cm.exception.code), (404, "http_404"))
 
+    def test_a_success_that_is_not_json_is_a_topup_error(self):
+        with MockApi(script((200, b"<html>proxy</html>", {"content-type": "text/html"}))) as api:
+            with self.assertRaises(topup.TopupError) as cm:
+                client(api).credits("acme")
+            self.assertEqual((cm.exception.status, cm.exception.code), (200, "invalid_response"))
+
     def test_no_server_is_a_connection_error_after_the_retries(self):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

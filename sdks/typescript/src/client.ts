@@ -371,7 +371,11 @@ export class Topup {
       clearTimeout(timer);
       if (response.ok) {
         if (call.text) return raw as T;
-        return (raw ? JSON.parse(raw) : null) as T;
+        try {
+          return (raw ? JSON.parse(raw) : null) as T;
+        } catch {
+          throw new TopupError(response.status, "invalid_response", `${op.method} ${path}: the answer is not JSON`);
+        }
       }
       const error = apiError(response.status, raw, response.headers.get("retry-after"));
       const retryable = (op.repeatable ? RETRY_STATUSES : NOT_DONE_STATUSES).has(response.status);

@@ -122,6 +122,11 @@ test("a body that is not the error shape still gives a code", () => withApi(
     await assert.rejects(client(api).credits("acme"), (e) => e.status === 404 && e.code === "http_404");
   }));
 
+test("a success that is not JSON is a TopupError", () => withApi(
+  script([200, "<html>proxy</html>", { "content-type": "text/html" }]), async (api) => {
+    await assert.rejects(client(api).credits("acme"), (e) => e instanceof TopupError && e.status === 200 && e.code === "invalid_response");
+  }));
+
 test("no server is a connection error (status 0) after the retries", async () => {
   const s = createServer();
   await new Promise((ok) => s.listen(0, "127.0.0.1", ok));

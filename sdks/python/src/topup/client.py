@@ -329,9 +329,13 @@ class Client:
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     raw = resp.read()
-                    if not expect_json:
-                        return raw.decode("utf-8")
+                    status = resp.status
+                if not expect_json:
+                    return raw.decode("utf-8")
+                try:
                     return json.loads(raw) if raw else None
+                except ValueError:
+                    raise TopupError(status, "invalid_response", f"{op.method} {path}: the answer is not JSON") from None
             except urllib.error.HTTPError as e:
                 err = _api_error(e.code, e.read(), e.headers.get("Retry-After"))
                 retry = e.code in (RETRY_STATUSES if op.repeatable else NOT_DONE_STATUSES)
