@@ -28,7 +28,14 @@ function receiver() {
   return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok({
     url: `http://127.0.0.1:${server.address().port}/hooks/topup`,
     got,
-    async wait(ms) { const end = Date.now() + ms; while (Date.now() < end && got.length === 0) await new Promise((r) => setTimeout(r, 200)); return got; },
+    // The deliveries so far, once one is about `account` (endpoints get every account's events:
+    // the other scenario's may come first).
+    async wait(ms, account) {
+      const mine = () => got.some(([body]) => JSON.parse(body.toString()).account_id === account);
+      const end = Date.now() + ms;
+      while (Date.now() < end && !mine()) await new Promise((r) => setTimeout(r, 200));
+      return [...got];
+    },
     close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
   })));
 }
@@ -88,7 +95,7 @@ async function main() {
   try {
     endpoint = await topup.createWebhookEndpoint({ url: hook.url, events: ["balance.low"], description: "typescript sdk scenario" });
     await topup.debit(acct, { consumable: "api_calls", quantity: 3_000, idempotencyKey: `${acct}-low` });
-    const got = await hook.wait(45_000);
+    const got = await hook.wait(45_000, acct);
     const mine = [];
     for (const [body, header] of got) {
       try {
