@@ -262,7 +262,7 @@ def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int, rel
                                        "--invoke-port", str(watch_port)] + ([] if reload else ["--ignore-changes"]),
                 env=env)
     wait_http(f"http://127.0.0.1:{watch_port}/")
-    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}")
+    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}", env.get("TOPUP_ALLOWED_ORIGINS", ""))
     r.serve("127.0.0.1", api_port)
     log(f"API router on http://127.0.0.1:{api_port} → cargo lambda watch :{watch_port}")
     import wiring
@@ -460,6 +460,10 @@ def test(args) -> int:
                    lambda: end_to_end.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
         phases.run("the billing page in headless Chromium",
                    lambda: end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
+        sys.path.insert(0, str(ROOT / "tests" / "sdks"))
+        import clients  # tests/sdks/clients.py
+        phases.run("the clients (sdks/): installed as users install them, their tests, a scenario and the card",
+                   lambda: clients.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
     finally:
         stack.stop()
     if checks.failed:

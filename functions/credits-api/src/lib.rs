@@ -18,6 +18,8 @@
 //!   (service, not bound to an account): webhooks out (rules §15)
 //! - `GET /billing`: the billing page (static; it signs in with the caller's token and reads
 //!   everything through the routes above and the purchase function's)
+//! - `GET /billing/topup-credits.js`: the `<topup-credits>` element (the Credits card for an
+//!   app's own page; built from sdks/typescript/src/card.ts)
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
@@ -43,6 +45,8 @@ pub const MAX_CONTACTS: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Billing,
+    /// `GET /billing/topup-credits.js`: the `<topup-credits>` element's script.
+    CardScript,
     Account(String),
     Credits(String),
     Transactions(String),
@@ -126,6 +130,7 @@ impl Route {
         let a = |s: &str| s.to_string();
         Some(match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["billing"] => Route::Billing,
+            ["billing", "topup-credits.js"] => Route::CardScript,
             ["v1", "accounts", id] => Route::Account(a(id)),
             ["v1", "accounts", id, "credits"] => Route::Credits(a(id)),
             ["v1", "accounts", id, "credits", "transactions"] => Route::Transactions(a(id)),
@@ -149,6 +154,7 @@ impl Route {
     fn name(&self) -> &'static str {
         match self {
             Route::Billing => "billing",
+            Route::CardScript => "card_script",
             Route::Account(_) => "account",
             Route::Credits(_) => "credits",
             Route::Transactions(_) => "transactions",
@@ -171,7 +177,7 @@ impl Route {
     /// The account a route names and who may call it; the billing page names none.
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
-            Route::Billing | Route::Revenue | Route::Webhooks(_) => None,
+            Route::Billing | Route::CardScript | Route::Revenue | Route::Webhooks(_) => None,
             Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) | Route::Lanes(id) => {
                 Some((id, Access::Service))
             }
@@ -195,6 +201,7 @@ impl Route {
             Route::Adjustments(_) | Route::VoidGrant(..) => &["POST"],
             Route::Webhooks(h) => h.methods(),
             Route::Billing
+            | Route::CardScript
             | Route::Credits(_)
             | Route::Transactions(_)
             | Route::Notifications(_)
@@ -224,6 +231,9 @@ pub async fn handle<S: Store, B: EventBus, W: WebhookStore, Q: RetryQueue>(
     };
     if route == Route::Billing {
         return billing_page(config, &req);
+    }
+    if route == Route::CardScript {
+        return card_script(&req);
     }
     if let Route::TransactionsCsv(id) = &route {
         return match allowed(config, &req, &route).map(|()| id) {
@@ -295,7 +305,7 @@ async fn route_request<S: Store, B: EventBus>(
     allowed(config, req, route)?;
     let method = req.method().as_str();
     match route {
-        Route::Billing => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Billing | Route::CardScript => Err(ApiError::MethodNotAllowed(method.to_string())),
         // Answered by `webhook_request`.
         Route::Webhooks(_) => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
         Route::Account(id) => {
@@ -602,5 +612,26 @@ fn billing_page(config: &Config, req: &Request) -> Response<Body> {
         h.insert("content-security-policy", v);
     }
     tracing::info!(route = "billing_page", status = 200, "handled");
+    resp
+}
+
+/// The `<topup-credits>` element: sdks/typescript's `dist/card.js`, copied here by its
+/// `npm run build` (whose tests check the copy), so this build never needs node.
+const CARD_SCRIPT: &str = include_str!("topup-credits.js");
+
+/// `GET /billing/topup-credits.js`: a static ES module with no imports and nothing secret. Which
+/// pages may load it (and call the API) is the API's CORS configuration (`AllowedOrigins`).
+fn card_script(req: &Request) -> Response<Body> {
+    use lambda_http::http::{HeaderValue, StatusCode};
+    if req.method() != "GET" {
+        return topup::http::error_response(&ApiError::MethodNotAllowed(req.method().to_string()));
+    }
+    let mut resp = Response::new(Body::Text(CARD_SCRIPT.to_string()));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/javascript; charset=utf-8"));
+    h.insert("cache-control", HeaderValue::from_static("public, max-age=300"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    tracing::info!(route = "card_script", status = 200, "handled");
     resp
 }
