@@ -208,7 +208,7 @@ pub struct GrantTerms {
 mod tests {
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
 

@@ -65,7 +65,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 mod tests {
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
 
     /// A threshold is at most `MAX_THRESHOLD` (rules §16): the largest is kept, one more is 422
     /// `invalid_threshold` and changes nothing.

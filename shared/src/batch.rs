@@ -366,7 +366,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 mod tests {
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
 

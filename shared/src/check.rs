@@ -126,7 +126,7 @@ mod tests {
     //! The check answers what the debit does, for random states and requests on every profile.
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
 

@@ -454,7 +454,7 @@ pub struct Payment {
 mod tests {
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::money::MICROS_PER_CREDIT as C;
 
     fn payment(id: &str, credits: i64) -> Payment {

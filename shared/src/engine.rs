@@ -567,18 +567,6 @@ fn mark_episode(profile: &Profile, current: &Account, next: &mut Account, cause:
     }
 }
 
-#[cfg(test)]
-pub(crate) fn memory_credits(
-    profile: &str,
-) -> Credits<std::sync::Arc<crate::adapters::memory::MemoryStore>, std::sync::Arc<crate::adapters::memory::MemoryBus>> {
-    use std::sync::Arc;
-    let profile = Profile::load(profile).unwrap_or_else(|e| panic!("{e}"));
-    Credits::new(
-        profile,
-        Arc::new(crate::adapters::memory::MemoryStore::default()),
-        Arc::new(crate::adapters::memory::MemoryBus::default()),
-    )
-}
 
 #[cfg(test)]
 mod tests {
@@ -590,6 +578,7 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
+    use crate::adapters::memory::memory_credits;
     use crate::adapters::memory::MemoryBus;
     use crate::adapters::memory::MemoryStore;
     use crate::money::MICROS_PER_CREDIT as C;

@@ -411,7 +411,7 @@ mod service_tests {
     //! Budgets over the in-memory store (the same against moto in `tests/tests/entities.rs`).
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
 
@@ -627,7 +627,7 @@ mod cost_tests {
     //! consistent read: 1 RCU per 4 KB). BENCHMARKS.md quotes these figures.
     use crate::store::Accounts;
     use super::*;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::ledger::LedgerEntry;
     use crate::money::MICROS_PER_CREDIT as C;

@@ -506,7 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_account_starts_a_bounded_number_of_purchases_a_minute() {
-        let c = crate::engine::memory_credits("usd-overage");
+        let c = crate::adapters::memory::memory_credits("usd-overage");
         c.upsert_account("a", "free", vec![]).await.unwrap();
         c.upsert_account("b", "free", vec![]).await.unwrap();
         let choice = PurchaseChoice { amount: Some(2_000), ..Default::default() };
@@ -525,7 +525,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_purchase_is_answered_without_counting() {
-        let c = crate::engine::memory_credits("usd-overage");
+        let c = crate::adapters::memory::memory_credits("usd-overage");
         c.upsert_account("a", "free", vec![]).await.unwrap();
         let choice = PurchaseChoice { amount: Some(2_000), ..Default::default() };
         let first = c.record_purchase("a", &choice, Some(&key("k"))).await.unwrap();

@@ -628,7 +628,7 @@ mod settings_bounds {
     use crate::store::Accounts;
     use super::*;
     use crate::accounts::MAX_CREDITS;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::money::MICROS_PER_CREDIT as C;
     use crate::profile::Purchase;
 

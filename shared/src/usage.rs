@@ -415,7 +415,7 @@ mod bounds {
     use crate::store::Accounts;
     use crate::accounts::MAX_ADJUSTMENT;
     use crate::batch::UsageEvent;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::ledger::MAX_QUANTITY;
     use crate::ApiError;

@@ -392,3 +392,10 @@ impl EventBus for MemoryBus {
         Ok(())
     }
 }
+
+/// A service over a fresh in-memory store and bus, for the unit tests.
+#[cfg(test)]
+pub(crate) fn memory_credits(profile: &str) -> crate::engine::Credits<std::sync::Arc<MemoryStore>, std::sync::Arc<MemoryBus>> {
+    let profile = crate::profile::Profile::load(profile).unwrap_or_else(|e| panic!("{e}"));
+    crate::engine::Credits::new(profile, std::sync::Arc::new(MemoryStore::default()), std::sync::Arc::new(MemoryBus::default()))
+}

@@ -6,7 +6,7 @@
 use crate::store::Accounts;
 use super::*;
 use crate::accounts::GrantTerms;
-use crate::engine::memory_credits;
+use crate::adapters::memory::memory_credits;
 use crate::ids::key;
 use crate::money::MICROS_PER_CREDIT as C;
 

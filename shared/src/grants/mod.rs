@@ -479,7 +479,7 @@ impl Grant {
 mod tests {
     use crate::store::Accounts;
     use crate::accounts::GrantTerms;
-    use crate::engine::memory_credits;
+    use crate::adapters::memory::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
 

@@ -6,7 +6,8 @@ use crate::store::Accounts;
 use std::sync::Arc;
 
 use crate::adapters::memory::{MemoryBus, MemoryStore};
-use crate::engine::{memory_credits, Credits};
+use crate::engine::Credits;
+use crate::adapters::memory::memory_credits;
 use crate::ids::key;
 use crate::lanes::lane_id;
 use crate::money::MICROS_PER_CREDIT as C;
