@@ -25,6 +25,8 @@ pub struct MemoryStore {
     pub fail_next_commit: std::sync::atomic::AtomicBool,
     /// The next commit takes effect and its answer is lost (the caller dies right after it).
     pub lose_next_answer: std::sync::atomic::AtomicBool,
+    /// Receipts (rules §20), behind their own port (`receipts::ReceiptStore`).
+    pub receipts: crate::receipts::store::MemoryReceiptStore,
 }
 
 #[derive(Default)]
@@ -362,7 +364,8 @@ impl Store for MemoryStore {
 
     async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
         let m = self.lock()?;
-        Ok(m.entities.range((account_id.to_string(), String::new())..)
+        Ok(m.entities
+            .range((account_id.to_string(), String::new())..)
             .take_while(|((a, _), _)| a == account_id)
             .map(|(_, e)| e.clone())
             .collect())
