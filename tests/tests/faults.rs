@@ -38,6 +38,7 @@ use topup::payments::{
 };
 use topup::profile::Trigger;
 use topup::purchases::PurchaseRecord;
+use topup::receipts::ReceiptStore as _;
 use topup::reconcile::Severity;
 use topup::secret::Secret;
 use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
@@ -255,6 +256,46 @@ impl Store for FaultyStore {
     }
 }
 
+/// Receipts (rules §20) behind the same faults as the rest of the store.
+impl topup::receipts::ReceiptStore for FaultyStore {
+    async fn add_receipt(&self, r: &topup::receipts::Receipt) -> Result<bool, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.add_receipt(r))
+    }
+    async fn put_receipt(&self, r: &topup::receipts::Receipt) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.put_receipt(r))
+    }
+    async fn link_payment(
+        &self,
+        account_id: &str,
+        pi: &str,
+        key: &topup::receipts::ReceiptKey,
+    ) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.link_payment(account_id, pi, key))
+    }
+    async fn receipt(
+        &self,
+        account_id: &str,
+        key: &topup::receipts::ReceiptKey,
+    ) -> Result<Option<topup::receipts::Receipt>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.receipt(account_id, key))
+    }
+    async fn receipt_of_payment(
+        &self,
+        account_id: &str,
+        pi: &str,
+    ) -> Result<Option<topup::receipts::Receipt>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.receipt_of_payment(account_id, pi))
+    }
+    async fn receipts(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before: Option<&topup::receipts::ReceiptKey>,
+    ) -> Result<(Vec<topup::receipts::Receipt>, bool), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.receipts(account_id, limit, before))
+    }
+}
+
 fn stripe_down() -> PaymentsUnavailable {
     PaymentsUnavailable("injected: stripe unavailable".into())
 }
@@ -454,8 +495,13 @@ impl Schedule {
         // Budgets (rules §17): a third of the debits name `member-a`, whose month is limited, and a
         // third `member-b`, which has no limit (by the key, so a replay names the same one).
         let member_limit = rng.range(1, 6) * C;
-        let (s, b) =
-            w.api(put(&format!("/v1/accounts/{id}/entities/member-a"), &service(), json!({"monthly_limit": member_limit}))).await;
+        let (s, b) = w
+            .api(put(
+                &format!("/v1/accounts/{id}/entities/member-a"),
+                &service(),
+                json!({"monthly_limit": member_limit}),
+            ))
+            .await;
         assert_eq!(s, 200, "entity: {b}");
         let armed = Arc::new(Armed::default());
         let sent = Arc::new(Mutex::new(Vec::new()));
