@@ -111,6 +111,14 @@ impl World {
         World { config, credits, dynamo, events, sqs, aws, webhooks }
     }
 
+    /// A world whose deployment taxes with Stripe Tax (`TOPUP_TAX=stripe_automatic`, rules §20).
+    pub async fn taxed(profile: &str) -> World {
+        let mut w = World::new(profile).await;
+        w.config.profile.tax = topup::profile::Tax::StripeAutomatic;
+        w.credits = topup::live(&w.config, &w.aws);
+        w
+    }
+
     /// Another process's view of the same table and bus: a fresh cache, as a second Lambda
     /// instance would have.
     pub fn another_instance(&self) -> LiveCredits {
@@ -616,6 +624,19 @@ pub async fn session(id: &str) -> Value {
 /// Plays the customer on the session's payment page.
 pub async fn pay(id: &str, form: &[(&str, &str)]) -> Value {
     let (s, b) = local_stripe("POST", &format!("/_config/checkout/sessions/{id}/pay"), form).await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+/// A page of the local Stripe (a hosted receipt, its PDF): status and body as text.
+pub async fn local_page(path: &str) -> (u16, String) {
+    let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE").expect("TOPUP_TEST_STRIPE_API_BASE");
+    raw_http(&base, &format!("GET {path} HTTP/1.0\r\n\r\n")).await
+}
+
+/// An invoice as the local Stripe holds it (what `invoice.paid` carries).
+pub async fn invoice(id: &str) -> Value {
+    let (s, b) = local_stripe("GET", &format!("/v1/invoices/{id}"), &[]).await;
     assert_eq!(s, 200, "{b}");
     b
 }

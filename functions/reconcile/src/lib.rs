@@ -27,7 +27,7 @@ pub const GRACE_S: i64 = 3600;
 pub const SEGMENTS: u32 = 16;
 
 /// Reconciles one account (`account_id` in the event) or all of them, as a run of its own.
-pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
+pub async fn reconcile<S: Store + topup::receipts::ReceiptStore, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
     event: &Value,
@@ -44,7 +44,7 @@ pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
 
 /// The scheduled run of the day (`run`, the UTC date), resumed from its checkpoints; one
 /// account when the event names it.
-pub async fn scheduled<S: Store, B: EventBus, H: PaymentHistory>(
+pub async fn scheduled<S: Store + topup::receipts::ReceiptStore, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
     event: &Value,
