@@ -641,6 +641,14 @@ pub async fn invoice(id: &str) -> Value {
     b
 }
 
+/// Delivers the `invoice.paid` of a paid Checkout Session's invoice (rules §20), as Stripe sends
+/// it beside `checkout.session.completed`.
+pub async fn deliver_receipt(w: &World, paid: &Value) {
+    let id = paid["invoice"].as_str().expect("Checkout made its invoice");
+    let (s, r) = w.deliver(&stripe_event("invoice.paid", invoice(id).await)).await;
+    assert_eq!(s, 200, "{r}");
+}
+
 /// Refunds `cents` of a PaymentIntent in the local Stripe (all of what is left with `None`);
 /// the charge afterwards, with Stripe's running `amount_refunded` (what `charge.refunded`
 /// carries).

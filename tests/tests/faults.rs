@@ -839,7 +839,12 @@ impl Schedule {
                         if delayed {
                             self.delayed_sessions.push(cs);
                         }
+                        // Checkout's invoice (rules §20): its `invoice.paid` is on its way too.
+                        let receipt = paid["invoice"].as_str().map(str::to_string);
                         self.webhooks.push(stripe_event("checkout.session.completed", paid));
+                        if let Some(id) = receipt {
+                            self.webhooks.push(stripe_event("invoice.paid", invoice(&id).await));
+                        }
                     }
                 }
             }
@@ -852,7 +857,12 @@ impl Schedule {
                     let (s, _) = local_stripe("POST", &path, &[("outcome", outcome)]).await;
                     if s == 200 {
                         let kind = if ok { "async_payment_succeeded" } else { "async_payment_failed" };
-                        self.webhooks.push(stripe_event(&format!("checkout.session.{kind}"), session(&cs).await));
+                        let settled = session(&cs).await;
+                        let receipt = settled["invoice"].as_str().map(str::to_string);
+                        self.webhooks.push(stripe_event(&format!("checkout.session.{kind}"), settled));
+                        if let Some(id) = receipt {
+                            self.webhooks.push(stripe_event("invoice.paid", invoice(&id).await));
+                        }
                     }
                 }
             }
