@@ -101,7 +101,7 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 34, "{routes:?}");
+    assert_eq!(routes.len(), 35, "{routes:?}");
     for (binary, method, path) in routes {
         let concrete = path
             .replace("{account_id}", "acme")

@@ -282,6 +282,17 @@ pub fn decode_receipt_cursor(s: &str) -> Result<ReceiptKey, ApiError> {
     Ok(ReceiptKey { created_at, id: id.to_string() })
 }
 
+/// A purchase's receipt link, when its invoice is recorded; `None` for an unknown purchase.
+pub async fn purchase_receipt_url<S: Store + ReceiptStore>(
+    store: &S,
+    account_id: &str,
+    purchase_id: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let Some(record) = store.load_purchase(account_id, purchase_id).await? else { return Ok(None) };
+    let row = store.receipt(account_id, &purchase_row(&record).key()).await?;
+    Ok(row.and_then(|r| r.invoice).and_then(|i| i.receipt_url))
+}
+
 fn purchase_row(p: &PurchaseRecord) -> Receipt {
     Receipt {
         account_id: p.account_id.clone(),
@@ -478,9 +489,7 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
 
     /// A purchase's receipt, when its invoice is recorded (the purchase-succeeded email).
     pub async fn purchase_receipt_url(&self, id: &str, purchase_id: &str) -> Result<Option<String>, ApiError> {
-        let Some(record) = self.store.load_purchase(id, purchase_id).await.map_err(upstream)? else { return Ok(None) };
-        let row = self.store.receipt(id, &purchase_row(&record).key()).await.map_err(upstream)?;
-        Ok(row.and_then(|r| r.invoice).and_then(|i| i.receipt_url))
+        purchase_receipt_url(&self.store, id, purchase_id).await.map_err(upstream)
     }
 
     /// What the customer paid for a credited payment, tax included, for a dispute's share
