@@ -9,7 +9,10 @@ use topup::notify::{Channels, Notifier, RetryLater};
 use topup::store::Store;
 
 /// Handles one EventBridge event (`{"detail-type": ..., "detail": {...}}`).
-pub async fn handle<S: Store, C: Channels>(notifier: &Notifier<S, C>, event: &Value) -> Result<Value, RetryLater> {
+pub async fn handle<S: Store + topup::receipts::ReceiptStore, C: Channels>(
+    notifier: &Notifier<S, C>,
+    event: &Value,
+) -> Result<Value, RetryLater> {
     let detail_type = event["detail-type"].as_str().unwrap_or_default();
     let report = notifier.deliver(detail_type, &event["detail"]).await?;
     tracing::info!(
