@@ -38,7 +38,6 @@ use topup::payments::{
 };
 use topup::profile::Trigger;
 use topup::purchases::PurchaseRecord;
-use topup::receipts::ReceiptStore as _;
 use topup::reconcile::Severity;
 use topup::secret::Secret;
 use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
