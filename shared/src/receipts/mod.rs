@@ -139,11 +139,16 @@ impl Invoice {
             tax,
             total,
             currency: currency.to_lowercase(),
-            receipt_url: i.hosted_invoice_url.filter(|u| !u.is_empty()),
-            invoice_pdf: i.invoice_pdf.filter(|u| !u.is_empty()),
+            receipt_url: i.hosted_invoice_url.filter(|u| web_link(u)),
+            invoice_pdf: i.invoice_pdf.filter(|u| web_link(u)),
             paid_at: paid_s.saturating_mul(1000),
         })
     }
+}
+
+/// A link a page or an email may show: http(s) only, whatever an event carried.
+fn web_link(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://")) && !u.chars().any(|c| c.is_whitespace() || c == '"')
 }
 
 /// An invoice for a payment already made: an auto-recharge's succeeded PaymentIntent.

@@ -232,6 +232,10 @@ fn a_stripe_invoice_reads_at_every_api_version() {
     assert_eq!((i.tax, i.payment_intent_id.as_deref(), i.receipt_url), (50, Some("pi_9"), None));
     let none = serde_json::json!({"id": "in_3", "status": "paid", "subtotal": 500, "total": 500, "currency": "usd"});
     assert_eq!(Invoice::from_stripe(&none).unwrap().tax, 0);
+    let odd = serde_json::json!({"id": "in_5", "status": "paid", "subtotal": 1, "total": 1, "currency": "usd",
+        "hosted_invoice_url": "javascript:alert(1)", "invoice_pdf": "https://h/x\" onclick=\"y"});
+    let i = Invoice::from_stripe(&odd).unwrap();
+    assert_eq!((i.receipt_url, i.invoice_pdf), (None, None), "only plain web links are kept");
     let open = serde_json::json!({"id": "in_4", "status": "open", "subtotal": 1, "total": 1, "currency": "usd"});
     assert_eq!(Invoice::from_stripe(&open), Err("invoice_not_paid"));
     assert_eq!(Invoice::from_stripe(&serde_json::json!({"status": "paid"})), Err("unreadable_invoice"));
