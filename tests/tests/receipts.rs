@@ -148,6 +148,29 @@ async fn a_refund_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
     assert!(report.differences.is_empty(), "{:?}", report.differences);
 }
 
+/// A dispute of part of a taxed payment takes back the pre-tax share of the disputed amount:
+/// $6.00 of a $12.00 ($10.00 + 20 %) payment is half, so 5 of its 10 credits; won, they return.
+#[tokio::test]
+async fn a_dispute_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
+    let w = World::taxed("usd-overage").await;
+    let id = unique("taxdispute");
+    w.account(&id, "free").await;
+    let (paid, status) = bought(&w, &id, json!({"amount": 1000}), &[("country", "GB")]).await;
+    assert_eq!(status["total"], 1200);
+    let pi = paid["payment_intent"].as_str().expect("pi");
+    let (_, intent) = local_stripe("GET", &format!("/v1/payment_intents/{pi}"), &[]).await;
+    let charge = intent["latest_charge"].as_str().or_else(|| intent["latest_charge"]["id"].as_str()).expect("charge");
+    let (s, dispute) = local_stripe("POST", &format!("/_config/charges/{charge}/dispute"), &[("amount", "600")]).await;
+    assert_eq!(s, 200, "{dispute}");
+    let (s, r) = w.deliver(&stripe_event("charge.dispute.created", dispute.clone())).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(w.view(&id).await["balance"], 5 * C, "half of the credits, not 6 of 10");
+    let (_, closed) = local_stripe("POST", &format!("/_config/disputes/{}/close", dispute["id"].as_str().unwrap_or("")), &[("status", "won")]).await;
+    w.deliver(&stripe_event("charge.dispute.closed", closed)).await;
+    assert_eq!(w.view(&id).await["balance"], 10 * C);
+    w.assert_invariants(&id).await;
+}
+
 /// An auto-recharge is invoiced once it is credited (its `AutoRechargeSucceeded`): the invoice
 /// is paid by the recharge's own PaymentIntent, the card is charged once, and the list shows the
 /// recharge with its receipt. Delivered again, nothing more is made.
