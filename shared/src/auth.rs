@@ -79,8 +79,7 @@ impl Identity {
     pub fn from_claims(claims: &HashMap<String, String>, service_client: Option<&str>) -> Result<Identity, ApiError> {
         let sub = claims.get("sub").filter(|s| !s.is_empty()).ok_or(ApiError::Unauthenticated)?;
         let account = claims.get("account_id").map(String::as_str).filter(|s| !s.is_empty());
-        let client =
-            claims.get("client_id").or_else(|| claims.get("azp")).map(String::as_str).filter(|c| !c.is_empty());
+        let client = claims.get("client_id").or_else(|| claims.get("azp")).map(String::as_str).filter(|c| !c.is_empty());
         let is_service = matches!((client, service_client), (Some(c), Some(s)) if !s.is_empty() && c == s);
         let role = if is_service {
             Role::Service

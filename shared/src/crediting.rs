@@ -111,8 +111,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             // claimed in (rules §12), and the episode is charged (rules §16).
                             if ar.used_month == *month {
                                 ar.used_this_month = ar.used_this_month.saturating_add(1);
-                                ar.spent_this_month_cents =
-                                    ar.spent_this_month_cents.saturating_add(payment.charge_cents);
+                                ar.spent_this_month_cents = ar.spent_this_month_cents.saturating_add(payment.charge_cents);
                             }
                             ar.episode_charged = true;
                         }

@@ -314,10 +314,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if !(0..=crate::accounts::MAX_CREDITS).contains(&limit) {
                 return Err(ApiError::rule(
                     "invalid_monthly_limit",
-                    format!(
-                        "`monthly_limit` must be between 0 and {} micro-credits, or null.",
-                        crate::accounts::MAX_CREDITS
-                    ),
+                    format!("`monthly_limit` must be between 0 and {} micro-credits, or null.", crate::accounts::MAX_CREDITS),
                 ));
             }
         }
@@ -338,9 +335,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     if let Some(limit) = settings.monthly_limit {
                         e.monthly_limit = limit;
                         // A new limit: its levels are announced anew when the month reaches them.
-                        e.alerted.retain(|l| {
-                            limit.is_some_and(|m| i128::from(e.spent) * 100 >= i128::from(m) * i128::from(*l))
-                        });
+                        e.alerted.retain(|l| limit.is_some_and(|m| i128::from(e.spent) * 100 >= i128::from(m) * i128::from(*l)));
                     }
                     if let Some(name) = &settings.name {
                         e.name = Some(name.clone()).filter(|n| !n.is_empty());
@@ -446,9 +441,7 @@ mod service_tests {
         assert_eq!(d.from_credits, 4 * C);
         let before = c.store.load_account("a").await.unwrap();
         let e = c.debit_as("a", "api_calls", 2_000, &key("d2"), Some("user:bob")).await.unwrap_err();
-        assert!(
-            matches!(&e, ApiError::EntityBudgetExceeded { entity, remaining } if entity == "user:bob" && *remaining == C)
-        );
+        assert!(matches!(&e, ApiError::EntityBudgetExceeded { entity, remaining } if entity == "user:bob" && *remaining == C));
         let body = crate::http::error_body(&e);
         assert_eq!(body["entity"], "user:bob");
         assert_eq!(body["remaining_this_month"], C);
@@ -459,10 +452,7 @@ mod service_tests {
         c.debit_as("a", "api_calls", 9_000, &key("d4"), Some("user:ann")).await.unwrap();
         c.debit("a", "api_calls", 9_000, &key("d5")).await.unwrap();
         let bob = c.entity("a", "user:bob").await.unwrap();
-        assert_eq!(
-            (bob.spent_this_month, bob.remaining_this_month, bob.name.as_deref()),
-            (5 * C, Some(0), Some("Bob"))
-        );
+        assert_eq!((bob.spent_this_month, bob.remaining_this_month, bob.name.as_deref()), (5 * C, Some(0), Some("Bob")));
         let ann = c.entity("a", "user:ann").await.unwrap();
         assert_eq!((ann.spent_this_month, ann.remaining_this_month), (9 * C, None));
         assert_eq!(c.entity("a", "user:zed").await.unwrap_err().code(), "entity_not_found");
@@ -651,13 +641,9 @@ mod cost_tests {
         c.upsert_account("a", "free", vec![]).await.unwrap();
         c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
         c.adjust("a", 100 * C, "grant", &key("g")).await.unwrap();
-        c.set_entity(
-            "a",
-            "user:someone@example.com",
-            &EntitySettings { monthly_limit: Some(Some(50 * C)), name: None },
-        )
-        .await
-        .unwrap();
+        c.set_entity("a", "user:someone@example.com", &EntitySettings { monthly_limit: Some(Some(50 * C)), name: None })
+            .await
+            .unwrap();
         c.debit_as("a", "api_calls", 1_000, &key("d1"), Some("user:someone@example.com")).await.unwrap();
         let account = c.store.load_account("a").await.unwrap().unwrap();
         let entry = c.whole_ledger("a").await.unwrap().pop().unwrap();
@@ -702,3 +688,4 @@ mod cost_tests {
         assert_eq!(named_wcu, plain_wcu + 2, "the entity's item is under 1 KB");
     }
 }
+

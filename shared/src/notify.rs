@@ -118,8 +118,7 @@ pub fn render_with_receipt(
                 vec![
                     format!("{entity} of {account_id} has spent {spent} of its {limit} monthly budget this month."),
                     if a.percent >= 100 {
-                        "Its usage that would cost credits is refused until next month, or until you raise its limit."
-                            .into()
+                        "Its usage that would cost credits is refused until next month, or until you raise its limit.".into()
                     } else {
                         "You can raise its limit on the billing page.".into()
                     },

@@ -140,10 +140,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             Ok(ChargeOutcome::Processing { payment_intent_id }) => Ok(RechargeResult::Pending { payment_intent_id }),
             Ok(ChargeOutcome::Failed { payment_intent_id, code, decline_code, message }) => {
                 let failure = RechargeError { code: code.clone(), decline_code, message, at: 0 };
-                match self
-                    .fail_charged_recharge(payments, id, &claim.recharge_id, payment_intent_id.as_deref(), &failure)
-                    .await
-                {
+                match self.fail_charged_recharge(payments, id, &claim.recharge_id, payment_intent_id.as_deref(), &failure).await {
                     Ok(_) => Ok(RechargeResult::Failed { code }),
                     // Stripe did not answer the cancel: the claim stays in flight, and the
                     // sweep's recovery repeats the same charge call and the cancel.
@@ -416,8 +413,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Ok(CancelOutcome::Succeeded) => {
                     // Not a failure: the money came. Credited once, from the claim's record.
                     tracing::info!(account_id = id, recharge_id = %recharge_id, payment_intent_id = pi, "a recharge reported failed had succeeded: crediting it");
-                    let Some(record) = self.store.load_recharge(id, recharge_id.as_str()).await.map_err(upstream)?
-                    else {
+                    let Some(record) = self.store.load_recharge(id, recharge_id.as_str()).await.map_err(upstream)? else {
                         return Err(ApiError::Upstream);
                     };
                     let paid = self

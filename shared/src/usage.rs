@@ -136,8 +136,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if let Some(e) = entity {
             request["entity"] = json!(e.entity);
         }
-        let claim =
-            Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let claim = Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false };
         let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
             // Decided on the state the write starts from (grants past their expiry gone), the
@@ -208,8 +207,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if let Some(name) = entity {
             request["entity"] = json!(name);
         }
-        let claim =
-            Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let claim = Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false };
         for _ in 0..ENTITY_ATTEMPTS {
             let stored = match entity {
                 Some(name) => Some(self.entity_record(id, name).await?),
@@ -333,67 +331,67 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     ) -> Result<Applied<Settled>, ApiError> {
         let profile = &self.profile;
         self.apply(id, None, |a, now| {
-            let Some(hold) = a.holds.get(hold_id).cloned() else { return Err(ApiError::HoldNotFound) };
-            if hold.expires_at <= now {
-                return Err(ApiError::HoldExpired);
-            }
-            let mut next = a.next(now);
-            next.holds.remove(hold_id);
-            let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
-            // The entity the hold reserved for (if its record is the one read) counts what
-            // the settlement drew, and no longer what the hold reserved.
-            let spend = match (entity, &hold.entity) {
-                (Some(stored), Some(name)) if &stored.entity == name => {
-                    let mut e = stored.at(now);
-                    let levels = e.settle(hold_id, s.from_credits.get(), now);
-                    Some(EntitySpend { stored_version: stored.version, record: e, levels, write: true })
+                let Some(hold) = a.holds.get(hold_id).cloned() else { return Err(ApiError::HoldNotFound) };
+                if hold.expires_at <= now {
+                    return Err(ApiError::HoldExpired);
                 }
-                (None, None) => None,
-                // The hold names an entity whose record was not read: read it and plan again.
-                _ => return Err(ApiError::Busy),
-            };
-            let entry = (s.from_credits.get() > 0).then(|| {
-                LedgerEntry::after(
-                    &mut next,
-                    EntryKind::Consumption,
-                    Micros::new(-s.from_credits.get()),
-                    now,
-                    usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
-                )
-                .of_entity(hold.entity.as_deref())
-            });
-            let outcome = Settled {
-                hold_id: hold_id.to_string(),
-                from_hold: s.from_hold,
-                from_allowance: s.from_allowance,
-                from_credits: s.from_credits.get(),
-                unbilled: s.unbilled,
-                balance: next.balance.get(),
-                transaction_id: entry.as_ref().map(|e| e.id.clone()),
-            };
-            let record = HoldRecord {
-                hold_id: hold_id.to_string(),
-                account_id: id.to_string(),
-                hold,
-                status: HoldStatus::Settled,
-                created_at: now,
-                settle_hash: Some(hash.to_string()),
-                settled: Some(outcome.clone()),
-            };
-            let (entities, events) = match spend {
-                Some(sp) => sp.into_change(id, next.balance.get(), now),
-                None => (vec![], vec![]),
-            };
-            Change {
-                ledger: entry,
-                hold: Some(HoldWrite::Settle(record)),
-                entities,
-                events,
-                ..Change::quiet(next, "settle", outcome)
-            }
-            .write()
-        })
-        .await
+                let mut next = a.next(now);
+                next.holds.remove(hold_id);
+                let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
+                // The entity the hold reserved for (if its record is the one read) counts what
+                // the settlement drew, and no longer what the hold reserved.
+                let spend = match (entity, &hold.entity) {
+                    (Some(stored), Some(name)) if &stored.entity == name => {
+                        let mut e = stored.at(now);
+                        let levels = e.settle(hold_id, s.from_credits.get(), now);
+                        Some(EntitySpend { stored_version: stored.version, record: e, levels, write: true })
+                    }
+                    (None, None) => None,
+                    // The hold names an entity whose record was not read: read it and plan again.
+                    _ => return Err(ApiError::Busy),
+                };
+                let entry = (s.from_credits.get() > 0).then(|| {
+                    LedgerEntry::after(
+                        &mut next,
+                        EntryKind::Consumption,
+                        Micros::new(-s.from_credits.get()),
+                        now,
+                        usage_description(&hold.consumable, quantity - s.unbilled, s.from_allowance),
+                    )
+                    .of_entity(hold.entity.as_deref())
+                });
+                let outcome = Settled {
+                    hold_id: hold_id.to_string(),
+                    from_hold: s.from_hold,
+                    from_allowance: s.from_allowance,
+                    from_credits: s.from_credits.get(),
+                    unbilled: s.unbilled,
+                    balance: next.balance.get(),
+                    transaction_id: entry.as_ref().map(|e| e.id.clone()),
+                };
+                let record = HoldRecord {
+                    hold_id: hold_id.to_string(),
+                    account_id: id.to_string(),
+                    hold,
+                    status: HoldStatus::Settled,
+                    created_at: now,
+                    settle_hash: Some(hash.to_string()),
+                    settled: Some(outcome.clone()),
+                };
+                let (entities, events) = match spend {
+                    Some(sp) => sp.into_change(id, next.balance.get(), now),
+                    None => (vec![], vec![]),
+                };
+                Change {
+                    ledger: entry,
+                    hold: Some(HoldWrite::Settle(record)),
+                    entities,
+                    events,
+                    ..Change::quiet(next, "settle", outcome)
+                }
+                .write()
+            })
+            .await
     }
 }
 

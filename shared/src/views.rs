@@ -333,10 +333,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
             }
             if !more {
-                return Ok(LedgerPage {
-                    transactions: shown.iter().map(LedgerEntry::view).collect(),
-                    next_cursor: None,
-                });
+                return Ok(LedgerPage { transactions: shown.iter().map(LedgerEntry::view).collect(), next_cursor: None });
             }
         }
         Ok(LedgerPage {

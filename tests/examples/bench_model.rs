@@ -996,8 +996,7 @@ async fn main() {
     // `TOPUP_MODEL_ONLY=entity` runs only the rows of debits that name an entity.
     let only_entity = std::env::var("TOPUP_MODEL_ONLY").is_ok_and(|v| v == "entity");
     let entity_modes = [Mode::Entity { batch: 1 }, Mode::Entity { batch: 50 }];
-    let modes: Vec<Mode> =
-        if only_entity { entity_modes.to_vec() } else { modes.iter().chain(&entity_modes).copied().collect() };
+    let modes: Vec<Mode> = if only_entity { entity_modes.to_vec() } else { modes.iter().chain(&entity_modes).copied().collect() };
     let mut runs: Vec<(Mode, usize, i64)> = Vec::new();
     for mode in modes {
         let counts: &[usize] = if mode.lanes() > 1 { &LANE_INSTANCES } else { &INSTANCES };

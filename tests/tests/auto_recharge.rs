@@ -602,9 +602,7 @@ async fn a_late_success_never_makes_room_for_another_charge() {
     assert!(matches!(again, topup::recharge::RechargeResult::NotDue { .. }), "{again:?}");
     // The success event, and the failure event again, change nothing.
     let (_, pi) = local_stripe("GET", &format!("/v1/payment_intents/{payment_intent_id}"), &[]).await;
-    for event in
-        [stripe_event("payment_intent.succeeded", pi.clone()), stripe_event("payment_intent.payment_failed", pi)]
-    {
+    for event in [stripe_event("payment_intent.succeeded", pi.clone()), stripe_event("payment_intent.payment_failed", pi)] {
         for _ in 0..2 {
             let (s, r) = w.deliver(&event).await;
             assert_eq!(s, 200, "{r}");

@@ -214,9 +214,7 @@ async fn every_bad_request_is_refused_with_its_code_and_changes_nothing() {
             request(
                 "POST",
                 USAGE,
-                Some(&token(
-                    json!({"sub": "s", "role": "service", "client_id": SERVICE_CLIENT_ID, "account_id": "other"}),
-                )),
+                Some(&token(json!({"sub": "s", "role": "service", "client_id": SERVICE_CLIENT_ID, "account_id": "other"}))),
                 json_ct,
                 body(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k"})),
             ),

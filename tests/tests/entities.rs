@@ -52,16 +52,9 @@ async fn an_entity_is_set_spent_refused_past_its_limit_listed_and_filtered() {
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_entity")), "{b}");
     // The check answers as the debit would.
     let (s, b) = w
-        .api(get(
-            "/v1/accounts/acme/credits/check?consumable=api_calls&quantity=2000&entity=user:bob@acme.example",
-            &service(),
-        ))
+        .api(get("/v1/accounts/acme/credits/check?consumable=api_calls&quantity=2000&entity=user:bob@acme.example", &service()))
         .await;
-    assert_eq!(
-        (s, b["allowed"].as_bool(), b["reason"].as_str()),
-        (200, Some(false), Some("entity_budget_exceeded")),
-        "{b}"
-    );
+    assert_eq!((s, b["allowed"].as_bool(), b["reason"].as_str()), (200, Some(false), Some("entity_budget_exceeded")), "{b}");
     let (s, b) = w.debit(usage("user:bob@acme.example", 1_000, "b4")).await;
     assert_eq!(s, 200, "exactly what remains: {b}");
     // Another entity, never set: spend without a limit.
@@ -81,8 +74,7 @@ async fn an_entity_is_set_spent_refused_past_its_limit_listed_and_filtered() {
     // The ledger page's filter, and the CSV's column.
     let (s, page) = w.api(get("/v1/accounts/acme/credits/transactions?entity=user:bob@acme.example", &service())).await;
     assert_eq!(s, 200, "{page}");
-    let amounts: Vec<i64> =
-        page["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_i64().unwrap()).collect();
+    let amounts: Vec<i64> = page["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_i64().unwrap()).collect();
     assert_eq!(amounts, [-C, -4 * C]);
     assert!(page["transactions"].as_array().unwrap().iter().all(|t| t["entity"] == "user:bob@acme.example"));
     let csv = w.credits.transactions_csv("acme").await.expect("csv");

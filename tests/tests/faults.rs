@@ -494,13 +494,8 @@ impl Schedule {
         // Budgets (rules §17): a third of the debits name `member-a`, whose month is limited, and a
         // third `member-b`, which has no limit (by the key, so a replay names the same one).
         let member_limit = rng.range(1, 6) * C;
-        let (s, b) = w
-            .api(put(
-                &format!("/v1/accounts/{id}/entities/member-a"),
-                &service(),
-                json!({"monthly_limit": member_limit}),
-            ))
-            .await;
+        let (s, b) =
+            w.api(put(&format!("/v1/accounts/{id}/entities/member-a"), &service(), json!({"monthly_limit": member_limit}))).await;
         assert_eq!(s, 200, "entity: {b}");
         let armed = Arc::new(Armed::default());
         let sent = Arc::new(Mutex::new(Vec::new()));

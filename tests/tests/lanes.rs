@@ -154,11 +154,7 @@ async fn batches_the_ledger_page_and_demotion() {
     assert!(merged.iter().any(|e| e.kind == topup::ledger::EntryKind::LeaseIn));
     let view = w.view("hot").await;
     assert_eq!(view["balance"], 7 * C - spent);
-    assert!(view["recent_transactions"]
-        .as_array()
-        .expect("recent")
-        .iter()
-        .all(|t| !t["kind"].as_str().unwrap_or("").starts_with("lease")));
+    assert!(view["recent_transactions"].as_array().expect("recent").iter().all(|t| !t["kind"].as_str().unwrap_or("").starts_with("lease")));
     let csv = w.credits.transactions_csv("hot").await.expect("csv");
     assert_eq!(csv.lines().count(), shown.len() + 1, "a header and a row per entry the customer sees");
     assert!(!csv.contains("lease"), "{csv}");

@@ -9,28 +9,12 @@ use topup_tests::*;
 /// had answered 2xx (or at least past authorization).
 fn service_routes() -> Vec<(&'static str, &'static str, Option<serde_json::Value>)> {
     vec![
-        (
-            "POST",
-            "/v1/accounts/acme/usage",
-            Some(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k1"})),
-        ),
-        (
-            "POST",
-            "/v1/accounts/acme/usage/batch",
-            Some(json!({"events": [{"consumable": "api_calls", "quantity": 1, "idempotency_key": "b1"}]})),
-        ),
-        (
-            "POST",
-            "/v1/accounts/acme/usage/holds",
-            Some(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "h1"})),
-        ),
+        ("POST", "/v1/accounts/acme/usage", Some(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "k1"}))),
+        ("POST", "/v1/accounts/acme/usage/batch", Some(json!({"events": [{"consumable": "api_calls", "quantity": 1, "idempotency_key": "b1"}]}))),
+        ("POST", "/v1/accounts/acme/usage/holds", Some(json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "h1"}))),
         ("PUT", "/v1/accounts/acme", Some(json!({"plan": "free"}))),
         ("PUT", "/v1/accounts/mallory", Some(json!({"plan": "free"}))),
-        (
-            "POST",
-            "/v1/accounts/acme/credits/adjustments",
-            Some(json!({"amount": 1_000_000_000, "reason": "free money", "idempotency_key": "a1"})),
-        ),
+        ("POST", "/v1/accounts/acme/credits/adjustments", Some(json!({"amount": 1_000_000_000, "reason": "free money", "idempotency_key": "a1"}))),
         ("PUT", "/v1/accounts/acme/lanes", Some(json!({"lanes": 4}))),
         ("GET", "/v1/reports/revenue", None),
         ("GET", "/v1/webhook-endpoints", None),
@@ -82,13 +66,12 @@ async fn a_persons_token_claiming_service_is_refused_on_every_service_route() {
     let (status, body) = w.api(get("/v1/reports/revenue?month=2026-01", &service())).await;
     assert_eq!(status, 200, "{body}");
     let azp = token(json!({"sub": "backend", "azp": SERVICE_CLIENT_ID}));
-    let (status, body) = w
-        .debit(post(
-            "/v1/accounts/acme/usage",
-            &azp,
-            json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "real"}),
-        ))
-        .await;
+    let (status, body) = w.debit(post(
+        "/v1/accounts/acme/usage",
+        &azp,
+        json!({"consumable": "api_calls", "quantity": 1, "idempotency_key": "real"}),
+    ))
+    .await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -109,8 +92,9 @@ async fn staff_read_any_account_and_change_nothing() {
             let (status, resp) = call(&w, path, route_request(method, path, &staff, &body)).await;
             assert_eq!(status, 403, "{role}: {method} {path}: {resp}");
         }
-        let (status, _) =
-            w.api(put("/v1/accounts/acme/credits/auto-recharge", &staff, json!({"enabled": false}))).await;
+        let (status, _) = w
+            .api(put("/v1/accounts/acme/credits/auto-recharge", &staff, json!({"enabled": false})))
+            .await;
         assert_eq!(status, 403, "{role} may not change billing settings");
         assert_eq!(w.snapshot("acme").await, before, "{role} changed nothing");
         // A staff role bound to one account is no role we know.

@@ -833,15 +833,14 @@ fn schedules_keep_every_invariant() {
         }
     };
     let threads = env_u64("TOPUP_SIM_THREADS", 2).max(1) as usize;
-    let chunks: Vec<Vec<u64>> =
-        (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
+    let chunks: Vec<Vec<u64>> = (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
-                std::thread::Builder::new().stack_size(16 << 20).spawn_scoped(scope, move || {
-                    chunk.into_iter().filter_map(|s| run_blocking(s).err()).collect::<Vec<_>>()
-                })
+                std::thread::Builder::new()
+                    .stack_size(16 << 20)
+                    .spawn_scoped(scope, move || chunk.into_iter().filter_map(|s| run_blocking(s).err()).collect::<Vec<_>>())
             })
             .collect();
         handles

@@ -334,10 +334,7 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
                 None => None,
                 Some(serde_json::Value::Null) => Some(None),
                 Some(v) => Some(Some(v.as_i64().ok_or_else(|| {
-                    ApiError::rule(
-                        "invalid_monthly_limit",
-                        "`monthly_limit` must be a whole number of micro-credits, or null.",
-                    )
+                    ApiError::rule("invalid_monthly_limit", "`monthly_limit` must be a whole number of micro-credits, or null.")
                 })?)),
             };
             let name = body.opt_str("name")?.map(str::to_string);

@@ -364,8 +364,7 @@ impl Store for MemoryStore {
 
     async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
         let m = self.lock()?;
-        Ok(m.entities
-            .range((account_id.to_string(), String::new())..)
+        Ok(m.entities.range((account_id.to_string(), String::new())..)
             .take_while(|((a, _), _)| a == account_id)
             .map(|(_, e)| e.clone())
             .collect())

@@ -19,10 +19,10 @@
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(test)]
-mod limits_tests;
 pub mod ops;
 pub mod revenue;
+#[cfg(test)]
+mod limits_tests;
 
 use crate::account::Account;
 use crate::clock;

@@ -149,9 +149,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Err(ApiError::invalid("`cursor` is not a cursor this API returned."));
         }
         let ids: Vec<String> = (0..chains).map(|c| if c == 0 { a.id.clone() } else { lane_id(&a.id, c) }).collect();
-        let read =
-            futures_util::future::join_all(ids.iter().zip(bounds).map(|(id, b)| self.store.ledger_page(id, limit, *b)))
-                .await;
+        let read = futures_util::future::join_all(
+            ids.iter().zip(bounds).map(|(id, b)| self.store.ledger_page(id, limit, *b)),
+        )
+        .await;
         let mut pages = Vec::new();
         let mut more = Vec::new();
         for (c, r) in read.into_iter().enumerate() {

@@ -430,9 +430,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let Some(a) = self.cached(id) else { return 0 };
         let Some(lanes) = &a.lanes else { return 0 };
         // Only lanes with credits out, never more than is out (a cached lane may be stale).
-        let held = crate::money::total(
-            lanes.out.keys().filter_map(|n| self.cached(&lane_id(id, *n))).map(|l| l.balance.get()),
-        );
+        let held = crate::money::total(lanes.out.keys().filter_map(|n| self.cached(&lane_id(id, *n))).map(|l| l.balance.get()));
         held.min(a.leased_total())
     }
 

@@ -154,8 +154,7 @@ async fn batches_use_lanes_and_stay_exact() {
     use crate::batch::UsageEvent;
     let c = memory_credits("usd-overage");
     hot(&c, "a", 6 * C, 4).await;
-    let ev =
-        |i: usize| UsageEvent { consumable: "api_calls".into(), quantity: 5, key: key(&format!("b{i}")), entity: None };
+    let ev = |i: usize| UsageEvent { consumable: "api_calls".into(), quantity: 5, key: key(&format!("b{i}")), entity: None };
     for round in 0..3 {
         let events: Vec<UsageEvent> = (round * 300..round * 300 + 300).map(ev).collect();
         let r = c.debit_batch("a", &events).await.unwrap();

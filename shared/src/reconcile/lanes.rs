@@ -66,11 +66,8 @@ pub fn lane_differences(
                 ));
             }
         }
-        let out_to_lane: i64 = account
-            .lanes
-            .as_ref()
-            .and_then(|l| l.out.get(&n))
-            .map_or(0, |v| crate::money::total(v.iter().map(|(_, m)| *m)));
+        let out_to_lane: i64 =
+            account.lanes.as_ref().and_then(|l| l.out.get(&n)).map_or(0, |v| crate::money::total(v.iter().map(|(_, m)| *m)));
         if lane.balance.get() > out_to_lane {
             out.push(diff(
                 "lane_holds_more_than_leased",

@@ -110,7 +110,8 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
         }
         let entities = self.store.entities(id).await.map_err(|_| ApiError::Upstream)?;
         differences.extend(entity_differences(id, &entities, &ledger));
-        differences.extend(self.payment_differences(&account, &ledger, &claims, &stripe, self.now() / 1000).await?);
+        differences
+            .extend(self.payment_differences(&account, &ledger, &claims, &stripe, self.now() / 1000).await?);
         Ok(AccountReport {
             account_id: id.to_string(),
             balance: account.balance.get(),
@@ -411,11 +412,7 @@ impl Difference {
 /// rules §17: each entity's recorded spend for its month is what its entries of that month drew
 /// (a debit naming an entity writes its entry and its record in one commit). Entries of an
 /// entity never go to a lane, so the account's own ledger holds them all.
-pub fn entity_differences(
-    account_id: &str,
-    entities: &[crate::entities::Entity],
-    ledger: &[LedgerEntry],
-) -> Vec<Difference> {
+pub fn entity_differences(account_id: &str, entities: &[crate::entities::Entity], ledger: &[LedgerEntry]) -> Vec<Difference> {
     let mut drawn: HashMap<(&str, String), i64> = HashMap::new();
     for e in ledger.iter().filter(|e| e.kind == EntryKind::Consumption) {
         if let Some(name) = e.entity.as_deref() {
@@ -433,10 +430,7 @@ pub fn entity_differences(
                     "entity_spend_mismatch",
                     ent.spent,
                     theirs,
-                    format!(
-                        "Entity {} records {} spent in {}; its entries drew {theirs}.",
-                        ent.entity, ent.spent, ent.month
-                    ),
+                    format!("Entity {} records {} spent in {}; its entries drew {theirs}.", ent.entity, ent.spent, ent.month),
                 )
             })
         })
@@ -504,9 +498,8 @@ pub fn ledger_differences(account: &Account, ledger: &[LedgerEntry]) -> Vec<Diff
     if let Some(g) = account.grants.iter().find(|g| g.remaining.get() < 0) {
         out.push(diff("grant_negative", g.remaining.get(), 0, format!("Grant {} holds less than nothing.", g.id)));
     }
-    if let Some(e) = ledger
-        .iter()
-        .find(|e| !e.grants.is_empty() && crate::money::total(e.grants.iter().map(|m| m.1)) != e.amount.get())
+    if let Some(e) =
+        ledger.iter().find(|e| !e.grants.is_empty() && crate::money::total(e.grants.iter().map(|m| m.1)) != e.amount.get())
     {
         out.push(diff(
             "grant_moves_not_amount",
