@@ -444,6 +444,9 @@ def test(args) -> int:
                                                   cwd=ROOT, env=env))
         if fault.returncode != 0:
             rc = 1
+        docs = phases.run("docs: links of README.md and docs/, the two commands (scripts/check_docs.py)",
+                          lambda: subprocess.run([sys.executable, "scripts/check_docs.py"], cwd=ROOT))
+        checks.check("scripts/check_docs.py", docs.returncode == 0)
         lint = phases.run("cfn-lint infra/template.yaml",
                           lambda: subprocess.run([str(VENV_BIN / "cfn-lint"), "infra/template.yaml"], cwd=ROOT))
         checks.check("cfn-lint infra/template.yaml", lint.returncode == 0)

@@ -255,12 +255,23 @@ pub struct Dispute {
     /// Credits the dispute took back (a won dispute returns exactly these).
     pub taken: Micros,
     pub open: bool,
+    /// Closed and won: what it took came back.
+    #[serde(default)]
+    pub won: bool,
 }
 
 impl Account {
     /// Whether a dispute of one of its payments is open: auto-recharge waits until it closes.
     pub fn dispute_open(&self) -> bool {
         self.disputes.values().any(|d| d.open)
+    }
+
+    /// Credits the disputes of one payment took back and keep (open or lost; a won one
+    /// returned what it took).
+    pub fn kept_by_disputes(&self, payment_id: &str) -> i64 {
+        crate::money::total(
+            self.disputes.values().filter(|d| d.payment_id == payment_id && !d.won).map(|d| d.taken.get()),
+        )
     }
 
     /// A new account on `plan`, with auto-recharge off and the profile's defaults.

@@ -88,7 +88,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let ar = &mut next.auto_recharge;
                 ar.monthly_max = if ar.monthly_max == 0 { default_max.min(limit) } else { ar.monthly_max.min(limit) };
                 let view = AccountView::of(&next);
-                Change::quiet(next, "account_update", view).write()
+                Change::quiet(next, crate::cause::Cause::AccountUpdate, view).write()
             })
             .await?
             .done()?;
@@ -187,7 +187,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let entry =
                 LedgerEntry::after(&mut next, EntryKind::Adjustment, Micros::new(amount), now, reason.to_string());
             let view = entry.view();
-            Change { ledger: Some(entry), ..Change::quiet(next, "adjustment", view) }.write()
+            Change { ledger: Some(entry), ..Change::quiet(next, crate::cause::Cause::Adjustment, view) }.write()
         })
         .await?
         .done()
@@ -206,6 +206,7 @@ pub struct GrantTerms {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;

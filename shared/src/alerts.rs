@@ -54,7 +54,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = a.next(now);
             next.alerts = alerts.clone();
-            Change::quiet(next, "alerts", view).write()
+            Change::quiet(next, crate::cause::Cause::Alerts, view).write()
         })
         .await?
         .done()
@@ -63,6 +63,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
 

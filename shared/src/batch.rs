@@ -331,7 +331,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             record.write(version)
                         })
                         .collect();
-                    Change { entries, keys, refused, entities, events: alerts, ..Change::quiet(next, "usage", results) }
+                    Change { entries, keys, refused, entities, events: alerts, ..Change::quiet(next, crate::cause::Cause::Usage, results) }
                         .write()
                 })
                 .await?;
@@ -376,11 +376,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
-    use crate::store::Store;
 
     fn ev(consumable: &str, quantity: i64, k: &str) -> UsageEvent {
         UsageEvent { consumable: consumable.into(), quantity, key: key(k), entity: None }

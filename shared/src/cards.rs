@@ -107,7 +107,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = a.next(now);
             next.stripe_customer_id = Some(customer_id.to_string());
-            Change::quiet(next, "customer", customer_id.to_string()).write()
+            Change::quiet(next, crate::cause::Cause::Customer, customer_id.to_string()).write()
         })
         .await?
         .done()
@@ -130,7 +130,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if next.stripe_customer_id.is_none() {
                 next.stripe_customer_id = customer_id.map(str::to_string);
             }
-            Change::quiet(next, "card_saved", ()).write()
+            Change::quiet(next, crate::cause::Cause::CardSaved, ()).write()
         })
         .await?
         .done()
@@ -147,7 +147,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             next.payment_method = None;
             next.auto_recharge.enabled = false;
             next.index_for_sweep();
-            Change::quiet(next, "card_removed", Some(card.id.clone())).write()
+            Change::quiet(next, crate::cause::Cause::CardRemoved, Some(card.id.clone())).write()
         })
         .await?
         .done()

@@ -124,6 +124,7 @@ fn undecided(account_id: &str, consumable: &str, e: &ApiError) -> ApiError {
 #[cfg(test)]
 mod tests {
     //! The check answers what the debit does, for random states and requests on every profile.
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;

@@ -41,7 +41,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Err(ApiError::rule("invalid_purchase", "Only purchases and auto-recharges credit a payment."));
         }
         let claim = Claim {
-            scope_key: format!("payment:{}", payment.payment_id),
+            scope_key: if crate::broken::on(crate::broken::Bug::CreditPaymentTwice) {
+                format!("payment:{}:{}", payment.payment_id, crate::ledger::new_id("again"))
+            } else {
+                format!("payment:{}", payment.payment_id)
+            },
             hash: request_hash(
                 &json!({"kind": payment.kind, "credits": payment.credits.get(), "charge": payment.charge_cents}),
             ),
@@ -111,7 +115,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             // claimed in (rules §12), and the episode is charged (rules §16).
                             if ar.used_month == *month {
                                 ar.used_this_month = ar.used_this_month.saturating_add(1);
-                                ar.spent_this_month_cents = ar.spent_this_month_cents.saturating_add(payment.charge_cents);
+                                ar.spent_this_month_cents =
+                                    ar.spent_this_month_cents.saturating_add(payment.charge_cents);
                             }
                             ar.episode_charged = true;
                         }
@@ -159,7 +164,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     purchase,
                     credited,
                     payment_index,
-                    ..Change::quiet(next, "payment", view)
+                    ..Change::quiet(next, crate::cause::Cause::Payment, view)
                 }
                 .write()
             })
@@ -189,7 +194,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let p = &self.profile;
         self.apply(id, None, |a, now| {
             let before = a.refunded.get(payment_intent_id).copied().unwrap_or(0);
-            let owed = share - before;
+            // Never more than the payment credited, less what refunds and its disputes (open or
+            // lost) already took back (rules §12).
+            let left = credited.saturating_sub(before).saturating_sub(a.kept_by_disputes(payment_intent_id));
+            let owed = if crate::broken::on(crate::broken::Bug::ForgetRefundCap) { share - before } else { (share - before).min(left) };
             if owed <= 0 {
                 return Ok(Plan::AlreadySo(None));
             }
@@ -209,7 +217,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     balance: next.balance.get(),
                 }),
             );
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "refund", view) }.write()
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::Refund, view) }.write()
         })
         .await?
         .done()
@@ -322,16 +330,24 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if a.disputes.contains_key(dispute_id) {
                 return Ok(Plan::AlreadySo(DisputeOutcome::AlreadySo));
             }
-            let before = a.refunded.get(payment_intent_id).copied().unwrap_or(0).saturating_add(crate::money::total(
-                a.disputes.values().filter(|d| d.payment_id == payment_intent_id).map(|d| d.taken.get()),
-            ));
+            let before = a
+                .refunded
+                .get(payment_intent_id)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(a.kept_by_disputes(payment_intent_id));
             let owed = share.min(amount.saturating_sub(before)).max(0);
             let mut next = a.next(now);
             let (taken, entry) =
                 take_back(p, &mut next, now, owed, (EntryKind::Dispute, payment_intent_id), "Disputed payment");
             next.disputes.insert(
                 dispute_id.to_string(),
-                Dispute { payment_id: payment_intent_id.to_string(), taken: Micros::new(taken), open: true },
+                Dispute {
+                    payment_id: payment_intent_id.to_string(),
+                    taken: Micros::new(taken),
+                    open: true,
+                    won: false,
+                },
             );
             let event = DomainEvent::new(
                 id,
@@ -346,7 +362,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }),
             );
             let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "dispute", outcome) }.write()
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::Dispute, outcome) }.write()
         })
         .await?
         .done()
@@ -378,7 +394,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return Ok(Plan::AlreadySo(DisputeOutcome::AlreadySo));
             }
             let mut next = a.next(now);
-            next.disputes.insert(dispute_id.to_string(), Dispute { open: false, ..dispute.clone() });
+            next.disputes.insert(dispute_id.to_string(), Dispute { open: false, won, ..dispute.clone() });
             let returned = if won { dispute.taken.get() } else { 0 };
             next.balance
                 .checked_add(Micros::new(returned))
@@ -408,7 +424,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }),
             );
             let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, "dispute_closed", outcome) }.write()
+            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::DisputeClosed, outcome) }.write()
         })
         .await?
         .done()
@@ -451,6 +467,7 @@ pub struct Payment {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::money::MICROS_PER_CREDIT as C;

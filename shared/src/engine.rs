@@ -22,14 +22,13 @@ use serde::Serialize;
 use crate::account::{Account, RechargeRecord};
 use crate::clock;
 use crate::error::ApiError;
+use crate::cause::{Cause, Effect};
 use crate::events::DomainEvent;
 use crate::events::{publish_committed, EventBus};
 use crate::ledger::{crossing_events, Credited, HoldRecord, IdemRecord, LedgerEntry};
 use crate::profile::Profile;
 use crate::store::{Commit, CommitError, HoldWrite, PurchaseWrite, Store, StoreError};
 
-/// DynamoDB's limit on the items of one transaction.
-const ITEMS_PER_TRANSACTION: usize = 100;
 /// Attempts before a contended write answers 503 `account_busy`.
 pub(crate) const MAX_ATTEMPTS: u32 = 100;
 /// How long a balance write may wait (for this process's queue of the account and for
@@ -42,10 +41,6 @@ pub const WRITE_BUDGET: Duration = Duration::from_secs(5);
 const STRIPES: usize = 256;
 const CACHE_CAP: usize = 10_000;
 
-/// Changes that are usage: drawing on a low balance may start a recharge.
-const USAGE_CAUSES: [&str; 2] = ["usage", "settle"];
-/// Changes that take credits back without usage: going low through one starts no recharge.
-const NOT_USAGE_CAUSES: [&str; 5] = ["refund", "dispute", "adjustment", "expiry", "void"];
 /// What a plan decides on one known state of the account.
 pub(crate) enum Plan<T> {
     /// Commit this change and answer its outcome.
@@ -61,7 +56,7 @@ pub(crate) struct Change<T> {
     pub(crate) hold: Option<HoldWrite>,
     /// What the operation answers when this commits (and, keyed, on every replay).
     pub(crate) outcome: T,
-    pub(crate) cause: &'static str,
+    pub(crate) cause: Cause,
     /// Events besides the threshold crossings, written to the outbox with the change.
     pub(crate) events: Vec<DomainEvent>,
     /// A purchase state change committed with this balance change.
@@ -87,7 +82,7 @@ pub(crate) struct Change<T> {
 impl<T> Change<T> {
     /// A change of the account alone: no ledger entry, no hold, no events, no purchase; the
     /// others start from it and add theirs.
-    pub(crate) fn quiet(next: Account, cause: &'static str, outcome: T) -> Change<T> {
+    pub(crate) fn quiet(next: Account, cause: Cause, outcome: T) -> Change<T> {
         Change {
             next,
             ledger: None,
@@ -293,15 +288,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// Keeps the low-balance episode of `next` (rules §10.5, §12): it ends when the balance is no
     /// longer low; usage that draws on a low balance may start a recharge; a refund, dispute or
     /// negative adjustment that takes the balance low may not.
-    fn mark_episode(&self, current: &Account, next: &mut Account, cause: &str) {
+    fn mark_episode(&self, current: &Account, next: &mut Account, cause: Cause) {
         let trigger = self.profile.low_balance.trigger;
         let ar = &mut next.auto_recharge;
         if !trigger.is_low(next.balance, ar.threshold) {
             ar.episode_charged = false;
             ar.low_without_usage = false;
-        } else if USAGE_CAUSES.contains(&cause) {
+        } else if cause.effect() == Effect::Usage {
             ar.low_without_usage = false;
-        } else if NOT_USAGE_CAUSES.contains(&cause) && !trigger.is_low(current.balance, current.auto_recharge.threshold)
+        } else if cause.effect() == Effect::TakesBack
+            && !trigger.is_low(current.balance, current.auto_recharge.threshold)
         {
             ar.low_without_usage = true;
         }
@@ -379,7 +375,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             // Grants that expired in this write take the balance down as an expiry does (no
             // recharge for breakage), unless the change itself is usage.
             let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
-            let cause = if expired && !USAGE_CAUSES.contains(&planned.cause) { "expiry" } else { planned.cause };
+            let cause = if expired && planned.cause.effect() != Effect::Usage { Cause::Expiry } else { planned.cause };
             if !on_lane {
                 self.mark_episode(&current, &mut planned.next, cause);
             }
@@ -401,7 +397,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }),
                 ));
             }
-            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause));
+            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause.as_str()));
             if on_lane {
                 // A lane's balance is part of its account's, whose thresholds are decided on
                 // the account (never with credits out on lanes); its parts are not grants.
@@ -450,25 +446,25 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let written = match recall {
                 None => self.store.commit(commit).await,
                 Some(r) => {
-                    let count = |c: &Commit| crate::adapters::dynamo::commit_items(c).map_or(usize::MAX, |i| i.len());
-                    let items = r.lanes.iter().map(count).fold(count(&commit), usize::saturating_add);
-                    if items > ITEMS_PER_TRANSACTION {
-                        // Too much for one transaction beside the change: the recall alone
-                        // first, then the change planned again on what it left.
-                        if !self.recall(r).await? {
-                            if self.write_budget.checked_sub(started.elapsed()).is_none() {
-                                break;
-                            }
-                            self.backoff(attempt, started).await;
-                        }
-                        current = self.load(account_id).await?;
-                        fresh = true;
-                        continue;
-                    }
                     lanes_after = r.lanes.iter().map(|c| c.account.clone()).collect();
                     let mut all = vec![commit];
-                    all.extend(r.lanes);
-                    self.store.commit_all(all).await
+                    all.extend(r.lanes.iter().cloned());
+                    match self.store.commit_all(all).await {
+                        Err(CommitError::TooLarge(_)) => {
+                            // Too much for one transaction beside the change: the recall alone
+                            // first, then the change planned again on what it left.
+                            if !self.recall(r).await? {
+                                if self.write_budget.checked_sub(started.elapsed()).is_none() {
+                                    break;
+                                }
+                                self.backoff(attempt, started).await;
+                            }
+                            current = self.load(account_id).await?;
+                            fresh = true;
+                            continue;
+                        }
+                        other => other,
+                    }
                 }
             };
             match written {
@@ -510,6 +506,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Err(CommitError::Store(e)) => {
                     self.forget(account_id);
                     return Err(upstream(e));
+                }
+                Err(CommitError::TooLarge(why)) => {
+                    // Limits are checked before a change is planned (rules §16); reaching
+                    // here is a bug, not the caller's to retry.
+                    tracing::error!(account_id, why, "a commit too large for one transaction");
+                    self.forget(account_id);
+                    return Err(ApiError::Upstream);
                 }
             }
             if self.write_budget.checked_sub(started.elapsed()).is_none() {
@@ -558,6 +561,7 @@ pub(crate) fn memory_credits(
 mod tests {
     //! Fast tests over the in-memory store and bus; the same behaviour is tested against the
     //! emulators in `tests/`.
+    use crate::store::Accounts;
     use super::*;
     use crate::ids::key;
     use std::sync::atomic::Ordering;

@@ -344,7 +344,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let view = e.view(now);
                     let change = crate::engine::Change {
                         entities: vec![e.write(stored.version)],
-                        ..crate::engine::Change::quiet(next, "entity", view)
+                        ..crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
                     };
                     change.write()
                 })
@@ -409,6 +409,7 @@ mod tests {
 #[cfg(test)]
 mod service_tests {
     //! Budgets over the in-memory store (the same against moto in `tests/tests/entities.rs`).
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;
@@ -624,6 +625,7 @@ mod cost_tests {
     //! What a debit naming an entity costs beside one that does not, counted by DynamoDB's
     //! published rules (a transactional write: 2 WCU per KB of each item, rounded up; a strongly
     //! consistent read: 1 RCU per 4 KB). BENCHMARKS.md quotes these figures.
+    use crate::store::Accounts;
     use super::*;
     use crate::engine::memory_credits;
     use crate::ids::key;

@@ -35,6 +35,13 @@ pub enum ApiError {
     /// A well-formed value that breaks a rule of the profile or the domain.
     #[error("{1}")]
     Rule(&'static str, String),
+    /// A rule the request breaks whatever credits the account holds (an unknown consumable, a
+    /// quantity or lifetime out of range, too many open holds): answered as `Rule` is, 422
+    /// with its code, but decided the same on the whole account as on its own item, so a
+    /// refusal of this kind recalls no lanes (rules §14). Any other refusal is decided again on
+    /// the whole.
+    #[error("{1}")]
+    RequestRule(&'static str, String),
     /// An upstream (AWS, Stripe) failure the client may retry.
     #[error("A service we depend on is unavailable. Please retry.")]
     Upstream,
@@ -84,7 +91,7 @@ impl ApiError {
             ApiError::HoldNotFound => "hold_not_found",
             ApiError::OutOfCredits { code, .. } => code,
             ApiError::EntityBudgetExceeded { .. } => "entity_budget_exceeded",
-            ApiError::Rule(code, _) => code,
+            ApiError::Rule(code, _) | ApiError::RequestRule(code, _) => code,
             ApiError::Upstream => "upstream_unavailable",
             ApiError::PaymentsUnavailable => "payment_provider_unavailable",
             ApiError::Busy => "account_busy",
@@ -118,6 +125,11 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
             _ => None,
         }
+    }
+
+    /// A rule the request itself breaks (see `RequestRule`).
+    pub fn request_rule(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::RequestRule(code, message.into())
     }
 
     pub fn account_not_found() -> Self {

@@ -198,7 +198,7 @@ fn plan_consumable<'p>(
     consumable: &str,
 ) -> Result<&'p PlanConsumable, ApiError> {
     if !profile.consumables.contains_key(consumable) {
-        return Err(ApiError::rule(
+        return Err(ApiError::request_rule(
             "unknown_consumable",
             format!("`{consumable}` is not a consumable of this product."),
         ));
@@ -211,10 +211,10 @@ fn plan_consumable<'p>(
 
 pub fn check_quantity(quantity: i64, allow_zero: bool) -> Result<(), ApiError> {
     if quantity < 0 || (quantity == 0 && !allow_zero) {
-        return Err(ApiError::rule("invalid_quantity", "Quantity must be a positive whole number."));
+        return Err(ApiError::request_rule("invalid_quantity", "Quantity must be a positive whole number."));
     }
     if quantity > MAX_QUANTITY {
-        return Err(ApiError::rule("invalid_quantity", format!("Quantity must be at most {MAX_QUANTITY}.")));
+        return Err(ApiError::request_rule("invalid_quantity", format!("Quantity must be at most {MAX_QUANTITY}.")));
     }
     Ok(())
 }

@@ -7,6 +7,8 @@ pub mod adapters;
 pub mod alerts;
 pub mod auth;
 pub mod batch;
+pub mod broken;
+pub mod cause;
 pub mod cards;
 pub mod check;
 pub mod clock;

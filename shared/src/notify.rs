@@ -542,6 +542,7 @@ mod tests {
 
 #[cfg(test)]
 mod delivery_tests {
+    use crate::store::Deliveries;
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
 

@@ -405,7 +405,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     Change {
                         events: vec![event],
                         purchase: Some(purchase),
-                        ..Change::quiet(next, "purchase_state", ())
+                        ..Change::quiet(next, crate::cause::Cause::PurchaseState, ())
                     }
                     .write()
                 })
@@ -516,6 +516,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::PaymentRecords;
     use super::*;
     use crate::ids::key;
 

@@ -200,7 +200,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let charge_cents = pricing::recharge_charge(p, &next.plan, credits)?.get();
             let over_money =
                 ar.monthly_spend_max_cents.is_some_and(|cap| ar.spent_this_month_cents + charge_cents > cap);
-            if ar.used_this_month >= ar.monthly_max || over_money {
+            let at_cap = ar.used_this_month >= ar.monthly_max && !crate::broken::on(crate::broken::Bug::ForgetMonthlyCap);
+            if at_cap || over_money {
                 // At the cap auto-recharge pauses until next month (seed 004); the first time
                 // a month, say so on the bus (the profile decides whether that is emailed).
                 let reason = if over_money { "monthly_spend_cap" } else { "monthly_cap" };
@@ -221,7 +222,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }),
                 );
                 let outcome = RechargeDecision::NotDue(reason.to_string());
-                return Change { events: vec![event], ..Change::quiet(next, "recharge_paused", outcome) }.write();
+                return Change { events: vec![event], ..Change::quiet(next, crate::cause::Cause::RechargePaused, outcome) }.write();
             }
             let claim = RechargeClaim { recharge_id: recharge_id.clone(), claimed_at: now, credits, charge_cents };
             next.auto_recharge.used_this_month += 1;
@@ -240,7 +241,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 month: clock::month_of(now),
             };
             let decision = RechargeDecision::Claimed(claim);
-            Change { recharge: Some(record), ..Change::quiet(next, "recharge_claim", decision) }.write()
+            Change { recharge: Some(record), ..Change::quiet(next, crate::cause::Cause::RechargeClaim, decision) }.write()
         })
         .await?
         .done()
@@ -332,7 +333,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     ar.spent_this_month_cents = (ar.spent_this_month_cents - k.charge_cents).max(0);
                     ar.episode_charged = false;
                 }
-                return Change::quiet(next, "recharge_failed", true).write();
+                return Change::quiet(next, crate::cause::Cause::RechargeFailed, true).write();
             }
             if a.auto_recharge.in_flight.as_ref().is_none_or(|c| &c.recharge_id != recharge_id) {
                 return Ok(Plan::AlreadySo(false));
@@ -374,7 +375,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     balance: next.balance.get(),
                 }),
             );
-            Change { events: vec![event], ..Change::quiet(next, "recharge_failed", true) }.write()
+            Change { events: vec![event], ..Change::quiet(next, crate::cause::Cause::RechargeFailed, true) }.write()
         })
         .await?
         .done()
@@ -555,7 +556,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             ar.monthly_max = monthly_max;
             ar.monthly_spend_max_cents = spend_max;
             let view = auto_recharge_view(p, &next, &clock::month_of(now));
-            Change::quiet(next, "auto_recharge_settings", view).write()
+            Change::quiet(next, crate::cause::Cause::AutoRechargeSettings, view).write()
         })
         .await?
         .done()
@@ -624,6 +625,7 @@ impl AutoRechargeInput {
 
 #[cfg(test)]
 mod settings_bounds {
+    use crate::store::Accounts;
     use super::*;
     use crate::accounts::MAX_CREDITS;
     use crate::engine::memory_credits;

@@ -1,9 +1,14 @@
-//! Persistence behind one small trait. A `Commit` is everything one balance change writes:
-//! the account's new state (compare-and-swap on `version`), the ledger entry, the idempotency
-//! claim, the hold record, and the outbox of events, all or nothing (rules §6, §10.7).
+//! Persistence behind small ports, one per thing kept: `Accounts` (the account commit: a
+//! `Commit` is everything one balance change writes — the account's new state, compare-and-swap
+//! on `version`, its ledger entries, idempotency claims, hold, entities and the outbox of its
+//! events — all or nothing, rules §6, §10.7), `PaymentRecords`, `Deliveries`, `RateCounts`,
+//! `Outbox` and `Listings`. `Store` is all of them, which is what the engine is built on; a test
+//! wrapper implements the port it perturbs and hands the others on with `forward_port!`.
 //!
-//! `adapters::dynamo::DynamoStore` is the real adapter; `adapters::memory::MemoryStore` an in-memory one with the same
-//! semantics for fast unit tests.
+//! The adapter counts and sizes what a commit writes: a commit too large for one transaction is
+//! refused with `CommitError::TooLarge`, so the engine knows DynamoDB's limits only through
+//! that answer. `adapters::dynamo::DynamoStore` is the real adapter; `adapters::memory::MemoryStore`
+//! an in-memory one with the same semantics for fast unit tests and the simulator.
 
 use std::future::Future;
 
@@ -41,6 +46,9 @@ pub enum CommitError {
     Conflict,
     /// An entity named by the change moved since it was read (rules §17): read it again.
     EntityMoved,
+    /// More than one transaction can carry (DynamoDB: 100 items, 400 KB an item): nothing was
+    /// sent. Says what was too large.
+    TooLarge(String),
     Store(StoreError),
 }
 
@@ -131,7 +139,9 @@ impl Commit {
     }
 }
 
-pub trait Store: Send + Sync {
+/// The account commit: an account with its ledger, idempotency claims, holds and entities,
+/// written together in one transaction (rules §6, §10.7), and read back.
+pub trait Accounts: Send + Sync {
     /// The account, read with strong consistency.
     fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send;
@@ -140,6 +150,13 @@ pub trait Store: Send + Sync {
     /// condition answers as `commit` does; `Stale` carries no state when several accounts
     /// were written.
     fn commit_all(&self, commits: Vec<Commit>) -> impl Future<Output = Result<(), CommitError>> + Send;
+    /// Several accounts in few requests, read eventually consistent (the sweep decides on them
+    /// and every write it makes is a compare-and-swap). Each is its account or the reason it
+    /// cannot be read; an account that does not exist is left out.
+    fn load_accounts(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Result<Account, StoreError>)>, StoreError>> + Send;
     /// Ledger entries newest first, strictly older than `before_seq` when given.
     fn ledger_page(
         &self,
@@ -157,24 +174,45 @@ pub trait Store: Send + Sync {
         account_id: &str,
         scope_key: &str,
     ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    /// An entity of an account (rules §17), read with strong consistency.
+    fn load_entity(
+        &self,
+        account_id: &str,
+        entity: &str,
+    ) -> impl Future<Output = Result<Option<crate::entities::Entity>, StoreError>> + Send;
+    /// Every entity of an account, by name.
+    fn entities(
+        &self,
+        account_id: &str,
+    ) -> impl Future<Output = Result<Vec<crate::entities::Entity>, StoreError>> + Send;
+}
+
+/// Purchase and recharge records, and the payments an account was credited for.
+pub trait PaymentRecords: Send + Sync {
     /// Writes a purchase record on its own (a state change that moves no credits).
     fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send;
-    /// The account a credited payment (PaymentIntent id) belongs to.
-    fn payment_account(
+    fn load_purchase(
         &self,
-        payment_intent_id: &str,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+        account_id: &str,
+        purchase_id: &str,
+    ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send;
     /// A recharge's permanent record.
     fn load_recharge(
         &self,
         account_id: &str,
         recharge_id: &str,
     ) -> impl Future<Output = Result<Option<RechargeRecord>, StoreError>> + Send;
-    fn load_purchase(
+    /// The account a credited payment (PaymentIntent id) belongs to.
+    fn payment_account(
         &self,
-        account_id: &str,
-        purchase_id: &str,
-    ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send;
+        payment_intent_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// Every permanent `payment:<id>` claim of an account: the payments it was credited for.
+    fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send;
+}
+
+/// Notification deliveries: each message to each recipient claimed once (rules §8).
+pub trait Deliveries: Send + Sync {
     /// Claims a delivery: written only if none exists or the last attempt may be retried.
     /// `false` means it went (or is going) out already.
     fn claim_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -186,6 +224,10 @@ pub trait Store: Send + Sync {
         account_id: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send;
+}
+
+/// Counted starts per window (how many purchases an account began this minute).
+pub trait RateCounts: Send + Sync {
     /// Counts one more start of `what` (e.g. `purchases`) for an account in the window that
     /// began at `window_start_ms`, unless `limit` were already counted there: `false` then,
     /// and nothing is counted. The count expires with its window.
@@ -196,20 +238,10 @@ pub trait Store: Send + Sync {
         window_start_ms: i64,
         limit: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Accounts with auto-recharge on (the sweep's sparse index): about `limit` after the
-    /// cursor `after`, and the next page's cursor (`None` at the end).
-    fn accounts_for_sweep(
-        &self,
-        limit: usize,
-        after: Option<String>,
-    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send;
-    /// Several accounts in few requests, read eventually consistent (the sweep decides on them
-    /// and every write it makes is a compare-and-swap). Each is its account or the reason it
-    /// cannot be read; an account that does not exist is left out.
-    fn load_accounts(
-        &self,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, Result<Account, StoreError>)>, StoreError>> + Send;
+}
+
+/// The outbox: events a commit wrote, until they are on the bus.
+pub trait Outbox: Send + Sync {
     /// Removes outbox entries once their events are on the bus.
     fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Outbox entries of one shard (`events::outbox_shard`) whose publication has not been
@@ -219,8 +251,18 @@ pub trait Store: Send + Sync {
         shard: u32,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send;
-    /// Every permanent `payment:<id>` claim of an account: the payments it was credited for.
-    fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send;
+}
+
+/// What the batch jobs walk (the sweep's and the expiry run's sparse indexes, every account
+/// for reconciliation, ended grants) and the checkpoints they resume from.
+pub trait Listings: Send + Sync {
+    /// Accounts with auto-recharge on (the sweep's sparse index): about `limit` after the
+    /// cursor `after`, and the next page's cursor (`None` at the end).
+    fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send;
     /// Account ids in the store's own order, about `limit` after the cursor `after`; the second
     /// value is the next page's cursor (`None` at the end). For reconciliation, which visits
     /// every account once.
@@ -239,17 +281,6 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The grants of an account that have ended (used up, expired, voided), newest first.
     fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
-    /// An entity of an account (rules §17), read with strong consistency.
-    fn load_entity(
-        &self,
-        account_id: &str,
-        entity: &str,
-    ) -> impl Future<Output = Result<Option<crate::entities::Entity>, StoreError>> + Send;
-    /// Every entity of an account, by name.
-    fn entities(
-        &self,
-        account_id: &str,
-    ) -> impl Future<Output = Result<Vec<crate::entities::Entity>, StoreError>> + Send;
     /// A job's saved progress under `name` (a sweep's cursor, a reconciliation segment's).
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
     fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -272,145 +303,152 @@ pub fn delivery_key(r: &DeliveryRecord) -> String {
     format!("NOTIFY#{:013}#{}#{}#{}", r.occurred_ms, r.event_id, r.channel, r.to)
 }
 
-/// A shared store is a store: several services (as several Lambda instances would) over one.
-impl<S: Store> Store for std::sync::Arc<S> {
-    fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send {
-        (**self).load_account(id)
-    }
-    fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send {
-        (**self).commit(commit)
-    }
-    fn commit_all(&self, commits: Vec<Commit>) -> impl Future<Output = Result<(), CommitError>> + Send {
-        (**self).commit_all(commits)
-    }
-    fn ledger_page(
-        &self,
-        account_id: &str,
-        limit: usize,
-        before_seq: Option<u64>,
-    ) -> impl Future<Output = Result<(Vec<LedgerEntry>, bool), StoreError>> + Send {
-        (**self).ledger_page(account_id, limit, before_seq)
-    }
-    fn load_hold(
-        &self,
-        account_id: &str,
-        hold_id: &str,
-    ) -> impl Future<Output = Result<Option<HoldRecord>, StoreError>> + Send {
-        (**self).load_hold(account_id, hold_id)
-    }
-    fn load_idempotency(
-        &self,
-        account_id: &str,
-        scope_key: &str,
-    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
-        (**self).load_idempotency(account_id, scope_key)
-    }
-    fn put_purchase(&self, write: PurchaseWrite) -> impl Future<Output = Result<(), CommitError>> + Send {
-        (**self).put_purchase(write)
-    }
-    fn payment_account(
-        &self,
-        payment_intent_id: &str,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
-        (**self).payment_account(payment_intent_id)
-    }
-    fn load_recharge(
-        &self,
-        account_id: &str,
-        recharge_id: &str,
-    ) -> impl Future<Output = Result<Option<RechargeRecord>, StoreError>> + Send {
-        (**self).load_recharge(account_id, recharge_id)
-    }
-    fn load_purchase(
-        &self,
-        account_id: &str,
-        purchase_id: &str,
-    ) -> impl Future<Output = Result<Option<PurchaseRecord>, StoreError>> + Send {
-        (**self).load_purchase(account_id, purchase_id)
-    }
-    fn claim_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        (**self).claim_delivery(record)
-    }
-    fn finish_delivery(&self, record: &DeliveryRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).finish_delivery(record)
-    }
-    fn recent_deliveries(
-        &self,
-        account_id: &str,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send {
-        (**self).recent_deliveries(account_id, limit)
-    }
-    fn count_start(
-        &self,
-        account_id: &str,
-        what: &str,
-        window_start_ms: i64,
-        limit: u32,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        (**self).count_start(account_id, what, window_start_ms, limit)
-    }
-    fn accounts_for_sweep(
-        &self,
-        limit: usize,
-        after: Option<String>,
-    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send {
-        (**self).accounts_for_sweep(limit, after)
-    }
-    fn load_accounts(
-        &self,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, Result<Account, StoreError>)>, StoreError>> + Send {
-        (**self).load_accounts(ids)
-    }
-    fn clear_outbox(&self, events: &[DomainEvent]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).clear_outbox(events)
-    }
-    fn pending_outbox(
-        &self,
-        shard: u32,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<DomainEvent>, StoreError>> + Send {
-        (**self).pending_outbox(shard, limit)
-    }
-    fn payment_claims(&self, account_id: &str) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send {
-        (**self).payment_claims(account_id)
-    }
-    fn account_ids(
-        &self,
-        limit: usize,
-        after: Option<String>,
-        segment: Segment,
-    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), StoreError>> + Send {
-        (**self).account_ids(limit, after, segment)
-    }
-    fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send {
-        (**self).ended_grants(account_id)
-    }
-    fn load_entity(
-        &self,
-        account_id: &str,
-        entity: &str,
-    ) -> impl Future<Output = Result<Option<crate::entities::Entity>, StoreError>> + Send {
-        (**self).load_entity(account_id, entity)
-    }
-    fn entities(
-        &self,
-        account_id: &str,
-    ) -> impl Future<Output = Result<Vec<crate::entities::Entity>, StoreError>> + Send {
-        (**self).entities(account_id)
-    }
-    fn accounts_expiring(
-        &self,
-        by_ms: i64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
-        (**self).accounts_expiring(by_ms, limit)
-    }
-    fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
-        (**self).load_checkpoint(name)
-    }
-    fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).save_checkpoint(name, value)
-    }
+/// Implements a port by handing every call to an inner implementation of it, so that a wrapper
+/// writes only the port it changes: `forward_port!(Outbox, [S: Outbox], Arc<S>, |s| (**s));`.
+/// `[...]` holds the impl's generics (empty for none); `|s| expr` names the inner store.
+#[macro_export]
+macro_rules! forward_port {
+    (Accounts, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::store::Accounts for $ty {
+            fn load_account(&self, id: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::account::Account>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_account(id)
+            }
+            fn commit(&self, commit: $crate::store::Commit) -> impl ::std::future::Future<Output = Result<(), $crate::store::CommitError>> + Send {
+                let $s = self;
+                $inner.commit(commit)
+            }
+            fn commit_all(&self, commits: Vec<$crate::store::Commit>) -> impl ::std::future::Future<Output = Result<(), $crate::store::CommitError>> + Send {
+                let $s = self;
+                $inner.commit_all(commits)
+            }
+            fn load_accounts(&self, ids: &[String]) -> impl ::std::future::Future<Output = Result<Vec<(String, Result<$crate::account::Account, $crate::store::StoreError>)>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_accounts(ids)
+            }
+            fn ledger_page(&self, account_id: &str, limit: usize, before_seq: Option<u64>) -> impl ::std::future::Future<Output = Result<(Vec<$crate::ledger::LedgerEntry>, bool), $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.ledger_page(account_id, limit, before_seq)
+            }
+            fn load_hold(&self, account_id: &str, hold_id: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::ledger::HoldRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_hold(account_id, hold_id)
+            }
+            fn load_idempotency(&self, account_id: &str, scope_key: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::ledger::IdemRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_idempotency(account_id, scope_key)
+            }
+            fn load_entity(&self, account_id: &str, entity: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::entities::Entity>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_entity(account_id, entity)
+            }
+            fn entities(&self, account_id: &str) -> impl ::std::future::Future<Output = Result<Vec<$crate::entities::Entity>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.entities(account_id)
+            }
+        }
+    };
+    (PaymentRecords, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::store::PaymentRecords for $ty {
+            fn put_purchase(&self, write: $crate::store::PurchaseWrite) -> impl ::std::future::Future<Output = Result<(), $crate::store::CommitError>> + Send {
+                let $s = self;
+                $inner.put_purchase(write)
+            }
+            fn load_purchase(&self, account_id: &str, purchase_id: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::purchases::PurchaseRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_purchase(account_id, purchase_id)
+            }
+            fn load_recharge(&self, account_id: &str, recharge_id: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::account::RechargeRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_recharge(account_id, recharge_id)
+            }
+            fn payment_account(&self, payment_intent_id: &str) -> impl ::std::future::Future<Output = Result<Option<String>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.payment_account(payment_intent_id)
+            }
+            fn payment_claims(&self, account_id: &str) -> impl ::std::future::Future<Output = Result<Vec<$crate::ledger::IdemRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.payment_claims(account_id)
+            }
+        }
+    };
+    (Deliveries, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::store::Deliveries for $ty {
+            fn claim_delivery(&self, record: &$crate::store::DeliveryRecord) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.claim_delivery(record)
+            }
+            fn finish_delivery(&self, record: &$crate::store::DeliveryRecord) -> impl ::std::future::Future<Output = Result<(), $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.finish_delivery(record)
+            }
+            fn recent_deliveries(&self, account_id: &str, limit: usize) -> impl ::std::future::Future<Output = Result<Vec<$crate::store::DeliveryRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.recent_deliveries(account_id, limit)
+            }
+        }
+    };
+    (RateCounts, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::store::RateCounts for $ty {
+            fn count_start(&self, account_id: &str, what: &str, window_start_ms: i64, limit: u32) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.count_start(account_id, what, window_start_ms, limit)
+            }
+        }
+    };
+    (Outbox, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::store::Outbox for $ty {
+            fn clear_outbox(&self, events: &[$crate::events::DomainEvent]) -> impl ::std::future::Future<Output = Result<(), $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.clear_outbox(events)
+            }
+            fn pending_outbox(&self, shard: u32, limit: usize) -> impl ::std::future::Future<Output = Result<Vec<$crate::events::DomainEvent>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.pending_outbox(shard, limit)
+            }
+        }
+    };
+    (Listings, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::store::Listings for $ty {
+            fn accounts_for_sweep(&self, limit: usize, after: Option<String>) -> impl ::std::future::Future<Output = Result<(Vec<String>, Option<String>), $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.accounts_for_sweep(limit, after)
+            }
+            fn account_ids(&self, limit: usize, after: Option<String>, segment: $crate::store::Segment) -> impl ::std::future::Future<Output = Result<(Vec<String>, Option<String>), $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.account_ids(limit, after, segment)
+            }
+            fn accounts_expiring(&self, by_ms: i64, limit: usize) -> impl ::std::future::Future<Output = Result<Vec<String>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.accounts_expiring(by_ms, limit)
+            }
+            fn ended_grants(&self, account_id: &str) -> impl ::std::future::Future<Output = Result<Vec<$crate::grants::Grant>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.ended_grants(account_id)
+            }
+            fn load_checkpoint(&self, name: &str) -> impl ::std::future::Future<Output = Result<Option<::serde_json::Value>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.load_checkpoint(name)
+            }
+            fn save_checkpoint(&self, name: &str, value: &::serde_json::Value) -> impl ::std::future::Future<Output = Result<(), $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.save_checkpoint(name, value)
+            }
+        }
+    };
 }
+
+/// Every port of the table: what the engine and the functions are built on. Implemented by any
+/// type that implements each port.
+pub trait Store: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings {}
+
+impl<T: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings> Store for T {}
+
+// A shared store is a store: several services (as several Lambda instances would) over one.
+crate::forward_port!(Accounts, [S: Accounts], std::sync::Arc<S>, |s| (**s));
+crate::forward_port!(PaymentRecords, [S: PaymentRecords], std::sync::Arc<S>, |s| (**s));
+crate::forward_port!(Deliveries, [S: Deliveries], std::sync::Arc<S>, |s| (**s));
+crate::forward_port!(RateCounts, [S: RateCounts], std::sync::Arc<S>, |s| (**s));
+crate::forward_port!(Outbox, [S: Outbox], std::sync::Arc<S>, |s| (**s));
+crate::forward_port!(Listings, [S: Listings], std::sync::Arc<S>, |s| (**s));
+

@@ -168,7 +168,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(s) => s.into_change(id, next.balance.get(), now),
                 None => (vec![], vec![]),
             };
-            Change { ledger: entry, entities, events, ..Change::quiet(next, "usage", outcome) }.write()
+            Change { ledger: entry, entities, events, ..Change::quiet(next, crate::cause::Cause::Usage, outcome) }.write()
         })
         .await
     }
@@ -198,7 +198,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         entity: Option<&str>,
     ) -> Result<Reserved, ApiError> {
         if !(1..=86_400).contains(&ttl_seconds) {
-            return Err(ApiError::rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
+            return Err(ApiError::request_rule("invalid_ttl", "`ttl_seconds` must be between 1 and 86400."));
         }
         if let Some(name) = entity {
             check_entity(name)?;
@@ -236,7 +236,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let mut next = a.next(now);
             let mut hold = ledger::reserve(profile, &next, consumable, quantity, now, ttl_seconds * 1000)?;
             if next.holds.len() >= MAX_OPEN_HOLDS {
-                return Err(ApiError::rule(
+                return Err(ApiError::request_rule(
                     "too_many_holds",
                     format!("An account may have at most {MAX_OPEN_HOLDS} open holds."),
                 ));
@@ -273,7 +273,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(s) => s.into_change(id, next.balance.get(), now),
                 None => (vec![], vec![]),
             };
-            Change { hold: Some(HoldWrite::Create(record)), entities, events, ..Change::quiet(next, "hold", outcome) }
+            Change { hold: Some(HoldWrite::Create(record)), entities, events, ..Change::quiet(next, crate::cause::Cause::Hold, outcome) }
                 .write()
         })
         .await
@@ -387,7 +387,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     hold: Some(HoldWrite::Settle(record)),
                     entities,
                     events,
-                    ..Change::quiet(next, "settle", outcome)
+                    ..Change::quiet(next, crate::cause::Cause::Settle, outcome)
                 }
                 .write()
             })
@@ -405,12 +405,12 @@ pub(crate) fn usage_description(consumable: &str, quantity: i64, from_allowance:
 
 #[cfg(test)]
 mod bounds {
+    use crate::store::Accounts;
     use crate::accounts::MAX_ADJUSTMENT;
     use crate::batch::UsageEvent;
     use crate::engine::memory_credits;
     use crate::ids::key;
     use crate::ledger::MAX_QUANTITY;
-    use crate::store::Store;
     use crate::ApiError;
 
     fn code<T>(r: Result<T, ApiError>) -> String {

@@ -27,7 +27,10 @@ use topup::events::DomainEvent;
 use topup::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use topup::profile::Profile;
 use topup::purchases::PurchaseRecord;
-use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Segment, Store, StoreError};
+use topup::store::{
+    Accounts, Commit, CommitError, Deliveries, DeliveryRecord, Listings, Outbox, PaymentRecords, PurchaseWrite, RateCounts,
+    Segment, StoreError,
+};
 use topup_tests::{key, C};
 
 // ---- the model's assumptions ------------------------------------------------------------------
@@ -309,16 +312,14 @@ impl ModelStore {
     }
 }
 
-impl Store for ModelStore {
+impl Accounts for ModelStore {
     async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         self.read().await;
         self.inner.load_account(id).await
     }
-
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
         self.commit_all(vec![c]).await
     }
-
     /// One transaction of several commits (a lane's lease, a recall): charged and held as one.
     async fn commit_all(&self, cs: Vec<Commit>) -> Result<(), CommitError> {
         let mut items = Vec::new();
@@ -394,7 +395,10 @@ impl Store for ModelStore {
         }
         result
     }
-
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        self.read().await;
+        self.inner.load_accounts(ids).await
+    }
     async fn ledger_page(
         &self,
         account_id: &str,
@@ -412,23 +416,41 @@ impl Store for ModelStore {
         self.read().await;
         self.inner.load_idempotency(account_id, scope_key).await
     }
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<topup::entities::Entity>, StoreError> {
+        self.read().await;
+        self.inner.load_entity(account_id, entity).await
+    }
+    async fn entities(&self, account_id: &str) -> Result<Vec<topup::entities::Entity>, StoreError> {
+        self.read().await;
+        self.inner.entities(account_id).await
+    }
+}
+
+impl PaymentRecords for ModelStore {
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
         // A one-item transaction of at most 1 KB.
         self.standard_write(2.0).await;
         self.inner.put_purchase(w).await
     }
-    async fn payment_account(&self, pi: &str) -> Result<Option<String>, StoreError> {
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
         self.read().await;
-        self.inner.payment_account(pi).await
+        self.inner.load_purchase(account_id, purchase_id).await
     }
     async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
         self.read().await;
         self.inner.load_recharge(account_id, recharge_id).await
     }
-    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+    async fn payment_account(&self, pi: &str) -> Result<Option<String>, StoreError> {
         self.read().await;
-        self.inner.load_purchase(account_id, purchase_id).await
+        self.inner.payment_account(pi).await
     }
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        self.read().await;
+        self.inner.payment_claims(account_id).await
+    }
+}
+
+impl Deliveries for ModelStore {
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
         self.standard_write(1.0).await;
         self.inner.claim_delivery(r).await
@@ -441,18 +463,9 @@ impl Store for ModelStore {
         self.read().await;
         self.inner.recent_deliveries(account_id, limit).await
     }
-    async fn accounts_for_sweep(
-        &self,
-        limit: usize,
-        after: Option<String>,
-    ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        self.read().await;
-        self.inner.accounts_for_sweep(limit, after).await
-    }
-    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
-        self.read().await;
-        self.inner.load_accounts(ids).await
-    }
+}
+
+impl RateCounts for ModelStore {
     async fn count_start(
         &self,
         account_id: &str,
@@ -463,30 +476,9 @@ impl Store for ModelStore {
         self.standard_write(1.0).await;
         self.inner.count_start(account_id, what, window_start_ms, limit).await
     }
-    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.read().await;
-        self.inner.accounts_expiring(by_ms, limit).await
-    }
-    async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
-        self.read().await;
-        self.inner.ended_grants(account_id).await
-    }
-    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<topup::entities::Entity>, StoreError> {
-        self.read().await;
-        self.inner.load_entity(account_id, entity).await
-    }
-    async fn entities(&self, account_id: &str) -> Result<Vec<topup::entities::Entity>, StoreError> {
-        self.read().await;
-        self.inner.entities(account_id).await
-    }
-    async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        self.read().await;
-        self.inner.load_checkpoint(name).await
-    }
-    async fn save_checkpoint(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
-        self.standard_write(1.0).await;
-        self.inner.save_checkpoint(name, value).await
-    }
+}
+
+impl Outbox for ModelStore {
     async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
         // TransactWriteItems of deletes, 25 at a time; a delete is charged at the item's size.
         for chunk in events.chunks(25) {
@@ -512,9 +504,16 @@ impl Store for ModelStore {
         self.read().await;
         self.inner.pending_outbox(shard, limit).await
     }
-    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+}
+
+impl Listings for ModelStore {
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
         self.read().await;
-        self.inner.payment_claims(account_id).await
+        self.inner.accounts_for_sweep(limit, after).await
     }
     async fn account_ids(
         &self,
@@ -524,6 +523,22 @@ impl Store for ModelStore {
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         self.read().await;
         self.inner.account_ids(limit, after, segment).await
+    }
+    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read().await;
+        self.inner.accounts_expiring(by_ms, limit).await
+    }
+    async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
+        self.read().await;
+        self.inner.ended_grants(account_id).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read().await;
+        self.inner.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        self.standard_write(1.0).await;
+        self.inner.save_checkpoint(name, value).await
     }
 }
 

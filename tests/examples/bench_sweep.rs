@@ -7,6 +7,7 @@
 //! on its read and writes nothing) and no Stripe customer, so reconciliation's figure is our
 //! side only; Stripe's share is arithmetic in BENCHMARKS.md.
 
+use topup::store::Accounts;
 use std::time::Instant;
 
 use serde_json::json;
@@ -14,7 +15,6 @@ use topup::adapters::dynamo::DynamoStore;
 use topup::adapters::eventbridge::EventBridgeBus;
 use topup::engine::Credits;
 use topup::recharge::LEASE_MS;
-use topup::store::Store;
 use topup_tests::*;
 
 const ACCOUNTS: usize = 1_000;

@@ -6,6 +6,7 @@
 //! `TOPUP_TEST_AWS_ENDPOINT`. Each test makes its own table and bus, so tests run in parallel
 //! without resetting one another.
 
+use topup::store::Accounts;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -19,7 +20,6 @@ use topup::engine::Credits;
 use topup::ledger::LedgerEntry;
 use topup::profile::Profile;
 use topup::secret::Secret;
-use topup::store::Store;
 use topup::webhooks::deliver::Dispatcher;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
@@ -58,6 +58,9 @@ pub struct World {
         topup::adapters::dynamo::DynamoStore,
         topup::adapters::webhooks_out::SqsRetryQueue,
     >,
+    /// The clock every instance of this world reads, when a test moves time itself
+    /// (`with_manual_clock`); the system clock otherwise.
+    pub clock: Option<std::sync::Arc<topup::clock::ManualClock>>,
 }
 
 /// An idempotency key for a test, checked like any other.
@@ -108,7 +111,7 @@ impl World {
         };
         let credits = topup::live(&config, &aws);
         let webhooks = topup::live_webhook_admin(&config, &aws);
-        World { config, credits, dynamo, events, sqs, aws, webhooks }
+        World { config, credits, dynamo, events, sqs, aws, webhooks, clock: None }
     }
 
     /// A world whose deployment taxes with Stripe Tax (`TOPUP_TAX=stripe_automatic`, rules §20).
@@ -122,7 +125,33 @@ impl World {
     /// Another process's view of the same table and bus: a fresh cache, as a second Lambda
     /// instance would have.
     pub fn another_instance(&self) -> LiveCredits {
-        topup::live(&self.config, &self.aws)
+        let credits = topup::live(&self.config, &self.aws);
+        match &self.clock {
+            Some(c) => credits.with_clock(c.clone()),
+            None => credits,
+        }
+    }
+
+    /// The same world on a clock that moves only when the test moves it (`advance`), starting
+    /// at `start_ms`: no test sleeps for a grant, a hold or a minute to pass.
+    pub fn with_manual_clock(mut self, start_ms: i64) -> World {
+        let clock = std::sync::Arc::new(topup::clock::ManualClock::at(start_ms));
+        self.credits = self.credits.with_clock(clock.clone());
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Now, by this world's clock.
+    pub fn now(&self) -> i64 {
+        self.credits.now()
+    }
+
+    /// Moves this world's manual clock on by `ms`.
+    pub fn advance(&self, ms: i64) {
+        match &self.clock {
+            Some(c) => c.advance(ms),
+            None => panic!("advance needs World::with_manual_clock"),
+        }
     }
 
     /// A queue that receives every event on this world's bus (a rule with an SQS target).
@@ -358,6 +387,31 @@ impl World {
 }
 
 /// `BalanceLow` for `account` as EventBridge hands it to the auto-recharge function.
+/// An event as EventBridge hands it to a function, read as the function's typed event; its
+/// `source` is topup's when the test's JSON leaves it out.
+pub fn bus_event<T: serde::Serialize + serde::de::DeserializeOwned>(
+    event: &Value,
+) -> aws_lambda_events::eventbridge::EventBridgeEvent<T> {
+    let mut e = event.clone();
+    if e.get("source").is_none() {
+        e["source"] = json!("topup");
+    }
+    serde_json::from_value(e).unwrap_or_else(|err| panic!("not an EventBridge event ({err}): {event}"))
+}
+
+/// What EventBridge hands the `auto-recharge` function.
+pub fn trigger(event: &Value) -> auto_recharge::Trigger {
+    bus_event(event)
+}
+
+/// What invokes `webhooks-out`: an SQS batch (`Records`) or an event from the bus.
+pub fn invocation(event: &Value) -> webhooks_out::Invocation {
+    match event.get("Records") {
+        Some(_) => serde_json::from_value(event.clone()).unwrap_or_else(|err| panic!("not an SQS batch ({err}): {event}")),
+        None => webhooks_out::Invocation::Bus(bus_event(event)),
+    }
+}
+
 pub fn balance_low(account: &str) -> Value {
     json!({"detail-type": "BalanceLow", "source": "topup", "detail": {"account_id": account}})
 }
@@ -979,7 +1033,7 @@ where
             .iter()
             .map(|m| json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body()}))
             .collect();
-        let out = webhooks_out::handle(d, &json!({"Records": records}), topup::clock::now_ms).await.expect("handled");
+        let out = webhooks_out::handle(d, &invocation(&json!({"Records": records})), topup::clock::now_ms).await.expect("handled");
         let failed: Vec<&str> = out["batchItemFailures"]
             .as_array()
             .into_iter()

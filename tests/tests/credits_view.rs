@@ -1,8 +1,8 @@
 //! Accounts, the credits view, the ledger page and adjustments against the emulator
 //! (rules §4, §5, §11), with the roles of each profile.
 
+use topup::store::Accounts;
 use serde_json::json;
-use topup::store::Store;
 use topup_tests::*;
 
 #[tokio::test]

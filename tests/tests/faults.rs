@@ -40,7 +40,10 @@ use topup::profile::Trigger;
 use topup::purchases::PurchaseRecord;
 use topup::reconcile::Severity;
 use topup::secret::Secret;
-use topup::store::{Commit, CommitError, DeliveryRecord, PurchaseWrite, Store, StoreError};
+use topup::store::{
+    Accounts, Commit, CommitError, Deliveries, DeliveryRecord, Listings, Outbox, PaymentRecords, PurchaseWrite, RateCounts,
+    StoreError,
+};
 use topup_tests::*;
 
 /// The entity a usage key's debits name, if any: fixed by the key, so a replay names the same.
@@ -154,7 +157,7 @@ struct FaultyStore {
     armed: Arc<Armed>,
 }
 
-impl Store for FaultyStore {
+impl Accounts for FaultyStore {
     async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_account(id))
     }
@@ -163,6 +166,9 @@ impl Store for FaultyStore {
     }
     async fn commit_all(&self, cs: Vec<Commit>) -> Result<(), CommitError> {
         gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.commit_all(cs))
+    }
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_accounts(ids))
     }
     async fn ledger_page(
         &self,
@@ -178,18 +184,33 @@ impl Store for FaultyStore {
     async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_idempotency(account_id, scope_key))
     }
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<topup::entities::Entity>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_entity(account_id, entity))
+    }
+    async fn entities(&self, account_id: &str) -> Result<Vec<topup::entities::Entity>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.entities(account_id))
+    }
+}
+
+impl PaymentRecords for FaultyStore {
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
         gated!(self.armed, Dep::Store, CommitError::Store(store_down()), self.inner.put_purchase(w))
-    }
-    async fn payment_account(&self, pi: &str) -> Result<Option<String>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.payment_account(pi))
-    }
-    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.load_recharge(account_id, recharge_id))
     }
     async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_purchase(account_id, purchase_id))
     }
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_recharge(account_id, recharge_id))
+    }
+    async fn payment_account(&self, pi: &str) -> Result<Option<String>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.payment_account(pi))
+    }
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.payment_claims(account_id))
+    }
+}
+
+impl Deliveries for FaultyStore {
     async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.claim_delivery(r))
     }
@@ -199,16 +220,9 @@ impl Store for FaultyStore {
     async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.recent_deliveries(account_id, limit))
     }
-    async fn accounts_for_sweep(
-        &self,
-        limit: usize,
-        after: Option<String>,
-    ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_for_sweep(limit, after))
-    }
-    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.load_accounts(ids))
-    }
+}
+
+impl RateCounts for FaultyStore {
     async fn count_start(
         &self,
         account_id: &str,
@@ -218,32 +232,24 @@ impl Store for FaultyStore {
     ) -> Result<bool, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.count_start(account_id, what, window_start_ms, limit))
     }
-    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_expiring(by_ms, limit))
-    }
-    async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.ended_grants(account_id))
-    }
-    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<topup::entities::Entity>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.load_entity(account_id, entity))
-    }
-    async fn entities(&self, account_id: &str) -> Result<Vec<topup::entities::Entity>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.entities(account_id))
-    }
-    async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.load_checkpoint(name))
-    }
-    async fn save_checkpoint(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.save_checkpoint(name, value))
-    }
+}
+
+impl Outbox for FaultyStore {
     async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.clear_outbox(events))
     }
     async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.pending_outbox(shard, limit))
     }
-    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
-        gated!(self.armed, Dep::Store, store_down(), self.inner.payment_claims(account_id))
+}
+
+impl Listings for FaultyStore {
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_for_sweep(limit, after))
     }
     async fn account_ids(
         &self,
@@ -252,6 +258,18 @@ impl Store for FaultyStore {
         segment: topup::store::Segment,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.account_ids(limit, after, segment))
+    }
+    async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.accounts_expiring(by_ms, limit))
+    }
+    async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.ended_grants(account_id))
+    }
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.load_checkpoint(name))
+    }
+    async fn save_checkpoint(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.save_checkpoint(name, value))
     }
 }
 
@@ -1012,14 +1030,15 @@ impl Schedule {
                         let ok = if self.rng.chance(40) {
                             self.stats.concurrent_deliveries += 1;
                             // Two triggers of one recharge at once.
+                            let trigger = topup_tests::trigger(&event);
                             let (a, b) = tokio::join!(
-                                auto_recharge::handle(&self.instances[0], &self.stripe, &event),
-                                auto_recharge::handle(&self.instances[1], &self.stripe, &event)
+                                auto_recharge::handle(&self.instances[0], &self.stripe, &trigger),
+                                auto_recharge::handle(&self.instances[1], &self.stripe, &trigger)
                             );
                             a.is_ok() || b.is_ok()
                         } else {
                             let n = self.rng.below(2);
-                            auto_recharge::handle(&self.instances[n], &self.stripe, &event).await.is_ok()
+                            auto_recharge::handle(&self.instances[n], &self.stripe, &topup_tests::trigger(&event)).await.is_ok()
                         };
                         if ok && !self.rng.chance(20) {
                             self.lows.remove(i);
@@ -1151,7 +1170,7 @@ impl Schedule {
             let _ = self.instances[0].sweep(&self.stripe, 500, 0).await;
             self.collect_events().await;
             for event in std::mem::take(&mut self.lows) {
-                let _ = auto_recharge::handle(&self.instances[0], &self.stripe, &event).await;
+                let _ = auto_recharge::handle(&self.instances[0], &self.stripe, &topup_tests::trigger(&event)).await;
             }
             self.collect_events().await;
             // Stripe retries what was not answered 2xx; an event early for its turn (a refund

@@ -16,10 +16,9 @@ async fn adjustment(w: &World, id: &str, body: Value) -> (u16, Value) {
     w.api(post(&format!("/v1/accounts/{id}/credits/adjustments"), &service(), body)).await
 }
 
-/// Sleeps until just past `instant_ms`.
-async fn until_past(instant_ms: i64) {
-    let left = (instant_ms - topup::clock::now_ms() + 50).max(0);
-    tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0))).await;
+/// Moves the world's clock just past `instant_ms`.
+fn until_past(w: &World, instant_ms: i64) {
+    w.advance((instant_ms - w.now() + 50).max(0));
 }
 
 async fn grants(w: &World, id: &str) -> Vec<Value> {
@@ -119,11 +118,11 @@ async fn usage_burns_by_priority_then_expiry_then_promotional_then_age() {
 /// expires once, and the next write (or the scheduled run) does it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expiry_racing_a_debit_lets_each_credit_go_once() {
-    let w = World::new("org-runs").await;
+    let w = World::new("org-runs").await.with_manual_clock(topup::clock::now_ms());
     let observer = w.observe_bus().await;
     w.account("org", "free").await;
     w.usage("org", "runs", 1_000).await;
-    let soon = topup::clock::now_ms() + 1_500;
+    let soon = w.now() + 1_500;
     let (s, b) = adjustment(
         &w,
         "org",
@@ -135,11 +134,11 @@ async fn an_expiry_racing_a_debit_lets_each_credit_go_once() {
     // Before the instant the short grant burns first.
     let (s, _) = w.usage("org", "runs", 50).await; // 0.5 credits
     assert_eq!(s, 200);
-    until_past(soon).await;
+    until_past(&w, soon);
     // After it: the scheduled run and a debit of 1.2 credits (more than the live grant has)
     // at once, from two instances.
     let other = w.another_instance();
-    let (run, debit) = tokio::join!(other.expire_grants(topup::clock::now_ms()), w.usage("org", "runs", 120));
+    let (run, debit) = tokio::join!(other.expire_grants(w.now()), w.usage("org", "runs", 120));
     run.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(debit.0, 402, "expired credits are never spent: {}", debit.1);
     let ledger = w.ledger("org").await;
@@ -148,7 +147,7 @@ async fn an_expiry_racing_a_debit_lets_each_credit_go_once() {
     assert_eq!(expiries[0].amount.get(), -(2 * C - C / 2), "what was left of it");
     assert_eq!(w.view("org").await["balance"], C);
     // Neither a second run nor a write expires it again.
-    other.expire_grants(topup::clock::now_ms()).await.unwrap_or_else(|e| panic!("{e}"));
+    other.expire_grants(w.now()).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(w.usage("org", "runs", 10).await.0, 200);
     assert_eq!(w.ledger("org").await.iter().filter(|e| e.kind == EntryKind::Expiry).count(), 1);
     let events = observer.drain(Duration::from_secs(2)).await;
@@ -158,14 +157,14 @@ async fn an_expiry_racing_a_debit_lets_each_credit_go_once() {
 
 #[tokio::test]
 async fn a_debit_after_the_instant_expires_the_grant_first() {
-    let w = World::new("org-runs").await;
+    let w = World::new("org-runs").await.with_manual_clock(topup::clock::now_ms());
     w.account("org", "free").await;
     w.usage("org", "runs", 1_000).await;
-    let soon = topup::clock::now_ms() + 1_000;
+    let soon = w.now() + 1_000;
     adjustment(&w, "org", json!({"amount": C, "reason": "short", "idempotency_key": "s", "expires_at": rfc(soon)}))
         .await;
     adjustment(&w, "org", json!({"amount": C, "reason": "long", "idempotency_key": "l"})).await;
-    until_past(soon).await;
+    until_past(&w, soon);
     assert_eq!(w.usage("org", "runs", 30).await.0, 200);
     let kinds: Vec<EntryKind> = w.ledger("org").await.iter().map(|e| e.kind).collect();
     assert_eq!(
@@ -180,10 +179,10 @@ async fn a_debit_after_the_instant_expires_the_grant_first() {
 /// An open hold keeps an expiring grant's credits until it settles; then what is left expires.
 #[tokio::test]
 async fn an_open_hold_keeps_what_it_reserved_past_the_expiry() {
-    let w = World::new("org-runs").await;
+    let w = World::new("org-runs").await.with_manual_clock(topup::clock::now_ms());
     w.account("org", "free").await;
     w.usage("org", "runs", 1_000).await;
-    let soon = topup::clock::now_ms() + 1_500;
+    let soon = w.now() + 1_500;
     adjustment(&w, "org", json!({"amount": 2 * C, "reason": "short", "idempotency_key": "s", "expires_at": rfc(soon)}))
         .await;
     let (s, hold) = w
@@ -194,15 +193,15 @@ async fn an_open_hold_keeps_what_it_reserved_past_the_expiry() {
         ))
         .await;
     assert_eq!(s, 201, "{hold}");
-    until_past(soon).await;
-    let report = w.credits.expire_grants(topup::clock::now_ms()).await.unwrap_or_else(|e| panic!("{e}"));
+    until_past(&w, soon);
+    let report = w.credits.expire_grants(w.now()).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((report.due, report.expired), (1, 0), "the hold keeps it");
     assert_eq!(w.usage("org", "runs", 1).await.0, 402, "expired credits serve only the hold");
     // The session used 1.5 of the 2 credits.
     let path = format!("/v1/accounts/org/usage/holds/{}/settle", hold["hold_id"].as_str().unwrap_or("?"));
     let (s, b) = w.debit(post(&path, &service(), json!({"quantity": 150}))).await;
     assert_eq!((s, b["from_credits"].as_i64()), (200, Some(3 * C / 2)), "{b}");
-    let report = w.credits.expire_grants(topup::clock::now_ms()).await.unwrap_or_else(|e| panic!("{e}"));
+    let report = w.credits.expire_grants(w.now()).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.expired, 1);
     let ledger = w.ledger("org").await;
     assert_eq!(ledger.last().map(|e| (e.kind, e.amount.get())), Some((EntryKind::Expiry, -C / 2)));

@@ -97,7 +97,7 @@ async fn an_unused_hold_settles_for_zero_and_releases_everything() {
 
 #[tokio::test]
 async fn holds_replay_refuse_and_expire() {
-    let w = World::new("voice-minutes").await;
+    let w = World::new("voice-minutes").await.with_manual_clock(topup::clock::now_ms());
     w.account("clinic", "free").await;
     w.usage("clinic", "voice_minutes", 30).await;
     w.grant("clinic", 10 * C).await;
@@ -118,7 +118,7 @@ async fn holds_replay_refuse_and_expire() {
     }
 
     // After expiry the reservation is released by itself and settling is 409 hold_expired.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    w.advance(1_200);
     assert_eq!(w.view("clinic").await["available"], 10 * C);
     let id = first.1["hold_id"].as_str().unwrap_or_default().to_string();
     let before = w.snapshot("clinic").await;

@@ -1,10 +1,10 @@
 //! Every write fits DynamoDB whatever the account's history (rules §16), against moto, which
 //! refuses a transaction of more than 100 items and an item over 400 KB as DynamoDB does.
 
+use topup::store::Accounts;
 use serde_json::json;
 use topup::grants::{NewGrant, MAX_ACTIVE_GRANTS, RETIRES_PER_WRITE};
 use topup::money::Micros;
-use topup::store::Store;
 use topup_tests::*;
 
 /// Adds `n` grants of one credit each straight into the account item, as years of small

@@ -1,6 +1,7 @@
 //! Events are never silently dropped: a crossing event is written to the outbox in the same
 //! transaction as the debit; if the bus refuses it, it stays there, and redelivery publishes it.
 
+use topup::store::Accounts;
 use std::time::Duration;
 
 use topup::adapters::dynamo::DynamoStore;
@@ -73,7 +74,7 @@ async fn what_was_left_goes_out_by_the_next_drain() {
 async fn outbox_entries_spread_over_the_shards_and_carry_no_ttl() {
     use aws_sdk_dynamodb::types::AttributeValue;
     use topup::events::{outbox_shard, DomainEvent, Event, OUTBOX_SHARDS};
-    use topup::store::{Commit, Store};
+    use topup::store::{Commit};
     assert_eq!(OUTBOX_SHARDS, 16);
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;

@@ -1,6 +1,7 @@
 //! Purchases' life against the emulator (rules §7, §10.2): priced by the server, recorded
 //! pending, moved by webhook deliveries in any order, credited exactly once.
 
+use topup::store::PaymentRecords;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ async fn a_failed_payment_is_never_credited_and_says_so() {
 /// (no lost update of, say, the Checkout Session id when a webhook moves it at the same time).
 #[tokio::test]
 async fn a_purchase_write_from_a_stale_read_is_refused() {
-    use topup::store::{CommitError, PurchaseWrite, Store};
+    use topup::store::{CommitError, PurchaseWrite};
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let p = w.credits.record_purchase("acme", &amount(1000), None).await.expect("record");
@@ -166,17 +167,14 @@ async fn a_purchase_write_from_a_stale_read_is_refused() {
 async fn the_twenty_first_purchase_start_in_a_minute_is_refused_and_changes_nothing() {
     use topup::purchases::PURCHASES_PER_MINUTE;
     assert_eq!(PURCHASES_PER_MINUTE, 20);
-    let w = World::new("usd-overage").await;
+    // The 21 starts fall in one minute: the world's clock stands 20 s into one until moved.
+    let start = topup::clock::now_ms() / 60_000 * 60_000 + 20_000;
+    let w = World::new("usd-overage").await.with_manual_clock(start);
     let id = unique("limit");
     let other = unique("limit");
     w.account(&id, "free").await;
     w.account(&other, "free").await;
-    // The 21 starts must fall in one minute: begin at the top of one if this one is ending.
-    let into_minute = topup::clock::now_ms().rem_euclid(60_000);
-    if into_minute > 30_000 {
-        tokio::time::sleep(Duration::from_millis((60_000 - into_minute + 50) as u64)).await;
-    }
-    let minute = topup::clock::now_ms() / 60_000;
+    let minute = w.now() / 60_000;
     let mut keys = Vec::new();
     for i in 0..PURCHASES_PER_MINUTE {
         let k = unique(&format!("start{i}"));
@@ -204,9 +202,8 @@ async fn the_twenty_first_purchase_start_in_a_minute_is_refused_and_changes_noth
     let (s, b) = read(resp);
     assert_eq!((s, b["error"]["code"].as_str()), (429, Some("too_many_requests")), "{b}");
     let retry_after = retry_after.expect("Retry-After");
-    assert_eq!(topup::clock::now_ms() / 60_000, minute, "all 21 in one minute");
-    let left_s = (60_000 - topup::clock::now_ms().rem_euclid(60_000) + 999) / 1000;
-    assert!((1..=60).contains(&retry_after) && retry_after.abs_diff(left_s as u64) <= 1, "{retry_after} vs {left_s}");
+    assert_eq!(w.now() / 60_000, minute, "all 21 in one minute");
+    assert_eq!(retry_after, 40, "the seconds left of the minute");
     assert_eq!(w.snapshot(&id).await, before, "a refused start writes nothing");
 
     // A retry of a started purchase is answered with it; another account starts its own.
@@ -214,5 +211,9 @@ async fn the_twenty_first_purchase_start_in_a_minute_is_refused_and_changes_noth
     let (s, b) = w.buy(buy_request(&id, json!({"amount": 500}), Some(k))).await;
     assert_eq!((s, &b["purchase_id"]), (201, first), "{b}");
     let (s, b) = w.buy(buy_request(&other, json!({"amount": 500}), Some("late"))).await;
+    assert_eq!(s, 201, "{b}");
+    // The next minute counts afresh.
+    w.advance(40_000);
+    let (s, b) = w.buy(buy_request(&id, json!({"amount": 500}), Some("next-minute"))).await;
     assert_eq!(s, 201, "{b}");
 }

@@ -184,7 +184,7 @@ async fn an_auto_recharge_is_invoiced_and_paid_by_its_own_payment() {
     w.usage("acme", "api_calls", 1_000).await;
     w.grant("acme", 6 * C).await;
     w.usage("acme", "api_calls", 2_000).await; // $6 → $4: below $5
-    let out = auto_recharge::handle(&w.credits, &payments, &balance_low("acme")).await.expect("recharge");
+    let out = auto_recharge::handle(&w.credits, &payments, &trigger(&balance_low("acme"))).await.expect("recharge");
     assert_eq!(out["result"], "credited", "{out}");
     let events = observer.drain(Duration::from_secs(1)).await;
     let succeeded = of_type(&events, "AutoRechargeSucceeded");
@@ -192,7 +192,7 @@ async fn an_auto_recharge_is_invoiced_and_paid_by_its_own_payment() {
     let event = succeeded[0].clone();
     let pi = event["detail"]["payment_id"].as_str().expect("pi").to_string();
     for _ in 0..3 {
-        let r = auto_recharge::handle_event(&w.credits, &payments, &event, None).await.expect("invoiced");
+        let r = auto_recharge::handle_event(&w.credits, &payments, &trigger(&event), None).await.expect("invoiced");
         assert_eq!(r["result"], "invoiced", "{r}");
     }
     let (s, l) = list(&w, "acme", "").await;

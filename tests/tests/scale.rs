@@ -6,6 +6,7 @@
 //! run from where they stopped, each account once; one sweep delivers an outbox of five hundred
 //! events.
 
+use topup::store::{Accounts, Listings};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use topup::ids::RechargeId;
 use topup::money::{Micros, MICROS_PER_CREDIT as C};
 use topup::payments::{PaymentHistory, PaymentRecord, PaymentsUnavailable};
 use topup::recharge::LEASE_MS;
-use topup::store::{Commit, Store};
+use topup::store::{Commit};
 use topup_tests::*;
 
 /// Accounts written straight to the table beside the few driven through the API.

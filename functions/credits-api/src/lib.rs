@@ -381,7 +381,7 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
         Route::Lanes(id) => {
             let body = json_object(req, &["lanes"])?;
             let k = u32::try_from(body.i64("lanes")?)
-                .map_err(|_| ApiError::rule("invalid_lanes", "`lanes` must be between 1 and 16."))?;
+                .map_err(|_| ApiError::request_rule("invalid_lanes", "`lanes` must be between 1 and 16."))?;
             Reply::ok(&credits.set_lanes(id, k).await?)
         }
         Route::Revenue => {

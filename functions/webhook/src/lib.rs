@@ -180,6 +180,7 @@ pub async fn handle<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
         Err(
             e @ (ApiError::NotFound(..)
             | ApiError::Rule(..)
+            | ApiError::RequestRule(..)
             | ApiError::InvalidRequest(_)
             | ApiError::IdempotencyConflict),
         ) => {

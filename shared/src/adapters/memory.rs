@@ -11,7 +11,8 @@ use crate::grants::Grant;
 use crate::ledger::{HoldRecord, HoldStatus, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
 use crate::store::{
-    delivery_key, Commit, CommitError, DeliveryRecord, HoldWrite, PurchaseWrite, Segment, Store, StoreError,
+    delivery_key, Accounts, Commit, CommitError, Deliveries, DeliveryRecord, HoldWrite, Listings, Outbox, PaymentRecords,
+    PurchaseWrite, RateCounts, Segment, StoreError,
 };
 use serde_json::Value;
 
@@ -88,7 +89,7 @@ fn check(m: &Memory, c: &Commit) -> Result<(), CommitError> {
     };
     let purchase_problem = c.purchase.as_ref().and_then(|w| purchase_conflict(&m, &id, w));
     // Same precedence as the DynamoDB adapter: a claimed key or a settled hold answers first.
-    if !idem_claimed.is_empty() {
+    if !idem_claimed.is_empty() && !crate::broken::on(crate::broken::Bug::DropIdempotencyCondition) {
         return Err(CommitError::KeyClaimed(idem_claimed));
     }
     if let Some(h) = hold_problem {
@@ -149,15 +150,13 @@ fn write(m: &mut Memory, c: Commit) {
     m.accounts.insert(id, c.account);
 }
 
-impl Store for MemoryStore {
+impl Accounts for MemoryStore {
     async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         Ok(self.lock()?.accounts.get(id).cloned())
     }
-
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
         self.commit_all(vec![c]).await
     }
-
     async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
         if self.contend.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommitError::Conflict);
@@ -165,23 +164,14 @@ impl Store for MemoryStore {
         if self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(CommitError::Store(StoreError::Unavailable("injected: the store is down".into())));
         }
-        // DynamoDB refuses a transaction of more than 100 items: so does this store.
-        let mut items = 0;
+        // DynamoDB refuses a transaction of more than 100 items, or an item over 400 KB: so
+        // does this store, with the same answer as the DynamoDB adapter.
+        let mut items = Vec::new();
         for c in &commits {
-            let planned = crate::adapters::dynamo::commit_items(c).map_err(CommitError::Store)?;
-            // Nor an item over 400 KB.
-            if let Some(big) = planned.iter().find(|i| i.size > 400 * 1024) {
-                return Err(CommitError::Store(StoreError::Unavailable(format!(
-                    "a {} item of {} bytes (at most 400 KB)",
-                    big.kind, big.size
-                ))));
-            }
-            items += planned.len();
+            items.extend(crate::adapters::dynamo::commit_items(c).map_err(CommitError::Store)?);
         }
-        if items > 100 {
-            return Err(CommitError::Store(StoreError::Unavailable(format!(
-                "a transaction of {items} items (at most 100)"
-            ))));
+        if let Some(why) = crate::adapters::dynamo::too_large(&items) {
+            return Err(CommitError::TooLarge(why));
         }
         let mut m = self.lock().map_err(CommitError::Store)?;
         let several = commits.len() > 1;
@@ -201,7 +191,10 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
-
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        let m = self.lock()?;
+        Ok(ids.iter().filter_map(|id| m.accounts.get(id).map(|a| (id.clone(), Ok(a.clone())))).collect())
+    }
     async fn ledger_page(
         &self,
         account_id: &str,
@@ -216,11 +209,25 @@ impl Store for MemoryStore {
         page.truncate(limit);
         Ok((page, more))
     }
-
     async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
         Ok(self.lock()?.holds.get(&(account_id.to_string(), hold_id.to_string())).cloned())
     }
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
+    }
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<crate::entities::Entity>, StoreError> {
+        Ok(self.lock()?.entities.get(&(account_id.to_string(), entity.to_string())).cloned())
+    }
+    async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.entities.range((account_id.to_string(), String::new())..)
+            .take_while(|((a, _), _)| a == account_id)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
 
+impl PaymentRecords for MemoryStore {
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
         let mut m = self.lock().map_err(CommitError::Store)?;
         let id = w.record.account_id.clone();
@@ -230,23 +237,55 @@ impl Store for MemoryStore {
         m.purchases.insert((id, w.record.purchase_id.to_string()), w.record);
         Ok(())
     }
-
-    async fn payment_account(&self, payment_intent_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.lock()?.payments.get(payment_intent_id).cloned())
-    }
-
-    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
-        Ok(self.lock()?.recharges.get(&(account_id.to_string(), recharge_id.to_string())).cloned())
-    }
-
     async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
         Ok(self.lock()?.purchases.get(&(account_id.to_string(), purchase_id.to_string())).cloned())
     }
-
-    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
-        Ok(self.lock()?.idem.get(&(account_id.to_string(), scope_key.to_string())).cloned())
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        Ok(self.lock()?.recharges.get(&(account_id.to_string(), recharge_id.to_string())).cloned())
     }
+    async fn payment_account(&self, payment_intent_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.payments.get(payment_intent_id).cloned())
+    }
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        let m = self.lock()?;
+        let mut claims: Vec<IdemRecord> = m
+            .idem
+            .iter()
+            .filter(|((a, k), _)| a == account_id && k.starts_with("payment:"))
+            .map(|(_, r)| r.clone())
+            .collect();
+        claims.sort_by(|a, b| a.scope_key.cmp(&b.scope_key));
+        Ok(claims)
+    }
+}
 
+impl Deliveries for MemoryStore {
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        let mut m = self.lock()?;
+        let key = (r.account_id.clone(), delivery_key(r));
+        if m.deliveries.get(&key).is_some_and(|d| d.status != "retry") {
+            return Ok(false);
+        }
+        m.deliveries.insert(key, r.clone());
+        Ok(true)
+    }
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        self.lock()?.deliveries.insert((r.account_id.clone(), delivery_key(r)), r.clone());
+        Ok(())
+    }
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.deliveries
+            .iter()
+            .rev()
+            .filter(|((a, _), _)| a == account_id)
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+}
+
+impl RateCounts for MemoryStore {
     async fn count_start(
         &self,
         account_id: &str,
@@ -262,7 +301,23 @@ impl Store for MemoryStore {
         *n += 1;
         Ok(true)
     }
+}
 
+impl Outbox for MemoryStore {
+    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        let mut m = self.lock()?;
+        for e in events {
+            m.outbox.remove(&(e.created_at, e.id.clone()));
+        }
+        Ok(())
+    }
+    async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.outbox.values().filter(|e| outbox_shard(&e.id) == shard).take(limit).cloned().collect())
+    }
+}
+
+impl Listings for MemoryStore {
     async fn accounts_for_sweep(
         &self,
         limit: usize,
@@ -272,63 +327,6 @@ impl Store for MemoryStore {
         let listed = m.accounts.values().filter(|a| a.gsi1pk.is_some()).map(|a| &a.id);
         Ok(page_after(listed, limit, after.as_ref()))
     }
-
-    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
-        let m = self.lock()?;
-        Ok(ids.iter().filter_map(|id| m.accounts.get(id).map(|a| (id.clone(), Ok(a.clone())))).collect())
-    }
-
-    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
-        let mut m = self.lock()?;
-        let key = (r.account_id.clone(), delivery_key(r));
-        if m.deliveries.get(&key).is_some_and(|d| d.status != "retry") {
-            return Ok(false);
-        }
-        m.deliveries.insert(key, r.clone());
-        Ok(true)
-    }
-
-    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
-        self.lock()?.deliveries.insert((r.account_id.clone(), delivery_key(r)), r.clone());
-        Ok(())
-    }
-
-    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let m = self.lock()?;
-        Ok(m.deliveries
-            .iter()
-            .rev()
-            .filter(|((a, _), _)| a == account_id)
-            .take(limit)
-            .map(|(_, d)| d.clone())
-            .collect())
-    }
-
-    async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
-        let mut m = self.lock()?;
-        for e in events {
-            m.outbox.remove(&(e.created_at, e.id.clone()));
-        }
-        Ok(())
-    }
-
-    async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
-        let m = self.lock()?;
-        Ok(m.outbox.values().filter(|e| outbox_shard(&e.id) == shard).take(limit).cloned().collect())
-    }
-
-    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
-        let m = self.lock()?;
-        let mut claims: Vec<IdemRecord> = m
-            .idem
-            .iter()
-            .filter(|((a, k), _)| a == account_id && k.starts_with("payment:"))
-            .map(|(_, r)| r.clone())
-            .collect();
-        claims.sort_by(|a, b| a.scope_key.cmp(&b.scope_key));
-        Ok(claims)
-    }
-
     async fn account_ids(
         &self,
         limit: usize,
@@ -339,7 +337,6 @@ impl Store for MemoryStore {
         let listed = m.accounts.keys().filter(|id| outbox_shard(id) % segment.total.max(1) == segment.index);
         Ok(page_after(listed, limit, after.as_ref()))
     }
-
     async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         let m = self.lock()?;
         let mut due: Vec<(String, String)> = m
@@ -351,29 +348,14 @@ impl Store for MemoryStore {
         due.sort();
         Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
-
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<Grant>, StoreError> {
         let mut out = self.lock()?.ended_grants.get(account_id).cloned().unwrap_or_default();
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
     }
-
-    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<crate::entities::Entity>, StoreError> {
-        Ok(self.lock()?.entities.get(&(account_id.to_string(), entity.to_string())).cloned())
-    }
-
-    async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
-        let m = self.lock()?;
-        Ok(m.entities.range((account_id.to_string(), String::new())..)
-            .take_while(|((a, _), _)| a == account_id)
-            .map(|(_, e)| e.clone())
-            .collect())
-    }
-
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
         Ok(self.lock()?.checkpoints.get(name).cloned())
     }
-
     async fn save_checkpoint(&self, name: &str, value: &Value) -> Result<(), StoreError> {
         self.lock()?.checkpoints.insert(name.to_string(), value.clone());
         Ok(())

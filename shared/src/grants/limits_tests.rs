@@ -3,12 +3,12 @@
 //! item over 400 KB, as DynamoDB does), the rest retire at later writes, and an account holds at
 //! most `MAX_ACTIVE_GRANTS`.
 
+use crate::store::Accounts;
 use super::*;
 use crate::accounts::GrantTerms;
 use crate::engine::memory_credits;
 use crate::ids::key;
 use crate::money::MICROS_PER_CREDIT as C;
-use crate::store::Store;
 
 /// `n` grants of one credit each, as years of small top-ups would leave the account, with the
 /// month's allowance used.

@@ -367,6 +367,9 @@ impl Account {
         let i = self.grants.iter().position(|g| g.id == id)?;
         let mut g = self.grants.remove(i);
         let amount = g.remaining.get();
+        if end == GrantEnd::Expired && crate::broken::on(crate::broken::Bug::ExpireGrantTwice) {
+            self.grants.insert(i, g.clone());
+        }
         self.balance = Micros::new(self.balance.get() - amount);
         g.remaining = Micros::ZERO;
         g.ended = Some(end);
@@ -474,11 +477,11 @@ impl Grant {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Accounts;
     use crate::accounts::GrantTerms;
     use crate::engine::memory_credits;
     use crate::ids::key;
     use crate::money::MICROS_PER_CREDIT as C;
-    use crate::store::Store;
 
     /// A hold opened before a grant expires, a debit after: the debit sees only what is left
     /// once the grant has gone, so the hold can always settle and nothing goes below zero.

@@ -64,7 +64,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ended.remaining = crate::money::Micros::ZERO;
                 ended.ended = Some(GrantEnd::Voided);
                 ended.ended_at = Some(now);
-                Change { ledger: Some(entry), ..Change::quiet(next, "void", ended.view()) }.write()
+                Change { ledger: Some(entry), ..Change::quiet(next, crate::cause::Cause::Void, ended.view()) }.write()
             })
             .await;
         match result {
@@ -86,7 +86,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if next.pending.entries.is_empty() {
                 return Ok(Plan::AlreadySo(false));
             }
-            Change::quiet(next, "expiry", true).write()
+            Change::quiet(next, crate::cause::Cause::Expiry, true).write()
         })
         .await?
         .done()

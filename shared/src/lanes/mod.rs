@@ -448,7 +448,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// Every lane's credits come back first (a change of the setting is not safe beside them).
     pub async fn set_lanes(&self, id: &str, k: u32) -> Result<LanesView, ApiError> {
         if !(1..=MAX_LANES).contains(&k) {
-            return Err(ApiError::rule("invalid_lanes", format!("`lanes` must be between 1 and {MAX_LANES}.")));
+            return Err(ApiError::request_rule("invalid_lanes", format!("`lanes` must be between 1 and {MAX_LANES}.")));
         }
         self.apply(id, None, |a, now| {
             let view = LanesView { lanes: k, floor: floor(&self.profile, a) };
@@ -459,7 +459,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let l = next.lanes.get_or_insert_with(Lanes::default);
             l.k = k;
             l.ever = l.ever.max(if k > 1 { k } else { 0 });
-            crate::engine::Change::quiet(next, "lanes", view).write()
+            crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, view).write()
         })
         .await?
         .done()

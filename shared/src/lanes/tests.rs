@@ -2,6 +2,7 @@
 //! merged ledger. The same behaviour runs against the emulators in `tests/tests/lanes.rs` and
 //! under faults in `tests/tests/faults.rs`.
 
+use crate::store::Accounts;
 use std::sync::Arc;
 
 use crate::adapters::memory::{MemoryBus, MemoryStore};
@@ -11,7 +12,6 @@ use crate::lanes::lane_id;
 use crate::money::MICROS_PER_CREDIT as C;
 use crate::profile::Profile;
 use crate::reconcile::{lane_differences, ledger_differences};
-use crate::store::Store;
 
 type Mem = Credits<Arc<MemoryStore>, Arc<MemoryBus>>;
 

@@ -8,7 +8,7 @@ use crate::money::{Micros, MICROS_PER_CREDIT as C};
 use crate::pricing::PurchaseChoice;
 use crate::profile::Tax;
 use crate::purchases::{CheckoutEvent, CheckoutEventKind, CheckoutOutcome};
-use crate::store::{Commit, Store};
+use crate::store::{Accounts, Commit};
 
 type Mem =
     Credits<std::sync::Arc<crate::adapters::memory::MemoryStore>, std::sync::Arc<crate::adapters::memory::MemoryBus>>;

@@ -160,6 +160,20 @@ pub(crate) fn purchase_planned(w: &PurchaseWrite) -> Result<Planned, StoreError>
     Ok(Planned { item, condition: Some((expr, values)), slot: Slot::Purchase, kind: "purchase" })
 }
 
+/// Items one `TransactWriteItems` carries at most, and the largest item DynamoDB stores.
+pub const ITEMS_PER_TRANSACTION: usize = 100;
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+/// Why DynamoDB would refuse a transaction of these items (more than 100, or one over 400 KB),
+/// said before anything is sent.
+pub fn too_large(items: &[ItemWrite]) -> Option<String> {
+    if let Some(big) = items.iter().find(|i| i.size > MAX_ITEM_BYTES) {
+        return Some(format!("a {} item of {} bytes (at most 400 KB)", big.kind, big.size));
+    }
+    (items.len() > ITEMS_PER_TRANSACTION)
+        .then(|| format!("a transaction of {} items (at most {ITEMS_PER_TRANSACTION})", items.len()))
+}
+
 /// The items of a commit with their sizes: what DynamoDB charges it for.
 pub fn commit_items(c: &Commit) -> Result<Vec<ItemWrite>, StoreError> {
     Ok(plan_commit(c)?

@@ -40,7 +40,7 @@ mod receipts;
 mod table;
 mod webhooks;
 
-pub use items::{commit_items, item_size, ItemWrite};
+pub use items::{commit_items, item_size, too_large, ItemWrite, ITEMS_PER_TRANSACTION, MAX_ITEM_BYTES};
 use items::{idempotency_key, page_entries, plan_commit, purchase_planned, Planned, Slot};
 
 pub use attributes::{from_attr, to_attr};
@@ -51,7 +51,10 @@ use crate::events::{outbox_shard, DomainEvent};
 use crate::grants::Grant;
 use crate::ledger::{HoldRecord, IdemRecord, LedgerEntry};
 use crate::purchases::PurchaseRecord;
-use crate::store::{delivery_key, Commit, CommitError, DeliveryRecord, PurchaseWrite, Segment, Store, StoreError};
+use crate::store::{
+    delivery_key, Accounts, Commit, CommitError, DeliveryRecord, Deliveries, Listings, Outbox, PaymentRecords, PurchaseWrite,
+    RateCounts, Segment, StoreError,
+};
 use attributes::{from_item, s, to_item, Item};
 use serde_json::Value;
 
@@ -183,19 +186,24 @@ fn reason_item<T: DeserializeOwned>(r: &CancellationReason) -> Option<Box<T>> {
     r.item().and_then(|i| from_item::<T>(i).ok()).map(Box::new)
 }
 
-impl Store for DynamoStore {
+impl Accounts for DynamoStore {
     async fn load_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         self.get(account_pk(id), "ACCOUNT".into()).await?.map(|i| from_item(&i)).transpose()
     }
-
     async fn commit(&self, c: Commit) -> Result<(), CommitError> {
         self.commit_all(vec![c]).await
     }
-
     async fn commit_all(&self, commits: Vec<Commit>) -> Result<(), CommitError> {
         let mut planned = Vec::new();
         for c in &commits {
             planned.extend(plan_commit(c).map_err(CommitError::Store)?);
+        }
+        let sized: Vec<ItemWrite> = planned
+            .iter()
+            .map(|p| ItemWrite { pk: String::new(), sk: String::new(), size: item_size(&p.item), kind: p.kind })
+            .collect();
+        if let Some(why) = too_large(&sized) {
+            return Err(CommitError::TooLarge(why));
         }
         let several = commits.len() > 1;
         let slots: Vec<Slot> = planned.iter().map(|p| p.slot).collect();
@@ -270,7 +278,9 @@ impl Store for DynamoStore {
         let codes: Vec<_> = reasons.iter().filter_map(|r| r.code()).collect();
         Err(CommitError::Store(StoreError::Unavailable(format!("transaction cancelled: {codes:?}"))))
     }
-
+    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
+        self.batch_accounts(ids).await
+    }
     async fn ledger_page(
         &self,
         account_id: &str,
@@ -303,11 +313,22 @@ impl Store for DynamoStore {
         entries.truncate(limit);
         Ok((entries, more))
     }
-
     async fn load_hold(&self, account_id: &str, hold_id: &str) -> Result<Option<HoldRecord>, StoreError> {
         self.get(account_pk(account_id), format!("HOLD#{hold_id}")).await?.map(|i| from_item(&i)).transpose()
     }
+    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
+        let (pk, sk) = idempotency_key(account_id, scope_key);
+        self.get(pk, sk).await?.map(|i| from_item(&i)).transpose()
+    }
+    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<crate::entities::Entity>, StoreError> {
+        self.get(account_pk(account_id), format!("ENTITY#{entity}")).await?.map(|i| from_item(&i)).transpose()
+    }
+    async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
+        self.query_all(account_pk(account_id), "ENTITY#", "Query(entities)").await
+    }
+}
 
+impl PaymentRecords for DynamoStore {
     async fn put_purchase(&self, w: PurchaseWrite) -> Result<(), CommitError> {
         let put = self.put(purchase_planned(&w).map_err(CommitError::Store)?).map_err(CommitError::Store)?;
         // One conditional write; a transaction of one item so the failure carries the item.
@@ -326,25 +347,65 @@ impl Store for DynamoStore {
             },
         }
     }
-
+    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
+        self.get(account_pk(account_id), format!("PURCHASE#{purchase_id}")).await?.map(|i| from_item(&i)).transpose()
+    }
+    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
+        self.get(account_pk(account_id), format!("RECHARGE#{recharge_id}")).await?.map(|i| from_item(&i)).transpose()
+    }
     async fn payment_account(&self, payment_intent_id: &str) -> Result<Option<String>, StoreError> {
         let item = self.get(format!("PAYMENT#{payment_intent_id}"), "PAYMENT".into()).await?;
         Ok(item.and_then(|i| i.get("account_id").and_then(|a| a.as_s().ok()).cloned()))
     }
-
-    async fn load_recharge(&self, account_id: &str, recharge_id: &str) -> Result<Option<RechargeRecord>, StoreError> {
-        self.get(account_pk(account_id), format!("RECHARGE#{recharge_id}")).await?.map(|i| from_item(&i)).transpose()
+    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
+        self.query_all(account_pk(account_id), "IDEM#payment:", "Query(payment claims)").await
     }
+}
 
-    async fn load_purchase(&self, account_id: &str, purchase_id: &str) -> Result<Option<PurchaseRecord>, StoreError> {
-        self.get(account_pk(account_id), format!("PURCHASE#{purchase_id}")).await?.map(|i| from_item(&i)).transpose()
+impl Deliveries for DynamoStore {
+    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+        let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #status = :retry")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":retry", s("retry"))
+            .send()
+            .await;
+        condition_held(res, "PutItem(delivery)")
     }
-
-    async fn load_idempotency(&self, account_id: &str, scope_key: &str) -> Result<Option<IdemRecord>, StoreError> {
-        let (pk, sk) = idempotency_key(account_id, scope_key);
-        self.get(pk, sk).await?.map(|i| from_item(&i)).transpose()
+    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
+        let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem(delivery)", e))?;
+        Ok(())
     }
+    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :notify)")
+            .expression_attribute_values(":pk", s(account_pk(account_id)))
+            .expression_attribute_values(":notify", s("NOTIFY#"))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| unavailable("Query(deliveries)", e))?;
+        out.items().iter().map(from_item).collect()
+    }
+}
 
+impl RateCounts for DynamoStore {
     async fn count_start(
         &self,
         account_id: &str,
@@ -369,62 +430,9 @@ impl Store for DynamoStore {
             .await;
         condition_held(res, "UpdateItem(rate)")
     }
+}
 
-    async fn accounts_for_sweep(
-        &self,
-        limit: usize,
-        after: Option<String>,
-    ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        self.sweep_index_page(limit, after).await
-    }
-
-    async fn load_accounts(&self, ids: &[String]) -> Result<Vec<(String, Result<Account, StoreError>)>, StoreError> {
-        self.batch_accounts(ids).await
-    }
-
-    async fn claim_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
-        let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR #status = :retry")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":retry", s("retry"))
-            .send()
-            .await;
-        condition_held(res, "PutItem(delivery)")
-    }
-
-    async fn finish_delivery(&self, r: &DeliveryRecord) -> Result<(), StoreError> {
-        let item = to_item(r, account_pk(&r.account_id), delivery_key(r), Some(r.updated_at + 90 * DAY_MS))?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem(delivery)", e))?;
-        Ok(())
-    }
-
-    async fn recent_deliveries(&self, account_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :notify)")
-            .expression_attribute_values(":pk", s(account_pk(account_id)))
-            .expression_attribute_values(":notify", s("NOTIFY#"))
-            .scan_index_forward(false)
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
-            .send()
-            .await
-            .map_err(|e| unavailable("Query(deliveries)", e))?;
-        out.items().iter().map(from_item).collect()
-    }
-
+impl Outbox for DynamoStore {
     async fn clear_outbox(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
         for chunk in events.chunks(25) {
             let items = chunk
@@ -448,7 +456,6 @@ impl Store for DynamoStore {
         }
         Ok(())
     }
-
     async fn pending_outbox(&self, shard: u32, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
         let out = self
             .client
@@ -463,11 +470,16 @@ impl Store for DynamoStore {
             .map_err(|e| unavailable("Query(outbox)", e))?;
         out.items().iter().map(from_item).collect()
     }
+}
 
-    async fn payment_claims(&self, account_id: &str) -> Result<Vec<IdemRecord>, StoreError> {
-        self.query_all(account_pk(account_id), "IDEM#payment:", "Query(payment claims)").await
+impl Listings for DynamoStore {
+    async fn accounts_for_sweep(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        self.sweep_index_page(limit, after).await
     }
-
     async fn account_ids(
         &self,
         limit: usize,
@@ -476,29 +488,17 @@ impl Store for DynamoStore {
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         self.scan_account_ids(limit, after, segment).await
     }
-
     async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         self.expiry_index(by_ms, limit).await
     }
-
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<Grant>, StoreError> {
         let mut out: Vec<Grant> = self.query_all(account_pk(account_id), "GRANT#", "Query(grants)").await?;
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
     }
-
-    async fn load_entity(&self, account_id: &str, entity: &str) -> Result<Option<crate::entities::Entity>, StoreError> {
-        self.get(account_pk(account_id), format!("ENTITY#{entity}")).await?.map(|i| from_item(&i)).transpose()
-    }
-
-    async fn entities(&self, account_id: &str) -> Result<Vec<crate::entities::Entity>, StoreError> {
-        self.query_all(account_pk(account_id), "ENTITY#", "Query(entities)").await
-    }
-
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
         self.read_checkpoint(name).await
     }
-
     async fn save_checkpoint(&self, name: &str, value: &Value) -> Result<(), StoreError> {
         self.write_checkpoint(name, value).await
     }

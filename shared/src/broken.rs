@@ -1,0 +1,47 @@
+//! Deliberately broken variants of the engine, compiled in only with the test-only `broken`
+//! feature: each drops one guard an invariant rests on, so that the simulator
+//! (`tests/tests/simulation.rs`) can show it finds the bug, and within how many seeds. Without
+//! the feature `on` is a constant `false` and every variant compiles away.
+
+/// One guard left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Bug {
+    /// The store no longer refuses a commit whose idempotency key is claimed already.
+    DropIdempotencyCondition = 1,
+    /// A payment's credit claims a key of its own each time, so a redelivered event credits
+    /// it again.
+    CreditPaymentTwice,
+    /// A grant that expires is taken off the balance but stays, to expire again.
+    ExpireGrantTwice,
+    /// Auto-recharge forgets its monthly count cap.
+    ForgetMonthlyCap,
+    /// A refund forgets what the payment's disputes already took back.
+    ForgetRefundCap,
+    /// A recall of an account's lanes leaves the last lane's credits out, and the account
+    /// forgets them as though the lane had spent them.
+    SkipRecall,
+}
+
+#[cfg(feature = "broken")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns one variant on (or none), for the whole process.
+#[cfg(feature = "broken")]
+pub fn set(bug: Option<Bug>) {
+    ACTIVE.store(bug.map_or(0, |b| b as u8), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `bug` is on.
+#[inline]
+pub fn on(bug: Bug) -> bool {
+    #[cfg(feature = "broken")]
+    {
+        ACTIVE.load(std::sync::atomic::Ordering::SeqCst) == bug as u8
+    }
+    #[cfg(not(feature = "broken"))]
+    {
+        let _ = bug;
+        false
+    }
+}
