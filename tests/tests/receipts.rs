@@ -165,7 +165,12 @@ async fn a_dispute_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
     let (s, r) = w.deliver(&stripe_event("charge.dispute.created", dispute.clone())).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(w.view(&id).await["balance"], 5 * C, "half of the credits, not 6 of 10");
-    let (_, closed) = local_stripe("POST", &format!("/_config/disputes/{}/close", dispute["id"].as_str().unwrap_or("")), &[("status", "won")]).await;
+    let (_, closed) = local_stripe(
+        "POST",
+        &format!("/_config/disputes/{}/close", dispute["id"].as_str().unwrap_or("")),
+        &[("status", "won")],
+    )
+    .await;
     w.deliver(&stripe_event("charge.dispute.closed", closed)).await;
     assert_eq!(w.view(&id).await["balance"], 10 * C);
     w.assert_invariants(&id).await;
@@ -317,4 +322,37 @@ async fn reconciliation_compares_invoices_with_credits() {
     let report = w.credits.reconcile_account(&stripe_payments(), "acme").await.expect("reconcile");
     let codes: Vec<_> = report.differences.iter().map(|d| d.code.to_string()).collect();
     assert_eq!(codes, ["invoice_mismatch"], "{:?}", report.differences);
+}
+
+/// What a page of the list costs, counted at the SDK: one strongly consistent read of the
+/// account, one Query of its receipt rows (by key, newest first, one more than the page to know
+/// whether another follows), and one read of each listed purchase's record for its status;
+/// auto-recharges need none. Never a scan, whatever the account's history.
+#[tokio::test]
+async fn a_page_of_the_list_is_one_query_and_a_read_per_purchase() {
+    use topup::adapters::dynamo::DynamoStore;
+    use topup::adapters::eventbridge::EventBridgeBus;
+    let w = World::new("usd-overage").await;
+    w.account("acme", "free").await;
+    for cents in 500..512 {
+        open_purchase(&w, "acme", json!({"amount": cents})).await;
+    }
+    let counter = RequestCounter::default();
+    let credits = topup::engine::Credits::new(
+        w.config.profile.clone(),
+        DynamoStore::new(counter.dynamo(&w.aws), w.config.table.clone()),
+        EventBridgeBus::new(w.events.clone(), w.config.event_bus.clone()),
+    );
+    counter.take();
+    let page = credits.purchases_page("acme", 10, None).await.expect("page");
+    assert_eq!(page.purchases.len(), 10);
+    let counts = counter.take();
+    assert_eq!(
+        counts,
+        [("GetItem".to_string(), 11), ("Query".to_string(), 1)].into_iter().collect(),
+        "the account, 10 purchases, one query"
+    );
+    let rest = credits.purchases_page("acme", 10, page.next_cursor.as_deref()).await.expect("page");
+    assert_eq!((rest.purchases.len(), rest.next_cursor), (2, None));
+    assert_eq!(counter.take(), [("GetItem".to_string(), 3), ("Query".to_string(), 1)].into_iter().collect());
 }
