@@ -64,7 +64,12 @@ impl Config {
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let profile_name = get("TOPUP_PROFILE").ok_or(ConfigError::Missing("TOPUP_PROFILE"))?;
-        let profile = Profile::load(profile_name.trim())?;
+        let mut profile = Profile::load(profile_name.trim())?;
+        // The deployment may tax where the profile does not, or stop taxing (rules §20).
+        if let Some(t) = get("TOPUP_TAX").filter(|s| !s.trim().is_empty()) {
+            profile.tax = crate::profile::Tax::parse(&t)
+                .ok_or_else(|| ConfigError::Invalid("TOPUP_TAX", "must be `none` or `stripe_automatic`".into()))?;
+        }
         let stack = get("TOPUP_STACK").filter(|s| !s.is_empty()).unwrap_or_else(|| "topup".into());
         if stack.len() > 64 || !stack.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(ConfigError::Invalid("TOPUP_STACK", "must be 1 to 64 letters, digits or hyphens".into()));
@@ -163,6 +168,23 @@ mod tests {
         let c = Config::from_lookup(|k| (k == "TOPUP_PROFILE").then(|| "org-runs".to_string())).unwrap();
         assert_eq!((c.profile.name.as_str(), c.table.as_str()), ("org-runs", "topup"));
         assert_eq!(c.checkout_ui, None, "no billing page, no return URL");
+        assert_eq!(c.profile.tax, crate::profile::Tax::None, "no tax unless configured");
+    }
+
+    #[test]
+    fn the_deployment_chooses_the_tax() {
+        let env = |tax: &'static str| {
+            move |k: &str| match k {
+                "TOPUP_PROFILE" => Some("usd-overage".to_string()),
+                "TOPUP_TAX" => Some(tax.to_string()),
+                _ => None,
+            }
+        };
+        let c = Config::from_lookup(env("stripe_automatic")).unwrap();
+        assert_eq!(c.profile.tax, crate::profile::Tax::StripeAutomatic);
+        assert_eq!(Config::from_lookup(env("none")).unwrap().profile.tax, crate::profile::Tax::None);
+        let e = Config::from_lookup(env("vat")).unwrap_err();
+        assert!(e.to_string().contains("TOPUP_TAX"), "{e}");
     }
 
     #[test]

@@ -304,9 +304,24 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         disputed_cents: i64,
         currency: &str,
     ) -> Result<DisputeOutcome, ApiError> {
+        self.dispute_opened_of(id, dispute_id, payment_intent_id, (disputed_cents, None), currency).await
+    }
+
+    /// `dispute_opened` for a payment that charged `charged_total` (tax included) when that
+    /// differs from the price its credits were granted for (rules §20): the disputed amount is
+    /// a share of the total, so only its pre-tax part takes credits back (rounded down, in the
+    /// customer's favour). `None`: the payment charged its price.
+    pub async fn dispute_opened_of(
+        &self,
+        id: &str,
+        dispute_id: &str,
+        payment_intent_id: &str,
+        (disputed_cents, charged_total): (i64, Option<i64>),
+        currency: &str,
+    ) -> Result<DisputeOutcome, ApiError> {
         let credited = self.credited(id, payment_intent_id).await?;
         let amount = credited.amount.get();
-        let share = match credited.charge_cents {
+        let share = match charged_total.unwrap_or(credited.charge_cents) {
             c if c > 0 => share_of(amount, disputed_cents, c),
             _ => amount,
         };

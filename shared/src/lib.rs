@@ -30,6 +30,7 @@ pub mod payments;
 pub mod pricing;
 pub mod profile;
 pub mod purchases;
+pub mod receipts;
 pub mod recharge;
 pub mod reconcile;
 pub mod secret;

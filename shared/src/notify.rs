@@ -71,7 +71,25 @@ pub(crate) fn escape(s: &str) -> String {
 /// Renders the message `event` calls for on `account_id`, if any. `billing_url` is the page
 /// where people manage credits (configuration).
 pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -> Option<Rendered> {
+    render_with_receipt(p, event, account_id, billing_url, None)
+}
+
+/// `render`, and a purchase's message links its receipt (rules §20): `receipt_url` once its
+/// invoice is recorded, else the billing page's list of receipts.
+pub fn render_with_receipt(
+    p: &Profile,
+    event: &Event,
+    account_id: &str,
+    billing_url: &str,
+    receipt_url: Option<&str>,
+) -> Option<Rendered> {
     let kind = notification_kind(event)?;
+    let receipt = match event {
+        Event::CreditsAdded(c) if c.kind == crate::ledger::EntryKind::Purchase => {
+            Some(receipt_url.map_or_else(|| format!("{billing_url}#receipts"), str::to_string))
+        }
+        _ => None,
+    };
     let balance = credits(p, event.balance());
     // (subject, paragraphs, call to action, sms)
     let (subject, paragraphs, action, sms): (String, Vec<String>, &str, String) = match event {
@@ -206,12 +224,15 @@ pub fn render(p: &Profile, event: &Event, account_id: &str, billing_url: &str) -
             return None
         }
     };
-    let text = format!("{}\n\n{action}: {billing_url}\n", paragraphs.join("\n\n"));
+    let mut text = format!("{}\n\n{action}: {billing_url}\n", paragraphs.join("\n\n"));
+    let mut links = format!("<p><a href=\"{}\">{}</a></p>", escape(billing_url), escape(action));
+    if let Some(r) = &receipt {
+        text.push_str(&format!("View receipt: {r}\n"));
+        links.push_str(&format!("<p><a href=\"{}\">View receipt</a></p>", escape(r)));
+    }
     let html = format!(
-        "<!doctype html><html><body>{}<p><a href=\"{}\">{}</a></p></body></html>",
+        "<!doctype html><html><body>{}{links}</body></html>",
         paragraphs.iter().map(|p| format!("<p>{}</p>", escape(p))).collect::<String>(),
-        escape(billing_url),
-        escape(action)
     );
     Some(Rendered { kind, subject, text, html, sms })
 }
@@ -263,7 +284,7 @@ pub struct Notifier<S, C> {
     pub billing_url: String,
 }
 
-impl<S: Store, C: Channels> Notifier<S, C> {
+impl<S: Store + crate::receipts::ReceiptStore, C: Channels> Notifier<S, C> {
     /// Delivers one bus event. A delivery per (event, channel, recipient) is claimed with a
     /// conditional write before it is sent, so however often EventBridge delivers the event, each
     /// message goes out at most once. A retryable failure releases its claim and makes the whole
@@ -298,7 +319,20 @@ impl<S: Store, C: Channels> Notifier<S, C> {
             }
             Err(e) => return Err(RetryLater(e.to_string())),
         };
-        let Some(message) = render(&self.profile, &event, account_id, &self.billing_url) else { return Ok(report) };
+        // A purchase's message links its receipt, once Stripe's invoice is recorded (rules §20).
+        let receipt_url = match &event {
+            Event::CreditsAdded(c) if c.kind == crate::ledger::EntryKind::Purchase => {
+                crate::receipts::purchase_receipt_url(&self.store, account_id, &c.reference)
+                    .await
+                    .map_err(|e| RetryLater(e.to_string()))?
+            }
+            _ => None,
+        };
+        let Some(message) =
+            render_with_receipt(&self.profile, &event, account_id, &self.billing_url, receipt_url.as_deref())
+        else {
+            return Ok(report);
+        };
         let occurred_ms = envelope.occurred_ms;
         let mut targets = Vec::new();
         for c in &account.contacts {
@@ -395,6 +429,23 @@ mod tests {
 
     fn event(detail_type: &str, partial: Value) -> Event {
         Event::read(detail_type, &crate::events::sample_detail(detail_type, partial)).expect("ours").expect("reads")
+    }
+
+    /// rules §20: the purchase-succeeded email links the receipt, or the billing page's list of
+    /// receipts while its invoice is on its way; other messages link no receipt.
+    #[test]
+    fn a_completed_purchase_links_its_receipt() {
+        let p = Profile::load("usd-overage").unwrap();
+        let settled = event("CreditsAdded", json!({"kind": "purchase", "settled_after_processing": true}));
+        let m = render_with_receipt(&p, &settled, "acme", URL, Some("https://pay.example/i/in_1?a=1&b=2")).unwrap();
+        assert_eq!(m.kind, "credit_purchase_settled");
+        assert!(m.text.contains("View receipt: https://pay.example/i/in_1?a=1&b=2"), "{}", m.text);
+        assert!(m.html.contains("<a href=\"https://pay.example/i/in_1?a=1&amp;b=2\">View receipt</a>"), "{}", m.html);
+        let m = render_with_receipt(&p, &settled, "acme", URL, None).unwrap();
+        assert!(m.text.contains(&format!("View receipt: {URL}#receipts")), "{}", m.text);
+        let low = event("BalanceLow", json!({"balance": 1, "threshold": 5 * C, "auto_recharge_enabled": false}));
+        let m = render_with_receipt(&p, &low, "acme", URL, Some("https://pay.example/i/in_1")).unwrap();
+        assert!(!m.text.contains("receipt") && !m.html.contains("receipt"), "{}", m.text);
     }
 
     #[test]

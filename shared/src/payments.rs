@@ -82,8 +82,12 @@ pub struct CheckoutRequest {
     pub reference: String,
     pub ui: CheckoutUi,
     pub idempotency_key: String,
-    /// On the session and on its PaymentIntent (so refunds and disputes find the account).
+    /// On the session, its PaymentIntent (so refunds and disputes find the account) and the
+    /// invoice Checkout creates (so its receipt finds the purchase; rules §20).
     pub metadata: Vec<(String, String)>,
+    /// With `StripeAutomatic`, Checkout collects the billing address and Stripe Tax adds tax
+    /// on top of the price (rules §20).
+    pub tax: crate::profile::Tax,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

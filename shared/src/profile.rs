@@ -49,6 +49,37 @@ pub struct Profile {
     /// say credits never expire.
     #[serde(default)]
     pub grants: GrantRules,
+    /// How purchases are taxed (rules §20): `none` (the default: nothing is added) or
+    /// `stripe_automatic` (Stripe Tax adds tax at Checkout from the customer's address). A
+    /// deployment may set it with `TOPUP_TAX`.
+    #[serde(default)]
+    pub tax: Tax,
+}
+
+/// How a top-up is taxed (rules §20).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tax {
+    /// No tax is added: the charge is the price (today's behaviour).
+    #[default]
+    None,
+    /// Stripe Tax: Checkout collects the billing address and adds tax on top of the price;
+    /// credits are granted for the price before tax.
+    StripeAutomatic,
+}
+
+impl Tax {
+    pub fn parse(s: &str) -> Option<Tax> {
+        match s.trim() {
+            "none" => Some(Tax::None),
+            "stripe_automatic" => Some(Tax::StripeAutomatic),
+            _ => None,
+        }
+    }
+
+    pub fn automatic(self) -> bool {
+        self == Tax::StripeAutomatic
+    }
 }
 
 /// How long grants last, in days; none: they never expire.

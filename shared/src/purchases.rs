@@ -137,7 +137,10 @@ pub struct CheckoutEvent {
     pub session_id: String,
     pub payment_intent_id: Option<String>,
     pub payment_status: Option<String>,
+    /// What was paid, tax included.
     pub amount_total: Option<i64>,
+    /// The price before tax (`amount_subtotal`; with no tax, the total).
+    pub amount_subtotal: Option<i64>,
     pub currency: Option<String>,
 }
 
@@ -204,6 +207,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             reference: record.purchase_id.to_string(),
             ui: ui.clone(),
             idempotency_key: self.stripe_key("checkout", record.purchase_id.as_str()),
+            tax: self.profile.tax,
             metadata: self.stripe_metadata(id, &[("topup_purchase_id", record.purchase_id.as_str())]),
         };
         let session = payments.create_checkout(&request).await?;
@@ -443,7 +447,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             _ => false,
         };
         let moved = if paid {
-            if event.amount_total != Some(record.charge.get()) {
+            if !self.paid_in_full(&record, event) {
                 return Ok(CheckoutOutcome::Ignored("amount_mismatch"));
             }
             if !event.currency.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&record.currency)) {
@@ -460,6 +464,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
         };
         Ok(CheckoutOutcome::Purchase(moved))
+    }
+
+    /// Whether a paid session paid this purchase's price (rules §7, §20): its subtotal is the
+    /// price (credits are granted for the price before tax), and its total is that price with
+    /// the tax Stripe added, which only a taxed profile has (without tax the total is the price).
+    fn paid_in_full(&self, record: &PurchaseRecord, event: &CheckoutEvent) -> bool {
+        let price = record.charge.get();
+        let subtotal = event.amount_subtotal.or(event.amount_total);
+        match event.amount_total {
+            Some(total) if subtotal == Some(price) => total == price || (self.profile.tax.automatic() && total > price),
+            _ => false,
+        }
     }
 
     /// The purchase's payment succeeded: credit it exactly once and mark it `succeeded`, in one

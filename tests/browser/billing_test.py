@@ -90,6 +90,19 @@ def run(api, moto, table, token_for, http, checks, shots):
                          and "200 minutes" in first.inner_text(), f"{balance} {first.inner_text()}")
             page.screenshot(path=str(shots / "credits-card.png"), full_page=True)
 
+            # rules §20: the purchase is listed with its receipt (Stripe's invoice.paid reached the
+            # webhook beside the payment), and the link opens the hosted receipt.
+            page.wait_for_selector("#receipts-list tr a.receipt-link", timeout=30_000)
+            row = page.locator("#receipts-list tr").first
+            row_text = row.inner_text()
+            link = row.locator("a.receipt-link").get_attribute("href")
+            got = page.request.get(link)
+            checks.check("browser: the purchase is listed with a receipt link that opens its receipt",
+                         "Purchase" in row_text and "Paid" in row_text and "$40.00" in row_text
+                         and got.status == 200 and "40.00 USD" in got.text(),
+                         f"{row_text!r} {link} {got.status}")
+            page.screenshot(path=str(shots / "receipts.png"), full_page=True)
+
             # A bank debit: the processing notice, then the error notice when it fails.
             page.click("#buy")
             page.fill("#buy-blocks", "1")

@@ -182,6 +182,14 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
         b = purchase_status(card.get("purchase_id", "x"), "succeeded")
         checks.check("webhook credited it: status succeeded, balance $20.00",
                      b.get("status") == "succeeded" and b.get("balance") == 20_000_000, f"{b}")
+        # rules §20: Checkout's invoice.paid reaches the webhook too; its hosted page is the receipt.
+        deadline = time.time() + 30
+        while time.time() < deadline and not b.get("receipt_url"):
+            time.sleep(0.5)
+            _, b = http("GET", f"{api}/v1/accounts/e2e/credits/purchases/{card.get('purchase_id', 'x')}", owner)
+        checks.check("the purchase's receipt: invoice.paid kept its hosted invoice, $20.00 with no tax",
+                     str(b.get("receipt_url", "")).startswith(f"{stripe}/_config/invoices/in_")
+                     and (b.get("subtotal"), b.get("tax"), b.get("total")) == (2000, 0, 2000), f"{b}")
         s, b = http("GET", f"{api}/v1/accounts/e2e/credits", owner)
         top = (b.get("recent_transactions") or [{}])[0]
         checks.check("the credits view shows the purchase entry",
@@ -239,6 +247,22 @@ def run(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
                      and (v.get("auto_recharge") or {}).get("used_this_month") == 1, f"{v.get('balance')} {top}")
         n = exactly_one("We added $10.00 to your balance")
         checks.check("the recharge emailed credit_auto_recharge_triggered exactly once", n == 1, f"{n} mails")
+
+        # rules §20: the recharge's AutoRechargeSucceeded → the template's rule → auto-recharge,
+        # which invoices it, paid by its own PaymentIntent; the list shows both, newest first.
+        deadline, b = time.time() + 30, {}
+        while time.time() < deadline:
+            _, b = http("GET", f"{api}/v1/accounts/e2e/credits/purchases", owner)
+            if any(p.get("kind") == "auto_recharge" and p.get("receipt_url") for p in (b or {}).get("purchases", [])):
+                break
+            time.sleep(0.5)
+        items = (b or {}).get("purchases", [])
+        rch = next((p for p in items if p.get("kind") == "auto_recharge"), {})
+        paid_card = next((p for p in items if p.get("purchase_id") == card.get("purchase_id")), {})
+        checks.check("GET purchases: the recharge, invoiced with its receipt, first; the card purchase with its receipt",
+                     bool(items) and items[0].get("kind") == "auto_recharge" and rch.get("total") == 1000
+                     and bool(rch.get("receipt_url")) and paid_card.get("status") == "succeeded"
+                     and bool(paid_card.get("receipt_url")) and b.get("next_cursor") is None, f"{b}")
 
         # Reconciliation of the account that bought, was refused, saved a card and recharged:
         # every paid payment credited once, the ledger adds up. The command, as an operator runs it.

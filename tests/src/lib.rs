@@ -114,6 +114,14 @@ impl World {
         World { config, credits, dynamo, events, sqs, aws, webhooks, clock: None }
     }
 
+    /// A world whose deployment taxes with Stripe Tax (`TOPUP_TAX=stripe_automatic`, rules §20).
+    pub async fn taxed(profile: &str) -> World {
+        let mut w = World::new(profile).await;
+        w.config.profile.tax = topup::profile::Tax::StripeAutomatic;
+        w.credits = topup::live(&w.config, &w.aws);
+        w
+    }
+
     /// Another process's view of the same table and bus: a fresh cache, as a second Lambda
     /// instance would have.
     pub fn another_instance(&self) -> LiveCredits {
@@ -672,6 +680,27 @@ pub async fn pay(id: &str, form: &[(&str, &str)]) -> Value {
     let (s, b) = local_stripe("POST", &format!("/_config/checkout/sessions/{id}/pay"), form).await;
     assert_eq!(s, 200, "{b}");
     b
+}
+
+/// A page of the local Stripe (a hosted receipt, its PDF): status and body as text.
+pub async fn local_page(path: &str) -> (u16, String) {
+    let base = std::env::var("TOPUP_TEST_STRIPE_API_BASE").expect("TOPUP_TEST_STRIPE_API_BASE");
+    raw_http(&base, &format!("GET {path} HTTP/1.0\r\n\r\n")).await
+}
+
+/// An invoice as the local Stripe holds it (what `invoice.paid` carries).
+pub async fn invoice(id: &str) -> Value {
+    let (s, b) = local_stripe("GET", &format!("/v1/invoices/{id}"), &[]).await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+/// Delivers the `invoice.paid` of a paid Checkout Session's invoice (rules §20), as Stripe sends
+/// it beside `checkout.session.completed`.
+pub async fn deliver_receipt(w: &World, paid: &Value) {
+    let id = paid["invoice"].as_str().expect("Checkout made its invoice");
+    let (s, r) = w.deliver(&stripe_event("invoice.paid", invoice(id).await)).await;
+    assert_eq!(s, 200, "{r}");
 }
 
 /// Refunds `cents` of a PaymentIntent in the local Stripe (all of what is left with `None`);

@@ -40,6 +40,37 @@
     `POST /_config/checkout/sessions/{id}/settle` `outcome=succeeded|failed` later sends
     `checkout.session.async_payment_succeeded` or `..._failed`.
   - `GET /_config/checkout/{id}`: a small page with those buttons, the hosted session's `url`.
+- Invoices and tax (rules §20), which localstripe lacks in the shape Stripe has them today
+  (its own `Invoice` is the subscriptions-era one: no `auto_advance`, `hosted_invoice_url`,
+  `invoice_pdf`, `attach_payment` or automatic tax). This adapter serves its own:
+  - Checkout `invoice_creation[enabled]=true` (with `invoice_data[metadata]` and
+    `[description]`): when the session is paid, a paid invoice for it (its line, subtotal, tax,
+    total, the session's PaymentIntent) is made, the session's `invoice` names it, and
+    `invoice.paid` follows `checkout.session.completed` (a bank debit's invoice is made when it
+    settles). Like Stripe at API versions from 2025-03-31, the invoice carries no
+    `payment_intent` field.
+  - Checkout `automatic_tax[enabled]=true` with `billing_address_collection=required` and
+    `customer_update[address]=auto`: the customer's address is what `pay` is given
+    (`country=`, default `US`). The one place with tax is the test address: `country=GB`, at a
+    fixed 20 %, on `tax_behavior=exclusive` prices, rounded half up to the minor unit; everywhere
+    else the tax is 0, as for a seller registered only there. Stripe Tax decides by the
+    seller's registrations and the product's tax code; here nothing else is looked at.
+    The paid session's `amount_subtotal` is the price, `total_details.amount_tax` the tax and
+    `amount_total` both, and the PaymentIntent takes the total.
+  - `POST /v1/invoices` (`customer`, `currency`, `collection_method`, `auto_advance`,
+    `description`, `metadata`), `POST /v1/invoiceitems` (`customer`, `invoice`, `amount`,
+    `currency`, `description`) on a draft, `GET /v1/invoices/{id}`,
+    `POST /v1/invoices/{id}/finalize` (draft to open; `auto_advance=false` never collects),
+    `POST /v1/invoices/{id}/attach_payment` (`payment_intent`: a succeeded PaymentIntent of the
+    same customer and currency is credited at once; paid in full, the invoice is `paid` and
+    `invoice.paid` is sent; a PaymentIntent already attached elsewhere is refused), and
+    `POST /v1/invoices/{id}/pay` with `paid_out_of_band=true` only. Stripe also pays an invoice
+    by charging the customer's card; here nothing ever does, so a test can see that an invoice
+    never charges twice. No emails, no invoice numbering, no credit notes: a refund leaves the
+    invoice as it was (Stripe does too; its credit notes are separate).
+  - `GET /_config/invoices/{id}` (the invoice's `hosted_invoice_url`: an HTML receipt) and
+    `GET /_config/invoices/{id}/pdf` (its `invoice_pdf`: a one-page PDF), without an API key,
+    as Stripe's hosted pages are.
 
 Usage: python localstripe_local.py PORT
 """
@@ -161,20 +192,29 @@ class CheckoutSession(StripeObject):
 
     def __init__(self, mode=None, customer=None, client_reference_id=None, line_items=None,
                  payment_intent_data=None, metadata=None, ui_mode=None, return_url=None,
-                 success_url=None, cancel_url=None, **kwargs):
+                 success_url=None, cancel_url=None, invoice_creation=None, automatic_tax=None,
+                 billing_address_collection=None, customer_update=None, **kwargs):
         if kwargs:
             raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
         try:
             assert mode == "payment"
             assert customer is None or (isinstance(customer, str) and customer.startswith("cus_"))
             assert isinstance(line_items, list) and line_items
-            currencies, total = set(), 0
+            currencies, total, exclusive = set(), 0, True
             for item in line_items:
                 price = item["price_data"]
                 amount, quantity = int(price["unit_amount"]), int(item.get("quantity", 1))
                 assert amount > 0 and quantity > 0 and price["product_data"]["name"]
                 currencies.add(price["currency"])
                 total += amount * quantity
+                exclusive = exclusive and price.get("tax_behavior") == "exclusive"
+            taxed = _true((automatic_tax or {}).get("enabled"))
+            if taxed:
+                # Stripe needs the customer's address for tax: collected, and kept on the
+                # customer when there is one.
+                assert billing_address_collection == "required"
+                assert customer is None or (customer_update or {}).get("address") == "auto"
+                assert exclusive
             assert len(currencies) == 1
             ui_mode = ui_mode or "hosted_page"
             assert ui_mode in ("hosted_page", "embedded_page")
@@ -205,7 +245,14 @@ class CheckoutSession(StripeObject):
         self.client_secret = self.id + "_secret_" + resources.random_id(16) if ui_mode == "embedded_page" else None
         self.url = f"http://127.0.0.1:{PORT}/_config/checkout/{self.id}" if ui_mode == "hosted_page" else None
         self.payment_method_types = ["card", "us_bank_account"]
-        self.automatic_tax = {"enabled": False, "liability": None, "provider": None, "status": None}
+        self.automatic_tax = {"enabled": taxed, "liability": None, "provider": None,
+                              "status": "requires_location_inputs" if taxed else None}
+        self.total_details = {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}
+        self.invoice = None
+        self._invoice_creation = invoice_creation if _true((invoice_creation or {}).get("enabled")) else None
+        self._lines = [(item["price_data"]["product_data"]["name"],
+                        int(item["price_data"]["unit_amount"]) * int(item.get("quantity", 1)))
+                       for item in line_items]
         self.custom_fields = []
         self.custom_text = {"after_submit": None, "shipping_address": None, "submit": None,
                             "terms_of_service_acceptance": None}
@@ -225,8 +272,33 @@ class CheckoutSession(StripeObject):
         return PaymentIntent._api_create(amount=self.amount_total, currency=self.currency, customer=self.customer,
                                          payment_method=pm.id, metadata=dict(self._intent_metadata), confirm=True)
 
-    def _pay(self, card, delayed):
+    def _address(self, country):
+        # The billing address the customer typed: it decides the tax.
+        if self.automatic_tax["enabled"]:
+            tax = _tax(self.amount_subtotal, country)
+            self.total_details["amount_tax"] = tax
+            self.amount_total = self.amount_subtotal + tax
+            self.automatic_tax["status"] = "complete"
+
+    def _invoiced(self, pi):
+        # Checkout's own invoice of the payment (`invoice_creation`), paid by it.
+        if self._invoice_creation is None:
+            return
+        data = self._invoice_creation.get("invoice_data") or {}
+        inv = Invoice(customer=self.customer, currency=self.currency, metadata=dict(data.get("metadata") or {}),
+                      description=data.get("description"), collection_method="charge_automatically",
+                      auto_advance="false")
+        for name, amount in self._lines:
+            inv._add_line(name, amount)
+        inv._tax = self.total_details["amount_tax"]
+        inv._finalize()
+        inv._credit(pi)
+        self.invoice = inv.id
+        return inv
+
+    def _pay(self, card, delayed, country="US"):
         self._open()
+        self._address(country)
         if delayed:
             # A bank debit: the PaymentIntent settles days later (see `settle`).
             pi = PaymentIntent(amount=self.amount_total, currency=self.currency, customer=self.customer,
@@ -240,7 +312,10 @@ class CheckoutSession(StripeObject):
             PaymentIntent._api_cancel(pi.id)
             raise UserError(402, "Your card was declined.", {"code": "card_declined"})
         self.payment_intent, self.status, self.payment_status = pi.id, "complete", "paid"
+        invoice = self._invoiced(pi)
         self._announce("checkout.session.completed")
+        if invoice is not None:
+            invoice._announce_paid()
         return self
 
     def _settle(self, outcome):
@@ -249,7 +324,10 @@ class CheckoutSession(StripeObject):
         if outcome == "succeeded":
             pi = self._intent("4242424242424242")
             self.payment_intent, self.payment_status = pi.id, "paid"
+            invoice = self._invoiced(pi)
             self._announce("checkout.session.async_payment_succeeded")
+            if invoice is not None:
+                invoice._announce_paid()
         elif outcome == "failed":
             self._announce("checkout.session.async_payment_failed")
         else:
@@ -292,7 +370,8 @@ def _answer(request, session):
 async def _pay(request):
     data = await get_post_data(request) or {}
     delayed = str(data.get("delayed", "false")).lower() == "true"
-    return _answer(request, _session(request)._pay(data.get("card") or "4242424242424242", delayed))
+    card = data.get("card") or "4242424242424242"
+    return _answer(request, _session(request)._pay(card, delayed, (data.get("country") or "US").upper()))
 
 
 async def _settle(request):
@@ -308,6 +387,8 @@ async def _page(request):
         f'<form method="post" action="{base}/{path}">{fields}<button>{html.escape(label)}</button></form>'
         for path, fields, label in [
             ("pay", "", "Pay with test card 4242"),
+            ("pay", '<input type="hidden" name="country" value="GB">',
+             "Pay with test card 4242, billing address in GB (20 % tax when taxed)"),
             ("pay", '<input type="hidden" name="card" value="4000000000000002">', "Pay with a declined card"),
             ("pay", '<input type="hidden" name="delayed" value="true">', "Pay by bank debit (settles later)"),
             ("settle", '<input type="hidden" name="outcome" value="succeeded">', "Bank debit succeeds"),
@@ -367,6 +448,236 @@ async def _list_disputes(request):
     return json_response({"object": "list", "data": items, "has_more": False, "url": "/v1/disputes"})
 
 
+# ---- Invoices and tax ---------------------------------------------------------------------
+
+# The test address's tax, in basis points; nowhere else is taxed.
+TAX_BPS = {"GB": 2000}
+
+
+def _true(v):
+    return v is True or str(v).lower() == "true"
+
+
+def _tax(subtotal, country):
+    bps = TAX_BPS.get(country, 0)
+    return (subtotal * bps + 5000) // 10000
+
+
+class Invoice(StripeObject):
+    object = "invoice"
+    _id_prefix = "in_"
+
+    def __init__(self, customer=None, currency=None, collection_method=None, auto_advance=None,
+                 description=None, metadata=None, days_until_due=None, **kwargs):
+        if kwargs:
+            raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+        try:
+            assert isinstance(customer, str) and customer.startswith("cus_")
+            assert isinstance(currency, str) and currency
+            assert collection_method in (None, "charge_automatically", "send_invoice")
+            assert metadata is None or isinstance(metadata, dict)
+        except AssertionError:
+            raise UserError(400, "Bad request")
+        resources.Customer._api_retrieve(customer)
+        super().__init__()
+        self.customer = customer
+        self.currency = currency.lower()
+        self.collection_method = collection_method or "charge_automatically"
+        self.auto_advance = _true(auto_advance) if auto_advance is not None else True
+        self.description = description
+        self.metadata = metadata or {}
+        self.status = "draft"
+        self.amount_paid = 0
+        self.status_transitions = {"finalized_at": None, "paid_at": None, "voided_at": None,
+                                   "marked_uncollectible_at": None}
+        self.lines = {"object": "list", "data": [], "has_more": False, "url": f"/v1/invoices/{self.id}/lines"}
+        self.hosted_invoice_url = None
+        self.invoice_pdf = None
+        self.paid_out_of_band = False
+        self._tax = 0
+        self._payments = []
+
+    @property
+    def subtotal(self):
+        return sum(line["amount"] for line in self.lines["data"])
+
+    @property
+    def total_taxes(self):
+        return [{"amount": self._tax, "tax_behavior": "exclusive", "taxability_reason": "standard_rated"}] \
+            if self._tax else []
+
+    @property
+    def total(self):
+        return self.subtotal + self._tax
+
+    @property
+    def amount_due(self):
+        return self.total
+
+    @property
+    def amount_remaining(self):
+        return max(0, self.total - self.amount_paid)
+
+    def _add_line(self, description, amount):
+        if self.status != "draft":
+            raise UserError(400, "Lines can only be added to a draft invoice.")
+        self.lines["data"].append({"object": "line_item", "id": "il_" + resources.random_id(14),
+                                   "amount": int(amount), "currency": self.currency,
+                                   "description": description})
+
+    def _finalize(self):
+        if self.status != "draft":
+            raise UserError(400, "This invoice is already finalized.")
+        self.status = "open"
+        self.status_transitions["finalized_at"] = int(time.time())
+        base = f"http://127.0.0.1:{PORT}/_config/invoices/{self.id}"
+        self.hosted_invoice_url, self.invoice_pdf = base, base + "/pdf"
+        if self.total == 0:
+            self._paid()
+
+    def _paid(self):
+        self.status = "paid"
+        self.status_transitions["paid_at"] = int(time.time())
+
+    def _credit(self, pi):
+        # A succeeded PaymentIntent counts toward the invoice; none is ever charged here.
+        self._payments.append(pi.id)
+        self.amount_paid += pi.amount
+        if self.amount_paid >= self.total:
+            self._paid()
+
+    def _announce_paid(self):
+        schedule_webhook(Event("invoice.paid", self))
+
+    def _attach(self, payment_intent):
+        if self.status != "open":
+            raise UserError(400, "Only an open invoice takes a payment.")
+        pi = PaymentIntent._api_retrieve(payment_intent)
+        if pi.customer != self.customer or pi.currency != self.currency:
+            raise UserError(400, "The PaymentIntent is another customer's or in another currency.")
+        if any(payment_intent in inv._payments for inv in _invoices()):
+            raise UserError(400, "This PaymentIntent is already attached to an invoice.")
+        if pi.status != "succeeded":
+            raise UserError(400, "Only a succeeded PaymentIntent is credited here.")
+        self._credit(pi)
+        if self.status == "paid":
+            self._announce_paid()
+        return self
+
+    def _pay_out_of_band(self):
+        if self.status != "open":
+            raise UserError(400, "Only an open invoice can be paid.")
+        self.paid_out_of_band = True
+        self.amount_paid = self.total
+        self._paid()
+        self._announce_paid()
+        return self
+
+
+def _invoices():
+    return [o for o in resources.store.values() if isinstance(o, Invoice)]
+
+
+def _invoice(id_):
+    return Invoice._api_retrieve(id_)
+
+
+async def _invoice_routes(request):
+    """The invoice API, or None for any other path."""
+    path, method = request.path, request.method
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["v1", "invoiceitems"] and len(parts) == 2 and method == "POST":
+        data = await get_post_data(request) or {}
+        inv = _invoice(data.get("invoice") or "")
+        try:
+            assert data.get("customer") == inv.customer
+            assert (data.get("currency") or inv.currency).lower() == inv.currency
+            amount = int(data["amount"])
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise UserError(400, "Bad request")
+        inv._add_line(data.get("description") or "Invoice item", amount)
+        return json_response({"object": "invoiceitem", "id": "ii_" + resources.random_id(14),
+                              "invoice": inv.id, "amount": amount, "currency": inv.currency,
+                              "customer": inv.customer, "description": data.get("description")})
+    if parts[:2] != ["v1", "invoices"]:
+        return None
+    if len(parts) == 2 and method == "POST":
+        data = await get_post_data(request) or {}
+        data.pop("expand", None)
+        return json_response(Invoice._api_create(**data)._export())
+    if len(parts) == 3 and method == "GET":
+        return json_response(_invoice(parts[2])._export())
+    if len(parts) == 4 and method == "POST":
+        inv, action = _invoice(parts[2]), parts[3]
+        data = await get_post_data(request) or {}
+        if action == "finalize":
+            inv._finalize()
+        elif action == "attach_payment":
+            inv._attach(data.get("payment_intent") or "")
+        elif action == "pay" and _true(data.get("paid_out_of_band")):
+            inv._pay_out_of_band()
+        else:
+            raise UserError(400, "Not supported by this adapter: " + action)
+        return json_response(inv._export())
+    raise UserError(405, "Method Not Allowed")
+
+
+@web.middleware
+async def invoices(request, handler):
+    answer = await _invoice_routes(request)
+    return answer if answer is not None else await handler(request)
+
+
+def _money(cents, currency):
+    return f"{cents / 100:.2f} {currency.upper()}"
+
+
+async def _receipt_page(request):
+    inv = _invoice(request.match_info["id"])
+    rows = "".join(f"<tr><td>{html.escape(line['description'] or '')}</td>"
+                   f"<td>{_money(line['amount'], inv.currency)}</td></tr>" for line in inv.lines["data"])
+    body = (f"<!doctype html><title>Receipt {html.escape(inv.id)}</title><h1>Receipt (test only)</h1>"
+            f"<p>Invoice {html.escape(inv.id)}, {html.escape(inv.status)}</p><table>{rows}"
+            f"<tr><th>Subtotal</th><td>{_money(inv.subtotal, inv.currency)}</td></tr>"
+            f"<tr><th>Tax</th><td>{_money(inv._tax, inv.currency)}</td></tr>"
+            f"<tr><th>Total</th><td>{_money(inv.total, inv.currency)}</td></tr>"
+            f"<tr><th>Paid</th><td>{_money(inv.amount_paid, inv.currency)}</td></tr></table>")
+    return web.Response(text=body, content_type="text/html")
+
+
+def _pdf(lines):
+    """A one-page PDF with `lines` of text (Helvetica), byte offsets exact."""
+    text = "BT /F1 12 Tf 50 780 Td 16 TL " + " ".join(
+        "(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") Tj T*" for line in lines
+    ) + " ET"
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
+        "/Resources << /Font << /F1 5 0 R >> >> >>",
+        f"<< /Length {len(text)} >>\nstream\n{text}\nendstream",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = "%PDF-1.4\n", []
+    for i, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{obj}\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n"
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
+    return out.encode("latin-1", "replace")
+
+
+async def _receipt_pdf(request):
+    inv = _invoice(request.match_info["id"])
+    lines = [f"Receipt (test only): invoice {inv.id}, {inv.status}"]
+    lines += [f"{line['description']}: {_money(line['amount'], inv.currency)}" for line in inv.lines["data"]]
+    lines += [f"Subtotal {_money(inv.subtotal, inv.currency)}", f"Tax {_money(inv._tax, inv.currency)}",
+              f"Total {_money(inv.total, inv.currency)}"]
+    return web.Response(body=_pdf(lines), content_type="application/pdf")
+
+
 # Before localstripe's catch-all routes are matched; the router is not frozen until start.
 app.router.add_post("/v1/checkout/sessions", _create_session)
 app.router.add_get("/v1/checkout/sessions/{id}", _retrieve_session)
@@ -377,6 +688,8 @@ app.router.add_get("/_config/checkout/{id}", _page)
 app.router.add_post("/_config/charges/{charge}/dispute", _open_dispute)
 app.router.add_post("/_config/disputes/{id}/close", _close_dispute)
 app.router.add_get("/v1/disputes", _list_disputes)
+app.router.add_get("/_config/invoices/{id}", _receipt_page)
+app.router.add_get("/_config/invoices/{id}/pdf", _receipt_pdf)
 
 _first_responses: dict = {}
 
@@ -397,6 +710,8 @@ async def idempotency(request, handler):
 
 
 app.middlewares.insert(0, idempotency)
+# Innermost: after localstripe's errors and API keys, before its own (older) invoice routes.
+app.middlewares.append(invoices)
 
 
 def main() -> None:

@@ -131,7 +131,7 @@ async fn only_billing_roles_of_the_account_buy_and_prices_come_from_the_server()
         let (s, b) = w.buy(buy_request("clinic", forged.clone(), None)).await;
         assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{forged}: {b}");
     }
-    let (s, _) = w.buy(get(&purchases("clinic"), &person("admin", "clinic"))).await;
+    let (s, _) = w.buy(put(&purchases("clinic"), &person("admin", "clinic"), json!({}))).await;
     assert_eq!(s, 405);
     assert_eq!(w.snapshot("clinic").await, before, "nothing was recorded");
 }
@@ -412,7 +412,8 @@ async fn a_refund_before_its_credit_waits_for_it() {
     let (s, r) = w.deliver(&refund).await;
     assert_eq!((s, r["error"]["code"].as_str()), (409, Some("payment_not_credited_yet")), "{r}");
     assert!(w.ledger(&id).await.is_empty(), "nothing taken or recorded");
-    w.deliver(&stripe_event("checkout.session.completed", paid)).await;
+    w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
+    deliver_receipt(&w, &paid).await;
     let (s, r) = w.deliver(&refund).await;
     assert_eq!(s, 200, "{r}");
     let v = w.view(&id).await;

@@ -16,6 +16,7 @@ async fn credited_purchase(w: &World, id: &str) -> Value {
     let paid = pay(b["checkout_session_id"].as_str().expect("id"), &[]).await;
     let (s, r) = w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
     assert_eq!(s, 200, "{r}");
+    deliver_receipt(w, &paid).await;
     paid
 }
 

@@ -273,6 +273,46 @@ impl Listings for FaultyStore {
     }
 }
 
+/// Receipts (rules §20) behind the same faults as the rest of the store.
+impl topup::receipts::ReceiptStore for FaultyStore {
+    async fn add_receipt(&self, r: &topup::receipts::Receipt) -> Result<bool, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.add_receipt(r))
+    }
+    async fn put_receipt(&self, r: &topup::receipts::Receipt) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.put_receipt(r))
+    }
+    async fn link_payment(
+        &self,
+        account_id: &str,
+        pi: &str,
+        key: &topup::receipts::ReceiptKey,
+    ) -> Result<(), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.link_payment(account_id, pi, key))
+    }
+    async fn receipt(
+        &self,
+        account_id: &str,
+        key: &topup::receipts::ReceiptKey,
+    ) -> Result<Option<topup::receipts::Receipt>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.receipt(account_id, key))
+    }
+    async fn receipt_of_payment(
+        &self,
+        account_id: &str,
+        pi: &str,
+    ) -> Result<Option<topup::receipts::Receipt>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.receipt_of_payment(account_id, pi))
+    }
+    async fn receipts(
+        &self,
+        account_id: &str,
+        limit: usize,
+        before: Option<&topup::receipts::ReceiptKey>,
+    ) -> Result<(Vec<topup::receipts::Receipt>, bool), StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.receipts(account_id, limit, before))
+    }
+}
+
 fn stripe_down() -> PaymentsUnavailable {
     PaymentsUnavailable("injected: stripe unavailable".into())
 }
@@ -811,7 +851,12 @@ impl Schedule {
                         if delayed {
                             self.delayed_sessions.push(cs);
                         }
+                        // Checkout's invoice (rules §20): its `invoice.paid` is on its way too.
+                        let receipt = paid["invoice"].as_str().map(str::to_string);
                         self.webhooks.push(stripe_event("checkout.session.completed", paid));
+                        if let Some(id) = receipt {
+                            self.webhooks.push(stripe_event("invoice.paid", invoice(&id).await));
+                        }
                     }
                 }
             }
@@ -824,7 +869,12 @@ impl Schedule {
                     let (s, _) = local_stripe("POST", &path, &[("outcome", outcome)]).await;
                     if s == 200 {
                         let kind = if ok { "async_payment_succeeded" } else { "async_payment_failed" };
-                        self.webhooks.push(stripe_event(&format!("checkout.session.{kind}"), session(&cs).await));
+                        let settled = session(&cs).await;
+                        let receipt = settled["invoice"].as_str().map(str::to_string);
+                        self.webhooks.push(stripe_event(&format!("checkout.session.{kind}"), settled));
+                        if let Some(id) = receipt {
+                            self.webhooks.push(stripe_event("invoice.paid", invoice(&id).await));
+                        }
                     }
                 }
             }

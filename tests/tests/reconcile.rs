@@ -26,6 +26,7 @@ async fn books_that_agree_reconcile_clean() {
     w.account(&id, "free").await;
     let paid = paid_purchase(&w, &id, 4000).await;
     w.deliver(&stripe_event("checkout.session.completed", paid.clone())).await;
+    deliver_receipt(&w, &paid).await;
     // Beyond the month's allowance, so credits are consumed.
     let included = w.included(&id, "api_calls").await;
     let (s, b) = w.usage(&id, "api_calls", included + 5_000).await;
@@ -60,6 +61,7 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     // Paid and credited, then refunded at Stripe with the event still on its way.
     let credited = paid_purchase(&w, &id, 3000).await;
     w.deliver(&stripe_event("checkout.session.completed", credited.clone())).await;
+    deliver_receipt(&w, &credited).await;
     let refunded = refund_at_stripe(credited["payment_intent"].as_str().expect("pi"), Some(3000)).await;
 
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
@@ -71,7 +73,8 @@ async fn each_disagreement_is_named_and_events_on_their_way_only_lag() {
     assert_eq!(reconcile::log_report(&lagging, -1), 2, "past it, both need a person");
 
     // The events arrive: nothing is left.
-    w.deliver(&stripe_event("checkout.session.completed", undelivered)).await;
+    w.deliver(&stripe_event("checkout.session.completed", undelivered.clone())).await;
+    deliver_receipt(&w, &undelivered).await;
     w.deliver(&stripe_event("charge.refunded", refunded)).await;
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
     assert_eq!(report.differences, vec![]);

@@ -1,5 +1,6 @@
 //! The `auto-recharge` function (rules §8): EventBridge delivers `BalanceLow` and a schedule
-//! triggers the sweep. Either way the recharge is claimed with one conditional write, charged
+//! triggers the sweep; `AutoRechargeSucceeded` has the credited recharge invoiced (rules §20,
+//! `handle_event`). Either way the recharge is claimed with one conditional write, charged
 //! off-session once, and credited through the same exactly-once path as the webhook.
 //!
 //! An error that retrying can help (AWS or Stripe unavailable, contention) fails the
@@ -12,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use topup::engine::Credits;
 use topup::events::EventBus;
+use topup::ids::RechargeId;
 use topup::payments::Payments;
+use topup::receipts::{Invoicing, ReceiptStore};
 use topup::recharge::{RechargeResult, LEASE_MS};
 use topup::store::Store;
 use topup::ApiError;
@@ -29,6 +32,50 @@ pub type Trigger = EventBridgeEvent<TriggerDetail>;
 pub struct TriggerDetail {
     #[serde(default)]
     pub account_id: Option<String>,
+    /// `AutoRechargeSucceeded`: the recharge and the PaymentIntent that paid it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recharge_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+}
+
+/// Every event the function is sent: `AutoRechargeSucceeded` invoices the recharge it names
+/// (rules §20: the invoice is paid by the recharge's own PaymentIntent, so nothing is charged
+/// again, and its receipt is kept); anything else is `handle_until`'s. A failure Stripe or AWS
+/// may mend fails the invocation, so EventBridge delivers the event again (at most an hour).
+pub async fn handle_event<S, B, P>(
+    credits: &Credits<S, B>,
+    payments: &P,
+    trigger: &Trigger,
+    deadline: Option<std::time::Instant>,
+) -> Result<Value, ApiError>
+where
+    S: Store + ReceiptStore,
+    B: EventBus,
+    P: Payments + Invoicing,
+{
+    if trigger.detail_type != "AutoRechargeSucceeded" {
+        return handle_until(credits, payments, trigger, deadline).await;
+    }
+    let d = &trigger.detail;
+    let (Some(account_id), Some(recharge_id), Some(payment_id)) =
+        (d.account_id.as_deref(), d.recharge_id.as_deref(), d.payment_id.as_deref())
+    else {
+        tracing::warn!("AutoRechargeSucceeded without its account, recharge or payment");
+        return Ok(json!({"result": "ignored"}));
+    };
+    match credits.invoice_recharge(payments, account_id, &RechargeId::new(recharge_id), payment_id).await {
+        Ok(receipt) => {
+            let invoice = receipt.invoice.as_ref().map(|i| i.invoice_id.clone());
+            tracing::info!(account_id, recharge_id, invoice_id = ?invoice, "recharge invoiced");
+            Ok(json!({"result": "invoiced", "invoice": invoice}))
+        }
+        Err(e) if !e.retryable() => {
+            tracing::error!(account_id, recharge_id, code = e.code(), "recharge not invoiced; not retried");
+            Ok(json!({"result": "failed", "code": e.code()}))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Handles one EventBridge event: `BalanceLow` for an account, or the scheduled sweep.

@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
     run(service_fn(move |event: LambdaEvent<Trigger>| async move {
         // Stop the sweep with 20 s to spare before the invocation's deadline.
         let deadline = topup::clock::stop_before(event.context.deadline, 20_000);
-        auto_recharge::handle_until(credits, payments, &event.payload, deadline).await.map_err(Error::from)
+        auto_recharge::handle_event(credits, payments, &event.payload, deadline).await.map_err(Error::from)
     }))
     .await
 }

@@ -220,7 +220,7 @@ impl Route {
     }
 }
 
-pub async fn handle<S: Store, B: EventBus, W: WebhookStore, Q: RetryQueue>(
+pub async fn handle<S: Store + topup::receipts::ReceiptStore, B: EventBus, W: WebhookStore, Q: RetryQueue>(
     config: &Config,
     webhooks: &WebhookAdmin<W, Q>,
     credits: &Credits<S, B>,
@@ -296,7 +296,7 @@ async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
     }
 }
 
-async fn route_request<S: Store, B: EventBus>(
+async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
     config: &Config,
     credits: &Credits<S, B>,
     req: &Request,

@@ -11,7 +11,7 @@ use topup::store::Store;
 
 /// Handles one EventBridge event: its `detail-type` says which of ours, its `detail` is the
 /// event's detail as topup published it.
-pub async fn handle<S: Store, C: Channels>(
+pub async fn handle<S: Store + topup::receipts::ReceiptStore, C: Channels>(
     notifier: &Notifier<S, C>,
     event: &EventBridgeEvent<Value>,
 ) -> Result<Value, RetryLater> {

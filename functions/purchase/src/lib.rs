@@ -4,12 +4,14 @@
 //! - `POST /v1/accounts/{id}/credits/purchases` `{amount}` | `{package}` | `{blocks}` (or `{}` for
 //!   the profile's default), optional `Idempotency-Key` header → 201 with the pending purchase
 //!   and its Checkout Session (`client_secret` when embedded, `url` when hosted)
+//! - `GET /v1/accounts/{id}/credits/purchases?limit=&cursor=` → purchases and auto-recharges,
+//!   newest first, each with its receipt once paid (rules §20)
 //! - `GET /v1/accounts/{id}/credits/purchases/{purchase_id}` → the purchase and its status (with
-//!   the balance once it has succeeded)
+//!   the balance once it has succeeded), its subtotal, tax, total and receipt
 //! - `POST /v1/accounts/{id}/payment-method/setup` → 201 a SetupIntent's `client_secret`
 //! - `DELETE /v1/accounts/{id}/payment-method` → the default card removed
 
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::json;
 use topup::auth::Access;
 use topup::engine::Credits;
@@ -18,6 +20,8 @@ use topup::http::{check_id, identity, json_object, respond, segments, Reply};
 use topup::ids::{IdempotencyKey, PurchaseId};
 use topup::payments::{CheckoutUi, Purchases};
 use topup::pricing::PurchaseChoice;
+use topup::purchases::PurchaseStarted;
+use topup::receipts::ReceiptStore;
 use topup::store::Store;
 use topup::{ApiError, Config};
 
@@ -59,11 +63,12 @@ impl Route {
         }
     }
 
-    fn method(&self) -> &'static str {
+    fn methods(&self) -> &'static [&'static str] {
         match self {
-            Route::PurchaseStatus { .. } => "GET",
-            Route::PaymentMethod { .. } => "DELETE",
-            Route::Purchases { .. } | Route::CardSetup { .. } => "POST",
+            Route::PurchaseStatus { .. } => &["GET"],
+            Route::PaymentMethod { .. } => &["DELETE"],
+            Route::Purchases { .. } => &["GET", "POST"],
+            Route::CardSetup { .. } => &["POST"],
         }
     }
 
@@ -77,7 +82,7 @@ impl Route {
     }
 }
 
-pub async fn handle<S: Store, B: EventBus, P: Purchases>(
+pub async fn handle<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
     config: &Config,
     credits: &Credits<S, B>,
     checkout: &Checkout<'_, P>,
@@ -89,7 +94,7 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
     respond(route.name(), route_request(config, credits, checkout, &req, &route).await)
 }
 
-async fn route_request<S: Store, B: EventBus, P: Purchases>(
+async fn route_request<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
     config: &Config,
     credits: &Credits<S, B>,
     checkout: &Checkout<'_, P>,
@@ -98,13 +103,17 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
 ) -> Result<Reply, ApiError> {
     let who = identity(req, config)?;
     let method = req.method().as_str();
-    if method != route.method() {
+    if !route.methods().contains(&method) {
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
     let account_id = route.account();
     check_id("account_id", account_id)?;
     who.authorize(&config.profile, Access::Billing, account_id)?;
     match route {
+        Route::Purchases { .. } if method == "GET" => {
+            let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
+            Reply::ok(&credits.purchases_page(account_id, page_limit(req)?, cursor.as_deref()).await?)
+        }
         Route::Purchases { .. } => {
             // Only what to buy; a price, a number of credits or a currency is the server's to say.
             let body = json_object(req, &["amount", "package", "blocks"])?;
@@ -116,11 +125,18 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
             let key = idempotency_key(req)?;
             let started =
                 credits.start_purchase(checkout.payments, account_id, &choice, key.as_ref(), checkout.ui).await?;
+            // Listed from now on (rules §20); a retry under the key lists it again.
+            let purchase_id = match &started {
+                PurchaseStarted::Checkout { purchase, .. } | PurchaseStarted::Existing(purchase) => {
+                    &purchase.purchase_id
+                }
+            };
+            credits.list_purchase(account_id, purchase_id).await?;
             Reply::created(&started)
         }
         Route::PurchaseStatus { purchase, .. } => {
             check_id("purchase_id", purchase)?;
-            Reply::ok(&credits.purchase_status(account_id, &PurchaseId::new(purchase.as_str())).await?)
+            Reply::ok(&credits.purchase_receipt(account_id, &PurchaseId::new(purchase.as_str())).await?)
         }
         Route::CardSetup { .. } => {
             let key = idempotency_key(req)?;
@@ -132,6 +148,22 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
         }
     }
 }
+
+/// A page's `limit`: 1 to 100, 20 when not given.
+fn page_limit(req: &Request) -> Result<usize, ApiError> {
+    match req.query_string_parameters().first("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))),
+    }
+}
+
+/// Purchases a page lists unless told otherwise, and at most.
+pub const DEFAULT_PAGE: usize = 20;
+pub const MAX_PAGE: usize = 100;
 
 /// The optional `Idempotency-Key` header: a retried request with it names the same purchase.
 fn idempotency_key(req: &Request) -> Result<Option<IdempotencyKey>, ApiError> {

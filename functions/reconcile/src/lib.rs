@@ -37,7 +37,7 @@ pub enum Invocation {
 }
 
 /// Reconciles one account (`account`) or all of them, as a run of its own.
-pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
+pub async fn reconcile<S: Store + topup::receipts::ReceiptStore, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
     account: Option<&str>,
@@ -54,7 +54,7 @@ pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
 
 /// The scheduled run of the day (`run`, the UTC date), resumed from its checkpoints; one
 /// account when the event names it.
-pub async fn scheduled<S: Store, B: EventBus, H: PaymentHistory>(
+pub async fn scheduled<S: Store + topup::receipts::ReceiptStore, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
     invocation: &Invocation,

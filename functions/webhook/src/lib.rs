@@ -26,6 +26,7 @@ use topup::ids::{PurchaseId, RechargeId};
 use topup::ledger::EntryView;
 use topup::payments::Purchases;
 use topup::purchases::{CheckoutEvent, CheckoutEventKind, CheckoutOutcome, PurchaseStatus};
+use topup::receipts::{Invoice, InvoiceOf, InvoiceRecorded, ReceiptStore};
 use topup::recharge::RechargePaid;
 use topup::secret::Secret;
 use topup::store::Store;
@@ -79,6 +80,7 @@ struct StripeObject {
     amount_received: Option<i64>,
     amount_refunded: Option<i64>,
     amount_total: Option<i64>,
+    amount_subtotal: Option<i64>,
     currency: Option<String>,
     status: Option<String>,
     last_payment_error: Option<PaymentError>,
@@ -108,6 +110,8 @@ impl StripeObject {
 enum Handled {
     /// A Checkout event: the purchase's status after it.
     Purchase(PurchaseStatus),
+    /// `invoice.paid`: the receipt kept (its invoice id).
+    Receipt(String),
     /// A recharge credited, or a refund's entry.
     Entry(EntryView),
     /// The card saved as the default (null when the method is not a card).
@@ -122,7 +126,7 @@ fn refuse(code: &str, message: &str) -> Response<Body> {
     json_response(400, &json!({"error": {"code": code, "message": message}}))
 }
 
-pub async fn handle<S: Store, B: EventBus, P: Purchases>(
+pub async fn handle<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
     secret: &Secret,
     credits: &Credits<S, B>,
     payments: &P,
@@ -218,7 +222,7 @@ fn ignored(reason: &'static str) -> Result<Handled, ApiError> {
     Ok(Handled::Ignored(reason))
 }
 
-async fn dispatch<S: Store, B: EventBus, P: Purchases>(
+async fn dispatch<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
     credits: &Credits<S, B>,
     payments: &P,
     event: &Envelope,
@@ -252,10 +256,17 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 payment_intent_id: o.payment_intent.as_ref().and_then(IdOrObject::id).map(str::to_string),
                 payment_status: o.payment_status.clone(),
                 amount_total: o.amount_total,
+                amount_subtotal: o.amount_subtotal,
                 currency: o.currency.clone(),
             };
-            match credits.checkout_event(account, &PurchaseId::new(purchase), &session).await? {
-                CheckoutOutcome::Purchase(record) => Ok(Handled::Purchase(record.status)),
+            let purchase_id = PurchaseId::new(purchase);
+            match credits.checkout_event(account, &purchase_id, &session).await? {
+                CheckoutOutcome::Purchase(record) => {
+                    // Listed (if the purchase function could not), its payment pointed at its
+                    // receipt row (rules §20).
+                    credits.list_purchase(account, &purchase_id).await?;
+                    Ok(Handled::Purchase(record.status))
+                }
                 CheckoutOutcome::Ignored(reason) => {
                     tracing::warn!(event_id = %event.id, account_id = account, purchase_id = purchase, reason, "checkout event is not proof of this purchase's payment");
                     ignored(reason)
@@ -293,6 +304,24 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
                 // back (rules §16); Stripe unreachable is a 5xx, and Stripe delivers again.
                 let failed = credits.fail_charged_recharge(payments, account, recharge, Some(pi), &failure).await?;
                 Ok(Handled::Word(if failed { "failed" } else { "unchanged" }))
+            }
+        }
+        "invoice.paid" => {
+            // Checkout's invoice of a purchase, or ours of a recharge (rules §20): its metadata
+            // names the record; the invoice is kept only for that record's price.
+            let of = match (o.meta("topup_purchase_id"), o.meta("topup_recharge_id")) {
+                (Some(p), _) => InvoiceOf::Purchase(PurchaseId::new(p)),
+                (None, Some(r)) => InvoiceOf::Recharge(RechargeId::new(r)),
+                _ => return ignored("not_ours"),
+            };
+            let Some(account) = o.meta("topup_account_id") else { return ignored("not_ours") };
+            let invoice = match Invoice::from_stripe(&event.data.object) {
+                Ok(i) => i,
+                Err(reason) => return ignored(reason),
+            };
+            match credits.record_invoice(account, &of, &invoice).await? {
+                InvoiceRecorded::Recorded(_) => Ok(Handled::Receipt(invoice.invoice_id)),
+                InvoiceRecorded::Ignored(reason) => ignored(reason),
             }
         }
         "setup_intent.succeeded" => {
@@ -337,7 +366,9 @@ async fn dispatch<S: Store, B: EventBus, P: Purchases>(
             let amount = o.amount.unwrap_or(0);
             let currency = o.currency.clone().unwrap_or_else(|| credits.profile.currency.clone());
             let outcome = if t == "charge.dispute.created" {
-                credits.dispute_opened(&account, dispute_id, pi, amount, &currency).await?
+                // A taxed payment's dispute takes back the pre-tax share (rules §20).
+                let total = credits.charged_total(&account, pi).await?;
+                credits.dispute_opened_of(&account, dispute_id, pi, (amount, total), &currency).await?
             } else {
                 // `won` returns what the dispute took; `lost` keeps it. An inquiry that closes
                 // without a chargeback (`warning_closed`) took no money: it returns too.

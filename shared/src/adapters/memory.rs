@@ -26,6 +26,8 @@ pub struct MemoryStore {
     pub fail_next_commit: std::sync::atomic::AtomicBool,
     /// The next commit takes effect and its answer is lost (the caller dies right after it).
     pub lose_next_answer: std::sync::atomic::AtomicBool,
+    /// Receipts (rules §20), behind their own port (`receipts::ReceiptStore`).
+    pub receipts: crate::receipts::store::MemoryReceiptStore,
 }
 
 #[derive(Default)]

@@ -7,4 +7,5 @@ pub mod memory;
 pub mod secrets;
 pub mod ses_sns;
 pub mod stripe;
+pub mod stripe_invoices;
 pub mod webhooks_out;

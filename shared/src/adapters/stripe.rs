@@ -5,7 +5,10 @@ use std::str::FromStr;
 
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_checkout::checkout_session::{
-    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
+    CreateCheckoutSession, CreateCheckoutSessionAutomaticTax, CreateCheckoutSessionCustomerUpdate,
+    CreateCheckoutSessionCustomerUpdateAddress, CreateCheckoutSessionInvoiceCreation,
+    CreateCheckoutSessionInvoiceCreationInvoiceData, CreateCheckoutSessionLineItems,
+    CreateCheckoutSessionLineItemsPriceData, CreateCheckoutSessionLineItemsPriceDataTaxBehavior,
     CreateCheckoutSessionPaymentIntentData, ProductData,
 };
 use stripe_core::customer::CreateCustomer;
@@ -15,7 +18,9 @@ use stripe_core::payment_intent::{
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_core::PaymentIntentStatus;
 use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
-use stripe_shared::{ApiErrorsType, CheckoutSessionMode, CheckoutSessionUiMode};
+use stripe_shared::{
+    ApiErrorsType, CheckoutSessionBillingAddressCollection, CheckoutSessionMode, CheckoutSessionUiMode,
+};
 
 use std::sync::{Arc, Mutex};
 
@@ -206,19 +211,41 @@ impl Purchases for StripePayments {
             tax_details: None,
             unit_label: None,
         });
+        if r.tax.automatic() {
+            // The price is before tax; Stripe Tax adds tax on top (rules §20).
+            price.tax_behavior = Some(CreateCheckoutSessionLineItemsPriceDataTaxBehavior::Exclusive);
+        }
         let mut line = CreateCheckoutSessionLineItems::new();
         line.price_data = Some(price);
         line.quantity = Some(1);
         let mut intent = CreateCheckoutSessionPaymentIntentData::new();
         intent.metadata = Some(metadata.clone());
         intent.description = Some(r.description.clone());
+        // Every purchase has an invoice (rules §20): Checkout makes it, paid, with our metadata
+        // so its `invoice.paid` finds the purchase; its hosted page is the receipt.
+        let mut invoice_data = CreateCheckoutSessionInvoiceCreationInvoiceData::new();
+        invoice_data.metadata = Some(metadata.clone());
+        invoice_data.description = Some(r.description.clone());
+        let mut invoice = CreateCheckoutSessionInvoiceCreation::new(true);
+        invoice.invoice_data = Some(invoice_data);
         let mut req = CreateCheckoutSession::new()
             .mode(CheckoutSessionMode::Payment)
             .customer(r.customer_id.clone())
             .client_reference_id(r.reference.clone())
             .line_items(vec![line])
             .payment_intent_data(intent)
+            .invoice_creation(invoice)
             .metadata(metadata);
+        if r.tax.automatic() {
+            // Checkout collects the billing address Stripe Tax needs and keeps it on the
+            // customer, so its receipts and later invoices carry it.
+            let mut update = CreateCheckoutSessionCustomerUpdate::new();
+            update.address = Some(CreateCheckoutSessionCustomerUpdateAddress::Auto);
+            req = req
+                .automatic_tax(CreateCheckoutSessionAutomaticTax::new(true))
+                .billing_address_collection(CheckoutSessionBillingAddressCollection::Required)
+                .customer_update(update);
+        }
         req = match &r.ui {
             CheckoutUi::Embedded { return_url } => {
                 req.ui_mode(CheckoutSessionUiMode::EmbeddedPage).return_url(return_url.clone())

@@ -61,6 +61,10 @@ pub struct RevenueLine {
     pub restored: Valued,
     /// Paid credits left at the month's end: deferred revenue.
     pub deferred: Valued,
+    /// Tax on the receipts paid in the month, minor units (rules §20): collected for the tax
+    /// authority, never revenue; every figure above is before tax.
+    #[serde(default)]
+    pub tax_collected: i64,
 }
 
 impl RevenueLine {
@@ -75,6 +79,7 @@ impl RevenueLine {
         self.expired_or_voided.plus(&o.expired_or_voided)?;
         self.taken_back.plus(&o.taken_back)?;
         self.restored.plus(&o.restored)?;
+        self.tax_collected = self.tax_collected.checked_add(o.tax_collected).ok_or(Overflow)?;
         self.deferred.plus(&o.deferred)
     }
 }
@@ -215,8 +220,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         all.reverse();
         Ok(ledger_csv(&all))
     }
+}
 
-    /// One account's revenue line for `month` (`YYYY-MM`).
+impl<S: Store + crate::receipts::ReceiptStore, B: EventBus> Credits<S, B> {
+    /// One account's revenue line for `month` (`YYYY-MM`), with the tax its receipts paid in
+    /// the month collected (rules §20).
     pub async fn revenue_of(&self, id: &str, month: &str) -> Result<RevenueLine, ApiError> {
         let (start, end) = month_range(month)?;
         let a = self.load(id).await?;
@@ -224,7 +232,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         grants.extend(a.grants.iter().cloned());
         // With lanes: their usage too; leases only move credits between the parts.
         let ledger = if a.lanes_ever() > 0 { self.merged_ledger(&a).await? } else { self.whole_ledger(id).await? };
-        revenue_line(id, &grants, &ledger, start, end).map_err(|Overflow| overflowed(id, month))
+        let mut line = revenue_line(id, &grants, &ledger, start, end).map_err(|Overflow| overflowed(id, month))?;
+        let receipts = crate::receipts::store::all_receipts(&self.store, id).await.map_err(upstream)?;
+        let taxes = receipts.iter().filter_map(|r| r.invoice.as_ref()).filter(|i| (start..end).contains(&i.paid_at));
+        for i in taxes {
+            line.tax_collected = line.tax_collected.checked_add(i.tax).ok_or_else(|| overflowed(id, month))?;
+        }
+        Ok(line)
     }
 
     /// `GET /v1/reports/revenue?month=YYYY-MM` (service): every account with paid credits

@@ -7,7 +7,9 @@
 //!   entry, and every purchase or auto-recharge entry has its claim;
 //! - every credited payment is a PaymentIntent that succeeded at Stripe, for this account, for
 //!   the amount charged and the credits it bought; every succeeded payment of ours is credited;
-//! - what refunds took back matches Stripe's refunded totals.
+//! - what refunds took back matches Stripe's refunded totals;
+//! - each paid purchase's or recharge's invoice (rules §20) is for the price credited and the
+//!   total Stripe took, and is recorded (lagging while its `invoice.paid` is on its way).
 //!
 //! It reads and reports; it never writes. A difference is `wrong` (no event can mend it: a bug,
 //! or data changed by hand) or `lagging` (Stripe is ahead by an event still on its way — Stripe
@@ -33,6 +35,7 @@ use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ledger::{request_hash, EntryKind, IdemRecord, LedgerEntry};
 use crate::payments::{PaymentHistory, PaymentRecord};
+use crate::receipts::{Receipt, ReceiptStore};
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +53,7 @@ pub struct Difference {
     /// `lifetime_spent_mismatch`, `ledger_chain_broken`, `negative_balance`,
     /// `claim_without_entry`, `entry_without_claim`, `credited_without_payment`,
     /// `credited_amount_mismatch`, `payment_not_credited`, `refund_not_applied`,
-    /// `refund_exceeds_stripe`, `refund_without_payment`.
+    /// `refund_exceeds_stripe`, `refund_without_payment`, `receipt_missing`, `invoice_mismatch`.
     pub code: Cow<'static, str>,
     pub severity: Severity,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,7 +88,7 @@ pub struct AccountReport {
     pub differences: Vec<Difference>,
 }
 
-impl<S: Store, B: EventBus> Credits<S, B> {
+impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
     /// Reconciles one account against its ledger and Stripe's payments.
     pub async fn reconcile_account<H: PaymentHistory>(&self, history: &H, id: &str) -> Result<AccountReport, ApiError> {
         let account = self.account(id).await?;
@@ -146,6 +149,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .map(|p| (p.id.as_str(), p))
             .collect();
         let claimed: HashSet<&str> = claims.iter().map(payment_of).collect();
+        // Receipts by the purchase or recharge they are of (rules §20); a payment from before
+        // receipts has none, and nothing is said about it.
+        let rows = crate::receipts::store::all_receipts(&self.store, id).await.map_err(|_| ApiError::Upstream)?;
+        let rows: HashMap<&str, &Receipt> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        let row_of = |p: &PaymentRecord| {
+            let reference = p.metadata.get("topup_purchase_id").or_else(|| p.metadata.get("topup_recharge_id"));
+            reference.and_then(|r| rows.get(r.as_str()).copied())
+        };
         let mut claimed_entries = HashSet::new();
         let mut credited: HashMap<&str, i64> = HashMap::new();
 
@@ -177,9 +188,46 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 ));
                 continue;
             };
-            // The claim's hash names the kind, credits and charge it was credited for.
-            let hash = request_hash(&json!({"kind": entry.kind, "credits": entry.amount.get(), "charge": p.amount}));
-            let expected = self.credits_bought(id, p).await?;
+            // The claim's hash names the kind, credits and charge it was credited for: the price
+            // before tax, which is what Stripe took less the invoice's tax (rules §20).
+            let row = row_of(p);
+            let credited_charge = said.map_or(0, |c| c.charge_cents);
+            let tax = match row.and_then(|r| r.invoice.as_ref()) {
+                Some(i) => i.tax,
+                // A taxed payment whose invoice is not recorded yet: its tax is what Stripe took
+                // above the credited price (and `receipt_missing` says the invoice is late).
+                None if self.profile.tax.automatic() && row.is_some() => (p.amount - credited_charge).max(0),
+                None => 0,
+            };
+            let price = p.amount.saturating_sub(tax);
+            let hash = request_hash(&json!({"kind": entry.kind, "credits": entry.amount.get(), "charge": price}));
+            let expected = self.credits_bought(id, p, price).await?;
+            match row.map(|r| (r, r.invoice.as_ref())) {
+                Some((_, Some(i))) if i.subtotal != credited_charge || i.total != p.amount => out.push(diff(
+                    "invoice_mismatch",
+                    Severity::Wrong,
+                    Some(payment),
+                    Some(credited_charge),
+                    Some(i.subtotal),
+                    format!(
+                        "Invoice {} is for {} before tax and {} in all; credited for {} of a {} payment.",
+                        i.invoice_id, i.subtotal, i.total, credited_charge, p.amount
+                    ),
+                )),
+                Some((r, None)) => {
+                    let mut d = diff(
+                        "receipt_missing",
+                        Severity::Lagging,
+                        Some(payment),
+                        None,
+                        None,
+                        format!("{} {} was paid and credited; its invoice has not been recorded.", kind_word(r), r.id),
+                    );
+                    d.age_s = Some(now_s - p.created);
+                    out.push(d);
+                }
+                _ => {}
+            }
             if hash != claim.request_hash
                 || expected.is_some_and(|c| c != entry.amount.get())
                 || p.currency != self.profile.currency
@@ -321,14 +369,22 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// What a payment buys by our own record of it: a recharge's record (written when it was
     /// claimed), a purchase's priced credits; only when the payment's amount is the record's
     /// charge. `None` when it names neither.
-    async fn credits_bought(&self, id: &str, p: &PaymentRecord) -> Result<Option<i64>, ApiError> {
+    /// `price` is what the payment paid before tax.
+    async fn credits_bought(&self, id: &str, p: &PaymentRecord, price: i64) -> Result<Option<i64>, ApiError> {
         if let Some(recharge) = p.metadata.get("topup_recharge_id") {
             let record = self.store.load_recharge(id, recharge).await.map_err(|_| ApiError::Upstream)?;
-            return Ok(record.filter(|r| r.charge_cents == p.amount).map(|r| r.credits.get()));
+            return Ok(record.filter(|r| r.charge_cents == price).map(|r| r.credits.get()));
         }
         let Some(purchase) = p.metadata.get("topup_purchase_id") else { return Ok(None) };
         let record = self.store.load_purchase(id, purchase).await.map_err(|_| ApiError::Upstream)?;
-        Ok(record.filter(|r| r.charge.get() == p.amount).map(|r| r.credits.get()))
+        Ok(record.filter(|r| r.charge.get() == price).map(|r| r.credits.get()))
+    }
+}
+
+fn kind_word(r: &Receipt) -> &'static str {
+    match r.kind {
+        crate::receipts::ReceiptKind::Purchase => "Purchase",
+        crate::receipts::ReceiptKind::AutoRecharge => "Auto-recharge",
     }
 }
 

@@ -111,7 +111,7 @@ const PER_SEGMENT: usize = 4;
 /// Attempts at reading one page of the listing before the segment stops for this invocation.
 const PAGE_ATTEMPTS: u32 = 3;
 
-impl<S: Store, B: EventBus> Credits<S, B> {
+impl<S: Store + crate::receipts::ReceiptStore, B: EventBus> Credits<S, B> {
     /// Reconciles every account now, in 4 parallel segments, as a run of its own.
     pub async fn reconcile_all<H: PaymentHistory>(&self, history: &H) -> Result<Report, ApiError> {
         self.reconcile_run(history, &crate::ledger::new_id("run"), 4, None).await

@@ -19,6 +19,7 @@
 //! | start count   | `ACCOUNT#{id}`  | `RATE#{what}#{window_ms:013}` (`n`; TTL a day) |
 //! | entity        | `ACCOUNT#{id}`  | `ENTITY#{entity}` (its limit and month's spend; rules §17) |
 //! | webhook endpoint | `WEBHOOKS`   | `EP#{endpoint_id}` (and their count, `COUNT`; `webhooks.rs`) |
+//! | receipt row   | `ACCOUNT#{id}`  | `RECEIPT#{created:013}#{id}`, and `RECEIPTPI#{pi}` pointers (`receipts.rs`) |
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
 //! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 mod attributes;
 mod items;
 mod listing;
+mod receipts;
 mod table;
 mod webhooks;
 
