@@ -4,6 +4,7 @@ import type {
   Account, Alerts, BatchResult, BillingContact, CheckAnswer, CreditsView, Debit, DebitRequest, Entity, Grant, Hold,
   LedgerEntry, Lanes, Notification, Purchase, RevenueReport, Settlement, TransactionsPage, WebhookDelivery,
   WebhookEndpoint, WebhookEndpointWithSecret,
+  PurchaseListItem,
 } from "./types.js";
 
 export const VERSION = "0.1.0";
@@ -249,9 +250,19 @@ export class Topup {
       headers: { "idempotency-key": request.idempotencyKey ?? await newIdempotencyKey() } });
   }
 
-  /** A purchase and its status (billing roles). */
+  /** A purchase and its status (billing roles), with `subtotal`, `tax`, `total` and `receipt_url` once paid. */
   getPurchase(accountId: string, purchaseId: string): Promise<Purchase> {
     return this.call("getPurchase", { path: { account_id: accountId, purchase_id: purchaseId } });
+  }
+
+  /** One page of purchases and auto-recharges, newest first, each with its receipt (billing roles). */
+  purchases(accountId: string, options: { limit?: number; cursor?: string } = {}): Promise<{ purchases: PurchaseListItem[]; next_cursor: string | null }> {
+    return this.call("listPurchases", { path: { account_id: accountId }, query: { limit: options.limit, cursor: options.cursor } });
+  }
+
+  /** Every purchase and auto-recharge, newest first, page by page as you iterate (`for await`). */
+  iterPurchases(accountId: string, options: { pageSize?: number } = {}): AsyncIterable<PurchaseListItem> {
+    return pages((cursor) => this.purchases(accountId, { limit: options.pageSize ?? 100, cursor }), (page) => page.purchases);
   }
 
   /** A Stripe SetupIntent to save a card for auto-recharge (billing roles). */

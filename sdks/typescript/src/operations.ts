@@ -42,6 +42,7 @@ export const OPERATIONS = {
   settleHold: op("POST", "/v1/accounts/{account_id}/usage/holds/{hold_id}/settle", "settleHold"),
   postPurchase: op("POST", "/v1/accounts/{account_id}/credits/purchases", "purchase"),
   getPurchase: op("GET", "/v1/accounts/{account_id}/credits/purchases/{purchase_id}", "getPurchase"),
+  listPurchases: op("GET", "/v1/accounts/{account_id}/credits/purchases", "purchases"),
   setupCard: op("POST", "/v1/accounts/{account_id}/payment-method/setup", "setupCard"),
   removeCard: op("DELETE", "/v1/accounts/{account_id}/payment-method", "removeCard"),
   getRevenueReport: op("GET", "/v1/reports/revenue", "revenueReport"),

@@ -154,6 +154,27 @@ export interface Purchase {
   client_secret?: string | null;
   url?: string | null;
   balance?: number;
+  /** Once paid (rules §20): the price before tax, the tax, and what was charged. */
+  subtotal?: number | null;
+  tax?: number | null;
+  total?: number | null;
+  receipt_url?: string | null;
+  invoice_pdf?: string | null;
+}
+
+/** One row of `GET …/credits/purchases`: a purchase or an auto-recharge, with its receipt. */
+export interface PurchaseListItem {
+  purchase_id: string;
+  kind: "purchase" | "auto_recharge";
+  status: string;
+  charge: { amount: number; currency: string };
+  credits: number;
+  created_at: string;
+  subtotal?: number | null;
+  tax?: number | null;
+  total?: number | null;
+  receipt_url: string | null;
+  invoice_pdf?: string | null;
 }
 
 export interface Valued { credits: number; amount: number }

@@ -230,8 +230,19 @@ class Client:
                           headers={"Idempotency-Key": idempotency_key or new_idempotency_key()})
 
     def get_purchase(self, account_id: str, purchase_id: str) -> Dict[str, Any]:
-        """A purchase and its status (`pending`, `processing`, `succeeded`, `failed`, `expired`)."""
+        """A purchase and its status (`pending`, `processing`, `succeeded`, `failed`, `expired`),
+        with `subtotal`, `tax`, `total` and `receipt_url` once paid."""
         return self._call("getPurchase", {"account_id": account_id, "purchase_id": purchase_id})
+
+    def purchases(self, account_id: str, *, limit: Optional[int] = None,
+                  cursor: Optional[str] = None) -> Dict[str, Any]:
+        """One page of purchases and auto-recharges, newest first, each with its receipt:
+        `{"purchases": [...], "next_cursor"}` (billing roles)."""
+        return self._call("listPurchases", {"account_id": account_id}, query={"limit": limit, "cursor": cursor})
+
+    def iter_purchases(self, account_id: str, *, page_size: int = 100) -> Iterator[Dict[str, Any]]:
+        """Every purchase and auto-recharge, newest first, page by page as you iterate."""
+        return _pages(lambda cursor: self.purchases(account_id, limit=page_size, cursor=cursor), "purchases")
 
     def setup_card(self, account_id: str, idempotency_key: Optional[str] = None) -> Dict[str, Any]:
         """A Stripe SetupIntent to save a card for auto-recharge (billing roles):

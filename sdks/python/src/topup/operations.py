@@ -42,6 +42,7 @@ OPERATIONS: Dict[str, Operation] = {
     "settleHold": Operation("POST", "/v1/accounts/{account_id}/usage/holds/{hold_id}/settle", "settle_hold"),
     "postPurchase": Operation("POST", "/v1/accounts/{account_id}/credits/purchases", "purchase"),
     "getPurchase": Operation("GET", "/v1/accounts/{account_id}/credits/purchases/{purchase_id}", "get_purchase"),
+    "listPurchases": Operation("GET", "/v1/accounts/{account_id}/credits/purchases", "purchases"),
     "setupCard": Operation("POST", "/v1/accounts/{account_id}/payment-method/setup", "setup_card"),
     "removeCard": Operation("DELETE", "/v1/accounts/{account_id}/payment-method", "remove_card"),
     "getRevenueReport": Operation("GET", "/v1/reports/revenue", "revenue_report"),
