@@ -241,6 +241,10 @@ pub struct Account {
     /// Set on a lane's own item: the account it belongs to and the lease that funds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<crate::lanes::LaneOf>,
+    /// The head of the account's audit chain (rules §19): advanced with the account's
+    /// compare-and-swap by every change that records itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditHead>,
     /// What the write being planned produced besides this state (expiry entries, grant moves,
     /// ended grants); the engine commits it. Never stored.
     #[serde(skip)]
@@ -320,6 +324,7 @@ impl Account {
             grants: Vec::new(),
             lanes: None,
             lane: None,
+            audit: None,
             pending: Pending::default(),
         }
     }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::account::{Account, Contact};
+use crate::audit::AuditChange;
 use crate::clock;
 use crate::engine::{upstream, Change, Claim, Credits};
 use crate::error::ApiError;
@@ -187,7 +188,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let entry =
                 LedgerEntry::after(&mut next, EntryKind::Adjustment, Micros::new(amount), now, reason.to_string());
             let view = entry.view();
-            Change { ledger: Some(entry), ..Change::quiet(next, crate::cause::Cause::Adjustment, view) }.write()
+            let audit = AuditChange::new(
+                "credits.adjust",
+                format!("account:{id}"),
+                Some(json!({"balance": a.balance.get()})),
+                Some(json!({"balance": next.balance.get(), "amount": amount, "transaction_id": entry.id})),
+            )
+            .because(reason);
+            Change { ledger: Some(entry), audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Adjustment, view) }
+                .write()
         })
         .await?
         .done()

@@ -77,6 +77,8 @@ pub(crate) struct Change<T> {
     /// Entities whose spend moves with the change (rules §17), each conditioned on the
     /// version it was planned on.
     pub(crate) entities: Vec<crate::entities::EntityWrite>,
+    /// What the change records of itself in the audit log (rules §19), committed with it.
+    pub(crate) audit: Option<crate::audit::AuditChange>,
 }
 
 impl<T> Change<T> {
@@ -98,6 +100,7 @@ impl<T> Change<T> {
             keys: vec![],
             refused: false,
             entities: vec![],
+            audit: None,
         }
     }
 
@@ -421,6 +424,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             ledger.append(&mut planned.entries);
             debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
             let mut ended_grants = if on_lane { vec![] } else { pending.ended };
+            // The audit record advances the account's chain head in the same state (rules §19).
+            let audit = match planned.audit.take() {
+                Some(change) if !on_lane => crate::audit::seal_on_account(change, &mut planned.next, now),
+                _ => None,
+            };
             let mut expected_version = current.version;
             let recall = recalled.take();
             if let Some(r) = &recall {
@@ -441,6 +449,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 outbox: outbox.clone(),
                 ended_grants,
                 entities: std::mem::take(&mut planned.entities),
+                audit,
             };
             let mut lanes_after: Vec<Account> = Vec::new();
             let written = match recall {

@@ -5,6 +5,7 @@ pub mod account;
 pub mod accounts;
 pub mod adapters;
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod batch;
 pub mod broken;

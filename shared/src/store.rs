@@ -118,6 +118,9 @@ pub struct Commit {
     /// Entities whose spend this change moves (rules §17): each written only if still at the
     /// version it was planned on.
     pub entities: Vec<crate::entities::EntityWrite>,
+    /// The change's audit record (rules §19), written only if no record holds its place; the
+    /// account's new state carries the chain's head it advances to.
+    pub audit: Option<crate::audit::AuditRecord>,
 }
 
 impl Commit {
@@ -135,6 +138,7 @@ impl Commit {
             outbox: vec![],
             ended_grants: vec![],
             entities: vec![],
+            audit: None,
         }
     }
 }

@@ -45,7 +45,7 @@ pub struct ItemWrite {
     /// The item's size in bytes by DynamoDB's rules (names and values).
     pub size: usize,
     /// `account`, `ledger`, `block`, `idempotency`, `hold`, `purchase`, `payment_index`,
-    /// `recharge` or `outbox`.
+    /// `recharge`, `outbox` or `audit`.
     pub kind: &'static str,
 }
 
@@ -131,6 +131,10 @@ pub(crate) fn plan_commit(c: &Commit) -> Result<Vec<Planned>, StoreError> {
     for g in &c.ended_grants {
         let item = to_item(g, pk.clone(), format!("GRANT#{}", g.id), None)?;
         out.push(planned(item, None, Slot::Other, "grant"));
+    }
+    if let Some(r) = &c.audit {
+        // Append-only: never over another record; no TTL (rules §19).
+        out.push(planned(super::audit::record_item(r)?, Some(NEW), Slot::Other, "audit"));
     }
     for e in &c.outbox {
         // No TTL: an event leaves the outbox only when the bus has it.

@@ -19,6 +19,7 @@
 //! | start count   | `ACCOUNT#{id}`  | `RATE#{what}#{window_ms:013}` (`n`; TTL a day) |
 //! | entity        | `ACCOUNT#{id}`  | `ENTITY#{entity}` (its limit and month's spend; rules §17) |
 //! | webhook endpoint | `WEBHOOKS`   | `EP#{endpoint_id}` (and their count, `COUNT`; `webhooks.rs`) |
+//! | audit record  | `AUDIT#{account or -}` | `SEQ#{seq:012}` (and the head of `-`, `HEAD`; `audit.rs`) |
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
 //! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
@@ -33,6 +34,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 
 mod attributes;
+mod audit;
 mod items;
 mod listing;
 mod table;
@@ -64,6 +66,9 @@ pub const SWEEP_INDEX: &str = "gsi1";
 /// The sparse index of accounts with an expiring grant (`gsi2pk` `EXPIRY#n`, `gsi2sk` the
 /// soonest expiry), keys only.
 pub const EXPIRY_INDEX: &str = "gsi2";
+/// Every audit record, newest first (`gsi3pk` `AUDIT`, `gsi3sk` `{at ms}#{chain}#{seq}`), all
+/// attributes: `GET /v1/audit` without an account (rules §19).
+pub const AUDIT_INDEX: &str = "gsi3";
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone)]
