@@ -400,3 +400,24 @@ pub async fn append_unbound<L: AuditLog>(
 
 #[cfg(test)]
 mod tests;
+
+impl<S: crate::store::Store, B: crate::events::EventBus> crate::engine::Credits<S, B> {
+    /// Records a change of account `id` that is not an account commit (a refund made at
+    /// Stripe), right after it succeeded: an account write that only advances the chain's head,
+    /// with the record in the same transaction.
+    pub async fn record_change(&self, id: &str, change: AuditChange) -> Result<(), crate::error::ApiError> {
+        if !change.changes_something() {
+            return Ok(());
+        }
+        self.apply(id, None, |a, now| {
+            let next = a.next(now);
+            crate::engine::Change {
+                audit: Some(change.clone()),
+                ..crate::engine::Change::quiet(next, crate::cause::Cause::AccountUpdate, ())
+            }
+            .write()
+        })
+        .await?
+        .done()
+    }
+}

@@ -133,21 +133,22 @@ async fn an_adjustment_records_itself_with_the_account_once() {
     scoped(ctx.clone(), c.adjust("a", 5 * C, "goodwill", &key("k1"))).await.unwrap();
     let a = c.store.load_account("a").await.unwrap().unwrap();
     let records = c.store.audit_chain("a", 0, 100).await.unwrap();
-    assert_eq!(records.len(), 1);
-    let r = &records[0];
-    assert_eq!((r.action.as_str(), r.actor.sub.as_str(), r.account_id.as_deref()), ("credits.adjust", "sam", Some("a")));
+    assert_eq!(records.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), ["account.create", "credits.adjust"]);
+    let r = &records[1];
+    assert_eq!((r.actor.sub.as_str(), r.actor.role.as_str(), r.account_id.as_deref()), ("sam", "support", Some("a")));
+    assert_eq!((r.target.as_str(), r.reason.as_deref()), ("account:a", Some("goodwill")));
     assert_eq!(r.before.as_ref().unwrap()["balance"], json!(0));
     assert_eq!(r.after.as_ref().unwrap()["balance"], json!(5 * C));
     // The account's head is the record's: both were written by one commit.
     assert_eq!(a.audit, Some(r.head()));
     // A replay of the key answers the first result and records nothing new.
     scoped(ctx.clone(), c.adjust("a", 5 * C, "goodwill", &key("k1"))).await.unwrap();
-    assert_eq!(c.store.audit_chain("a", 0, 100).await.unwrap().len(), 1);
+    assert_eq!(c.store.audit_chain("a", 0, 100).await.unwrap().len(), 2);
     // A refused adjustment records nothing either.
     assert!(scoped(ctx, c.adjust("a", -50 * C, "too much", &key("k2"))).await.is_err());
-    assert_eq!(c.store.audit_chain("a", 0, 100).await.unwrap().len(), 1);
+    assert_eq!(c.store.audit_chain("a", 0, 100).await.unwrap().len(), 2);
     let report = verify::verify_log(&c.store, &[]).await.unwrap();
-    assert_eq!((report.records, report.broken.len()), (1, 0), "{report:?}");
+    assert_eq!((report.records, report.broken.len()), (2, 0), "{report:?}");
 }
 
 #[tokio::test]
@@ -185,4 +186,38 @@ async fn pages_are_newest_first_filtered_and_resume_from_their_cursor() {
     let none = AuditQuery { action: Some("grant.void".into()), ..AuditQuery::default() };
     assert!(store.audit_page(&none, 10, None).await.unwrap().records.is_empty());
     assert_eq!(Position::from_cursor("not-a-cursor"), None);
+}
+
+#[tokio::test]
+async fn every_change_through_the_engine_records_itself_and_a_change_to_nothing_does_not() {
+    let c = memory_credits("usd-overage");
+    let svc = Context { actor: Actor { sub: "backend".into(), role: "service".into() }, request_id: "r1".into(), reason: None };
+    scoped(svc.clone(), async {
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.upsert_account("a", "pro", vec![]).await.unwrap();
+        let grant = c.adjust("a", 3 * C, "welcome", &key("k")).await.unwrap();
+        let grants = c.grants("a").await.unwrap();
+        let g = serde_json::to_value(&grants).unwrap()["grants"][0]["id"].as_str().unwrap().to_string();
+        c.void_grant("a", &g).await.unwrap();
+        c.void_grant("a", &g).await.unwrap(); // voided already: nothing
+        c.set_alerts("a", &[2 * C]).await.unwrap();
+        c.set_alerts("a", &[2 * C]).await.unwrap(); // as it was: nothing
+        c.set_lanes("a", 2).await.unwrap();
+        let settings = crate::entities::EntitySettings { monthly_limit: Some(Some(C)), name: None };
+        c.set_entity("a", "bob", &settings).await.unwrap();
+        c.record_change("a", AuditChange::new("payment.refund", "payment:pi_1", None, Some(json!({"amount": 100})))).await.unwrap();
+        drop(grant);
+    })
+    .await;
+    let records = c.store.audit_chain("a", 0, 100).await.unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["account.create", "account.update", "credits.adjust", "grant.void", "alerts.update", "lanes.update", "entity.update", "payment.refund"]
+    );
+    assert!(records.iter().all(|r| r.actor.sub == "backend" && r.request_id == "r1"));
+    let void = &records[3];
+    assert_eq!((void.before.as_ref().unwrap()["remaining"].clone(), void.after.as_ref().unwrap()["ended"].clone()), (json!(3 * C), json!("voided")));
+    let head = c.store.load_account("a").await.unwrap().unwrap().audit;
+    assert_eq!(verify_chain("a", &records, head.as_ref()), Ok(8));
 }
