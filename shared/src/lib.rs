@@ -33,6 +33,7 @@ pub mod profile;
 pub mod purchases;
 pub mod recharge;
 pub mod reconcile;
+pub mod refunds;
 pub mod secret;
 pub mod store;
 pub mod sweep;

@@ -412,6 +412,26 @@ macro_rules! forward_port {
             }
         }
     };
+    (AuditLog, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::audit::AuditLog for $ty {
+            fn audit_head(&self, chain: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::audit::AuditHead>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.audit_head(chain)
+            }
+            fn append_audit(&self, record: &$crate::audit::AuditRecord, expected: Option<&$crate::audit::AuditHead>) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.append_audit(record, expected)
+            }
+            fn audit_page(&self, query: &$crate::audit::AuditQuery, limit: usize, after: Option<&$crate::audit::Position>) -> impl ::std::future::Future<Output = Result<$crate::audit::AuditPage, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.audit_page(query, limit, after)
+            }
+            fn audit_chain(&self, chain: &str, after_seq: u64, limit: usize) -> impl ::std::future::Future<Output = Result<Vec<$crate::audit::AuditRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.audit_chain(chain, after_seq, limit)
+            }
+        }
+    };
     (Listings, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
         impl<$($g)*> $crate::store::Listings for $ty {
             fn accounts_for_sweep(&self, limit: usize, after: Option<String>) -> impl ::std::future::Future<Output = Result<(Vec<String>, Option<String>), $crate::store::StoreError>> + Send {
@@ -443,10 +463,10 @@ macro_rules! forward_port {
 }
 
 /// Every port of the table: what the engine and the functions are built on. Implemented by any
-/// type that implements each port.
-pub trait Store: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings {}
+/// type that implements each port (the audit log's is `audit::AuditLog`, rules §19).
+pub trait Store: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings + crate::audit::AuditLog {}
 
-impl<T: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings> Store for T {}
+impl<T: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings + crate::audit::AuditLog> Store for T {}
 
 // A shared store is a store: several services (as several Lambda instances would) over one.
 crate::forward_port!(Accounts, [S: Accounts], std::sync::Arc<S>, |s| (**s));

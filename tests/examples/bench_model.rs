@@ -506,6 +506,8 @@ impl Outbox for ModelStore {
     }
 }
 
+topup::forward_port!(AuditLog, [], ModelStore, |s| s.inner);
+
 impl Listings for ModelStore {
     async fn accounts_for_sweep(
         &self,

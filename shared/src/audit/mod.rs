@@ -345,34 +345,7 @@ pub trait AuditLog: Send + Sync {
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
 }
 
-impl<T: AuditLog> AuditLog for std::sync::Arc<T> {
-    fn audit_head(&self, chain: &str) -> impl Future<Output = Result<Option<AuditHead>, StoreError>> + Send {
-        (**self).audit_head(chain)
-    }
-    fn append_audit(
-        &self,
-        record: &AuditRecord,
-        expected: Option<&AuditHead>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        (**self).append_audit(record, expected)
-    }
-    fn audit_page(
-        &self,
-        query: &AuditQuery,
-        limit: usize,
-        after: Option<&Position>,
-    ) -> impl Future<Output = Result<AuditPage, StoreError>> + Send {
-        (**self).audit_page(query, limit, after)
-    }
-    fn audit_chain(
-        &self,
-        chain: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send {
-        (**self).audit_chain(chain, after_seq, limit)
-    }
-}
+crate::forward_port!(AuditLog, [S: AuditLog], std::sync::Arc<S>, |s| (**s));
 
 /// How many times an append to the chain of no account reads the head again after losing it.
 const APPEND_TRIES: u32 = 10;
