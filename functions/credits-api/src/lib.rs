@@ -275,7 +275,8 @@ pub async fn handle<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQ
         Ok(who) => audit_context(&req, &who),
         Err(e) => return respond(route.name(), Err(e)),
     };
-    topup::audit::scoped(context, handle_as(config, webhooks, credits, req, route)).await
+    // Boxed: the routes' futures are large, and a caller's stack need not hold them.
+    topup::audit::scoped(context, Box::pin(handle_as(config, webhooks, credits, req, route))).await
 }
 
 async fn handle_as<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue>(

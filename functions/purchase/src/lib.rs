@@ -98,7 +98,8 @@ pub async fn handle<S: Store, B: EventBus, P: Purchases>(
         Ok(who) => audit_context(&req, &who),
         Err(e) => return respond(route.name(), Err(e)),
     };
-    let result = topup::audit::scoped(context, route_request(config, credits, checkout, &req, &route)).await;
+    // Boxed: the routes' futures are large, and a caller's stack need not hold them.
+    let result = topup::audit::scoped(context, Box::pin(route_request(config, credits, checkout, &req, &route))).await;
     respond(route.name(), result)
 }
 
@@ -133,7 +134,7 @@ async fn route_request<S: Store, B: EventBus, P: Purchases>(
             let amount = body.opt_i64("amount")?;
             body.reason()?.ok_or_else(|| ApiError::invalid("Field `reason` is required."))?;
             let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
-            let refund = credits.refund_at_stripe(checkout.payments, account_id, payment, amount, &key).await?;
+            let refund = Box::pin(credits.refund_at_stripe(checkout.payments, account_id, payment, amount, &key)).await?;
             Reply::created(&refund)
         }
         Route::Purchases { .. } => {
