@@ -220,6 +220,12 @@ pub struct Account {
     pub gsi2pk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gsi2sk: Option<String>,
+    /// The console's lookups (rules §19): `EMAIL#{first billing contact, lower case}` (`gsi4`)
+    /// and `CUSTOMER#{Stripe customer}` (`gsi5`), kept by `index_for_sweep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi4pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi5pk: Option<String>,
     pub last_recharge_error: Option<RechargeError>,
     /// Credits taken back per refunded payment (PaymentIntent id): Stripe reports a charge's
     /// refunds as a running total, so a refund takes back only what this total adds.
@@ -317,6 +323,8 @@ impl Account {
             gsi1pk: None,
             gsi2pk: None,
             gsi2sk: None,
+            gsi4pk: None,
+            gsi5pk: None,
             last_recharge_error: None,
             refunded: BTreeMap::new(),
             disputes: BTreeMap::new(),
@@ -407,6 +415,39 @@ impl Account {
         self.gsi2pk = next.map(|_| expiry_index_key(&self.id));
         self.gsi2sk = next.map(|t| format!("{:013}", t.max(0)));
         self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());
+        // A lane is its account's part: found through its account, never itself.
+        let own = self.lane.is_none();
+        self.gsi4pk = self.contacts.first().filter(|_| own).map(|c| lookup_key(&AccountLookup::Email(c.email.clone())));
+        self.gsi5pk =
+            self.stripe_customer_id.as_ref().filter(|_| own).map(|c| lookup_key(&AccountLookup::Customer(c.clone())));
+    }
+}
+
+/// How the console finds an account besides its id (rules §19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountLookup {
+    /// The first billing contact's email (any case).
+    Email(String),
+    /// The Stripe customer.
+    Customer(String),
+}
+
+/// The lookup index key of `by` (`gsi4pk` for an email, `gsi5pk` for a customer).
+pub fn lookup_key(by: &AccountLookup) -> String {
+    match by {
+        AccountLookup::Email(e) => format!("EMAIL#{}", e.trim().to_lowercase()),
+        AccountLookup::Customer(c) => format!("CUSTOMER#{}", c.trim()),
+    }
+}
+
+impl Account {
+    /// Whether `by` finds this account.
+    pub fn found_by(&self, by: &AccountLookup) -> bool {
+        let key = Some(lookup_key(by));
+        match by {
+            AccountLookup::Email(_) => self.gsi4pk == key,
+            AccountLookup::Customer(_) => self.gsi5pk == key,
+        }
     }
 }
 

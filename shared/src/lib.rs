@@ -14,6 +14,7 @@ pub mod cards;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crediting;
 pub mod engine;
 pub mod entities;

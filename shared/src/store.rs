@@ -285,6 +285,12 @@ pub trait Listings: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The grants of an account that have ended (used up, expired, voided), newest first.
     fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
+    /// Accounts found by their first billing email or their Stripe customer (the console's
+    /// lookups, rules §19), at most 20.
+    fn find_accounts(
+        &self,
+        by: &crate::account::AccountLookup,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// A job's saved progress under `name` (a sweep's cursor, a reconciliation segment's).
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
     fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -449,6 +455,10 @@ macro_rules! forward_port {
             fn ended_grants(&self, account_id: &str) -> impl ::std::future::Future<Output = Result<Vec<$crate::grants::Grant>, $crate::store::StoreError>> + Send {
                 let $s = self;
                 $inner.ended_grants(account_id)
+            }
+            fn find_accounts(&self, by: &$crate::account::AccountLookup) -> impl ::std::future::Future<Output = Result<Vec<String>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.find_accounts(by)
             }
             fn load_checkpoint(&self, name: &str) -> impl ::std::future::Future<Output = Result<Option<::serde_json::Value>, $crate::store::StoreError>> + Send {
                 let $s = self;

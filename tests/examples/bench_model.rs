@@ -534,6 +534,9 @@ impl Listings for ModelStore {
         self.read().await;
         self.inner.ended_grants(account_id).await
     }
+    async fn find_accounts(&self, by: &topup::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        self.inner.find_accounts(by).await
+    }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         self.read().await;
         self.inner.load_checkpoint(name).await

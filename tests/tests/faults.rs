@@ -289,6 +289,9 @@ impl Listings for FaultyStore {
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.ended_grants(account_id))
     }
+    async fn find_accounts(&self, by: &topup::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.find_accounts(by))
+    }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_checkpoint(name))
     }

@@ -33,7 +33,9 @@ use serde_json::Value;
 use topup::account::Contact;
 use topup::accounts::{AccountSaved, GrantTerms};
 use topup::audit::{AuditChange, AuditLog, AuditQuery, Position};
+use topup::account::AccountLookup;
 use topup::auth::{Access, Identity, Power, Staff};
+use topup::console::{QueueDepths, Search};
 use topup::engine::Credits;
 use topup::events::EventBus;
 use topup::http::{audit_context, check_id, identity, json_object, optional_json_object, respond, segments, Reply};
@@ -46,6 +48,9 @@ use topup::webhooks::WebhookStore;
 use topup::{ApiError, Config};
 
 pub const DEFAULT_PAGE: usize = 20;
+/// The scheduled reconciliation's segments (the reconcile function's `SEGMENTS`): its run's
+/// checkpoints, read by `GET /v1/reconciliation`.
+pub const RECONCILE_SEGMENTS: u32 = 16;
 pub const MAX_PAGE: usize = 100;
 pub const MAX_CONTACTS: usize = 10;
 
@@ -57,6 +62,14 @@ pub enum Route {
     Console,
     /// `GET /v1/audit` (rules §19).
     Audit,
+    /// `GET /v1/accounts?account_id=|email=|customer=`: the console's search (rules §19).
+    Search,
+    /// `GET /v1/accounts/{id}/details`: holds, disputes, the recharge, lanes (rules §19).
+    Details(String),
+    /// `GET /v1/reconciliation?run=`: the last run's differences (rules §19).
+    Reconciliation,
+    /// `GET /v1/dead-letters`: the dead-letter queues' depths (rules §19).
+    DeadLetters,
     Account(String),
     Credits(String),
     Transactions(String),
@@ -144,6 +157,10 @@ impl Route {
             ["billing"] => Route::Billing,
             ["console"] => Route::Console,
             ["v1", "audit"] => Route::Audit,
+            ["v1", "accounts"] => Route::Search,
+            ["v1", "accounts", id, "details"] => Route::Details(a(id)),
+            ["v1", "reconciliation"] => Route::Reconciliation,
+            ["v1", "dead-letters"] => Route::DeadLetters,
             ["v1", "accounts", id] => Route::Account(a(id)),
             ["v1", "accounts", id, "credits"] => Route::Credits(a(id)),
             ["v1", "accounts", id, "credits", "transactions"] => Route::Transactions(a(id)),
@@ -170,6 +187,10 @@ impl Route {
             Route::Billing => "billing",
             Route::Console => "console",
             Route::Audit => "audit",
+            Route::Search => "search",
+            Route::Details(_) => "details",
+            Route::Reconciliation => "reconciliation",
+            Route::DeadLetters => "dead_letters",
             Route::Account(_) => "account",
             Route::Credits(_) => "credits",
             Route::Transactions(_) => "transactions",
@@ -193,8 +214,19 @@ impl Route {
     /// The account a route names and who may call it; the billing page names none.
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
-            Route::Billing | Route::Console | Route::Audit | Route::Revenue | Route::Webhooks(_) => None,
-            Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) | Route::Lanes(id) => {
+            Route::Billing
+            | Route::Console
+            | Route::Audit
+            | Route::Search
+            | Route::Reconciliation
+            | Route::DeadLetters
+            | Route::Revenue
+            | Route::Webhooks(_) => None,
+            Route::Account(id)
+            | Route::Adjustments(id)
+            | Route::VoidGrant(id, _)
+            | Route::Lanes(id)
+            | Route::Details(id) => {
                 Some((id, Access::Service))
             }
             Route::Credits(id)
@@ -220,6 +252,10 @@ impl Route {
             Route::Billing
             | Route::Console
             | Route::Audit
+            | Route::Search
+            | Route::Details(_)
+            | Route::Reconciliation
+            | Route::DeadLetters
             | Route::Credits(_)
             | Route::Transactions(_)
             | Route::Notifications(_)
@@ -236,7 +272,10 @@ impl Route {
     /// Routes that span every account (the service only, with a token not bound to one, and
     /// staff who hold the route's power).
     fn deployment_wide(&self) -> bool {
-        matches!(self, Route::Revenue | Route::Audit | Route::Webhooks(_))
+        matches!(
+            self,
+            Route::Revenue | Route::Audit | Route::Search | Route::Reconciliation | Route::DeadLetters | Route::Webhooks(_)
+        )
     }
 
     /// The power that opens this route to staff beyond the view routes (rules §19), if any.
@@ -247,6 +286,7 @@ impl Route {
             Route::AutoRecharge(_) => Some(Power::PauseRecharge),
             Route::Revenue => Some(Power::Revenue),
             Route::Audit => Some(Power::Audit),
+            Route::Search | Route::Details(_) | Route::Reconciliation | Route::DeadLetters => Some(Power::Read),
             Route::Webhooks(Hook::Endpoints | Hook::Endpoint(_)) if method == "GET" => Some(Power::Read),
             Route::Webhooks(Hook::Deliveries(_)) => Some(Power::Read),
             Route::Webhooks(Hook::Redeliver(..)) => Some(Power::Redeliver),
@@ -255,7 +295,7 @@ impl Route {
     }
 }
 
-pub async fn handle<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue>(
+pub async fn handle<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue + QueueDepths>(
     config: &Config,
     webhooks: &WebhookAdmin<W, Q>,
     credits: &Credits<S, B>,
@@ -279,7 +319,7 @@ pub async fn handle<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQ
     topup::audit::scoped(context, Box::pin(handle_as(config, webhooks, credits, req, route))).await
 }
 
-async fn handle_as<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue>(
+async fn handle_as<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue + QueueDepths>(
     config: &Config,
     webhooks: &WebhookAdmin<W, Q>,
     credits: &Credits<S, B>,
@@ -297,6 +337,13 @@ async fn handle_as<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQu
     }
     if let Route::Webhooks(hook) = &route {
         return respond(route.name(), webhook_request(config, webhooks, credits, &req, &route, hook).await);
+    }
+    if route == Route::DeadLetters {
+        let depths = match allowed(config, &req, &route) {
+            Ok(_) => Reply::ok(&topup::console::dead_letter_depths(&webhooks.queue, &config.dead_letter_queues).await),
+            Err(e) => Err(e),
+        };
+        return respond(route.name(), depths);
     }
     respond(route.name(), route_request(config, credits, &req, &route).await)
 }
@@ -480,6 +527,7 @@ async fn route_request<S: Store, B: EventBus>(
                 ),
             };
             let query = AuditQuery { account_id, actor, action };
+            // The console pages with it: never more than a page of `MAX_PAGE`.
             Reply::ok(&credits.store.audit_page(&query, page_limit(req)?, after.as_ref()).await.map_err(store_failed)?)
         }
         // Answered by `webhook_request`.
@@ -520,10 +568,48 @@ async fn route_request<S: Store, B: EventBus>(
             let q = req.query_string_parameters();
             let cursor = q.first("cursor").map(str::to_string);
             let entity = q.first("entity").map(str::to_string);
-            Reply::ok(&credits.transactions_of(id, page_limit(req)?, cursor.as_deref(), entity.as_deref()).await?)
+            let kind = match q.first("kind").filter(|k| !k.is_empty()) {
+                None => None,
+                Some(k) => Some(
+                    serde_json::from_value::<topup::ledger::EntryKind>(Value::String(k.to_string()))
+                        .ok()
+                        .filter(|k| !k.is_lease())
+                        .ok_or_else(|| ApiError::invalid("`kind` is an entry's kind, like `adjustment`."))?,
+                ),
+            };
+            let page = credits.transactions_where(id, page_limit(req)?, cursor.as_deref(), entity.as_deref(), kind).await?;
+            Reply::ok(&page)
         }
         Route::Entities(id) => Reply::ok(&credits.entities(id).await?),
         Route::Payments(id) => Reply::ok(&credits.payments(id).await?),
+        Route::Search => {
+            let q = req.query_string_parameters();
+            let given: Vec<(&str, &str)> = ["account_id", "email", "customer"]
+                .into_iter()
+                .filter_map(|k| q.first(k).map(str::trim).filter(|v| !v.is_empty()).map(|v| (k, v)))
+                .collect();
+            let search = match given.as_slice() {
+                [("account_id", id)] => {
+                    check_id("account_id", id)?;
+                    Search::Id(id.to_string())
+                }
+                [("email", e)] if e.len() <= 254 => Search::By(AccountLookup::Email(e.to_string())),
+                [("customer", c)] if c.len() <= 255 => Search::By(AccountLookup::Customer(c.to_string())),
+                _ => return Err(ApiError::invalid("Search by one of `account_id`, `email` or `customer`.")),
+            };
+            Reply::ok(&credits.search_accounts(&search).await?)
+        }
+        Route::Details(id) => Reply::ok(&credits.account_details(id).await?),
+        Route::Reconciliation => {
+            let run = req.query_string_parameters().first("run").filter(|r| !r.is_empty()).map(str::to_string);
+            if let Some(r) = &run {
+                if topup::clock::month_bounds(r.get(..7).unwrap_or("")).is_none() || r.len() != 10 {
+                    return Err(ApiError::invalid("`run` is a day, `YYYY-MM-DD`."));
+                }
+            }
+            Reply::ok(&credits.reconciliation(run.as_deref(), RECONCILE_SEGMENTS).await?)
+        }
+        Route::DeadLetters => Err(ApiError::MethodNotAllowed(method.to_string())),
         Route::Entity(id, entity) if method == "PUT" => {
             who.authorize(&config.profile, Access::Billing, id)?;
             let body = json_object(req, &["monthly_limit", "name", "reason"])?;

@@ -365,6 +365,13 @@ impl Listings for MemoryStore {
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
     }
+    async fn find_accounts(&self, by: &crate::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        let m = self.lock()?;
+        let mut ids: Vec<String> = m.accounts.values().filter(|a| a.found_by(by)).map(|a| a.id.clone()).collect();
+        ids.sort();
+        ids.truncate(20);
+        Ok(ids)
+    }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
         Ok(self.lock()?.checkpoints.get(name).cloned())
     }

@@ -69,6 +69,10 @@ pub const EXPIRY_INDEX: &str = "gsi2";
 /// Every audit record, newest first (`gsi3pk` `AUDIT`, `gsi3sk` `{at ms}#{chain}#{seq}`), all
 /// attributes: `GET /v1/audit` without an account (rules §19).
 pub const AUDIT_INDEX: &str = "gsi3";
+/// Accounts by their first billing email (`gsi4pk` `EMAIL#…`), keys only: the console's lookup.
+pub const EMAIL_INDEX: &str = "gsi4";
+/// Accounts by their Stripe customer (`gsi5pk` `CUSTOMER#…`), keys only: the console's lookup.
+pub const CUSTOMER_INDEX: &str = "gsi5";
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone)]
@@ -498,6 +502,9 @@ impl Listings for DynamoStore {
         let mut out: Vec<Grant> = self.query_all(account_pk(account_id), "GRANT#", "Query(grants)").await?;
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
+    }
+    async fn find_accounts(&self, by: &crate::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        self.lookup_accounts(by).await
     }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
         self.read_checkpoint(name).await

@@ -46,6 +46,14 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .projection(Projection::builder().projection_type(ProjectionType::All).build())
         .build()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let lookup = |name: &str, attr: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(attr, KeyType::Hash)?)
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
     let res = client
         .create_table()
         .table_name(table)
@@ -57,11 +65,15 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr("gsi2sk")?)
         .attribute_definitions(attr("gsi3pk")?)
         .attribute_definitions(attr("gsi3sk")?)
+        .attribute_definitions(attr("gsi4pk")?)
+        .attribute_definitions(attr("gsi5pk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
         .global_secondary_indexes(index)
         .global_secondary_indexes(expiry)
         .global_secondary_indexes(audit)
+        .global_secondary_indexes(lookup(super::EMAIL_INDEX, "gsi4pk")?)
+        .global_secondary_indexes(lookup(super::CUSTOMER_INDEX, "gsi5pk")?)
         .send()
         .await;
     match res {
