@@ -390,3 +390,61 @@ async fn endpoint_changes_and_redeliveries_are_recorded() {
     let report = topup::audit::verify::verify_log(&w.credits.store, std::slice::from_ref(&id)).await.expect("verify");
     assert!(report.broken.is_empty(), "{report:?}");
 }
+
+/// What the console reads besides the customer's routes: search by id, first billing email or
+/// Stripe customer (staff and the service; people of an account not at all), an account's
+/// inner state, the ledger by kind, reconciliation's day, and the dead-letter queues' depths.
+#[tokio::test]
+async fn the_console_reads_find_accounts_and_what_else_it_shows() {
+    let mut w = World::new("usd-overage").await;
+    let id = unique("found");
+    let email = format!("{id}@Example.com");
+    let (s, b) = w.api(put(&format!("/v1/accounts/{id}"), &service(), json!({"plan": "free", "billing_contacts": [{"email": email}]}))).await;
+    assert_eq!(s, 201, "{b}");
+    let support = staff("support");
+    let (s, found) = w.api(get(&format!("/v1/accounts?email={}", email.to_lowercase()), &support)).await;
+    assert_eq!((s, found["accounts"][0]["account_id"].as_str()), (200, Some(id.as_str())), "{found}");
+    let (_, none) = w.api(get("/v1/accounts?email=nobody@example.com", &support)).await;
+    assert_eq!(none["accounts"], json!([]));
+    let (_, by_id) = w.api(get(&format!("/v1/accounts?account_id={id}"), &support)).await;
+    assert_eq!(by_id["accounts"][0]["account_id"].as_str(), Some(id.as_str()));
+    w.edit_account(&id, |a| {
+        a.stripe_customer_id = Some(format!("cus_{id}"));
+        a.index_for_sweep();
+    })
+    .await;
+    let (_, by_customer) = w.api(get(&format!("/v1/accounts?customer=cus_{id}"), &support)).await;
+    assert_eq!(by_customer["accounts"][0]["account_id"].as_str(), Some(id.as_str()), "{by_customer}");
+    assert_eq!(w.api(get("/v1/accounts?email=a@b.co&customer=cus_1", &support)).await.0, 400);
+    assert_eq!(w.api(get(&format!("/v1/accounts?account_id={id}"), &person("owner", &id))).await.0, 403);
+
+    // Details and the ledger by kind.
+    assert_eq!(adjust(&w, &id, &service(), 4 * C, "d1").await.0, 201);
+    assert_eq!(w.usage(&id, "api_calls", w.included(&id, "api_calls").await + 100).await.0, 200);
+    let (s, details) = w.api(get(&format!("/v1/accounts/{id}/details"), &support)).await;
+    assert_eq!((s, details["stripe_customer_id"].as_str()), (200, Some(format!("cus_{id}").as_str())), "{details}");
+    assert_eq!(details["audit_head"]["seq"], 2);
+    assert_eq!(w.api(get(&format!("/v1/accounts/{id}/details"), &person("owner", &id))).await.0, 403);
+    let (_, adjustments) = w.api(get(&format!("/v1/accounts/{id}/credits/transactions?kind=adjustment"), &support)).await;
+    let kinds: Vec<&str> = adjustments["transactions"].as_array().expect("list").iter().filter_map(|t| t["kind"].as_str()).collect();
+    assert_eq!(kinds, ["adjustment"]);
+    assert_eq!(w.api(get(&format!("/v1/accounts/{id}/credits/transactions?kind=lease_out"), &support)).await.0, 400);
+
+    // Reconciliation's day, from its checkpoints.
+    let (s, _) = w.api(get("/v1/reconciliation?run=1999-01-01", &support)).await;
+    assert_eq!(s, 404);
+    let day = topup::clock::date_of(w.now());
+    w.credits.reconcile_run(&stripe_payments(), &day, credits_api::RECONCILE_SEGMENTS, None).await.expect("run");
+    let (s, run) = w.api(get("/v1/reconciliation", &support)).await;
+    assert_eq!((s, run["run"].as_str(), run["complete"].as_bool()), (200, Some(day.as_str()), Some(true)), "{run}");
+    assert!(run["accounts"].as_u64().unwrap_or(0) >= 1);
+
+    // Dead letters: each configured queue's depth.
+    let q = w.sqs.create_queue().queue_name(unique("dlq")).send().await.expect("queue");
+    let url = q.queue_url().expect("url").to_string();
+    w.sqs.send_message().queue_url(&url).message_body("{}").send().await.expect("send");
+    w.config.dead_letter_queues = vec![url.clone()];
+    let (s, dl) = w.api(get("/v1/dead-letters", &staff("finance"))).await;
+    assert_eq!((s, dl["queues"][0]["depth"].as_u64()), (200, Some(1)), "{dl}");
+    assert_eq!(w.api(get("/v1/dead-letters", &person("admin", &id))).await.0, 403);
+}
