@@ -163,6 +163,15 @@ def webhook_retry_queue(endpoint: str, bus: str) -> str:
         "RedrivePolicy": redrive})["QueueUrl"]
 
 
+def dead_letter_queue(endpoint: str, bus: str) -> str:
+    """The URL of `<bus>-WebhookRetryDeadLetters` (made by `webhook_retry_queue`)."""
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    return sqs.create_queue(QueueName=f"{bus}-{WEBHOOK_RETRY_DEAD_LETTERS}")["QueueUrl"]
+
+
 def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) -> None:
     """What the SAM template creates, made in the emulator: table (with TTL), bus, sender,
     webhooks-out's retry queue (with its dead-letter queue)."""
@@ -174,7 +183,7 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
         ddb.create_table(
             TableName=table, BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"}
-                                  for n in ("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk")],
+                                  for n in ("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi4pk", "gsi5pk")],
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
             GlobalSecondaryIndexes=[{
                 "IndexName": "gsi1",
@@ -183,6 +192,19 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
             }, {
                 "IndexName": "gsi2",
                 "KeySchema": [{"AttributeName": "gsi2pk", "KeyType": "HASH"}, {"AttributeName": "gsi2sk", "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }, {
+                # The audit log across accounts, and the console's lookups (rules §19).
+                "IndexName": "gsi3",
+                "KeySchema": [{"AttributeName": "gsi3pk", "KeyType": "HASH"}, {"AttributeName": "gsi3sk", "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }, {
+                "IndexName": "gsi4",
+                "KeySchema": [{"AttributeName": "gsi4pk", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }, {
+                "IndexName": "gsi5",
+                "KeySchema": [{"AttributeName": "gsi5pk", "KeyType": "HASH"}],
                 "Projection": {"ProjectionType": "KEYS_ONLY"},
             }])
         ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
@@ -242,6 +264,10 @@ def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str,
         # retry schedule of seconds rather than days, so that a local test sees an endpoint
         # retried, given up on and disabled.
         "TOPUP_WEBHOOK_QUEUE_URL": env.get("TOPUP_WEBHOOK_QUEUE_URL") or webhook_retry_queue(endpoint, bus),
+        # The console shows the depth of each (rules §19): webhooks-out's retries' dead letters
+        # here (the failure queues scripts/wiring.py makes are named in `serve`'s banner).
+        "TOPUP_DEAD_LETTER_QUEUES": env.get("TOPUP_DEAD_LETTER_QUEUES") or dead_letter_queue(endpoint, bus),
+        "TOPUP_SUPPORT_ADJUST_LIMIT": env.get("TOPUP_SUPPORT_ADJUST_LIMIT", "100"),
         "TOPUP_WEBHOOK_ALLOW_LOOPBACK": env.get("TOPUP_WEBHOOK_ALLOW_LOOPBACK", "true"),
         "TOPUP_WEBHOOK_RETRY_SCHEDULE": env.get("TOPUP_WEBHOOK_RETRY_SCHEDULE", "1,2,4,8,16,30"),
         "TOPUP_WEBHOOK_RETRY_WINDOW": env.get("TOPUP_WEBHOOK_RETRY_WINDOW", "300"),
