@@ -7,6 +7,8 @@
             template lint, and an end-to-end pass through `cargo lambda watch`, the router and
             `cargo lambda invoke` with the sample events (tests/e2e/end_to_end.py). Starts and
             stops its own servers.
+    browser the browser tests alone (the billing page and the console in headless Chromium),
+            with emulators of their own: what `test` runs last, for working on a page.
     bench   the benchmarks of BENCHMARKS.md.
     token   prints a local JWT (HS256, TOPUP_LOCAL_JWT_SECRET).
 
@@ -496,6 +498,22 @@ def test(args) -> int:
 
 # ---- fault injection ----------------------------------------------------------------------
 
+def browser(args) -> int:
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    import end_to_end
+
+    subprocess.run(["cargo", "build", "--bins"], cwd=ROOT, env=aws_env("http://127.0.0.1:1"), check=True)
+    stack = Stack()
+    checks = end_to_end.Checks()
+    try:
+        moto, stripe = start_emulators(stack, free_port(), free_port())
+        end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api())
+    finally:
+        stack.stop()
+    print(f"\nbrowser: {checks.passed} passed, {checks.failed} failed", flush=True)
+    return 1 if checks.failed else 0
+
+
 def faults(args) -> int:
     """The fault-injection suite alone, with its own emulators. TOPUP_FAULT_SEED=N replays one
     schedule; TOPUP_FAULT_SCHEDULES, TOPUP_FAULT_STEPS and TOPUP_FAULT_BASE make longer runs."""
@@ -560,6 +578,7 @@ def main() -> int:
     s.add_argument("--stripe-port", type=int, default=int(os.environ.get("TOPUP_STRIPE_PORT", "8420")))
     sub.add_parser("test")
     sub.add_parser("faults")
+    sub.add_parser("browser")
     sub.add_parser("bench")
     t = sub.add_parser("token")
     t.add_argument("role", choices=TOKEN_ROLES)
@@ -572,6 +591,8 @@ def main() -> int:
         return test(args)
     if args.cmd == "faults":
         return faults(args)
+    if args.cmd == "browser":
+        return browser(args)
     if args.cmd == "bench":
         return bench(args)
     secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)
