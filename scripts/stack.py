@@ -507,7 +507,7 @@ def browser(args) -> int:
     checks = end_to_end.Checks()
     try:
         moto, stripe = start_emulators(stack, free_port(), free_port())
-        end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api())
+        end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api(), only=args.only)
     finally:
         stack.stop()
     print(f"\nbrowser: {checks.passed} passed, {checks.failed} failed", flush=True)
@@ -578,7 +578,8 @@ def main() -> int:
     s.add_argument("--stripe-port", type=int, default=int(os.environ.get("TOPUP_STRIPE_PORT", "8420")))
     sub.add_parser("test")
     sub.add_parser("faults")
-    sub.add_parser("browser")
+    b = sub.add_parser("browser")
+    b.add_argument("--only", choices=["billing", "console"], default=None)
     sub.add_parser("bench")
     t = sub.add_parser("token")
     t.add_argument("role", choices=TOKEN_ROLES)

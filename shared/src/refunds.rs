@@ -37,6 +37,8 @@ pub struct RefundView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentView {
     pub payment_id: String,
+    /// `purchase` (Checkout) or `auto_recharge`: the kind of the entry that credited it.
+    pub kind: Option<String>,
     /// Micro-credits it credited.
     pub credits: i64,
     pub charge: crate::purchases::Charge,
@@ -70,6 +72,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let credited = c.credited.as_ref()?;
                 let pi = c.scope_key.strip_prefix("payment:")?.to_string();
                 Some(PaymentView {
+                    kind: c.outcome.get("kind").and_then(|k| k.as_str()).map(str::to_string),
                     refunded: a.refunded.get(&pi).copied().unwrap_or(0),
                     dispute_open: a.disputes.values().any(|d| d.payment_id == pi && d.open),
                     disputed: a.kept_by_disputes(&pi),
