@@ -86,7 +86,7 @@ def run(api, stripe, token_for, http, checks, shots):
         (d for d in http("GET", f"{api}/v1/webhook-endpoints/{ep['id']}/deliveries", svc)[1].get("deliveries", [])
          if d["account_id"] == acct and d["attempts"] >= 1), None), timeout=60)
     s, b = http("POST", f"{api}/v1/accounts/{acct}/usage", svc,
-                {"consumable": "voice_minutes", "quantity": 1_005, "idempotency_key": "calls-1"})
+                {"consumable": "voice_minutes", "quantity": 1_060, "idempotency_key": "calls-1"})
     assert s == 200, (s, b)
 
     with sync_playwright() as p:
@@ -164,14 +164,16 @@ def run(api, stripe, token_for, http, checks, shots):
             checks.check("console: the audit log records the adjustment, its reason and who made it",
                          audit[2] == "credits.adjust" and audit[4] == "goodwill: dropped call" and "finance" in audit[1], str(audit))
 
-            # ---- a void -----------------------------------------------------------------------
-            row = page.locator("#grants tbody tr", has_text=welcome)
-            act(lambda: row.get_by_role("button", name="Void…").click(), "welcome minutes given twice")
+            # ---- a void (of the grant the adjustment made) -----------------------------------
+            s, grants = http("GET", f"{api}/v1/accounts/{acct}/credits/grants", svc)
+            goodwill = next(g["id"] for g in grants["grants"] if g["status"] == "active" and g["granted"] == 5 * C)
+            row = page.locator("#grants tbody tr", has_text=goodwill)
+            act(lambda: row.get_by_role("button", name="Void…").click(), "goodwill given twice")
             ledger, audit = first_cells("ledger"), first_cells("acct-audit")
-            checks.check("console: the void is the newest ledger entry", ledger[1] == "void", str(ledger))
+            checks.check("console: the void is the newest ledger entry", ledger[1] == "void" and ledger[4] == "-5", str(ledger))
             checks.check("console: the audit log records the void",
-                         audit[2] == "grant.void" and audit[3] == f"grant:{welcome}", str(audit))
-            grant_status = page.locator("#grants tbody tr", has_text=welcome).inner_text()
+                         audit[2] == "grant.void" and audit[3] == f"grant:{goodwill}", str(audit))
+            grant_status = page.locator("#grants tbody tr", has_text=goodwill).inner_text()
             checks.check("console: the voided grant shows as voided", "voided" in grant_status, grant_status)
 
             # ---- a refund ---------------------------------------------------------------------
@@ -207,9 +209,11 @@ def run(api, stripe, token_for, http, checks, shots):
             # ---- the other pages -------------------------------------------------------------
             page.click("a[data-page=revenue]")
             page.wait_for_selector("#rev-svg rect")
-            bars = page.eval_on_selector_all("#rev-svg rect", "rs => rs.map(r => r.dataset.month)")
+            bars = page.eval_on_selector_all("#rev-svg rect", "rs => rs.map(r => [r.dataset.month, +r.dataset.value])")
             months = page.eval_on_selector_all("#revenue tbody tr", "rs => rs.map(r => r.cells[0].textContent)")
-            checks.check("console: the revenue report, six months with a bar each", len(bars) == 6 and bars == months, f"{bars} {months}")
+            checks.check("console: the revenue report, six months with a bar each", [b[0] for b in bars] == months and len(bars) == 6, f"{bars} {months}")
+            # 20 paid minutes used this month at $0.20 each: at least $4.00 recognised.
+            checks.check("console: this month's bar is the revenue recognised", bars[-1][1] >= 400, str(bars))
             page.screenshot(path=str(shots / "console-revenue.png"), full_page=True)
             page.click("a[data-page=reconciliation]")
             page.wait_for_function("() => document.getElementById('rec-summary').textContent !== ''")
