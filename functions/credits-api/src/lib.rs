@@ -507,20 +507,24 @@ async fn route_request<S: Store, B: EventBus>(
     match route {
         Route::Billing | Route::Console => Err(ApiError::MethodNotAllowed(method.to_string())),
         Route::Audit => {
+            // A parameter given is checked, empty or not.
             let q = req.query_string_parameters();
-            let account_id = q.first("account_id").filter(|a| !a.is_empty()).map(str::to_string);
+            let account_id = q.first("account_id").map(str::to_string);
             if let Some(a) = &account_id {
                 check_id("account_id", a)?;
             }
-            let actor = q.first("actor").filter(|a| !a.is_empty()).map(str::to_string);
-            if actor.as_ref().is_some_and(|a| a.chars().count() > 256) {
-                return Err(ApiError::invalid("`actor` must be at most 256 characters."));
+            let actor = q.first("actor").map(str::to_string);
+            if actor.as_ref().is_some_and(|a| a.is_empty() || a.chars().count() > 256) {
+                return Err(ApiError::invalid("`actor` must be 1 to 256 characters."));
             }
-            let action = q.first("action").filter(|a| !a.is_empty()).map(str::to_string);
-            if action.as_ref().is_some_and(|a| a.len() > 64 || !a.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')) {
+            let action = q.first("action").map(str::to_string);
+            let action_name = |a: &str| {
+                !a.is_empty() && a.len() <= 64 && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+            };
+            if action.as_ref().is_some_and(|a| !action_name(a)) {
                 return Err(ApiError::invalid("`action` is an action's name, like `credits.adjust`."));
             }
-            let after = match q.first("cursor").filter(|c| !c.is_empty()) {
+            let after = match q.first("cursor") {
                 None => None,
                 Some(c) => Some(
                     Position::from_cursor(c).ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this list gave."))?,
@@ -584,24 +588,26 @@ async fn route_request<S: Store, B: EventBus>(
         Route::Payments(id) => Reply::ok(&credits.payments(id).await?),
         Route::Search => {
             let q = req.query_string_parameters();
-            let given: Vec<(&str, &str)> = ["account_id", "email", "customer"]
-                .into_iter()
-                .filter_map(|k| q.first(k).map(str::trim).filter(|v| !v.is_empty()).map(|v| (k, v)))
-                .collect();
+            let given: Vec<(&str, &str)> =
+                ["account_id", "email", "customer"].into_iter().filter_map(|k| q.first(k).map(|v| (k, v))).collect();
             let search = match given.as_slice() {
                 [("account_id", id)] => {
                     check_id("account_id", id)?;
                     Search::Id(id.to_string())
                 }
-                [("email", e)] if e.len() <= 254 => Search::By(AccountLookup::Email(e.to_string())),
-                [("customer", c)] if c.len() <= 255 => Search::By(AccountLookup::Customer(c.to_string())),
-                _ => return Err(ApiError::invalid("Search by one of `account_id`, `email` or `customer`.")),
+                [("email", e)] if !e.trim().is_empty() && e.chars().count() <= 254 => {
+                    Search::By(AccountLookup::Email(e.trim().to_string()))
+                }
+                [("customer", c)] if !c.trim().is_empty() && c.chars().count() <= 255 => {
+                    Search::By(AccountLookup::Customer(c.trim().to_string()))
+                }
+                _ => return Err(ApiError::invalid("Search by one of `account_id`, `email` or `customer`, not empty.")),
             };
             Reply::ok(&credits.search_accounts(&search).await?)
         }
         Route::Details(id) => Reply::ok(&credits.account_details(id).await?),
         Route::Reconciliation => {
-            let run = req.query_string_parameters().first("run").filter(|r| !r.is_empty()).map(str::to_string);
+            let run = req.query_string_parameters().first("run").map(str::to_string);
             if let Some(r) = &run {
                 if topup::clock::month_bounds(r.get(..7).unwrap_or("")).is_none() || r.len() != 10 {
                     return Err(ApiError::invalid("`run` is a day, `YYYY-MM-DD`."));

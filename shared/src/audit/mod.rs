@@ -386,7 +386,7 @@ impl<S: crate::store::Store, B: crate::events::EventBus> crate::engine::Credits<
             let next = a.next(now);
             crate::engine::Change {
                 audit: Some(change.clone()),
-                ..crate::engine::Change::quiet(next, crate::cause::Cause::AccountUpdate, ())
+                ..crate::engine::Change::quiet(next, crate::cause::Cause::AuditRecord, ())
             }
             .write()
         })
