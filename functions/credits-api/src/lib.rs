@@ -530,6 +530,12 @@ async fn route_request<S: Store, B: EventBus>(
                     Position::from_cursor(c).ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this list gave."))?,
                 ),
             };
+            // A cursor goes on the list it came from: one account's goes on that account's.
+            if let (Some(a), Some(p)) = (&account_id, &after) {
+                if p.chain != *a {
+                    return Err(ApiError::invalid("`cursor` is not a cursor this list gave."));
+                }
+            }
             let query = AuditQuery { account_id, actor, action };
             // The console pages with it: never more than a page of `MAX_PAGE`.
             Reply::ok(&credits.store.audit_page(&query, page_limit(req)?, after.as_ref()).await.map_err(store_failed)?)
