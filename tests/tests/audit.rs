@@ -241,6 +241,11 @@ async fn the_audit_log_pages_newest_first_with_its_filters() {
     let mut walked = ids(&walk);
     walked.extend(ids(&rest));
     assert_eq!(walked, ids(&adjusts), "two pages are the one list");
+    // A cursor of the list across accounts does not go on one account's.
+    let from = topup::audit::Position::from_cursor(&cursor).expect("our cursor").chain;
+    let other = if from == a { &b } else { &a };
+    let (s, body) = audit(&w, &fin, &format!("?account_id={other}&cursor={cursor}")).await;
+    assert_eq!(s, 400, "{body}");
     // What it refuses.
     for q in ["?cursor=nope", "?cursor=", "?actor=", "?account_id=a%20b", "?action=DROP%20TABLE", "?limit=0"] {
         let (s, body) = audit(&w, &fin, q).await;
