@@ -44,6 +44,21 @@ def function_events(path: pathlib.Path, event_type: str):
                 yield binary, name, ev["Properties"]
 
 
+def cors_from_template(path: pathlib.Path) -> dict:
+    """The HTTP API's `CorsConfiguration` in the template (methods, headers, max age), whatever
+    condition wraps it; its origins are the `AllowedOrigins` parameter's, given to the Router."""
+    doc = yaml.load(path.read_text(), Loader=_CfnLoader)
+    for res in doc.get("Resources", {}).values():
+        if res.get("Type") == "AWS::Serverless::HttpApi":
+            cors = res.get("Properties", {}).get("CorsConfiguration")
+            if isinstance(cors, dict) and "Fn::If" in cors:  # [condition, {…}, AWS::NoValue]
+                cors = cors["Fn::If"]
+            for c in (cors if isinstance(cors, list) else [cors]):
+                if isinstance(c, dict):
+                    return c
+    return {}
+
+
 def routes_from_template(path: pathlib.Path) -> list[tuple[str, re.Pattern, str, str]]:
     """[(method, regex, binary, template path)] for every HttpApi event in the template."""
     out = []
@@ -68,8 +83,12 @@ class CrowdServer(ThreadingHTTPServer):
 
 
 class Router:
-    def __init__(self, template: pathlib.Path, upstream: str) -> None:
+    def __init__(self, template: pathlib.Path, upstream: str, allowed_origins: str = "") -> None:
         self.routes = routes_from_template(template)
+        # CORS as API Gateway answers it with the template's CorsConfiguration: for the origins of
+        # `AllowedOrigins` (here TOPUP_ALLOWED_ORIGINS, comma-separated) only; none by default.
+        self.cors = cors_from_template(template)
+        self.origins = {o.strip().rstrip("/") for o in (allowed_origins or "").split(",") if o.strip()}
         self.upstream = upstream.rstrip("/")
         self.server: ThreadingHTTPServer | None = None
         # At most this many requests are with the functions at once; a crowd waits here, as
@@ -101,8 +120,12 @@ class Router:
             def _answer(self, status: int, body: bytes, headers: dict) -> None:
                 self.send_response(status)
                 for k, v in headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                    # A function's own CORS headers are ignored, as API Gateway ignores them.
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server") \
+                            and not k.lower().startswith("access-control-"):
                         self.send_header(k, v)
+                for k, v in self._cors_headers().items():
+                    self.send_header(k, v)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -130,7 +153,43 @@ class Router:
                 payload = base64.b64decode(out) if reply.get("isBase64Encoded") else out.encode()
                 return reply.get("statusCode", 200), payload, reply.get("headers") or {}
 
+            def _cors_headers(self) -> dict:
+                """What API Gateway adds to an answer for an allowed origin (nothing for another)."""
+                origin = self.headers.get("origin")
+                if not origin or origin not in router.origins:
+                    return {}
+                out = {"access-control-allow-origin": origin, "vary": "origin"}
+                if router.cors.get("ExposeHeaders"):
+                    out["access-control-expose-headers"] = ", ".join(router.cors["ExposeHeaders"])
+                return out
+
+            def _preflight(self) -> bool:
+                """Answers a CORS preflight as API Gateway does once CORS is configured (without
+                the authorizer or a function): 204, with the CORS headers only for an allowed
+                origin and method. Without configured origins it is an ordinary request."""
+                if not (router.origins and self.command == "OPTIONS" and self.headers.get("origin")
+                        and self.headers.get("access-control-request-method")):
+                    return False
+                headers = {}
+                methods = [m.upper() for m in router.cors.get("AllowMethods", [])]
+                if self.headers.get("access-control-request-method", "").upper() in methods:
+                    headers = self._cors_headers()
+                    if headers:
+                        headers.pop("access-control-expose-headers", None)
+                        headers["access-control-allow-methods"] = ", ".join(methods)
+                        headers["access-control-allow-headers"] = ", ".join(router.cors.get("AllowHeaders", []))
+                        if router.cors.get("MaxAge") is not None:
+                            headers["access-control-max-age"] = str(router.cors["MaxAge"])
+                self.send_response(204)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return True
+
             def _forward(self) -> None:
+                if self._preflight():
+                    return
                 path, _, query = self.path.partition("?")
                 binary, allowed = router.match(self.command, path)
                 length = int(self.headers.get("content-length") or 0)

@@ -290,7 +290,7 @@ def start_functions(stack: Stack, env: dict, watch_port: int, api_port: int, rel
                                        "--invoke-port", str(watch_port)] + ([] if reload else ["--ignore-changes"]),
                 env=env)
     wait_http(f"http://127.0.0.1:{watch_port}/")
-    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}")
+    r = router.Router(ROOT / "infra/template.yaml", f"http://127.0.0.1:{watch_port}", env.get("TOPUP_ALLOWED_ORIGINS", ""))
     r.serve("127.0.0.1", api_port)
     log(f"API router on http://127.0.0.1:{api_port} → cargo lambda watch :{watch_port}")
     import wiring
@@ -472,6 +472,9 @@ def test(args) -> int:
                                                   cwd=ROOT, env=env))
         if fault.returncode != 0:
             rc = 1
+        docs = phases.run("docs: links of README.md and docs/, the two commands (scripts/check_docs.py)",
+                          lambda: subprocess.run([sys.executable, "scripts/check_docs.py"], cwd=ROOT))
+        checks.check("scripts/check_docs.py", docs.returncode == 0)
         lint = phases.run("cfn-lint infra/template.yaml",
                           lambda: subprocess.run([str(VENV_BIN / "cfn-lint"), "infra/template.yaml"], cwd=ROOT))
         checks.check("cfn-lint infra/template.yaml", lint.returncode == 0)
@@ -485,6 +488,10 @@ def test(args) -> int:
                    lambda: end_to_end.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
         phases.run("the billing page in headless Chromium",
                    lambda: end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
+        sys.path.insert(0, str(ROOT / "tests" / "sdks"))
+        import clients  # tests/sdks/clients.py
+        phases.run("the clients (sdks/): installed as users install them, their tests, a scenario and the card",
+                   lambda: clients.run(moto, stripe, DEFAULT_SECRET, checks, stack_api()))
     finally:
         stack.stop()
     if checks.failed:

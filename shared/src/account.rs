@@ -18,16 +18,6 @@ use crate::profile::Profile;
 /// account and measures it by DynamoDB's size rules.
 pub const ACCOUNT_ITEM_BUDGET: usize = 300 * 1024;
 
-/// The partition of the sparse index (`gsi1`) that lists accounts with auto-recharge on.
-pub const SWEEP_INDEX_KEY: &str = "AUTORECHARGE";
-/// Partitions of the sparse index (`gsi2`) of accounts with an expiring grant.
-pub const EXPIRY_INDEX_SHARDS: u32 = 4;
-
-/// The `gsi2` partition of an account: one of `EXPIRY#0` … `EXPIRY#3`.
-pub fn expiry_index_key(account_id: &str) -> String {
-    let h = account_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    format!("EXPIRY#{}", h % EXPIRY_INDEX_SHARDS)
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
@@ -211,21 +201,6 @@ pub struct Account {
     /// The account's Stripe customer, created once (rules §4).
     #[serde(default)]
     pub stripe_customer_id: Option<String>,
-    /// Set while auto-recharge is on: the key of the sparse index the scheduled sweep queries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi1pk: Option<String>,
-    /// Set while a grant has an expiry: the sparse index of the scheduled expiry run
-    /// (`EXPIRY#{0..3}`, spread over four keys), sorted by the next expiry (`gsi2sk`, ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi2pk: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi2sk: Option<String>,
-    /// The console's lookups (rules §19): `EMAIL#{first billing contact, lower case}` (`gsi4`)
-    /// and `CUSTOMER#{Stripe customer}` (`gsi5`), kept by `index_for_sweep`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi4pk: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi5pk: Option<String>,
     pub last_recharge_error: Option<RechargeError>,
     /// Credits taken back per refunded payment (PaymentIntent id): Stripe reports a charge's
     /// refunds as a running total, so a refund takes back only what this total adds.
@@ -320,11 +295,6 @@ impl Account {
             },
             payment_method: None,
             stripe_customer_id: None,
-            gsi1pk: None,
-            gsi2pk: None,
-            gsi2sk: None,
-            gsi4pk: None,
-            gsi5pk: None,
             last_recharge_error: None,
             refunded: BTreeMap::new(),
             disputes: BTreeMap::new(),
@@ -407,19 +377,37 @@ impl Account {
         next
     }
 
-    /// Keeps the sparse indexes in step: the sweep's lists the account while auto-recharge is
-    /// on, the expiry run's while a grant has an expiry (keyed by the soonest).
-    pub fn index_for_sweep(&mut self) {
-        // A lane's parts never expire on it (its account recalls them first): never listed.
-        let next = self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none());
-        self.gsi2pk = next.map(|_| expiry_index_key(&self.id));
-        self.gsi2sk = next.map(|t| format!("{:013}", t.max(0)));
-        self.gsi1pk = self.auto_recharge.enabled.then(|| SWEEP_INDEX_KEY.to_string());
-        // A lane is its account's part: found through its account, never itself.
-        let own = self.lane.is_none();
-        self.gsi4pk = self.contacts.first().filter(|_| own).map(|c| lookup_key(&AccountLookup::Email(c.email.clone())));
-        self.gsi5pk =
-            self.stripe_customer_id.as_ref().filter(|_| own).map(|c| lookup_key(&AccountLookup::Customer(c.clone())));
+    /// Whether the scheduled sweep visits the account: while auto-recharge is on. (The store
+    /// keeps its listing in step with each write; how is the adapter's.)
+    pub fn swept(&self) -> bool {
+        self.auto_recharge.enabled
+    }
+
+    /// When the scheduled expiry run must visit the account: its soonest grant expiry. A lane's
+    /// parts never expire on it (its account recalls them first): never.
+    pub fn expiry_due(&self) -> Option<i64> {
+        self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none())
+    }
+
+    /// The console's lookup keys (rules §19): its first billing contact's email and its Stripe
+    /// customer, each as `lookup_key` spells it. A lane is its account's part: none.
+    pub fn lookup_keys(&self) -> (Option<String>, Option<String>) {
+        if self.lane.is_some() {
+            return (None, None);
+        }
+        let email = self.contacts.first().map(|c| lookup_key(&AccountLookup::Email(c.email.clone())));
+        let customer = self.stripe_customer_id.as_ref().map(|c| lookup_key(&AccountLookup::Customer(c.clone())));
+        (email, customer)
+    }
+
+    /// Whether `by` finds this account.
+    pub fn found_by(&self, by: &AccountLookup) -> bool {
+        let (email, customer) = self.lookup_keys();
+        let key = Some(lookup_key(by));
+        match by {
+            AccountLookup::Email(_) => email == key,
+            AccountLookup::Customer(_) => customer == key,
+        }
     }
 }
 
@@ -437,17 +425,6 @@ pub fn lookup_key(by: &AccountLookup) -> String {
     match by {
         AccountLookup::Email(e) => format!("EMAIL#{}", e.trim().to_lowercase()),
         AccountLookup::Customer(c) => format!("CUSTOMER#{}", c.trim()),
-    }
-}
-
-impl Account {
-    /// Whether `by` finds this account.
-    pub fn found_by(&self, by: &AccountLookup) -> bool {
-        let key = Some(lookup_key(by));
-        match by {
-            AccountLookup::Email(_) => self.gsi4pk == key,
-            AccountLookup::Customer(_) => self.gsi5pk == key,
-        }
     }
 }
 

@@ -64,7 +64,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let now = self.now();
             let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
             account.version = 1;
-            account.index_for_sweep();
             let change = AuditChange::new("account.create", format!("account:{id}"), None, Some(account_json(&account)));
             let audit = crate::audit::seal_on_account(change, &mut account, now);
             match self.store.commit(Commit { audit, ..Commit::account_only(account.clone(), 0) }).await {

@@ -13,19 +13,19 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::engine::{upstream, Applied, Change, Credits, Plan};
+use crate::engine::{replay, upstream, Applied, Change, Claim, Credits, Plan};
 use crate::entities::{entity_spend, Entity, EntitySpend};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::http::{error_body, status_of};
 use crate::ids::IdempotencyKey;
-use crate::lanes::{lane_id, owner_of};
-use crate::ledger::{self, request_hash, EntryKind, IdemRecord, LedgerEntry};
+use crate::lanes::owner_of;
+use crate::ledger::{self, EntryKind, IdemRecord, LedgerEntry};
 use crate::money::Micros;
 use crate::store::Store;
-use crate::usage::{usage_description, Debited};
+use crate::usage::{usage_claim, usage_description, Debited};
 
 /// Events one request may carry.
 pub const MAX_BATCH_EVENTS: usize = 500;
@@ -115,29 +115,21 @@ pub struct BatchResults {
     pub results: Vec<EventResult>,
 }
 
-fn scope_key(key: &IdempotencyKey) -> String {
-    format!("usage:{}", key.as_str())
+impl UsageEvent {
+    /// The claim its key makes: the single debit's (`usage::usage_claim`).
+    fn claim(&self) -> Claim {
+        usage_claim(&self.key, &self.consumable, self.quantity, self.entity.as_deref())
+    }
 }
 
-fn hash_of(e: &UsageEvent) -> String {
-    // As the single debit's: the entity only when one is named.
-    let mut request = json!({"consumable": e.consumable, "quantity": e.quantity});
-    if let Some(name) = &e.entity {
-        request["entity"] = json!(name);
+/// The answer a key's first result gives an event, as the single debit replays it: its first
+/// result, or 409 for another request.
+fn replayed(key: &str, rec: &IdemRecord, claim: &Claim) -> Result<EventResult, ApiError> {
+    match replay::<Debited>(rec, claim) {
+        Ok(d) => Ok(EventResult::applied(key, &d, true)),
+        Err(ApiError::IdempotencyConflict) => Ok(EventResult::refused(key, &ApiError::IdempotencyConflict)),
+        Err(e) => Err(e),
     }
-    request_hash(&request)
-}
-
-/// The answer a key's first result gives an event: a replay, or 409 for another request.
-fn replayed(key: &str, rec: &IdemRecord, hash: &str) -> Result<EventResult, ApiError> {
-    if rec.request_hash != hash {
-        return Ok(EventResult::refused(key, &ApiError::IdempotencyConflict));
-    }
-    let d: Debited = serde_json::from_value(rec.outcome.clone()).map_err(|e| {
-        tracing::error!(scope_key = %rec.scope_key, error = %e, "stored outcome does not read back");
-        ApiError::Upstream
-    })?;
-    Ok(EventResult::applied(key, &d, true))
 }
 
 impl<S: Store, B: EventBus> Credits<S, B> {
@@ -154,34 +146,30 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // (leasing when its credits are spent), then to the account (rules §14).
         // Events naming an entity are decided with its record on the account (rules §17).
         let named = events.iter().any(|e| e.entity.is_some());
-        let mut lane = if named { None } else { events.first().and_then(|e| self.lane_for(id, &e.consumable)) };
-        let mut leased_at: Option<usize> = None;
+        let Some(first) = events.first() else { return Ok(BatchResults { results }) };
+        let mut route = self.route(id, &first.consumable, named);
         while results.len() < events.len() {
             let from = results.len();
             let upto = (from + EVENTS_PER_COMMIT).min(events.len());
-            let (target, beside) = match lane {
-                Some(n) => (lane_id(id, n), self.balance_beside(id, n)),
-                None => (id.to_string(), self.lanes_balance(id)),
-            };
+            let (target, beside) = self.target(&route);
             // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`), and a
-            // lane stops at the first event it cannot take.
-            let done = match self.commit_group(&target, beside, &events[from..upto], &mut known).await {
-                Err(ApiError::NotFound("account_not_found", _)) if lane.is_some() => vec![],
-                other => other?,
-            };
-            if done.is_empty() {
-                let Some(n) = lane else { return Err(ApiError::Upstream) };
-                let e = &events[from];
-                if leased_at != Some(from)
-                    && self.lease(id, n, &e.consumable, self.credits_needed(id, &e.consumable, e.quantity)).await?
-                {
-                    leased_at = Some(from);
-                } else {
-                    lane = None;
+            // lane stops at the first event it cannot take (as a single debit would answer).
+            let failure = match self.commit_group(&target, beside, &events[from..upto], &mut known).await {
+                Ok(done) if !done.is_empty() => {
+                    results.extend(done);
+                    route.moved_on();
+                    continue;
                 }
-                continue;
+                Ok(_) => ApiError::NotOnLane,
+                Err(e) => e,
+            };
+            let e = &events[from];
+            match self.reroute(route, &failure, &e.consumable, e.quantity).await? {
+                Some(next) => route = next,
+                // Nothing taken on the account itself is a failure of the store.
+                None if failure == ApiError::NotOnLane => return Err(ApiError::Upstream),
+                None => return Err(failure),
             }
-            results.extend(done);
         }
         Ok(BatchResults { results })
     }
@@ -195,7 +183,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         events: &[UsageEvent],
         known: &mut HashMap<String, IdemRecord>,
     ) -> Result<Vec<EventResult>, ApiError> {
-        let hashes: Vec<String> = events.iter().map(hash_of).collect();
+        let claims: Vec<Claim> = events.iter().map(UsageEvent::claim).collect();
         let profile = &self.profile;
         let owner = owner_of(id);
         let mut names: Vec<&str> = events
@@ -226,7 +214,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     // The entities as this commit leaves them, and the alerts they cross.
                     let mut spent: HashMap<String, Entity> = HashMap::new();
                     let mut alerts: Vec<crate::events::DomainEvent> = Vec::new();
-                    for (e, hash) in events.iter().zip(&hashes) {
+                    for (e, claim) in events.iter().zip(&claims) {
                         let expiries = next.pending.entries.len();
                         let items = 2 // the account and the ledger block
                             + keys.len()
@@ -239,9 +227,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             break;
                         }
                         let key = e.key.as_str();
-                        let sk = scope_key(&e.key);
-                        if let Some(rec) = here.get(&sk).or_else(|| known_now.get(&sk)) {
-                            results.push(replayed(key, rec, hash)?);
+                        let sk = &claim.scope_key;
+                        if let Some(rec) = here.get(sk).or_else(|| known_now.get(sk)) {
+                            results.push(replayed(key, rec, claim)?);
                             continue;
                         }
                         let d = match ledger::draw(profile, &next, &e.consumable, e.quantity, now) {
@@ -302,14 +290,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let rec = IdemRecord {
                             account_id: owner.to_string(),
                             scope_key: sk.clone(),
-                            request_hash: hash.clone(),
+                            request_hash: claim.hash.clone(),
                             outcome: serde_json::to_value(&outcome).map_err(|_| ApiError::Upstream)?,
                             created_at: now,
                             permanent: false,
                             credited: None,
                         };
                         results.push(EventResult::applied(key, &outcome, false));
-                        here.insert(sk, rec.clone());
+                        here.insert(sk.clone(), rec.clone());
                         keys.push(rec);
                         entries.extend(entry);
                     }
@@ -360,13 +348,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let refused: Vec<usize> = (0..results.len())
                 .filter(|&i| results[i].status != 200 && !applied_here.contains(events[i].key.as_str()))
                 .collect();
-            let refused_keys: Vec<String> = refused.iter().map(|&i| scope_key(&events[i].key)).collect();
+            let refused_keys: Vec<&str> = refused.iter().map(|&i| claims[i].scope_key.as_str()).collect();
             let looked =
                 futures_util::future::join_all(refused_keys.iter().map(|sk| self.store.load_idempotency(owner, sk)))
                     .await;
             for (i, rec) in refused.into_iter().zip(looked) {
                 if let Some(rec) = rec.map_err(upstream)? {
-                    results[i] = replayed(events[i].key.as_str(), &rec, &hashes[i])?;
+                    results[i] = replayed(events[i].key.as_str(), &rec, &claims[i])?;
                 }
             }
             return Ok(results);

@@ -18,6 +18,9 @@ pub enum Bug {
     ForgetMonthlyCap,
     /// A refund forgets what the payment's disputes already took back.
     ForgetRefundCap,
+    /// A recall of an account's lanes leaves the last lane's credits out, and the account
+    /// forgets them as though the lane had spent them.
+    SkipRecall,
 }
 
 #[cfg(feature = "broken")]

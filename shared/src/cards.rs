@@ -146,7 +146,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let mut next = a.next(now);
             next.payment_method = None;
             next.auto_recharge.enabled = false;
-            next.index_for_sweep();
             Change::quiet(next, crate::cause::Cause::CardRemoved, Some(card.id.clone())).write()
         })
         .await?

@@ -166,7 +166,7 @@ pub(crate) fn upstream(e: StoreError) -> ApiError {
 }
 
 /// The first result of a claimed key, or 409 when the key was used for another request.
-fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, ApiError> {
+pub(crate) fn replay<T: DeserializeOwned>(rec: &IdemRecord, claim: &Claim) -> Result<T, ApiError> {
     if rec.request_hash != claim.hash {
         return Err(ApiError::IdempotencyConflict);
     }
@@ -288,23 +288,6 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
     }
 
-    /// Keeps the low-balance episode of `next` (rules §10.5, §12): it ends when the balance is no
-    /// longer low; usage that draws on a low balance may start a recharge; a refund, dispute or
-    /// negative adjustment that takes the balance low may not.
-    fn mark_episode(&self, current: &Account, next: &mut Account, cause: Cause) {
-        let trigger = self.profile.low_balance.trigger;
-        let ar = &mut next.auto_recharge;
-        if !trigger.is_low(next.balance, ar.threshold) {
-            ar.episode_charged = false;
-            ar.low_without_usage = false;
-        } else if cause.effect() == Effect::Usage {
-            ar.low_without_usage = false;
-        } else if cause.effect() == Effect::TakesBack
-            && !trigger.is_low(current.balance, current.auto_recharge.threshold)
-        {
-            ar.low_without_usage = true;
-        }
-    }
 
     /// Plans on the known state and commits with a compare-and-swap on `version`, planning
     /// again on the current state when another writer got there first. A refusal or "already
@@ -370,87 +353,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Err(refusal);
                 }
             };
-            let mut planned = *planned;
-            // What `Account::next` and the grants produced besides the state: expiry entries
-            // (before the change's own), and grants that ended.
-            let pending = std::mem::take(&mut planned.next.pending);
-            planned.next.index_for_sweep();
-            // Grants that expired in this write take the balance down as an expiry does (no
-            // recharge for breakage), unless the change itself is usage.
-            let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
-            let cause = if expired && planned.cause.effect() != Effect::Usage { Cause::Expiry } else { planned.cause };
-            if !on_lane {
-                self.mark_episode(&current, &mut planned.next, cause);
-            }
-            debug_assert!(planned.next.version > current.version);
-            let mut outbox = planned.events;
-            // Each grant that expired in this write says so once (rules §15).
-            for e in pending.entries.iter().filter(|e| e.kind == crate::ledger::EntryKind::Expiry) {
-                let Some(g) = pending.ended.iter().find(|g| e.grants.iter().any(|(id, _)| *id == g.id)) else {
-                    continue;
-                };
-                outbox.push(DomainEvent::new(
-                    account_id,
-                    now,
-                    crate::events::Event::GrantExpired(crate::events::GrantExpired {
-                        grant_id: g.id.clone(),
-                        expired: -e.amount.get(),
-                        expires_at: clock::rfc3339(g.expires_at.unwrap_or(now)),
-                        balance: planned.next.balance.get(),
-                    }),
-                ));
-            }
-            outbox.extend(crossing_events(&self.profile, &current, &planned.next, now, planned.cause.as_str()));
-            if on_lane {
-                // A lane's balance is part of its account's, whose thresholds are decided on
-                // the account (never with credits out on lanes); its parts are not grants.
-                outbox.clear();
-            }
-            let mut idempotency: Vec<IdemRecord> = match claim {
-                Some(c) => vec![IdemRecord {
-                    account_id: owner.to_string(),
-                    scope_key: c.scope_key.clone(),
-                    request_hash: c.hash.clone(),
-                    outcome: serde_json::to_value(&planned.outcome).map_err(|_| ApiError::Upstream)?,
-                    created_at: now,
-                    permanent: c.permanent,
-                    credited: planned.credited.take(),
-                }],
-                None => vec![],
-            };
-            idempotency.append(&mut planned.keys);
-            let mut ledger: Vec<LedgerEntry> = pending.entries;
-            ledger.extend(planned.ledger);
-            ledger.append(&mut planned.entries);
-            debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
-            let mut ended_grants = if on_lane { vec![] } else { pending.ended };
-            // The audit record advances the account's chain head in the same state (rules §19).
-            let audit = match planned.audit.take() {
-                Some(change) if !on_lane => crate::audit::seal_on_account(change, &mut planned.next, now),
-                _ => None,
-            };
-            let mut expected_version = current.version;
             let recall = recalled.take();
-            if let Some(r) = &recall {
-                // The recall's entries and retired grants come first, under the version read.
-                expected_version = r.account.expected_version;
-                ledger.splice(0..0, r.account.ledger.iter().cloned());
-                ended_grants.splice(0..0, r.account.ended_grants.iter().cloned());
-            }
-            let commit = Commit {
-                account: planned.next.clone(),
-                expected_version,
-                ledger,
-                idempotency,
-                hold: planned.hold,
-                purchase: planned.purchase,
-                recharge: planned.recharge,
-                payment_index: planned.payment_index,
-                outbox: outbox.clone(),
-                ended_grants,
-                entities: std::mem::take(&mut planned.entities),
-                audit,
-            };
+            let (commit, outcome) =
+                assemble(&self.profile, &current, *planned, claim, recall.as_ref().map(|r| &r.account), on_lane, now)?;
+            let (next, outbox) = (commit.account.clone(), commit.outbox.clone());
             let mut lanes_after: Vec<Account> = Vec::new();
             let written = match recall {
                 None => self.store.commit(commit).await,
@@ -478,12 +384,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             };
             match written {
                 Ok(()) => {
-                    self.remember(&planned.next);
+                    self.remember(&next);
                     for l in &lanes_after {
                         self.remember(l);
                     }
                     publish_committed(&self.store, &self.bus, &outbox).await;
-                    return Ok(Applied::Done(planned.outcome));
+                    return Ok(Applied::Done(outcome));
                 }
                 Err(CommitError::KeyClaimed(recs)) => {
                     if let Some(c) = claim {
@@ -553,6 +459,123 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 }
 
 /// A service over the in-memory store and bus, for the fast tests of every capability.
+
+/// What one planned change commits, decided on the state it was planned on and nothing else
+/// (no reads, no clock but `now`): the change's state with its low-balance episode kept, the
+/// entries of grants that expired on the way before its own, their `GrantExpired` events and
+/// the thresholds it crosses, its idempotency claim with its outcome, and a recall of the
+/// account's lanes ahead of it when one is planned. Answers the commit and the outcome the
+/// operation gives once it is written.
+fn assemble<T: Serialize>(
+    profile: &Profile,
+    current: &Account,
+    mut planned: Change<T>,
+    claim: Option<&Claim>,
+    recall: Option<&Commit>,
+    on_lane: bool,
+    now: i64,
+) -> Result<(Commit, T), ApiError> {
+    let account_id = current.id.as_str();
+    let owner = crate::lanes::owner_of(account_id);
+    // What `Account::next` and the grants produced besides the state: expiry entries
+    // (before the change's own), and grants that ended.
+    let pending = std::mem::take(&mut planned.next.pending);
+    // Grants that expired in this write take the balance down as an expiry does (no
+    // recharge for breakage), unless the change itself is usage.
+    let expired = pending.entries.iter().any(|e| e.kind == crate::ledger::EntryKind::Expiry);
+    let cause = if expired && planned.cause.effect() != Effect::Usage { Cause::Expiry } else { planned.cause };
+    if !on_lane {
+        mark_episode(profile, current, &mut planned.next, cause);
+    }
+    debug_assert!(planned.next.version > current.version);
+    let mut outbox = planned.events;
+    // Each grant that expired in this write says so once (rules §15).
+    for e in pending.entries.iter().filter(|e| e.kind == crate::ledger::EntryKind::Expiry) {
+        let Some(g) = pending.ended.iter().find(|g| e.grants.iter().any(|(id, _)| *id == g.id)) else {
+            continue;
+        };
+        outbox.push(DomainEvent::new(
+            account_id,
+            now,
+            crate::events::Event::GrantExpired(crate::events::GrantExpired {
+                grant_id: g.id.clone(),
+                expired: -e.amount.get(),
+                expires_at: clock::rfc3339(g.expires_at.unwrap_or(now)),
+                balance: planned.next.balance.get(),
+            }),
+        ));
+    }
+    outbox.extend(crossing_events(profile, current, &planned.next, now, planned.cause.as_str()));
+    if on_lane {
+        // A lane's balance is part of its account's, whose thresholds are decided on
+        // the account (never with credits out on lanes); its parts are not grants.
+        outbox.clear();
+    }
+    let mut idempotency: Vec<IdemRecord> = match claim {
+        Some(c) => vec![IdemRecord {
+            account_id: owner.to_string(),
+            scope_key: c.scope_key.clone(),
+            request_hash: c.hash.clone(),
+            outcome: serde_json::to_value(&planned.outcome).map_err(|_| ApiError::Upstream)?,
+            created_at: now,
+            permanent: c.permanent,
+            credited: planned.credited.take(),
+        }],
+        None => vec![],
+    };
+    idempotency.append(&mut planned.keys);
+    let mut ledger: Vec<LedgerEntry> = pending.entries;
+    ledger.extend(planned.ledger);
+    ledger.append(&mut planned.entries);
+    debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
+    let mut ended_grants = if on_lane { vec![] } else { pending.ended };
+    // The audit record advances the account's chain head in the same state (rules §19).
+    let audit = match planned.audit.take() {
+        Some(change) if !on_lane => crate::audit::seal_on_account(change, &mut planned.next, now),
+        _ => None,
+    };
+    let mut expected_version = current.version;
+    if let Some(r) = recall {
+        // The recall's entries and retired grants come first, under the version read.
+        expected_version = r.expected_version;
+        ledger.splice(0..0, r.ledger.iter().cloned());
+        ended_grants.splice(0..0, r.ended_grants.iter().cloned());
+    }
+    let commit = Commit {
+        account: planned.next,
+        expected_version,
+        ledger,
+        idempotency,
+        hold: planned.hold,
+        purchase: planned.purchase,
+        recharge: planned.recharge,
+        payment_index: planned.payment_index,
+        outbox,
+        ended_grants,
+        entities: std::mem::take(&mut planned.entities),
+        audit,
+    };
+    Ok((commit, planned.outcome))
+}
+
+/// Keeps the low-balance episode of `next` (rules §10.5, §12): it ends when the balance is no
+/// longer low; usage that draws on a low balance may start a recharge; a refund, dispute or
+/// negative adjustment that takes the balance low may not.
+fn mark_episode(profile: &Profile, current: &Account, next: &mut Account, cause: Cause) {
+    let trigger = profile.low_balance.trigger;
+    let ar = &mut next.auto_recharge;
+    if !trigger.is_low(next.balance, ar.threshold) {
+        ar.episode_charged = false;
+        ar.low_without_usage = false;
+    } else if cause.effect() == Effect::Usage {
+        ar.low_without_usage = false;
+    } else if cause.effect() == Effect::TakesBack
+        && !trigger.is_low(current.balance, current.auto_recharge.threshold)
+    {
+        ar.low_without_usage = true;
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn memory_credits(
     profile: &str,
@@ -579,6 +602,44 @@ mod tests {
     use crate::adapters::memory::MemoryBus;
     use crate::adapters::memory::MemoryStore;
     use crate::money::MICROS_PER_CREDIT as C;
+
+    /// `assemble` decides what a change commits from the state it was planned on alone: the
+    /// version it is conditioned on, the change's entry, its claim holding its outcome, and the
+    /// threshold it crosses; a recall planned ahead of it comes first, under the recall's version.
+    #[test]
+    fn assemble_builds_the_commit_from_the_planned_state_alone() {
+        use crate::ledger::EntryKind;
+        use crate::money::Micros;
+        let p = Profile::load("usd-overage").unwrap();
+        let mut a = Account::new(&p, "a", "free", vec![], 1_000);
+        a.balance = Micros::new(6 * C);
+        a.version = 4;
+        let change = |a: &Account| {
+            let mut next = a.next(2_000);
+            next.balance = Micros::new(4 * C);
+            let entry = LedgerEntry::after(&mut next, EntryKind::Adjustment, Micros::new(-2 * C), 2_000, "down");
+            Change { ledger: Some(entry), ..Change::quiet(next, Cause::Adjustment, 7u32) }
+        };
+        let claim = Claim { scope_key: "adjust:k".into(), hash: "h".into(), permanent: false };
+        let (c, outcome) = assemble(&p, &a, change(&a), Some(&claim), None, false, 2_000).unwrap();
+        assert_eq!((outcome, c.expected_version, c.account.version), (7, 4, 5));
+        assert_eq!(c.ledger.iter().map(|e| e.amount.get()).collect::<Vec<_>>(), [-2 * C]);
+        assert_eq!(c.idempotency.len(), 1);
+        assert_eq!((c.idempotency[0].outcome.clone(), c.idempotency[0].account_id.as_str()), (serde_json::json!(7), "a"));
+        // $6 to $4 crosses the profile's $5 low-balance threshold: one BalanceLow, caused by
+        // the adjustment, which (not usage) starts no recharge.
+        let kinds: Vec<&str> = c.outbox.iter().map(|e| e.detail_type()).collect();
+        assert_eq!(kinds, ["BalanceLow"]);
+        assert!(c.account.auto_recharge.low_without_usage);
+        // With a recall ahead: its entries first, and the commit conditioned on its version.
+        let mut recall = Commit::account_only(a.clone(), 3);
+        let mut r = a.clone();
+        recall.ledger = vec![LedgerEntry::after(&mut r, EntryKind::LeaseReturn, Micros::new(C), 1_500, "back")];
+        let (c, _) = assemble(&p, &a, change(&a), None, Some(&recall), false, 2_000).unwrap();
+        assert_eq!(c.expected_version, 3);
+        assert_eq!(c.ledger.iter().map(|e| e.kind).collect::<Vec<_>>(), [EntryKind::LeaseReturn, EntryKind::Adjustment]);
+        assert!(c.idempotency.is_empty());
+    }
 
     #[tokio::test]
     async fn a_second_instance_with_a_stale_cache_never_overdraws() {

@@ -161,8 +161,9 @@ pub struct Notifications {
 }
 
 /// The notification types a profile may send (rules §8).
-pub const NOTIFICATION_TYPES: [&str; 8] = [
+pub const NOTIFICATION_TYPES: [&str; 9] = [
     "credit_balance_low",
+    "credit_balance_alert",
     "credit_balance_depleted",
     "credit_auto_recharge_triggered",
     "credit_purchase_failed",

@@ -11,7 +11,6 @@ use crate::entities::{check_entity, entity_spend, Entity, EntitySpend, ENTITY_AT
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::ids::IdempotencyKey;
-use crate::lanes::lane_id;
 use crate::ledger::{self, new_id, request_hash, EntryKind, HoldRecord, HoldStatus, LedgerEntry};
 use crate::money::Micros;
 use crate::store::{HoldWrite, Store};
@@ -88,22 +87,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
         // An account with lanes: the debit goes to a lane when it can take it, leasing once if
         // its credits are spent; otherwise to the account, which decides on the whole.
-        if let Some(n) = self.lane_for(id, consumable) {
-            let lane = lane_id(id, n);
-            for leased in [false, true] {
-                let beside = self.balance_beside(id, n);
-                match self.debit_on(&lane, beside, consumable, quantity, key).await {
-                    Ok(d) => return Ok(d),
-                    Err(ApiError::NotOnLane) => {}
-                    Err(ApiError::NotFound("account_not_found", _)) => {}
-                    Err(e) => return Err(e),
-                }
-                if leased || !self.lease(id, n, consumable, self.credits_needed(id, consumable, quantity)).await? {
-                    break;
-                }
+        let mut route = self.route(id, consumable, false);
+        loop {
+            let (target, beside) = self.target(&route);
+            let failure = match self.debit_on(&target, beside, consumable, quantity, key).await {
+                Ok(d) => return Ok(d),
+                Err(e) => e,
+            };
+            match self.reroute(route, &failure, consumable, quantity).await? {
+                Some(next) => route = next,
+                None => return Err(failure),
             }
         }
-        self.debit_on(id, self.lanes_balance(id), consumable, quantity, key).await
     }
 
     /// A debit applied on `target`: the account, or one of its lanes. While lanes hold credits
@@ -132,11 +127,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         entity: Option<&Entity>,
     ) -> Result<Applied<Debited>, ApiError> {
         let id = target;
-        let mut request = json!({"consumable": consumable, "quantity": quantity});
-        if let Some(e) = entity {
-            request["entity"] = json!(e.entity);
-        }
-        let claim = Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let claim = usage_claim(key, consumable, quantity, entity.map(|e| e.entity.as_str()));
         let profile = &self.profile;
         self.apply(id, Some(&claim), |a, now| {
             // Decided on the state the write starts from (grants past their expiry gone), the
@@ -203,11 +194,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if let Some(name) = entity {
             check_entity(name)?;
         }
-        let mut request = json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds});
-        if let Some(name) = entity {
-            request["entity"] = json!(name);
-        }
-        let claim = Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false };
+        let claim = hold_claim(key, consumable, quantity, ttl_seconds, entity);
         for _ in 0..ENTITY_ATTEMPTS {
             let stored = match entity {
                 Some(name) => Some(self.entity_record(id, name).await?),
@@ -393,6 +380,26 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             })
             .await
     }
+}
+
+/// The claim a debit's key makes: the scope it is claimed under and the hash of what it asked
+/// (the entity only when one is named). The single debit and every event of a batch make the
+/// same one, so a key means the same request whichever way it was sent.
+pub(crate) fn usage_claim(key: &IdempotencyKey, consumable: &str, quantity: i64, entity: Option<&str>) -> Claim {
+    let mut request = json!({"consumable": consumable, "quantity": quantity});
+    if let Some(name) = entity {
+        request["entity"] = json!(name);
+    }
+    Claim { scope_key: format!("usage:{}", key.as_str()), hash: request_hash(&request), permanent: false }
+}
+
+/// The claim a hold's key makes (its own scope: a hold and a debit may share a key).
+fn hold_claim(key: &IdempotencyKey, consumable: &str, quantity: i64, ttl_seconds: i64, entity: Option<&str>) -> Claim {
+    let mut request = json!({"consumable": consumable, "quantity": quantity, "ttl_seconds": ttl_seconds});
+    if let Some(name) = entity {
+        request["entity"] = json!(name);
+    }
+    Claim { scope_key: format!("hold:{}", key.as_str()), hash: request_hash(&request), permanent: false }
 }
 
 pub(crate) fn usage_description(consumable: &str, quantity: i64, from_allowance: i64) -> String {

@@ -411,12 +411,12 @@ class Receiver:
 
 
 def readme_verify(root):
-    """The README's receiver example, run as a receiver would run it."""
-    text = (root / "README.md").read_text()
+    """The receiver example of docs/api.md, run as a receiver would run it."""
+    text = (root / "docs" / "api.md").read_text()
     block = text.split("<!-- verify-webhook:start -->", 1)[1].split("<!-- verify-webhook:end -->", 1)[0]
     code = block.split("```python", 1)[1].split("```", 1)[0]
     scope: dict = {}
-    exec(compile(code, "README.md (verify-webhook)", "exec"), scope)
+    exec(compile(code, "docs/api.md (verify-webhook)", "exec"), scope)
     return scope["verify"]
 
 
@@ -424,7 +424,7 @@ def webhooks_out(api: str, svc: str, checks: Checks, stack_api, moto: str, watch
     """Webhooks out through the served stack: endpoints registered through the router, events
     from the bus (the template's rule → webhooks-out), retries from the SQS queue with real
     delays (the template's SQS source, honoured by scripts/wiring.py), every delivery verified
-    with the README's example."""
+    with docs/api.md's example."""
     verify = readme_verify(stack_api.ROOT)
     s, b = http("POST", f"{api}/v1/webhook-endpoints", svc, {"url": "https://10.0.0.7/hook", "events": ["*"]})
     checks.check("a private-address webhook URL → 422 invalid_url", s == 422 and b["error"]["code"] == "invalid_url", f"{s} {b}")
@@ -459,7 +459,7 @@ def webhooks_out(api: str, svc: str, checks: Checks, stack_api, moto: str, watch
                      thresholds == [10_000_000, 15_000_000] and all(b["type"] == "balance.alert" and b["account_id"] == "e2e-hooks"
                                                                     and b["data"].get("balance") == 4_000_000 for b in got),
                      f"{got}")
-        checks.check("every alert delivery verifies with the README's example (and not with another secret)",
+        checks.check("every alert delivery verifies with docs/api.md's example (and not with another secret)",
                      bool(alerts.got) and all(verify(a["secret"], sig, body) and not verify(f["secret"], sig, body)
                                               for sig, body in alerts.got), f"{alerts.got[:1]}")
 
@@ -474,7 +474,7 @@ def webhooks_out(api: str, svc: str, checks: Checks, stack_api, moto: str, watch
                      and len({body for _, body in flaky.got}) == 1, f"{len(got)} deliveries, gaps {gaps} s: {got}")
         checks.check("its retries waited for the schedule's delays (1, 2 and 4 s apart)",
                      len(gaps) >= 3 and all(g >= want - 0.1 for g, want in zip(gaps, [1, 2, 4])), f"gaps {gaps} s")
-        checks.check("every retry verifies with the README's example",
+        checks.check("every retry verifies with docs/api.md's example",
                      all(verify(f["secret"], sig, body) for sig, body in flaky.got), f"{flaky.got[:1]}")
         s, page = http("GET", f"{api}/v1/webhook-endpoints/{f['id']}/deliveries", svc)
         rec = (page or {}).get("deliveries", [{}])[0] if s == 200 and page.get("deliveries") else {}

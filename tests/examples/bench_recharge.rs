@@ -122,7 +122,7 @@ async fn main() {
         let crossed = t.elapsed();
         counter.take(); // the debit's own requests are the debit bench's business
         let event = balance_low(&id);
-        let out = auto_recharge::handle(&credits, &stripe, &event).await.unwrap_or_else(|e| panic!("{e}"));
+        let out = auto_recharge::handle(&credits, &stripe, &topup_tests::trigger(&event)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out["result"], "credited", "{out}");
         let done = t.elapsed();
         crossing.push(crossed.as_secs_f64() * 1e3);

@@ -103,7 +103,7 @@ async fn deliveries_per_event(w: &World) {
             topup::adapters::webhooks_out::SqsRetryQueue::new(counter.sqs(&w.aws), w.config.webhooks.queue_url.clone());
         let t = Instant::now();
         for i in 0..EVENTS {
-            webhooks_out::handle(&d, &low(i), topup::clock::now_ms).await.expect("handled");
+            webhooks_out::handle(&d, &topup_tests::invocation(&low(i)), topup::clock::now_ms).await.expect("handled");
         }
         let first = t.elapsed().as_secs_f64() * 1000.0 / EVENTS as f64;
         let handed = run_follow_ups(w, &d, Duration::from_secs(4)).await;

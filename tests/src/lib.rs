@@ -381,6 +381,31 @@ impl World {
 }
 
 /// `BalanceLow` for `account` as EventBridge hands it to the auto-recharge function.
+/// An event as EventBridge hands it to a function, read as the function's typed event; its
+/// `source` is topup's when the test's JSON leaves it out.
+pub fn bus_event<T: serde::Serialize + serde::de::DeserializeOwned>(
+    event: &Value,
+) -> aws_lambda_events::eventbridge::EventBridgeEvent<T> {
+    let mut e = event.clone();
+    if e.get("source").is_none() {
+        e["source"] = json!("topup");
+    }
+    serde_json::from_value(e).unwrap_or_else(|err| panic!("not an EventBridge event ({err}): {event}"))
+}
+
+/// What EventBridge hands the `auto-recharge` function.
+pub fn trigger(event: &Value) -> auto_recharge::Trigger {
+    bus_event(event)
+}
+
+/// What invokes `webhooks-out`: an SQS batch (`Records`) or an event from the bus.
+pub fn invocation(event: &Value) -> webhooks_out::Invocation {
+    match event.get("Records") {
+        Some(_) => serde_json::from_value(event.clone()).unwrap_or_else(|err| panic!("not an SQS batch ({err}): {event}")),
+        None => webhooks_out::Invocation::Bus(bus_event(event)),
+    }
+}
+
 pub fn balance_low(account: &str) -> Value {
     json!({"detail-type": "BalanceLow", "source": "topup", "detail": {"account_id": account}})
 }
@@ -853,14 +878,7 @@ pub async fn write_items(w: &World, items: Vec<std::collections::HashMap<String,
 
 /// The stored item of an account, as the store writes it.
 pub fn account_item(a: &topup::account::Account) -> std::collections::HashMap<String, AttributeValue> {
-    let serde_json::Value::Object(fields) = serde_json::to_value(a).expect("account serialises") else {
-        panic!("an account is an object")
-    };
-    let mut item: std::collections::HashMap<String, AttributeValue> =
-        fields.iter().map(|(k, v)| (k.clone(), topup::adapters::dynamo::to_attr(v))).collect();
-    item.insert("pk".into(), AttributeValue::S(format!("ACCOUNT#{}", a.id)));
-    item.insert("sk".into(), AttributeValue::S("ACCOUNT".into()));
-    item
+    topup::adapters::dynamo::account_item(a).expect("an account's item")
 }
 
 // ---- webhooks out ---------------------------------------------------------------------------
@@ -986,7 +1004,7 @@ where
             .iter()
             .map(|m| json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body()}))
             .collect();
-        let out = webhooks_out::handle(d, &json!({"Records": records}), topup::clock::now_ms).await.expect("handled");
+        let out = webhooks_out::handle(d, &invocation(&json!({"Records": records})), topup::clock::now_ms).await.expect("handled");
         let failed: Vec<&str> = out["batchItemFailures"]
             .as_array()
             .into_iter()

@@ -79,7 +79,7 @@ async fn a_low_balance_charges_the_card_once_however_often_it_is_triggered() {
     for i in 0..25 {
         let (inst, payments) = (Arc::new(w.another_instance()), payments.clone());
         let event = if i % 5 == 4 { schedule() } else { low.clone() };
-        tasks.push(tokio::spawn(async move { auto_recharge::handle(&inst, &*payments, &event).await }));
+        tasks.push(tokio::spawn(async move { auto_recharge::handle(&inst, &*payments, &topup_tests::trigger(&event)).await }));
     }
     let mut credited = Vec::new();
     for t in tasks {
@@ -108,7 +108,7 @@ async fn the_sweep_recharges_an_account_whose_event_was_lost() {
     let w = World::new("usd-overage").await;
     let payments = enabled_low_account(&w, "4242424242424242").await;
     w.usage("acme", "api_calls", 2_000).await; // its BalanceLow is never delivered
-    let report = auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep");
+    let report = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&schedule())).await.expect("sweep");
     assert_eq!(report["recharges"][0]["outcome"]["result"], "credited", "{report}");
     assert_eq!(w.view("acme").await["balance"], 14 * C);
 }
@@ -120,16 +120,16 @@ async fn a_declined_card_adds_nothing_records_why_and_is_not_retried() {
     let payments = enabled_low_account(&w, "4000000000000341").await;
     w.usage("acme", "api_calls", 2_000).await;
     let low = balance_low("acme");
-    let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("handled");
     assert_eq!((out["result"].as_str(), out["code"].as_str()), (Some("failed"), Some("card_declined")), "{out}");
     let v = w.view("acme").await;
     assert_eq!(v["balance"], 4 * C, "nothing added");
     assert_eq!(v["last_recharge_error"]["code"], "card_declined");
     assert_eq!(v["auto_recharge"]["paused"]["reason"], "payment_failed");
     // No automatic retry: neither the event again nor the sweep charges.
-    let again = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    let again = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("handled");
     assert_eq!(again["reason"], "suspended");
-    let sweep = auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep");
+    let sweep = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&schedule())).await.expect("sweep");
     assert_eq!(sweep["recharges"], json!([]));
     let events = observer.drain(Duration::from_secs(1)).await;
     assert_eq!(of_type(&events, "AutoRechargeFailed").len(), 1);
@@ -157,9 +157,9 @@ async fn a_declined_card_adds_nothing_records_why_and_is_not_retried() {
     assert_eq!(s, 200, "{r}");
     let v = w.view("acme").await;
     assert_eq!((v["payment_method"]["last4"].as_str(), &v["auto_recharge"]["paused"]), (Some("4242"), &Value::Null));
-    let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("handled");
     assert_eq!(out["result"], "credited", "{out}");
-    let again = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    let again = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("handled");
     assert_eq!(again["result"], "not_due", "{again}");
     assert_eq!(w.view("acme").await["balance"], 14 * C);
     w.assert_invariants("acme").await;
@@ -171,7 +171,7 @@ async fn a_card_that_needs_authentication_is_a_failure() {
     let payments = enabled_low_account(&w, "4000002760003184").await;
     w.usage("acme", "api_calls", 2_000).await;
     let low = balance_low("acme");
-    let out = auto_recharge::handle(&w.credits, &payments, &low).await.expect("handled");
+    let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("handled");
     assert_eq!(out["code"], "authentication_required", "{out}");
     assert_eq!(w.view("acme").await["balance"], 4 * C);
 }
@@ -246,7 +246,7 @@ async fn fifty_concurrent_triggers_make_one_payment_intent() {
     for i in 0..50 {
         let (inst, payments) = (instances[i % 5].clone(), payments.clone());
         let event = if i % 5 == 0 { schedule() } else { low.clone() };
-        tasks.push(tokio::spawn(async move { auto_recharge::handle(&inst, &*payments, &event).await }));
+        tasks.push(tokio::spawn(async move { auto_recharge::handle(&inst, &*payments, &topup_tests::trigger(&event)).await }));
     }
     for t in tasks {
         t.await.expect("task").unwrap_or_else(|e| panic!("{e}"));
@@ -296,7 +296,7 @@ async fn voice_a_call_that_ends_below_the_threshold_reloads_one_block_after_the_
     assert_eq!(s, 201, "{h}");
     // During the call nothing crosses and nothing reloads.
     assert!(of_type(&observer.drain(Duration::from_millis(500)).await, "BalanceLow").is_empty());
-    let sweep = auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep");
+    let sweep = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&schedule())).await.expect("sweep");
     assert_eq!(sweep["recharges"], json!([]), "15 minutes is not below 10: no reload mid-call");
     let hold_id = h["hold_id"].as_str().unwrap_or_default();
     let (s, r) = w
@@ -306,7 +306,7 @@ async fn voice_a_call_that_ends_below_the_threshold_reloads_one_block_after_the_
     let events = observer.drain(Duration::from_secs(1)).await;
     let low = of_type(&events, "BalanceLow");
     assert_eq!(low.len(), 1, "the settle crosses");
-    let out = auto_recharge::handle(&w.credits, &payments, low[0]).await.expect("recharge");
+    let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(low[0])).await.expect("recharge");
     assert_eq!(out["result"], "credited", "{out}");
     let v = w.view("clinic").await;
     assert_eq!(v["balance"], 107 * C, "one 100-minute block");
@@ -325,7 +325,7 @@ async fn the_monthly_cap_holds_until_the_next_month() {
     assert_eq!(s, 200);
     w.usage("acme", "api_calls", 2_000).await; // $4
     assert_eq!(
-        auto_recharge::handle(&w.credits, &payments, &schedule()).await.expect("sweep")["recharges"][0]["outcome"]
+        auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&schedule())).await.expect("sweep")["recharges"][0]["outcome"]
             ["result"],
         "credited"
     );
@@ -341,7 +341,7 @@ async fn the_monthly_cap_holds_until_the_next_month() {
     assert_eq!(w.view("acme").await["balance"], 3 * C, "no charge past the cap");
     // A new calendar month: the counter resets (simulated by dating the count last month).
     w.edit_account("acme", |a| a.auto_recharge.used_month = "2000-01".into()).await;
-    let out = auto_recharge::handle(&w.another_instance(), &payments, &balance_low("acme")).await.expect("recharge");
+    let out = auto_recharge::handle(&w.another_instance(), &payments, &topup_tests::trigger(&balance_low("acme"))).await.expect("recharge");
     assert_eq!(out["result"], "credited", "{out}");
     assert_eq!(w.view("acme").await["balance"], 13 * C);
 }
@@ -495,11 +495,11 @@ async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode()
     let payments = w.save_stripe_card(&id, "4242424242424242").await;
     w.set_auto_recharge(&id, json!({"enabled": true, "threshold": 5 * C, "amount": 5 * C})).await;
     let low = balance_low(&id);
-    let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
+    let r = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("recharge");
     assert_eq!(r["result"], "credited", "{r}");
     assert_eq!(w.view(&id).await["balance"], 5 * C, "at the threshold: still low");
     for event in [low.clone(), schedule(), low.clone()] {
-        let r = auto_recharge::handle(&w.credits, &payments, &event).await.expect("handled");
+        let r = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&event)).await.expect("handled");
         assert!(r.get("recharges").is_none_or(|x| x.as_array().is_some_and(Vec::is_empty)), "{r}");
         assert!(r["result"] != "credited", "{r}");
     }
@@ -510,7 +510,7 @@ async fn a_recharge_that_leaves_the_balance_low_is_not_repeated_in_the_episode()
     let included = w.included(&id, "runs").await;
     let (s, b) = w.usage(&id, "runs", included + 200).await;
     assert_eq!((s, b["balance"].as_i64()), (200, Some(4 * C)), "{b}");
-    let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
+    let r = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("recharge");
     assert_eq!(r["result"], "credited", "{r}");
     assert_eq!(w.view(&id).await["balance"], 9 * C);
     w.assert_invariants(&id).await;
@@ -537,14 +537,14 @@ async fn a_refund_or_a_negative_adjustment_that_crosses_the_threshold_charges_no
     let (s, r) = w.deliver(&stripe_event("charge.refunded", refund_at_stripe(pi, Some(1600)).await)).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(w.view("acme").await["balance"], 4 * C);
-    let out = auto_recharge::handle(&w.credits, &payments, &balance_low("acme")).await.expect("handled");
+    let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&balance_low("acme"))).await.expect("handled");
     assert_eq!((out["result"].as_str(), out["reason"].as_str()), (Some("not_due"), Some("not_started_by_usage")));
     let sweep = w.credits.sweep(&payments, 100, 0).await.expect("sweep");
     assert!(sweep.recharges.is_empty(), "the sweep charges nothing either: {sweep:?}");
 
     // Usage that draws on the low balance does start one.
     w.usage("acme", "api_calls", 100).await;
-    let out = auto_recharge::handle(&w.credits, &payments, &balance_low("acme")).await.expect("handled");
+    let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&balance_low("acme"))).await.expect("handled");
     assert_eq!(out["result"], "credited", "{out}");
 
     // Back above the threshold, a negative adjustment into low charges nothing.

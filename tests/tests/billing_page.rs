@@ -38,3 +38,36 @@ async fn the_billing_page_is_served_with_its_configuration_and_a_policy() {
         credits_api::handle(&w.config, &w.webhooks, &w.credits, request("POST", "/billing", None, None, None)).await;
     assert_eq!(resp.status(), 405);
 }
+
+#[tokio::test]
+async fn the_card_script_is_the_packaged_card_served_as_a_module() {
+    let w = World::new("usd-overage").await;
+    let resp = credits_api::handle(
+        &w.config,
+        &w.webhooks,
+        &w.credits,
+        request("GET", "/billing/topup-credits.js", None, None, None),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(header("content-type"), "text/javascript; charset=utf-8");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let Body::Text(js) = resp.body() else { panic!("text body") };
+    // The built card of sdks/typescript (its tests check that this copy is the build's).
+    let packaged = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/credits-api/src/topup-credits.js"),
+    )
+    .expect("the card's copy");
+    assert_eq!(js, &packaged);
+    assert!(js.contains("customElements.define(name, TopupCreditsElement)"));
+    assert!(!js.contains("sk_test"), "nothing secret in it");
+    let resp = credits_api::handle(
+        &w.config,
+        &w.webhooks,
+        &w.credits,
+        request("POST", "/billing/topup-credits.js", None, None, None),
+    )
+    .await;
+    assert_eq!(resp.status(), 405);
+}

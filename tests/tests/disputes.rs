@@ -149,7 +149,7 @@ async fn the_customer_is_told_of_a_dispute_by_email_and_sms() {
     let disputed = of_type(&events, "PaymentDisputed");
     assert_eq!(disputed.len(), 1, "{events:?}");
     let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
-    let report = notify::handle(&notifier, disputed[0]).await.expect("delivered");
+    let report = notify::handle(&notifier, &topup_tests::bus_event(disputed[0])).await.expect("delivered");
     assert_eq!(
         (report["kind"].as_str(), report["sent"].as_i64()),
         (Some("credit_payment_disputed"), Some(2)),

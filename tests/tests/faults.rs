@@ -1010,14 +1010,15 @@ impl Schedule {
                         let ok = if self.rng.chance(40) {
                             self.stats.concurrent_deliveries += 1;
                             // Two triggers of one recharge at once.
+                            let trigger = topup_tests::trigger(&event);
                             let (a, b) = tokio::join!(
-                                auto_recharge::handle(&self.instances[0], &self.stripe, &event),
-                                auto_recharge::handle(&self.instances[1], &self.stripe, &event)
+                                auto_recharge::handle(&self.instances[0], &self.stripe, &trigger),
+                                auto_recharge::handle(&self.instances[1], &self.stripe, &trigger)
                             );
                             a.is_ok() || b.is_ok()
                         } else {
                             let n = self.rng.below(2);
-                            auto_recharge::handle(&self.instances[n], &self.stripe, &event).await.is_ok()
+                            auto_recharge::handle(&self.instances[n], &self.stripe, &topup_tests::trigger(&event)).await.is_ok()
                         };
                         if ok && !self.rng.chance(20) {
                             self.lows.remove(i);
@@ -1149,7 +1150,7 @@ impl Schedule {
             let _ = self.instances[0].sweep(&self.stripe, 500, 0).await;
             self.collect_events().await;
             for event in std::mem::take(&mut self.lows) {
-                let _ = auto_recharge::handle(&self.instances[0], &self.stripe, &event).await;
+                let _ = auto_recharge::handle(&self.instances[0], &self.stripe, &topup_tests::trigger(&event)).await;
             }
             self.collect_events().await;
             // Stripe retries what was not answered 2xx; an event early for its turn (a refund

@@ -48,7 +48,7 @@ async fn crossing_and_depleting_debits_notify_each_contact_once() {
         let mut tasks = Vec::new();
         for _ in 0..10 {
             let (n, e) = (notifier.clone(), e.clone());
-            tasks.push(tokio::spawn(async move { notify::handle(&n, &e).await.map(|_| ()) }));
+            tasks.push(tokio::spawn(async move { notify::handle(&n, &topup_tests::bus_event(&e)).await.map(|_| ()) }));
         }
         for t in tasks {
             t.await.expect("task").expect("delivered");
@@ -164,7 +164,7 @@ async fn each_type_of_each_profile_arrives_with_its_amounts() {
         detail["account_id"] = json!("acme");
         detail["occurred_ms"] = json!(i);
         let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
-        notify::handle(&notifier, &json!({"detail-type": detail_type, "detail": detail})).await.expect("delivered");
+        notify::handle(&notifier, &topup_tests::bus_event(&json!({"detail-type": detail_type, "detail": detail}))).await.expect("delivered");
         let data = moto_data().await;
         let mails = sent_to(&data, &to);
         assert_eq!(mails.len(), 1, "{profile} {detail_type}");
@@ -213,7 +213,7 @@ async fn every_profile_sends_exactly_the_types_it_lists() {
             detail["event_id"] = json!(format!("evt_{i}"));
             detail["account_id"] = json!("acme");
             detail["occurred_ms"] = json!(i);
-            notify::handle(&notifier, &json!({"detail-type": detail_type, "detail": detail})).await.expect("delivered");
+            notify::handle(&notifier, &topup_tests::bus_event(&json!({"detail-type": detail_type, "detail": detail}))).await.expect("delivered");
         }
         let data = moto_data().await;
         let p = &w.config.profile;

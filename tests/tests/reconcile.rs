@@ -37,14 +37,14 @@ async fn books_that_agree_reconcile_clean() {
     let payments = w.save_stripe_card(&id, "4242424242424242").await;
     w.set_auto_recharge(&id, json!({"enabled": true, "threshold": 35 * C, "amount": 50 * C})).await;
     let low = balance_low(&id);
-    let r = auto_recharge::handle(&w.credits, &payments, &low).await.expect("recharge");
+    let r = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&low)).await.expect("recharge");
     assert_eq!(r["result"], "credited", "{r}");
 
     let report = w.credits.reconcile_account(&payments, &id).await.expect("reconcile");
     assert_eq!(report.differences, vec![], "books agree");
     assert_eq!((report.credited_payments, report.stripe_payments, report.ledger_entries), (2, 2, 4));
     // The function's whole-table run: this table holds this one account.
-    let all = reconcile::reconcile(&w.credits, &payments, &json!({})).await.expect("reconcile all");
+    let all = reconcile::reconcile(&w.credits, &payments, None).await.expect("reconcile all");
     assert_eq!((all.accounts, all.credited_payments, all.differences.len()), (1, 2, 0));
     assert_eq!(reconcile::log_report(&all, reconcile::GRACE_S), 0);
 }

@@ -26,7 +26,8 @@ async fn every_sample_event_answers_its_expected_status() {
         let text = std::fs::read_to_string(dir.join(&file)).expect("sample");
         if file.starts_with("notify-") {
             // An EventBridge event: 200 stands for "handled".
-            let event: serde_json::Value = serde_json::from_str(&text).expect("event json");
+            // Read as the function's runtime reads it: the typed EventBridge event.
+            let event: notify::EventBridgeEvent<serde_json::Value> = serde_json::from_str(&text).expect("an EventBridge event");
             let notifier = topup::live_notifier(&w.config, &w.aws).expect("notifier");
             let report = notify::handle(&notifier, &event).await.unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!((expected, report["kind"].as_str()), (200, Some("credit_balance_low")), "{file}: {report}");
@@ -34,8 +35,11 @@ async fn every_sample_event_answers_its_expected_status() {
         }
         if file.starts_with("reconcile-") {
             // The daily run over the table: 200 stands for "the books agree".
-            let event: serde_json::Value = serde_json::from_str(&text).expect("event json");
-            let report = reconcile::reconcile(&w.credits, &stripe_payments(), &event)
+            let account = match serde_json::from_str::<reconcile::Invocation>(&text).expect("a reconcile invocation") {
+                reconcile::Invocation::Account { account_id } => Some(account_id),
+                reconcile::Invocation::Scheduled(_) => None,
+            };
+            let report = reconcile::reconcile(&w.credits, &stripe_payments(), account.as_deref())
                 .await
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             let problems = reconcile::log_report(&report, reconcile::GRACE_S);
@@ -46,11 +50,10 @@ async fn every_sample_event_answers_its_expected_status() {
             // An EventBridge event or an SQS batch of follow-ups: 200 stands for "handled, no
             // record to receive again" (no endpoint is registered, and a follow-up for a
             // delivery that does not exist is done).
-            let event: serde_json::Value = serde_json::from_str(&text).expect("event json");
+            let event: webhooks_out::Invocation = serde_json::from_str(&text).expect("an SQS batch or an EventBridge event");
             let d = topup::live_dispatcher(&w.config, &w.aws).expect("dispatcher");
-            let reply =
-                webhooks_out::handle(&d, &event, topup::clock::now_ms).await.unwrap_or_else(|e| panic!("{file}: {e}"));
-            if event.get("Records").is_some() {
+            let reply = webhooks_out::handle(&d, &event, topup::clock::now_ms).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+            if matches!(event, webhooks_out::Invocation::Queue(_)) {
                 assert_eq!(reply["batchItemFailures"], serde_json::json!([]), "{file}");
             }
             assert_eq!(expected, 200, "{file}");

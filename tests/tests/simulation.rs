@@ -49,6 +49,8 @@ type Sim = Credits<Arc<MemoryStore>, Arc<MemoryBus>>;
 static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static RECHARGED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static FAILED_RECHARGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ON_LANES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static DISPUTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 const ACCOUNT: &str = "acme";
 const JWT: &str = "simulator-secret-0123456789";
@@ -503,7 +505,7 @@ impl Schedule {
             59..=66 => {
                 let event = topup_tests::balance_low(ACCOUNT);
                 let n = self.rng.below(self.procs.len() as u64) as usize;
-                let r = auto_recharge::handle(&self.procs[n], &self.stripe, &event).await;
+                let r = auto_recharge::handle(&self.procs[n], &self.stripe, &topup_tests::trigger(&event)).await;
                 format!("BalanceLow → {}", r.map(|v| v["result"].to_string()).unwrap_or_else(|e| e.code().to_string()))
             }
             70..=72 => {
@@ -593,6 +595,12 @@ impl Schedule {
                 let r = self.p().expire_grants(now).await;
                 format!("expiry run → {}", outcome(&r.map(|_| ())))
             }
+            94..=95 => {
+                // An operator spreads the account over lanes, or takes them away (1: none).
+                let k = self.rng.range(1, 4) as u32;
+                let r = self.p().set_lanes(ACCOUNT, k).await;
+                format!("lanes {k} → {}", outcome(&r.map(|_| ())))
+            }
             _ => {
                 let ms = match self.rng.below(10) {
                     0..=5 => self.rng.range(1, 120_000),
@@ -663,7 +671,7 @@ impl Schedule {
 
     /// rules §12: refunds and disputes of a payment never take back more credits than it
     /// credited (a won dispute's return counts against what its dispute took).
-    async fn check_takebacks(&self) -> Result<(), String> {
+    async fn check_takebacks(&self, settled: bool) -> Result<(), String> {
         use topup::events::Event;
         let mut credited: HashMap<String, i64> = HashMap::new();
         let mut taken: HashMap<String, i64> = HashMap::new();
@@ -671,7 +679,12 @@ impl Schedule {
             match e.event {
                 Event::AutoRechargeSucceeded(r) => *credited.entry(r.payment_id).or_default() += r.credits,
                 Event::RefundCreated(r) => *taken.entry(r.payment_id).or_default() += r.taken,
-                Event::PaymentDisputed(d) => *taken.entry(d.payment_id).or_default() += d.taken,
+                Event::PaymentDisputed(d) => {
+                    if settled {
+                        DISPUTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    *taken.entry(d.payment_id).or_default() += d.taken
+                }
                 Event::DisputeClosed(d) if d.status == "won" => *taken.entry(d.payment_id).or_default() -= d.taken,
                 _ => {}
             }
@@ -723,11 +736,27 @@ impl Schedule {
 
     /// rules §10–§16 on what is stored and what Stripe holds.
     async fn check(&self, settled: bool) -> Result<(), String> {
-        self.check_takebacks().await?;
+        self.check_takebacks(settled).await?;
         let c = &self.procs[0];
         let a = c.account(ACCOUNT).await.map_err(|e| format!("account: {e:?}"))?;
         let ledger = c.whole_ledger(ACCOUNT).await.map_err(|e| format!("ledger: {e:?}"))?;
-        let differences = topup::reconcile::ledger_differences(&a, &ledger);
+        let mut differences = topup::reconcile::ledger_differences(&a, &ledger);
+        if a.lanes_ever() > 0 {
+            // Each lane a ledger of its own, and the account with its lanes as a whole.
+            let mut lanes = Vec::new();
+            for lane in c.lanes_of(&a).await.map_err(|e| format!("lanes: {e:?}"))? {
+                let own = c.whole_ledger(&lane.id).await.map_err(|e| format!("lane ledger: {e:?}"))?;
+                differences.extend(topup::reconcile::ledger_differences(&lane, &own));
+                if lane.balance.get() > 0 {
+                    ON_LANES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if lane.balance.get() < 0 {
+                    return Err(format!("lane {} at {}", lane.id, lane.balance.get()));
+                }
+                lanes.push((lane, own));
+            }
+            differences.extend(topup::reconcile::lane_differences(&a, &ledger, &lanes));
+        }
         if !differences.is_empty() {
             return Err(format!("reconciliation: {differences:?}"));
         }
@@ -829,6 +858,15 @@ impl Schedule {
         }
         if !self.queued.is_empty() {
             return Err(format!("{} Stripe events still fail with nothing injected", self.queued.len()));
+        }
+        // Lanes taken away: every lane's credits come home.
+        let c = &self.procs[0];
+        c.set_lanes(ACCOUNT, 1).await.map_err(|e| format!("lanes 1 at the end: {e:?}"))?;
+        let a = c.account(ACCOUNT).await.map_err(|e| format!("account: {e:?}"))?;
+        for lane in c.lanes_of(&a).await.map_err(|e| format!("lanes: {e:?}"))? {
+            if lane.balance.get() != 0 {
+                return Err(format!("lane {} still holds {} with lanes taken away", lane.id, lane.balance.get()));
+            }
         }
         Ok(())
     }
@@ -947,12 +985,14 @@ fn schedules_keep_every_invariant() {
     });
     use std::sync::atomic::Ordering::Relaxed;
     println!(
-        "simulator: {} schedules of {STEPS} steps, {} failed; reached: {} recharges credited, {} cancelled after failing, {} checks with a recharge kept while processing",
+        "simulator: {} schedules of {STEPS} steps, {} failed; reached: {} recharges credited, {} cancelled after failing, {} checks with a recharge kept while processing, {} with a lane holding credits, {} disputes that took credits",
         seeds.len(),
         failures.len(),
         RECHARGED.load(Relaxed),
         FAILED_RECHARGES.load(Relaxed),
-        KEPT.load(Relaxed)
+        KEPT.load(Relaxed),
+        ON_LANES.load(Relaxed),
+        DISPUTED.load(Relaxed)
     );
     assert!(failures.is_empty(), "{} of {} schedules failed; the first:\n{}", failures.len(), seeds.len(), failures[0]);
 }
@@ -973,6 +1013,7 @@ fn each_broken_variant_is_caught() {
         Bug::ExpireGrantTwice,
         Bug::ForgetMonthlyCap,
         Bug::ForgetRefundCap,
+        Bug::SkipRecall,
     ] {
         set(Some(bug));
         let found = (0..limit).find_map(|i| run_blocking(base.wrapping_add(i)).err().map(|why| (i + 1, why)));

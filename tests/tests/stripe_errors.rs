@@ -116,7 +116,7 @@ async fn an_error_of_ours_or_stripes_never_suspends_nor_tells_the_customer() {
         w.usage("acme", "api_calls", 2_000).await;
         let (payments, _) = answering(status, error.clone()).await;
 
-        let out = auto_recharge::handle(&w.credits, &payments, &balance_low("acme")).await;
+        let out = auto_recharge::handle(&w.credits, &payments, &topup_tests::trigger(&balance_low("acme"))).await;
         assert_eq!(
             out.as_ref().map_err(|e| e.code()),
             Err("payment_provider_unavailable"),

@@ -14,8 +14,8 @@ fn the_template_never_sets_the_local_jwt_secret() {
     assert!(!t.contains("TOPUP_LOCAL_JWT_SECRET"), "the deployed functions must only trust API Gateway's authorizer");
     assert!(t.contains("DefaultAuthorizer: Jwt"));
     // Outside the authorizer only Stripe's endpoint, which verifies signatures itself, and the
-    // static billing page and console, which carry no data.
-    assert_eq!(t.matches("Authorizer: NONE").count(), 3);
+    // static billing page, card script and console, which carry no data.
+    assert_eq!(t.matches("Authorizer: NONE").count(), 4);
     assert!(
         t.contains("TOPUP_STRIPE_SECRET_ID: !Ref StripeSecretName") && !t.contains("{{resolve:secretsmanager:"),
         "the Stripe secrets are read from Secrets Manager at init, never resolved into the template"
@@ -101,7 +101,7 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 42, "{routes:?}");
+    assert_eq!(routes.len(), 43, "{routes:?}");
     for (binary, method, path) in routes {
         let concrete = path
             .replace("{account_id}", "acme")
@@ -112,8 +112,8 @@ async fn every_template_route_is_served_by_its_function() {
             .replace("{entity}", "user:x")
             .replace("{payment_id}", "pi_x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
-        if path == "/billing" || path == "/console" || path.ends_with(".csv") {
-            // The routes that answer HTML and CSV rather than JSON.
+        if path.starts_with("/billing") || path == "/console" || path.ends_with(".csv") {
+            // The routes that answer HTML, JavaScript and CSV rather than JSON.
             let resp = credits_api::handle(&w.config, &w.webhooks, &w.credits, req).await;
             assert_eq!((binary.as_str(), resp.status().as_u16()), ("credits-api", 200));
             continue;
@@ -797,4 +797,25 @@ fn webhook_retries_go_to_their_queue_and_endpoints_are_never_loopback() {
     }
     senders.sort();
     assert_eq!(senders, ["CreditsApiFunction", "WebhooksOutFunction"]);
+}
+
+/// SPEC §18: the API answers CORS for the `AllowedOrigins` parameter only, none by default
+/// (the `<topup-credits>` card on an app's page); never for any origin.
+#[test]
+fn cors_is_for_the_allowed_origins_only_and_none_by_default() {
+    let doc = template_doc();
+    let param = &doc["Parameters"]["AllowedOrigins"];
+    assert_eq!(param["Type"], "String");
+    assert_eq!(param["Default"], "");
+    assert_eq!(doc["Conditions"]["HasAllowedOrigins"]["!Not"][0]["!Equals"], serde_json::json!(["!Ref AllowedOrigins", ""]));
+    let cors = &resources(&doc)["Api"]["Properties"]["CorsConfiguration"]["Fn::If"];
+    assert_eq!(cors[0], "HasAllowedOrigins");
+    assert_eq!(cors[1]["AllowOrigins"]["!Split"], serde_json::json!([",", "!Ref AllowedOrigins"]));
+    assert_eq!(cors[2], "!Ref AWS::NoValue", "without origins, no CORS at all");
+    assert!(strings(&cors[1]["AllowHeaders"]).contains(&"authorization"));
+    assert!(!cors[1].to_string().contains('*'), "no wildcard: {}", cors[1]);
+    assert_eq!(cors[1].get("AllowCredentials"), None, "tokens go in a header, never cookies");
+    let r = resources(&doc);
+    let card = &r["CreditsApiFunction"]["Properties"]["Events"]["CreditsCardScript"]["Properties"];
+    assert_eq!((card["Path"].as_str(), card["Method"].as_str()), (Some("/billing/topup-credits.js"), Some("GET")));
 }

@@ -217,7 +217,7 @@ async fn a_debit_crossing_two_alert_thresholds_delivers_each_event_once_signed()
     let events = observer.drain(Duration::from_secs(2)).await;
     let d = dispatcher(&w);
     for e in events.iter().chain(events.iter()) {
-        webhooks_out::handle(&d, e, topup::clock::now_ms).await.expect("delivered");
+        webhooks_out::handle(&d, &topup_tests::invocation(e), topup::clock::now_ms).await.expect("delivered");
     }
     let got = receiver.got();
     let mut thresholds: Vec<i64> = got.iter().filter_map(|(_, b, _)| b["data"]["threshold"].as_i64()).collect();
@@ -258,7 +258,7 @@ async fn a_receiver_failing_three_times_gets_the_event_four_times_with_one_id_an
     let low = of_type(&events, "BalanceLow");
     assert_eq!(low.len(), 1);
     let d = dispatcher(&w);
-    webhooks_out::handle(&d, low[0], topup::clock::now_ms).await.expect("first attempt");
+    webhooks_out::handle(&d, &topup_tests::invocation(low[0]), topup::clock::now_ms).await.expect("first attempt");
     assert_eq!(receiver.got().len(), 1);
     // The retries come from the queue: after 1 s, 1 s and 2 s.
     let started = std::time::Instant::now();
@@ -318,7 +318,7 @@ async fn a_receiver_that_never_answers_2xx_leaves_a_failed_delivery_after_the_wi
     let event = json!({"detail-type": "GrantExpired", "detail": {"grant_id": "grt_1", "expired": 5, "expires_at": "x",
         "balance": 0, "event_id": "evt_window", "account_id": "acme", "occurred_at": "x", "occurred_ms": topup::clock::now_ms()}});
     let d = dispatcher(&w);
-    webhooks_out::handle(&d, &event, topup::clock::now_ms).await.expect("first attempt");
+    webhooks_out::handle(&d, &topup_tests::invocation(&event), topup::clock::now_ms).await.expect("first attempt");
     run_follow_ups(&w, &dispatcher(&w), Duration::from_secs(4)).await;
     // 0, +1 s, +1 s (at 2 s); +2 s would pass the 3 s window.
     assert_eq!(receiver.got().len(), 3);

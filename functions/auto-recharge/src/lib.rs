@@ -7,7 +7,8 @@
 //! Stripe did not answer with a card outcome (an error of ours or Stripe's) fails it too: the
 //! claim stays in flight and the sweep recovers it, and nobody is told their card failed.
 
-use serde::Deserialize;
+pub use aws_lambda_events::eventbridge::EventBridgeEvent;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use topup::engine::Credits;
 use topup::events::EventBus;
@@ -19,17 +20,14 @@ use topup::ApiError;
 /// Accounts read from the sweep's index per page (the sweep goes through every page).
 pub const SWEEP_PAGE: usize = topup::sweep::SWEEP_PAGE;
 
-/// What EventBridge hands the function, as far as it reads it.
-#[derive(Debug, Deserialize)]
-pub struct Trigger {
-    #[serde(rename = "detail-type", default)]
-    pub detail_type: String,
-    #[serde(default)]
-    pub detail: TriggerDetail,
-}
+/// What EventBridge hands the function: `BalanceLow` for an account, or the schedule's
+/// `Scheduled Event` (whose detail is `{}`).
+pub type Trigger = EventBridgeEvent<TriggerDetail>;
 
-#[derive(Debug, Default, Deserialize)]
+/// The detail as far as the function reads it: whose balance is low.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TriggerDetail {
+    #[serde(default)]
     pub account_id: Option<String>,
 }
 
@@ -37,9 +35,9 @@ pub struct TriggerDetail {
 pub async fn handle<S: Store, B: EventBus, P: Payments>(
     credits: &Credits<S, B>,
     payments: &P,
-    event: &Value,
+    trigger: &Trigger,
 ) -> Result<Value, ApiError> {
-    handle_until(credits, payments, event, None).await
+    handle_until(credits, payments, trigger, None).await
 }
 
 /// `handle` with a deadline for the sweep (the invocation's, less a margin): past it the
@@ -47,13 +45,9 @@ pub async fn handle<S: Store, B: EventBus, P: Payments>(
 pub async fn handle_until<S: Store, B: EventBus, P: Payments>(
     credits: &Credits<S, B>,
     payments: &P,
-    event: &Value,
+    trigger: &Trigger,
     deadline: Option<std::time::Instant>,
 ) -> Result<Value, ApiError> {
-    let Ok(trigger) = serde_json::from_value::<Trigger>(event.clone()) else {
-        tracing::warn!("an event this function cannot read; ignored");
-        return Ok(json!({"result": "ignored"}));
-    };
     let outcome = match trigger.detail_type.as_str() {
         "BalanceLow" => {
             let Some(account_id) = trigger.detail.account_id.as_deref() else {

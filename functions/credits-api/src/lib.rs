@@ -27,6 +27,8 @@
 //! support adjusts up to `TOPUP_SUPPORT_ADJUST_LIMIT` and redelivers; finance also voids,
 //! pauses or resumes auto-recharge, and reads the revenue report and the audit log. Every change
 //! runs inside `audit::scoped` with the caller, so the change records who made it.
+//! - `GET /billing/topup-credits.js`: the `<topup-credits>` element (the Credits card for an
+//!   app's own page; built from sdks/typescript/src/card.ts)
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
@@ -70,6 +72,8 @@ pub enum Route {
     Reconciliation,
     /// `GET /v1/dead-letters`: the dead-letter queues' depths (rules §19).
     DeadLetters,
+    /// `GET /billing/topup-credits.js`: the `<topup-credits>` element's script.
+    CardScript,
     Account(String),
     Credits(String),
     Transactions(String),
@@ -155,6 +159,7 @@ impl Route {
         let a = |s: &str| s.to_string();
         Some(match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["billing"] => Route::Billing,
+            ["billing", "topup-credits.js"] => Route::CardScript,
             ["console"] => Route::Console,
             ["v1", "audit"] => Route::Audit,
             ["v1", "accounts"] => Route::Search,
@@ -191,6 +196,7 @@ impl Route {
             Route::Details(_) => "details",
             Route::Reconciliation => "reconciliation",
             Route::DeadLetters => "dead_letters",
+            Route::CardScript => "card_script",
             Route::Account(_) => "account",
             Route::Credits(_) => "credits",
             Route::Transactions(_) => "transactions",
@@ -215,6 +221,7 @@ impl Route {
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
             Route::Billing
+            | Route::CardScript
             | Route::Console
             | Route::Audit
             | Route::Search
@@ -256,6 +263,7 @@ impl Route {
             | Route::Details(_)
             | Route::Reconciliation
             | Route::DeadLetters
+            | Route::CardScript
             | Route::Credits(_)
             | Route::Transactions(_)
             | Route::Notifications(_)
@@ -306,6 +314,9 @@ pub async fn handle<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQ
     };
     if route == Route::Billing {
         return billing_page(config, &req);
+    }
+    if route == Route::CardScript {
+        return card_script(&req);
     }
     if route == Route::Console {
         return console_page(config, &req);
@@ -505,7 +516,7 @@ async fn route_request<S: Store, B: EventBus>(
     let who = allowed(config, req, route)?;
     let method = req.method().as_str();
     match route {
-        Route::Billing | Route::Console => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Billing | Route::Console | Route::CardScript => Err(ApiError::MethodNotAllowed(method.to_string())),
         Route::Audit => {
             // A parameter given is checked, empty or not.
             let q = req.query_string_parameters();
@@ -930,6 +941,27 @@ fn billing_page(config: &Config, req: &Request) -> Response<Body> {
         h.insert("content-security-policy", v);
     }
     tracing::info!(route = "billing_page", status = 200, "handled");
+    resp
+}
+
+/// The `<topup-credits>` element: sdks/typescript's `dist/card.js`, copied here by its
+/// `npm run build` (whose tests check the copy), so this build never needs node.
+const CARD_SCRIPT: &str = include_str!("topup-credits.js");
+
+/// `GET /billing/topup-credits.js`: a static ES module with no imports and nothing secret. Which
+/// pages may load it (and call the API) is the API's CORS configuration (`AllowedOrigins`).
+fn card_script(req: &Request) -> Response<Body> {
+    use lambda_http::http::{HeaderValue, StatusCode};
+    if req.method() != "GET" {
+        return topup::http::error_response(&ApiError::MethodNotAllowed(req.method().to_string()));
+    }
+    let mut resp = Response::new(Body::Text(CARD_SCRIPT.to_string()));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/javascript; charset=utf-8"));
+    h.insert("cache-control", HeaderValue::from_static("public, max-age=300"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    tracing::info!(route = "card_script", status = 200, "handled");
     resp
 }
 

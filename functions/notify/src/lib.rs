@@ -4,14 +4,19 @@
 //! (rules §8). A retryable failure fails the invocation so EventBridge retries; the template
 //! gives it a dead-letter queue.
 
+pub use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::{json, Value};
 use topup::notify::{Channels, Notifier, RetryLater};
 use topup::store::Store;
 
-/// Handles one EventBridge event (`{"detail-type": ..., "detail": {...}}`).
-pub async fn handle<S: Store, C: Channels>(notifier: &Notifier<S, C>, event: &Value) -> Result<Value, RetryLater> {
-    let detail_type = event["detail-type"].as_str().unwrap_or_default();
-    let report = notifier.deliver(detail_type, &event["detail"]).await?;
+/// Handles one EventBridge event: its `detail-type` says which of ours, its `detail` is the
+/// event's detail as topup published it.
+pub async fn handle<S: Store, C: Channels>(
+    notifier: &Notifier<S, C>,
+    event: &EventBridgeEvent<Value>,
+) -> Result<Value, RetryLater> {
+    let detail_type = event.detail_type.as_str();
+    let report = notifier.deliver(detail_type, &event.detail).await?;
     tracing::info!(
         detail_type,
         kind = report.kind.unwrap_or("none"),

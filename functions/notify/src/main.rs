@@ -8,7 +8,7 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::load_from_env().await;
     let notifier = topup::live_notifier(&config, &aws)?;
     let notifier = &notifier;
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
+    run(service_fn(move |event: LambdaEvent<notify::EventBridgeEvent<Value>>| async move {
         notify::handle(notifier, &event.payload).await.map_err(Error::from)
     }))
     .await

@@ -13,6 +13,7 @@
 
 pub mod audit_verify;
 
+pub use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::Value;
 use topup::engine::Credits;
 use topup::events::EventBus;
@@ -28,13 +29,22 @@ pub const GRACE_S: i64 = 3600;
 /// Segments of the account listing reconciled in parallel by a scheduled run.
 pub const SEGMENTS: u32 = 16;
 
-/// Reconciles one account (`account_id` in the event) or all of them, as a run of its own.
+/// What invokes the function: one account by hand (`{"account_id": "..."}`), or the
+/// schedule (an EventBridge `Scheduled Event`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Invocation {
+    Account { account_id: String },
+    Scheduled(EventBridgeEvent<Value>),
+}
+
+/// Reconciles one account (`account`) or all of them, as a run of its own.
 pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
-    event: &Value,
+    account: Option<&str>,
 ) -> Result<Report, ApiError> {
-    match event["account_id"].as_str() {
+    match account {
         Some(id) => {
             let mut report = Report::empty();
             report.add(credits.reconcile_account(history, id).await?);
@@ -49,11 +59,11 @@ pub async fn reconcile<S: Store, B: EventBus, H: PaymentHistory>(
 pub async fn scheduled<S: Store, B: EventBus, H: PaymentHistory>(
     credits: &Credits<S, B>,
     history: &H,
-    event: &Value,
+    invocation: &Invocation,
     deadline: Option<std::time::Instant>,
 ) -> Result<Report, ApiError> {
-    if event["account_id"].is_string() {
-        return reconcile(credits, history, event).await;
+    if let Invocation::Account { account_id } = invocation {
+        return reconcile(credits, history, Some(account_id)).await;
     }
     let run = topup::clock::date_of(topup::clock::now_ms());
     credits.reconcile_run(history, &run, SEGMENTS, deadline).await

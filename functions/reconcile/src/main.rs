@@ -1,7 +1,6 @@
 // The future of `run` with the Stripe and AWS clients nests deeply.
 #![recursion_limit = "256"]
 use lambda_runtime::{run, service_fn, tracing, Error, LambdaEvent};
-use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -12,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let (payments, _) = topup::live_stripe(&config, &aws).await?;
     let credits = topup::live(&config, &aws);
     let (credits, payments) = (&credits, &payments);
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
+    run(service_fn(move |event: LambdaEvent<reconcile::Invocation>| async move {
         // Stop with a minute to spare before the deadline; the next scheduled invocation goes
         // on from the checkpoints.
         let deadline = topup::clock::stop_before(event.context.deadline, 60_000);

@@ -9,15 +9,26 @@
 //!   its closing once the retry window is spent. The answer names the records to receive
 //!   again (`batchItemFailures`); the rest are done.
 
+pub use aws_lambda_events::eventbridge::EventBridgeEvent;
+pub use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use serde_json::{json, Value};
 use topup::notify::Channels;
 use topup::webhooks::deliver::{DeliverError, Dispatcher, FollowUp, RetryQueue, Sender};
 use topup::webhooks::WebhookStore;
 
+/// What invokes the function: a batch of follow-ups from the retry queue, or one of our events
+/// from the bus (tried in that order: only the former has `Records`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Invocation {
+    Queue(SqsEvent),
+    Bus(EventBridgeEvent<Value>),
+}
+
 /// Handles one invocation, from either source; `clock` gives the time of each attempt.
 pub async fn handle<W, H, Q, C>(
     d: &Dispatcher<W, H, Q, C>,
-    event: &Value,
+    invocation: &Invocation,
     clock: fn() -> i64,
 ) -> Result<Value, DeliverError>
 where
@@ -26,12 +37,12 @@ where
     Q: RetryQueue,
     C: Channels,
 {
-    match event.get("Records").and_then(Value::as_array) {
-        Some(records) => Ok(follow_ups(d, records, clock).await),
-        None => {
-            let report = d.on_event(event, clock()).await?;
+    match invocation {
+        Invocation::Queue(batch) => Ok(follow_ups(d, &batch.records, clock).await),
+        Invocation::Bus(event) => {
+            let report = d.on_bus_event(&event.detail_type, &event.detail, clock()).await?;
             tracing::info!(
-                detail_type = event["detail-type"].as_str().unwrap_or_default(),
+                detail_type = event.detail_type.as_str(),
                 attempted = report.attempted,
                 succeeded = report.succeeded,
                 skipped = report.skipped,
@@ -46,7 +57,7 @@ where
 /// one after another, a batch of slow receivers would outlast the function's timeout): one
 /// that fails is received again; one that cannot be read is logged and dropped (it would fail
 /// forever; the dead-letter queue is for the former).
-async fn follow_ups<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, records: &[Value], clock: fn() -> i64) -> Value
+async fn follow_ups<W, H, Q, C>(d: &Dispatcher<W, H, Q, C>, records: &[SqsMessage], clock: fn() -> i64) -> Value
 where
     W: WebhookStore,
     H: Sender,
@@ -54,8 +65,8 @@ where
     C: Channels,
 {
     let runs = records.iter().map(|r| async move {
-        let id = r["messageId"].as_str().unwrap_or_default();
-        let f = match r["body"].as_str().map(serde_json::from_str::<FollowUp>) {
+        let id = r.message_id.as_deref().unwrap_or_default();
+        let f = match r.body.as_deref().map(serde_json::from_str::<FollowUp>) {
             Some(Ok(f)) => f,
             _ => {
                 tracing::error!(message_id = id, "a retry queue message that is not a follow-up; dropped");

@@ -1,5 +1,4 @@
 use lambda_runtime::{run, service_fn, tracing, Error, LambdaEvent};
-use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -8,7 +7,7 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::load_from_env().await;
     let dispatcher = topup::live_dispatcher(&config, &aws)?;
     let dispatcher = &dispatcher;
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
+    run(service_fn(move |event: LambdaEvent<webhooks_out::Invocation>| async move {
         webhooks_out::handle(dispatcher, &event.payload, topup::clock::now_ms).await.map_err(Error::from)
     }))
     .await

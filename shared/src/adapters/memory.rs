@@ -336,7 +336,7 @@ impl Listings for MemoryStore {
         after: Option<String>,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         let m = self.lock()?;
-        let listed = m.accounts.values().filter(|a| a.gsi1pk.is_some()).map(|a| &a.id);
+        let listed = m.accounts.values().filter(|a| a.swept()).map(|a| &a.id);
         Ok(page_after(listed, limit, after.as_ref()))
     }
     async fn account_ids(
@@ -351,11 +351,11 @@ impl Listings for MemoryStore {
     }
     async fn accounts_expiring(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         let m = self.lock()?;
-        let mut due: Vec<(String, String)> = m
+        let mut due: Vec<(i64, String)> = m
             .accounts
             .values()
-            .filter_map(|a| a.gsi2sk.clone().map(|k| (k, a.id.clone())))
-            .filter(|(k, _)| k.as_str() <= format!("{:013}", by_ms.max(0)).as_str())
+            .filter_map(|a| a.expiry_due().map(|t| (t, a.id.clone())))
+            .filter(|(t, _)| *t <= by_ms)
             .collect();
         due.sort();
         Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())

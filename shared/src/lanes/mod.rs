@@ -261,7 +261,6 @@ fn plan_lease(
             None => out.push((g.clone(), *m)),
         }
     }
-    next.index_for_sweep();
     let lane_item = lane.cloned().unwrap_or_else(|| new_lane(profile, account, n, now));
     let lease_no = next.version;
     let out_entry =
@@ -396,6 +395,47 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         Ok(false)
     }
 
+    /// Where a debit of `consumable` on account `id` goes first (rules §14): this process's lane
+    /// while the account has lanes and the consumable is drawn from credits, else the account.
+    /// A debit naming an entity goes to the account, where the entity's month is decided (§17).
+    pub(crate) fn route(&self, id: &str, consumable: &str, names_entity: bool) -> Route {
+        match self.lane_for(id, consumable) {
+            Some(n) if !names_entity => Route { id: id.to_string(), lane: Some(n), leased: false },
+            _ => Route { id: id.to_string(), lane: None, leased: false },
+        }
+    }
+
+    /// The item a debit on `route` writes, and what its answer's balance adds beside it (the
+    /// rest of the account as this process last knew it).
+    pub(crate) fn target(&self, route: &Route) -> (String, i64) {
+        match route.lane {
+            Some(n) => (lane_id(&route.id, n), self.balance_beside(&route.id, n)),
+            None => (route.id.clone(), self.lanes_balance(&route.id)),
+        }
+    }
+
+    /// After a debit on `route` answered `failure`: `Some` route to try next — the same lane
+    /// once it has leased credits (once), or the account, which decides on the whole — or
+    /// `None` when the failure is the debit's answer (any failure on the account, and any on a
+    /// lane but a lane that cannot take it or does not exist yet).
+    pub(crate) async fn reroute(
+        &self,
+        route: Route,
+        failure: &ApiError,
+        consumable: &str,
+        quantity: i64,
+    ) -> Result<Option<Route>, ApiError> {
+        let Some(n) = route.lane else { return Ok(None) };
+        if !matches!(failure, ApiError::NotOnLane) && *failure != ApiError::account_not_found() {
+            return Ok(None);
+        }
+        let need = self.credits_needed(&route.id, consumable, quantity);
+        if !route.leased && self.lease(&route.id, n, consumable, need).await? {
+            return Ok(Some(Route { leased: true, ..route }));
+        }
+        Ok(Some(Route { lane: None, ..route }))
+    }
+
     /// The lane a debit of `consumable` goes to, known from this process's last view of the
     /// account: `None` for the account itself (no lanes, or allowance left). Each process has
     /// its own lane (keys are the account's, so any lane is right for any key), which keeps its
@@ -471,6 +511,23 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         })
         .await?
         .done()
+    }
+}
+
+/// Where a debit goes: account `id`, or its lane `lane`; `leased` once that lane has leased
+/// credits for it (it leases at most once a debit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub(crate) id: String,
+    lane: Option<u32>,
+    leased: bool,
+}
+
+impl Route {
+    /// The debit moved on (a batch took some of its events here): a lane may lease again for
+    /// the next one it cannot take.
+    pub(crate) fn moved_on(&mut self) {
+        self.leased = false;
     }
 }
 

@@ -113,7 +113,12 @@ impl<W: WebhookStore, H: Sender, Q: RetryQueue, C: Channels> Dispatcher<W, H, Q,
     /// attempted now. Fails (so the bus delivers the event again) only when a delivery could
     /// not be recorded or its follow-up not queued; what was done is not done twice.
     pub async fn on_event(&self, event: &Value, now: i64) -> Result<Report, DeliverError> {
-        let out = match Outgoing::from_bus(event) {
+        self.on_bus_event(event["detail-type"].as_str().unwrap_or_default(), &event["detail"], now).await
+    }
+
+    /// `on_event` for an event already read: its `detail-type` and `detail`.
+    pub async fn on_bus_event(&self, detail_type: &str, detail: &Value, now: i64) -> Result<Report, DeliverError> {
+        let out = match Outgoing::from_detail(detail_type, detail) {
             None => return Ok(Report { skipped: 1, ..Report::default() }),
             Some(Err(why)) => {
                 // Ours always carry these: a malformed event is logged, not retried forever.

@@ -118,8 +118,11 @@ impl Outgoing {
     /// The delivery body of a bus event (`{"detail-type", "detail"}`): `None` when it is not an
     /// event receivers are sent; an error when it lacks what every event of ours carries.
     pub fn from_bus(event: &Value) -> Option<Result<Outgoing, String>> {
-        let detail_type = event["detail-type"].as_str().unwrap_or_default();
-        let detail = &event["detail"];
+        Outgoing::from_detail(event["detail-type"].as_str().unwrap_or_default(), &event["detail"])
+    }
+
+    /// `from_bus` for an event already read: its `detail-type` and `detail`.
+    pub fn from_detail(detail_type: &str, detail: &Value) -> Option<Result<Outgoing, String>> {
         let kind = webhook_type(detail_type, detail)?;
         Some(Outgoing::build(kind, detail))
     }
@@ -166,7 +169,7 @@ pub fn signature_header(secrets: &[&str], t: i64, body: &str) -> String {
 }
 
 /// Whether `header` signs `body` with `secret` within `tolerance_s` of `now_s`: what a receiver
-/// does (the README shows the same in Python). Constant-time comparison of each `v1`.
+/// does (docs/api.md shows the same in Python, and the clients in sdks/ do it too). Constant-time comparison of each `v1`.
 pub fn verify(secret: &str, header: &str, body: &str, now_s: i64, tolerance_s: i64) -> bool {
     let mut t = None;
     let mut sigs = Vec::new();

@@ -5,7 +5,6 @@
 #![recursion_limit = "256"]
 use std::process::ExitCode;
 
-use serde_json::json;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -31,10 +30,10 @@ async fn run() -> Result<usize, Box<dyn std::error::Error>> {
     let ids: Vec<String> = std::env::args().skip(1).collect();
     let mut reports = Vec::new();
     if ids.is_empty() {
-        reports.push(reconcile::reconcile(&credits, &payments, &json!({})).await?);
+        reports.push(reconcile::reconcile(&credits, &payments, None).await?);
     }
     for id in &ids {
-        reports.push(reconcile::reconcile(&credits, &payments, &json!({"account_id": id})).await?);
+        reports.push(reconcile::reconcile(&credits, &payments, Some(id)).await?);
     }
     let mut problems = 0;
     for r in &reports {

@@ -66,11 +66,46 @@ fn planned(item: Item, condition: Option<&str>, slot: Slot, kind: &'static str) 
 }
 
 /// Everything `commit` writes, in transaction order.
+/// The partition of the sparse index (`gsi1`) that lists accounts with auto-recharge on.
+pub const SWEEP_INDEX_KEY: &str = "AUTORECHARGE";
+/// Partitions of the sparse index (`gsi2`) of accounts with an expiring grant.
+pub const EXPIRY_INDEX_SHARDS: u32 = 4;
+
+/// The `gsi2` partition of an account: one of `EXPIRY#0` … `EXPIRY#3`.
+fn expiry_index_key(account_id: &str) -> String {
+    let h = account_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("EXPIRY#{}", h % EXPIRY_INDEX_SHARDS)
+}
+
+/// The account's item: the account, and the keys of the sparse indexes that list it — the
+/// sweep's (`gsi1pk`) while auto-recharge is on, the expiry run's (`gsi2pk`, `gsi2sk` the
+/// soonest expiry in ms) while a grant has an expiry. A write replaces the whole item, so an
+/// account no longer listed drops out of the index with it.
+pub fn account_item(a: &crate::account::Account) -> Result<Item, StoreError> {
+    let mut item = to_item(a, account_pk(&a.id), "ACCOUNT".into(), None)?;
+    if a.swept() {
+        item.insert("gsi1pk".into(), s(SWEEP_INDEX_KEY));
+    }
+    if let Some(t) = a.expiry_due() {
+        item.insert("gsi2pk".into(), s(expiry_index_key(&a.id)));
+        item.insert("gsi2sk".into(), s(format!("{:013}", t.max(0))));
+    }
+    // The console's lookups (rules §19): by first billing email (gsi4), by Stripe customer (gsi5).
+    let (email, customer) = a.lookup_keys();
+    if let Some(k) = email {
+        item.insert("gsi4pk".into(), s(k));
+    }
+    if let Some(k) = customer {
+        item.insert("gsi5pk".into(), s(k));
+    }
+    Ok(item)
+}
+
 pub(crate) fn plan_commit(c: &Commit) -> Result<Vec<Planned>, StoreError> {
     let pk = account_pk(&c.account.id);
     let mut out = Vec::with_capacity(3 + c.idempotency.len() + c.outbox.len());
 
-    let account_item = to_item(&c.account, pk.clone(), "ACCOUNT".into(), None)?;
+    let account_item = account_item(&c.account)?;
     let guard = if c.expected_version == 0 {
         (NEW.to_string(), vec![])
     } else {

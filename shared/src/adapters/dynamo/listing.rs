@@ -50,7 +50,7 @@ impl DynamoStore {
         let mut ids = Vec::new();
         // Each shard its share, so that accounts that stay due on one (waiting for a hold)
         // never starve the others.
-        let shards = crate::account::EXPIRY_INDEX_SHARDS;
+        let shards = super::items::EXPIRY_INDEX_SHARDS;
         let share = limit.div_ceil(shards as usize).max(1);
         for shard in 0..shards {
             let mut start = None;
@@ -92,7 +92,7 @@ impl DynamoStore {
         // The cursor is the last account's id: with the index key it is where the next page starts.
         let start = after.map(|id| {
             let mut key = account_key(&id);
-            key.insert("gsi1pk".to_string(), s(crate::account::SWEEP_INDEX_KEY));
+            key.insert("gsi1pk".to_string(), s(super::items::SWEEP_INDEX_KEY));
             key
         });
         let out = self
@@ -101,7 +101,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .index_name(SWEEP_INDEX)
             .key_condition_expression("gsi1pk = :k")
-            .expression_attribute_values(":k", s(crate::account::SWEEP_INDEX_KEY))
+            .expression_attribute_values(":k", s(super::items::SWEEP_INDEX_KEY))
             .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
             .set_exclusive_start_key(start)
             .send()

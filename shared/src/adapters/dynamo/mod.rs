@@ -40,7 +40,7 @@ mod listing;
 mod table;
 mod webhooks;
 
-pub use items::{commit_items, item_size, too_large, ItemWrite, ITEMS_PER_TRANSACTION, MAX_ITEM_BYTES};
+pub use items::{account_item, commit_items, item_size, too_large, ItemWrite, ITEMS_PER_TRANSACTION, MAX_ITEM_BYTES};
 use items::{idempotency_key, page_entries, plan_commit, purchase_planned, Planned, Slot};
 
 pub use attributes::{from_attr, to_attr};
