@@ -7,6 +7,8 @@
             template lint, and an end-to-end pass through `cargo lambda watch`, the router and
             `cargo lambda invoke` with the sample events (tests/e2e/end_to_end.py). Starts and
             stops its own servers.
+    browser the browser tests alone (the billing page and the console in headless Chromium),
+            with emulators of their own: what `test` runs last, for working on a page.
     bench   the benchmarks of BENCHMARKS.md.
     token   prints a local JWT (HS256, TOPUP_LOCAL_JWT_SECRET).
 
@@ -163,6 +165,15 @@ def webhook_retry_queue(endpoint: str, bus: str) -> str:
         "RedrivePolicy": redrive})["QueueUrl"]
 
 
+def dead_letter_queue(endpoint: str, bus: str) -> str:
+    """The URL of `<bus>-WebhookRetryDeadLetters` (made by `webhook_retry_queue`)."""
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    return sqs.create_queue(QueueName=f"{bus}-{WEBHOOK_RETRY_DEAD_LETTERS}")["QueueUrl"]
+
+
 def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) -> None:
     """What the SAM template creates, made in the emulator: table (with TTL), bus, sender,
     webhooks-out's retry queue (with its dead-letter queue)."""
@@ -174,7 +185,7 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
         ddb.create_table(
             TableName=table, BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"}
-                                  for n in ("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk")],
+                                  for n in ("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi4pk", "gsi5pk")],
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
             GlobalSecondaryIndexes=[{
                 "IndexName": "gsi1",
@@ -183,6 +194,19 @@ def create_resources(endpoint: str, table: str, bus: str, sender_domain: str) ->
             }, {
                 "IndexName": "gsi2",
                 "KeySchema": [{"AttributeName": "gsi2pk", "KeyType": "HASH"}, {"AttributeName": "gsi2sk", "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }, {
+                # The audit log across accounts, and the console's lookups (rules §19).
+                "IndexName": "gsi3",
+                "KeySchema": [{"AttributeName": "gsi3pk", "KeyType": "HASH"}, {"AttributeName": "gsi3sk", "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }, {
+                "IndexName": "gsi4",
+                "KeySchema": [{"AttributeName": "gsi4pk", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }, {
+                "IndexName": "gsi5",
+                "KeySchema": [{"AttributeName": "gsi5pk", "KeyType": "HASH"}],
                 "Projection": {"ProjectionType": "KEYS_ONLY"},
             }])
         ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
@@ -242,6 +266,10 @@ def function_env(endpoint: str, profile: str, table: str, bus: str, secret: str,
         # retry schedule of seconds rather than days, so that a local test sees an endpoint
         # retried, given up on and disabled.
         "TOPUP_WEBHOOK_QUEUE_URL": env.get("TOPUP_WEBHOOK_QUEUE_URL") or webhook_retry_queue(endpoint, bus),
+        # The console shows the depth of each (rules §19): webhooks-out's retries' dead letters
+        # here (the failure queues scripts/wiring.py makes are named in `serve`'s banner).
+        "TOPUP_DEAD_LETTER_QUEUES": env.get("TOPUP_DEAD_LETTER_QUEUES") or dead_letter_queue(endpoint, bus),
+        "TOPUP_SUPPORT_ADJUST_LIMIT": env.get("TOPUP_SUPPORT_ADJUST_LIMIT", "100"),
         "TOPUP_WEBHOOK_ALLOW_LOOPBACK": env.get("TOPUP_WEBHOOK_ALLOW_LOOPBACK", "true"),
         "TOPUP_WEBHOOK_RETRY_SCHEDULE": env.get("TOPUP_WEBHOOK_RETRY_SCHEDULE", "1,2,4,8,16,30"),
         "TOPUP_WEBHOOK_RETRY_WINDOW": env.get("TOPUP_WEBHOOK_RETRY_WINDOW", "300"),
@@ -477,6 +505,22 @@ def test(args) -> int:
 
 # ---- fault injection ----------------------------------------------------------------------
 
+def browser(args) -> int:
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    import end_to_end
+
+    subprocess.run(["cargo", "build", "--bins"], cwd=ROOT, env=aws_env("http://127.0.0.1:1"), check=True)
+    stack = Stack()
+    checks = end_to_end.Checks()
+    try:
+        moto, stripe = start_emulators(stack, free_port(), free_port())
+        end_to_end.browser_tests(moto, stripe, DEFAULT_SECRET, checks, stack_api(), only=args.only)
+    finally:
+        stack.stop()
+    print(f"\nbrowser: {checks.passed} passed, {checks.failed} failed", flush=True)
+    return 1 if checks.failed else 0
+
+
 def faults(args) -> int:
     """The fault-injection suite alone, with its own emulators. TOPUP_FAULT_SEED=N replays one
     schedule; TOPUP_FAULT_SCHEDULES, TOPUP_FAULT_STEPS and TOPUP_FAULT_BASE make longer runs."""
@@ -541,6 +585,8 @@ def main() -> int:
     s.add_argument("--stripe-port", type=int, default=int(os.environ.get("TOPUP_STRIPE_PORT", "8420")))
     sub.add_parser("test")
     sub.add_parser("faults")
+    b = sub.add_parser("browser")
+    b.add_argument("--only", choices=["billing", "console"], default=None)
     sub.add_parser("bench")
     t = sub.add_parser("token")
     t.add_argument("role", choices=TOKEN_ROLES)
@@ -553,6 +599,8 @@ def main() -> int:
         return test(args)
     if args.cmd == "faults":
         return faults(args)
+    if args.cmd == "browser":
+        return browser(args)
     if args.cmd == "bench":
         return bench(args)
     secret = os.environ.get("TOPUP_LOCAL_JWT_SECRET", DEFAULT_SECRET)

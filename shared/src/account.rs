@@ -222,6 +222,10 @@ pub struct Account {
     /// Set on a lane's own item: the account it belongs to and the lease that funds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<crate::lanes::LaneOf>,
+    /// The head of the account's audit chain (rules §19): advanced with the account's
+    /// compare-and-swap by every change that records itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditHead>,
     /// What the write being planned produced besides this state (expiry entries, grant moves,
     /// ended grants); the engine commits it. Never stored.
     #[serde(skip)]
@@ -298,6 +302,7 @@ impl Account {
             grants: Vec::new(),
             lanes: None,
             lane: None,
+            audit: None,
             pending: Pending::default(),
         }
     }
@@ -382,6 +387,44 @@ impl Account {
     /// parts never expire on it (its account recalls them first): never.
     pub fn expiry_due(&self) -> Option<i64> {
         self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none())
+    }
+
+    /// The console's lookup keys (rules §19): its first billing contact's email and its Stripe
+    /// customer, each as `lookup_key` spells it. A lane is its account's part: none.
+    pub fn lookup_keys(&self) -> (Option<String>, Option<String>) {
+        if self.lane.is_some() {
+            return (None, None);
+        }
+        let email = self.contacts.first().map(|c| lookup_key(&AccountLookup::Email(c.email.clone())));
+        let customer = self.stripe_customer_id.as_ref().map(|c| lookup_key(&AccountLookup::Customer(c.clone())));
+        (email, customer)
+    }
+
+    /// Whether `by` finds this account.
+    pub fn found_by(&self, by: &AccountLookup) -> bool {
+        let (email, customer) = self.lookup_keys();
+        let key = Some(lookup_key(by));
+        match by {
+            AccountLookup::Email(_) => email == key,
+            AccountLookup::Customer(_) => customer == key,
+        }
+    }
+}
+
+/// How the console finds an account besides its id (rules §19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountLookup {
+    /// The first billing contact's email (any case).
+    Email(String),
+    /// The Stripe customer.
+    Customer(String),
+}
+
+/// The lookup index key of `by` (`gsi4pk` for an email, `gsi5pk` for a customer).
+pub fn lookup_key(by: &AccountLookup) -> String {
+    match by {
+        AccountLookup::Email(e) => format!("EMAIL#{}", e.trim().to_lowercase()),
+        AccountLookup::Customer(c) => format!("CUSTOMER#{}", c.trim()),
     }
 }
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::account::{Account, Contact};
+use crate::audit::AuditChange;
 use crate::clock;
 use crate::engine::{upstream, Change, Claim, Credits};
 use crate::error::ApiError;
@@ -63,7 +64,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let now = self.now();
             let mut account = Account::new(&self.profile, id, plan, contacts.clone(), now);
             account.version = 1;
-            match self.store.commit(Commit::account_only(account.clone(), 0)).await {
+            let change = AuditChange::new("account.create", format!("account:{id}"), None, Some(account_json(&account)));
+            let audit = crate::audit::seal_on_account(change, &mut account, now);
+            match self.store.commit(Commit { audit, ..Commit::account_only(account.clone(), 0) }).await {
                 Ok(()) => {
                     self.remember(&account);
                     return Ok(AccountSaved::Created(AccountView::of(&account)));
@@ -88,7 +91,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 let ar = &mut next.auto_recharge;
                 ar.monthly_max = if ar.monthly_max == 0 { default_max.min(limit) } else { ar.monthly_max.min(limit) };
                 let view = AccountView::of(&next);
-                Change::quiet(next, crate::cause::Cause::AccountUpdate, view).write()
+                let audit = AuditChange::new(
+                    "account.update",
+                    format!("account:{id}"),
+                    Some(account_json(a)),
+                    Some(account_json(&next)),
+                );
+                Change { audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::AccountUpdate, view) }.write()
             })
             .await?
             .done()?;
@@ -187,11 +196,24 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let entry =
                 LedgerEntry::after(&mut next, EntryKind::Adjustment, Micros::new(amount), now, reason.to_string());
             let view = entry.view();
-            Change { ledger: Some(entry), ..Change::quiet(next, crate::cause::Cause::Adjustment, view) }.write()
+            let audit = AuditChange::new(
+                "credits.adjust",
+                format!("account:{id}"),
+                Some(json!({"balance": a.balance.get()})),
+                Some(json!({"balance": next.balance.get(), "amount": amount, "transaction_id": entry.id})),
+            )
+            .because(reason);
+            Change { ledger: Some(entry), audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Adjustment, view) }
+                .write()
         })
         .await?
         .done()
     }
+}
+
+/// An account's settings as the audit log records them (rules §19).
+fn account_json(a: &Account) -> serde_json::Value {
+    json!({"plan": a.plan, "billing_contacts": a.contacts, "auto_recharge_enabled": a.auto_recharge.enabled})
 }
 
 /// The terms of an adjustment's grant; all optional.

@@ -54,7 +54,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             }
             let mut next = a.next(now);
             next.alerts = alerts.clone();
-            Change::quiet(next, crate::cause::Cause::Alerts, view).write()
+            let list = |l: &[Micros]| serde_json::json!({"thresholds": l.iter().map(|m| m.get()).collect::<Vec<_>>()});
+            let audit =
+                crate::audit::AuditChange::new("alerts.update", format!("account:{id}"), Some(list(&a.alerts)), Some(list(&alerts)));
+            Change { audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Alerts, view) }.write()
         })
         .await?
         .done()

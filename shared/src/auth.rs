@@ -64,6 +64,68 @@ impl Staff {
     }
 }
 
+/// What staff may do besides reading (rules §19). Support: read everything, adjust up to the
+/// configured limit (`TOPUP_SUPPORT_ADJUST_LIMIT`), redeliver webhooks. Finance: also refund,
+/// void, pause or resume auto-recharge, the revenue report and the audit log. The deployment's
+/// service may do all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// Read every account, the webhook endpoints and their deliveries, reconciliation and the
+    /// dead-letter queues.
+    Read,
+    /// Adjust an account's credits (support: up to the configured limit).
+    Adjust,
+    /// Redeliver a webhook delivery.
+    Redeliver,
+    /// Refund a payment at Stripe.
+    Refund,
+    /// Void a grant.
+    Void,
+    /// Pause or resume auto-recharge (its other settings stay the customer's).
+    PauseRecharge,
+    /// The revenue report.
+    Revenue,
+    /// Read the audit log.
+    Audit,
+}
+
+impl Power {
+    pub const ALL: [Power; 8] = [
+        Power::Read,
+        Power::Adjust,
+        Power::Redeliver,
+        Power::Refund,
+        Power::Void,
+        Power::PauseRecharge,
+        Power::Revenue,
+        Power::Audit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Power::Read => "read",
+            Power::Adjust => "adjust",
+            Power::Redeliver => "redeliver",
+            Power::Refund => "refund",
+            Power::Void => "void",
+            Power::PauseRecharge => "pause_recharge",
+            Power::Revenue => "revenue",
+            Power::Audit => "audit",
+        }
+    }
+}
+
+impl Staff {
+    /// Whether this staff role holds `power`.
+    pub fn may(self, power: Power) -> bool {
+        match (self, power) {
+            (_, Power::Read | Power::Adjust | Power::Redeliver) => true,
+            (Staff::Finance, Power::Refund | Power::Void | Power::PauseRecharge | Power::Revenue | Power::Audit) => true,
+            (Staff::Support, Power::Refund | Power::Void | Power::PauseRecharge | Power::Revenue | Power::Audit) => false,
+        }
+    }
+}
+
 /// What a route needs of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -106,6 +168,43 @@ impl Identity {
     /// Is this the service with every account in reach?
     pub fn is_deployment_service(&self) -> bool {
         self.role == Role::Service && self.account_id.is_none()
+    }
+
+    /// May this caller use `power` (across accounts)? The deployment's service may use every
+    /// one, staff theirs (rules §19), anyone else none: 403 otherwise.
+    pub fn may(&self, power: Power) -> Result<(), ApiError> {
+        let allowed = match &self.role {
+            Role::Service => self.account_id.is_none(),
+            Role::Staff(s) => s.may(power),
+            Role::Person(_) => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    /// The staff role, if this is staff.
+    pub fn staff(&self) -> Option<Staff> {
+        match self.role {
+            Role::Staff(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The role as the audit log records it: `service`, `support`, `finance`, or a person's.
+    pub fn role_name(&self) -> &str {
+        match &self.role {
+            Role::Service => "service",
+            Role::Staff(s) => s.as_str(),
+            Role::Person(r) => r,
+        }
+    }
+
+    /// The actor of the changes this caller makes (rules §19).
+    pub fn actor(&self) -> crate::audit::Actor {
+        crate::audit::Actor { sub: self.sub.clone(), role: self.role_name().to_string() }
     }
 
     /// May this caller do `access` on `account_id`? 403 for a wrong role or tenant.
@@ -298,6 +397,27 @@ mod tests {
         let mut owner = claims("owner", Some("a1"));
         owner.insert("client_id".into(), "web-app".into());
         assert_eq!(Identity::from_claims(&owner, Some(SVC)).unwrap().role, Role::Person("owner".into()));
+    }
+
+    /// The role matrix of rules §19: each power, for each caller.
+    #[test]
+    fn what_each_caller_may_do() {
+        let from = |c: &HashMap<String, String>| Identity::from_claims(c, Some(SVC)).unwrap();
+        let support = from(&claims("support", None));
+        let finance = from(&claims("finance", None));
+        let svc = from(&service(None));
+        let scoped = from(&service(Some("a1")));
+        let owner = from(&claims("owner", Some("a1")));
+        for p in Power::ALL {
+            let support_may = matches!(p, Power::Read | Power::Adjust | Power::Redeliver);
+            assert_eq!(support.may(p).is_ok(), support_may, "support {}", p.as_str());
+            assert!(finance.may(p).is_ok(), "finance {}", p.as_str());
+            assert!(svc.may(p).is_ok(), "service {}", p.as_str());
+            // A service token bound to one account and a person hold no power across accounts.
+            assert_eq!(scoped.may(p), Err(ApiError::Forbidden), "scoped {}", p.as_str());
+            assert_eq!(owner.may(p), Err(ApiError::Forbidden), "owner {}", p.as_str());
+        }
+        assert_eq!((support.actor().role.as_str(), svc.actor().role.as_str(), owner.actor().role.as_str()), ("support", "service", "owner"));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Cause {
     Alerts,
     Entity,
     Lanes,
+    /// A write that only records a change made elsewhere in the account's audit chain (a
+    /// refund at Stripe, a redelivery; rules §19): it moves no credits.
+    AuditRecord,
 }
 
 /// How a change moves the balance, for the low-balance episode.
@@ -84,6 +87,7 @@ impl Cause {
             Cause::Alerts => ("alerts", Other, false),
             Cause::Entity => ("entity", Other, false),
             Cause::Lanes => ("lanes", Other, false),
+            Cause::AuditRecord => ("audit_record", Other, true),
         }
     }
 }

@@ -55,6 +55,27 @@ pub struct Config {
     /// Webhooks out: the retry queue, whether loopback endpoints are allowed, the retry
     /// schedule and window, when a failing endpoint is disabled (`TOPUP_WEBHOOK_*`).
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// The most credits (micro-credits) support may add or take back in one adjustment
+    /// (`TOPUP_SUPPORT_ADJUST_LIMIT`, in credits; 100 by default; rules §19).
+    pub support_adjust_limit: i64,
+    /// The dead-letter queues the console shows the depth of (`TOPUP_DEAD_LETTER_QUEUES`: queue
+    /// URLs, comma-separated).
+    pub dead_letter_queues: Vec<String>,
+}
+
+/// Support's adjustment limit when none is configured: 100 credits.
+pub const DEFAULT_SUPPORT_ADJUST_LIMIT: i64 = 100 * crate::money::MICROS_PER_CREDIT;
+
+/// A number of credits (`12`, `12.5`, at most six decimals) as micro-credits.
+pub fn parse_credits(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    whole.checked_mul(crate::money::MICROS_PER_CREDIT)?.checked_add(frac)
 }
 
 impl Config {
@@ -131,6 +152,15 @@ impl Config {
         };
         let webhooks = crate::webhooks::WebhookSettings::from_lookup(&get)
             .map_err(|(name, why)| ConfigError::Invalid(name, why))?;
+        let support_adjust_limit = match get("TOPUP_SUPPORT_ADJUST_LIMIT").filter(|s| !s.trim().is_empty()) {
+            None => DEFAULT_SUPPORT_ADJUST_LIMIT,
+            Some(v) => parse_credits(&v).filter(|m| *m <= crate::accounts::MAX_ADJUSTMENT).ok_or_else(|| {
+                ConfigError::Invalid("TOPUP_SUPPORT_ADJUST_LIMIT", "must be a number of credits, like 100 or 12.5".into())
+            })?,
+        };
+        let dead_letter_queues = get("TOPUP_DEAD_LETTER_QUEUES")
+            .map(|v| v.split(',').map(|q| q.trim().to_string()).filter(|q| !q.is_empty()).collect())
+            .unwrap_or_default();
         Ok(Config {
             profile,
             stack,
@@ -145,6 +175,8 @@ impl Config {
             stripe_publishable_key,
             checkout_ui,
             webhooks,
+            support_adjust_limit,
+            dead_letter_queues,
         })
     }
 }
@@ -152,6 +184,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supports_adjustment_limit_is_credits() {
+        assert_eq!(parse_credits("100"), Some(100_000_000));
+        assert_eq!(parse_credits("12.5"), Some(12_500_000));
+        assert_eq!(parse_credits("0.000001"), Some(1));
+        for bad in ["", "-1", "1.0000001", "1e3", "abc", ".5", "99999999999999999999"] {
+            assert_eq!(parse_credits(bad), None, "{bad}");
+        }
+        let env = |v: &'static str| move |k: &str| match k {
+            "TOPUP_PROFILE" => Some("usd-overage".to_string()),
+            "TOPUP_SUPPORT_ADJUST_LIMIT" => Some(v.to_string()),
+            _ => None,
+        };
+        assert_eq!(Config::from_lookup(env("25")).unwrap().support_adjust_limit, 25_000_000);
+        assert_eq!(Config::from_lookup(env("")).unwrap().support_adjust_limit, DEFAULT_SUPPORT_ADJUST_LIMIT);
+        assert!(Config::from_lookup(env("lots")).unwrap_err().to_string().contains("TOPUP_SUPPORT_ADJUST_LIMIT"));
+    }
 
     #[test]
     fn secrets_never_print() {

@@ -77,6 +77,8 @@ pub(crate) struct Change<T> {
     /// Entities whose spend moves with the change (rules §17), each conditioned on the
     /// version it was planned on.
     pub(crate) entities: Vec<crate::entities::EntityWrite>,
+    /// What the change records of itself in the audit log (rules §19), committed with it.
+    pub(crate) audit: Option<crate::audit::AuditChange>,
 }
 
 impl<T> Change<T> {
@@ -98,6 +100,7 @@ impl<T> Change<T> {
             keys: vec![],
             refused: false,
             entities: vec![],
+            audit: None,
         }
     }
 
@@ -526,6 +529,11 @@ fn assemble<T: Serialize>(
     ledger.append(&mut planned.entries);
     debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
     let mut ended_grants = if on_lane { vec![] } else { pending.ended };
+    // The audit record advances the account's chain head in the same state (rules §19).
+    let audit = match planned.audit.take() {
+        Some(change) if !on_lane => crate::audit::seal_on_account(change, &mut planned.next, now),
+        _ => None,
+    };
     let mut expected_version = current.version;
     if let Some(r) = recall {
         // The recall's entries and retired grants come first, under the version read.
@@ -545,6 +553,7 @@ fn assemble<T: Serialize>(
         outbox,
         ended_grants,
         entities: std::mem::take(&mut planned.entities),
+        audit,
     };
     Ok((commit, planned.outcome))
 }

@@ -342,8 +342,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }
                     e.updated_at = now;
                     let view = e.view(now);
+                    let budget = |x: &Entity| serde_json::json!({"monthly_limit": x.monthly_limit, "name": x.name});
+                    let audit = crate::audit::AuditChange::new(
+                        "entity.update",
+                        format!("entity:{entity}"),
+                        Some(budget(&stored)),
+                        Some(budget(&e)),
+                    );
                     let change = crate::engine::Change {
                         entities: vec![e.write(stored.version)],
+                        audit: Some(audit),
                         ..crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
                     };
                     change.write()

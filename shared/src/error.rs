@@ -16,6 +16,10 @@ pub enum ApiError {
     Forbidden,
     #[error("{1}")]
     NotFound(&'static str, String),
+    /// 403 with a reason of its own: the caller may use the route, but not this far (support's
+    /// adjustment limit, rules §19).
+    #[error("{1}")]
+    Denied(&'static str, String),
     #[error("This route does not accept {0}.")]
     MethodNotAllowed(String),
     /// The same idempotency key was used with a different request.
@@ -84,7 +88,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden => "forbidden",
-            ApiError::NotFound(code, _) => code,
+            ApiError::NotFound(code, _) | ApiError::Denied(code, _) => code,
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::HoldExpired => "hold_expired",

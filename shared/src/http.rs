@@ -33,6 +33,51 @@ pub fn identity(req: &Request, config: &Config) -> Result<Identity, ApiError> {
     Identity::from_claims(&claims, config.service_client_id.as_deref())
 }
 
+/// The id of this request: API Gateway's, else Lambda's, else a new one (a local call).
+pub fn request_id(req: &Request) -> String {
+    if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref() {
+        if let Some(id) = ctx.request_id.as_ref().filter(|id| !id.is_empty()) {
+            return id.clone();
+        }
+    }
+    req.lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| crate::ledger::new_id("req"))
+}
+
+/// The longest `reason` a change may give (rules §19).
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Who is making the changes of this request, for the audit log (rules §19): the caller, the
+/// request's id, and the body's `reason` when it has one (the route checks it).
+pub fn audit_context(req: &Request, who: &Identity) -> crate::audit::Context {
+    let bytes: &[u8] = match req.body() {
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    };
+    let reason = serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("reason").and_then(Value::as_str).map(|r| r.trim().to_string()))
+        .filter(|r| !r.is_empty() && r.chars().count() <= MAX_REASON_CHARS);
+    crate::audit::Context { actor: who.actor(), request_id: request_id(req), reason }
+}
+
+/// An optional body: `None` when there is none, else `json_object`'s.
+pub fn optional_json_object(req: &Request, allowed: &[&str]) -> Result<Option<Fields>, ApiError> {
+    let empty = match req.body() {
+        Body::Empty => true,
+        Body::Text(t) => t.trim().is_empty(),
+        Body::Binary(b) => b.is_empty(),
+        _ => true,
+    };
+    if empty {
+        return Ok(None);
+    }
+    json_object(req, allowed).map(Some)
+}
+
 /// The path's segments, without the stage: `/v1/accounts/a1/usage` → `["v1","accounts","a1","usage"]`.
 pub fn segments(req: &Request) -> Vec<String> {
     let path = req.raw_http_path();
@@ -158,6 +203,17 @@ impl Fields {
         }
     }
 
+    /// `reason`: 1 to `MAX_REASON_CHARS` characters once trimmed, when given.
+    pub fn reason(&self) -> Result<Option<String>, ApiError> {
+        match self.opt_str("reason")?.map(str::trim) {
+            None => Ok(None),
+            Some(r) if r.is_empty() || r.chars().count() > MAX_REASON_CHARS => {
+                Err(ApiError::invalid(format!("`reason` must be 1 to {MAX_REASON_CHARS} characters.")))
+            }
+            Some(r) => Ok(Some(r.to_string())),
+        }
+    }
+
     pub fn array(&self, name: &str) -> Result<&Vec<Value>, ApiError> {
         match self.get(name) {
             Some(Value::Array(a)) => Ok(a),
@@ -181,7 +237,7 @@ pub fn status_of(e: &ApiError) -> u16 {
         ApiError::InvalidRequest(_) => 400,
         ApiError::UnsupportedMediaType => 415,
         ApiError::Unauthenticated => 401,
-        ApiError::Forbidden => 403,
+        ApiError::Forbidden | ApiError::Denied(..) => 403,
         ApiError::NotFound(..) | ApiError::HoldNotFound => 404,
         ApiError::MethodNotAllowed(_) => 405,
         ApiError::IdempotencyConflict | ApiError::HoldExpired | ApiError::OutOfOrder(..) => 409,
@@ -276,6 +332,7 @@ mod tests {
             ApiError::UnsupportedMediaType,
             ApiError::Unauthenticated,
             ApiError::Forbidden,
+            ApiError::Denied("adjustment_above_limit", "Support may adjust by at most 100 credits.".into()),
             ApiError::account_not_found(),
             ApiError::MethodNotAllowed("DELETE".into()),
             ApiError::IdempotencyConflict,

@@ -150,6 +150,27 @@ pub trait Payments: Send + Sync {
     ) -> impl Future<Output = Result<CancelOutcome, PaymentsUnavailable>> + Send;
 }
 
+/// A refund of (part of) a payment, asked for by finance or the service (rules §19).
+#[derive(Debug, Clone)]
+pub struct RefundRequest {
+    pub payment_intent_id: String,
+    /// Minor units; `None` refunds what is left of the payment.
+    pub amount_cents: Option<i64>,
+    pub idempotency_key: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// What Stripe said to a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Made (or, for a repeated idempotency key, made before): its id, amount and Stripe's
+    /// status (`succeeded`, `pending`, …).
+    Made { refund_id: String, amount_cents: i64, status: String },
+    /// Stripe refused it (more than is left to refund, a payment that cannot be refunded):
+    /// its message, for the person who asked.
+    Refused { message: String },
+}
+
 /// What buying credits and saving a card need besides charging: Checkout Sessions,
 /// SetupIntents and the cards they save.
 pub trait Purchases: Payments {
@@ -172,6 +193,9 @@ pub trait Purchases: Payments {
         &self,
         payment_intent_id: &str,
     ) -> impl Future<Output = Result<HashMap<String, String>, PaymentsUnavailable>> + Send;
+    /// Refunds (part of) a payment (idempotent per key). Its credits are taken back when
+    /// Stripe's `charge.refunded` arrives, as for a refund made in Stripe's dashboard.
+    fn refund(&self, request: &RefundRequest) -> impl Future<Output = Result<RefundOutcome, PaymentsUnavailable>> + Send;
 }
 
 /// A PaymentIntent as Stripe records it, for reconciliation (who paid what, what was refunded).

@@ -556,11 +556,28 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             ar.monthly_max = monthly_max;
             ar.monthly_spend_max_cents = spend_max;
             let view = auto_recharge_view(p, &next, &clock::month_of(now));
-            Change::quiet(next, crate::cause::Cause::AutoRechargeSettings, view).write()
+            let audit = crate::audit::AuditChange::new(
+                "auto_recharge.update",
+                format!("account:{id}"),
+                Some(settings_json(&a.auto_recharge)),
+                Some(settings_json(&next.auto_recharge)),
+            );
+            Change { audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::AutoRechargeSettings, view) }.write()
         })
         .await?
         .done()
     }
+}
+
+/// Auto-recharge's settings as the audit log records them (rules §19).
+fn settings_json(ar: &crate::account::AutoRecharge) -> serde_json::Value {
+    serde_json::json!({
+        "enabled": ar.enabled,
+        "threshold": ar.threshold.get(),
+        "amount": ar.amount.get(),
+        "monthly_max": ar.monthly_max,
+        "monthly_spend_max": ar.monthly_spend_max_cents,
+    })
 }
 
 /// What a recharge's `payment_intent.succeeded` did.

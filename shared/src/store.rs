@@ -118,6 +118,9 @@ pub struct Commit {
     /// Entities whose spend this change moves (rules §17): each written only if still at the
     /// version it was planned on.
     pub entities: Vec<crate::entities::EntityWrite>,
+    /// The change's audit record (rules §19), written only if no record holds its place; the
+    /// account's new state carries the chain's head it advances to.
+    pub audit: Option<crate::audit::AuditRecord>,
 }
 
 impl Commit {
@@ -135,6 +138,7 @@ impl Commit {
             outbox: vec![],
             ended_grants: vec![],
             entities: vec![],
+            audit: None,
         }
     }
 }
@@ -281,6 +285,12 @@ pub trait Listings: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The grants of an account that have ended (used up, expired, voided), newest first.
     fn ended_grants(&self, account_id: &str) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
+    /// Accounts found by their first billing email or their Stripe customer (the console's
+    /// lookups, rules §19), at most 20.
+    fn find_accounts(
+        &self,
+        by: &crate::account::AccountLookup,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// A job's saved progress under `name` (a sweep's cursor, a reconciliation segment's).
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
     fn save_checkpoint(&self, name: &str, value: &Value) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -408,6 +418,26 @@ macro_rules! forward_port {
             }
         }
     };
+    (AuditLog, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
+        impl<$($g)*> $crate::audit::AuditLog for $ty {
+            fn audit_head(&self, chain: &str) -> impl ::std::future::Future<Output = Result<Option<$crate::audit::AuditHead>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.audit_head(chain)
+            }
+            fn append_audit(&self, record: &$crate::audit::AuditRecord, expected: Option<&$crate::audit::AuditHead>) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.append_audit(record, expected)
+            }
+            fn audit_page(&self, query: &$crate::audit::AuditQuery, limit: usize, after: Option<&$crate::audit::Position>) -> impl ::std::future::Future<Output = Result<$crate::audit::AuditPage, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.audit_page(query, limit, after)
+            }
+            fn audit_chain(&self, chain: &str, after_seq: u64, limit: usize) -> impl ::std::future::Future<Output = Result<Vec<$crate::audit::AuditRecord>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.audit_chain(chain, after_seq, limit)
+            }
+        }
+    };
     (Listings, [$($g:tt)*], $ty:ty, |$s:ident| $inner:expr) => {
         impl<$($g)*> $crate::store::Listings for $ty {
             fn accounts_for_sweep(&self, limit: usize, after: Option<String>) -> impl ::std::future::Future<Output = Result<(Vec<String>, Option<String>), $crate::store::StoreError>> + Send {
@@ -426,6 +456,10 @@ macro_rules! forward_port {
                 let $s = self;
                 $inner.ended_grants(account_id)
             }
+            fn find_accounts(&self, by: &$crate::account::AccountLookup) -> impl ::std::future::Future<Output = Result<Vec<String>, $crate::store::StoreError>> + Send {
+                let $s = self;
+                $inner.find_accounts(by)
+            }
             fn load_checkpoint(&self, name: &str) -> impl ::std::future::Future<Output = Result<Option<::serde_json::Value>, $crate::store::StoreError>> + Send {
                 let $s = self;
                 $inner.load_checkpoint(name)
@@ -439,10 +473,10 @@ macro_rules! forward_port {
 }
 
 /// Every port of the table: what the engine and the functions are built on. Implemented by any
-/// type that implements each port.
-pub trait Store: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings {}
+/// type that implements each port (the audit log's is `audit::AuditLog`, rules §19).
+pub trait Store: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings + crate::audit::AuditLog {}
 
-impl<T: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings> Store for T {}
+impl<T: Accounts + PaymentRecords + Deliveries + RateCounts + Outbox + Listings + crate::audit::AuditLog> Store for T {}
 
 // A shared store is a store: several services (as several Lambda instances would) over one.
 crate::forward_port!(Accounts, [S: Accounts], std::sync::Arc<S>, |s| (**s));

@@ -296,10 +296,25 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         cursor: Option<&str>,
         entity: Option<&str>,
     ) -> Result<LedgerPage, ApiError> {
+        self.transactions_where(id, limit, cursor, entity, None).await
+    }
+
+    /// The ledger page of the entries of `entity` and of `kind` (`?kind=`, the console's
+    /// filter, rules §19), each when given: read on as `transactions_of` is.
+    pub async fn transactions_where(
+        &self,
+        id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+        entity: Option<&str>,
+        kind: Option<crate::ledger::EntryKind>,
+    ) -> Result<LedgerPage, ApiError> {
         if let Some(name) = entity {
             crate::entities::check_entity(name)?;
         }
-        let keep = |e: &LedgerEntry| entity.is_none_or(|name| e.entity.as_deref() == Some(name));
+        let keep = |e: &LedgerEntry| {
+            entity.is_none_or(|name| e.entity.as_deref() == Some(name)) && kind.is_none_or(|k| e.kind == k)
+        };
         // The first page is read with the lanes at one instant; a later one follows its cursor.
         let (a, lanes) = match cursor {
             None => self.snapshot(id).await?,

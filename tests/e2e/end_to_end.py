@@ -775,11 +775,13 @@ def crowd(api: str, svc: str, checks: Checks, clients: int = 200) -> None:
                  f"{s} balance {v.get('balance')} taken {taken}")
 
 
-def browser_tests(moto: str, stripe: str, secret: str, checks: Checks, stack_api) -> None:
-    """The billing page in headless Chromium against a served voice-minutes stack (its own
-    table and bus): blocks of minutes, and a Free plan without auto-reload."""
+def browser_tests(moto: str, stripe: str, secret: str, checks: Checks, stack_api, only: str | None = None) -> None:
+    """The billing page and the console in headless Chromium against a served voice-minutes stack
+    (its own table and bus): blocks of minutes, a Free plan without auto-reload, and the console's
+    pages and actions (rules §19). `only`: `billing` or `console`, to run one of them."""
     sys.path.insert(0, str(stack_api.ROOT / "tests" / "browser"))
     import billing_test
+    import console_test
 
     stack = stack_api.Stack()
     try:
@@ -789,11 +791,18 @@ def browser_tests(moto: str, stripe: str, secret: str, checks: Checks, stack_api
         r = stack_api.start_functions(stack, env, watch_port, api_port, reload=False)
         stack_api.register_webhook(stripe, api_port)
         api = f"http://127.0.0.1:{api_port}"
-        try:
-            billing_test.run(api, moto, "topup-browser", lambda role, acct: stack_api.token_for(role, acct, secret),
-                             http, checks, stack_api.ROOT / ".local" / "screenshots")
-        except Exception as e:  # a scenario that could not even run is a failure, with its reason
-            checks.check("browser tests ran to the end", False, repr(e))
+        token_for = lambda role, acct: stack_api.token_for(role, acct, secret)  # noqa: E731
+        shots = stack_api.ROOT / ".local" / "screenshots"
+        if only in (None, "billing"):
+            try:
+                billing_test.run(api, moto, "topup-browser", token_for, http, checks, shots)
+            except Exception as e:  # a scenario that could not even run is a failure, with its reason
+                checks.check("browser tests ran to the end", False, repr(e))
+        if only in (None, "console"):
+            try:
+                console_test.run(api, stripe, token_for, http, checks, shots)
+            except Exception as e:
+                checks.check("console browser tests ran to the end", False, repr(e))
         r.shutdown()
     finally:
         stack.stop()

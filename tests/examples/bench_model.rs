@@ -506,6 +506,8 @@ impl Outbox for ModelStore {
     }
 }
 
+topup::forward_port!(AuditLog, [], ModelStore, |s| s.inner);
+
 impl Listings for ModelStore {
     async fn accounts_for_sweep(
         &self,
@@ -531,6 +533,9 @@ impl Listings for ModelStore {
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
         self.read().await;
         self.inner.ended_grants(account_id).await
+    }
+    async fn find_accounts(&self, by: &topup::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        self.inner.find_accounts(by).await
     }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         self.read().await;

@@ -108,6 +108,8 @@ impl World {
                 retry_window_s: 60,
                 ..topup::webhooks::WebhookSettings::default()
             },
+            support_adjust_limit: topup::config::DEFAULT_SUPPORT_ADJUST_LIMIT,
+            dead_letter_queues: vec![],
         };
         let credits = topup::live(&config, &aws);
         let webhooks = topup::live_webhook_admin(&config, &aws);
@@ -483,6 +485,11 @@ pub const SERVICE_CLIENT_ID: &str = "topup-local-service";
 /// The backend's token: its own client's, with every account in reach.
 pub fn service() -> String {
     token(json!({"sub": "backend", "role": "service", "client_id": SERVICE_CLIENT_ID}))
+}
+
+/// A staff member's token (`support` or `finance`): no account, every account in view.
+pub fn staff(role: &str) -> String {
+    token(json!({"sub": format!("{role}-person"), "role": role}))
 }
 
 pub fn person(role: &str, account: &str) -> String {

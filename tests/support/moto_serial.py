@@ -11,7 +11,14 @@ It also changes how moto undoes a cancelled TransactWriteItems: moto deep-copies
 transaction touches before applying it (82% of a transaction's time in a profile, growing with
 the table), and swaps the copy back on cancellation. Here the copy is skipped and only the
 items the transaction names are saved and put back, which is the same outcome while requests
-are serialized. Nothing else about moto changes.
+are serialized.
+
+And a Query of the table (not of an index) reads only its partition, as DynamoDB's does: moto
+walks every item of the table for each Query, so a read of one account cost the whole table's
+size (a page of the console, rules §19, slowed with the table's other items, not its own). The
+items it considers, and so its answer, are the same.
+
+Nothing else about moto changes.
 
 Usage: python moto_serial.py PORT
 """
@@ -82,8 +89,32 @@ def undo_only_touched_items() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
 
+def partition_queries() -> None:
+    import inspect
+
+    from moto.dynamodb.models.table import Table
+
+    original = Table.query
+    signature = inspect.signature(original)
+
+    def query(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        hash_key = bound.arguments.get("hash_key")
+        if bound.arguments.get("index_name") or hash_key is None or self.range_key_attr is None:
+            return original(self, *args, **kwargs)
+        partition = self.items[hash_key] if hash_key in self.items else {}
+        self.all_items = lambda: iter(list(partition.values()))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            del self.all_items
+
+    Table.query = query
+
+
 def main() -> None:
     undo_only_touched_items()
+    partition_queries()
     port = int(sys.argv[1])
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()

@@ -243,6 +243,30 @@ impl Outbox for FaultyStore {
     }
 }
 
+impl topup::audit::AuditLog for FaultyStore {
+    async fn audit_head(&self, chain: &str) -> Result<Option<topup::audit::AuditHead>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.audit_head(chain))
+    }
+    async fn append_audit(
+        &self,
+        r: &topup::audit::AuditRecord,
+        expected: Option<&topup::audit::AuditHead>,
+    ) -> Result<bool, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.append_audit(r, expected))
+    }
+    async fn audit_page(
+        &self,
+        q: &topup::audit::AuditQuery,
+        limit: usize,
+        after: Option<&topup::audit::Position>,
+    ) -> Result<topup::audit::AuditPage, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.audit_page(q, limit, after))
+    }
+    async fn audit_chain(&self, chain: &str, after: u64, limit: usize) -> Result<Vec<topup::audit::AuditRecord>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.audit_chain(chain, after, limit))
+    }
+}
+
 impl Listings for FaultyStore {
     async fn accounts_for_sweep(
         &self,
@@ -264,6 +288,9 @@ impl Listings for FaultyStore {
     }
     async fn ended_grants(&self, account_id: &str) -> Result<Vec<topup::grants::Grant>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.ended_grants(account_id))
+    }
+    async fn find_accounts(&self, by: &topup::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        gated!(self.armed, Dep::Store, store_down(), self.inner.find_accounts(by))
     }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.load_checkpoint(name))
@@ -349,6 +376,9 @@ impl Purchases for FaultyStripe {
     }
     async fn payment_metadata(&self, pi: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
         gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.payment_metadata(pi))
+    }
+    async fn refund(&self, r: &topup::payments::RefundRequest) -> Result<topup::payments::RefundOutcome, PaymentsUnavailable> {
+        gated!(self.armed, Dep::Stripe, stripe_down(), self.inner.refund(r))
     }
 }
 

@@ -262,6 +262,9 @@ impl Purchases for StripeModel {
     async fn detach(&self, _: &str) -> Result<(), PaymentsUnavailable> {
         Ok(())
     }
+    async fn refund(&self, _: &topup::payments::RefundRequest) -> Result<topup::payments::RefundOutcome, PaymentsUnavailable> {
+        Err(unavailable("refunds asked of Stripe are not modelled (the simulator draws charge.refunded itself)"))
+    }
     async fn payment_metadata(&self, pi: &str) -> Result<HashMap<String, String>, PaymentsUnavailable> {
         let s = self.state();
         s.intents

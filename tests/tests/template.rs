@@ -14,8 +14,8 @@ fn the_template_never_sets_the_local_jwt_secret() {
     assert!(!t.contains("TOPUP_LOCAL_JWT_SECRET"), "the deployed functions must only trust API Gateway's authorizer");
     assert!(t.contains("DefaultAuthorizer: Jwt"));
     // Outside the authorizer only Stripe's endpoint, which verifies signatures itself, and the
-    // static billing page and card script, which carry no data.
-    assert_eq!(t.matches("Authorizer: NONE").count(), 3);
+    // static billing page, card script and console, which carry no data.
+    assert_eq!(t.matches("Authorizer: NONE").count(), 4);
     assert!(
         t.contains("TOPUP_STRIPE_SECRET_ID: !Ref StripeSecretName") && !t.contains("{{resolve:secretsmanager:"),
         "the Stripe secrets are read from Secrets Manager at init, never resolved into the template"
@@ -101,7 +101,7 @@ async fn every_template_route_is_served_by_its_function() {
     let w = World::new("usd-overage").await;
     w.account("acme", "free").await;
     let routes = routes();
-    assert_eq!(routes.len(), 35, "{routes:?}");
+    assert_eq!(routes.len(), 44, "{routes:?}");
     for (binary, method, path) in routes {
         let concrete = path
             .replace("{account_id}", "acme")
@@ -109,9 +109,10 @@ async fn every_template_route_is_served_by_its_function() {
             .replace("{purchase_id}", "pur_x")
             .replace("{endpoint_id}", "we_x")
             .replace("{delivery_id}", "wd_x")
-            .replace("{entity}", "user:x");
+            .replace("{entity}", "user:x")
+            .replace("{payment_id}", "pi_x");
         let req = request(&method, &concrete, Some(&service()), Some("application/json"), Some("{}".into()));
-        if path.starts_with("/billing") || path.ends_with(".csv") {
+        if path.starts_with("/billing") || path == "/console" || path.ends_with(".csv") {
             // The routes that answer HTML, JavaScript and CSV rather than JSON.
             let resp = credits_api::handle(&w.config, &w.webhooks, &w.credits, req).await;
             assert_eq!((binary.as_str(), resp.status().as_u16()), ("credits-api", 200));
@@ -783,6 +784,12 @@ fn webhook_retries_go_to_their_queue_and_endpoints_are_never_loopback() {
         }
         assert_eq!(*told, "!Ref WebhookRetryQueue", "{id}");
         for s in sends {
+            // The console's dead-letter depths (rules §19): counts read, never a message.
+            if strings(&s["Action"]) == ["sqs:GetQueueAttributes"] {
+                assert_eq!(id, "CreditsApiFunction");
+                assert!(strings(&s["Resource"]).iter().all(|q| q.ends_with("DeadLetters.Arn") || q.ends_with("Failures.Arn")));
+                continue;
+            }
             assert_eq!(strings(&s["Action"]), ["sqs:SendMessage"], "{id}: only SendMessage");
             assert_eq!(strings(&s["Resource"]), ["!GetAtt WebhookRetryQueue.Arn"], "{id}: only the retry queue");
         }

@@ -18,6 +18,15 @@
 //!   (service, not bound to an account): webhooks out (rules §15)
 //! - `GET /billing`: the billing page (static; it signs in with the caller's token and reads
 //!   everything through the routes above and the purchase function's)
+//! - `GET /v1/accounts/{id}/payments` (view roles): the payments the account was credited for
+//! - `GET /v1/audit?account_id=&actor=&action=&limit=&cursor=` (finance, the service): the audit
+//!   log, newest first (rules §19)
+//! - `GET /console`: the console for staff (static, like the billing page; rules §19)
+//!
+//! Staff (rules §19): support and finance read every account and the webhook endpoints;
+//! support adjusts up to `TOPUP_SUPPORT_ADJUST_LIMIT` and redelivers; finance also voids,
+//! pauses or resumes auto-recharge, and reads the revenue report and the audit log. Every change
+//! runs inside `audit::scoped` with the caller, so the change records who made it.
 //! - `GET /billing/topup-credits.js`: the `<topup-credits>` element (the Credits card for an
 //!   app's own page; built from sdks/typescript/src/card.ts)
 
@@ -25,10 +34,13 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 use topup::account::Contact;
 use topup::accounts::{AccountSaved, GrantTerms};
-use topup::auth::Access;
+use topup::audit::{AuditChange, AuditLog, AuditQuery, Position};
+use topup::account::AccountLookup;
+use topup::auth::{Access, Identity, Power, Staff};
+use topup::console::{QueueDepths, Search};
 use topup::engine::Credits;
 use topup::events::EventBus;
-use topup::http::{check_id, identity, json_object, respond, segments, Reply};
+use topup::http::{audit_context, check_id, identity, json_object, optional_json_object, respond, segments, Reply};
 use topup::ids::IdempotencyKey;
 use topup::recharge::AutoRechargeInput;
 use topup::store::Store;
@@ -38,6 +50,9 @@ use topup::webhooks::WebhookStore;
 use topup::{ApiError, Config};
 
 pub const DEFAULT_PAGE: usize = 20;
+/// The scheduled reconciliation's segments (the reconcile function's `SEGMENTS`): its run's
+/// checkpoints, read by `GET /v1/reconciliation`.
+pub const RECONCILE_SEGMENTS: u32 = 16;
 pub const MAX_PAGE: usize = 100;
 pub const MAX_CONTACTS: usize = 10;
 
@@ -45,6 +60,18 @@ pub const MAX_CONTACTS: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Billing,
+    /// `GET /console` (rules §19).
+    Console,
+    /// `GET /v1/audit` (rules §19).
+    Audit,
+    /// `GET /v1/accounts?account_id=|email=|customer=`: the console's search (rules §19).
+    Search,
+    /// `GET /v1/accounts/{id}/details`: holds, disputes, the recharge, lanes (rules §19).
+    Details(String),
+    /// `GET /v1/reconciliation?run=`: the last run's differences (rules §19).
+    Reconciliation,
+    /// `GET /v1/dead-letters`: the dead-letter queues' depths (rules §19).
+    DeadLetters,
     /// `GET /billing/topup-credits.js`: the `<topup-credits>` element's script.
     CardScript,
     Account(String),
@@ -62,6 +89,8 @@ pub enum Route {
     Lanes(String),
     /// `GET …/entities` (rules §17).
     Entities(String),
+    /// `GET …/payments`: what the account was credited for, and what refunds took back.
+    Payments(String),
     /// `GET` and `PUT …/entities/{entity}`.
     Entity(String, String),
     Webhooks(Hook),
@@ -131,6 +160,12 @@ impl Route {
         Some(match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["billing"] => Route::Billing,
             ["billing", "topup-credits.js"] => Route::CardScript,
+            ["console"] => Route::Console,
+            ["v1", "audit"] => Route::Audit,
+            ["v1", "accounts"] => Route::Search,
+            ["v1", "accounts", id, "details"] => Route::Details(a(id)),
+            ["v1", "reconciliation"] => Route::Reconciliation,
+            ["v1", "dead-letters"] => Route::DeadLetters,
             ["v1", "accounts", id] => Route::Account(a(id)),
             ["v1", "accounts", id, "credits"] => Route::Credits(a(id)),
             ["v1", "accounts", id, "credits", "transactions"] => Route::Transactions(a(id)),
@@ -145,6 +180,7 @@ impl Route {
             ["v1", "accounts", id, "credits", "alerts"] => Route::Alerts(a(id)),
             ["v1", "accounts", id, "lanes"] => Route::Lanes(a(id)),
             ["v1", "accounts", id, "entities"] => Route::Entities(a(id)),
+            ["v1", "accounts", id, "payments"] => Route::Payments(a(id)),
             ["v1", "accounts", id, "entities", e] => Route::Entity(a(id), a(e)),
             ["v1", "webhook-endpoints", rest @ ..] => Route::Webhooks(Hook::parse(rest)?),
             _ => return None,
@@ -154,6 +190,12 @@ impl Route {
     fn name(&self) -> &'static str {
         match self {
             Route::Billing => "billing",
+            Route::Console => "console",
+            Route::Audit => "audit",
+            Route::Search => "search",
+            Route::Details(_) => "details",
+            Route::Reconciliation => "reconciliation",
+            Route::DeadLetters => "dead_letters",
             Route::CardScript => "card_script",
             Route::Account(_) => "account",
             Route::Credits(_) => "credits",
@@ -169,6 +211,7 @@ impl Route {
             Route::Alerts(_) => "alerts",
             Route::Lanes(_) => "lanes",
             Route::Entities(_) => "entities",
+            Route::Payments(_) => "payments",
             Route::Entity(..) => "entity",
             Route::Webhooks(h) => h.name(),
         }
@@ -177,8 +220,20 @@ impl Route {
     /// The account a route names and who may call it; the billing page names none.
     fn guard(&self) -> Option<(&str, Access)> {
         match self {
-            Route::Billing | Route::CardScript | Route::Revenue | Route::Webhooks(_) => None,
-            Route::Account(id) | Route::Adjustments(id) | Route::VoidGrant(id, _) | Route::Lanes(id) => {
+            Route::Billing
+            | Route::CardScript
+            | Route::Console
+            | Route::Audit
+            | Route::Search
+            | Route::Reconciliation
+            | Route::DeadLetters
+            | Route::Revenue
+            | Route::Webhooks(_) => None,
+            Route::Account(id)
+            | Route::Adjustments(id)
+            | Route::VoidGrant(id, _)
+            | Route::Lanes(id)
+            | Route::Details(id) => {
                 Some((id, Access::Service))
             }
             Route::Credits(id)
@@ -188,6 +243,7 @@ impl Route {
             | Route::TransactionsCsv(id)
             | Route::Check(id)
             | Route::Entities(id)
+            | Route::Payments(id)
             // Reading one is a view; setting its limit (PUT) needs billing roles as well.
             | Route::Entity(id, _) => Some((id, Access::View)),
             Route::AutoRecharge(id) | Route::Alerts(id) => Some((id, Access::Billing)),
@@ -201,6 +257,12 @@ impl Route {
             Route::Adjustments(_) | Route::VoidGrant(..) => &["POST"],
             Route::Webhooks(h) => h.methods(),
             Route::Billing
+            | Route::Console
+            | Route::Audit
+            | Route::Search
+            | Route::Details(_)
+            | Route::Reconciliation
+            | Route::DeadLetters
             | Route::CardScript
             | Route::Credits(_)
             | Route::Transactions(_)
@@ -209,18 +271,39 @@ impl Route {
             | Route::TransactionsCsv(_)
             | Route::Revenue
             | Route::Check(_)
-            | Route::Entities(_) => &["GET"],
+            | Route::Entities(_)
+            | Route::Payments(_) => &["GET"],
             Route::Entity(..) => &["GET", "PUT"],
         }
     }
 
-    /// Routes that span every account (the service only, with a token not bound to one).
+    /// Routes that span every account (the service only, with a token not bound to one, and
+    /// staff who hold the route's power).
     fn deployment_wide(&self) -> bool {
-        matches!(self, Route::Revenue | Route::Webhooks(_))
+        matches!(
+            self,
+            Route::Revenue | Route::Audit | Route::Search | Route::Reconciliation | Route::DeadLetters | Route::Webhooks(_)
+        )
+    }
+
+    /// The power that opens this route to staff beyond the view routes (rules §19), if any.
+    pub fn staff_power(&self, method: &str) -> Option<Power> {
+        match self {
+            Route::Adjustments(_) => Some(Power::Adjust),
+            Route::VoidGrant(..) => Some(Power::Void),
+            Route::AutoRecharge(_) => Some(Power::PauseRecharge),
+            Route::Revenue => Some(Power::Revenue),
+            Route::Audit => Some(Power::Audit),
+            Route::Search | Route::Details(_) | Route::Reconciliation | Route::DeadLetters => Some(Power::Read),
+            Route::Webhooks(Hook::Endpoints | Hook::Endpoint(_)) if method == "GET" => Some(Power::Read),
+            Route::Webhooks(Hook::Deliveries(_)) => Some(Power::Read),
+            Route::Webhooks(Hook::Redeliver(..)) => Some(Power::Redeliver),
+            _ => None,
+        }
     }
 }
 
-pub async fn handle<S: Store + topup::receipts::ReceiptStore, B: EventBus, W: WebhookStore, Q: RetryQueue>(
+pub async fn handle<S: Store + topup::receipts::ReceiptStore, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue + QueueDepths>(
     config: &Config,
     webhooks: &WebhookAdmin<W, Q>,
     credits: &Credits<S, B>,
@@ -235,8 +318,27 @@ pub async fn handle<S: Store + topup::receipts::ReceiptStore, B: EventBus, W: We
     if route == Route::CardScript {
         return card_script(&req);
     }
+    if route == Route::Console {
+        return console_page(config, &req);
+    }
+    // Every change this request makes is recorded as the caller's (rules §19).
+    let context = match identity(&req, config) {
+        Ok(who) => audit_context(&req, &who),
+        Err(e) => return respond(route.name(), Err(e)),
+    };
+    // Boxed: the routes' futures are large, and a caller's stack need not hold them.
+    topup::audit::scoped(context, Box::pin(handle_as(config, webhooks, credits, req, route))).await
+}
+
+async fn handle_as<S: Store + topup::receipts::ReceiptStore, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue + QueueDepths>(
+    config: &Config,
+    webhooks: &WebhookAdmin<W, Q>,
+    credits: &Credits<S, B>,
+    req: Request,
+    route: Route,
+) -> Response<Body> {
     if let Route::TransactionsCsv(id) = &route {
-        return match allowed(config, &req, &route).map(|()| id) {
+        return match allowed(config, &req, &route).map(|_| id) {
             Ok(id) => match credits.transactions_csv(id).await {
                 Ok(csv) => csv_response(id, csv),
                 Err(e) => respond(route.name(), Err(e)),
@@ -245,15 +347,24 @@ pub async fn handle<S: Store + topup::receipts::ReceiptStore, B: EventBus, W: We
         };
     }
     if let Route::Webhooks(hook) = &route {
-        return respond(route.name(), webhook_request(config, webhooks, &req, &route, hook).await);
+        return respond(route.name(), webhook_request(config, webhooks, credits, &req, &route, hook).await);
+    }
+    if route == Route::DeadLetters {
+        let depths = match allowed(config, &req, &route) {
+            Ok(_) => Reply::ok(&topup::console::dead_letter_depths(&webhooks.queue, &config.dead_letter_queues).await),
+            Err(e) => Err(e),
+        };
+        return respond(route.name(), depths);
     }
     respond(route.name(), route_request(config, credits, &req, &route).await)
 }
 
-/// The webhook endpoints' routes (rules §15).
-async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
+/// The webhook endpoints' routes (rules §15). Each change is recorded right after it succeeds
+/// (rules §19): an endpoint's in the chain of no account, a redelivery in its event's account's.
+async fn webhook_request<S: Store, B: EventBus, W: WebhookStore + AuditLog, Q: RetryQueue>(
     config: &Config,
     webhooks: &WebhookAdmin<W, Q>,
+    credits: &Credits<S, B>,
     req: &Request,
     route: &Route,
     hook: &Hook,
@@ -264,9 +375,11 @@ async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
     }
     let now = topup::clock::now_ms();
     let method = req.method().as_str();
+    let target = |id: &str| format!("webhook_endpoint:{id}");
     match hook {
         Hook::Endpoints if method == "POST" => {
-            let body = json_object(req, &["url", "events", "description", "contact_email"])?;
+            let body = json_object(req, &["url", "events", "description", "contact_email", "reason"])?;
+            body.reason()?;
             let events = body
                 .array("events")?
                 .iter()
@@ -278,22 +391,120 @@ async fn webhook_request<W: WebhookStore, Q: RetryQueue>(
                 description: body.opt_str("description")?.map(str::to_string),
                 contact_email: body.opt_str("contact_email")?.map(str::to_string),
             };
-            Reply::created(&webhooks.create(new, now).await?)
+            let made = webhooks.create(new, now).await?;
+            let id = made["id"].as_str().unwrap_or_default().to_string();
+            let change = AuditChange::new("webhook_endpoint.create", target(&id), None, Some(without_secrets(&made)));
+            record_unbound(&webhooks.store, change, now).await;
+            Reply::created(&made)
         }
         Hook::Endpoints => Reply::ok(&webhooks.list().await?),
-        Hook::Endpoint(id) if method == "DELETE" => Reply::ok(&webhooks.delete(id).await?),
+        Hook::Endpoint(id) if method == "DELETE" => {
+            reason_only(req)?;
+            let before = webhooks.get(id).await?;
+            let deleted = webhooks.delete(id).await?;
+            let change = AuditChange::new(
+                "webhook_endpoint.delete",
+                target(id),
+                Some(without_secrets(&before)),
+                Some(serde_json::json!({"status": "deleted"})),
+            );
+            record_unbound(&webhooks.store, change, now).await;
+            Reply::ok(&deleted)
+        }
         Hook::Endpoint(id) => Reply::ok(&webhooks.get(id).await?),
-        Hook::Rotate(id) => Reply::ok(&webhooks.rotate(id, now).await?),
-        Hook::Enable(id) => Reply::ok(&webhooks.enable(id).await?),
+        Hook::Rotate(id) => {
+            reason_only(req)?;
+            let rotated = webhooks.rotate(id, now).await?;
+            // The secrets themselves are never recorded: only that one was rotated, and when.
+            let change = AuditChange::new(
+                "webhook_endpoint.rotate_secret",
+                target(id),
+                None,
+                Some(serde_json::json!({"secret_rotated_at": topup::clock::rfc3339(now)})),
+            );
+            record_unbound(&webhooks.store, change, now).await;
+            Reply::ok(&rotated)
+        }
+        Hook::Enable(id) => {
+            reason_only(req)?;
+            let before = webhooks.get(id).await?;
+            let after = webhooks.enable(id).await?;
+            let change = AuditChange::new(
+                "webhook_endpoint.enable",
+                target(id),
+                Some(serde_json::json!({"status": before["status"]})),
+                Some(serde_json::json!({"status": after["status"]})),
+            );
+            record_unbound(&webhooks.store, change, now).await;
+            Reply::ok(&after)
+        }
         Hook::Deliveries(id) => {
             let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
             Reply::ok(&webhooks.deliveries(id, page_limit(req)?, cursor.as_deref()).await?)
         }
         Hook::Redeliver(id, delivery) => {
             check_id("delivery_id", delivery)?;
-            Reply::new(202, &webhooks.redeliver(id, delivery, now).await?)
+            reason_only(req)?;
+            let before = webhooks.store.delivery(id, delivery).await.map_err(store_failed)?;
+            let after = webhooks.redeliver(id, delivery, now).await?;
+            let change = AuditChange::new(
+                "webhook_delivery.redeliver",
+                format!("webhook_delivery:{id}/{delivery}"),
+                before.as_ref().map(|d| serde_json::json!({"status": d.status, "attempts": d.attempts})),
+                Some(serde_json::json!({"status": after["status"], "attempts": after["attempts"], "redelivered_at": topup::clock::rfc3339(now)})),
+            );
+            // In the chain of the account whose event it is, when that account exists.
+            let account = before.map(|d| d.account_id).filter(|a| !a.is_empty());
+            match account {
+                Some(a) => match credits.record_change(&a, change.clone()).await {
+                    Ok(()) => {}
+                    Err(ApiError::NotFound(..)) => record_unbound(&webhooks.store, change, now).await,
+                    Err(e) => tracing::error!(
+                        code = e.code(), action = change.action, target = %change.target,
+                        "audit record not written after the change"
+                    ),
+                },
+                None => record_unbound(&webhooks.store, change, now).await,
+            }
+            Reply::new(202, &after)
         }
     }
+}
+
+/// Appends a change of no account to the audit log, right after it succeeded. The change
+/// stands either way: if the record cannot be written, the log says so with what it would
+/// have held (never a secret), and the answer is the change's.
+async fn record_unbound<W: AuditLog>(log: &W, change: AuditChange, now: i64) {
+    if let Err(e) = topup::audit::append_unbound(log, change.clone(), now).await {
+        tracing::error!(
+            error = %e, action = change.action, target = %change.target,
+            before = ?change.before, after = ?change.after,
+            "audit record not written after the change"
+        );
+    }
+}
+
+/// An endpoint's view without its signing secrets (the audit log never holds one).
+fn without_secrets(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(m) = &mut v {
+        m.remove("secret");
+        m.remove("previous_secrets");
+    }
+    v
+}
+
+/// A body that may carry only `reason` (or be empty).
+fn reason_only(req: &Request) -> Result<Option<String>, ApiError> {
+    match optional_json_object(req, &["reason"])? {
+        Some(body) => body.reason(),
+        None => Ok(None),
+    }
+}
+
+fn store_failed(e: topup::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failure");
+    ApiError::Upstream
 }
 
 async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
@@ -302,14 +513,49 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
     req: &Request,
     route: &Route,
 ) -> Result<Reply, ApiError> {
-    allowed(config, req, route)?;
+    let who = allowed(config, req, route)?;
     let method = req.method().as_str();
     match route {
-        Route::Billing | Route::CardScript => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Billing | Route::Console | Route::CardScript => Err(ApiError::MethodNotAllowed(method.to_string())),
+        Route::Audit => {
+            // A parameter given is checked, empty or not.
+            let q = req.query_string_parameters();
+            let account_id = q.first("account_id").map(str::to_string);
+            if let Some(a) = &account_id {
+                check_id("account_id", a)?;
+            }
+            let actor = q.first("actor").map(str::to_string);
+            if actor.as_ref().is_some_and(|a| a.is_empty() || a.chars().count() > 256) {
+                return Err(ApiError::invalid("`actor` must be 1 to 256 characters."));
+            }
+            let action = q.first("action").map(str::to_string);
+            let action_name = |a: &str| {
+                !a.is_empty() && a.len() <= 64 && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+            };
+            if action.as_ref().is_some_and(|a| !action_name(a)) {
+                return Err(ApiError::invalid("`action` is an action's name, like `credits.adjust`."));
+            }
+            let after = match q.first("cursor") {
+                None => None,
+                Some(c) => Some(
+                    Position::from_cursor(c).ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this list gave."))?,
+                ),
+            };
+            // A cursor goes on the list it came from: one account's goes on that account's.
+            if let (Some(a), Some(p)) = (&account_id, &after) {
+                if p.chain != *a {
+                    return Err(ApiError::invalid("`cursor` is not a cursor this list gave."));
+                }
+            }
+            let query = AuditQuery { account_id, actor, action };
+            // The console pages with it: never more than a page of `MAX_PAGE`.
+            Reply::ok(&credits.store.audit_page(&query, page_limit(req)?, after.as_ref()).await.map_err(store_failed)?)
+        }
         // Answered by `webhook_request`.
         Route::Webhooks(_) => Err(ApiError::NotFound("route_not_found", "No such route.".into())),
         Route::Account(id) => {
-            let body = json_object(req, &["plan", "billing_contacts"])?;
+            let body = json_object(req, &["plan", "billing_contacts", "reason"])?;
+            body.reason()?;
             let plan = body.str("plan")?;
             let contacts = contacts(body.array("billing_contacts")?)?;
             match credits.upsert_account(id, plan, contacts).await? {
@@ -319,7 +565,16 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
         }
         Route::Credits(id) => Reply::ok(&credits.view(id).await?),
         Route::AutoRecharge(id) => {
-            let body = json_object(req, &["enabled", "threshold", "amount", "monthly_max", "monthly_spend_max"])?;
+            let body =
+                json_object(req, &["enabled", "threshold", "amount", "monthly_max", "monthly_spend_max", "reason"])?;
+            body.reason()?;
+            // Staff pause or resume it; the rest of its settings are the customer's (rules §19).
+            if who.staff().is_some() && body.0.keys().any(|k| k != "enabled" && k != "reason") {
+                return Err(ApiError::Denied(
+                    "staff_pause_only",
+                    "Staff may only pause or resume auto-recharge (`enabled`); its other settings are the customer's.".into(),
+                ));
+            }
             let enabled = body.opt_bool("enabled")?.ok_or_else(|| ApiError::invalid("Field `enabled` is required."))?;
             let input = AutoRechargeInput {
                 enabled,
@@ -334,12 +589,54 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             let q = req.query_string_parameters();
             let cursor = q.first("cursor").map(str::to_string);
             let entity = q.first("entity").map(str::to_string);
-            Reply::ok(&credits.transactions_of(id, page_limit(req)?, cursor.as_deref(), entity.as_deref()).await?)
+            let kind = match q.first("kind").filter(|k| !k.is_empty()) {
+                None => None,
+                Some(k) => Some(
+                    serde_json::from_value::<topup::ledger::EntryKind>(Value::String(k.to_string()))
+                        .ok()
+                        .filter(|k| !k.is_lease())
+                        .ok_or_else(|| ApiError::invalid("`kind` is an entry's kind, like `adjustment`."))?,
+                ),
+            };
+            let page = credits.transactions_where(id, page_limit(req)?, cursor.as_deref(), entity.as_deref(), kind).await?;
+            Reply::ok(&page)
         }
         Route::Entities(id) => Reply::ok(&credits.entities(id).await?),
+        Route::Payments(id) => Reply::ok(&credits.payments(id).await?),
+        Route::Search => {
+            let q = req.query_string_parameters();
+            let given: Vec<(&str, &str)> =
+                ["account_id", "email", "customer"].into_iter().filter_map(|k| q.first(k).map(|v| (k, v))).collect();
+            let search = match given.as_slice() {
+                [("account_id", id)] => {
+                    check_id("account_id", id)?;
+                    Search::Id(id.to_string())
+                }
+                [("email", e)] if !e.trim().is_empty() && e.chars().count() <= 254 => {
+                    Search::By(AccountLookup::Email(e.trim().to_string()))
+                }
+                [("customer", c)] if !c.trim().is_empty() && c.chars().count() <= 255 => {
+                    Search::By(AccountLookup::Customer(c.trim().to_string()))
+                }
+                _ => return Err(ApiError::invalid("Search by one of `account_id`, `email` or `customer`, not empty.")),
+            };
+            Reply::ok(&credits.search_accounts(&search).await?)
+        }
+        Route::Details(id) => Reply::ok(&credits.account_details(id).await?),
+        Route::Reconciliation => {
+            let run = req.query_string_parameters().first("run").map(str::to_string);
+            if let Some(r) = &run {
+                if topup::clock::month_bounds(r.get(..7).unwrap_or("")).is_none() || r.len() != 10 {
+                    return Err(ApiError::invalid("`run` is a day, `YYYY-MM-DD`."));
+                }
+            }
+            Reply::ok(&credits.reconciliation(run.as_deref(), RECONCILE_SEGMENTS).await?)
+        }
+        Route::DeadLetters => Err(ApiError::MethodNotAllowed(method.to_string())),
         Route::Entity(id, entity) if method == "PUT" => {
-            identity(req, config)?.authorize(&config.profile, Access::Billing, id)?;
-            let body = json_object(req, &["monthly_limit", "name"])?;
+            who.authorize(&config.profile, Access::Billing, id)?;
+            let body = json_object(req, &["monthly_limit", "name", "reason"])?;
+            body.reason()?;
             let monthly_limit = match body.0.get("monthly_limit") {
                 None => None,
                 Some(serde_json::Value::Null) => Some(None),
@@ -356,6 +653,7 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
         Route::Grants(id) => Reply::ok(&credits.grants(id).await?),
         Route::VoidGrant(id, grant) => {
             check_id("grant_id", grant)?;
+            reason_only(req)?;
             Reply::ok(&credits.void_grant(id, grant).await?)
         }
         Route::TransactionsCsv(_) => Err(ApiError::MethodNotAllowed(method.to_string())),
@@ -380,7 +678,8 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             Reply::ok(&answer)
         }
         Route::Alerts(id) => {
-            let body = json_object(req, &["thresholds"])?;
+            let body = json_object(req, &["thresholds", "reason"])?;
+            body.reason()?;
             let thresholds = body
                 .array("thresholds")?
                 .iter()
@@ -389,7 +688,8 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             Reply::ok(&credits.set_alerts(id, &thresholds).await?)
         }
         Route::Lanes(id) => {
-            let body = json_object(req, &["lanes"])?;
+            let body = json_object(req, &["lanes", "reason"])?;
+            body.reason()?;
             let k = u32::try_from(body.i64("lanes")?)
                 .map_err(|_| ApiError::request_rule("invalid_lanes", "`lanes` must be between 1 and 16."))?;
             Reply::ok(&credits.set_lanes(id, k).await?)
@@ -412,6 +712,16 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             if reason.is_empty() || reason.chars().count() > 500 {
                 return Err(ApiError::invalid("`reason` must be 1 to 500 characters."));
             }
+            // Support adjusts up to the configured limit either way (rules §19).
+            if who.staff() == Some(Staff::Support) && amount.unsigned_abs() > config.support_adjust_limit.unsigned_abs() {
+                return Err(ApiError::Denied(
+                    "adjustment_above_limit",
+                    format!(
+                        "Support may adjust by at most {} credits; ask finance or the service for more.",
+                        credits_text(config.support_adjust_limit)
+                    ),
+                ));
+            }
             let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
             let terms = grant_terms(config, &body)?;
             Reply::created(&credits.adjust_with(id, amount, reason, &terms, &key).await?)
@@ -419,25 +729,33 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
     }
 }
 
-/// Who may call `route`: the caller's identity, the method, and the account it names.
-fn allowed(config: &Config, req: &Request, route: &Route) -> Result<(), ApiError> {
+/// Who may call `route`: the caller's identity, the method, and the account it names. Staff
+/// pass where their role holds the route's power (rules §19).
+fn allowed(config: &Config, req: &Request, route: &Route) -> Result<Identity, ApiError> {
     let who = identity(req, config)?;
     let method = req.method().as_str();
     if !route.methods().contains(&method) {
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
+    let power = route.staff_power(method);
     match route.guard() {
         Some((id, access)) => {
             check_id("account_id", id)?;
-            who.authorize(&config.profile, access, id)
+            match (who.authorize(&config.profile, access, id), who.staff(), power) {
+                (Err(ApiError::Forbidden), Some(_), Some(p)) => who.may(p)?,
+                (result, ..) => result?,
+            }
         }
-        // The revenue report and webhook endpoints span every account: the service only.
-        None if route.deployment_wide() => match (&who.role, &who.account_id) {
-            (topup::auth::Role::Service, None) => Ok(()),
-            _ => Err(ApiError::Forbidden),
+        // The revenue report, the audit log and webhook endpoints span every account: the
+        // service, and staff with the power.
+        None if route.deployment_wide() => match power {
+            Some(p) => who.may(p)?,
+            None if who.is_deployment_service() => {}
+            None => return Err(ApiError::Forbidden),
         },
-        None => Ok(()),
+        None => {}
     }
+    Ok(who)
 }
 
 /// An adjustment's grant terms: `expires_at` (RFC 3339), `priority` (0–100), `category`
@@ -495,6 +813,17 @@ fn grant_terms(config: &Config, body: &topup::http::Fields) -> Result<GrantTerms
         (Some(_), _) => return Err(ApiError::rule("invalid_category", "`category` is `promotional` or `paid`.")),
     };
     Ok(GrantTerms { expires_at, priority, cost_cents })
+}
+
+/// Micro-credits as credits: `100`, `12.5`.
+fn credits_text(micros: i64) -> String {
+    let c = topup::money::MICROS_PER_CREDIT;
+    let (whole, frac) = (micros / c, (micros % c).abs());
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{frac:06}").trim_end_matches('0'))
+    }
 }
 
 fn csv_response(id: &str, csv: String) -> Response<Body> {
@@ -633,5 +962,40 @@ fn card_script(req: &Request) -> Response<Body> {
     h.insert("cache-control", HeaderValue::from_static("public, max-age=300"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     tracing::info!(route = "card_script", status = 200, "handled");
+    resp
+}
+
+/// The console for staff (rules §19): one static document like the billing page, assets inline,
+/// nothing fetched from anywhere but this API. It signs in with the caller's token and does
+/// everything through the JSON routes, so each route's roles apply to it.
+const CONSOLE_HTML: &str = include_str!("console.html");
+
+fn console_page(config: &Config, req: &Request) -> Response<Body> {
+    use lambda_http::http::{HeaderValue, StatusCode};
+    if req.method() != "GET" {
+        return topup::http::error_response(&ApiError::MethodNotAllowed(req.method().to_string()));
+    }
+    let page_config = serde_json::json!({
+        "currency": config.profile.currency,
+        "unit": config.profile.unit,
+        "support_adjust_limit": config.support_adjust_limit,
+    });
+    let html = CONSOLE_HTML.replace("__TOPUP_CONSOLE_CONFIG__", &page_config.to_string().replace('<', "\\u003c"));
+    let mut resp = Response::new(Body::Text(html));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    tracing::info!(route = "console_page", status = 200, "handled");
     resp
 }

@@ -10,13 +10,16 @@
 //!   the balance once it has succeeded), its subtotal, tax, total and receipt
 //! - `POST /v1/accounts/{id}/payment-method/setup` → 201 a SetupIntent's `client_secret`
 //! - `DELETE /v1/accounts/{id}/payment-method` → the default card removed
+//! - `POST /v1/accounts/{id}/payments/{payment_id}/refund` `{amount?, reason, idempotency_key}`
+//!   (finance, the service; rules §19) → 201 the refund made at Stripe; its credits are taken
+//!   back when `charge.refunded` arrives
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::json;
-use topup::auth::Access;
+use topup::auth::{Access, Power};
 use topup::engine::Credits;
 use topup::events::EventBus;
-use topup::http::{check_id, identity, json_object, respond, segments, Reply};
+use topup::http::{audit_context, check_id, identity, json_object, respond, segments, Reply};
 use topup::ids::{IdempotencyKey, PurchaseId};
 use topup::payments::{CheckoutUi, Purchases};
 use topup::pricing::PurchaseChoice;
@@ -38,6 +41,7 @@ pub enum Route {
     PurchaseStatus { account: String, purchase: String },
     CardSetup { account: String },
     PaymentMethod { account: String },
+    Refund { account: String, payment: String },
 }
 
 impl Route {
@@ -50,6 +54,7 @@ impl Route {
             }
             ["v1", "accounts", id, "payment-method", "setup"] => Route::CardSetup { account: a(id) },
             ["v1", "accounts", id, "payment-method"] => Route::PaymentMethod { account: a(id) },
+            ["v1", "accounts", id, "payments", p, "refund"] => Route::Refund { account: a(id), payment: a(p) },
             _ => return None,
         })
     }
@@ -60,6 +65,7 @@ impl Route {
             Route::PurchaseStatus { .. } => "purchase_status",
             Route::CardSetup { .. } => "card_setup",
             Route::PaymentMethod { .. } => "payment_method",
+            Route::Refund { .. } => "refund",
         }
     }
 
@@ -68,7 +74,7 @@ impl Route {
             Route::PurchaseStatus { .. } => &["GET"],
             Route::PaymentMethod { .. } => &["DELETE"],
             Route::Purchases { .. } => &["GET", "POST"],
-            Route::CardSetup { .. } => &["POST"],
+            Route::CardSetup { .. } | Route::Refund { .. } => &["POST"],
         }
     }
 
@@ -77,7 +83,8 @@ impl Route {
             Route::Purchases { account }
             | Route::PurchaseStatus { account, .. }
             | Route::CardSetup { account }
-            | Route::PaymentMethod { account } => account,
+            | Route::PaymentMethod { account }
+            | Route::Refund { account, .. } => account,
         }
     }
 }
@@ -91,7 +98,14 @@ pub async fn handle<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
     let Some(route) = Route::parse(&segments(&req)) else {
         return respond("unknown", Err(ApiError::NotFound("route_not_found", "No such route.".into())));
     };
-    respond(route.name(), route_request(config, credits, checkout, &req, &route).await)
+    // A change this request makes is recorded as the caller's (rules §19).
+    let context = match identity(&req, config) {
+        Ok(who) => audit_context(&req, &who),
+        Err(e) => return respond(route.name(), Err(e)),
+    };
+    // Boxed: the routes' futures are large, and a caller's stack need not hold them.
+    let result = topup::audit::scoped(context, Box::pin(route_request(config, credits, checkout, &req, &route))).await;
+    respond(route.name(), result)
 }
 
 async fn route_request<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
@@ -108,8 +122,26 @@ async fn route_request<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
     }
     let account_id = route.account();
     check_id("account_id", account_id)?;
-    who.authorize(&config.profile, Access::Billing, account_id)?;
     match route {
+        // Finance and the service (rules §19); no person of the account.
+        Route::Refund { .. } => match (who.authorize(&config.profile, Access::Service, account_id), who.staff()) {
+            (Err(ApiError::Forbidden), Some(_)) => who.may(Power::Refund)?,
+            (result, _) => result?,
+        },
+        _ => who.authorize(&config.profile, Access::Billing, account_id)?,
+    }
+    match route {
+        Route::Refund { payment, .. } => {
+            if payment.is_empty() || payment.len() > 255 || !payment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ApiError::invalid("`payment_id` must be a Stripe PaymentIntent id."));
+            }
+            let body = json_object(req, &["amount", "reason", "idempotency_key"])?;
+            let amount = body.opt_i64("amount")?;
+            body.reason()?.ok_or_else(|| ApiError::invalid("Field `reason` is required."))?;
+            let key = IdempotencyKey::parse("idempotency_key", body.str("idempotency_key")?)?;
+            let refund = Box::pin(credits.refund_at_stripe(checkout.payments, account_id, payment, amount, &key)).await?;
+            Reply::created(&refund)
+        }
         Route::Purchases { .. } if method == "GET" => {
             let cursor = req.query_string_parameters().first("cursor").map(str::to_string);
             Reply::ok(&credits.purchases_page(account_id, page_limit(req)?, cursor.as_deref()).await?)

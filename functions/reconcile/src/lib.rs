@@ -11,6 +11,8 @@
 //! invocation that finished the run fails, which raises the function's `Errors` alarm. It writes
 //! nothing but its checkpoints.
 
+pub mod audit_verify;
+
 pub use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::Value;
 use topup::engine::Credits;

@@ -19,7 +19,7 @@ METHODS = ("get", "put", "post", "delete", "patch")
 # A value for each parameter name a client method takes, to call every one of them.
 SAMPLES = {
     "account_id": "acct-1", "grant_id": "gr_1", "hold_id": "hold_1", "purchase_id": "pur_1", "endpoint_id": "we_1",
-    "delivery_id": "wd_1", "entity": "user:ann", "plan": "free", "billing_contacts": [{"email": "a@example.com"}],
+    "delivery_id": "wd_1", "entity": "user:ann", "payment_id": "pi_1", "plan": "free", "billing_contacts": [{"email": "a@example.com"}],
     "amount": 1, "reason": "r", "enabled": True, "consumable": "api_calls", "quantity": 1, "thresholds": [1],
     "lanes": 2, "events": ["*"], "url": "https://example.com/h", "month": "2026-01",
 }

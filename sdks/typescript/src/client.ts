@@ -1,7 +1,7 @@
 import { TopupError, type ErrorBody } from "./errors.js";
 import { OPERATIONS, type OperationId } from "./operations.js";
 import type {
-  Account, Alerts, BatchResult, BillingContact, CheckAnswer, CreditsView, Debit, DebitRequest, Entity, Grant, Hold,
+  Account, Alerts, AuditRecord, BatchResult, BillingContact, CheckAnswer, CreditsView, Debit, DebitRequest, Entity, Grant, Hold,
   LedgerEntry, Lanes, Notification, Purchase, RevenueReport, Settlement, TransactionsPage, WebhookDelivery,
   WebhookEndpoint, WebhookEndpointWithSecret,
   PurchaseListItem,
@@ -123,8 +123,8 @@ export class Topup {
   }
 
   /** Removes what remains of a grant (service); voiding an ended grant answers it as it is. */
-  voidGrant(accountId: string, grantId: string): Promise<Grant> {
-    return this.call("voidGrant", { path: { account_id: accountId, grant_id: grantId }, body: {} });
+  voidGrant(accountId: string, grantId: string, options: { reason?: string } = {}): Promise<Grant> {
+    return this.call("voidGrant", { path: { account_id: accountId, grant_id: grantId }, body: clean({ reason: options.reason }) });
   }
 
   /**
@@ -328,9 +328,54 @@ export class Topup {
       (page) => page.deliveries);
   }
 
-  /** Sends one delivery again now, with the same event id (202: queued). */
-  redeliverWebhook(endpointId: string, deliveryId: string): Promise<WebhookDelivery> {
-    return this.call("redeliverWebhook", { path: { endpoint_id: endpointId, delivery_id: deliveryId }, body: {} });
+  /** Sends one delivery again now, with the same event id (202: queued); `reason` goes in the audit log. */
+  redeliverWebhook(endpointId: string, deliveryId: string, options: { reason?: string } = {}): Promise<WebhookDelivery> {
+    return this.call("redeliverWebhook", { path: { endpoint_id: endpointId, delivery_id: deliveryId },
+      body: clean({ reason: options.reason }) });
+  }
+
+  // ---- staff and the service (rules §19) -----------------------------------------------------------
+
+  /** One page of the audit log, newest first (finance, service): one account's chain or every record, by actor and action. */
+  audit(options: { accountId?: string; actor?: string; action?: string; limit?: number; cursor?: string } = {}): Promise<{ records: AuditRecord[]; next_cursor: string | null }> {
+    return this.call("getAudit", { query: { account_id: options.accountId, actor: options.actor, action: options.action,
+      limit: options.limit, cursor: options.cursor } });
+  }
+
+  /** Every audit record that matches, newest first, page by page as you iterate (`for await`). */
+  iterAudit(options: { accountId?: string; actor?: string; action?: string; pageSize?: number } = {}): AsyncIterable<AuditRecord> {
+    return pages((cursor) => this.audit({ ...options, limit: options.pageSize ?? 100, cursor }), (page) => page.records);
+  }
+
+  /** Accounts found by one of an id, the first billing contact's email or a Stripe customer (service, staff). */
+  searchAccounts(by: { accountId?: string; email?: string; customer?: string } = {}): Promise<{ accounts: Record<string, unknown>[] }> {
+    return this.call("searchAccounts", { query: { account_id: by.accountId, email: by.email, customer: by.customer } });
+  }
+
+  /** What the account holds that the credits view does not show: holds, disputes, its recharge, lanes, its audit head (service, staff). */
+  accountDetails(accountId: string): Promise<Record<string, unknown>> {
+    return this.call("getAccountDetails", { path: { account_id: accountId } });
+  }
+
+  /** The payments the account was credited for, and what refunds took back. */
+  payments(accountId: string): Promise<{ payments: Record<string, unknown>[] }> {
+    return this.call("getPayments", { path: { account_id: accountId } });
+  }
+
+  /** Refunds `amount` minor units (else what is left) of a payment at Stripe (finance, service); its credits go when `charge.refunded` arrives. */
+  async refundPayment(accountId: string, paymentId: string, refund: { reason: string; amount?: number; idempotencyKey?: string }): Promise<Record<string, unknown>> {
+    return this.call("refundPayment", { path: { account_id: accountId, payment_id: paymentId },
+      body: clean({ reason: refund.reason, amount: refund.amount, idempotency_key: refund.idempotencyKey ?? await newIdempotencyKey() }) });
+  }
+
+  /** The differences a day's reconciliation run found (`run`: `YYYY-MM-DD`; else today's, then yesterday's). */
+  reconciliation(run?: string): Promise<Record<string, unknown>> {
+    return this.call("getReconciliation", { query: { run } });
+  }
+
+  /** How many messages wait on each dead-letter and failure queue. */
+  deadLetters(): Promise<{ queues: { queue: string; url: string; depth: number | null; error: string | null }[] }> {
+    return this.call("getDeadLetters", {});
   }
 
   // ---- the request -------------------------------------------------------------------------------------

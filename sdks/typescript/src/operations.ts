@@ -55,6 +55,14 @@ export const OPERATIONS = {
   listWebhookDeliveries: op("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries", "webhookDeliveries"),
   redeliverWebhook: op("POST", "/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver",
     "redeliverWebhook", false),
+  // Staff and the service (rules §19).
+  getAudit: op("GET", "/v1/audit", "audit"),
+  searchAccounts: op("GET", "/v1/accounts", "searchAccounts"),
+  getAccountDetails: op("GET", "/v1/accounts/{account_id}/details", "accountDetails"),
+  getPayments: op("GET", "/v1/accounts/{account_id}/payments", "payments"),
+  refundPayment: op("POST", "/v1/accounts/{account_id}/payments/{payment_id}/refund", "refundPayment"),
+  getReconciliation: op("GET", "/v1/reconciliation", "reconciliation"),
+  getDeadLetters: op("GET", "/v1/dead-letters", "deadLetters"),
 } as const satisfies Record<string, Operation>;
 
 export type OperationId = keyof typeof OPERATIONS;
@@ -63,5 +71,6 @@ export type OperationId = keyof typeof OPERATIONS;
 export const NOT_FOR_CLIENTS: Readonly<Record<string, string>> = {
   stripeWebhook: "Stripe calls it, signed with Stripe's secret",
   billingPage: "an HTML page a person opens in a browser",
+  consolePage: "the console for staff, an HTML page a person opens in a browser",
   creditsCardScript: "the <topup-credits> element's script, loaded by a browser (this package's card entry)",
 };

@@ -219,3 +219,20 @@ export interface WebhookEvent {
   account_id: string;
   data: Record<string, unknown>;
 }
+
+/** One record of the audit log (rules §19). */
+export interface AuditRecord {
+  id: string;
+  at: string;
+  actor: { sub: string; role: string };
+  action: string;
+  account_id: string | null;
+  target: string;
+  request_id: string;
+  reason: string | null;
+  before: unknown;
+  after: unknown;
+  seq: number;
+  prev_hash: string;
+  hash: string;
+}

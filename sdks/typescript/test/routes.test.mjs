@@ -27,7 +27,7 @@ function documentOperations() {
 
 const SAMPLES = {
   account_id: "acct-1", grant_id: "gr_1", hold_id: "hold_1", purchase_id: "pur_1", endpoint_id: "we_1", delivery_id: "wd_1",
-  entity: "user:ann",
+  entity: "user:ann", payment_id: "pi_1",
 };
 
 // The arguments each method is called with here (beyond the path parameters, which come in the path's order).
@@ -37,6 +37,7 @@ const ARGS = {
   setEntity: [{ monthlyLimit: 5 }], notifications: [], debit: [{ consumable: "a", quantity: 1 }],
   debitBatch: [[{ consumable: "a", quantity: 1 }]], hold: [{ consumable: "a", quantity: 1 }], settleHold: [{ quantity: 1 }],
   purchase: [{}], revenueReport: ["2026-01"], createWebhookEndpoint: [{ url: "https://example.com/h", events: ["*"] }],
+  refundPayment: [{ reason: "r" }],
 };
 
 test("every route of the document has a client method, with its method and path", () => {

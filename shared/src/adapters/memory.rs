@@ -16,6 +16,8 @@ use crate::store::{
 };
 use serde_json::Value;
 
+use crate::audit::{AuditHead, AuditLog, AuditPage, AuditQuery, AuditRecord, Position};
+
 /// In-memory store with the semantics of the DynamoDB adapter (one lock = one transaction).
 #[derive(Default)]
 pub struct MemoryStore {
@@ -45,6 +47,9 @@ struct Memory {
     checkpoints: HashMap<String, Value>,
     ended_grants: HashMap<String, Vec<Grant>>,
     entities: BTreeMap<(String, String), crate::entities::Entity>,
+    /// Audit records by (chain, seq), and the heads of chains kept beside their records.
+    audit: BTreeMap<(String, u64), AuditRecord>,
+    audit_heads: HashMap<String, AuditHead>,
 }
 
 impl MemoryStore {
@@ -109,6 +114,12 @@ fn check(m: &Memory, c: &Commit) -> Result<(), CommitError> {
             return Err(CommitError::EntityMoved);
         }
     }
+    // As the DynamoDB adapter: an audit record never goes over another.
+    if let Some(r) = &c.audit {
+        if m.audit.contains_key(&(r.chain().to_string(), r.seq)) {
+            return Err(CommitError::Store(StoreError::Unavailable("transaction cancelled: audit record exists".into())));
+        }
+    }
     Ok(())
 }
 
@@ -146,6 +157,9 @@ fn write(m: &mut Memory, c: Commit) {
     }
     for e in c.outbox {
         m.outbox.insert((e.created_at, e.id.clone()), e);
+    }
+    if let Some(r) = c.audit {
+        m.audit.insert((r.chain().to_string(), r.seq), r);
     }
     m.accounts.insert(id, c.account);
 }
@@ -353,12 +367,97 @@ impl Listings for MemoryStore {
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
     }
+    async fn find_accounts(&self, by: &crate::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        let m = self.lock()?;
+        let mut ids: Vec<String> = m.accounts.values().filter(|a| a.found_by(by)).map(|a| a.id.clone()).collect();
+        ids.sort();
+        ids.truncate(20);
+        Ok(ids)
+    }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
         Ok(self.lock()?.checkpoints.get(name).cloned())
     }
     async fn save_checkpoint(&self, name: &str, value: &Value) -> Result<(), StoreError> {
         self.lock()?.checkpoints.insert(name.to_string(), value.clone());
         Ok(())
+    }
+}
+
+impl AuditLog for MemoryStore {
+    async fn audit_head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        Ok(self.lock()?.audit_heads.get(chain).cloned())
+    }
+    async fn append_audit(&self, record: &AuditRecord, expected: Option<&AuditHead>) -> Result<bool, StoreError> {
+        let mut m = self.lock()?;
+        let chain = record.chain().to_string();
+        if m.audit_heads.get(&chain) != expected || m.audit.contains_key(&(chain.clone(), record.seq)) {
+            return Ok(false);
+        }
+        m.audit_heads.insert(chain.clone(), record.head());
+        m.audit.insert((chain, record.seq), record.clone());
+        Ok(true)
+    }
+    async fn audit_page(
+        &self,
+        query: &AuditQuery,
+        limit: usize,
+        after: Option<&Position>,
+    ) -> Result<AuditPage, StoreError> {
+        let m = self.lock()?;
+        let wanted = |r: &AuditRecord| {
+            query.actor.as_ref().is_none_or(|a| *a == r.actor.sub)
+                && query.action.as_ref().is_none_or(|a| *a == r.action)
+        };
+        let mut matching: Vec<&AuditRecord> = match &query.account_id {
+            // One chain: in its order, newest first.
+            Some(acct) => m
+                .audit
+                .range((acct.clone(), 0)..=(acct.clone(), u64::MAX))
+                .rev()
+                .map(|(_, r)| r)
+                .filter(|r| after.is_none_or(|p| r.seq < p.seq))
+                .collect(),
+            // Every chain: by time, newest first.
+            None => {
+                let mut all: Vec<&AuditRecord> =
+                    m.audit.values().filter(|r| after.is_none_or(|p| p.is_before(&Position::of(r)))).collect();
+                all.sort_by_key(|r| std::cmp::Reverse((r.at_ms(), r.chain().to_string(), r.seq)));
+                all
+            }
+        };
+        matching.retain(|r| wanted(r));
+        let more = matching.len() > limit;
+        let records: Vec<AuditRecord> = matching.into_iter().take(limit).cloned().collect();
+        let next_cursor = if more { records.last().map(|r| Position::of(r).cursor()) } else { None };
+        Ok(AuditPage { records, next_cursor })
+    }
+    async fn audit_chain(&self, chain: &str, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let m = self.lock()?;
+        Ok(m.audit
+            .range((chain.to_string(), after_seq.saturating_add(1))..=(chain.to_string(), u64::MAX))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+}
+
+impl MemoryStore {
+    /// Test support: changes the stored audit record at (`chain`, `seq`), as someone with
+    /// access to the table could; `false` when there is none.
+    pub fn tamper_audit(&self, chain: &str, seq: u64, edit: impl FnOnce(&mut AuditRecord)) -> bool {
+        let Ok(mut m) = self.lock() else { return false };
+        match m.audit.get_mut(&(chain.to_string(), seq)) {
+            Some(r) => {
+                edit(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Test support: removes the stored audit record at (`chain`, `seq`).
+    pub fn remove_audit(&self, chain: &str, seq: u64) -> bool {
+        self.lock().is_ok_and(|mut m| m.audit.remove(&(chain.to_string(), seq)).is_some())
     }
 }
 

@@ -12,6 +12,7 @@ use stripe_checkout::checkout_session::{
     CreateCheckoutSessionPaymentIntentData, ProductData,
 };
 use stripe_core::customer::CreateCustomer;
+use stripe_core::refund::CreateRefund;
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentOffSession, ListPaymentIntent, RetrievePaymentIntent,
 };
@@ -301,6 +302,29 @@ impl Purchases for StripePayments {
         let pi =
             RetrievePaymentIntent::new(payment_intent_id).send(&self.client().await?).await.map_err(unavailable)?;
         Ok(pi.metadata)
+    }
+
+    async fn refund(&self, r: &RefundRequest) -> Result<RefundOutcome, PaymentsUnavailable> {
+        let mut req = CreateRefund::new()
+            .payment_intent(r.payment_intent_id.clone())
+            .metadata(r.metadata.iter().cloned().collect::<HashMap<_, _>>());
+        if let Some(a) = r.amount_cents {
+            req = req.amount(a);
+        }
+        let sent = req.customize().request_strategy(idempotent(&r.idempotency_key)?).send(&self.client().await?).await;
+        match sent {
+            Ok(refund) => Ok(RefundOutcome::Made {
+                refund_id: refund.id.to_string(),
+                amount_cents: refund.amount,
+                status: refund.status.unwrap_or_else(|| "pending".into()),
+            }),
+            // Stripe refused the request itself (400: nothing left to refund, a payment that
+            // cannot be refunded): final, and the person who asked is told why.
+            Err(StripeError::Stripe(api, 400)) => {
+                Ok(RefundOutcome::Refused { message: api.message.unwrap_or_else(|| "Stripe refused the refund.".into()) })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 }
 

@@ -132,6 +132,25 @@ impl SqsRetryQueue {
     }
 }
 
+impl crate::console::QueueDepths for SqsRetryQueue {
+    async fn depth(&self, url: &str) -> Result<u64, String> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
+        let count = |a: A| {
+            out.attributes().and_then(|m| m.get(&a)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        Ok(count(A::ApproximateNumberOfMessages) + count(A::ApproximateNumberOfMessagesNotVisible))
+    }
+}
+
 impl RetryQueue for SqsRetryQueue {
     async fn send(&self, f: &FollowUp, delay_s: u32) -> Result<(), String> {
         let url = self.url.as_ref().ok_or("TOPUP_WEBHOOK_QUEUE_URL is not configured")?;

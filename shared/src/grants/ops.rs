@@ -60,11 +60,18 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     ));
                 }
                 let entry = next.end_grant(grant_id, GrantEnd::Voided, now).ok_or_else(grant_not_found)?;
+                let before = serde_json::json!({"remaining": g.remaining.get(), "ended": null, "balance": a.balance.get()});
                 let mut ended = g;
                 ended.remaining = crate::money::Micros::ZERO;
                 ended.ended = Some(GrantEnd::Voided);
                 ended.ended_at = Some(now);
-                Change { ledger: Some(entry), ..Change::quiet(next, crate::cause::Cause::Void, ended.view()) }.write()
+                let after = serde_json::json!({
+                    "remaining": 0, "ended": "voided", "balance": next.balance.get(), "transaction_id": entry.id,
+                });
+                let audit =
+                    crate::audit::AuditChange::new("grant.void", format!("grant:{grant_id}"), Some(before), Some(after));
+                Change { ledger: Some(entry), audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Void, ended.view()) }
+                    .write()
             })
             .await;
         match result {

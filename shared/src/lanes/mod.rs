@@ -495,11 +495,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if a.lanes.as_ref().map_or(1, |l| l.k.max(1)) == k {
                 return Ok(crate::engine::Plan::AlreadySo(view));
             }
+            let before = a.lanes.as_ref().map_or(1, |l| l.k.max(1));
             let mut next = a.next(now);
             let l = next.lanes.get_or_insert_with(Lanes::default);
             l.k = k;
             l.ever = l.ever.max(if k > 1 { k } else { 0 });
-            crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, view).write()
+            let audit = crate::audit::AuditChange::new(
+                "lanes.update",
+                format!("account:{id}"),
+                Some(serde_json::json!({"lanes": before})),
+                Some(serde_json::json!({"lanes": k})),
+            );
+            crate::engine::Change { audit: Some(audit), ..crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, view) }
+                .write()
         })
         .await?
         .done()

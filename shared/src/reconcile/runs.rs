@@ -202,3 +202,26 @@ impl<S: Store + crate::receipts::ReceiptStore, B: EventBus> Credits<S, B> {
         Ok(progress.found)
     }
 }
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// What run `run` (of `segments` parts) found so far, from its checkpoints, reading nothing
+    /// else (the console, rules §19); `None` when no part of it has a checkpoint.
+    pub async fn saved_run(&self, run: &str, segments: u32) -> Result<Option<Report>, ApiError> {
+        let total = segments.max(1);
+        let mut report = Report::empty();
+        let mut any = false;
+        for index in 0..total {
+            let name = format!("RECONCILE#{run}#{index}of{total}");
+            match self.store.load_checkpoint(&name).await.map_err(upstream)? {
+                Some(v) => {
+                    let mut p: SegmentProgress = serde_json::from_value(v).map_err(|_| ApiError::Upstream)?;
+                    p.found.complete = p.done;
+                    report.merge(p.found);
+                    any = true;
+                }
+                None => report.complete = false,
+            }
+        }
+        Ok(any.then_some(report))
+    }
+}

@@ -102,9 +102,11 @@ class Client:
         """`{"grants": [...]}`: active grants in burn order, then the ended ones (view roles)."""
         return self._call("getGrants", {"account_id": account_id})
 
-    def void_grant(self, account_id: str, grant_id: str) -> Dict[str, Any]:
-        """Removes what remains of a grant (service). Voiding an ended grant answers it as it is."""
-        return self._call("voidGrant", {"account_id": account_id, "grant_id": grant_id}, body={})
+    def void_grant(self, account_id: str, grant_id: str, *, reason: Optional[str] = None) -> Dict[str, Any]:
+        """Removes what remains of a grant (service, finance), with an optional `reason` for the
+        audit log. Voiding an ended grant answers it as it is."""
+        return self._call("voidGrant", {"account_id": account_id, "grant_id": grant_id},
+                          body={"reason": reason} if reason else {})
 
     def adjust(self, account_id: str, amount: int, reason: str, idempotency_key: Optional[str] = None, *,
                expires_at: Optional[str] = None, priority: Optional[int] = None, category: Optional[str] = None,
@@ -305,9 +307,59 @@ class Client:
         return _pages(lambda cursor: self.webhook_deliveries(endpoint_id, limit=page_size, cursor=cursor),
                       "deliveries")
 
-    def redeliver_webhook(self, endpoint_id: str, delivery_id: str) -> Dict[str, Any]:
-        """Sends one delivery again now, with the same event id (202: queued)."""
-        return self._call("redeliverWebhook", {"endpoint_id": endpoint_id, "delivery_id": delivery_id}, body={})
+    def redeliver_webhook(self, endpoint_id: str, delivery_id: str, *, reason: Optional[str] = None) -> Dict[str, Any]:
+        """Sends one delivery again now, with the same event id (202: queued); `reason` goes in
+        the audit log."""
+        return self._call("redeliverWebhook", {"endpoint_id": endpoint_id, "delivery_id": delivery_id},
+                          body={"reason": reason} if reason else {})
+
+    # ---- staff and the service (rules §19) ----------------------------------------------------------
+
+    def audit(self, *, account_id: Optional[str] = None, actor: Optional[str] = None, action: Optional[str] = None,
+              limit: Optional[int] = None, cursor: Optional[str] = None) -> Dict[str, Any]:
+        """One page of the audit log, newest first (finance, service): `{"records", "next_cursor"}`,
+        one account's chain or every record, by actor (`sub`) and action."""
+        return self._call("getAudit", {}, query={"account_id": account_id, "actor": actor, "action": action,
+                                                 "limit": limit, "cursor": cursor})
+
+    def iter_audit(self, *, account_id: Optional[str] = None, actor: Optional[str] = None,
+                   action: Optional[str] = None, page_size: int = 100) -> Iterator[Dict[str, Any]]:
+        """Every audit record that matches, newest first, page by page as you iterate."""
+        return _pages(lambda cursor: self.audit(account_id=account_id, actor=actor, action=action, limit=page_size,
+                                                cursor=cursor), "records")
+
+    def search_accounts(self, *, account_id: Optional[str] = None, email: Optional[str] = None,
+                        customer: Optional[str] = None) -> Dict[str, Any]:
+        """`{"accounts": [...]}` found by one of an id, the first billing contact's email or a
+        Stripe customer (service, staff)."""
+        return self._call("searchAccounts", {}, query={"account_id": account_id, "email": email, "customer": customer})
+
+    def account_details(self, account_id: str) -> Dict[str, Any]:
+        """What the account holds that the credits view does not show: holds, disputes, its
+        recharge, lanes, its audit chain's head (service, staff)."""
+        return self._call("getAccountDetails", {"account_id": account_id})
+
+    def payments(self, account_id: str) -> Dict[str, Any]:
+        """`{"payments": [...]}`: what the account was credited for, and what refunds took back."""
+        return self._call("getPayments", {"account_id": account_id})
+
+    def refund_payment(self, account_id: str, payment_id: str, reason: str, *, amount: Optional[int] = None,
+                       idempotency_key: Optional[str] = None) -> Dict[str, Any]:
+        """Refunds `amount` minor units (else what is left) of a payment at Stripe (finance,
+        service); its credits are taken back when Stripe's `charge.refunded` arrives."""
+        body: Dict[str, Any] = {"reason": reason, "idempotency_key": idempotency_key or new_idempotency_key()}
+        if amount is not None:
+            body["amount"] = amount
+        return self._call("refundPayment", {"account_id": account_id, "payment_id": payment_id}, body=body)
+
+    def reconciliation(self, run: Optional[str] = None) -> Dict[str, Any]:
+        """The differences a day's reconciliation run found (`run`: `YYYY-MM-DD`; else today's,
+        then yesterday's)."""
+        return self._call("getReconciliation", {}, query={"run": run})
+
+    def dead_letters(self) -> Dict[str, Any]:
+        """`{"queues": [...]}`: how many messages wait on each dead-letter and failure queue."""
+        return self._call("getDeadLetters", {})
 
     # ---- the request ---------------------------------------------------------------------------
 

@@ -56,6 +56,14 @@ OPERATIONS: Dict[str, Operation] = {
     "listWebhookDeliveries": Operation("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries", "webhook_deliveries"),
     "redeliverWebhook": Operation("POST", "/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver",
                                   "redeliver_webhook", repeatable=False),
+    # Staff and the service (rules §19).
+    "getAudit": Operation("GET", "/v1/audit", "audit"),
+    "searchAccounts": Operation("GET", "/v1/accounts", "search_accounts"),
+    "getAccountDetails": Operation("GET", "/v1/accounts/{account_id}/details", "account_details"),
+    "getPayments": Operation("GET", "/v1/accounts/{account_id}/payments", "payments"),
+    "refundPayment": Operation("POST", "/v1/accounts/{account_id}/payments/{payment_id}/refund", "refund_payment"),
+    "getReconciliation": Operation("GET", "/v1/reconciliation", "reconciliation"),
+    "getDeadLetters": Operation("GET", "/v1/dead-letters", "dead_letters"),
 }
 
 #: Operations of the document a client does not call, and why. The route test fails if one of
@@ -63,5 +71,6 @@ OPERATIONS: Dict[str, Operation] = {
 NOT_FOR_CLIENTS: Dict[str, str] = {
     "stripeWebhook": "Stripe calls it, signed with Stripe's secret",
     "billingPage": "an HTML page a person opens in a browser",
+    "consolePage": "the console for staff, an HTML page a person opens in a browser",
     "creditsCardScript": "the <topup-credits> element's script, loaded by a browser (the TypeScript package has it)",
 }

@@ -45,7 +45,7 @@ pub struct ItemWrite {
     /// The item's size in bytes by DynamoDB's rules (names and values).
     pub size: usize,
     /// `account`, `ledger`, `block`, `idempotency`, `hold`, `purchase`, `payment_index`,
-    /// `recharge` or `outbox`.
+    /// `recharge`, `outbox` or `audit`.
     pub kind: &'static str,
 }
 
@@ -89,6 +89,14 @@ pub fn account_item(a: &crate::account::Account) -> Result<Item, StoreError> {
     if let Some(t) = a.expiry_due() {
         item.insert("gsi2pk".into(), s(expiry_index_key(&a.id)));
         item.insert("gsi2sk".into(), s(format!("{:013}", t.max(0))));
+    }
+    // The console's lookups (rules §19): by first billing email (gsi4), by Stripe customer (gsi5).
+    let (email, customer) = a.lookup_keys();
+    if let Some(k) = email {
+        item.insert("gsi4pk".into(), s(k));
+    }
+    if let Some(k) = customer {
+        item.insert("gsi5pk".into(), s(k));
     }
     Ok(item)
 }
@@ -158,6 +166,10 @@ pub(crate) fn plan_commit(c: &Commit) -> Result<Vec<Planned>, StoreError> {
     for g in &c.ended_grants {
         let item = to_item(g, pk.clone(), format!("GRANT#{}", g.id), None)?;
         out.push(planned(item, None, Slot::Other, "grant"));
+    }
+    if let Some(r) = &c.audit {
+        // Append-only: never over another record; no TTL (rules §19).
+        out.push(planned(super::audit::record_item(r)?, Some(NEW), Slot::Other, "audit"));
     }
     for e in &c.outbox {
         // No TTL: an event leaves the outbox only when the bus has it.

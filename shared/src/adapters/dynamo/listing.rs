@@ -23,6 +23,27 @@ fn account_id_of(item: &Item) -> Option<&str> {
 }
 
 impl DynamoStore {
+    /// Accounts found by their first billing email or Stripe customer (gsi4, gsi5), at most 20.
+    pub(super) async fn lookup_accounts(&self, by: &crate::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        let (index, attr) = match by {
+            crate::account::AccountLookup::Email(_) => (super::EMAIL_INDEX, "gsi4pk"),
+            crate::account::AccountLookup::Customer(_) => (super::CUSTOMER_INDEX, "gsi5pk"),
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", attr)
+            .expression_attribute_values(":k", s(crate::account::lookup_key(by)))
+            .limit(20)
+            .send()
+            .await
+            .map_err(|e| unavailable("Query(lookup index)", e))?;
+        Ok(out.items().iter().filter_map(account_id_of).map(str::to_string).collect())
+    }
+
     /// Accounts whose soonest grant expiry is at or before `by_ms`, up to `limit`, from every
     /// partition of the expiry index.
     pub(super) async fn expiry_index(&self, by_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {

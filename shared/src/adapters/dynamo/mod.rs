@@ -20,6 +20,7 @@
 //! | entity        | `ACCOUNT#{id}`  | `ENTITY#{entity}` (its limit and month's spend; rules §17) |
 //! | webhook endpoint | `WEBHOOKS`   | `EP#{endpoint_id}` (and their count, `COUNT`; `webhooks.rs`) |
 //! | receipt row   | `ACCOUNT#{id}`  | `RECEIPT#{created:013}#{id}`, and `RECEIPTPI#{pi}` pointers (`receipts.rs`) |
+//! | audit record  | `AUDIT#{account or -}` | `SEQ#{seq:012}` (and the head of `-`, `HEAD`; `audit.rs`) |
 //!
 //! A commit is one `TransactWriteItems`; each condition sits next to the item it guards, and
 //! failed conditions return the stored item (`ALL_OLD`) so a retry needs no read.
@@ -34,6 +35,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 
 mod attributes;
+mod audit;
 mod items;
 mod listing;
 mod receipts;
@@ -66,6 +68,13 @@ pub const SWEEP_INDEX: &str = "gsi1";
 /// The sparse index of accounts with an expiring grant (`gsi2pk` `EXPIRY#n`, `gsi2sk` the
 /// soonest expiry), keys only.
 pub const EXPIRY_INDEX: &str = "gsi2";
+/// Every audit record, newest first (`gsi3pk` `AUDIT`, `gsi3sk` `{at ms}#{chain}#{seq}`), all
+/// attributes: `GET /v1/audit` without an account (rules §19).
+pub const AUDIT_INDEX: &str = "gsi3";
+/// Accounts by their first billing email (`gsi4pk` `EMAIL#…`), keys only: the console's lookup.
+pub const EMAIL_INDEX: &str = "gsi4";
+/// Accounts by their Stripe customer (`gsi5pk` `CUSTOMER#…`), keys only: the console's lookup.
+pub const CUSTOMER_INDEX: &str = "gsi5";
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone)]
@@ -495,6 +504,9 @@ impl Listings for DynamoStore {
         let mut out: Vec<Grant> = self.query_all(account_pk(account_id), "GRANT#", "Query(grants)").await?;
         out.sort_by_key(|g| std::cmp::Reverse((g.ended_at, g.created_at)));
         Ok(out)
+    }
+    async fn find_accounts(&self, by: &crate::account::AccountLookup) -> Result<Vec<String>, StoreError> {
+        self.lookup_accounts(by).await
     }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Value>, StoreError> {
         self.read_checkpoint(name).await

@@ -2,7 +2,7 @@
 
 use aws_sdk_dynamodb::Client;
 
-use super::{unavailable, EXPIRY_INDEX, SWEEP_INDEX};
+use super::{unavailable, AUDIT_INDEX, EXPIRY_INDEX, SWEEP_INDEX};
 use crate::store::StoreError;
 
 /// Creates the table as the SAM template does (used by the local stack and tests).
@@ -39,6 +39,21 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let audit = GlobalSecondaryIndex::builder()
+        .index_name(AUDIT_INDEX)
+        .key_schema(key("gsi3pk", KeyType::Hash)?)
+        .key_schema(key("gsi3sk", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let lookup = |name: &str, attr: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(attr, KeyType::Hash)?)
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
     let res = client
         .create_table()
         .table_name(table)
@@ -48,10 +63,17 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr("gsi1pk")?)
         .attribute_definitions(attr("gsi2pk")?)
         .attribute_definitions(attr("gsi2sk")?)
+        .attribute_definitions(attr("gsi3pk")?)
+        .attribute_definitions(attr("gsi3sk")?)
+        .attribute_definitions(attr("gsi4pk")?)
+        .attribute_definitions(attr("gsi5pk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
         .global_secondary_indexes(index)
         .global_secondary_indexes(expiry)
+        .global_secondary_indexes(audit)
+        .global_secondary_indexes(lookup(super::EMAIL_INDEX, "gsi4pk")?)
+        .global_secondary_indexes(lookup(super::CUSTOMER_INDEX, "gsi5pk")?)
         .send()
         .await;
     match res {
