@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::account::RechargeRecord;
-use crate::engine::memory_credits;
+use crate::adapters::memory::memory_credits;
 use crate::ids::key;
 use crate::money::{Micros, MICROS_PER_CREDIT as C};
 use crate::pricing::PurchaseChoice;
