@@ -59,6 +59,9 @@ pub struct Receipt {
     pub currency: String,
     pub credits: i64,
     pub invoice: Option<Invoice>,
+    /// A recharge's invoice made at Stripe and not yet recorded paid: a retry goes on with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_invoice_id: Option<String>,
 }
 
 /// An invoice as Stripe issued it, as far as a receipt needs it. Money in minor units.
@@ -167,47 +170,112 @@ pub struct PaidInvoiceRequest {
 }
 
 /// Stripe's invoices, for what Checkout does not invoice itself.
+///
+/// A payment already made is invoiced in two steps, so the invoice's id can be kept between
+/// them (rules §20): Stripe keeps idempotency keys about a day, and a replay after that must
+/// go on with the invoice already made rather than make another.
 pub trait Invoicing: Send + Sync {
-    /// Invoices a payment already made and marks the invoice paid by it, never charging again:
-    /// the invoice is finalized with `auto_advance=false` (Stripe never collects it) and paid by
-    /// attaching the PaymentIntent. Idempotent per key: a retry answers the same invoice.
-    fn invoice_paid_payment(
+    /// Creates the invoice, a draft without its line; its id. Idempotent per key (for as long
+    /// as Stripe keeps the key).
+    fn create_invoice(
         &self,
         request: &PaidInvoiceRequest,
-    ) -> impl Future<Output = Result<Invoice, PaymentsUnavailable>> + Send;
+    ) -> impl Future<Output = Result<String, PaymentsUnavailable>> + Send;
+    /// Brings the invoice `create_invoice` made to paid by the payment, from wherever it is,
+    /// never charging again: a draft gets its line if it has none and is finalized with
+    /// `auto_advance=false` (Stripe never collects it); an open one is paid by attaching the
+    /// PaymentIntent; a paid one is read. An open invoice that Stripe refuses the payment for is
+    /// voided, so nothing can collect it: `Ok(Err("invoice_void"))`, as for one found void.
+    fn pay_invoice(
+        &self,
+        request: &PaidInvoiceRequest,
+        invoice_id: &str,
+    ) -> impl Future<Output = Result<Result<Invoice, &'static str>, PaymentsUnavailable>> + Send;
 }
 
-/// Invoices in memory, for unit tests: each request once per key, paid at once.
+/// An invoice in `MemoryInvoicing`.
+#[derive(Debug, Clone)]
+pub struct MemoryInvoice {
+    pub id: String,
+    /// `draft`, `open`, `paid` or `void`.
+    pub status: &'static str,
+    pub lines: Vec<i64>,
+    pub payment_intent_id: Option<String>,
+}
+
+/// Invoices in memory, for unit tests, stepped as Stripe steps them. Creating does not dedupe
+/// by key: it plays a retry made after Stripe forgot the key.
 #[derive(Default)]
 pub struct MemoryInvoicing {
-    pub issued: std::sync::Mutex<Vec<(String, Invoice)>>,
+    pub invoices: std::sync::Mutex<Vec<MemoryInvoice>>,
     /// While set, Stripe is down.
     pub down: std::sync::atomic::AtomicBool,
+    /// While set, attaching fails as a network error would (the invoice stays open).
+    pub attach_down: std::sync::atomic::AtomicBool,
+    /// While set, Stripe refuses to attach the payment (a final error).
+    pub attach_refused: std::sync::atomic::AtomicBool,
 }
 
-impl Invoicing for MemoryInvoicing {
-    async fn invoice_paid_payment(&self, r: &PaidInvoiceRequest) -> Result<Invoice, PaymentsUnavailable> {
+impl MemoryInvoicing {
+    fn up(&self) -> Result<std::sync::MutexGuard<'_, Vec<MemoryInvoice>>, PaymentsUnavailable> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(PaymentsUnavailable("stripe is down".into()));
         }
-        let mut issued = self.issued.lock().map_err(|_| PaymentsUnavailable("poisoned".into()))?;
-        if let Some((_, i)) = issued.iter().find(|(k, _)| *k == r.idempotency_key) {
-            return Ok(i.clone());
+        self.invoices.lock().map_err(|_| PaymentsUnavailable("poisoned".into()))
+    }
+}
+
+impl Invoicing for MemoryInvoicing {
+    async fn create_invoice(&self, _r: &PaidInvoiceRequest) -> Result<String, PaymentsUnavailable> {
+        let mut invoices = self.up()?;
+        let id = format!("in_{}", invoices.len() + 1);
+        invoices.push(MemoryInvoice { id: id.clone(), status: "draft", lines: vec![], payment_intent_id: None });
+        Ok(id)
+    }
+
+    async fn pay_invoice(
+        &self,
+        r: &PaidInvoiceRequest,
+        invoice_id: &str,
+    ) -> Result<Result<Invoice, &'static str>, PaymentsUnavailable> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut invoices = self.up()?;
+        let inv = invoices
+            .iter_mut()
+            .find(|i| i.id == invoice_id)
+            .ok_or_else(|| PaymentsUnavailable("no such invoice".into()))?;
+        if inv.status == "draft" {
+            if inv.lines.is_empty() {
+                inv.lines.push(r.amount_cents);
+            }
+            inv.status = "open";
         }
-        let id = format!("in_{}", issued.len() + 1);
-        let invoice = Invoice {
-            invoice_id: id.clone(),
-            payment_intent_id: Some(r.payment_intent_id.clone()),
-            subtotal: r.amount_cents,
+        if inv.status == "open" {
+            if self.attach_down.load(SeqCst) {
+                return Err(PaymentsUnavailable("attach: network".into()));
+            }
+            if self.attach_refused.load(SeqCst) {
+                inv.status = "void";
+            } else {
+                inv.status = "paid";
+                inv.payment_intent_id = Some(r.payment_intent_id.clone());
+            }
+        }
+        if inv.status != "paid" {
+            return Ok(Err("invoice_void"));
+        }
+        let total = inv.lines.iter().sum();
+        Ok(Ok(Invoice {
+            invoice_id: inv.id.clone(),
+            payment_intent_id: inv.payment_intent_id.clone(),
+            subtotal: total,
             tax: 0,
-            total: r.amount_cents,
+            total,
             currency: r.currency.clone(),
-            receipt_url: Some(format!("https://invoice.example/{id}")),
-            invoice_pdf: Some(format!("https://invoice.example/{id}/pdf")),
+            receipt_url: Some(format!("https://invoice.example/{}", inv.id)),
+            invoice_pdf: Some(format!("https://invoice.example/{}/pdf", inv.id)),
             paid_at: 0,
-        };
-        issued.push((r.idempotency_key.clone(), invoice.clone()));
-        Ok(invoice)
+        }))
     }
 }
 
@@ -308,6 +376,7 @@ fn purchase_row(p: &PurchaseRecord) -> Receipt {
         currency: p.currency.clone(),
         credits: p.credits.get(),
         invoice: None,
+        pending_invoice_id: None,
     }
 }
 
@@ -321,6 +390,7 @@ fn recharge_row(r: &RechargeRecord) -> Receipt {
         currency: r.currency.clone(),
         credits: r.credits.get(),
         invoice: None,
+        pending_invoice_id: None,
     }
 }
 
@@ -413,9 +483,10 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
                 ApiError::NotFound("recharge_not_found", "No auto-recharge with this id exists.".into())
             })?;
         let row = recharge_row(&record);
-        if let Some(done) = self.store.receipt(id, &row.key()).await.map_err(upstream)? {
+        let stored = self.store.receipt(id, &row.key()).await.map_err(upstream)?;
+        if let Some(done) = &stored {
             if done.invoice.is_some() {
-                return Ok(done);
+                return Ok(done.clone());
             }
         }
         // Listed, and its payment pointed at it, before Stripe is asked.
@@ -438,7 +509,24 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
                 &[("topup_recharge_id", recharge_id.as_str()), ("topup_payment_intent", payment_intent_id)],
             ),
         };
-        let invoice = invoicing.invoice_paid_payment(&request).await?;
+        // The invoice's id is kept before it is finalized or paid, so a retry (even after
+        // Stripe forgot the idempotency keys) goes on with it instead of making another.
+        let invoice_id = match stored.and_then(|r| r.pending_invoice_id) {
+            Some(pending) => pending,
+            None => {
+                let made = invoicing.create_invoice(&request).await?;
+                let pending = Receipt { pending_invoice_id: Some(made.clone()), ..row.clone() };
+                self.store.put_receipt(&pending).await.map_err(upstream)?;
+                made
+            }
+        };
+        let invoice = match invoicing.pay_invoice(&request, &invoice_id).await? {
+            Ok(invoice) => invoice,
+            Err(reason) => {
+                tracing::error!(account_id = id, recharge_id = %recharge_id, invoice_id, reason, "the recharge's payment could not pay its invoice; the invoice is void");
+                return Err(ApiError::rule(reason, "The recharge's invoice was voided: its payment could not pay it."));
+            }
+        };
         match self.record_invoice(id, &InvoiceOf::Recharge(recharge_id.clone()), &invoice).await? {
             InvoiceRecorded::Recorded(row) => Ok(*row),
             InvoiceRecorded::Ignored(reason) => {

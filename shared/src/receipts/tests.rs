@@ -162,7 +162,7 @@ async fn a_recharge_is_invoiced_once_by_its_payment() {
             Some((1_000, Some("pi_r1")))
         );
     }
-    assert_eq!(stripe.issued.lock().unwrap().len(), 1, "one invoice, asked of Stripe once it was made");
+    assert_eq!(stripe.invoices.lock().unwrap().len(), 1, "one invoice, asked of Stripe once it was made");
     let page = c.purchases_page("a", 10, None).await.unwrap();
     let item = &page.purchases[0];
     assert_eq!(
@@ -173,6 +173,42 @@ async fn a_recharge_is_invoiced_once_by_its_payment() {
     assert_eq!(c.charged_total("a", "pi_r1").await.unwrap(), Some(1_000));
     let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_unknown"), "pi_x").await.unwrap_err();
     assert_eq!(e.code(), "recharge_not_found");
+}
+
+#[tokio::test]
+async fn a_retry_goes_on_with_the_invoice_already_made() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "pro", vec![]).await.unwrap();
+    recharge_record(&c, "rch_1", c.now(), 1_000).await;
+    // Created and finalized, then the attach fails; Stripe has forgotten the keys by the retry
+    // (the memory adapter never dedupes a create).
+    let stripe = MemoryInvoicing { attach_down: true.into(), ..MemoryInvoicing::default() };
+    let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap_err();
+    assert_eq!(e.code(), "payment_provider_unavailable");
+    assert_eq!(stripe.invoices.lock().unwrap()[0].status, "open");
+    stripe.attach_down.store(false, SeqCst);
+    let row = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap();
+    let invoices = stripe.invoices.lock().unwrap().clone();
+    assert_eq!(invoices.len(), 1, "one invoice for the recharge");
+    assert_eq!((invoices[0].status, invoices[0].lines.clone()), ("paid", vec![1_000]), "paid once, one line");
+    assert_eq!(row.invoice.map(|i| (i.invoice_id, i.total)), Some(("in_1".to_string(), 1_000)));
+}
+
+#[tokio::test]
+async fn an_invoice_its_payment_cannot_pay_is_voided() {
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "pro", vec![]).await.unwrap();
+    recharge_record(&c, "rch_1", c.now(), 1_000).await;
+    let stripe = MemoryInvoicing { attach_refused: true.into(), ..MemoryInvoicing::default() };
+    let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap_err();
+    assert_eq!(e.code(), "invoice_void");
+    assert!(!e.retryable());
+    assert_eq!(stripe.invoices.lock().unwrap()[0].status, "void");
+    // A replay makes no other invoice.
+    let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap_err();
+    assert_eq!(e.code(), "invoice_void");
+    assert_eq!(stripe.invoices.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
