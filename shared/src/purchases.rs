@@ -15,6 +15,7 @@ use crate::ledger::{request_hash, EntryKind};
 use crate::money::{Cents, Micros};
 use crate::payments::{CheckoutRequest, CheckoutUi, Purchases};
 use crate::pricing::{self, PurchaseChoice};
+use crate::profile::Tax;
 use crate::store::{CommitError, PurchaseWrite, Store};
 
 /// seed 000: the notice while an asynchronous payment settles.
@@ -61,6 +62,10 @@ pub struct PurchaseRecord {
     pub payment_intent_id: Option<String>,
     /// The ledger entry that credited it.
     pub transaction_id: Option<String>,
+    /// How it was taxed when it started (rules §20): its payment is checked by this, whatever
+    /// the deployment's setting is by the time it is paid. Records from before it: none.
+    #[serde(default)]
+    pub tax: Tax,
 }
 
 impl PurchaseRecord {
@@ -207,7 +212,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             reference: record.purchase_id.to_string(),
             ui: ui.clone(),
             idempotency_key: self.stripe_key("checkout", record.purchase_id.as_str()),
-            tax: self.profile.tax,
+            tax: record.tax,
             metadata: self.stripe_metadata(id, &[("topup_purchase_id", record.purchase_id.as_str())]),
         };
         let session = payments.create_checkout(&request).await?;
@@ -257,6 +262,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             checkout_session_id: None,
             payment_intent_id: None,
             transaction_id: None,
+            tax: self.profile.tax,
         };
         match self
             .store
@@ -468,12 +474,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// Whether a paid session paid this purchase's price (rules §7, §20): its subtotal is the
     /// price (credits are granted for the price before tax), and its total is that price with
-    /// the tax Stripe added, which only a taxed profile has (without tax the total is the price).
+    /// the tax Stripe added, which only a purchase started taxed has (without tax the total is
+    /// the price). The purchase's own tax mode decides, not the deployment's current one.
     fn paid_in_full(&self, record: &PurchaseRecord, event: &CheckoutEvent) -> bool {
         let price = record.charge.get();
         let subtotal = event.amount_subtotal.or(event.amount_total);
         match event.amount_total {
-            Some(total) if subtotal == Some(price) => total == price || (self.profile.tax.automatic() && total > price),
+            Some(total) if subtotal == Some(price) => total == price || (record.tax.automatic() && total > price),
             _ => false,
         }
     }

@@ -101,6 +101,26 @@ async fn without_tax_a_total_above_the_price_never_credits() {
     assert_eq!(c.account("a").await.unwrap().balance.get(), 20 * C);
 }
 
+/// A purchase is checked by the tax it started with: one started taxed and paid after the
+/// deployment turned tax off still credits (the money was taken), and one started untaxed is
+/// never paid by a total above its price after tax was turned on.
+#[tokio::test]
+async fn a_purchase_is_checked_by_the_tax_it_started_with() {
+    let mut c = memory_credits("usd-overage");
+    c.profile.tax = Tax::StripeAutomatic;
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    let taxed = started(&c, 2_000, "k1", "cs_1").await;
+    c.profile.tax = Tax::None;
+    let untaxed = started(&c, 2_000, "k2", "cs_2").await;
+    let out = c.checkout_event("a", &taxed, &paid("cs_1", 2_000, 2_400)).await.unwrap();
+    assert!(matches!(out, CheckoutOutcome::Purchase(ref r) if r.status == PurchaseStatus::Succeeded), "{out:?}");
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 20 * C);
+    c.profile.tax = Tax::StripeAutomatic;
+    let out = c.checkout_event("a", &untaxed, &paid("cs_2", 2_000, 2_400)).await.unwrap();
+    assert_eq!(out, CheckoutOutcome::Ignored("amount_mismatch"));
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 20 * C);
+}
+
 /// A dispute of part of a taxed payment takes back credits for the pre-tax share of the
 /// disputed amount only, rounded down; before the invoice is recorded it waits (409).
 #[tokio::test]
