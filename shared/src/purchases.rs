@@ -66,6 +66,9 @@ pub struct PurchaseRecord {
     /// the deployment's setting is by the time it is paid. Records from before it: none.
     #[serde(default)]
     pub tax: Tax,
+    /// What the paid session took, tax included (`amount_total`), once credited (rules §20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_total: Option<i64>,
 }
 
 impl PurchaseRecord {
@@ -263,6 +266,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             payment_intent_id: None,
             transaction_id: None,
             tax: self.profile.tax,
+            paid_total: None,
         };
         match self
             .store
@@ -460,7 +464,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return Ok(CheckoutOutcome::Ignored("currency_mismatch"));
             }
             let payment = event.payment_intent_id.as_deref().unwrap_or(event.session_id.as_str());
-            self.purchase_paid(id, purchase_id, payment).await?
+            self.purchase_paid_with_total(id, purchase_id, payment, event.amount_total).await?
         } else {
             match event.kind {
                 CheckoutEventKind::Completed => self.purchase_processing(id, purchase_id).await?,
@@ -493,6 +497,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         purchase_id: &PurchaseId,
         payment_intent_id: &str,
     ) -> Result<PurchaseRecord, ApiError> {
+        self.purchase_paid_with_total(id, purchase_id, payment_intent_id, None).await
+    }
+
+    /// `purchase_paid`, keeping what the customer paid (the session's `amount_total`, tax
+    /// included) on the record and the payment's claim, so a dispute's pre-tax share never
+    /// depends on the invoice (rules §20).
+    pub async fn purchase_paid_with_total(
+        &self,
+        id: &str,
+        purchase_id: &PurchaseId,
+        payment_intent_id: &str,
+        paid_total: Option<i64>,
+    ) -> Result<PurchaseRecord, ApiError> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.purchase(id, purchase_id).await?;
             if current.status == PurchaseStatus::Succeeded {
@@ -507,6 +524,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 description: current.description.clone(),
                 recharge_month: None,
             };
+            let current = PurchaseRecord { paid_total: paid_total.or(current.paid_total), ..current };
             match self.credit(id, &payment, Some(&current)).await? {
                 // Credited now, or this payment was credited before (same transaction, so the
                 // purchase says succeeded).

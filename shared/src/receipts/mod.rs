@@ -586,11 +586,17 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
     }
 
     /// What the customer paid for a credited payment, tax included, for a dispute's share
-    /// (rules §20): the invoice's total once recorded; `None` for a payment the receipts layer
+    /// (rules §20): what its claim kept when it was credited (a purchase's session total), else
+    /// the invoice's total once recorded; `None` for a payment the receipts layer
     /// never saw (from before it, or untaxed and not invoiced yet), whose charge was its price.
     /// A taxed purchase whose invoice is not recorded yet is 409 `receipt_not_recorded_yet`:
     /// its share cannot be told yet, and Stripe delivers the event again.
     pub async fn charged_total(&self, id: &str, payment_intent_id: &str) -> Result<Option<i64>, ApiError> {
+        // What the payment's claim kept of the customer's payment answers without the invoice.
+        let claim = self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
+        if let Some(total) = claim.and_then(|c| c.credited).and_then(|c| c.paid_total) {
+            return Ok(Some(total));
+        }
         let row = self.store.receipt_of_payment(id, payment_intent_id).await.map_err(upstream)?;
         match row {
             Some(Receipt { invoice: Some(i), .. }) => Ok(Some(i.total)),

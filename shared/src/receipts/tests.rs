@@ -122,14 +122,15 @@ async fn a_purchase_is_checked_by_the_tax_it_started_with() {
 }
 
 /// A dispute of part of a taxed payment takes back credits for the pre-tax share of the
-/// disputed amount only, rounded down; before the invoice is recorded it waits (409).
+/// disputed amount only, rounded down; for a payment whose credit did not keep what the
+/// customer paid (credited before it was kept), it waits for the invoice (409).
 #[tokio::test]
 async fn a_dispute_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
     let mut c = memory_credits("usd-overage");
     c.profile.tax = Tax::StripeAutomatic;
     c.upsert_account("a", "free", vec![]).await.unwrap();
     let p = started(&c, 1_000, "k1", "cs_1").await;
-    c.checkout_event("a", &p, &paid("cs_1", 1_000, 1_210)).await.unwrap();
+    c.purchase_paid("a", &p, "pi_cs_1").await.unwrap();
     c.list_purchase("a", &p).await.unwrap();
     let e = c.charged_total("a", "pi_cs_1").await.unwrap_err();
     assert_eq!(e.code(), "receipt_not_recorded_yet");
@@ -142,6 +143,31 @@ async fn a_dispute_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
     // $1.00 of $12.10: 10 × 100 / 1210 = 0.826446… credits, rounded down to the micro-credit.
     c.dispute_opened_of("a", "dp_2", "pi_cs_1", (100, total), "usd").await.unwrap();
     assert_eq!(c.account("a").await.unwrap().balance.get(), 5 * C - 826_446);
+}
+
+/// A dispute's pre-tax share comes from what the customer paid as the credit kept it, whether
+/// or not the payment's receipt row points at it or its invoice has come.
+#[tokio::test]
+async fn a_dispute_share_does_not_wait_for_the_receipt() {
+    let mut c = memory_credits("usd-overage");
+    c.profile.tax = Tax::StripeAutomatic;
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    // Paid, its payment never pointed at its row (the list write after it failed).
+    let p = started(&c, 1_000, "k1", "cs_1").await;
+    c.checkout_event("a", &p, &paid("cs_1", 1_000, 1_210)).await.unwrap();
+    assert_eq!(c.purchase("a", &p).await.unwrap().paid_total, Some(1_210));
+    let total = c.charged_total("a", "pi_cs_1").await.unwrap();
+    assert_eq!(total, Some(1_210));
+    c.dispute_opened_of("a", "dp_1", "pi_cs_1", (605, total), "usd").await.unwrap();
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 5 * C, "half of 10 credits, not 6.05");
+    // Pointed at its row, its invoice never recorded: no 409.
+    let q = started(&c, 1_000, "k2", "cs_2").await;
+    c.checkout_event("a", &q, &paid("cs_2", 1_000, 1_210)).await.unwrap();
+    c.list_purchase("a", &q).await.unwrap();
+    assert_eq!(c.charged_total("a", "pi_cs_2").await.unwrap(), Some(1_210));
+    // Even when the webhook passes no total, the claim's decides.
+    c.dispute_opened_of("a", "dp_2", "pi_cs_2", (605, None), "usd").await.unwrap();
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 10 * C);
 }
 
 async fn recharge_record(c: &Mem, rid: &str, claimed_at: i64, cents: i64) {
