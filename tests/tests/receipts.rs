@@ -71,6 +71,13 @@ async fn an_untaxed_purchase_keeps_its_invoice_as_its_receipt() {
     let (s, _) = w.deliver(&stripe_event("invoice.paid", inv.clone())).await;
     assert_eq!(s, 200);
     assert_eq!(w.view("acme").await["balance"], 20 * C, "a receipt never credits");
+    // Another invoice naming the purchase never replaces its receipt.
+    let mut other = inv.clone();
+    other["id"] = json!("in_another");
+    let (s, r) = w.deliver(&stripe_event("invoice.paid", other)).await;
+    assert_eq!((s, r["reason"].as_str()), (200, Some("another_invoice_recorded")), "{r}");
+    let again = purchase_status(&w, "acme", status["purchase_id"].as_str().expect("id")).await;
+    assert_eq!(again["receipt_url"], status["receipt_url"]);
     w.assert_invariants("acme").await;
 }
 

@@ -290,8 +290,10 @@ pub enum InvoiceOf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvoiceRecorded {
     Recorded(Box<Receipt>),
-    /// `unknown_purchase`, `unknown_recharge`, `currency_mismatch`, `amount_mismatch`: the
-    /// invoice is not for what we recorded; nothing is written.
+    /// `unknown_purchase`, `unknown_recharge`, `currency_mismatch`, `amount_mismatch`,
+    /// `payment_mismatch` (paid by another PaymentIntent than the purchase's): the invoice is
+    /// not for what we recorded; `another_invoice_recorded`: the row keeps its own invoice.
+    /// Nothing is written.
     Ignored(&'static str),
 }
 
@@ -459,10 +461,21 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
             tracing::warn!(account_id = id, invoice_id = %invoice.invoice_id, reason, "an invoice that is not for what we recorded");
             return Ok(InvoiceRecorded::Ignored(reason));
         }
+        // An invoice paid by another PaymentIntent than the one the record names is not its.
+        if let (Some(paid_by), Some(ours)) = (invoice.payment_intent_id.as_deref(), payment.as_deref()) {
+            if paid_by != ours {
+                tracing::warn!(account_id = id, invoice_id = %invoice.invoice_id, paid_by, ours, "an invoice paid by another payment");
+                return Ok(InvoiceRecorded::Ignored("payment_mismatch"));
+            }
+        }
         let mut invoice = invoice.clone();
         invoice.payment_intent_id = invoice.payment_intent_id.or(payment);
         let row = Receipt { invoice: Some(invoice), ..row };
-        self.store.put_receipt(&row).await.map_err(upstream)?;
+        // A row records one invoice: another one never overwrites it.
+        if !self.store.put_receipt(&row).await.map_err(upstream)? {
+            tracing::warn!(account_id = id, of = %row.id, invoice_id = ?row.invoice.as_ref().map(|i| &i.invoice_id), "another invoice is already recorded for it");
+            return Ok(InvoiceRecorded::Ignored("another_invoice_recorded"));
+        }
         Ok(InvoiceRecorded::Recorded(Box::new(row)))
     }
 
@@ -516,7 +529,12 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
             None => {
                 let made = invoicing.create_invoice(&request).await?;
                 let pending = Receipt { pending_invoice_id: Some(made.clone()), ..row.clone() };
-                self.store.put_receipt(&pending).await.map_err(upstream)?;
+                if !self.store.put_receipt(&pending).await.map_err(upstream)? {
+                    // Its invoice was recorded meanwhile (another delivery): that is the answer.
+                    if let Some(done) = self.store.receipt(id, &row.key()).await.map_err(upstream)? {
+                        return Ok(done);
+                    }
+                }
                 made
             }
         };

@@ -170,6 +170,27 @@ async fn a_dispute_share_does_not_wait_for_the_receipt() {
     assert_eq!(c.account("a").await.unwrap().balance.get(), 10 * C);
 }
 
+/// A row keeps the invoice it recorded: another invoice for the same price does not replace
+/// it, and one paid by another PaymentIntent than the purchase's is not its own.
+#[tokio::test]
+async fn a_recorded_receipt_is_never_overwritten_by_another_invoice() {
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    let p = started(&c, 2_000, "k1", "cs_1").await;
+    c.checkout_event("a", &p, &paid("cs_1", 2_000, 2_000)).await.unwrap();
+    let of = InvoiceOf::Purchase(p.clone());
+    let other_payment = c.record_invoice("a", &of, &invoice("in_x", 2_000, 0, Some("pi_other"))).await.unwrap();
+    assert_eq!(other_payment, InvoiceRecorded::Ignored("payment_mismatch"));
+    let first = c.record_invoice("a", &of, &invoice("in_1", 2_000, 0, Some("pi_cs_1"))).await.unwrap();
+    assert!(matches!(first, InvoiceRecorded::Recorded(_)), "{first:?}");
+    // The same invoice again (a redelivery) is fine; another one changes nothing.
+    let again = c.record_invoice("a", &of, &invoice("in_1", 2_000, 0, Some("pi_cs_1"))).await.unwrap();
+    assert!(matches!(again, InvoiceRecorded::Recorded(_)), "{again:?}");
+    let second = c.record_invoice("a", &of, &invoice("in_2", 2_000, 0, None)).await.unwrap();
+    assert_eq!(second, InvoiceRecorded::Ignored("another_invoice_recorded"));
+    assert_eq!(c.purchase_receipt_url("a", p.as_str()).await.unwrap().as_deref(), Some("https://invoice.example/in_1"));
+}
+
 async fn recharge_record(c: &Mem, rid: &str, claimed_at: i64, cents: i64) {
     let a = c.store.load_account("a").await.unwrap().unwrap();
     let mut next = a.next(c.now());
