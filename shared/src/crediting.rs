@@ -138,6 +138,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     entry_id: entry.id.clone(),
                     amount: payment.credits,
                     charge_cents: payment.charge_cents,
+                    paid_total: purchase.and_then(|r| r.paid_total),
                 });
                 // A paid payment credits even if the purchase had meanwhile been marked failed or
                 // expired: the money was taken (rules §10.2).
@@ -321,7 +322,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     ) -> Result<DisputeOutcome, ApiError> {
         let credited = self.credited(id, payment_intent_id).await?;
         let amount = credited.amount.get();
-        let share = match charged_total.unwrap_or(credited.charge_cents) {
+        // What the customer paid as the payment's claim keeps it, else the invoice's total.
+        let share = match credited.paid_total.or(charged_total).unwrap_or(credited.charge_cents) {
             c if c > 0 => share_of(amount, disputed_cents, c),
             _ => amount,
         };

@@ -159,6 +159,10 @@ pub struct Credited {
     /// What the payment charged (minor units): a refund or dispute takes back its share.
     #[serde(default)]
     pub charge_cents: i64,
+    /// What the customer paid, tax included (a purchase's session `amount_total`), when known:
+    /// a dispute's pre-tax share is taken against it (rules §20). None: the charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_total: Option<i64>,
 }
 
 /// How long idempotency keys are kept (rules §6: at least 24 hours).

@@ -15,6 +15,7 @@ use crate::ledger::{request_hash, EntryKind};
 use crate::money::{Cents, Micros};
 use crate::payments::{CheckoutRequest, CheckoutUi, Purchases};
 use crate::pricing::{self, PurchaseChoice};
+use crate::profile::Tax;
 use crate::store::{CommitError, PurchaseWrite, Store};
 
 /// seed 000: the notice while an asynchronous payment settles.
@@ -61,6 +62,13 @@ pub struct PurchaseRecord {
     pub payment_intent_id: Option<String>,
     /// The ledger entry that credited it.
     pub transaction_id: Option<String>,
+    /// How it was taxed when it started (rules §20): its payment is checked by this, whatever
+    /// the deployment's setting is by the time it is paid. Records from before it: none.
+    #[serde(default)]
+    pub tax: Tax,
+    /// What the paid session took, tax included (`amount_total`), once credited (rules §20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_total: Option<i64>,
 }
 
 impl PurchaseRecord {
@@ -207,7 +215,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             reference: record.purchase_id.to_string(),
             ui: ui.clone(),
             idempotency_key: self.stripe_key("checkout", record.purchase_id.as_str()),
-            tax: self.profile.tax,
+            tax: record.tax,
             metadata: self.stripe_metadata(id, &[("topup_purchase_id", record.purchase_id.as_str())]),
         };
         let session = payments.create_checkout(&request).await?;
@@ -257,6 +265,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             checkout_session_id: None,
             payment_intent_id: None,
             transaction_id: None,
+            tax: self.profile.tax,
+            paid_total: None,
         };
         match self
             .store
@@ -454,7 +464,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 return Ok(CheckoutOutcome::Ignored("currency_mismatch"));
             }
             let payment = event.payment_intent_id.as_deref().unwrap_or(event.session_id.as_str());
-            self.purchase_paid(id, purchase_id, payment).await?
+            self.purchase_paid_with_total(id, purchase_id, payment, event.amount_total).await?
         } else {
             match event.kind {
                 CheckoutEventKind::Completed => self.purchase_processing(id, purchase_id).await?,
@@ -468,12 +478,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// Whether a paid session paid this purchase's price (rules §7, §20): its subtotal is the
     /// price (credits are granted for the price before tax), and its total is that price with
-    /// the tax Stripe added, which only a taxed profile has (without tax the total is the price).
+    /// the tax Stripe added, which only a purchase started taxed has (without tax the total is
+    /// the price). The purchase's own tax mode decides, not the deployment's current one.
     fn paid_in_full(&self, record: &PurchaseRecord, event: &CheckoutEvent) -> bool {
         let price = record.charge.get();
         let subtotal = event.amount_subtotal.or(event.amount_total);
         match event.amount_total {
-            Some(total) if subtotal == Some(price) => total == price || (self.profile.tax.automatic() && total > price),
+            Some(total) if subtotal == Some(price) => total == price || (record.tax.automatic() && total > price),
             _ => false,
         }
     }
@@ -485,6 +496,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         id: &str,
         purchase_id: &PurchaseId,
         payment_intent_id: &str,
+    ) -> Result<PurchaseRecord, ApiError> {
+        self.purchase_paid_with_total(id, purchase_id, payment_intent_id, None).await
+    }
+
+    /// `purchase_paid`, keeping what the customer paid (the session's `amount_total`, tax
+    /// included) on the record and the payment's claim, so a dispute's pre-tax share never
+    /// depends on the invoice (rules §20).
+    pub async fn purchase_paid_with_total(
+        &self,
+        id: &str,
+        purchase_id: &PurchaseId,
+        payment_intent_id: &str,
+        paid_total: Option<i64>,
     ) -> Result<PurchaseRecord, ApiError> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.purchase(id, purchase_id).await?;
@@ -500,6 +524,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 description: current.description.clone(),
                 recharge_month: None,
             };
+            let current = PurchaseRecord { paid_total: paid_total.or(current.paid_total), ..current };
             match self.credit(id, &payment, Some(&current)).await? {
                 // Credited now, or this payment was credited before (same transaction, so the
                 // purchase says succeeded).

@@ -64,13 +64,20 @@
     `POST /v1/invoices/{id}/attach_payment` (`payment_intent`: a succeeded PaymentIntent of the
     same customer and currency is credited at once; paid in full, the invoice is `paid` and
     `invoice.paid` is sent; a PaymentIntent already attached elsewhere is refused), and
-    `POST /v1/invoices/{id}/pay` with `paid_out_of_band=true` only. Stripe also pays an invoice
+    `POST /v1/invoices/{id}/pay` with `paid_out_of_band=true` only, `POST /v1/invoices/{id}/void`
+    (an open invoice only; no `invoice.voided` event is sent), and `GET /v1/invoices`
+    (`customer` only; one page, no `limit` or cursors). Stripe also pays an invoice
     by charging the customer's card; here nothing ever does, so a test can see that an invoice
     never charges twice. No emails, no invoice numbering, no credit notes: a refund leaves the
     invoice as it was (Stripe does too; its credit notes are separate).
   - `GET /_config/invoices/{id}` (the invoice's `hosted_invoice_url`: an HTML receipt) and
     `GET /_config/invoices/{id}/pdf` (its `invoice_pdf`: a one-page PDF), without an API key,
     as Stripe's hosted pages are.
+  - Idempotency keys are kept for as long as the process runs (Stripe keeps them about a day).
+    `POST /_config/faults` plays what Stripe does otherwise, for one test at a time:
+    `forget_keys_containing=<text>` drops the keys that contain it (a replay a day later);
+    `attach_down=<customer>` makes every `attach_payment` to that customer's invoices answer
+    503 and change nothing (Stripe out of reach), `attach_up=<customer>` ends it.
 
 Usage: python localstripe_local.py PORT
 """
@@ -564,6 +571,13 @@ class Invoice(StripeObject):
             self._announce_paid()
         return self
 
+    def _void(self):
+        if self.status != "open":
+            raise UserError(400, "Only an open invoice can be voided.")
+        self.status = "void"
+        self.status_transitions["voided_at"] = int(time.time())
+        return self
+
     def _pay_out_of_band(self):
         if self.status != "open":
             raise UserError(400, "Only an open invoice can be paid.")
@@ -605,6 +619,10 @@ async def _invoice_routes(request):
         data = await get_post_data(request) or {}
         data.pop("expand", None)
         return json_response(Invoice._api_create(**data)._export())
+    if len(parts) == 2 and method == "GET":
+        customer = request.query.get("customer")
+        data = [i._export() for i in _invoices() if customer is None or i.customer == customer]
+        return json_response({"object": "list", "data": data, "has_more": False, "url": "/v1/invoices"})
     if len(parts) == 3 and method == "GET":
         return json_response(_invoice(parts[2])._export())
     if len(parts) == 4 and method == "POST":
@@ -613,7 +631,11 @@ async def _invoice_routes(request):
         if action == "finalize":
             inv._finalize()
         elif action == "attach_payment":
+            if inv.customer in _attach_down:
+                raise UserError(503, "Stripe is unavailable (attach_payment, /_config/faults)")
             inv._attach(data.get("payment_intent") or "")
+        elif action == "void":
+            inv._void()
         elif action == "pay" and _true(data.get("paid_out_of_band")):
             inv._pay_out_of_band()
         else:
@@ -692,6 +714,24 @@ app.router.add_get("/_config/invoices/{id}", _receipt_page)
 app.router.add_get("/_config/invoices/{id}/pdf", _receipt_pdf)
 
 _first_responses: dict = {}
+_attach_down: set = set()
+
+
+async def _set_faults(request):
+    # See the module's docstring: faults per customer, keys forgotten by what they contain.
+    data = await get_post_data(request) or {}
+    if data.get("attach_down"):
+        _attach_down.add(data["attach_down"])
+    if data.get("attach_up"):
+        _attach_down.discard(data["attach_up"])
+    text = data.get("forget_keys_containing")
+    forgotten = [slot for slot in _first_responses if text and text in slot[1]]
+    for slot in forgotten:
+        del _first_responses[slot]
+    return json_response({"attach_down": sorted(_attach_down), "forgotten": len(forgotten)})
+
+
+app.router.add_post("/_config/faults", _set_faults)
 
 
 @web.middleware

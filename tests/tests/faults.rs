@@ -305,7 +305,7 @@ impl topup::receipts::ReceiptStore for FaultyStore {
     async fn add_receipt(&self, r: &topup::receipts::Receipt) -> Result<bool, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.add_receipt(r))
     }
-    async fn put_receipt(&self, r: &topup::receipts::Receipt) -> Result<(), StoreError> {
+    async fn put_receipt(&self, r: &topup::receipts::Receipt) -> Result<bool, StoreError> {
         gated!(self.armed, Dep::Store, store_down(), self.inner.put_receipt(r))
     }
     async fn link_payment(

@@ -71,6 +71,13 @@ async fn an_untaxed_purchase_keeps_its_invoice_as_its_receipt() {
     let (s, _) = w.deliver(&stripe_event("invoice.paid", inv.clone())).await;
     assert_eq!(s, 200);
     assert_eq!(w.view("acme").await["balance"], 20 * C, "a receipt never credits");
+    // Another invoice naming the purchase never replaces its receipt.
+    let mut other = inv.clone();
+    other["id"] = json!("in_another");
+    let (s, r) = w.deliver(&stripe_event("invoice.paid", other)).await;
+    assert_eq!((s, r["reason"].as_str()), (200, Some("another_invoice_recorded")), "{r}");
+    let again = purchase_status(&w, "acme", status["purchase_id"].as_str().expect("id")).await;
+    assert_eq!(again["receipt_url"], status["receipt_url"]);
     w.assert_invariants("acme").await;
 }
 
@@ -232,6 +239,57 @@ async fn an_auto_recharge_is_invoiced_and_paid_by_its_own_payment() {
     w.assert_invariants("acme").await;
     let report = w.credits.reconcile_account(&stripe_payments(), "acme").await.expect("reconcile");
     assert!(report.differences.is_empty(), "{:?}", report.differences);
+}
+
+/// A replay of `AutoRechargeSucceeded` after the first run made and finalized the invoice but
+/// could not attach the payment, and after Stripe forgot the idempotency keys: it goes on with
+/// the same invoice, so the recharge has one invoice, paid by its one PaymentIntent.
+#[tokio::test]
+async fn a_recharge_replayed_after_a_failed_attach_goes_on_with_its_invoice() {
+    let w = World::new("usd-overage").await;
+    let observer = w.observe_bus().await;
+    w.account("acme", "free").await;
+    let payments = w.save_stripe_card("acme", "4242424242424242").await;
+    w.set_auto_recharge("acme", json!({"enabled": true, "threshold": 5 * C, "amount": 10 * C})).await;
+    w.usage("acme", "api_calls", 1_000).await;
+    w.grant("acme", 6 * C).await;
+    w.usage("acme", "api_calls", 2_000).await;
+    let out = auto_recharge::handle(&w.credits, &payments, &trigger(&balance_low("acme"))).await.expect("recharge");
+    assert_eq!(out["result"], "credited", "{out}");
+    let events = observer.drain(Duration::from_secs(1)).await;
+    let event = of_type(&events, "AutoRechargeSucceeded").first().cloned().expect("AutoRechargeSucceeded");
+    let pi = event["detail"]["payment_id"].as_str().expect("pi").to_string();
+    let recharge = event["detail"]["recharge_id"].as_str().expect("recharge").to_string();
+    let customer = w.credits.account("acme").await.expect("account").stripe_customer_id.expect("customer");
+    let (s, _) = local_stripe("POST", "/_config/faults", &[("attach_down", &customer)]).await;
+    assert_eq!(s, 200);
+    let e = auto_recharge::handle_event(&w.credits, &payments, &trigger(&event), None).await.expect_err("attach down");
+    assert!(e.retryable(), "{e:?}");
+    let invoices = |customer: String| async move {
+        let (s, l) = local_stripe("GET", &format!("/v1/invoices?customer={customer}"), &[]).await;
+        assert_eq!(s, 200, "{l}");
+        l["data"].as_array().cloned().unwrap_or_default()
+    };
+    let first = invoices(customer.clone()).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["status"], "open", "finalized, not paid");
+    // A day later: Stripe has forgotten the keys, and the attach works again.
+    let (s, _) = local_stripe("POST", "/_config/faults", &[("attach_up", &customer)]).await;
+    assert_eq!(s, 200);
+    let (s, f) = local_stripe("POST", "/_config/faults", &[("forget_keys_containing", &recharge)]).await;
+    assert_eq!(s, 200, "{f}");
+    assert!(f["forgotten"].as_i64().is_some_and(|n| n > 0), "{f}");
+    let r = auto_recharge::handle_event(&w.credits, &payments, &trigger(&event), None).await.expect("invoiced");
+    assert_eq!((r["result"].as_str(), r["invoice"].as_str()), (Some("invoiced"), first[0]["id"].as_str()), "{r}");
+    let after = invoices(customer.clone()).await;
+    assert_eq!(after.len(), 1, "one invoice for the recharge: {after:?}");
+    assert_eq!((after[0]["status"].as_str(), after[0]["amount_paid"].as_i64()), (Some("paid"), Some(1000)));
+    // Charged once: the customer's one PaymentIntent is the recharge's.
+    let (_, pis) = local_stripe("GET", &format!("/v1/payment_intents?customer={customer}"), &[]).await;
+    let ids: Vec<&str> =
+        pis["data"].as_array().map(|d| d.iter().filter_map(|p| p["id"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(ids, [pi.as_str()], "{pis}");
+    w.assert_invariants("acme").await;
 }
 
 /// `GET …/credits/purchases`: newest first, `limit` a page, the cursor going on where the page

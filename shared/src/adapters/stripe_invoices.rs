@@ -15,8 +15,12 @@
 //!    PaymentIntent pays it (Stripe credits a succeeded one at once and marks the invoice paid),
 //!    so the invoice never charges the card a second time.
 //!
-//! A retry repeats every step under its key and gets the first answers back; a step that
-//! finds the invoice already past it (finalized, paid) reads it instead.
+//! The invoice's id is kept on the recharge's receipt row right after step 1 (rules §20), so a
+//! retry, even after Stripe forgot the idempotency keys (about a day), goes on with that
+//! invoice from where it is: a draft gets its line if it has none and is finalized, an open one
+//! is attached, a paid one is read. An open invoice whose attach Stripe refuses (a 4xx other
+//! than 429) is voided (`POST /v1/invoices/{id}/void`), so neither the customer nor the
+//! dashboard can pay it; the recharge is then left without an invoice, and logged.
 
 use serde_json::Value;
 use stripe::{IdempotencyKey, RequestStrategy, StripeError};
@@ -67,8 +71,7 @@ impl StripePayments {
 }
 
 impl Invoicing for StripePayments {
-    async fn invoice_paid_payment(&self, r: &PaidInvoiceRequest) -> Result<Invoice, PaymentsUnavailable> {
-        let k = &r.idempotency_key;
+    async fn create_invoice(&self, r: &PaidInvoiceRequest) -> Result<String, PaymentsUnavailable> {
         let mut create = vec![
             ("customer", r.customer_id.clone()),
             ("currency", r.currency.clone()),
@@ -79,26 +82,39 @@ impl Invoicing for StripePayments {
         let meta: Vec<(String, String)> =
             r.metadata.iter().map(|(mk, v)| (format!("metadata[{mk}]"), v.clone())).collect();
         create.extend(meta.iter().map(|(mk, v)| (mk.as_str(), v.clone())));
+        let key = format!("{}-invoice", r.idempotency_key);
         let draft = self
-            .call(StripeMethod::Post, "/invoices", Some(form(&create)), Some(&format!("{k}-invoice")))
+            .call(StripeMethod::Post, "/invoices", Some(form(&create)), Some(&key))
             .await
             .map_err(|e| unavailable("create invoice", e))?;
-        let id = draft["id"]
+        draft["id"]
             .as_str()
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| PaymentsUnavailable("invoice without id".into()))?;
-        let item = [
-            ("customer", r.customer_id.clone()),
-            ("invoice", id.to_string()),
-            ("amount", r.amount_cents.to_string()),
-            ("currency", r.currency.clone()),
-            ("description", r.description.clone()),
-        ];
-        self.call(StripeMethod::Post, "/invoiceitems", Some(form(&item)), Some(&format!("{k}-item")))
-            .await
-            .map_err(|e| unavailable("invoice item", e))?;
-        let current = self.invoice_by_id(id).await?;
+            .map(str::to_string)
+            .ok_or_else(|| PaymentsUnavailable("invoice without id".into()))
+    }
+
+    async fn pay_invoice(
+        &self,
+        r: &PaidInvoiceRequest,
+        id: &str,
+    ) -> Result<Result<Invoice, &'static str>, PaymentsUnavailable> {
+        let k = &r.idempotency_key;
+        let mut current = self.invoice_by_id(id).await?;
         if current["status"] == "draft" {
+            let has_line = current["lines"]["data"].as_array().is_some_and(|l| !l.is_empty());
+            if !has_line {
+                let item = [
+                    ("customer", r.customer_id.clone()),
+                    ("invoice", id.to_string()),
+                    ("amount", r.amount_cents.to_string()),
+                    ("currency", r.currency.clone()),
+                    ("description", r.description.clone()),
+                ];
+                self.call(StripeMethod::Post, "/invoiceitems", Some(form(&item)), Some(&format!("{k}-item")))
+                    .await
+                    .map_err(|e| unavailable("invoice item", e))?;
+            }
             let body = form(&[("auto_advance", "false".to_string())]);
             self.call(
                 StripeMethod::Post,
@@ -108,23 +124,39 @@ impl Invoicing for StripePayments {
             )
             .await
             .map_err(|e| unavailable("finalize invoice", e))?;
+            current = self.invoice_by_id(id).await?;
         }
-        let current = self.invoice_by_id(id).await?;
         if current["status"] == "open" {
             let body = form(&[("payment_intent", r.payment_intent_id.clone())]);
-            self.call(
-                StripeMethod::Post,
-                &format!("/invoices/{id}/attach_payment"),
-                Some(body),
-                Some(&format!("{k}-attach")),
-            )
-            .await
-            .map_err(|e| unavailable("attach payment", e))?;
+            let attached = self
+                .call(
+                    StripeMethod::Post,
+                    &format!("/invoices/{id}/attach_payment"),
+                    Some(body),
+                    Some(&format!("{k}-attach")),
+                )
+                .await;
+            match attached {
+                Ok(_) => {}
+                // Stripe refused the payment for this invoice (not a network failure or a
+                // rate limit): it is voided, so the open invoice cannot collect anything.
+                Err(StripeError::Stripe(api, status)) if (400..500).contains(&status) && status != 429 => {
+                    tracing::error!(invoice_id = id, status, error = ?api, "attach refused; voiding the invoice");
+                    self.call(StripeMethod::Post, &format!("/invoices/{id}/void"), None, Some(&format!("{k}-void")))
+                        .await
+                        .map_err(|e| unavailable("void invoice", e))?;
+                    return Ok(Err("invoice_void"));
+                }
+                Err(e) => return Err(unavailable("attach payment", e)),
+            }
+            current = self.invoice_by_id(id).await?;
         }
-        let paid = self.invoice_by_id(id).await?;
+        if current["status"] == "void" {
+            return Ok(Err("invoice_void"));
+        }
         let mut invoice =
-            Invoice::from_stripe(&paid).map_err(|why| PaymentsUnavailable(format!("invoice {id}: {why}")))?;
+            Invoice::from_stripe(&current).map_err(|why| PaymentsUnavailable(format!("invoice {id}: {why}")))?;
         invoice.payment_intent_id = Some(r.payment_intent_id.clone());
-        Ok(invoice)
+        Ok(Ok(invoice))
     }
 }

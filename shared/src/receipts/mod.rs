@@ -59,6 +59,9 @@ pub struct Receipt {
     pub currency: String,
     pub credits: i64,
     pub invoice: Option<Invoice>,
+    /// A recharge's invoice made at Stripe and not yet recorded paid: a retry goes on with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_invoice_id: Option<String>,
 }
 
 /// An invoice as Stripe issued it, as far as a receipt needs it. Money in minor units.
@@ -167,47 +170,112 @@ pub struct PaidInvoiceRequest {
 }
 
 /// Stripe's invoices, for what Checkout does not invoice itself.
+///
+/// A payment already made is invoiced in two steps, so the invoice's id can be kept between
+/// them (rules §20): Stripe keeps idempotency keys about a day, and a replay after that must
+/// go on with the invoice already made rather than make another.
 pub trait Invoicing: Send + Sync {
-    /// Invoices a payment already made and marks the invoice paid by it, never charging again:
-    /// the invoice is finalized with `auto_advance=false` (Stripe never collects it) and paid by
-    /// attaching the PaymentIntent. Idempotent per key: a retry answers the same invoice.
-    fn invoice_paid_payment(
+    /// Creates the invoice, a draft without its line; its id. Idempotent per key (for as long
+    /// as Stripe keeps the key).
+    fn create_invoice(
         &self,
         request: &PaidInvoiceRequest,
-    ) -> impl Future<Output = Result<Invoice, PaymentsUnavailable>> + Send;
+    ) -> impl Future<Output = Result<String, PaymentsUnavailable>> + Send;
+    /// Brings the invoice `create_invoice` made to paid by the payment, from wherever it is,
+    /// never charging again: a draft gets its line if it has none and is finalized with
+    /// `auto_advance=false` (Stripe never collects it); an open one is paid by attaching the
+    /// PaymentIntent; a paid one is read. An open invoice that Stripe refuses the payment for is
+    /// voided, so nothing can collect it: `Ok(Err("invoice_void"))`, as for one found void.
+    fn pay_invoice(
+        &self,
+        request: &PaidInvoiceRequest,
+        invoice_id: &str,
+    ) -> impl Future<Output = Result<Result<Invoice, &'static str>, PaymentsUnavailable>> + Send;
 }
 
-/// Invoices in memory, for unit tests: each request once per key, paid at once.
+/// An invoice in `MemoryInvoicing`.
+#[derive(Debug, Clone)]
+pub struct MemoryInvoice {
+    pub id: String,
+    /// `draft`, `open`, `paid` or `void`.
+    pub status: &'static str,
+    pub lines: Vec<i64>,
+    pub payment_intent_id: Option<String>,
+}
+
+/// Invoices in memory, for unit tests, stepped as Stripe steps them. Creating does not dedupe
+/// by key: it plays a retry made after Stripe forgot the key.
 #[derive(Default)]
 pub struct MemoryInvoicing {
-    pub issued: std::sync::Mutex<Vec<(String, Invoice)>>,
+    pub invoices: std::sync::Mutex<Vec<MemoryInvoice>>,
     /// While set, Stripe is down.
     pub down: std::sync::atomic::AtomicBool,
+    /// While set, attaching fails as a network error would (the invoice stays open).
+    pub attach_down: std::sync::atomic::AtomicBool,
+    /// While set, Stripe refuses to attach the payment (a final error).
+    pub attach_refused: std::sync::atomic::AtomicBool,
 }
 
-impl Invoicing for MemoryInvoicing {
-    async fn invoice_paid_payment(&self, r: &PaidInvoiceRequest) -> Result<Invoice, PaymentsUnavailable> {
+impl MemoryInvoicing {
+    fn up(&self) -> Result<std::sync::MutexGuard<'_, Vec<MemoryInvoice>>, PaymentsUnavailable> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(PaymentsUnavailable("stripe is down".into()));
         }
-        let mut issued = self.issued.lock().map_err(|_| PaymentsUnavailable("poisoned".into()))?;
-        if let Some((_, i)) = issued.iter().find(|(k, _)| *k == r.idempotency_key) {
-            return Ok(i.clone());
+        self.invoices.lock().map_err(|_| PaymentsUnavailable("poisoned".into()))
+    }
+}
+
+impl Invoicing for MemoryInvoicing {
+    async fn create_invoice(&self, _r: &PaidInvoiceRequest) -> Result<String, PaymentsUnavailable> {
+        let mut invoices = self.up()?;
+        let id = format!("in_{}", invoices.len() + 1);
+        invoices.push(MemoryInvoice { id: id.clone(), status: "draft", lines: vec![], payment_intent_id: None });
+        Ok(id)
+    }
+
+    async fn pay_invoice(
+        &self,
+        r: &PaidInvoiceRequest,
+        invoice_id: &str,
+    ) -> Result<Result<Invoice, &'static str>, PaymentsUnavailable> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut invoices = self.up()?;
+        let inv = invoices
+            .iter_mut()
+            .find(|i| i.id == invoice_id)
+            .ok_or_else(|| PaymentsUnavailable("no such invoice".into()))?;
+        if inv.status == "draft" {
+            if inv.lines.is_empty() {
+                inv.lines.push(r.amount_cents);
+            }
+            inv.status = "open";
         }
-        let id = format!("in_{}", issued.len() + 1);
-        let invoice = Invoice {
-            invoice_id: id.clone(),
-            payment_intent_id: Some(r.payment_intent_id.clone()),
-            subtotal: r.amount_cents,
+        if inv.status == "open" {
+            if self.attach_down.load(SeqCst) {
+                return Err(PaymentsUnavailable("attach: network".into()));
+            }
+            if self.attach_refused.load(SeqCst) {
+                inv.status = "void";
+            } else {
+                inv.status = "paid";
+                inv.payment_intent_id = Some(r.payment_intent_id.clone());
+            }
+        }
+        if inv.status != "paid" {
+            return Ok(Err("invoice_void"));
+        }
+        let total = inv.lines.iter().sum();
+        Ok(Ok(Invoice {
+            invoice_id: inv.id.clone(),
+            payment_intent_id: inv.payment_intent_id.clone(),
+            subtotal: total,
             tax: 0,
-            total: r.amount_cents,
+            total,
             currency: r.currency.clone(),
-            receipt_url: Some(format!("https://invoice.example/{id}")),
-            invoice_pdf: Some(format!("https://invoice.example/{id}/pdf")),
+            receipt_url: Some(format!("https://invoice.example/{}", inv.id)),
+            invoice_pdf: Some(format!("https://invoice.example/{}/pdf", inv.id)),
             paid_at: 0,
-        };
-        issued.push((r.idempotency_key.clone(), invoice.clone()));
-        Ok(invoice)
+        }))
     }
 }
 
@@ -222,8 +290,10 @@ pub enum InvoiceOf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvoiceRecorded {
     Recorded(Box<Receipt>),
-    /// `unknown_purchase`, `unknown_recharge`, `currency_mismatch`, `amount_mismatch`: the
-    /// invoice is not for what we recorded; nothing is written.
+    /// `unknown_purchase`, `unknown_recharge`, `currency_mismatch`, `amount_mismatch`,
+    /// `payment_mismatch` (paid by another PaymentIntent than the purchase's): the invoice is
+    /// not for what we recorded; `another_invoice_recorded`: the row keeps its own invoice.
+    /// Nothing is written.
     Ignored(&'static str),
 }
 
@@ -308,6 +378,7 @@ fn purchase_row(p: &PurchaseRecord) -> Receipt {
         currency: p.currency.clone(),
         credits: p.credits.get(),
         invoice: None,
+        pending_invoice_id: None,
     }
 }
 
@@ -321,6 +392,7 @@ fn recharge_row(r: &RechargeRecord) -> Receipt {
         currency: r.currency.clone(),
         credits: r.credits.get(),
         invoice: None,
+        pending_invoice_id: None,
     }
 }
 
@@ -389,10 +461,21 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
             tracing::warn!(account_id = id, invoice_id = %invoice.invoice_id, reason, "an invoice that is not for what we recorded");
             return Ok(InvoiceRecorded::Ignored(reason));
         }
+        // An invoice paid by another PaymentIntent than the one the record names is not its.
+        if let (Some(paid_by), Some(ours)) = (invoice.payment_intent_id.as_deref(), payment.as_deref()) {
+            if paid_by != ours {
+                tracing::warn!(account_id = id, invoice_id = %invoice.invoice_id, paid_by, ours, "an invoice paid by another payment");
+                return Ok(InvoiceRecorded::Ignored("payment_mismatch"));
+            }
+        }
         let mut invoice = invoice.clone();
         invoice.payment_intent_id = invoice.payment_intent_id.or(payment);
         let row = Receipt { invoice: Some(invoice), ..row };
-        self.store.put_receipt(&row).await.map_err(upstream)?;
+        // A row records one invoice: another one never overwrites it.
+        if !self.store.put_receipt(&row).await.map_err(upstream)? {
+            tracing::warn!(account_id = id, of = %row.id, invoice_id = ?row.invoice.as_ref().map(|i| &i.invoice_id), "another invoice is already recorded for it");
+            return Ok(InvoiceRecorded::Ignored("another_invoice_recorded"));
+        }
         Ok(InvoiceRecorded::Recorded(Box::new(row)))
     }
 
@@ -413,9 +496,10 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
                 ApiError::NotFound("recharge_not_found", "No auto-recharge with this id exists.".into())
             })?;
         let row = recharge_row(&record);
-        if let Some(done) = self.store.receipt(id, &row.key()).await.map_err(upstream)? {
+        let stored = self.store.receipt(id, &row.key()).await.map_err(upstream)?;
+        if let Some(done) = &stored {
             if done.invoice.is_some() {
-                return Ok(done);
+                return Ok(done.clone());
             }
         }
         // Listed, and its payment pointed at it, before Stripe is asked.
@@ -438,7 +522,29 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
                 &[("topup_recharge_id", recharge_id.as_str()), ("topup_payment_intent", payment_intent_id)],
             ),
         };
-        let invoice = invoicing.invoice_paid_payment(&request).await?;
+        // The invoice's id is kept before it is finalized or paid, so a retry (even after
+        // Stripe forgot the idempotency keys) goes on with it instead of making another.
+        let invoice_id = match stored.and_then(|r| r.pending_invoice_id) {
+            Some(pending) => pending,
+            None => {
+                let made = invoicing.create_invoice(&request).await?;
+                let pending = Receipt { pending_invoice_id: Some(made.clone()), ..row.clone() };
+                if !self.store.put_receipt(&pending).await.map_err(upstream)? {
+                    // Its invoice was recorded meanwhile (another delivery): that is the answer.
+                    if let Some(done) = self.store.receipt(id, &row.key()).await.map_err(upstream)? {
+                        return Ok(done);
+                    }
+                }
+                made
+            }
+        };
+        let invoice = match invoicing.pay_invoice(&request, &invoice_id).await? {
+            Ok(invoice) => invoice,
+            Err(reason) => {
+                tracing::error!(account_id = id, recharge_id = %recharge_id, invoice_id, reason, "the recharge's payment could not pay its invoice; the invoice is void");
+                return Err(ApiError::rule(reason, "The recharge's invoice was voided: its payment could not pay it."));
+            }
+        };
         match self.record_invoice(id, &InvoiceOf::Recharge(recharge_id.clone()), &invoice).await? {
             InvoiceRecorded::Recorded(row) => Ok(*row),
             InvoiceRecorded::Ignored(reason) => {
@@ -498,11 +604,17 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
     }
 
     /// What the customer paid for a credited payment, tax included, for a dispute's share
-    /// (rules §20): the invoice's total once recorded; `None` for a payment the receipts layer
+    /// (rules §20): what its claim kept when it was credited (a purchase's session total), else
+    /// the invoice's total once recorded; `None` for a payment the receipts layer
     /// never saw (from before it, or untaxed and not invoiced yet), whose charge was its price.
     /// A taxed purchase whose invoice is not recorded yet is 409 `receipt_not_recorded_yet`:
     /// its share cannot be told yet, and Stripe delivers the event again.
     pub async fn charged_total(&self, id: &str, payment_intent_id: &str) -> Result<Option<i64>, ApiError> {
+        // What the payment's claim kept of the customer's payment answers without the invoice.
+        let claim = self.store.load_idempotency(id, &format!("payment:{payment_intent_id}")).await.map_err(upstream)?;
+        if let Some(total) = claim.and_then(|c| c.credited).and_then(|c| c.paid_total) {
+            return Ok(Some(total));
+        }
         let row = self.store.receipt_of_payment(id, payment_intent_id).await.map_err(upstream)?;
         match row {
             Some(Receipt { invoice: Some(i), .. }) => Ok(Some(i.total)),

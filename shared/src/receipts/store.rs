@@ -30,8 +30,9 @@ pub trait ReceiptStore: Send + Sync {
     /// and the stored row is left as it is.
     fn add_receipt(&self, r: &Receipt) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Writes `r` over its row (its invoice recorded), and points its payment, if it has one,
-    /// at it.
-    fn put_receipt(&self, r: &Receipt) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// at it; only while the row records no invoice or the same one as `r` (by id): `false`
+    /// when it records another, and nothing is written.
+    fn put_receipt(&self, r: &Receipt) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Points a payment at a row (known before the row has its invoice).
     fn link_payment(
         &self,
@@ -97,12 +98,20 @@ impl ReceiptStore for MemoryReceiptStore {
         Ok(true)
     }
 
-    async fn put_receipt(&self, r: &Receipt) -> Result<(), StoreError> {
-        self.rows.lock().map_err(|_| poisoned())?.insert((r.account_id.clone(), r.key()), r.clone());
+    async fn put_receipt(&self, r: &Receipt) -> Result<bool, StoreError> {
+        {
+            let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+            let k = (r.account_id.clone(), r.key());
+            let recorded = rows.get(&k).and_then(|row| row.invoice.as_ref()).map(|i| i.invoice_id.as_str());
+            if recorded.is_some_and(|id| Some(id) != r.invoice.as_ref().map(|i| i.invoice_id.as_str())) {
+                return Ok(false);
+            }
+            rows.insert(k, r.clone());
+        }
         if let Some(pi) = r.invoice.as_ref().and_then(|i| i.payment_intent_id.clone()) {
             self.link_payment(&r.account_id, &pi, &r.key()).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn link_payment(
@@ -162,7 +171,7 @@ impl ReceiptStore for crate::adapters::memory::MemoryStore {
     fn add_receipt(&self, r: &Receipt) -> impl Future<Output = Result<bool, StoreError>> + Send {
         self.receipts.add_receipt(r)
     }
-    fn put_receipt(&self, r: &Receipt) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_receipt(&self, r: &Receipt) -> impl Future<Output = Result<bool, StoreError>> + Send {
         self.receipts.put_receipt(r)
     }
     fn link_payment(
@@ -202,7 +211,7 @@ impl<R: ReceiptStore> ReceiptStore for std::sync::Arc<R> {
     fn add_receipt(&self, r: &Receipt) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).add_receipt(r)
     }
-    fn put_receipt(&self, r: &Receipt) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_receipt(&self, r: &Receipt) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).put_receipt(r)
     }
     fn link_payment(

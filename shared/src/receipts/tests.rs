@@ -101,15 +101,36 @@ async fn without_tax_a_total_above_the_price_never_credits() {
     assert_eq!(c.account("a").await.unwrap().balance.get(), 20 * C);
 }
 
+/// A purchase is checked by the tax it started with: one started taxed and paid after the
+/// deployment turned tax off still credits (the money was taken), and one started untaxed is
+/// never paid by a total above its price after tax was turned on.
+#[tokio::test]
+async fn a_purchase_is_checked_by_the_tax_it_started_with() {
+    let mut c = memory_credits("usd-overage");
+    c.profile.tax = Tax::StripeAutomatic;
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    let taxed = started(&c, 2_000, "k1", "cs_1").await;
+    c.profile.tax = Tax::None;
+    let untaxed = started(&c, 2_000, "k2", "cs_2").await;
+    let out = c.checkout_event("a", &taxed, &paid("cs_1", 2_000, 2_400)).await.unwrap();
+    assert!(matches!(out, CheckoutOutcome::Purchase(ref r) if r.status == PurchaseStatus::Succeeded), "{out:?}");
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 20 * C);
+    c.profile.tax = Tax::StripeAutomatic;
+    let out = c.checkout_event("a", &untaxed, &paid("cs_2", 2_000, 2_400)).await.unwrap();
+    assert_eq!(out, CheckoutOutcome::Ignored("amount_mismatch"));
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 20 * C);
+}
+
 /// A dispute of part of a taxed payment takes back credits for the pre-tax share of the
-/// disputed amount only, rounded down; before the invoice is recorded it waits (409).
+/// disputed amount only, rounded down; for a payment whose credit did not keep what the
+/// customer paid (credited before it was kept), it waits for the invoice (409).
 #[tokio::test]
 async fn a_dispute_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
     let mut c = memory_credits("usd-overage");
     c.profile.tax = Tax::StripeAutomatic;
     c.upsert_account("a", "free", vec![]).await.unwrap();
     let p = started(&c, 1_000, "k1", "cs_1").await;
-    c.checkout_event("a", &p, &paid("cs_1", 1_000, 1_210)).await.unwrap();
+    c.purchase_paid("a", &p, "pi_cs_1").await.unwrap();
     c.list_purchase("a", &p).await.unwrap();
     let e = c.charged_total("a", "pi_cs_1").await.unwrap_err();
     assert_eq!(e.code(), "receipt_not_recorded_yet");
@@ -122,6 +143,52 @@ async fn a_dispute_of_a_taxed_purchase_takes_back_the_pre_tax_share() {
     // $1.00 of $12.10: 10 × 100 / 1210 = 0.826446… credits, rounded down to the micro-credit.
     c.dispute_opened_of("a", "dp_2", "pi_cs_1", (100, total), "usd").await.unwrap();
     assert_eq!(c.account("a").await.unwrap().balance.get(), 5 * C - 826_446);
+}
+
+/// A dispute's pre-tax share comes from what the customer paid as the credit kept it, whether
+/// or not the payment's receipt row points at it or its invoice has come.
+#[tokio::test]
+async fn a_dispute_share_does_not_wait_for_the_receipt() {
+    let mut c = memory_credits("usd-overage");
+    c.profile.tax = Tax::StripeAutomatic;
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    // Paid, its payment never pointed at its row (the list write after it failed).
+    let p = started(&c, 1_000, "k1", "cs_1").await;
+    c.checkout_event("a", &p, &paid("cs_1", 1_000, 1_210)).await.unwrap();
+    assert_eq!(c.purchase("a", &p).await.unwrap().paid_total, Some(1_210));
+    let total = c.charged_total("a", "pi_cs_1").await.unwrap();
+    assert_eq!(total, Some(1_210));
+    c.dispute_opened_of("a", "dp_1", "pi_cs_1", (605, total), "usd").await.unwrap();
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 5 * C, "half of 10 credits, not 6.05");
+    // Pointed at its row, its invoice never recorded: no 409.
+    let q = started(&c, 1_000, "k2", "cs_2").await;
+    c.checkout_event("a", &q, &paid("cs_2", 1_000, 1_210)).await.unwrap();
+    c.list_purchase("a", &q).await.unwrap();
+    assert_eq!(c.charged_total("a", "pi_cs_2").await.unwrap(), Some(1_210));
+    // Even when the webhook passes no total, the claim's decides.
+    c.dispute_opened_of("a", "dp_2", "pi_cs_2", (605, None), "usd").await.unwrap();
+    assert_eq!(c.account("a").await.unwrap().balance.get(), 10 * C);
+}
+
+/// A row keeps the invoice it recorded: another invoice for the same price does not replace
+/// it, and one paid by another PaymentIntent than the purchase's is not its own.
+#[tokio::test]
+async fn a_recorded_receipt_is_never_overwritten_by_another_invoice() {
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    let p = started(&c, 2_000, "k1", "cs_1").await;
+    c.checkout_event("a", &p, &paid("cs_1", 2_000, 2_000)).await.unwrap();
+    let of = InvoiceOf::Purchase(p.clone());
+    let other_payment = c.record_invoice("a", &of, &invoice("in_x", 2_000, 0, Some("pi_other"))).await.unwrap();
+    assert_eq!(other_payment, InvoiceRecorded::Ignored("payment_mismatch"));
+    let first = c.record_invoice("a", &of, &invoice("in_1", 2_000, 0, Some("pi_cs_1"))).await.unwrap();
+    assert!(matches!(first, InvoiceRecorded::Recorded(_)), "{first:?}");
+    // The same invoice again (a redelivery) is fine; another one changes nothing.
+    let again = c.record_invoice("a", &of, &invoice("in_1", 2_000, 0, Some("pi_cs_1"))).await.unwrap();
+    assert!(matches!(again, InvoiceRecorded::Recorded(_)), "{again:?}");
+    let second = c.record_invoice("a", &of, &invoice("in_2", 2_000, 0, None)).await.unwrap();
+    assert_eq!(second, InvoiceRecorded::Ignored("another_invoice_recorded"));
+    assert_eq!(c.purchase_receipt_url("a", p.as_str()).await.unwrap().as_deref(), Some("https://invoice.example/in_1"));
 }
 
 async fn recharge_record(c: &Mem, rid: &str, claimed_at: i64, cents: i64) {
@@ -162,7 +229,7 @@ async fn a_recharge_is_invoiced_once_by_its_payment() {
             Some((1_000, Some("pi_r1")))
         );
     }
-    assert_eq!(stripe.issued.lock().unwrap().len(), 1, "one invoice, asked of Stripe once it was made");
+    assert_eq!(stripe.invoices.lock().unwrap().len(), 1, "one invoice, asked of Stripe once it was made");
     let page = c.purchases_page("a", 10, None).await.unwrap();
     let item = &page.purchases[0];
     assert_eq!(
@@ -173,6 +240,42 @@ async fn a_recharge_is_invoiced_once_by_its_payment() {
     assert_eq!(c.charged_total("a", "pi_r1").await.unwrap(), Some(1_000));
     let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_unknown"), "pi_x").await.unwrap_err();
     assert_eq!(e.code(), "recharge_not_found");
+}
+
+#[tokio::test]
+async fn a_retry_goes_on_with_the_invoice_already_made() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "pro", vec![]).await.unwrap();
+    recharge_record(&c, "rch_1", c.now(), 1_000).await;
+    // Created and finalized, then the attach fails; Stripe has forgotten the keys by the retry
+    // (the memory adapter never dedupes a create).
+    let stripe = MemoryInvoicing { attach_down: true.into(), ..MemoryInvoicing::default() };
+    let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap_err();
+    assert_eq!(e.code(), "payment_provider_unavailable");
+    assert_eq!(stripe.invoices.lock().unwrap()[0].status, "open");
+    stripe.attach_down.store(false, SeqCst);
+    let row = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap();
+    let invoices = stripe.invoices.lock().unwrap().clone();
+    assert_eq!(invoices.len(), 1, "one invoice for the recharge");
+    assert_eq!((invoices[0].status, invoices[0].lines.clone()), ("paid", vec![1_000]), "paid once, one line");
+    assert_eq!(row.invoice.map(|i| (i.invoice_id, i.total)), Some(("in_1".to_string(), 1_000)));
+}
+
+#[tokio::test]
+async fn an_invoice_its_payment_cannot_pay_is_voided() {
+    let c = memory_credits("usd-overage");
+    c.upsert_account("a", "pro", vec![]).await.unwrap();
+    recharge_record(&c, "rch_1", c.now(), 1_000).await;
+    let stripe = MemoryInvoicing { attach_refused: true.into(), ..MemoryInvoicing::default() };
+    let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap_err();
+    assert_eq!(e.code(), "invoice_void");
+    assert!(!e.retryable());
+    assert_eq!(stripe.invoices.lock().unwrap()[0].status, "void");
+    // A replay makes no other invoice.
+    let e = c.invoice_recharge(&stripe, "a", &RechargeId::new("rch_1"), "pi_r1").await.unwrap_err();
+    assert_eq!(e.code(), "invoice_void");
+    assert_eq!(stripe.invoices.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

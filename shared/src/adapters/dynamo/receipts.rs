@@ -48,19 +48,29 @@ impl ReceiptStore for DynamoStore {
         condition_held(sent, "PutItem receipt")
     }
 
-    async fn put_receipt(&self, r: &Receipt) -> Result<(), StoreError> {
+    async fn put_receipt(&self, r: &Receipt) -> Result<bool, StoreError> {
         let item = to_item(r, account_pk(&r.account_id), row_sk(&r.key()), None)?;
-        self.client
+        // Never over another invoice: only a row without one, or with this one.
+        let put = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem receipt", e))?;
+            .expression_attribute_names("#inv", "invoice")
+            .expression_attribute_names("#iid", "invoice_id");
+        let put = match &r.invoice {
+            Some(i) => put
+                .condition_expression("attribute_not_exists(#inv.#iid) OR #inv.#iid = :iid")
+                .expression_attribute_values(":iid", AttributeValue::S(i.invoice_id.clone())),
+            None => put.condition_expression("attribute_not_exists(#inv.#iid)"),
+        };
+        if !condition_held(put.send().await, "PutItem receipt")? {
+            return Ok(false);
+        }
         if let Some(pi) = r.invoice.as_ref().and_then(|i| i.payment_intent_id.as_deref()) {
             self.link_payment(&r.account_id, pi, &r.key()).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn link_payment(
