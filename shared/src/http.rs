@@ -104,6 +104,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Entries a page lists unless `?limit=` says otherwise, and the most it may ask for.
+pub const DEFAULT_PAGE: usize = 20;
+pub const MAX_PAGE: usize = 100;
+
+/// A page's `?limit=`: 1 to `MAX_PAGE`, `DEFAULT_PAGE` when absent; anything else is 400.
+pub fn page_limit(req: &Request) -> Result<usize, ApiError> {
+    match req.query_string_parameters().first("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))),
+    }
+}
+
 /// An id from the path: 1–64 of `[A-Za-z0-9_-]`, else 400.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty()

@@ -47,13 +47,12 @@ use topup::store::Store;
 use topup::webhooks::api::{NewEndpoint, WebhookAdmin};
 use topup::webhooks::deliver::RetryQueue;
 use topup::webhooks::WebhookStore;
+use topup::http::page_limit;
 use topup::{ApiError, Config};
 
-pub const DEFAULT_PAGE: usize = 20;
 /// The scheduled reconciliation's segments (the reconcile function's `SEGMENTS`): its run's
 /// checkpoints, read by `GET /v1/reconciliation`.
 pub const RECONCILE_SEGMENTS: u32 = 16;
-pub const MAX_PAGE: usize = 100;
 pub const MAX_CONTACTS: usize = 10;
 
 /// The function's routes; every one is matched by name below.
@@ -836,18 +835,6 @@ fn csv_response(id: &str, csv: String) -> Response<Body> {
     }
     tracing::info!(route = "transactions_csv", status = 200, "handled");
     resp
-}
-
-/// `?limit=`: 1 to `MAX_PAGE`, `DEFAULT_PAGE` when absent.
-fn page_limit(req: &Request) -> Result<usize, ApiError> {
-    match req.query_string_parameters().first("limit") {
-        None => Ok(DEFAULT_PAGE),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))),
-    }
 }
 
 /// Billing contacts: an email each, optionally an E.164 phone with `sms_opt_in`.

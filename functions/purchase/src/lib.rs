@@ -19,7 +19,7 @@ use serde_json::json;
 use topup::auth::{Access, Power};
 use topup::engine::Credits;
 use topup::events::EventBus;
-use topup::http::{audit_context, check_id, identity, json_object, respond, segments, Reply};
+use topup::http::{audit_context, check_id, identity, json_object, page_limit, respond, segments, Reply};
 use topup::ids::{IdempotencyKey, PurchaseId};
 use topup::payments::{CheckoutUi, Purchases};
 use topup::pricing::PurchaseChoice;
@@ -180,22 +180,6 @@ async fn route_request<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
         }
     }
 }
-
-/// A page's `limit`: 1 to 100, 20 when not given.
-fn page_limit(req: &Request) -> Result<usize, ApiError> {
-    match req.query_string_parameters().first("limit") {
-        None => Ok(DEFAULT_PAGE),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a whole number from 1 to {MAX_PAGE}."))),
-    }
-}
-
-/// Purchases a page lists unless told otherwise, and at most.
-pub const DEFAULT_PAGE: usize = 20;
-pub const MAX_PAGE: usize = 100;
 
 /// The optional `Idempotency-Key` header: a retried request with it names the same purchase.
 fn idempotency_key(req: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
