@@ -383,10 +383,19 @@ impl Account {
         self.auto_recharge.enabled
     }
 
-    /// When the scheduled expiry run must visit the account: its soonest grant expiry. A lane's
-    /// parts never expire on it (its account recalls them first): never.
+    /// When the scheduled expiry run must visit the account: its soonest grant expiry, or when
+    /// its spread is due a look for quiet (rules §21), whichever is sooner. A lane's parts never
+    /// expire on it (its account recalls them first): never.
     pub fn expiry_due(&self) -> Option<i64> {
-        self.next_expiry().map(|(_, t)| t).filter(|_| self.lane.is_none())
+        if self.lane.is_some() {
+            return None;
+        }
+        let grants = self.next_expiry().map(|(_, t)| t);
+        let quiet = crate::lanes::spread::quiet_due(self.lanes.as_ref());
+        match (grants, quiet) {
+            (Some(g), Some(q)) => Some(g.min(q)),
+            (g, q) => g.or(q),
+        }
     }
 
     /// The console's lookup keys (rules §19): its first billing contact's email and its Stripe

@@ -72,7 +72,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     return Ok(AccountSaved::Created(AccountView::of(&account)));
                 }
                 // Created meanwhile by another request: update it below.
-                Err(CommitError::Stale(_)) | Err(CommitError::Conflict) => {}
+                Err(CommitError::Stale(_)) | Err(CommitError::Conflict) | Err(CommitError::Throttled) => {}
                 Err(CommitError::Store(e)) => return Err(upstream(e)),
                 Err(_) => return Err(ApiError::Upstream),
             }

@@ -147,7 +147,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // Events naming an entity are decided with its record on the account (rules §17).
         let named = events.iter().any(|e| e.entity.is_some());
         let Some(first) = events.first() else { return Ok(BatchResults { results }) };
-        let mut route = self.route(id, &first.consumable, named);
+        let mut route = self.route(id, &first.consumable, named).await;
         while results.len() < events.len() {
             let from = results.len();
             let upto = (from + EVENTS_PER_COMMIT).min(events.len());

@@ -29,6 +29,8 @@ pub enum Cause {
     Alerts,
     Entity,
     Lanes,
+    /// The account spreads itself over more lanes (rules §21): moves no credits.
+    Spread,
     /// A write that only records a change made elsewhere in the account's audit chain (a
     /// refund at Stripe, a redelivery; rules §19): it moves no credits.
     AuditRecord,
@@ -87,6 +89,7 @@ impl Cause {
             Cause::Alerts => ("alerts", Other, false),
             Cause::Entity => ("entity", Other, false),
             Cause::Lanes => ("lanes", Other, false),
+            Cause::Spread => ("spread", Other, true),
             Cause::AuditRecord => ("audit_record", Other, true),
         }
     }

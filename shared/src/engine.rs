@@ -154,8 +154,11 @@ pub struct Credits<S, B> {
     stripes: Vec<tokio::sync::Mutex<()>>,
     write_budget: Duration,
     /// This process's lane on an account with lanes (rules §14): one process writes one lane,
-    /// so its cached state of that lane is current unless another process shares it.
-    pub(crate) home_lane: u32,
+    /// so its cached state of that lane is current unless another process shares it; it moves
+    /// to another when it loses a race there (rules §21).
+    pub(crate) home_lane: std::sync::atomic::AtomicU32,
+    /// What this process saw of each account's contention: the lanes hook widens on it.
+    pub(crate) spread: crate::lanes::spread::Contention,
     /// Where every operation reads the time.
     clock: std::sync::Arc<dyn clock::Clock>,
 }
@@ -187,7 +190,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             cache: Mutex::new(HashMap::new()),
             stripes,
             write_budget: WRITE_BUDGET,
-            home_lane: u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap_or([0; 4])),
+            home_lane: u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap_or([0; 4])).into(),
+            spread: Default::default(),
             clock: std::sync::Arc::new(clock::SystemClock),
         }
     }
@@ -200,14 +204,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// The same service writing lane `n` of a hot account (rules §14); a new process picks one
     /// at random. For the simulator, whose processes must choose alike on every run of a seed.
-    pub fn with_home_lane(mut self, n: u32) -> Self {
-        self.home_lane = n;
+    pub fn with_home_lane(self, n: u32) -> Self {
+        self.home_lane.store(n, std::sync::atomic::Ordering::Relaxed);
         self
     }
 
     /// Milliseconds since the Unix epoch, by this service's clock.
     pub fn now(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// How long a write may wait before it answers 503 `account_busy` (see `WRITE_BUDGET`).
+    pub(crate) fn write_budget(&self) -> Duration {
+        self.write_budget
     }
 
     /// The same service with another write budget (see `WRITE_BUDGET`).
@@ -323,8 +332,20 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     fresh = true;
                     continue;
                 }
-                let lanes = self.lanes_of(&current).await?;
+                // The account and its lanes at one instant: an account read before another
+                // process's recall, beside lanes read after it, would miss what came home.
+                let (account, lanes) = self.snapshot(account_id).await?;
+                current = account;
                 if let Some(r) = crate::lanes::plan_recall(&current, &lanes, now) {
+                    if r.partial {
+                        // More lanes than one transaction carries: this part on its own (it
+                        // holds leases off until the last), then the rest on a fresh read.
+                        if !self.recall(r).await? {
+                            self.backoff(attempt.max(1), started).await;
+                        }
+                        current = self.load(account_id).await?;
+                        continue;
+                    }
                     current = r.account.account.clone();
                     recalled = Some(r);
                 }
@@ -406,17 +427,38 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Err(CommitError::PurchaseNotInState(_)) => return Ok(Applied::PurchaseNotInState),
                 Err(CommitError::EntityMoved) => return Ok(Applied::EntityMoved),
                 Err(CommitError::Stale(Some(a))) => {
+                    // Stale on a state known fresh: another writer won the race.
+                    if fresh {
+                        self.lost_race(account_id);
+                    }
                     self.remember(&a);
                     current = *a;
                     fresh = true;
                 }
                 Err(CommitError::Stale(None)) => {
+                    if fresh {
+                        self.lost_race(account_id);
+                    }
                     current = self.load(account_id).await?;
                     fresh = true;
                 }
                 Err(CommitError::Conflict) => {
+                    self.lost_race(account_id);
                     current = self.load(account_id).await?;
                     fresh = true;
+                }
+                Err(CommitError::Throttled) => {
+                    // The partition is at its capacity: wait and try again within the write
+                    // budget (then 503 with Retry-After), never a 502 for a write that would
+                    // have been taken a moment later (rules §21). Not a lost race: more lanes
+                    // would not make this process's own writes fit its partition.
+                    if self.write_budget.checked_sub(started.elapsed()).is_none() {
+                        break;
+                    }
+                    self.backoff(attempt.max(1), started).await;
+                    current = self.load(account_id).await?;
+                    fresh = true;
+                    continue;
                 }
                 Err(CommitError::Store(e)) => {
                     self.forget(account_id);
@@ -450,7 +492,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// Exponential backoff with full jitter after losing a race, within the write budget.
-    async fn backoff(&self, attempt: u32, started: std::time::Instant) {
+    pub(crate) async fn backoff(&self, attempt: u32, started: std::time::Instant) {
         let Some(left) = self.write_budget.checked_sub(started.elapsed()) else { return };
         let cap = (4u64 << attempt.min(6)).min(250);
         let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));

@@ -44,6 +44,10 @@ pub enum CommitError {
     PurchaseNotInState(Option<Box<PurchaseRecord>>),
     /// Two writers collided inside the store (DynamoDB `TransactionConflict`): retry.
     Conflict,
+    /// A partition the commit writes is at its capacity, past the SDK's own retries (DynamoDB
+    /// `ProvisionedThroughputExceeded`, `ThrottlingException`, `RequestLimitExceeded`): nothing
+    /// was written; retry after a pause.
+    Throttled,
     /// An entity named by the change moved since it was read (rules §17): read it again.
     EntityMoved,
     /// More than one transaction can carry (DynamoDB: 100 items, 400 KB an item): nothing was

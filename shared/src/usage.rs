@@ -87,7 +87,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
         // An account with lanes: the debit goes to a lane when it can take it, leasing once if
         // its credits are spent; otherwise to the account, which decides on the whole.
-        let mut route = self.route(id, consumable, false);
+        let mut route = self.route(id, consumable, false).await;
         loop {
             let (target, beside) = self.target(&route);
             let failure = match self.debit_on(&target, beside, consumable, quantity, key).await {

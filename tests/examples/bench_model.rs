@@ -339,9 +339,7 @@ impl Accounts for ModelStore {
                     sleep(after).await;
                     if retry == THROTTLE_RETRIES {
                         self.lock().stats.unavailable += 1;
-                        return Err(CommitError::Store(StoreError::Unavailable(
-                            "modelled: throttled past the SDK's retries".into(),
-                        )));
+                        return Err(CommitError::Throttled);
                     }
                     let backoff = self.lock().rng.between(BACKOFF_MS.0, BACKOFF_MS.1) * f64::from(1u32 << retry);
                     sleep(Duration::from_secs_f64(backoff / 1000.0)).await;
@@ -551,6 +549,16 @@ impl Listings for ModelStore {
 
 type Service = Credits<Arc<ModelStore>, Arc<MemoryBus>>;
 
+/// The model's virtual time as the service's clock: milliseconds since the Unix epoch as of
+/// 2026-11-22, moving with tokio's paused clock.
+struct VirtualClock(Instant);
+
+impl topup::clock::Clock for VirtualClock {
+    fn now_ms(&self) -> i64 {
+        1_795_300_000_000 + Instant::now().duration_since(self.0).as_millis() as i64
+    }
+}
+
 const ACCOUNT: &str = "hot";
 const CONSUMABLE: &str = "api_calls";
 /// Credits granted before the load: far more than any run draws.
@@ -561,8 +569,13 @@ const WINDOW: Duration = Duration::from_secs(10);
 const INSTANCES: [usize; 4] = [1, 4, 16, 64];
 /// Lambda environments sending batches to an account with lanes.
 const LANE_INSTANCES: [usize; 3] = [16, 64, 128];
+/// Lambda environments of the sweep of an account left to spread itself (rules §21).
+const SWEEP_INSTANCES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 /// Credits of the drained run: about two seconds of ten thousand debits a second, past warm-up.
 const DRAIN_CREDITS: i64 = 45_000 * 1_000 / 1_000_000;
+/// Credits of the drained run of single debits: what it spends in its first five seconds or
+/// so (its last credits go one debit at a time, on the account's item).
+const AUTO_DRAIN_CREDITS: i64 = 6_000 * 1_000 / 1_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -578,6 +591,11 @@ enum Mode {
     Entity {
         batch: usize,
     },
+    /// Debits in batches of `batch` (1: single debits) on an account left to spread itself
+    /// (rules §21): no operator call, lanes added on contention.
+    Auto {
+        batch: usize,
+    },
 }
 
 /// The entity every debit of `Mode::Entity` names, and its limit (never reached in a run).
@@ -591,6 +609,8 @@ impl Mode {
             Mode::Lanes { k, batch } => format!("{k} lanes, b{batch}"),
             Mode::Entity { batch: 1 } => "entity, single".into(),
             Mode::Entity { batch } => format!("entity, b{batch}"),
+            Mode::Auto { batch: 1 } => "auto, single".into(),
+            Mode::Auto { batch } => format!("auto, b{batch}"),
         }
     }
     fn lanes(self) -> u32 {
@@ -654,7 +674,7 @@ async fn worker(
         let mut unsure = Vec::new();
         let mut errors = Vec::new();
         match mode {
-            Mode::Single | Mode::Entity { batch: 1 } => {
+            Mode::Single | Mode::Entity { batch: 1 } | Mode::Auto { batch: 1 } => {
                 let k = format!("s{w}-{i}");
                 let entity = matches!(mode, Mode::Entity { .. }).then_some(ENTITY);
                 match credits.debit_as(ACCOUNT, CONSUMABLE, 1, &key(&k), entity).await {
@@ -671,7 +691,7 @@ async fn worker(
                     }
                 }
             }
-            Mode::Batch(n) | Mode::Lanes { batch: n, .. } | Mode::Entity { batch: n } => {
+            Mode::Batch(n) | Mode::Lanes { batch: n, .. } | Mode::Entity { batch: n } | Mode::Auto { batch: n } => {
                 let entity = matches!(mode, Mode::Entity { .. }).then(|| ENTITY.to_string());
                 let events: Vec<UsageEvent> = (0..n)
                     .map(|j| UsageEvent {
@@ -705,6 +725,19 @@ async fn worker(
         // A refusal is exact only if the whole account could not pay one more debit when it was
         // answered (credits only go down here, so it could not when it was decided either).
         let inexact = if refusals > 0 && whole_balance(&store).await >= 1_000 { refusals } else { 0 };
+        if inexact > 0 && std::env::var("TOPUP_MODEL_DEBUG").is_ok() {
+            if let Ok(Some(a)) = store.inner.load_account(ACCOUNT).await {
+                let mut lanes = Vec::new();
+                for n in 1..=a.lanes_ever() {
+                    if let Ok(Some(l)) = store.inner.load_account(&topup::lanes::lane_id(ACCOUNT, n)).await {
+                        if l.balance.get() != 0 {
+                            lanes.push((n, l.balance.get(), l.version));
+                        }
+                    }
+                }
+                eprintln!("inexact: {errors:?} account {} v{} lanes {:?} out {:?} on lanes {lanes:?}", a.balance.get(), a.version, a.lanes.as_ref().map(|l| (l.k, l.draining_until)), a.lanes.as_ref().map(|l| l.out.keys().collect::<Vec<_>>()));
+            }
+        }
         let mut t = tally.lock().expect("tally");
         t.refused += refusals;
         t.inexact_refusals += inexact;
@@ -754,6 +787,32 @@ struct Row {
     inexact: u64,
     /// The run drained its credits (the exact-refusal run).
     drained: bool,
+    /// Lanes the account had when the window closed.
+    lanes_at_end: u32,
+    /// An `Auto` run: whether the account, left quiet, came back to one lane with every lane's
+    /// credits home.
+    quiet: Option<Result<String, String>>,
+}
+
+/// Leaves the account quiet for `QUIET_MS` and a minute, runs the scheduled expiry run (whose
+/// index lists it), and checks it is back to one lane with nothing left on any lane.
+async fn quiet_check(setup: &Service, store: &ModelStore) -> Result<String, String> {
+    let before = store.inner.load_account(ACCOUNT).await.map_err(|e| e.to_string())?.ok_or("no account")?;
+    let k_before = before.lanes.as_ref().map_or(1, |l| l.k.max(1));
+    sleep(Duration::from_millis(topup::lanes::spread::QUIET_MS as u64 + 60_000)).await;
+    let report = setup.expire_grants(setup.now()).await.map_err(|e| format!("the scheduled run: {e:?}"))?;
+    let after = store.inner.load_account(ACCOUNT).await.map_err(|e| e.to_string())?.ok_or("no account")?;
+    let k = after.lanes.as_ref().map_or(1, |l| l.k.max(1));
+    let mut held = 0i64;
+    for n in 1..=after.lanes_ever() {
+        if let Ok(Some(l)) = store.inner.load_account(&topup::lanes::lane_id(ACCOUNT, n)).await {
+            held += l.balance.get();
+        }
+    }
+    if k != 1 || held != 0 || after.leased_out() {
+        return Err(format!("after quiet: {k} lanes (from {k_before}), {held} µcr still on lanes; run: {report:?}"));
+    }
+    Ok(format!("{k_before} lanes → 1 by the scheduled run, every lane's credits home"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -764,15 +823,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn run_with(profile: &Profile, mode: Mode, instances: usize, seed: u64, grant: i64) -> Row {
+    // Single debits drained to empty: with no low-balance threshold, so that the floor (below
+    // which every debit is decided on the account's item, one at a time) is zero and the run
+    // reaches empty inside its window.
+    let mut profile = profile.clone();
+    if mode == (Mode::Auto { batch: 1 }) && grant < GRANT_CREDITS * C {
+        profile.low_balance.default_threshold = topup::money::Micros::ZERO;
+    }
+    let profile = &profile;
     let store = Arc::new(ModelStore::new(seed));
     let bus = Arc::new(MemoryBus::default());
-    let service = || Arc::new(Credits::new(profile.clone(), store.clone(), bus.clone()));
+    // The service's clock is the model's virtual time (the policy's windows and cooldowns).
+    let clock: Arc<dyn topup::clock::Clock> = Arc::new(VirtualClock(Instant::now()));
+    let service = || Arc::new(Credits::new(profile.clone(), store.clone(), bus.clone()).with_clock(clock.clone()));
     let setup = service();
     setup.upsert_account(ACCOUNT, "free", vec![]).await.expect("create the account");
     setup.adjust(ACCOUNT, grant, "bench", &key("grant")).await.expect("grant credits");
     // Past the month's allowance, so every debit draws credits and writes a ledger entry.
     setup.debit(ACCOUNT, CONSUMABLE, 1_000, &key("allowance")).await.expect("use the allowance");
-    if mode.lanes() > 1 {
+    // Every mode but `Auto` fixes its lane count (1: the account's item alone), as an operator's
+    // override would: the rows before rules §21, beside the account left to spread itself.
+    if !matches!(mode, Mode::Auto { .. }) {
         setup.set_lanes(ACCOUNT, mode.lanes()).await.expect("lanes");
     }
     if matches!(mode, Mode::Entity { .. }) {
@@ -798,6 +869,10 @@ async fn run_with(profile: &Profile, mode: Mode, instances: usize, seed: u64, gr
 
     let t = std::mem::take(&mut *tally.lock().expect("tally"));
     let invariant = check(&store, &start, &t).await;
+    let lanes_at_end = store.inner.load_account(ACCOUNT).await.ok().flatten().map_or(1, |a| a.lanes.map_or(1, |l| l.k.max(1)));
+    // Left alone, an account that spread itself returns to one lane, every lane's credits home:
+    // the scheduled run, `QUIET_MS` of quiet later.
+    let quiet = if matches!(mode, Mode::Auto { .. }) { Some(quiet_check(&setup, &store).await) } else { None };
     let secs = WINDOW.as_secs_f64();
     // Per debit that committed in the window, answered or not.
     let debits = window.entries.max(1) as f64;
@@ -841,6 +916,8 @@ async fn run_with(profile: &Profile, mode: Mode, instances: usize, seed: u64, gr
             t.errors.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
         },
         invariant,
+        lanes_at_end,
+        quiet,
         refused: t.refused,
         inexact: t.inexact_refusals,
         drained: false,
@@ -1013,19 +1090,45 @@ async fn main() {
         Mode::Lanes { k: 4, batch: 50 },
         Mode::Lanes { k: 8, batch: 50 },
     ];
-    // `TOPUP_MODEL_ONLY=entity` runs only the rows of debits that name an entity.
-    let only_entity = std::env::var("TOPUP_MODEL_ONLY").is_ok_and(|v| v == "entity");
+    // `TOPUP_MODEL_ONLY=entity` runs only the rows of debits that name an entity; `=sweep`
+    // only the sweep of an account left to spread itself.
+    let only = std::env::var("TOPUP_MODEL_ONLY").unwrap_or_default();
+    let (only_entity, only_sweep) = (only == "entity", only == "sweep");
     let entity_modes = [Mode::Entity { batch: 1 }, Mode::Entity { batch: 50 }];
-    let modes: Vec<Mode> = if only_entity { entity_modes.to_vec() } else { modes.iter().chain(&entity_modes).copied().collect() };
+    let sweep_modes = [Mode::Auto { batch: 1 }, Mode::Auto { batch: 50 }, Mode::Auto { batch: 500.min(MAX_BATCH_EVENTS) }];
+    // `TOPUP_MODEL_BATCH=n` narrows the sweep to one batch size (1: single debits).
+    let batch_only: Option<usize> = std::env::var("TOPUP_MODEL_BATCH").ok().and_then(|v| v.parse().ok());
+    let sweep_modes: Vec<Mode> =
+        sweep_modes.into_iter().filter(|m| batch_only.is_none_or(|b| *m == Mode::Auto { batch: b })).collect();
+    let modes: Vec<Mode> = if only_entity {
+        entity_modes.to_vec()
+    } else if only_sweep {
+        sweep_modes.clone()
+    } else {
+        modes.iter().chain(&entity_modes).chain(sweep_modes.iter()).copied().collect()
+    };
     let mut runs: Vec<(Mode, usize, i64)> = Vec::new();
     for mode in modes {
-        let counts: &[usize] = if mode.lanes() > 1 { &LANE_INSTANCES } else { &INSTANCES };
+        let counts: &[usize] = if matches!(mode, Mode::Auto { .. }) {
+            &SWEEP_INSTANCES
+        } else if mode.lanes() > 1 {
+            &LANE_INSTANCES
+        } else {
+            &INSTANCES
+        };
         runs.extend(counts.iter().map(|n| (mode, *n, GRANT_CREDITS * C)));
     }
     // Lanes drained to empty under load: every refusal must be one the whole account could not
     // pay (credits for about two seconds of the load, then refusals for the rest of the window).
-    if !only_entity {
+    if !only_entity && !only_sweep {
         runs.push((Mode::Lanes { k: 8, batch: 50 }, 64, DRAIN_CREDITS * C));
+    }
+    // The same for an account left to spread itself, single debits and batches of 50.
+    if !only_entity && batch_only.is_none_or(|b| b == 1) {
+        runs.push((Mode::Auto { batch: 1 }, 64, AUTO_DRAIN_CREDITS * C));
+    }
+    if !only_entity && batch_only.is_none_or(|b| b == 50) {
+        runs.push((Mode::Auto { batch: 50 }, 64, DRAIN_CREDITS * C));
     }
     let mut rows = Vec::new();
     for (m, (mode, instances, grant)) in runs.iter().enumerate() {
@@ -1121,7 +1224,7 @@ async fn main() {
             l.wcu_per_debit * 0.625
         );
     }
-    for r in rows.iter().filter(|r| r.mode.lanes() > 1) {
+    for r in rows.iter().filter(|r| r.mode.lanes() > 1 || matches!(r.mode, Mode::Auto { .. })) {
         if r.inexact > 0 || r.drained {
             println!(
                 "# exact refusals ({}, {} instances{}): {} debits refused, {} of them while the whole account could pay one ({})",
@@ -1136,7 +1239,90 @@ async fn main() {
     }
     let inexact: u64 = rows.iter().map(|r| r.inexact).sum();
     let drained_refused = rows.iter().any(|r| r.drained && r.refused > 0);
+    let mut sweep_failed = Vec::new();
+    let sweep: Vec<&Row> = rows.iter().filter(|r| matches!(r.mode, Mode::Auto { .. }) && !r.drained).collect();
+    if !sweep.is_empty() {
+        println!();
+        println!("# the sweep: one account left to spread itself (rules §21), no operator call; modelled");
+        println!("{:<16} {:>4} {:>9} {:>8} {:>8} {:>9} {:>6}  {}", "modelled", "inst", "sustained", "p50 ms", "p99 ms", "WCU/debit", "lanes", "of the peak so far");
+        let mut modes: Vec<Mode> = sweep.iter().map(|r| r.mode).collect();
+        modes.dedup();
+        for mode in modes {
+            let mut points: Vec<&&Row> = sweep.iter().filter(|r| r.mode == mode).collect();
+            points.sort_by_key(|r| r.instances);
+            let (mut peak, mut lowest): (f64, Option<(f64, usize)>) = (0.0, None);
+            for r in &points {
+                peak = peak.max(r.sustained_per_s);
+                let share = if peak > 0.0 { r.sustained_per_s / peak } else { 1.0 };
+                if lowest.is_none_or(|(l, _)| share < l) {
+                    lowest = Some((share, r.instances));
+                }
+                println!(
+                    "{:<16} {:>4} {:>9.0} {:>8.1} {:>8.1} {:>9.2} {:>6}  {:.0}%",
+                    r.mode.label(), r.instances, r.sustained_per_s, r.p50, r.p99, r.wcu_per_debit, r.lanes_at_end, share * 100.0
+                );
+            }
+            let (low, at) = lowest.unwrap_or((1.0, 0));
+            let held = low >= 0.9;
+            println!(
+                "# {}: peak {:.0}/s; from 1 to 256 environments the sustained rate {} 90% of the peak before it (lowest {:.0}%, at {at})",
+                mode.label(),
+                peak,
+                if held { "held ≥" } else { "fell below" },
+                low * 100.0
+            );
+            if !held {
+                sweep_failed.push(format!("{}: fell to {:.0}% of its peak at {at}", mode.label(), low * 100.0));
+            }
+            // p99 at half the peak: of the points up to the peak's, the one whose rate is nearest
+            // half the peak (the account serving half what it can, not one past its peak).
+            let peak_at = points.iter().find(|r| r.sustained_per_s >= peak).map_or(usize::MAX, |r| r.instances);
+            if let Some(half) = points.iter().filter(|r| r.instances <= peak_at).min_by(|a, b| {
+                (a.sustained_per_s - peak / 2.0).abs().total_cmp(&(b.sustained_per_s - peak / 2.0).abs())
+            }) {
+                let ok = half.p99 <= 100.0;
+                println!(
+                    "# {}: p99 at about half the peak ({:.0}/s, {} environments): {:.1} ms ({} ≤ 100 ms)",
+                    mode.label(),
+                    half.sustained_per_s,
+                    half.instances,
+                    half.p99,
+                    if ok { "met" } else { "NOT met" }
+                );
+                if !ok {
+                    sweep_failed.push(format!("{}: p99 {:.1} ms at half the peak", mode.label(), half.p99));
+                }
+            }
+            if mode == (Mode::Auto { batch: 1 }) {
+                if let Some(r) = points.iter().find(|r| r.instances == 64) {
+                    let ok = r.sustained_per_s >= 2_000.0;
+                    println!(
+                        "# modelled target ≥2,000 single, unbatched debits/s from 64 environments, no operator call: {} ({:.0}/s on {} lanes)",
+                        if ok { "met" } else { "NOT met" },
+                        r.sustained_per_s,
+                        r.lanes_at_end
+                    );
+                    if !ok {
+                        sweep_failed.push(format!("single debits from 64: {:.0}/s", r.sustained_per_s));
+                    }
+                }
+            }
+        }
+        for r in rows.iter().filter(|r| r.quiet.is_some()) {
+            match &r.quiet {
+                Some(Ok(s)) => println!("# quiet after {} on {}: {s}", r.mode.label(), r.instances),
+                Some(Err(e)) => {
+                    println!("# quiet after {} on {}: FAILED: {e}", r.mode.label(), r.instances);
+                    sweep_failed.push(format!("quiet: {e}"));
+                }
+                None => {}
+            }
+        }
+    }
     println!("# {:.1} s of real time", real.elapsed().as_secs_f64());
+    if !sweep_failed.is_empty() {
+        eprintln!("the sweep missed: {}", sweep_failed.join("; "));
+    }
     if inexact > 0 || (!drained_refused && !only_entity) {
         eprintln!("a refusal was not exact ({inexact}), or the drained run refused nothing");
         std::process::exit(1);

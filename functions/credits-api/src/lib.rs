@@ -11,7 +11,7 @@
 //! - `GET /v1/reports/revenue?month=YYYY-MM` (service): the revenue report
 //! - `GET /v1/accounts/{id}/credits/check?consumable=&quantity=` (view roles): may it be used?
 //! - `PUT /v1/accounts/{id}/credits/alerts` (billing roles) `{thresholds}`
-//! - `PUT /v1/accounts/{id}/lanes` (service) `{lanes}`: spread a hot account's debits over 1–16 lanes
+//! - `PUT /v1/accounts/{id}/lanes` (service) `{lanes}`: spread a hot account's debits over 1–64 lanes
 //! - `POST /v1/webhook-endpoints` `{url, events, description?, contact_email?}`, `GET` (all);
 //!   `GET`/`DELETE /v1/webhook-endpoints/{id}`; `POST …/{id}/rotate-secret`, `POST …/{id}/enable`;
 //!   `GET …/{id}/deliveries?limit=&cursor=`; `POST …/{id}/deliveries/{delivery_id}/redeliver`
@@ -687,11 +687,31 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             Reply::ok(&credits.set_alerts(id, &thresholds).await?)
         }
         Route::Lanes(id) => {
-            let body = json_object(req, &["lanes", "reason"])?;
+            let body = json_object(req, &["lanes", "min", "max", "reason"])?;
             body.reason()?;
-            let k = u32::try_from(body.i64("lanes")?)
-                .map_err(|_| ApiError::request_rule("invalid_lanes", "`lanes` must be between 1 and 16."))?;
-            Reply::ok(&credits.set_lanes(id, k).await?)
+            let max_lanes = topup::lanes::MAX_LANES;
+            let count = |name: &str| -> Result<Option<u32>, ApiError> {
+                match body.opt_i64(name)? {
+                    None => Ok(None),
+                    Some(n) => u32::try_from(n).map(Some).map_err(|_| {
+                        ApiError::request_rule("invalid_lanes", format!("Lanes must be between 1 and {max_lanes}."))
+                    }),
+                }
+            };
+            let view = match (count("lanes")?, count("min")?, count("max")?) {
+                (Some(k), None, None) => credits.set_lanes(id, k).await?,
+                (None, min, max) if min.is_some() || max.is_some() => {
+                    credits
+                        .set_lane_bounds(id, min.unwrap_or(1), max.unwrap_or(topup::lanes::spread::AUTO_MAX))
+                        .await?
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "Give `lanes` (a fixed count), or `min` and `max` (the bounds the account spreads itself within).",
+                    ))
+                }
+            };
+            Reply::ok(&view)
         }
         Route::Revenue => {
             let month = req

@@ -22,6 +22,8 @@ pub struct ExpiryReport {
     /// Accounts whose grants expired now (the others had expired at a write meanwhile, or
     /// wait for an open hold).
     pub expired: usize,
+    /// Hot accounts gone quiet, brought back to their fewest lanes (rules §21).
+    pub narrowed: usize,
     pub failed: usize,
 }
 
@@ -110,6 +112,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(account_id = %id, error = %e, "grant expiry failed");
+                    report.failed += 1;
+                    continue;
+                }
+            }
+            // The same index lists a hot account due a look for quiet (rules §21).
+            match self.settle_spread(&id).await {
+                Ok(true) => report.narrowed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(account_id = %id, error = %e, "narrowing a quiet account failed");
                     report.failed += 1;
                 }
             }

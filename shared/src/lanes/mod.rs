@@ -24,9 +24,11 @@
 //! `K = 1` (or no lanes) is the account alone, as it always was.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 pub mod ledger;
 mod recall;
+pub mod spread;
 #[cfg(test)]
 mod tests;
 
@@ -45,10 +47,11 @@ use crate::money::Micros;
 use crate::profile::Profile;
 use crate::store::{Commit, CommitError, Store};
 
-/// The most lanes an account may have (a recall writes every lane in one transaction).
-pub const MAX_LANES: u32 = 16;
-/// A lease is sized to about this much of its lane's traffic.
-const LEASE_WINDOW_MS: i64 = 1_000;
+/// The most lanes an account may have (a recall of more than `recall::LANES_PER_RECALL` lanes
+/// takes several transactions, leases held off meanwhile).
+pub const MAX_LANES: u32 = 64;
+/// A lease takes parts of at most this many grants (the account item records each part).
+const LEASE_MAX_GRANTS: usize = 16;
 /// Grants expiring sooner than this are never leased: they expire on the account.
 const LEASE_EXPIRY_MARGIN_MS: i64 = 3_600_000;
 /// A lane hands its debits to the account once a part it holds expires sooner than this (the
@@ -56,8 +59,8 @@ const LEASE_EXPIRY_MARGIN_MS: i64 = 3_600_000;
 const LANE_EXPIRY_GUARD_MS: i64 = 1_800_000;
 /// Reads of an account and its lanes before a view gives up (a lease or recall each time).
 const SNAPSHOT_READS: u32 = 8;
-/// Lease attempts before a lane gives its debit to the account.
-const LEASE_ATTEMPTS: u32 = 6;
+/// Lease attempts (each after a pause) before a debit answers 503 `account_busy`.
+const LEASE_ATTEMPTS: u32 = 12;
 
 /// An account's lanes, kept on the account's item.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +78,30 @@ pub struct Lanes {
     /// held still across it (`Credits::snapshot`); the account's own debits do not move it.
     #[serde(default)]
     pub moves: u64,
+    /// The bounds the count moves within by itself (rules §21; `spread::Bounds`): 0 is the
+    /// default (1, and `spread::AUTO_MAX`); `min == max` is a count fixed by `PUT …/lanes`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max: u32,
+    /// When `k` last changed (ms): the policy waits between changes.
+    #[serde(default)]
+    pub changed_at: i64,
+    /// Per lane, when it last leased: the lanes in use (`spread::narrow_to`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leased_at: BTreeMap<u32, i64>,
+    /// Until this instant (ms) no lane leases: a recall in several transactions is under way,
+    /// and the lanes it brought home must stay so until its last part commits.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub draining_until: i64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
 }
 
 /// On a lane's own item: whose lane it is, and what its last lease said.
@@ -189,13 +216,13 @@ fn lane_next(lane: &Account, now: i64) -> Account {
     next
 }
 
-/// How much a lease to a lane should carry: about `LEASE_WINDOW_MS` of what the lane spent
+/// How much a lease to a lane should carry: about `spread::lease_window_ms` of what the lane spent
 /// since its last lease (its last lease over the time it lasted), at most four times the last,
 /// and at least four times `need` (the first: sixteen).
-fn lease_size(lane: Option<&Account>, need: i64, now: i64) -> i64 {
+fn lease_size(lane: Option<&Account>, k: u32, need: i64, now: i64) -> i64 {
     let Some(of) = lane.and_then(|l| l.lane.as_ref()).filter(|o| o.leased > 0) else { return need.saturating_mul(16) };
     let elapsed = (now - of.leased_at).max(50);
-    let rate_window = i128::from(of.leased) * i128::from(LEASE_WINDOW_MS) / i128::from(elapsed);
+    let rate_window = i128::from(of.leased) * i128::from(spread::lease_window_ms(k)) / i128::from(elapsed);
     let sized = i64::try_from(rate_window.min(i128::from(of.leased) * 4)).unwrap_or(i64::MAX);
     sized.max(need).max(need.saturating_mul(4))
 }
@@ -225,18 +252,23 @@ fn plan_lease(
     need: i64,
     now: i64,
 ) -> Option<(Commit, Commit)> {
-    let want = lease_size(lane, need, now);
     let lanes = account.lanes.as_ref()?;
-    if n == 0 || n > lanes.k || lanes.k < 2 {
+    // No lease while a recall in several transactions is under way.
+    if n == 0 || n > lanes.k || lanes.k < 2 || now < lanes.draining_until {
         return None;
     }
+    let want = lease_size(lane, lanes.k, need, now);
     // Grants that will not expire on the lane.
     let leasable =
         |g: &crate::grants::Grant| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now);
     // What the account can spare: never to its floor, never what holds reserve.
+    // The parts, in burn order: of at most `LEASE_MAX_GRANTS` grants.
+    let first: Vec<&crate::grants::Grant> =
+        in_burn_order(&account.grants).into_iter().filter(|g| leasable(g) && g.remaining.get() > 0).take(LEASE_MAX_GRANTS).collect();
+    let order: Vec<String> = first.iter().map(|g| g.id.clone()).collect();
     let spare = (account.balance.get() - floor(profile, account) - 1)
         .min(account.available(now).get())
-        .min(crate::money::total(account.grants.iter().filter(|g| leasable(g)).map(|g| g.remaining.get())));
+        .min(crate::money::total(first.iter().map(|g| g.remaining.get())));
     let amount = want.min(spare);
     if amount < need.max(1) {
         return None;
@@ -245,15 +277,13 @@ fn plan_lease(
     next.pending = Default::default();
     next.updated_at = now;
     next.version += 1;
-    // The parts, in burn order.
-    let order: Vec<String> =
-        in_burn_order(&next.grants).into_iter().filter(|g| leasable(g)).map(|g| g.id.clone()).collect();
     let parts = next.take_in_order(&order, amount);
     let amount = crate::money::total(parts.iter().map(|(_, m)| *m));
     next.balance = Micros::new(next.balance.get() - amount);
     next.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
     let lanes_now = next.lanes.get_or_insert_with(Lanes::default);
     lanes_now.moves += 1;
+    lanes_now.leased_at.insert(n, now);
     let out = lanes_now.out.entry(n).or_default();
     for (g, m) in &parts {
         match out.iter_mut().find(|(id, _)| id == g) {
@@ -363,9 +393,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// Leases credits to lane `n` of account `id`, at least `need`: `Ok(false)` when the
-    /// account cannot spare them above its floor (the debit goes to the account).
+    /// account cannot spare them above its floor (the debit goes to the account, which decides
+    /// on the whole). `Ok(true)` also when another process's lease already gave the lane what
+    /// the debit needs. Leases race each other on the account's item: a lost race waits and
+    /// tries again, and a lease still not taken at the end of the write budget is 503
+    /// `account_busy` — never a debit sent to the account's item, which the leases are already
+    /// crowding (rules §21).
     pub(crate) async fn lease(&self, id: &str, n: u32, consumable: &str, need: i64) -> Result<bool, ApiError> {
-        for _ in 0..LEASE_ATTEMPTS {
+        let started = std::time::Instant::now();
+        for attempt in 0..LEASE_ATTEMPTS {
             let lane_key = lane_id(id, n);
             let (account, lane) =
                 futures_util::future::join(self.store.load_account(id), self.store.load_account(&lane_key)).await;
@@ -373,6 +409,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             self.remember(&account);
             let lane = lane.map_err(upstream)?;
             let now = self.now();
+            if let Some(l) = &lane {
+                self.remember(l);
+                if l.balance.get() >= need && lane_serves(l, consumable, now) {
+                    return Ok(true);
+                }
+            }
             // A lease for a debit the lane would still not take (allowance left) helps nobody.
             if !credit_only(&self.profile, &account, now).iter().any(|c| c == consumable) {
                 return Ok(false);
@@ -385,23 +427,40 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Ok(()) => {
                     self.remember(&next_account);
                     self.remember(&next_lane);
+                    // Most lanes unused lately: fewer (rules §21). This lease stands either way.
+                    if spread::narrow_to(next_account.lanes.as_ref(), now).is_some() {
+                        if let Err(e) = self.narrow(id).await {
+                            tracing::debug!(account_id = id, code = e.code(), "narrowing did not commit");
+                        }
+                    }
                     return Ok(true);
                 }
-                Err(CommitError::Stale(_) | CommitError::Conflict) => continue,
+                // Not counted as the account's contention: more lanes would only add leases.
+                Err(CommitError::Stale(_) | CommitError::Conflict | CommitError::Throttled) => {
+                    if self.write_budget().checked_sub(started.elapsed()).is_none() {
+                        break;
+                    }
+                    self.backoff(attempt + 1, started).await;
+                }
                 Err(CommitError::Store(e)) => return Err(upstream(e)),
                 Err(_) => return Err(ApiError::Upstream),
             }
         }
-        Ok(false)
+        tracing::warn!(account_id = id, lane = n, "lease did not settle under contention");
+        Err(ApiError::Busy)
     }
 
     /// Where a debit of `consumable` on account `id` goes first (rules §14): this process's lane
     /// while the account has lanes and the consumable is drawn from credits, else the account.
     /// A debit naming an entity goes to the account, where the entity's month is decided (§17).
-    pub(crate) fn route(&self, id: &str, consumable: &str, names_entity: bool) -> Route {
+    /// An account this process saw contended is widened first (rules §21).
+    pub(crate) async fn route(&self, id: &str, consumable: &str, names_entity: bool) -> Route {
+        if !names_entity && self.spread.contended(id, self.now()) {
+            self.widen(id, consumable).await;
+        }
         match self.lane_for(id, consumable) {
-            Some(n) if !names_entity => Route { id: id.to_string(), lane: Some(n), leased: false },
-            _ => Route { id: id.to_string(), lane: None, leased: false },
+            Some(n) if !names_entity => Route { id: id.to_string(), lane: Some(n), leased: 0 },
+            _ => Route { id: id.to_string(), lane: None, leased: 0 },
         }
     }
 
@@ -430,8 +489,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Ok(None);
         }
         let need = self.credits_needed(&route.id, consumable, quantity);
-        if !route.leased && self.lease(&route.id, n, consumable, need).await? {
-            return Ok(Some(Route { leased: true, ..route }));
+        if route.leased < LEASES_PER_DEBIT && self.lease(&route.id, n, consumable, need).await? {
+            return Ok(Some(Route { leased: route.leased + 1, ..route }));
         }
         Ok(Some(Route { lane: None, ..route }))
     }
@@ -450,7 +509,85 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
             return None;
         }
-        Some(1 + self.home_lane % k)
+        Some(1 + self.home_lane.load(Ordering::Relaxed) % k)
+    }
+
+    /// A write on `id` (an account or one of its lanes) lost a race, or was throttled: counted
+    /// for the account's spread (rules §21); on a lane, this process moves to another lane, so
+    /// that processes end up one to a lane when there are lanes enough. The next lane is drawn
+    /// from the last (a fixed sequence per process: the simulator's runs repeat).
+    pub(crate) fn lost_race(&self, id: &str) {
+        let owner = owner_of(id);
+        self.spread.lost(owner, self.now());
+        if owner != id {
+            let h = self.home_lane.load(Ordering::Relaxed);
+            let next = h.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            self.home_lane.store(next ^ (next >> 16), Ordering::Relaxed);
+        }
+    }
+
+    /// Widens account `id` when this process saw it contended (rules §21): one write on the
+    /// account, doubling its lanes within its bounds, unless the cooldown since the last change
+    /// has not passed, or a debit of `consumable` could not go to a lane anyway. Widening moves
+    /// no credits. A failure is logged, never the debit's answer.
+    async fn widen(&self, id: &str, consumable: &str) {
+        self.spread.reset(id);
+        let now = self.now();
+        let Some(a) = self.cached(id) else { return };
+        if a.lane.is_some() || !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
+            return;
+        }
+        if spread::widen_to(a.lanes.as_ref(), now).is_none() {
+            return;
+        }
+        let widened = self
+            .apply(id, None, |a, now| {
+                let Some(k) = spread::widen_to(a.lanes.as_ref(), now) else { return Ok(crate::engine::Plan::AlreadySo(0)) };
+                let mut next = a.next(now);
+                let l = next.lanes.get_or_insert_with(Lanes::default);
+                l.k = k;
+                l.ever = l.ever.max(k);
+                l.changed_at = now;
+                crate::engine::Change::quiet(next, crate::cause::Cause::Spread, k).write()
+            })
+            .await
+            .and_then(|a| a.done());
+        match widened {
+            Ok(0) => {}
+            Ok(k) => tracing::info!(account_id = id, lanes = k, "contended: spread over more lanes"),
+            Err(e) => tracing::debug!(account_id = id, code = e.code(), "widening did not commit"),
+        }
+    }
+
+    /// Narrows account `id` to `k` lanes by itself (rules §21), every lane's credits home
+    /// first; only while the policy still says so on the state it commits on.
+    async fn narrow(&self, id: &str) -> Result<Option<u32>, ApiError> {
+        self.apply(id, None, |a, now| {
+            let Some(k) = spread::narrow_to(a.lanes.as_ref(), now) else { return Ok(crate::engine::Plan::AlreadySo(None)) };
+            let mut next = a.next(now);
+            let l = next.lanes.get_or_insert_with(Lanes::default);
+            l.k = k;
+            l.changed_at = now;
+            l.leased_at.retain(|n, _| *n <= k);
+            crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, Some(k)).write()
+        })
+        .await?
+        .done()
+    }
+
+    /// The scheduled run's visit of an account due for it (rules §21): a hot account that went
+    /// quiet returns to its `min` lanes (one by default), every lane's credits home. `true` if
+    /// it narrowed.
+    pub async fn settle_spread(&self, id: &str) -> Result<bool, ApiError> {
+        let a = self.load(id).await?;
+        if spread::narrow_to(a.lanes.as_ref(), self.now()).is_none() {
+            return Ok(false);
+        }
+        let k = self.narrow(id).await?;
+        if let Some(k) = k {
+            tracing::info!(account_id = id, lanes = k, "quiet: fewer lanes");
+        }
+        Ok(k.is_some())
     }
 
     /// The rest of account `id`'s balance beside lane `n`, as this process last knew it: the
@@ -484,57 +621,86 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             .map_or(1, |c| c.get().max(1))
     }
 
-    /// `PUT /v1/accounts/{id}/lanes`: spreads the account's debits over `k` lanes (1: none).
-    /// Every lane's credits come back first (a change of the setting is not safe beside them).
+    /// `PUT /v1/accounts/{id}/lanes {"lanes": k}`: the operator's override, a fixed count of
+    /// `k` lanes (1: none, and the account never spreads itself).
     pub async fn set_lanes(&self, id: &str, k: u32) -> Result<LanesView, ApiError> {
-        if !(1..=MAX_LANES).contains(&k) {
-            return Err(ApiError::request_rule("invalid_lanes", format!("`lanes` must be between 1 and {MAX_LANES}.")));
+        self.set_lane_bounds(id, k, k).await
+    }
+
+    /// `PUT /v1/accounts/{id}/lanes {"min": a, "max": b}`: the account spreads itself within
+    /// `a..=b` lanes (rules §21); equal bounds fix the count. The count moves into the bounds
+    /// now; when it changes, every lane's credits come back first.
+    pub async fn set_lane_bounds(&self, id: &str, min: u32, max: u32) -> Result<LanesView, ApiError> {
+        if !(1..=MAX_LANES).contains(&min) || !(1..=MAX_LANES).contains(&max) {
+            return Err(ApiError::request_rule("invalid_lanes", format!("Lanes must be between 1 and {MAX_LANES}.")));
+        }
+        if min > max {
+            return Err(ApiError::request_rule("invalid_lanes", "`min` must not be above `max`."));
         }
         self.apply(id, None, |a, now| {
-            let view = LanesView { lanes: k, floor: floor(&self.profile, a) };
-            if a.lanes.as_ref().map_or(1, |l| l.k.max(1)) == k {
+            let (was, k_was) = (spread::Bounds::of(a.lanes.as_ref()), spread::count(a.lanes.as_ref()));
+            let k = k_was.clamp(min, max);
+            let view = LanesView { lanes: k, min, max, automatic: min < max, floor: floor(&self.profile, a) };
+            if was == (spread::Bounds { min, max }) && k == k_was {
                 return Ok(crate::engine::Plan::AlreadySo(view));
             }
-            let before = a.lanes.as_ref().map_or(1, |l| l.k.max(1));
             let mut next = a.next(now);
             let l = next.lanes.get_or_insert_with(Lanes::default);
             l.k = k;
+            l.min = min;
+            l.max = max;
             l.ever = l.ever.max(if k > 1 { k } else { 0 });
+            if k != k_was {
+                l.changed_at = now;
+                l.leased_at.retain(|n, _| *n <= k);
+            }
             let audit = crate::audit::AuditChange::new(
                 "lanes.update",
                 format!("account:{id}"),
-                Some(serde_json::json!({"lanes": before})),
-                Some(serde_json::json!({"lanes": k})),
+                Some(serde_json::json!({"lanes": k_was, "min": was.min, "max": was.max})),
+                Some(serde_json::json!({"lanes": k, "min": min, "max": max})),
             );
-            crate::engine::Change { audit: Some(audit), ..crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, view) }
-                .write()
+            // A new count is not safe beside the lanes' credits (a recall first); new bounds
+            // around the same count move nothing.
+            let cause = if k == k_was { crate::cause::Cause::Spread } else { crate::cause::Cause::Lanes };
+            crate::engine::Change { audit: Some(audit), ..crate::engine::Change::quiet(next, cause, view) }.write()
         })
         .await?
         .done()
     }
 }
 
-/// Where a debit goes: account `id`, or its lane `lane`; `leased` once that lane has leased
-/// credits for it (it leases at most once a debit).
+/// Where a debit goes: account `id`, or its lane `lane`, with the leases made for it so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Route {
     pub(crate) id: String,
     lane: Option<u32>,
-    leased: bool,
+    /// Leases made (or found made) for this debit: a lane another process drains as fast as it
+    /// leases asks again, up to `LEASES_PER_DEBIT`, before the account decides.
+    leased: u8,
 }
+
+/// Leases one debit may ask for before it goes to the account.
+const LEASES_PER_DEBIT: u8 = 3;
 
 impl Route {
     /// The debit moved on (a batch took some of its events here): a lane may lease again for
     /// the next one it cannot take.
     pub(crate) fn moved_on(&mut self) {
-        self.leased = false;
+        self.leased = 0;
     }
 }
 
 /// The answer of `PUT …/lanes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LanesView {
+    /// Lanes now.
     pub lanes: u32,
+    /// The bounds the account spreads itself within; equal when the count is fixed.
+    pub min: u32,
+    pub max: u32,
+    /// Whether the account adds and removes lanes by itself (`min < max`).
+    pub automatic: bool,
     /// Below this balance (micro-credits) the account takes its debits itself.
     pub floor: i64,
 }

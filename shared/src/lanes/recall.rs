@@ -18,7 +18,17 @@ use super::{floor, lane_next, part_expiring};
 pub(crate) struct Recall {
     pub(crate) account: Commit,
     pub(crate) lanes: Vec<Commit>,
+    /// Only the first `LANES_PER_RECALL` lanes holding credits: committed on its own, leases
+    /// held off (`Lanes::draining_until`) until the last part.
+    pub(crate) partial: bool,
 }
+
+/// Lanes one recall transaction brings home: the account, its entry per lane, and each lane's
+/// item and entry (3 items a lane, 97 in all: under DynamoDB's 100).
+pub(crate) const LANES_PER_RECALL: usize = 32;
+/// How long a recall in parts holds leases off: time for its next parts, and no longer should
+/// the process making it die.
+const DRAIN_HOLD_MS: i64 = 2_000;
 
 impl Recall {
     /// All of it, as one transaction on its own.
@@ -41,10 +51,12 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     let base = account.version;
     let mut account_entries = Vec::new();
     let mut commits = Vec::new();
-    let holding: Vec<&Account> = lanes.iter().filter(|l| l.balance.get() > 0).collect();
+    let mut holding: Vec<&Account> = lanes.iter().filter(|l| l.balance.get() > 0).collect();
+    let partial = holding.len() > LANES_PER_RECALL;
+    holding.truncate(LANES_PER_RECALL);
     for (i, lane) in holding.iter().enumerate() {
         let Some(of) = &lane.lane else { continue };
-        if i + 1 == holding.len() && crate::broken::on(crate::broken::Bug::SkipRecall) {
+        if i + 1 == holding.len() && !partial && crate::broken::on(crate::broken::Bug::SkipRecall) {
             continue;
         }
         let parts: Vec<(String, i64)> =
@@ -91,9 +103,20 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
         );
         commits.push(Commit { ledger: vec![e], ..Commit::account_only(lane_state, lane.version) });
     }
-    // Every lane's parts are settled: what did not come back was spent on it.
+    // Every lane's parts are settled: what did not come back was spent on it. A part of a
+    // recall settles the lanes it brought home, and holds leases off for the rest.
     if let Some(l) = next.lanes.as_mut() {
-        l.out.clear();
+        if partial {
+            for lane in &holding {
+                if let Some(of) = &lane.lane {
+                    l.out.remove(&of.n);
+                }
+            }
+            l.draining_until = now.saturating_add(DRAIN_HOLD_MS);
+        } else {
+            l.out.clear();
+            l.draining_until = 0;
+        }
         l.moves += 1;
     }
     next.version = base + (account_entries.len() as u64).max(1);
@@ -102,7 +125,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     let ended = std::mem::take(&mut next.pending.ended);
     let account_commit =
         Commit { ledger: account_entries, ended_grants: ended, ..Commit::account_only(next, account.version) };
-    Some(Recall { account: account_commit, lanes: commits })
+    Some(Recall { account: account_commit, lanes: commits, partial })
 }
 
 impl<S: Store, B: EventBus> Credits<S, B> {
@@ -115,7 +138,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 tracing::debug!("lanes recalled");
                 Ok(true)
             }
-            Err(CommitError::Stale(_) | CommitError::Conflict) => Ok(false),
+            Err(CommitError::Stale(_) | CommitError::Conflict | CommitError::Throttled) => Ok(false),
             Err(CommitError::Store(e)) => Err(upstream(e)),
             Err(_) => Err(ApiError::Upstream),
         }

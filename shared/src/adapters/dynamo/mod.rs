@@ -243,8 +243,13 @@ impl Accounts for DynamoStore {
         let service = match err.into_service_error() {
             TransactWriteItemsError::TransactionCanceledException(t) => t,
             other => {
-                if other.meta().code() == Some("TransactionConflictException") {
-                    return Err(CommitError::Conflict);
+                match other.meta().code() {
+                    Some("TransactionConflictException") => return Err(CommitError::Conflict),
+                    // Past the SDK's own retries: the partition (or the table) is at capacity.
+                    Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+                        return Err(CommitError::Throttled)
+                    }
+                    _ => {}
                 }
                 return Err(CommitError::Store(unavailable("TransactWriteItems", other)));
             }
@@ -283,6 +288,9 @@ impl Accounts for DynamoStore {
         }
         if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
             return Err(CommitError::Conflict);
+        }
+        if reasons.iter().any(|r| matches!(r.code(), Some("ProvisionedThroughputExceeded" | "ThrottlingError"))) {
+            return Err(CommitError::Throttled);
         }
         let codes: Vec<_> = reasons.iter().filter_map(|r| r.code()).collect();
         Err(CommitError::Store(StoreError::Unavailable(format!("transaction cancelled: {codes:?}"))))
