@@ -164,7 +164,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Err(e) => e,
             };
             let e = &events[from];
-            match self.reroute(route, &failure, &e.consumable, e.quantity).await? {
+            // What the rest of this commit would draw of the same consumable.
+            let ahead = events[from..upto]
+                .iter()
+                .filter(|x| x.consumable == e.consumable)
+                .fold(0i64, |t, x| t.saturating_add(x.quantity));
+            match self.reroute(route, &failure, &e.consumable, e.quantity, ahead).await? {
                 Some(next) => route = next,
                 // Nothing taken on the account itself is a failure of the store.
                 None if failure == ApiError::NotOnLane => return Err(ApiError::Upstream),

@@ -94,7 +94,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Ok(d) => return Ok(d),
                 Err(e) => e,
             };
-            match self.reroute(route, &failure, consumable, quantity).await? {
+            match self.reroute(route, &failure, consumable, quantity, quantity).await? {
                 Some(next) => route = next,
                 None => return Err(failure),
             }

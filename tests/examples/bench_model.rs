@@ -907,7 +907,11 @@ async fn run_with(profile: &Profile, mode: Mode, instances: usize, seed: u64, gr
         throttle_rate: window.throttles as f64 / window.requests.max(1) as f64,
         wcu_per_debit: window.total_wcu() / debits,
         wasted_per_debit: window.wcu_failed / debits,
-        wcu_by_kind: per_kind.join(", "),
+        wcu_by_kind: format!(
+            "{}; busiest partition {}",
+            per_kind.join(", "),
+            window.hottest().map_or("-".to_string(), |(k, w)| format!("{k} at {:.0} WCU/s", w / secs))
+        ),
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
         errors: if t.errors.is_empty() {
@@ -1108,9 +1112,13 @@ async fn main() {
         modes.iter().chain(&entity_modes).chain(sweep_modes.iter()).copied().collect()
     };
     let mut runs: Vec<(Mode, usize, i64)> = Vec::new();
+    // `TOPUP_MODEL_ENVS=64,128` narrows the sweep to those counts of environments.
+    let envs: Option<Vec<usize>> =
+        std::env::var("TOPUP_MODEL_ENVS").ok().map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let sweep_counts: Vec<usize> = SWEEP_INSTANCES.iter().copied().filter(|n| envs.as_ref().is_none_or(|e| e.contains(n))).collect();
     for mode in modes {
         let counts: &[usize] = if matches!(mode, Mode::Auto { .. }) {
-            &SWEEP_INSTANCES
+            &sweep_counts
         } else if mode.lanes() > 1 {
             &LANE_INSTANCES
         } else {

@@ -171,9 +171,16 @@ export class Topup {
     return this.call("putAlerts", { path: { account_id: accountId }, body: { thresholds } });
   }
 
-  /** Spreads a hot account's debits over `lanes` lanes, 1 to 16 (service). */
+  /** Fixes a hot account's lanes at `lanes`, 1 to 64; 1: the account alone, and it never
+   *  spreads itself (service). */
   setLanes(accountId: string, lanes: number): Promise<Lanes> {
     return this.call("putLanes", { path: { account_id: accountId }, body: { lanes } });
+  }
+
+  /** Lets a hot account spread itself between `min` and `max` lanes (defaults 1 and 64: the
+   *  default policy) (service). */
+  setLaneBounds(accountId: string, bounds: { min?: number; max?: number }): Promise<Lanes> {
+    return this.call("putLanes", { path: { account_id: accountId }, body: { min: bounds.min ?? 1, max: bounds.max ?? 64 } });
   }
 
   // ---- entities ----------------------------------------------------------------------------------

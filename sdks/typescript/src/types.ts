@@ -82,7 +82,7 @@ export interface CheckAnswer {
   available: number;
 }
 
-export interface Lanes { lanes: number; floor: number }
+export interface Lanes { lanes: number; min: number; max: number; automatic: boolean; floor: number }
 
 export interface Entity {
   entity: string;

@@ -250,6 +250,7 @@ fn plan_lease(
     lane: Option<&Account>,
     n: u32,
     need: i64,
+    want: i64,
     now: i64,
 ) -> Option<(Commit, Commit)> {
     let lanes = account.lanes.as_ref()?;
@@ -257,7 +258,7 @@ fn plan_lease(
     if n == 0 || n > lanes.k || lanes.k < 2 || now < lanes.draining_until {
         return None;
     }
-    let want = lease_size(lane, lanes.k, need, now);
+    let want = lease_size(lane, lanes.k, need, now).max(want.saturating_mul(4));
     // Grants that will not expire on the lane.
     let leasable =
         |g: &crate::grants::Grant| g.expires_at.is_none_or(|t| t > now + LEASE_EXPIRY_MARGIN_MS) && !g.expired(now);
@@ -399,7 +400,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// tries again, and a lease still not taken at the end of the write budget is 503
     /// `account_busy` — never a debit sent to the account's item, which the leases are already
     /// crowding (rules §21).
-    pub(crate) async fn lease(&self, id: &str, n: u32, consumable: &str, need: i64) -> Result<bool, ApiError> {
+    pub(crate) async fn lease(&self, id: &str, n: u32, consumable: &str, need: i64, want: i64) -> Result<bool, ApiError> {
         let started = std::time::Instant::now();
         for attempt in 0..LEASE_ATTEMPTS {
             let lane_key = lane_id(id, n);
@@ -419,7 +420,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             if !credit_only(&self.profile, &account, now).iter().any(|c| c == consumable) {
                 return Ok(false);
             }
-            let Some((a, l)) = plan_lease(&self.profile, &account, lane.as_ref(), n, need, now) else {
+            let Some((a, l)) = plan_lease(&self.profile, &account, lane.as_ref(), n, need, want, now) else {
                 return Ok(false);
             };
             let (next_account, next_lane) = (a.account.clone(), l.account.clone());
@@ -483,13 +484,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         failure: &ApiError,
         consumable: &str,
         quantity: i64,
+        ahead: i64,
     ) -> Result<Option<Route>, ApiError> {
         let Some(n) = route.lane else { return Ok(None) };
         if !matches!(failure, ApiError::NotOnLane) && *failure != ApiError::account_not_found() {
             return Ok(None);
         }
         let need = self.credits_needed(&route.id, consumable, quantity);
-        if route.leased < LEASES_PER_DEBIT && self.lease(&route.id, n, consumable, need).await? {
+        // A batch's lease carries at least what the rest of its commit needs.
+        let want = self.credits_needed(&route.id, consumable, ahead.max(quantity));
+        if route.leased < LEASES_PER_DEBIT && self.lease(&route.id, n, consumable, need, want).await? {
             return Ok(Some(Route { leased: route.leased + 1, ..route }));
         }
         Ok(Some(Route { lane: None, ..route }))

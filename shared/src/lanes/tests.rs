@@ -329,3 +329,124 @@ async fn many_grants_spent_on_lanes_retire_a_few_at_a_time() {
     assert!(a.grants.iter().all(|g| g.remaining.get() > 0), "every used grant retired by now");
     assert_eq!(whole_and_clean(&c, "a").await, 200 * 10_000 + 8 * C - 236 * 10_000);
 }
+
+/// An account on `free` with its allowance used and `credits`, left to spread itself (no lane
+/// setting), every process on one manual clock.
+async fn left_alone(clock: &Arc<crate::clock::ManualClock>, credits: i64) -> (Mem, Vec<Mem>) {
+    let c = memory_credits("usd-overage").with_clock(clock.clone());
+    c.upsert_account("a", "free", vec![]).await.unwrap();
+    c.debit("a", "api_calls", 1_000, &key("allowance")).await.unwrap();
+    c.adjust("a", credits, "grant", &key("g")).await.unwrap();
+    let others = (0..8u32)
+        .map(|n| Credits::new(c.profile.clone(), c.store.clone(), c.bus.clone()).with_clock(clock.clone()).with_home_lane(n))
+        .collect();
+    (c, others)
+}
+
+fn lanes_now(a: &crate::account::Account) -> u32 {
+    super::spread::count(a.lanes.as_ref())
+}
+
+/// Rules §21: a process that loses races on an account widens it (doubling, a cooldown between
+/// changes); the debits then go to lanes, exactly; left quiet, the scheduled run brings it back
+/// to one lane with every lane's credits home.
+#[tokio::test]
+async fn contention_widens_the_account_and_quiet_brings_it_home() {
+    let clock = Arc::new(crate::clock::ManualClock::at(1_795_300_000_000));
+    let (c, others) = left_alone(&clock, 20 * C).await;
+    assert_eq!(lanes_now(&c.account("a").await.unwrap()), 1, "nothing spreads without contention");
+    for step in [2u32, 4] {
+        for p in &others {
+            p.debit("a", "api_calls", 1, &key(&format!("warm{step}-{}", p.now()))).await.ok();
+        }
+        // What losing races on the account looks like to one process.
+        for _ in 0..4 {
+            others[0].lost_race("a");
+        }
+        others[0].debit("a", "api_calls", 1, &key(&format!("w{step}"))).await.unwrap();
+        assert_eq!(lanes_now(&c.account("a").await.unwrap()), step);
+        // Within the cooldown, more contention changes nothing.
+        for _ in 0..4 {
+            others[0].lost_race("a");
+        }
+        others[0].debit("a", "api_calls", 1, &key(&format!("cool{step}"))).await.unwrap();
+        assert_eq!(lanes_now(&c.account("a").await.unwrap()), step, "inside the cooldown");
+        clock.advance(super::spread::WIDEN_COOLDOWN_MS);
+    }
+    let mut spent = 0;
+    for i in 0..400 {
+        spent += others[i % 8].debit("a", "api_calls", 1, &key(&format!("d{i}"))).await.unwrap().from_credits;
+    }
+    let a = c.account("a").await.unwrap();
+    assert!(a.leased_out(), "the debits went to lanes");
+    let before = whole_and_clean(&c, "a").await;
+    assert!(spent > 0 && before < 20 * C);
+    // Quiet: the expiry run's index lists the account when it is due, and narrows it.
+    let due = a.expiry_due().unwrap();
+    assert!(due > c.now() && c.expire_grants(c.now()).await.unwrap().narrowed == 0, "not quiet yet");
+    clock.set(due);
+    let report = c.expire_grants(c.now()).await.unwrap();
+    assert_eq!((report.due, report.narrowed, report.failed), (1, 1, 0));
+    let a = c.account("a").await.unwrap();
+    assert_eq!(lanes_now(&a), 1);
+    assert!(!a.leased_out() && a.expiry_due().is_none());
+    assert!(c.lanes_of(&a).await.unwrap().iter().all(|l| l.balance.get() == 0), "every lane's credits home");
+    assert_eq!(whole_and_clean(&c, "a").await, before);
+}
+
+/// `PUT …/lanes` overrides the policy: a fixed count never moves; bounds cap it.
+#[tokio::test]
+async fn a_fixed_count_or_bounds_override_the_policy() {
+    let clock = Arc::new(crate::clock::ManualClock::at(1_795_300_000_000));
+    let (c, others) = left_alone(&clock, 20 * C).await;
+    let fixed = c.set_lanes("a", 1).await.unwrap();
+    assert_eq!((fixed.lanes, fixed.min, fixed.max, fixed.automatic), (1, 1, 1, false));
+    for _ in 0..4 {
+        others[0].lost_race("a");
+    }
+    others[0].debit("a", "api_calls", 1, &key("x")).await.unwrap();
+    assert_eq!(lanes_now(&c.account("a").await.unwrap()), 1, "a fixed count never widens");
+    let b = c.set_lane_bounds("a", 2, 3).await.unwrap();
+    assert_eq!((b.lanes, b.min, b.max, b.automatic), (2, 2, 3, true));
+    for round in 0..3 {
+        clock.advance(super::spread::WIDEN_COOLDOWN_MS);
+        for _ in 0..4 {
+            others[0].lost_race("a");
+        }
+        others[0].debit("a", "api_calls", 1, &key(&format!("y{round}"))).await.unwrap();
+    }
+    assert_eq!(lanes_now(&c.account("a").await.unwrap()), 3, "capped at max");
+    // Quiet: back to min, not to one.
+    clock.advance(super::spread::QUIET_MS + 1);
+    assert!(c.settle_spread("a").await.unwrap());
+    assert_eq!(lanes_now(&c.account("a").await.unwrap()), 2);
+    assert_eq!(c.set_lane_bounds("a", 3, 2).await.unwrap_err().code(), "invalid_lanes");
+    assert_eq!(c.set_lane_bounds("a", 0, 2).await.unwrap_err().code(), "invalid_lanes");
+    whole_and_clean(&c, "a").await;
+}
+
+/// A recall of more lanes than one transaction carries goes in parts (leases held off
+/// meanwhile) and still decides on the whole: a hold that needs everything gets it.
+#[tokio::test]
+async fn a_recall_of_many_lanes_goes_in_parts() {
+    let c = memory_credits("usd-overage");
+    hot(&c, "a", 100 * C, 48).await;
+    let procs: Vec<Mem> = (0..48u32)
+        .map(|n| Credits::new(c.profile.clone(), c.store.clone(), c.bus.clone()).with_home_lane(n))
+        .collect();
+    for (i, p) in procs.iter().enumerate() {
+        p.debit("a", "api_calls", 1, &key(&format!("learn{i}"))).await.unwrap();
+        p.debit("a", "api_calls", 1, &key(&format!("d{i}"))).await.unwrap();
+    }
+    let lanes = c.lanes_of(&c.account("a").await.unwrap()).await.unwrap();
+    let holding = lanes.iter().filter(|l| l.balance.get() > 0).count();
+    assert!(holding > super::recall::LANES_PER_RECALL, "{holding} lanes hold credits");
+    let whole = whole_and_clean(&c, "a").await;
+    // A hold of nearly everything: decided on the whole, every lane home first.
+    let units = whole / 1_000 - 1;
+    c.reserve("a", "api_calls", units, 60, &key("big-hold")).await.unwrap();
+    let a = c.account("a").await.unwrap();
+    assert!(!a.leased_out() && a.lanes.as_ref().is_some_and(|l| l.draining_until == 0));
+    assert!(c.lanes_of(&a).await.unwrap().iter().all(|l| l.balance.get() == 0));
+    assert_eq!(whole_and_clean(&c, "a").await, whole);
+}

@@ -147,9 +147,14 @@ class Client:
         return self._call("putAlerts", {"account_id": account_id}, body={"thresholds": list(thresholds)})
 
     def set_lanes(self, account_id: str, lanes: int) -> Dict[str, Any]:
-        """Spreads a hot account's debits over `lanes` lanes, 1 to 16; 1 brings every lane's
-        credits home (service)."""
+        """Fixes a hot account's lanes at `lanes`, 1 to 64; 1 brings every lane's credits home
+        and the account never spreads itself (service)."""
         return self._call("putLanes", {"account_id": account_id}, body={"lanes": lanes})
+
+    def set_lane_bounds(self, account_id: str, min: int = 1, max: int = 64) -> Dict[str, Any]:
+        """Lets a hot account spread itself between `min` and `max` lanes (defaults: the
+        default policy) (service)."""
+        return self._call("putLanes", {"account_id": account_id}, body={"min": min, "max": max})
 
     # ---- entities (members, projects, keys) ---------------------------------------------------
 
