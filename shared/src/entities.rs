@@ -349,11 +349,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         Some(budget(&stored)),
                         Some(budget(&e)),
                     );
-                    let change = crate::engine::Change {
-                        entities: vec![e.write(stored.version)],
-                        audit: Some(audit),
-                        ..crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
-                    };
+                    let change = crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
+                        .with_entities(vec![e.write(stored.version)])
+                        .with_audit(audit);
                     change.write()
                 })
                 .await?;

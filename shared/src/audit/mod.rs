@@ -384,11 +384,7 @@ impl<S: crate::store::Store, B: crate::events::EventBus> crate::engine::Credits<
         }
         self.apply(id, None, |a, now| {
             let next = a.next(now);
-            crate::engine::Change {
-                audit: Some(change.clone()),
-                ..crate::engine::Change::quiet(next, crate::cause::Cause::AuditRecord, ())
-            }
-            .write()
+            crate::engine::Change::quiet(next, crate::cause::Cause::AuditRecord, ()).with_audit(change.clone()).write()
         })
         .await?
         .done()

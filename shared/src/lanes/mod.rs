@@ -506,8 +506,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(serde_json::json!({"lanes": before})),
                 Some(serde_json::json!({"lanes": k})),
             );
-            crate::engine::Change { audit: Some(audit), ..crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, view) }
-                .write()
+            crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, view).with_audit(audit).write()
         })
         .await?
         .done()

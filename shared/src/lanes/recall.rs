@@ -151,7 +151,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 if expiring || change.next.balance.get() <= floor(&self.profile, &change.next) {
                     return true;
                 }
-                let usage = change.cause == crate::cause::Cause::Usage && !change.refused;
+                let usage = change.cause == crate::cause::Cause::Usage && !change.refused();
                 !(usage || change.cause.beside_lanes())
             }
         }
