@@ -44,6 +44,8 @@ pub mod views;
 pub mod webhooks;
 
 pub use config::Config;
+/// Lanes as the rest of the crate sees them, in lane-neutral terms (see there).
+pub use lanes::parts;
 pub use error::ApiError;
 
 /// The production wiring: DynamoDB store and EventBridge bus.

@@ -896,7 +896,7 @@ async fn check(store: &ModelStore, start: &Account, t: &Tally) -> Result<String,
         lanes.push((lane, ledger));
     }
     if end.lanes_ever() > 0 {
-        problems.extend(topup::reconcile::lane_differences(&end, &own, &lanes));
+        problems.extend(topup::lanes::lane_differences(&end, &own, &lanes));
     }
     if let Some(p) = problems.first() {
         return Err(format!("reconciliation: {} {}", p.code, p.detail));

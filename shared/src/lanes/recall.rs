@@ -43,7 +43,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     let mut commits = Vec::new();
     let holding: Vec<&Account> = lanes.iter().filter(|l| l.balance.get() > 0).collect();
     for (i, lane) in holding.iter().enumerate() {
-        let Some(of) = &lane.lane else { continue };
+        let Some(of) = &lane.spread.lane else { continue };
         if i + 1 == holding.len() && crate::broken::on(crate::broken::Bug::SkipRecall) {
             continue;
         }
@@ -78,7 +78,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
         }
         lane_state.grants.clear();
         lane_state.balance = Micros::ZERO;
-        if let Some(o) = lane_state.lane.as_mut() {
+        if let Some(o) = lane_state.spread.lane.as_mut() {
             o.anchor = next.version;
         }
         lane_state.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
@@ -92,7 +92,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
         commits.push(Commit { ledger: vec![e], ..Commit::account_only(lane_state, lane.version) });
     }
     // Every lane's parts are settled: what did not come back was spent on it.
-    if let Some(l) = next.lanes.as_mut() {
+    if let Some(l) = next.spread.lanes.as_mut() {
         l.out.clear();
         l.moves += 1;
     }

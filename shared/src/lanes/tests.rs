@@ -12,7 +12,8 @@ use crate::ids::key;
 use crate::lanes::lane_id;
 use crate::money::MICROS_PER_CREDIT as C;
 use crate::profile::Profile;
-use crate::reconcile::{lane_differences, ledger_differences};
+use crate::reconcile::ledger_differences;
+use super::lane_differences;
 
 type Mem = Credits<Arc<MemoryStore>, Arc<MemoryBus>>;
 
