@@ -44,7 +44,7 @@ pub mod views;
 pub mod webhooks;
 
 pub use config::Config;
-/// Lanes as the rest of the crate sees them, in lane-neutral terms (see there).
+/// How an account may be held on several items, as the rest of the crate sees it (see there).
 pub use lanes::parts;
 pub use error::ApiError;
 

@@ -328,3 +328,26 @@ async fn many_grants_spent_on_lanes_retire_a_few_at_a_time() {
     assert!(a.grants.iter().all(|g| g.remaining.get() > 0), "every used grant retired by now");
     assert_eq!(whole_and_clean(&c, "a").await, 200 * 10_000 + 8 * C - 236 * 10_000);
 }
+
+/// A change of the lanes setting records itself in the account's audit chain, with the setting
+/// before and after; setting it as it is records nothing (as every change through the engine).
+#[tokio::test]
+async fn a_change_of_lanes_records_itself_and_a_change_to_nothing_does_not() {
+    use crate::audit::{scoped, verify_chain, Actor, AuditLog, Context};
+    let c = memory_credits("usd-overage");
+    let svc = Context { actor: Actor { sub: "backend".into(), role: "service".into() }, request_id: "r1".into(), reason: None };
+    scoped(svc, async {
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.set_lanes("a", 2).await.unwrap();
+        c.set_lanes("a", 2).await.unwrap(); // as it is: nothing
+    })
+    .await;
+    let records = c.store.audit_chain("a", 0, 100).await.unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["account.create", "lanes.update"]);
+    let set = &records[1];
+    assert_eq!((set.before.clone(), set.after.clone()), (Some(serde_json::json!({"lanes": 1})), Some(serde_json::json!({"lanes": 2}))));
+    assert!(records.iter().all(|r| r.actor.sub == "backend" && r.request_id == "r1"));
+    let head = c.store.load_account("a").await.unwrap().unwrap().audit;
+    assert_eq!(verify_chain("a", &records, head.as_ref()), Ok(2));
+}
