@@ -5,7 +5,7 @@
 //! - whose an item is (`owner_of`): a lane's item belongs to its account, whose keys,
 //!   entities, audit chain, revenue line and lookups are the account's;
 //! - how an item is spread (`Parts`, kept on the account item): whether it is a part
-//!   (`Account::is_part`), whether its ledger runs over parts as well (`Account::has_parts`),
+//!   (`Account::is_part`), which account entry a part's entries follow (`Account::anchor`),
 //!   whether some of its credits or of a grant are out on parts (`Account::leased_out`,
 //!   `Account::grant_out`);
 //! - what an item may draw a debit from (`Account::draws`), and the refusal of a part that
@@ -72,12 +72,6 @@ impl Account {
     /// thresholds, events, audit chain and lookups are decided on the account.
     pub fn is_part(&self) -> bool {
         self.spread.lane.is_some()
-    }
-
-    /// Whether the account's ledger runs over parts as well as its own item (it has, or had,
-    /// lanes): read it as a whole (`whole.rs`), never from its own item alone.
-    pub fn has_parts(&self) -> bool {
-        self.lanes_ever() > 0
     }
 
     /// On a part: the account entry its entries follow (its last lease or return), which
