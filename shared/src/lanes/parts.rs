@@ -18,7 +18,8 @@
 //! Which writes may commit beside credits out on lanes is the lanes' own policy, read off the
 //! cause (`Cause::beside_lanes`, `beside.rs`).
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::account::Account;
 use crate::error::ApiError;
@@ -37,11 +38,22 @@ pub const SPREAD_CAUSE: &str = "lanes";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parts {
     /// A hot account's lanes (rules §14): how many, and what each holds on lease.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "through_json")]
     pub lanes: Option<Lanes>,
     /// Set on a lane's own item: the account it belongs to and the lease that funds it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "through_json")]
     pub lane: Option<LaneOf>,
+}
+
+/// Reads a field of `Parts` by way of a JSON value. Flattened into `Account`, the whole item is
+/// buffered before its fields are read, and a buffered map's keys are strings: the lane numbers
+/// that key `Lanes::out` read back from them only as JSON reads them (as they always did when
+/// these were fields of `Account` itself).
+fn through_json<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        Some(v) => serde_json::from_value(v).map(Some).map_err(serde::de::Error::custom),
+        None => Ok(None),
+    }
 }
 
 impl Parts {
@@ -101,4 +113,48 @@ impl ApiError {
     /// goes to the account. Kept while `usage.rs`, `batch.rs` and `lanes/mod.rs` still name it.
     #[allow(non_upper_case_globals)]
     pub const NotOnLane: ApiError = ApiError::Elsewhere;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::profile::Profile;
+
+    /// The account item reads back as it was written, its lanes (keyed by lane number) and a
+    /// lane's own item included, under the field names stored before `Parts` grouped them.
+    #[test]
+    fn an_account_with_lanes_reads_back_under_its_stored_names() {
+        let p = Profile::load("usd-overage").unwrap();
+        let mut a = Account::new(&p, "a", "free", vec![], 1_000);
+        a.spread.lanes = Some(Lanes { k: 2, ever: 3, out: BTreeMap::from([(2, vec![("g1".to_string(), 5)])]), moves: 7 });
+        let mut lane = Account::new(&p, "a~2", "free", vec![], 1_000);
+        lane.spread.lane = Some(LaneOf {
+            account: "a".into(),
+            n: 2,
+            anchor: 4,
+            month: "2025-01".into(),
+            credit_only: vec!["api_calls".into()],
+            leased: 5,
+            leased_at: 900,
+        });
+        for item in [&a, &lane] {
+            let mut json = serde_json::to_value(item).unwrap();
+            assert!(json.get("spread").is_none(), "{json}");
+            // As the store reads it back: with the index keys beside the record's own fields.
+            json["gsi2pk"] = serde_json::json!("EXPIRY#a");
+            let back: Account = serde_json::from_value(json).unwrap();
+            assert_eq!(&back, item);
+        }
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["lanes"], serde_json::json!({"k": 2, "ever": 3, "out": {"2": [["g1", 5]]}, "moves": 7}));
+        assert!(json.get("lane").is_none());
+        assert_eq!(serde_json::to_value(&lane).unwrap()["lane"]["anchor"], serde_json::json!(4));
+        // Stored before lanes, or with `null`: none.
+        let mut old = serde_json::to_value(Account::new(&p, "b", "free", vec![], 1_000)).unwrap();
+        old["lanes"] = serde_json::Value::Null;
+        let back: Account = serde_json::from_value(old).unwrap();
+        assert_eq!(back.spread, Parts::default());
+    }
 }
