@@ -13,8 +13,9 @@ use crate::money::Micros;
 use crate::profile::Profile;
 
 /// The most the account item may take (rules §16), inside DynamoDB's 400 KB an item: what an
-/// account at every limit needs (1,000 active grants, 100 open holds, 16 lanes with their
-/// leases, five alerts, a card and auto-recharge), with room to spare. A test builds that
+/// account at every limit needs (1,000 active grants, 100 open holds, the most parts it may be
+/// spread over with what each holds (`parts`), five alerts, a card and auto-recharge), with
+/// room to spare. A test builds that
 /// account and measures it by DynamoDB's size rules.
 pub const ACCOUNT_ITEM_BUDGET: usize = 300 * 1024;
 
@@ -216,12 +217,10 @@ pub struct Account {
     /// The active grants (rules §15): the balance is the sum of their `remaining`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<Grant>,
-    /// A hot account's lanes (rules §14): how many, and what each holds on lease.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lanes: Option<crate::lanes::Lanes>,
-    /// Set on a lane's own item: the account it belongs to and the lease that funds it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lane: Option<crate::lanes::LaneOf>,
+    /// How the account is spread over items (rules §14; `parts::Parts`), stored as fields of
+    /// the account's own.
+    #[serde(flatten)]
+    pub spread: crate::parts::Parts,
     /// The head of the account's audit chain (rules §19): advanced with the account's
     /// compare-and-swap by every change that records itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,8 +299,7 @@ impl Account {
             disputes: BTreeMap::new(),
             alerts: Vec::new(),
             grants: Vec::new(),
-            lanes: None,
-            lane: None,
+            spread: Default::default(),
             audit: None,
             pending: Pending::default(),
         }
@@ -384,24 +382,24 @@ impl Account {
     }
 
     /// When the scheduled expiry run must visit the account: its soonest grant expiry, or when
-    /// its spread is due a look for quiet (rules §21), whichever is sooner. A lane's parts never
-    /// expire on it (its account recalls them first): never.
+    /// its spread over items is due a look (`Parts::review_due`: rules §21), whichever is
+    /// sooner. Never on an item that is part of an account (`Account::is_part`).
     pub fn expiry_due(&self) -> Option<i64> {
-        if self.lane.is_some() {
+        if self.is_part() {
             return None;
         }
         let grants = self.next_expiry().map(|(_, t)| t);
-        let quiet = crate::lanes::spread::quiet_due(self.lanes.as_ref());
-        match (grants, quiet) {
+        match (grants, self.spread.review_due()) {
             (Some(g), Some(q)) => Some(g.min(q)),
             (g, q) => g.or(q),
         }
     }
 
     /// The console's lookup keys (rules §19): its first billing contact's email and its Stripe
-    /// customer, each as `lookup_key` spells it. A lane is its account's part: none.
+    /// customer, each as `lookup_key` spells it. An item that is part of an account
+    /// (`Account::is_part`) has none: it is found as its account.
     pub fn lookup_keys(&self) -> (Option<String>, Option<String>) {
-        if self.lane.is_some() {
+        if self.is_part() {
             return (None, None);
         }
         let email = self.contacts.first().map(|c| lookup_key(&AccountLookup::Email(c.email.clone())));

@@ -97,7 +97,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     Some(account_json(a)),
                     Some(account_json(&next)),
                 );
-                Change { audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::AccountUpdate, view) }.write()
+                Change::quiet(next, crate::cause::Cause::AccountUpdate, view).with_audit(audit).write()
             })
             .await?
             .done()?;
@@ -203,7 +203,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(json!({"balance": next.balance.get(), "amount": amount, "transaction_id": entry.id})),
             )
             .because(reason);
-            Change { ledger: Some(entry), audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Adjustment, view) }
+            Change::quiet(next, crate::cause::Cause::Adjustment, view).with_entry(entry).with_audit(audit)
                 .write()
         })
         .await?

@@ -57,7 +57,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let list = |l: &[Micros]| serde_json::json!({"thresholds": l.iter().map(|m| m.get()).collect::<Vec<_>>()});
             let audit =
                 crate::audit::AuditChange::new("alerts.update", format!("account:{id}"), Some(list(&a.alerts)), Some(list(&alerts)));
-            Change { audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Alerts, view) }.write()
+            Change::quiet(next, crate::cause::Cause::Alerts, view).with_audit(audit).write()
         })
         .await?
         .done()

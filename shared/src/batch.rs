@@ -324,7 +324,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                             record.write(version)
                         })
                         .collect();
-                    Change { entries, keys, refused, entities, events: alerts, ..Change::quiet(next, crate::cause::Cause::Usage, results) }
+                    Change::quiet(next, crate::cause::Cause::Usage, results)
+                        .with_entries(entries)
+                        .with_group(keys, refused)
+                        .with_entities(entities)
+                        .with_events(alerts)
                         .write()
                 })
                 .await?;

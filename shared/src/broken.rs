@@ -18,8 +18,8 @@ pub enum Bug {
     ForgetMonthlyCap,
     /// A refund forgets what the payment's disputes already took back.
     ForgetRefundCap,
-    /// A recall of an account's lanes leaves the last lane's credits out, and the account
-    /// forgets them as though the lane had spent them.
+    /// A recall of the credits out on an account's parts (`parts`) leaves the last part's
+    /// out, and the account forgets them as though that part had spent them.
     SkipRecall,
 }
 

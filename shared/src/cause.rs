@@ -1,8 +1,8 @@
 //! Why an account changed. Every write names its cause, and the policies that depend on it —
-//! whether drawing on a low balance may start a recharge (rules §10.5, §12), whether the write
-//! may run while the account's lanes hold credits (rules §14) — are read off the cause by an
-//! exhaustive match: a new cause does not compile until it is classified. The name is what
-//! events say in their `cause` field.
+//! whether drawing on a low balance may start a recharge (rules §10.5, §12) here, whether the
+//! write may commit beside credits out on the account's parts in `parts` — are read off the
+//! cause by an exhaustive match: a new cause does not compile until it is classified. The name
+//! is what events say in their `cause` field.
 
 /// What a change is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +28,10 @@ pub enum Cause {
     AutoRechargeSettings,
     Alerts,
     Entity,
-    Lanes,
-    /// The account spreads itself over more lanes (rules §21): moves no credits.
+    /// How the account is spread over items changed (a setting of `parts`).
     Spread,
+    /// The account spread itself over more items, by its own policy: moves no credits.
+    Widen,
     /// A write that only records a change made elsewhere in the account's audit chain (a
     /// refund at Stripe, a redelivery; rules §19): it moves no credits.
     AuditRecord,
@@ -57,40 +58,33 @@ impl Cause {
         self.traits().1
     }
 
-    /// Whether the write may commit on the account while its lanes hold credits, without a
-    /// recall first: it moves none of the credits the lanes hold. (Usage is decided apart: it
-    /// may, unless it refused or reaches the floor.)
-    pub fn beside_lanes(self) -> bool {
-        self.traits().2
-    }
-
-    fn traits(self) -> (&'static str, Effect, bool) {
+    fn traits(self) -> (&'static str, Effect) {
         use Effect::*;
         match self {
-            Cause::Usage => ("usage", Usage, false),
-            Cause::Settle => ("settle", Usage, false),
-            Cause::Hold => ("hold", Other, false),
-            Cause::Refund => ("refund", TakesBack, false),
-            Cause::Dispute => ("dispute", TakesBack, false),
-            Cause::DisputeClosed => ("dispute_closed", Other, false),
-            Cause::Adjustment => ("adjustment", TakesBack, false),
-            Cause::Expiry => ("expiry", TakesBack, false),
-            Cause::Void => ("void", TakesBack, false),
-            Cause::Payment => ("payment", Other, false),
-            Cause::PurchaseState => ("purchase_state", Other, true),
-            Cause::RechargeClaim => ("recharge_claim", Other, true),
-            Cause::RechargeFailed => ("recharge_failed", Other, false),
-            Cause::RechargePaused => ("recharge_paused", Other, false),
-            Cause::Customer => ("customer", Other, true),
-            Cause::CardSaved => ("card_saved", Other, true),
-            Cause::CardRemoved => ("card_removed", Other, false),
-            Cause::AccountUpdate => ("account_update", Other, false),
-            Cause::AutoRechargeSettings => ("auto_recharge_settings", Other, false),
-            Cause::Alerts => ("alerts", Other, false),
-            Cause::Entity => ("entity", Other, false),
-            Cause::Lanes => ("lanes", Other, false),
-            Cause::Spread => ("spread", Other, true),
-            Cause::AuditRecord => ("audit_record", Other, true),
+            Cause::Usage => ("usage", Usage),
+            Cause::Settle => ("settle", Usage),
+            Cause::Hold => ("hold", Other),
+            Cause::Refund => ("refund", TakesBack),
+            Cause::Dispute => ("dispute", TakesBack),
+            Cause::DisputeClosed => ("dispute_closed", Other),
+            Cause::Adjustment => ("adjustment", TakesBack),
+            Cause::Expiry => ("expiry", TakesBack),
+            Cause::Void => ("void", TakesBack),
+            Cause::Payment => ("payment", Other),
+            Cause::PurchaseState => ("purchase_state", Other),
+            Cause::RechargeClaim => ("recharge_claim", Other),
+            Cause::RechargeFailed => ("recharge_failed", Other),
+            Cause::RechargePaused => ("recharge_paused", Other),
+            Cause::Customer => ("customer", Other),
+            Cause::CardSaved => ("card_saved", Other),
+            Cause::CardRemoved => ("card_removed", Other),
+            Cause::AccountUpdate => ("account_update", Other),
+            Cause::AutoRechargeSettings => ("auto_recharge_settings", Other),
+            Cause::Alerts => ("alerts", Other),
+            Cause::Entity => ("entity", Other),
+            Cause::Spread => (crate::parts::SPREAD_CAUSE, Other),
+            Cause::Widen => (crate::parts::WIDEN_CAUSE, Other),
+            Cause::AuditRecord => ("audit_record", Other),
         }
     }
 }

@@ -60,11 +60,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // Fresh, never the cache: a check that read an old state could allow what the debit
         // would refuse. A failed read is "cannot decide".
         let account = match self.store.load_account(id).await {
-            // With lanes: decided on the whole account, as a debit there would be.
-            // (read with them at one instant: a lease or recall between would count credits
-            // twice or not at all).
-            Ok(Some(a)) if a.leased_out() => match self.snapshot(id).await {
-                Ok((a, lanes)) => crate::lanes::whole(&a, &lanes),
+            // Credits out on parts of it: decided on the whole account (read at one instant),
+            // as a debit there would be.
+            Ok(Some(a)) if a.leased_out() => match self.whole_account(id).await {
+                Ok(whole) => whole,
                 Err(_) => return Err(ApiError::Undecided),
             },
             Ok(Some(a)) => a,
@@ -96,7 +95,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         match ledger::draw(p, &account, consumable, quantity, now) {
             Ok(_) if entity.is_some() => {
                 let name = entity.unwrap_or_default();
-                let stored = match self.store.load_entity(crate::lanes::owner_of(id), name).await {
+                let stored = match self.store.load_entity(crate::parts::owner_of(id), name).await {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(account_id = id, error = %e, "check could not read the entity");

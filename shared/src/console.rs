@@ -1,7 +1,7 @@
 //! What the console reads that no other route shows (rules §19): finding an account by its
 //! billing email or Stripe customer, an account's inner state (holds, disputes, its recharge,
-//! lanes, the head of its audit chain), and reconciliation's last run. Every read is one item,
-//! one index query or a run's checkpoints: never a scan.
+//! how it is spread over items, the head of its audit chain), and reconciliation's last run.
+//! Every read is one item, one index query or a run's checkpoints: never a scan.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -107,7 +107,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 "code": e.code, "decline_code": e.decline_code, "message": e.message, "at": clock::rfc3339(e.at),
             })),
         });
-        Ok(json!({
+        let mut details = json!({
             "account_id": a.id,
             "plan": a.plan,
             "billing_contacts": a.contacts,
@@ -118,9 +118,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             "holds": holds,
             "disputes": disputes,
             "recharge": recharge,
-            "lanes": a.lanes.as_ref().map_or(1, |l| l.k.max(1)),
             "audit_head": a.audit,
-        }))
+        });
+        if let Some(fields) = details.as_object_mut() {
+            fields.extend(a.spread.console_fields());
+        }
+        Ok(details)
     }
 
     /// `GET /v1/reconciliation?run=`: the differences a scheduled run (`segments` parts) found,

@@ -134,12 +134,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }
                 }
                 let view = entry.view();
-                let credited = Some(Credited {
+                let credited = Credited {
                     entry_id: entry.id.clone(),
                     amount: payment.credits,
                     charge_cents: payment.charge_cents,
                     paid_total: purchase.and_then(|r| r.paid_total),
-                });
+                };
                 // A paid payment credits even if the purchase had meanwhile been marked failed or
                 // expired: the money was taken (rules §10.2).
                 let purchase = purchase.map(|r| PurchaseWrite {
@@ -158,16 +158,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     ],
                     expected_updated_at: Some(r.updated_at),
                 });
-                let payment_index = Some(payment.payment_id.clone());
-                Change {
-                    ledger: Some(entry),
-                    events,
-                    purchase,
-                    credited,
-                    payment_index,
-                    ..Change::quiet(next, crate::cause::Cause::Payment, view)
-                }
-                .write()
+                Change::quiet(next, crate::cause::Cause::Payment, view)
+                    .with_entry(entry)
+                    .with_events(events)
+                    .with_purchase(purchase)
+                    .with_payment(payment.payment_id.clone(), credited)
+                    .write()
             })
             .await?;
         Ok(applied)
@@ -218,7 +214,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     balance: next.balance.get(),
                 }),
             );
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::Refund, view) }.write()
+            Change::quiet(next, crate::cause::Cause::Refund, view).with_entries(entry).with_event(event).write()
         })
         .await?
         .done()
@@ -364,7 +360,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }),
             );
             let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::Dispute, outcome) }.write()
+            Change::quiet(next, crate::cause::Cause::Dispute, outcome).with_entries(entry).with_event(event).write()
         })
         .await?
         .done()
@@ -426,7 +422,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }),
             );
             let outcome = DisputeOutcome::Applied(entry.as_ref().map(LedgerEntry::view));
-            Change { ledger: entry, events: vec![event], ..Change::quiet(next, crate::cause::Cause::DisputeClosed, outcome) }.write()
+            Change::quiet(next, crate::cause::Cause::DisputeClosed, outcome).with_entries(entry).with_event(event).write()
         })
         .await?
         .done()

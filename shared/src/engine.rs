@@ -49,31 +49,36 @@ pub(crate) enum Plan<T> {
     AlreadySo(T),
 }
 
-/// One change to commit: the account's next state and what commits with it.
+/// One change to commit: the account's next state and what commits with it. A small core
+/// every change has, and extras only the changes that add them name (`Change::quiet(..)` then
+/// `with_*`).
 pub(crate) struct Change<T> {
     pub(crate) next: Account,
-    pub(crate) ledger: Option<LedgerEntry>,
-    pub(crate) hold: Option<HoldWrite>,
     /// What the operation answers when this commits (and, keyed, on every replay).
     pub(crate) outcome: T,
     pub(crate) cause: Cause,
+    /// Its ledger entries, oldest first, `seq` contiguous up to `next.version`: none, one, or a
+    /// group commit's.
+    pub(crate) entries: Vec<LedgerEntry>,
     /// Events besides the threshold crossings, written to the outbox with the change.
     pub(crate) events: Vec<DomainEvent>,
+    /// What else commits with it.
+    pub(crate) extras: Extras,
+}
+
+/// What a change may commit besides its core; each is set by its `Change::with_*`.
+#[derive(Default)]
+pub(crate) struct Extras {
+    /// A hold created or settled.
+    pub(crate) hold: Option<HoldWrite>,
     /// A purchase state change committed with this balance change.
     pub(crate) purchase: Option<PurchaseWrite>,
     /// A recharge's permanent record, written with its claim.
     pub(crate) recharge: Option<RechargeRecord>,
-    /// A credited payment's PaymentIntent id, indexed to the account.
-    pub(crate) payment_index: Option<String>,
-    /// For a payment's permanent claim: what it credited, kept as a field of the claim.
-    pub(crate) credited: Option<Credited>,
-    /// A group commit's ledger entries (after `ledger`), `seq` contiguous up to `next.version`.
-    pub(crate) entries: Vec<LedgerEntry>,
-    /// A group commit's idempotency records, each claimed with the change.
-    pub(crate) keys: Vec<IdemRecord>,
-    /// Some event of a group commit was refused for want of credits: on an account whose
-    /// lanes hold credits, that is decided again on the whole (rules §14).
-    pub(crate) refused: bool,
+    /// A credited payment.
+    pub(crate) payment: Option<PaymentCredit>,
+    /// A group commit's keys.
+    pub(crate) group: Option<Group>,
     /// Entities whose spend moves with the change (rules §17), each conditioned on the
     /// version it was planned on.
     pub(crate) entities: Vec<crate::entities::EntityWrite>,
@@ -81,27 +86,92 @@ pub(crate) struct Change<T> {
     pub(crate) audit: Option<crate::audit::AuditChange>,
 }
 
+/// A credited payment: its PaymentIntent id, indexed to the account, and what it credited, kept
+/// as a field of its permanent claim.
+pub(crate) struct PaymentCredit {
+    pub(crate) payment_id: String,
+    pub(crate) credited: Credited,
+}
+
+/// A group commit's idempotency records, each claimed with the change, and whether some event
+/// of it was refused for want of credits: on an account whose lanes hold credits, that is
+/// decided again on the whole (rules §14).
+pub(crate) struct Group {
+    pub(crate) keys: Vec<IdemRecord>,
+    pub(crate) refused: bool,
+}
+
 impl<T> Change<T> {
-    /// A change of the account alone: no ledger entry, no hold, no events, no purchase; the
-    /// others start from it and add theirs.
+    /// A change of the account alone: no ledger entry, no events, no extras; the others start
+    /// from it and add theirs.
     pub(crate) fn quiet(next: Account, cause: Cause, outcome: T) -> Change<T> {
-        Change {
-            next,
-            ledger: None,
-            hold: None,
-            outcome,
-            cause,
-            events: vec![],
-            purchase: None,
-            recharge: None,
-            payment_index: None,
-            credited: None,
-            entries: vec![],
-            keys: vec![],
-            refused: false,
-            entities: vec![],
-            audit: None,
-        }
+        Change { next, outcome, cause, entries: vec![], events: vec![], extras: Extras::default() }
+    }
+
+    /// With its ledger entry.
+    pub(crate) fn with_entry(self, entry: LedgerEntry) -> Change<T> {
+        self.with_entries([entry])
+    }
+
+    /// With these ledger entries (after any it has): an `Option` adds its one, if any.
+    pub(crate) fn with_entries(mut self, entries: impl IntoIterator<Item = LedgerEntry>) -> Change<T> {
+        self.entries.extend(entries);
+        self
+    }
+
+    /// With these events (after any it has).
+    pub(crate) fn with_events(mut self, events: Vec<DomainEvent>) -> Change<T> {
+        self.events.extend(events);
+        self
+    }
+
+    /// With one event more.
+    pub(crate) fn with_event(self, event: DomainEvent) -> Change<T> {
+        self.with_events(vec![event])
+    }
+
+    pub(crate) fn with_hold(mut self, hold: HoldWrite) -> Change<T> {
+        self.extras.hold = Some(hold);
+        self
+    }
+
+    /// With a purchase's state change, if there is one.
+    pub(crate) fn with_purchase(mut self, purchase: impl Into<Option<PurchaseWrite>>) -> Change<T> {
+        self.extras.purchase = purchase.into();
+        self
+    }
+
+    pub(crate) fn with_recharge(mut self, record: RechargeRecord) -> Change<T> {
+        self.extras.recharge = Some(record);
+        self
+    }
+
+    /// With a credited payment: `payment_id` indexed to the account, `credited` on its claim.
+    pub(crate) fn with_payment(mut self, payment_id: String, credited: Credited) -> Change<T> {
+        self.extras.payment = Some(PaymentCredit { payment_id, credited });
+        self
+    }
+
+    /// As a group commit claiming `keys`; `refused` when some event was refused for want of
+    /// credits.
+    pub(crate) fn with_group(mut self, keys: Vec<IdemRecord>, refused: bool) -> Change<T> {
+        self.extras.group = Some(Group { keys, refused });
+        self
+    }
+
+    pub(crate) fn with_entities(mut self, entities: Vec<crate::entities::EntityWrite>) -> Change<T> {
+        self.extras.entities.extend(entities);
+        self
+    }
+
+    pub(crate) fn with_audit(mut self, audit: crate::audit::AuditChange) -> Change<T> {
+        self.extras.audit = Some(audit);
+        self
+    }
+
+    /// Whether some event of a group commit was refused for want of credits.
+    pub(crate) fn refused(&self) -> bool {
+        self.extras.group.as_ref().is_some_and(|g| g.refused)
     }
 
     pub(crate) fn write(self) -> Result<Plan<T>, ApiError> {
@@ -553,6 +623,10 @@ fn assemble<T: Serialize>(
         // the account (never with credits out on lanes); its parts are not grants.
         outbox.clear();
     }
+    let (payment_index, credited) = match planned.extras.payment.take() {
+        Some(p) => (Some(p.payment_id), Some(p.credited)),
+        None => (None, None),
+    };
     let mut idempotency: Vec<IdemRecord> = match claim {
         Some(c) => vec![IdemRecord {
             account_id: owner.to_string(),
@@ -561,18 +635,19 @@ fn assemble<T: Serialize>(
             outcome: serde_json::to_value(&planned.outcome).map_err(|_| ApiError::Upstream)?,
             created_at: now,
             permanent: c.permanent,
-            credited: planned.credited.take(),
+            credited,
         }],
         None => vec![],
     };
-    idempotency.append(&mut planned.keys);
+    if let Some(g) = planned.extras.group.as_mut() {
+        idempotency.append(&mut g.keys);
+    }
     let mut ledger: Vec<LedgerEntry> = pending.entries;
-    ledger.extend(planned.ledger);
     ledger.append(&mut planned.entries);
     debug_assert!(pending.moves.is_empty(), "every grant move is on an entry");
     let mut ended_grants = if on_lane { vec![] } else { pending.ended };
     // The audit record advances the account's chain head in the same state (rules §19).
-    let audit = match planned.audit.take() {
+    let audit = match planned.extras.audit.take() {
         Some(change) if !on_lane => crate::audit::seal_on_account(change, &mut planned.next, now),
         _ => None,
     };
@@ -588,13 +663,13 @@ fn assemble<T: Serialize>(
         expected_version,
         ledger,
         idempotency,
-        hold: planned.hold,
-        purchase: planned.purchase,
-        recharge: planned.recharge,
-        payment_index: planned.payment_index,
+        hold: planned.extras.hold,
+        purchase: planned.extras.purchase,
+        recharge: planned.extras.recharge,
+        payment_index,
         outbox,
         ended_grants,
-        entities: std::mem::take(&mut planned.entities),
+        entities: planned.extras.entities,
         audit,
     };
     Ok((commit, planned.outcome))
@@ -649,7 +724,7 @@ mod tests {
             let mut next = a.next(2_000);
             next.balance = Micros::new(4 * C);
             let entry = LedgerEntry::after(&mut next, EntryKind::Adjustment, Micros::new(-2 * C), 2_000, "down");
-            Change { ledger: Some(entry), ..Change::quiet(next, Cause::Adjustment, 7u32) }
+            Change::quiet(next, Cause::Adjustment, 7u32).with_entry(entry)
         };
         let claim = Claim { scope_key: "adjust:k".into(), hash: "h".into(), permanent: false };
         let (c, outcome) = assemble(&p, &a, change(&a), Some(&claim), None, false, 2_000).unwrap();

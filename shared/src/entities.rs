@@ -6,10 +6,10 @@
 //!
 //! **Exact.** A debit that names an entity commits the entity's item in the same transaction as
 //! the account, conditioned on the version it was planned on; so every debit of one entity is
-//! decided on its current spend, whichever process or lane it comes from (a debit naming an
-//! entity always goes to the account item, never a lane: rules §14, §17). A refusal writes
-//! nothing: `entity_budget_exceeded` only when this debit would take the month past the limit,
-//! and only when the account itself could pay (the account's own 402 comes first).
+//! decided on its current spend, whichever process it comes from (a debit naming an entity is
+//! always written on the account's own item, never on a part of it: rules §14, §17). A refusal
+//! writes nothing: `entity_budget_exceeded` only when this debit would take the month past the
+//! limit, and only when the account itself could pay (the account's own 402 comes first).
 //!
 //! **Holds** reserve against the limit what they reserve in credits, until settled or expired.
 //!
@@ -278,7 +278,7 @@ pub struct EntitySettings {
 impl<S: Store, B: EventBus> Credits<S, B> {
     /// The entity's record as stored, or a new one (an entity not seen yet).
     pub(crate) async fn entity_record(&self, id: &str, entity: &str) -> Result<Entity, ApiError> {
-        let owner = crate::lanes::owner_of(id);
+        let owner = crate::parts::owner_of(id);
         Ok(self
             .store
             .load_entity(owner, entity)
@@ -349,11 +349,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         Some(budget(&stored)),
                         Some(budget(&e)),
                     );
-                    let change = crate::engine::Change {
-                        entities: vec![e.write(stored.version)],
-                        audit: Some(audit),
-                        ..crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
-                    };
+                    let change = crate::engine::Change::quiet(next, crate::cause::Cause::Entity, view)
+                        .with_entities(vec![e.write(stored.version)])
+                        .with_audit(audit);
                     change.write()
                 })
                 .await?;

@@ -41,9 +41,9 @@ pub enum ApiError {
     Rule(&'static str, String),
     /// A rule the request breaks whatever credits the account holds (an unknown consumable, a
     /// quantity or lifetime out of range, too many open holds): answered as `Rule` is, 422
-    /// with its code, but decided the same on the whole account as on its own item, so a
-    /// refusal of this kind recalls no lanes (rules §14). Any other refusal is decided again on
-    /// the whole.
+    /// with its code, but decided the same on the whole account as on any one item of it
+    /// (`parts`), so a refusal of this kind is final wherever it was decided. Any other refusal
+    /// is decided again on the whole.
     #[error("{1}")]
     RequestRule(&'static str, String),
     /// An upstream (AWS, Stripe) failure the client may retry.
@@ -67,10 +67,11 @@ pub enum ApiError {
     /// the sender delivers it again later (Stripe retries for days).
     #[error("{1}")]
     OutOfOrder(&'static str, String),
-    /// A lane cannot take this debit (its lease is spent, or is of another month, or the
-    /// consumable still has allowance): the debit goes to the account. Never answered.
+    /// This item cannot take the request, which is not its to refuse: an item that is part of
+    /// an account (`parts`) sends it to the whole account, which decides it. Never answered;
+    /// should one escape, it reads as `Busy` (503 `account_busy`, retry after a second).
     #[error("The account is busy. Please retry.")]
-    NotOnLane,
+    Elsewhere,
 }
 
 impl ApiError {
@@ -102,7 +103,7 @@ impl ApiError {
             ApiError::Undecided => "check_unavailable",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::OutOfOrder(code, _) => code,
-            ApiError::NotOnLane => "account_busy",
+            ApiError::Elsewhere => "account_busy",
         }
     }
 
@@ -118,14 +119,14 @@ impl ApiError {
                 | ApiError::Undecided
                 | ApiError::OutOfOrder(..)
                 | ApiError::TooManyRequests { .. }
-                | ApiError::NotOnLane
+                | ApiError::Elsewhere
         )
     }
 
     /// Seconds a client should wait before trying again (`Retry-After`), when we know.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Busy | ApiError::Undecided | ApiError::NotOnLane => Some(1),
+            ApiError::Busy | ApiError::Undecided | ApiError::Elsewhere => Some(1),
             ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
             _ => None,
         }

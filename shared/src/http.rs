@@ -260,7 +260,7 @@ pub fn status_of(e: &ApiError) -> u16 {
         ApiError::OutOfCredits { .. } | ApiError::EntityBudgetExceeded { .. } => 402,
         ApiError::Rule(..) | ApiError::RequestRule(..) => 422,
         ApiError::Upstream => 502,
-        ApiError::Busy | ApiError::PaymentsUnavailable | ApiError::Undecided | ApiError::NotOnLane => 503,
+        ApiError::Busy | ApiError::PaymentsUnavailable | ApiError::Undecided | ApiError::Elsewhere => 503,
         ApiError::TooManyRequests { .. } => 429,
     }
 }

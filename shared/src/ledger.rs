@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::events::{BalanceCrossed, DomainEvent, Event};
 use crate::grants::Burn;
 use crate::money::Micros;
+use crate::parts::Draws;
 use crate::profile::{PlanConsumable, Profile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,17 +29,18 @@ pub enum EntryKind {
     Expiry,
     /// What remained of a grant voided by the service (negative).
     Void,
-    /// Credits leased from the account to one of its lanes (negative, on the account; rules §14).
+    /// Credits leased from the account to one of its parts (negative, on the account; rules
+    /// §14, `parts`).
     LeaseOut,
-    /// The same credits arriving on the lane (positive, on the lane).
+    /// The same credits arriving on the part (positive, on the part).
     LeaseIn,
-    /// A lane's unspent credits going back to the account: negative on the lane, positive on
+    /// A part's unspent credits going back to the account: negative on the part, positive on
     /// the account.
     LeaseReturn,
 }
 
 impl EntryKind {
-    /// Entries that move credits between an account and its lanes: they never change the
+    /// Entries that move credits between an account and its parts: they never change the
     /// account's balance as a whole.
     pub fn is_lease(self) -> bool {
         matches!(self, EntryKind::LeaseOut | EntryKind::LeaseIn | EntryKind::LeaseReturn)
@@ -61,9 +63,9 @@ pub struct LedgerEntry {
     /// `amount` (rules §15). Empty on entries from before grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<(String, i64)>,
-    /// On a lane's entry: the account's `seq` this entry follows in the account's ledger (the
-    /// lease that funded the lane, or the account's side of a return), which orders the
-    /// lanes' entries among the account's without clocks (rules §14).
+    /// On a part's entry: the account's `seq` this entry follows in the account's ledger (the
+    /// lease that funded the part, or the account's side of a return), which orders the
+    /// parts' entries among the account's without clocks (`Account::anchor`, rules §14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor: Option<u64>,
     /// The member, project or key whose usage this is (rules §17).
@@ -91,7 +93,7 @@ impl LedgerEntry {
             created_at: now,
             description: description.into(),
             grants: std::mem::take(&mut next.pending.moves),
-            anchor: next.lane.as_ref().map(|l| l.anchor),
+            anchor: next.anchor(),
             entity: None,
         }
     }
@@ -250,28 +252,41 @@ pub fn price(
     quantity: i64,
     now: i64,
 ) -> Result<(i64, i64, Option<Micros>), ApiError> {
+    let (_, from_allowance, credit_units, cost) = priced(profile, account, consumable, quantity, now)?;
+    Ok((from_allowance, credit_units, cost))
+}
+
+/// `price`, with what the item draws from (`Account::draws`: an item that is part of an
+/// account draws credits only, and refuses with `ApiError::Elsewhere` what it does not take).
+fn priced(
+    profile: &Profile,
+    account: &Account,
+    consumable: &str,
+    quantity: i64,
+    now: i64,
+) -> Result<(Draws, i64, i64, Option<Micros>), ApiError> {
     check_quantity(quantity, false)?;
     let pc = plan_consumable(profile, account, consumable)?;
     let month = clock::month_of(now);
-    // A lane holds credits only: it takes a consumable whose allowance was used up (rules §14).
-    if account.lane.is_some() && !crate::lanes::lane_serves(account, consumable, now) {
-        return Err(ApiError::NotOnLane);
-    }
-    let remaining = if account.lane.is_some() {
-        0
-    } else {
-        (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0)
+    let draws = account.draws(consumable, now)?;
+    let remaining = match draws {
+        Draws::CreditsOnly => 0,
+        Draws::Everything => {
+            (pc.included - account.used(consumable, &month) - account.held_allowance(consumable, &month, now)).max(0)
+        }
     };
     let from_allowance = quantity.min(remaining);
     let credit_units = quantity - from_allowance;
-    Ok((from_allowance, credit_units, pc.rate.cost(credit_units)))
+    Ok((draws, from_allowance, credit_units, pc.rate.cost(credit_units)))
 }
 
 /// Allowance first, then credits at the plan's rate, all or nothing (strict mode).
 pub fn draw(profile: &Profile, account: &Account, consumable: &str, quantity: i64, now: i64) -> Result<Draw, ApiError> {
-    let (from_allowance, credit_units, cost) = price(profile, account, consumable, quantity, now)?;
-    let refuse =
-        || if account.lane.is_some() { ApiError::NotOnLane } else { out_of_credits(profile, account, consumable) };
+    let (draws, from_allowance, credit_units, cost) = priced(profile, account, consumable, quantity, now)?;
+    let refuse = || match draws {
+        Draws::Everything => out_of_credits(profile, account, consumable),
+        Draws::CreditsOnly => ApiError::Elsewhere,
+    };
     let cost = cost.ok_or_else(refuse)?;
     if cost > account.available(now) {
         return Err(refuse());

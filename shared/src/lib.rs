@@ -44,6 +44,8 @@ pub mod views;
 pub mod webhooks;
 
 pub use config::Config;
+/// How an account may be held on several items, as the rest of the crate sees it (see there).
+pub use lanes::parts;
 pub use error::ApiError;
 
 /// The production wiring: DynamoDB store and EventBridge bus.

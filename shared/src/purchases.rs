@@ -412,12 +412,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let event = DomainEvent::new(id, now, event);
                     let from = vec![current.status];
                     let purchase = PurchaseWrite { record, from, expected_updated_at: Some(current.updated_at) };
-                    Change {
-                        events: vec![event],
-                        purchase: Some(purchase),
-                        ..Change::quiet(next, crate::cause::Cause::PurchaseState, ())
-                    }
-                    .write()
+                    Change::quiet(next, crate::cause::Cause::PurchaseState, ())
+                        .with_event(event)
+                        .with_purchase(purchase)
+                        .write()
                 })
                 .await?;
             match applied {

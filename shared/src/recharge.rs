@@ -222,7 +222,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     }),
                 );
                 let outcome = RechargeDecision::NotDue(reason.to_string());
-                return Change { events: vec![event], ..Change::quiet(next, crate::cause::Cause::RechargePaused, outcome) }.write();
+                return Change::quiet(next, crate::cause::Cause::RechargePaused, outcome).with_event(event).write();
             }
             let claim = RechargeClaim { recharge_id: recharge_id.clone(), claimed_at: now, credits, charge_cents };
             next.auto_recharge.used_this_month += 1;
@@ -241,7 +241,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 month: clock::month_of(now),
             };
             let decision = RechargeDecision::Claimed(claim);
-            Change { recharge: Some(record), ..Change::quiet(next, crate::cause::Cause::RechargeClaim, decision) }.write()
+            Change::quiet(next, crate::cause::Cause::RechargeClaim, decision).with_recharge(record).write()
         })
         .await?
         .done()
@@ -375,7 +375,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     balance: next.balance.get(),
                 }),
             );
-            Change { events: vec![event], ..Change::quiet(next, crate::cause::Cause::RechargeFailed, true) }.write()
+            Change::quiet(next, crate::cause::Cause::RechargeFailed, true).with_event(event).write()
         })
         .await?
         .done()
@@ -562,7 +562,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(settings_json(&a.auto_recharge)),
                 Some(settings_json(&next.auto_recharge)),
             );
-            Change { audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::AutoRechargeSettings, view) }.write()
+            Change::quiet(next, crate::cause::Cause::AutoRechargeSettings, view).with_audit(audit).write()
         })
         .await?
         .done()

@@ -159,7 +159,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         );
         let recorded = self
             .apply(id, Some(&claim), |a, now| {
-                Change { audit: Some(change.clone()), ..Change::quiet(a.next(now), crate::cause::Cause::AuditRecord, view.clone()) }
+                Change::quiet(a.next(now), crate::cause::Cause::AuditRecord, view.clone()).with_audit(change.clone())
                     .write()
             })
             .await;

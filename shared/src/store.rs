@@ -153,8 +153,8 @@ pub trait Accounts: Send + Sync {
     /// The account, read with strong consistency.
     fn load_account(&self, id: &str) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<(), CommitError>> + Send;
-    /// Several commits (of different accounts) in one transaction, all or nothing: a lease
-    /// between an account and one of its lanes, a recall of every lane (rules §14). A failed
+    /// Several commits (of different accounts) in one transaction, all or nothing: credits
+    /// moved between an account and its parts (`parts`, rules §14). A failed
     /// condition answers as `commit` does; `Stale` carries no state when several accounts
     /// were written.
     fn commit_all(&self, commits: Vec<Commit>) -> impl Future<Output = Result<(), CommitError>> + Send;

@@ -159,7 +159,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(s) => s.into_change(id, next.balance.get(), now),
                 None => (vec![], vec![]),
             };
-            Change { ledger: entry, entities, events, ..Change::quiet(next, crate::cause::Cause::Usage, outcome) }.write()
+            Change::quiet(next, crate::cause::Cause::Usage, outcome)
+                .with_entries(entry)
+                .with_entities(entities)
+                .with_events(events)
+                .write()
         })
         .await
     }
@@ -260,7 +264,10 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 Some(s) => s.into_change(id, next.balance.get(), now),
                 None => (vec![], vec![]),
             };
-            Change { hold: Some(HoldWrite::Create(record)), entities, events, ..Change::quiet(next, crate::cause::Cause::Hold, outcome) }
+            Change::quiet(next, crate::cause::Cause::Hold, outcome)
+                .with_hold(HoldWrite::Create(record))
+                .with_entities(entities)
+                .with_events(events)
                 .write()
         })
         .await
@@ -369,14 +376,12 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     Some(sp) => sp.into_change(id, next.balance.get(), now),
                     None => (vec![], vec![]),
                 };
-                Change {
-                    ledger: entry,
-                    hold: Some(HoldWrite::Settle(record)),
-                    entities,
-                    events,
-                    ..Change::quiet(next, crate::cause::Cause::Settle, outcome)
-                }
-                .write()
+                Change::quiet(next, crate::cause::Cause::Settle, outcome)
+                    .with_entries(entry)
+                    .with_hold(HoldWrite::Settle(record))
+                    .with_entities(entities)
+                    .with_events(events)
+                    .write()
             })
             .await
     }

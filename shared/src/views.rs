@@ -192,14 +192,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         // The account, then its latest entries: a write between the two reads would show an
         // entry newer than the balance beside it, so the account is read again until the
         // page holds nothing it has not seen (an entry's `seq` is the version that wrote it).
-        // With lanes: the account and its lanes read at one instant (one read without), and
-        // the merged page as of that instant, whose newest running balance is that whole
-        // balance (rules §14).
-        let (mut a, lanes) = self.snapshot(id).await?;
-        if a.lanes_ever() > 0 {
-            let bounds = crate::lanes::ledger::first_bounds(&a, &lanes);
-            let (recent, _) = self.merged_page(&a, 5, bounds).await?;
-            return Ok(self.credits_view(&crate::lanes::whole(&a, &lanes), &recent));
+        // An account held on parts as well is read as a whole at one instant, with its page
+        // as of that instant (`whole_with_recent`).
+        let (mut a, whole_recent) = self.whole_with_recent(id, 5).await?;
+        if let Some(recent) = whole_recent {
+            return Ok(self.credits_view(&a, &recent));
         }
         let (mut recent, _) = self.store.ledger_page(id, 5, None).await.map_err(upstream)?;
         for _ in 0..3 {
@@ -315,21 +312,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let keep = |e: &LedgerEntry| {
             entity.is_none_or(|name| e.entity.as_deref() == Some(name)) && kind.is_none_or(|k| e.kind == k)
         };
-        // The first page is read with the lanes at one instant; a later one follows its cursor.
-        let (a, lanes) = match cursor {
-            None => self.snapshot(id).await?,
-            Some(_) => (self.load(id).await?, vec![]),
-        };
-        if a.lanes_ever() > 0 {
-            let bounds = match cursor {
-                Some(c) => crate::lanes::ledger::decode_merged_cursor(c, a.lanes_ever() as usize + 1)?,
-                None => crate::lanes::ledger::first_bounds(&a, &lanes),
-            };
-            let (page, next) = self.merged_page_of(&a, limit, bounds, &keep).await?;
-            return Ok(LedgerPage {
-                transactions: page.iter().map(LedgerEntry::view).collect(),
-                next_cursor: next.map(|b| crate::lanes::ledger::encode_merged_cursor(&b)),
-            });
+        // An account held on parts as well: its page of the account as a whole.
+        if let Some((page, next_cursor)) = self.whole_page(id, limit, cursor, &keep).await? {
+            return Ok(LedgerPage { transactions: page.iter().map(LedgerEntry::view).collect(), next_cursor });
         }
         let mut cursor = cursor.map(decode_cursor).transpose()?;
         let mut shown: Vec<LedgerEntry> = Vec::with_capacity(limit);

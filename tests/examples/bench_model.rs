@@ -735,7 +735,7 @@ async fn worker(
                         }
                     }
                 }
-                eprintln!("inexact: {errors:?} account {} v{} lanes {:?} out {:?} on lanes {lanes:?}", a.balance.get(), a.version, a.lanes.as_ref().map(|l| (l.k, l.draining_until)), a.lanes.as_ref().map(|l| l.out.keys().collect::<Vec<_>>()));
+                eprintln!("inexact: {errors:?} account {} v{} lanes {:?} out {:?} on lanes {lanes:?}", a.balance.get(), a.version, a.spread.lanes.as_ref().map(|l| (l.k, l.draining_until)), a.spread.lanes.as_ref().map(|l| l.out.keys().collect::<Vec<_>>()));
             }
         }
         let mut t = tally.lock().expect("tally");
@@ -798,11 +798,11 @@ struct Row {
 /// index lists it), and checks it is back to one lane with nothing left on any lane.
 async fn quiet_check(setup: &Service, store: &ModelStore) -> Result<String, String> {
     let before = store.inner.load_account(ACCOUNT).await.map_err(|e| e.to_string())?.ok_or("no account")?;
-    let k_before = before.lanes.as_ref().map_or(1, |l| l.k.max(1));
+    let k_before = before.spread.lanes.as_ref().map_or(1, |l| l.k.max(1));
     sleep(Duration::from_millis(topup::lanes::spread::QUIET_MS as u64 + 60_000)).await;
     let report = setup.expire_grants(setup.now()).await.map_err(|e| format!("the scheduled run: {e:?}"))?;
     let after = store.inner.load_account(ACCOUNT).await.map_err(|e| e.to_string())?.ok_or("no account")?;
-    let k = after.lanes.as_ref().map_or(1, |l| l.k.max(1));
+    let k = after.spread.lanes.as_ref().map_or(1, |l| l.k.max(1));
     let mut held = 0i64;
     for n in 1..=after.lanes_ever() {
         if let Ok(Some(l)) = store.inner.load_account(&topup::lanes::lane_id(ACCOUNT, n)).await {
@@ -869,7 +869,7 @@ async fn run_with(profile: &Profile, mode: Mode, instances: usize, seed: u64, gr
 
     let t = std::mem::take(&mut *tally.lock().expect("tally"));
     let invariant = check(&store, &start, &t).await;
-    let lanes_at_end = store.inner.load_account(ACCOUNT).await.ok().flatten().map_or(1, |a| a.lanes.map_or(1, |l| l.k.max(1)));
+    let lanes_at_end = store.inner.load_account(ACCOUNT).await.ok().flatten().map_or(1, |a| a.spread.lanes.map_or(1, |l| l.k.max(1)));
     // Left alone, an account that spread itself returns to one lane, every lane's credits home:
     // the scheduled run, `QUIET_MS` of quiet later.
     let quiet = if matches!(mode, Mode::Auto { .. }) { Some(quiet_check(&setup, &store).await) } else { None };
@@ -977,7 +977,7 @@ async fn check(store: &ModelStore, start: &Account, t: &Tally) -> Result<String,
         lanes.push((lane, ledger));
     }
     if end.lanes_ever() > 0 {
-        problems.extend(topup::reconcile::lane_differences(&end, &own, &lanes));
+        problems.extend(topup::lanes::lane_differences(&end, &own, &lanes));
     }
     if let Some(p) = problems.first() {
         return Err(format!("reconciliation: {} {}", p.code, p.detail));

@@ -369,7 +369,7 @@ impl World {
                 assert!(d.is_empty(), "{}: {d:#?}", lane.id);
                 lanes.push((lane, l));
             }
-            let d = topup::reconcile::lane_differences(&account, &ledger, &lanes);
+            let d = topup::lanes::lane_differences(&account, &ledger, &lanes);
             assert!(d.is_empty(), "{id} with its lanes: {d:#?}");
         }
     }

@@ -755,7 +755,7 @@ impl Schedule {
                 }
                 lanes.push((lane, own));
             }
-            differences.extend(topup::reconcile::lane_differences(&a, &ledger, &lanes));
+            differences.extend(topup::lanes::lane_differences(&a, &ledger, &lanes));
         }
         if !differences.is_empty() {
             return Err(format!("reconciliation: {differences:?}"));

@@ -107,7 +107,7 @@ fn check(m: &Memory, c: &Commit) -> Result<(), CommitError> {
         return Err(CommitError::Stale(current.cloned().map(Box::new)));
     }
     // As the DynamoDB adapter: an entity moved since it was read fails the whole commit.
-    let owner = crate::lanes::owner_of(&id).to_string();
+    let owner = crate::parts::owner_of(&id).to_string();
     for w in &c.entities {
         let stored = m.entities.get(&(owner.clone(), w.record.entity.clone())).map_or(0, |e| e.version);
         if stored != w.expected_version {

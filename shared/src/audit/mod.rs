@@ -1,6 +1,7 @@
 //! The audit log (rules §19): every change made by the service or staff — adjustments, voids,
-//! refunds, settings, budgets, lanes, webhook endpoints, redeliveries — recorded once,
-//! append-only, with who made it, what it was, the request, and the state before and after.
+//! refunds, settings (how an account is spread over items among them), budgets, webhook
+//! endpoints, redeliveries — recorded once, append-only, with who made it, what it was, the
+//! request, and the state before and after.
 //!
 //! **Chains.** Records form hash chains: one per account (`account_id`), and one for changes of
 //! no account (`account_id: null`: webhook endpoints and redeliveries), named `-`. A record's
@@ -13,8 +14,8 @@
 //! **Heads and concurrent writers.** Each chain has a head (`{seq, hash}` of its newest record)
 //! that every append advances with a compare-and-swap, so two writers never both append at the
 //! same place. An account's head is kept on its account item (`Account::audit`): a change
-//! committed through the engine (adjustments, voids, settings, budgets, lanes) carries its
-//! record as one more item of the account's transaction (`Commit::audit`), and the account's
+//! committed through the engine (adjustments, voids, settings, budgets) carries its record
+//! as one more item of the account's transaction (`Commit::audit`), and the account's
 //! own compare-and-swap on `version` serialises its chain. A change of an account that is not
 //! an account commit (a Stripe refund) is appended right after it succeeds, by an account
 //! write that only advances the head. The chain of no account keeps its head in an item of its
@@ -384,11 +385,7 @@ impl<S: crate::store::Store, B: crate::events::EventBus> crate::engine::Credits<
         }
         self.apply(id, None, |a, now| {
             let next = a.next(now);
-            crate::engine::Change {
-                audit: Some(change.clone()),
-                ..crate::engine::Change::quiet(next, crate::cause::Cause::AuditRecord, ())
-            }
-            .write()
+            crate::engine::Change::quiet(next, crate::cause::Cause::AuditRecord, ()).with_audit(change.clone()).write()
         })
         .await?
         .done()

@@ -202,7 +202,6 @@ async fn every_change_through_the_engine_records_itself_and_a_change_to_nothing_
         c.void_grant("a", &g).await.unwrap(); // voided already: nothing
         c.set_alerts("a", &[2 * C]).await.unwrap();
         c.set_alerts("a", &[2 * C]).await.unwrap(); // as it was: nothing
-        c.set_lanes("a", 2).await.unwrap();
         let settings = crate::entities::EntitySettings { monthly_limit: Some(Some(C)), name: None };
         c.set_entity("a", "bob", &settings).await.unwrap();
         c.record_change("a", AuditChange::new("payment.refund", "payment:pi_1", None, Some(json!({"amount": 100})))).await.unwrap();
@@ -213,11 +212,11 @@ async fn every_change_through_the_engine_records_itself_and_a_change_to_nothing_
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(
         actions,
-        ["account.create", "account.update", "credits.adjust", "grant.void", "alerts.update", "lanes.update", "entity.update", "payment.refund"]
+        ["account.create", "account.update", "credits.adjust", "grant.void", "alerts.update", "entity.update", "payment.refund"]
     );
     assert!(records.iter().all(|r| r.actor.sub == "backend" && r.request_id == "r1"));
     let void = &records[3];
     assert_eq!((void.before.as_ref().unwrap()["remaining"].clone(), void.after.as_ref().unwrap()["ended"].clone()), (json!(3 * C), json!("voided")));
     let head = c.store.load_account("a").await.unwrap().unwrap().audit;
-    assert_eq!(verify_chain("a", &records, head.as_ref()), Ok(8));
+    assert_eq!(verify_chain("a", &records, head.as_ref()), Ok(7));
 }

@@ -150,8 +150,8 @@ pub async fn verify_log<S: Accounts + Listings + AuditLog>(store: &S, accounts: 
             cursor = next;
         }
         for id in &ids {
-            // A lane's item is its account's part: its changes are its account's.
-            if crate::lanes::owner_of(id) != id {
+            // An item that is part of an account (`parts`): its changes are its account's.
+            if crate::parts::owner_of(id) != id {
                 continue;
             }
             let head = match store.load_account(id).await? {

@@ -204,10 +204,10 @@ impl Account {
     }
 
     /// Grants that still count against `MAX_ACTIVE_GRANTS`: all but the used-up ones waiting
-    /// to be retired (a grant with a part out on a lane is still in use).
+    /// to be retired (a grant with credits out on a part of the account, `grant_out`, is still
+    /// in use).
     pub fn active_grants(&self) -> usize {
-        let out = |id: &str| self.lanes.iter().any(|l| l.out.values().flatten().any(|(g, _)| g == id));
-        self.grants.iter().filter(|g| g.remaining.get() > 0 || out(&g.id)).count()
+        self.grants.iter().filter(|g| g.remaining.get() > 0 || self.grant_out(&g.id)).count()
     }
 
     /// 422 `too_many_grants` when one more grant would pass `MAX_ACTIVE_GRANTS`.
@@ -344,12 +344,11 @@ impl Account {
         if max == 0 {
             return;
         }
-        // A grant with a part out on a lane is not used up until the part comes back.
-        let out: Vec<String> =
-            self.lanes.iter().flat_map(|l| l.out.values().flatten().map(|(g, _)| g.clone())).collect();
+        // A grant with credits out on a part of the account (`grant_out`) is not used up until
+        // they come back.
         let mut taken = 0usize;
         let (used, active): (Vec<Grant>, Vec<Grant>) = std::mem::take(&mut self.grants).into_iter().partition(|g| {
-            let done = g.remaining.get() == 0 && !out.contains(&g.id) && taken < max;
+            let done = g.remaining.get() == 0 && !self.grant_out(&g.id) && taken < max;
             taken += usize::from(done);
             done
         });
@@ -387,8 +386,8 @@ impl Account {
     /// Expires every grant past its instant whose credits no open hold needs, each with its
     /// `expiry` entry (called by `Account::next`, so at the start of every write).
     pub(crate) fn expire_grants(&mut self, now: i64) {
-        // A lane's parts never expire on it: its account recalls them before (rules §14).
-        if self.lane.is_some() || !self.grants.iter().any(|g| g.expired(now)) {
+        // Nothing expires on an item that is part of an account (`Account::is_part`).
+        if self.is_part() || !self.grants.iter().any(|g| g.expired(now)) {
             return;
         }
         self.ensure_grants();
@@ -403,8 +402,8 @@ impl Account {
         // transaction of at most 100 items); the rest expire at the next write or run, and
         // until then their credits are not spendable anyway.
         for (_, id, remaining) in due.into_iter().take(MAX_EXPIRIES_PER_WRITE) {
-            // Open holds keep what they need: the grant waits until they end; a grant with a
-            // part out on a lane waits for the recall (which comes first).
+            // Open holds keep what they need: the grant waits until they end; a grant with
+            // credits out on a part of the account (`grant_out`) waits for them to come back.
             if self.balance.get() - remaining < self.held(now).get() || self.grant_out(&id) {
                 continue;
             }

@@ -72,7 +72,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 });
                 let audit =
                     crate::audit::AuditChange::new("grant.void", format!("grant:{grant_id}"), Some(before), Some(after));
-                Change { ledger: Some(entry), audit: Some(audit), ..Change::quiet(next, crate::cause::Cause::Void, ended.view()) }
+                Change::quiet(next, crate::cause::Cause::Void, ended.view()).with_entry(entry).with_audit(audit)
                     .write()
             })
             .await;

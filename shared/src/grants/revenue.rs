@@ -215,8 +215,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// `GET …/credits/transactions.csv`.
     pub async fn transactions_csv(&self, id: &str) -> Result<String, ApiError> {
         let a = self.load(id).await?;
-        // With lanes: what the account's people see, without our leases (rules §16).
-        let mut all = if a.lanes_ever() > 0 { self.customer_ledger(&a).await? } else { self.whole_ledger(id).await? };
+        // What the account's people see of it as a whole (rules §16).
+        let mut all = self.shown_entries(&a).await?;
         all.reverse();
         Ok(ledger_csv(&all))
     }
@@ -230,8 +230,8 @@ impl<S: Store + crate::receipts::ReceiptStore, B: EventBus> Credits<S, B> {
         let a = self.load(id).await?;
         let mut grants = self.store.ended_grants(id).await.map_err(upstream)?;
         grants.extend(a.grants.iter().cloned());
-        // With lanes: their usage too; leases only move credits between the parts.
-        let ledger = if a.lanes_ever() > 0 { self.merged_ledger(&a).await? } else { self.whole_ledger(id).await? };
+        // The account as a whole: its parts' usage too (moves between its parts net to nothing).
+        let ledger = self.whole_entries(&a).await?;
         let mut line = revenue_line(id, &grants, &ledger, start, end).map_err(|Overflow| overflowed(id, month))?;
         let receipts = crate::receipts::store::all_receipts(&self.store, id).await.map_err(upstream)?;
         let taxes = receipts.iter().filter_map(|r| r.invoice.as_ref()).filter(|i| (start..end).contains(&i.paid_at));
@@ -249,8 +249,8 @@ impl<S: Store + crate::receipts::ReceiptStore, B: EventBus> Credits<S, B> {
         let mut after = None;
         loop {
             let (ids, next) = self.store.account_ids(500, after, Segment::WHOLE).await.map_err(upstream)?;
-            // A lane's line is its account's.
-            for id in ids.into_iter().filter(|id| crate::lanes::owner_of(id) == id.as_str()) {
+            // A part's line is its account's (`parts::owner_of`).
+            for id in ids.into_iter().filter(|id| crate::parts::owner_of(id) == id.as_str()) {
                 let line = self.revenue_of(&id, month).await?;
                 if !line.is_empty() {
                     accounts.push(line);

@@ -26,13 +26,18 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
+mod beside;
 pub mod ledger;
+pub mod parts;
 mod recall;
 pub mod spread;
+mod reconcile;
+mod whole;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use recall::{plan_recall, Recall};
+pub use reconcile::lane_differences;
 
 use serde::{Deserialize, Serialize};
 
@@ -133,35 +138,35 @@ pub fn owner_of(id: &str) -> &str {
 impl Account {
     /// Lanes that take debits now (0 when the account has none, or one).
     pub fn active_lanes(&self) -> u32 {
-        self.lanes.as_ref().map_or(0, |l| if l.k > 1 { l.k } else { 0 })
+        self.spread.lanes.as_ref().map_or(0, |l| if l.k > 1 { l.k } else { 0 })
     }
 
     /// Lanes whose ledgers belong to this account's (every lane it ever had).
     pub fn lanes_ever(&self) -> u32 {
-        self.lanes.as_ref().map_or(0, |l| l.ever)
+        self.spread.lanes.as_ref().map_or(0, |l| l.ever)
     }
 
     /// Whether any lane may hold credits of this account.
     pub fn leased_out(&self) -> bool {
-        self.lanes.as_ref().is_some_and(|l| l.out.values().any(|v| !v.is_empty()))
+        self.spread.lanes.as_ref().is_some_and(|l| l.out.values().any(|v| !v.is_empty()))
     }
 
     /// Whether part of grant `id` is out on a lane (the grant stays active until it returns).
     pub fn grant_out(&self, id: &str) -> bool {
-        self.lanes.as_ref().is_some_and(|l| l.out.values().flatten().any(|(g, _)| g == id))
+        self.spread.lanes.as_ref().is_some_and(|l| l.out.values().flatten().any(|(g, _)| g == id))
     }
 
     /// Credits leased out and not yet settled, per lane summed: an upper bound of what the
     /// lanes hold.
     pub fn leased_total(&self) -> i64 {
-        self.lanes.as_ref().map_or(0, |l| crate::money::total(l.out.values().flatten().map(|(_, m)| *m)))
+        self.spread.lanes.as_ref().map_or(0, |l| crate::money::total(l.out.values().flatten().map(|(_, m)| *m)))
     }
 }
 
 /// What a debit planned on `a` adds to its balance in its answer: `beside` on a lane, or on
 /// the account while its lanes hold credits; nothing otherwise (the account holds it all).
 pub fn beside_of(a: &Account, beside: i64) -> i64 {
-    if a.lane.is_some() || a.leased_out() {
+    if a.spread.lane.is_some() || a.leased_out() {
         beside
     } else {
         0
@@ -181,7 +186,7 @@ pub fn floor(profile: &Profile, a: &Account) -> i64 {
 /// Whether a lane may take a debit of `consumable` at `now`: its lease is of this month, the
 /// consumable's allowance was used up then, and none of its parts is near its expiry.
 pub fn lane_serves(lane: &Account, consumable: &str, now: i64) -> bool {
-    let Some(of) = &lane.lane else { return false };
+    let Some(of) = &lane.spread.lane else { return false };
     of.month == clock::month_of(now)
         && of.credit_only.iter().any(|c| c == consumable)
         && lane.grants.iter().all(|g| g.expires_at.is_none_or(|t| t > now + LANE_EXPIRY_GUARD_MS))
@@ -220,7 +225,7 @@ fn lane_next(lane: &Account, now: i64) -> Account {
 /// since its last lease (its last lease over the time it lasted), at most four times the last,
 /// and at least four times `need` (the first: sixteen).
 fn lease_size(lane: Option<&Account>, k: u32, need: i64, now: i64) -> i64 {
-    let Some(of) = lane.and_then(|l| l.lane.as_ref()).filter(|o| o.leased > 0) else { return need.saturating_mul(16) };
+    let Some(of) = lane.and_then(|l| l.spread.lane.as_ref()).filter(|o| o.leased > 0) else { return need.saturating_mul(16) };
     let elapsed = (now - of.leased_at).max(50);
     let rate_window = i128::from(of.leased) * i128::from(spread::lease_window_ms(k)) / i128::from(elapsed);
     let sized = i64::try_from(rate_window.min(i128::from(of.leased) * 4)).unwrap_or(i64::MAX);
@@ -230,7 +235,7 @@ fn lease_size(lane: Option<&Account>, k: u32, need: i64, now: i64) -> i64 {
 /// A new lane item for lane `n` of `account`.
 fn new_lane(profile: &Profile, account: &Account, n: u32, now: i64) -> Account {
     let mut lane = Account::new(profile, &lane_id(&account.id, n), &account.plan, vec![], now);
-    lane.lane = Some(LaneOf {
+    lane.spread.lane = Some(LaneOf {
         account: account.id.clone(),
         n,
         anchor: 0,
@@ -253,7 +258,7 @@ fn plan_lease(
     want: i64,
     now: i64,
 ) -> Option<(Commit, Commit)> {
-    let lanes = account.lanes.as_ref()?;
+    let lanes = account.spread.lanes.as_ref()?;
     // No lease while a recall in several transactions is under way.
     if n == 0 || n > lanes.k || lanes.k < 2 || now < lanes.draining_until {
         return None;
@@ -282,7 +287,7 @@ fn plan_lease(
     let amount = crate::money::total(parts.iter().map(|(_, m)| *m));
     next.balance = Micros::new(next.balance.get() - amount);
     next.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
-    let lanes_now = next.lanes.get_or_insert_with(Lanes::default);
+    let lanes_now = next.spread.lanes.get_or_insert_with(Lanes::default);
     lanes_now.moves += 1;
     lanes_now.leased_at.insert(n, now);
     let out = lanes_now.out.entry(n).or_default();
@@ -313,7 +318,7 @@ fn plan_lease(
         }
     }
     lane_state.balance = Micros::new(lane_state.balance.get() + amount);
-    lane_state.lane = Some(LaneOf {
+    lane_state.spread.lane = Some(LaneOf {
         account: account.id.clone(),
         n,
         anchor: lease_no,
@@ -374,7 +379,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// The account read with its lanes at one instant: read again until no lease or recall
     /// (each moves the account's version) came between the reads.
     pub async fn snapshot(&self, id: &str) -> Result<(Account, Vec<Account>), ApiError> {
-        let moves = |a: &Account| a.lanes.as_ref().map_or(0, |l| l.moves);
+        let moves = |a: &Account| a.spread.lanes.as_ref().map_or(0, |l| l.moves);
         let mut a = self.load(id).await?;
         for attempt in 0..SNAPSHOT_READS {
             if a.lanes_ever() == 0 {
@@ -429,7 +434,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     self.remember(&next_account);
                     self.remember(&next_lane);
                     // Most lanes unused lately: fewer (rules §21). This lease stands either way.
-                    if spread::narrow_to(next_account.lanes.as_ref(), now).is_some() {
+                    if spread::narrow_to(next_account.spread.lanes.as_ref(), now).is_some() {
                         if let Err(e) = self.narrow(id).await {
                             tracing::debug!(account_id = id, code = e.code(), "narrowing did not commit");
                         }
@@ -487,7 +492,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         ahead: i64,
     ) -> Result<Option<Route>, ApiError> {
         let Some(n) = route.lane else { return Ok(None) };
-        if !matches!(failure, ApiError::NotOnLane) && *failure != ApiError::account_not_found() {
+        if !matches!(failure, ApiError::Elsewhere) && *failure != ApiError::account_not_found() {
             return Ok(None);
         }
         let need = self.credits_needed(&route.id, consumable, quantity);
@@ -538,21 +543,21 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         self.spread.reset(id);
         let now = self.now();
         let Some(a) = self.cached(id) else { return };
-        if a.lane.is_some() || !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
+        if a.is_part() || !credit_only(&self.profile, &a, now).iter().any(|c| c == consumable) {
             return;
         }
-        if spread::widen_to(a.lanes.as_ref(), now).is_none() {
+        if spread::widen_to(a.spread.lanes.as_ref(), now).is_none() {
             return;
         }
         let widened = self
             .apply(id, None, |a, now| {
-                let Some(k) = spread::widen_to(a.lanes.as_ref(), now) else { return Ok(crate::engine::Plan::AlreadySo(0)) };
+                let Some(k) = spread::widen_to(a.spread.lanes.as_ref(), now) else { return Ok(crate::engine::Plan::AlreadySo(0)) };
                 let mut next = a.next(now);
-                let l = next.lanes.get_or_insert_with(Lanes::default);
+                let l = next.spread.lanes.get_or_insert_with(Lanes::default);
                 l.k = k;
                 l.ever = l.ever.max(k);
                 l.changed_at = now;
-                crate::engine::Change::quiet(next, crate::cause::Cause::Spread, k).write()
+                crate::engine::Change::quiet(next, crate::cause::Cause::Widen, k).write()
             })
             .await
             .and_then(|a| a.done());
@@ -567,13 +572,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// first; only while the policy still says so on the state it commits on.
     async fn narrow(&self, id: &str) -> Result<Option<u32>, ApiError> {
         self.apply(id, None, |a, now| {
-            let Some(k) = spread::narrow_to(a.lanes.as_ref(), now) else { return Ok(crate::engine::Plan::AlreadySo(None)) };
+            let Some(k) = spread::narrow_to(a.spread.lanes.as_ref(), now) else { return Ok(crate::engine::Plan::AlreadySo(None)) };
             let mut next = a.next(now);
-            let l = next.lanes.get_or_insert_with(Lanes::default);
+            let l = next.spread.lanes.get_or_insert_with(Lanes::default);
             l.k = k;
             l.changed_at = now;
             l.leased_at.retain(|n, _| *n <= k);
-            crate::engine::Change::quiet(next, crate::cause::Cause::Lanes, Some(k)).write()
+            crate::engine::Change::quiet(next, crate::cause::Cause::Spread, Some(k)).write()
         })
         .await?
         .done()
@@ -584,7 +589,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// it narrowed.
     pub async fn settle_spread(&self, id: &str) -> Result<bool, ApiError> {
         let a = self.load(id).await?;
-        if spread::narrow_to(a.lanes.as_ref(), self.now()).is_none() {
+        if spread::narrow_to(a.spread.lanes.as_ref(), self.now()).is_none() {
             return Ok(false);
         }
         let k = self.narrow(id).await?;
@@ -609,7 +614,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// What account `id`'s lanes hold, as this process last knew them.
     pub(crate) fn lanes_balance(&self, id: &str) -> i64 {
         let Some(a) = self.cached(id) else { return 0 };
-        let Some(lanes) = &a.lanes else { return 0 };
+        let Some(lanes) = &a.spread.lanes else { return 0 };
         // Only lanes with credits out, never more than is out (a cached lane may be stale).
         let held = crate::money::total(lanes.out.keys().filter_map(|n| self.cached(&lane_id(id, *n))).map(|l| l.balance.get()));
         held.min(a.leased_total())
@@ -642,14 +647,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             return Err(ApiError::request_rule("invalid_lanes", "`min` must not be above `max`."));
         }
         self.apply(id, None, |a, now| {
-            let (was, k_was) = (spread::Bounds::of(a.lanes.as_ref()), spread::count(a.lanes.as_ref()));
+            let (was, k_was) = (spread::Bounds::of(a.spread.lanes.as_ref()), spread::count(a.spread.lanes.as_ref()));
             let k = k_was.clamp(min, max);
             let view = LanesView { lanes: k, min, max, automatic: min < max, floor: floor(&self.profile, a) };
             if was == (spread::Bounds { min, max }) && k == k_was {
                 return Ok(crate::engine::Plan::AlreadySo(view));
             }
             let mut next = a.next(now);
-            let l = next.lanes.get_or_insert_with(Lanes::default);
+            let l = next.spread.lanes.get_or_insert_with(Lanes::default);
             l.k = k;
             l.min = min;
             l.max = max;
@@ -666,8 +671,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             );
             // A new count is not safe beside the lanes' credits (a recall first); new bounds
             // around the same count move nothing.
-            let cause = if k == k_was { crate::cause::Cause::Spread } else { crate::cause::Cause::Lanes };
-            crate::engine::Change { audit: Some(audit), ..crate::engine::Change::quiet(next, cause, view) }.write()
+            let cause = if k == k_was { crate::cause::Cause::Widen } else { crate::cause::Cause::Spread };
+            crate::engine::Change::quiet(next, cause, view).with_audit(audit).write()
         })
         .await?
         .done()

@@ -55,7 +55,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     let partial = holding.len() > LANES_PER_RECALL;
     holding.truncate(LANES_PER_RECALL);
     for (i, lane) in holding.iter().enumerate() {
-        let Some(of) = &lane.lane else { continue };
+        let Some(of) = &lane.spread.lane else { continue };
         if i + 1 == holding.len() && !partial && crate::broken::on(crate::broken::Bug::SkipRecall) {
             continue;
         }
@@ -90,7 +90,7 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
         }
         lane_state.grants.clear();
         lane_state.balance = Micros::ZERO;
-        if let Some(o) = lane_state.lane.as_mut() {
+        if let Some(o) = lane_state.spread.lane.as_mut() {
             o.anchor = next.version;
         }
         lane_state.pending.moves = parts.iter().map(|(g, m)| (g.clone(), -m)).collect();
@@ -105,10 +105,10 @@ pub(crate) fn plan_recall(account: &Account, lanes: &[Account], now: i64) -> Opt
     }
     // Every lane's parts are settled: what did not come back was spent on it. A part of a
     // recall settles the lanes it brought home, and holds leases off for the rest.
-    if let Some(l) = next.lanes.as_mut() {
+    if let Some(l) = next.spread.lanes.as_mut() {
         if partial {
             for lane in &holding {
-                if let Some(of) = &lane.lane {
+                if let Some(of) = &lane.spread.lane {
                     l.out.remove(&of.n);
                 }
             }
@@ -174,7 +174,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 if expiring || change.next.balance.get() <= floor(&self.profile, &change.next) {
                     return true;
                 }
-                let usage = change.cause == crate::cause::Cause::Usage && !change.refused;
+                let usage = change.cause == crate::cause::Cause::Usage && !change.refused();
                 !(usage || change.cause.beside_lanes())
             }
         }

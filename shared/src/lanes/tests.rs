@@ -12,7 +12,8 @@ use crate::ids::key;
 use crate::lanes::lane_id;
 use crate::money::MICROS_PER_CREDIT as C;
 use crate::profile::Profile;
-use crate::reconcile::{lane_differences, ledger_differences};
+use crate::reconcile::ledger_differences;
+use super::lane_differences;
 
 type Mem = Credits<Arc<MemoryStore>, Arc<MemoryBus>>;
 
@@ -344,7 +345,7 @@ async fn left_alone(clock: &Arc<crate::clock::ManualClock>, credits: i64) -> (Me
 }
 
 fn lanes_now(a: &crate::account::Account) -> u32 {
-    super::spread::count(a.lanes.as_ref())
+    super::spread::count(a.spread.lanes.as_ref())
 }
 
 /// Rules §21: a process that loses races on an account widens it (doubling, a cooldown between
@@ -446,7 +447,34 @@ async fn a_recall_of_many_lanes_goes_in_parts() {
     let units = whole / 1_000 - 1;
     c.reserve("a", "api_calls", units, 60, &key("big-hold")).await.unwrap();
     let a = c.account("a").await.unwrap();
-    assert!(!a.leased_out() && a.lanes.as_ref().is_some_and(|l| l.draining_until == 0));
+    assert!(!a.leased_out() && a.spread.lanes.as_ref().is_some_and(|l| l.draining_until == 0));
     assert!(c.lanes_of(&a).await.unwrap().iter().all(|l| l.balance.get() == 0));
     assert_eq!(whole_and_clean(&c, "a").await, whole);
+}
+
+/// A change of the lanes setting records itself in the account's audit chain, with the setting
+/// before and after; setting it as it is records nothing (as every change through the engine).
+#[tokio::test]
+async fn a_change_of_lanes_records_itself_and_a_change_to_nothing_does_not() {
+    use crate::audit::{scoped, verify_chain, Actor, AuditLog, Context};
+    let c = memory_credits("usd-overage");
+    let svc = Context { actor: Actor { sub: "backend".into(), role: "service".into() }, request_id: "r1".into(), reason: None };
+    scoped(svc, async {
+        c.upsert_account("a", "free", vec![]).await.unwrap();
+        c.set_lanes("a", 2).await.unwrap();
+        c.set_lanes("a", 2).await.unwrap(); // as it is: nothing
+    })
+    .await;
+    let records = c.store.audit_chain("a", 0, 100).await.unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["account.create", "lanes.update"]);
+    let set = &records[1];
+    assert_eq!((set.before.clone(), set.after.clone()), (
+            Some(serde_json::json!({"lanes": 1, "min": 1, "max": super::spread::AUTO_MAX})),
+            Some(serde_json::json!({"lanes": 2, "min": 2, "max": 2}))
+        )
+    );
+    assert!(records.iter().all(|r| r.actor.sub == "backend" && r.request_id == "r1"));
+    let head = c.store.load_account("a").await.unwrap().unwrap().audit;
+    assert_eq!(verify_chain("a", &records, head.as_ref()), Ok(2));
 }

@@ -22,10 +22,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-mod lanes;
 mod runs;
-
-pub use lanes::lane_differences;
 
 pub use runs::{Report, Unreadable};
 
@@ -99,15 +96,8 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
             None => Vec::new(),
         };
         let mut differences = ledger_differences(&account, &ledger);
-        if account.lanes_ever() > 0 {
-            // The account with its lanes, as a whole (each lane is also reconciled on its own).
-            let mut lanes = Vec::new();
-            for lane in self.lanes_of(&account).await? {
-                let ledger = self.whole_ledger(&lane.id).await?;
-                lanes.push((lane, ledger));
-            }
-            differences.extend(lane_differences(&account, &ledger, &lanes));
-        }
+        // The account as a whole, when parts of it are held on other items (`parts`).
+        differences.extend(self.part_differences(&account, &ledger).await?);
         let entities = self.store.entities(id).await.map_err(|_| ApiError::Upstream)?;
         differences.extend(entity_differences(id, &entities, &ledger));
         differences
@@ -410,8 +400,8 @@ impl Difference {
 }
 
 /// rules §17: each entity's recorded spend for its month is what its entries of that month drew
-/// (a debit naming an entity writes its entry and its record in one commit). Entries of an
-/// entity never go to a lane, so the account's own ledger holds them all.
+/// (a debit naming an entity writes its entry and its record in one commit). A debit naming an
+/// entity is always written on the account's own item, so its own ledger holds them all.
 pub fn entity_differences(account_id: &str, entities: &[crate::entities::Entity], ledger: &[LedgerEntry]) -> Vec<Difference> {
     let mut drawn: HashMap<(&str, String), i64> = HashMap::new();
     for e in ledger.iter().filter(|e| e.kind == EntryKind::Consumption) {

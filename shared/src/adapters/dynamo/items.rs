@@ -154,7 +154,7 @@ pub(crate) fn plan_commit(c: &Commit) -> Result<Vec<Planned>, StoreError> {
         out.push(planned(item, Some(NEW), Slot::Other, "recharge"));
     }
     for w in &c.entities {
-        let owner = crate::lanes::owner_of(&c.account.id);
+        let owner = crate::parts::owner_of(&c.account.id);
         let item = to_item(&w.record, account_pk(owner), format!("ENTITY#{}", w.record.entity), None)?;
         let condition = if w.expected_version == 0 {
             (NEW.to_string(), vec![])
@@ -279,7 +279,7 @@ fn block_item(account_id: &str, entries: &[LedgerEntry]) -> Result<Item, StoreEr
     item.insert("account_id".into(), s(account_id));
     item.insert("last_seq".into(), AttributeValue::N(last.to_string()));
     item.insert("block".into(), s(json));
-    // A lane's group commit: every entry of it follows the same account entry.
+    // A part's group commit: every entry of it follows the same account entry (`Account::anchor`).
     if let Some(a) = entries.first().and_then(|e| e.anchor) {
         item.insert("anchor".into(), AttributeValue::N(a.to_string()));
     }

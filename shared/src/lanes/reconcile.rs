@@ -8,10 +8,31 @@
 use std::collections::HashMap;
 
 use crate::account::Account;
-use crate::lanes::ledger::order_key;
+use crate::engine::Credits;
+use crate::error::ApiError;
+use crate::events::EventBus;
 use crate::ledger::{EntryKind, LedgerEntry};
+use crate::reconcile::Difference;
+use crate::store::Store;
 
-use super::Difference;
+use super::ledger::order_key;
+
+impl<S: Store, B: EventBus> Credits<S, B> {
+    /// What reconciling `account` (with `own`, its own item's ledger, oldest first) finds of it
+    /// as a whole with its lanes (`lane_differences`): nothing for an account without lanes.
+    /// Each lane is also reconciled on its own, as an account item of its own.
+    pub async fn part_differences(&self, account: &Account, own: &[LedgerEntry]) -> Result<Vec<Difference>, ApiError> {
+        if account.lanes_ever() == 0 {
+            return Ok(vec![]);
+        }
+        let mut lanes = Vec::new();
+        for lane in self.lanes_of(account).await? {
+            let ledger = self.whole_ledger(&lane.id).await?;
+            lanes.push((lane, ledger));
+        }
+        Ok(lane_differences(account, own, &lanes))
+    }
+}
 
 /// Differences between an account (with its own ledger, oldest first) and its lanes (each
 /// with its ledger, oldest first).
@@ -38,7 +59,7 @@ pub fn lane_differences(
         a.amount.get() == -b.amount.get() && x == y
     };
     for (lane, ledger) in lanes {
-        let n = lane.lane.as_ref().map_or(0, |l| l.n);
+        let n = lane.spread.lane.as_ref().map_or(0, |l| l.n);
         let mut previous = None;
         for e in ledger {
             let key = order_key(n, e);
@@ -67,7 +88,7 @@ pub fn lane_differences(
             }
         }
         let out_to_lane: i64 =
-            account.lanes.as_ref().and_then(|l| l.out.get(&n)).map_or(0, |v| crate::money::total(v.iter().map(|(_, m)| *m)));
+            account.spread.lanes.as_ref().and_then(|l| l.out.get(&n)).map_or(0, |v| crate::money::total(v.iter().map(|(_, m)| *m)));
         if lane.balance.get() > out_to_lane {
             out.push(diff(
                 "lane_holds_more_than_leased",
@@ -88,7 +109,7 @@ pub fn lane_differences(
     // The whole balance in the account's order.
     let mut all: Vec<((u64, u8, u32, u64), i64)> = own.iter().map(|e| (order_key(0, e), e.amount.get())).collect();
     for (lane, ledger) in lanes {
-        let n = lane.lane.as_ref().map_or(0, |l| l.n);
+        let n = lane.spread.lane.as_ref().map_or(0, |l| l.n);
         all.extend(ledger.iter().map(|e| (order_key(n, e), e.amount.get())));
     }
     all.sort();
