@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::http::{error_body, status_of};
 use crate::ids::IdempotencyKey;
-use crate::lanes::owner_of;
+use crate::parts::owner_of;
 use crate::ledger::{self, EntryKind, IdemRecord, LedgerEntry};
 use crate::money::Micros;
 use crate::store::Store;
@@ -142,8 +142,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         let mut results = Vec::with_capacity(events.len());
         // Keys found applied before, so a key repeated later in the batch replays.
         let mut known: HashMap<String, IdemRecord> = HashMap::new();
-        // An account with lanes: the batch goes to one lane while it can take the events
-        // (leasing when its credits are spent), then to the account (rules §14).
+        // An account spread over parts: the batch goes where `route` sends it while that item
+        // can take the events, then where `reroute` says (rules §14).
         // Events naming an entity are decided with its record on the account (rules §17).
         let named = events.iter().any(|e| e.entity.is_some());
         let Some(first) = events.first() else { return Ok(BatchResults { results }) };
@@ -153,14 +153,14 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let upto = (from + EVENTS_PER_COMMIT).min(events.len());
             let (target, beside) = self.target(&route);
             // A commit may take fewer events than offered (see `ITEMS_PER_TRANSACTION`), and a
-            // lane stops at the first event it cannot take (as a single debit would answer).
+            // part stops at the first event it cannot take (as a single debit would answer).
             let failure = match self.commit_group(&target, beside, &events[from..upto], &mut known).await {
                 Ok(done) if !done.is_empty() => {
                     results.extend(done);
                     route.moved_on();
                     continue;
                 }
-                Ok(_) => ApiError::NotOnLane,
+                Ok(_) => ApiError::Elsewhere,
                 Err(e) => e,
             };
             let e = &events[from];
@@ -172,7 +172,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             match self.reroute(route, &failure, &e.consumable, e.quantity, ahead).await? {
                 Some(next) => route = next,
                 // Nothing taken on the account itself is a failure of the store.
-                None if failure == ApiError::NotOnLane => return Err(ApiError::Upstream),
+                None if failure == ApiError::Elsewhere => return Err(ApiError::Upstream),
                 None => return Err(failure),
             }
         }
@@ -239,8 +239,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         }
                         let d = match ledger::draw(profile, &next, &e.consumable, e.quantity, now) {
                             Ok(d) => d,
-                            // A lane stops here: this event and the rest go elsewhere.
-                            Err(ApiError::NotOnLane) => break,
+                            // A part stops here: this event and the rest go elsewhere.
+                            Err(ApiError::Elsewhere) => break,
                             Err(refusal) => {
                                 results.push(EventResult::refused(key, &refusal));
                                 continue;
@@ -289,7 +289,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                         let outcome = Debited {
                             from_allowance: d.from_allowance,
                             from_credits: d.cost.get(),
-                            balance: next.balance.get().saturating_add(crate::lanes::beside_of(a, beside)),
+                            balance: next.balance.get().saturating_add(crate::parts::beside_of(a, beside)),
                             transaction_id: entry.as_ref().map(|en| en.id.clone()),
                         };
                         let rec = IdemRecord {
@@ -310,8 +310,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     let refused = results.iter().any(|r| r.status == 402);
                     if keys.is_empty() {
                         if refused && a.leased_out() {
-                            // Refused while lanes hold credits: decided again on the whole.
-                            return Err(ApiError::NotOnLane);
+                            // Refused while parts hold credits: decided again on the whole.
+                            return Err(ApiError::Elsewhere);
                         }
                         // Nothing to write: answered on the state as read (a refusal decided
                         // on a cached state is planned again on a fresh read first).

@@ -65,7 +65,8 @@ impl<S: Store, B: EventBus> Credits<S, B> {
 
     /// A debit of `entity`'s usage, if it names one (rules §17): decided against the entity's
     /// month as well as the account, in one commit with the entity's record. A debit naming an
-    /// entity goes to the account, never a lane, so the entity's spend is decided in one place.
+    /// entity goes to the account's own item, never a part of it, so the entity's spend is
+    /// decided in one place.
     pub async fn debit_as(
         &self,
         id: &str,
@@ -78,15 +79,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             check_entity(name)?;
             for _ in 0..ENTITY_ATTEMPTS {
                 let stored = self.entity_record(id, name).await?;
-                match self.debit_once(id, self.lanes_balance(id), consumable, quantity, key, Some(&stored)).await? {
+                match self.debit_once(id, self.held_elsewhere(id), consumable, quantity, key, Some(&stored)).await? {
                     Applied::EntityMoved => continue,
                     applied => return applied.done(),
                 }
             }
             return Err(ApiError::Busy);
         }
-        // An account with lanes: the debit goes to a lane when it can take it, leasing once if
-        // its credits are spent; otherwise to the account, which decides on the whole.
+        // An account spread over parts: the debit goes where `route` sends it, and on where
+        // `reroute` says when that item cannot take it; the account's own item decides on the
+        // whole.
         let mut route = self.route(id, consumable, false).await;
         loop {
             let (target, beside) = self.target(&route);
@@ -101,9 +103,9 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         }
     }
 
-    /// A debit applied on `target`: the account, or one of its lanes. While lanes hold credits
-    /// the answer adds `beside`, the rest of the account's balance as this process last knew it
-    /// (the other lanes', and the account's for a lane).
+    /// A debit applied on `target`: the account's item, or one of its parts. While parts hold
+    /// credits the answer adds `beside`, the rest of the account's balance as this process last
+    /// knew it.
     async fn debit_on(
         &self,
         target: &str,
@@ -152,7 +154,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let outcome = Debited {
                 from_allowance: d.from_allowance,
                 from_credits: d.cost.get(),
-                balance: next.balance.get().saturating_add(crate::lanes::beside_of(a, beside)),
+                balance: next.balance.get().saturating_add(crate::parts::beside_of(a, beside)),
                 transaction_id: entry.as_ref().map(|e| e.id.clone()),
             };
             let (entities, events) = match spend {

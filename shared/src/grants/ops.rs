@@ -22,7 +22,7 @@ pub struct ExpiryReport {
     /// Accounts whose grants expired now (the others had expired at a write meanwhile, or
     /// wait for an open hold).
     pub expired: usize,
-    /// Hot accounts gone quiet, brought back to their fewest lanes (rules §21).
+    /// Hot accounts gone quiet, brought back to their fewest parts (rules §21).
     pub narrowed: usize,
     pub failed: usize,
 }

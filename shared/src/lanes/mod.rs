@@ -475,7 +475,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub(crate) fn target(&self, route: &Route) -> (String, i64) {
         match route.lane {
             Some(n) => (lane_id(&route.id, n), self.balance_beside(&route.id, n)),
-            None => (route.id.clone(), self.lanes_balance(&route.id)),
+            None => (route.id.clone(), self.held_elsewhere(&route.id)),
         }
     }
 
@@ -612,7 +612,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     }
 
     /// What account `id`'s lanes hold, as this process last knew them.
-    pub(crate) fn lanes_balance(&self, id: &str) -> i64 {
+    pub(crate) fn held_elsewhere(&self, id: &str) -> i64 {
         let Some(a) = self.cached(id) else { return 0 };
         let Some(lanes) = &a.spread.lanes else { return 0 };
         // Only lanes with credits out, never more than is out (a cached lane may be stale).

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 
 use super::{lane_serves, LaneOf, Lanes};
 
-pub use super::owner_of;
+pub use super::{beside_of, owner_of};
 
 /// The name events carry in their `cause` for a change of how an account is spread
 /// (`Cause::Spread`: `PUT …/lanes`).
@@ -115,13 +115,6 @@ impl Account {
     }
 }
 
-impl ApiError {
-    /// The lanes' name of `ApiError::Elsewhere`: a lane cannot take this debit (its lease is
-    /// spent, or is of another month, or the consumable still has allowance), and the debit
-    /// goes to the account. Kept while `usage.rs`, `batch.rs` and `lanes/mod.rs` still name it.
-    #[allow(non_upper_case_globals)]
-    pub const NotOnLane: ApiError = ApiError::Elsewhere;
-}
 
 #[cfg(test)]
 mod tests {
