@@ -34,10 +34,20 @@ async fn the_setting_is_the_services_and_checked() {
     let path = "/v1/accounts/acme/lanes";
     let (s, b) = w.api(put(path, &service(), json!({"lanes": 4}))).await;
     assert_eq!((s, b["lanes"].as_u64(), b["floor"].as_i64()), (200, Some(4), Some(5 * C)), "{b}");
+    assert_eq!((b["min"].as_u64(), b["max"].as_u64(), b["automatic"].as_bool()), (Some(4), Some(4), Some(false)), "{b}");
+    // Bounds: the count moves into them now, and the account spreads itself within them.
+    let (s, b) = w.api(put(path, &service(), json!({"min": 1, "max": 2}))).await;
+    assert_eq!((s, b["lanes"].as_u64(), b["automatic"].as_bool()), (200, Some(2), Some(true)), "{b}");
+    let (s, b) = w.api(put(path, &service(), json!({"min": 1}))).await;
+    assert_eq!((s, b["lanes"].as_u64(), b["max"].as_u64()), (200, Some(2), Some(64)), "{b}");
     for (body, status, code) in [
         (json!({"lanes": 0}), 422, "invalid_lanes"),
-        (json!({"lanes": 17}), 422, "invalid_lanes"),
+        (json!({"lanes": 65}), 422, "invalid_lanes"),
         (json!({"lanes": -1}), 422, "invalid_lanes"),
+        (json!({"min": 4, "max": 2}), 422, "invalid_lanes"),
+        (json!({"max": 65}), 422, "invalid_lanes"),
+        (json!({"lanes": 4, "max": 8}), 400, "invalid_request"),
+        (json!({}), 400, "invalid_request"),
         (json!({"lanes": "4"}), 400, "invalid_request"),
         (json!({"lanes": 4, "shards": 2}), 400, "invalid_request"),
     ] {
@@ -170,5 +180,64 @@ async fn batches_the_ledger_page_and_demotion() {
     }
     w.assert_invariants("hot").await;
     let report = w.credits.reconcile_account(&stripe_payments(), "hot").await.expect("reconcile");
+    assert!(report.differences.is_empty(), "{:?}", report.differences);
+}
+
+/// Rules §21: nobody sets lanes. Eight processes debiting one account at once lose races on
+/// its item; the account widens itself, the debits go on over its lanes, every credit exact;
+/// left quiet, the scheduled run brings it back to one lane with every lane's credits home.
+#[tokio::test]
+async fn an_account_spreads_itself_and_comes_home_when_quiet() {
+    let w = Arc::new(World::new("usd-overage").await.with_manual_clock(1_795_300_000_000));
+    w.account("auto", "free").await;
+    let (s, b) = w.usage("auto", "api_calls", 1_000).await;
+    assert_eq!(s, 200, "{b}");
+    w.grant("auto", 20 * C).await;
+    let lanes_now = |a: &topup::account::Account| topup::lanes::spread::count(a.spread.lanes.as_ref());
+    let mut debits = 0i64;
+    for round in 0..8 {
+        let mut tasks = Vec::new();
+        for p in 0..8 {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                let instance = w.another_instance();
+                for i in 0..6 {
+                    let resp = debit::handle(&w.config, &instance, usage("auto", 1, &format!("r{round}-p{p}-{i}"))).await;
+                    let (s, b) = read(resp);
+                    assert_eq!(s, 200, "{b}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("debits");
+        }
+        debits += 8 * 6;
+        // Past the cooldown between two changes of the count.
+        w.advance(topup::lanes::spread::WIDEN_COOLDOWN_MS);
+        if lanes_now(&w.credits.account("auto").await.expect("account")) >= 4 {
+            break;
+        }
+    }
+    let account = w.credits.account("auto").await.expect("account");
+    assert!(lanes_now(&account) >= 2, "contention spread the account: {:?}", account.spread.lanes);
+    let view = w.view("auto").await;
+    assert_eq!(view["balance"], 20 * C - debits * 1_000, "{view}");
+    w.assert_invariants("auto").await;
+
+    // Quiet: due in the expiry run's index at its last lease plus the quiet time; the run
+    // narrows it to one lane and brings every lane's credits home.
+    let due = account.expiry_due().expect("listed for a look");
+    w.advance(due - w.now() + 1);
+    let report = w.credits.expire_grants(w.now()).await.expect("the scheduled run");
+    assert_eq!((report.narrowed, report.failed), (1, 0), "{report:?}");
+    let account = w.credits.account("auto").await.expect("account");
+    assert_eq!(lanes_now(&account), 1);
+    assert!(!account.leased_out() && account.expiry_due().is_none());
+    for lane in w.credits.lanes_of(&account).await.expect("lanes") {
+        assert_eq!(lane.balance.get(), 0, "{}", lane.id);
+    }
+    assert_eq!(w.view("auto").await["balance"], 20 * C - debits * 1_000);
+    w.assert_invariants("auto").await;
+    let report = w.credits.reconcile_account(&stripe_payments(), "auto").await.expect("reconcile");
     assert!(report.differences.is_empty(), "{:?}", report.differences);
 }
