@@ -21,6 +21,12 @@ pub enum Bug {
     /// A recall of an account's lanes leaves the last lane's credits out, and the account
     /// forgets them as though the lane had spent them.
     SkipRecall,
+    /// An entity's monthly limit is never checked: a debit or hold naming it passes whatever
+    /// the month has spent.
+    IgnoreEntityLimit,
+    /// Webhooks out: an attempt whose claim found the delivery taken (another runner has it,
+    /// or a redelivered bus event finds it made) POSTs anyway.
+    DeliverTwice,
 }
 
 #[cfg(feature = "broken")]
