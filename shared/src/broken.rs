@@ -21,6 +21,12 @@ pub enum Bug {
     /// A recall of the credits out on an account's parts (`parts`) leaves the last part's
     /// out, and the account forgets them as though that part had spent them.
     SkipRecall,
+    /// An entity's monthly limit is never checked: a debit or hold naming it passes whatever
+    /// the month has spent.
+    IgnoreEntityLimit,
+    /// Webhooks out: an attempt whose claim found the delivery taken (another runner has it,
+    /// or a redelivered bus event finds it made) POSTs anyway.
+    DeliverTwice,
 }
 
 #[cfg(feature = "broken")]

@@ -155,7 +155,11 @@ impl Entity {
     /// 402 `entity_budget_exceeded` if drawing `cost` more would take the month past the limit.
     pub fn room_for(&self, cost: i64, now: i64) -> Result<(), ApiError> {
         match self.monthly_limit {
-            Some(limit) if cost > 0 && self.spent_this_month(now).saturating_add(cost) > limit => {
+            Some(limit)
+                if cost > 0
+                    && self.spent_this_month(now).saturating_add(cost) > limit
+                    && !crate::broken::on(crate::broken::Bug::IgnoreEntityLimit) =>
+            {
                 Err(ApiError::EntityBudgetExceeded {
                     entity: self.entity.clone(),
                     remaining: self.remaining(now).unwrap_or(0),
