@@ -105,6 +105,10 @@ static HOOK_RETRIED: AtomicUsize = AtomicUsize::new(0);
 static GROUPS: AtomicUsize = AtomicUsize::new(0);
 static SWITCHES: AtomicUsize = AtomicUsize::new(0);
 static RACES: AtomicUsize = AtomicUsize::new(0);
+/// Lane counts the account changed by itself (rules §21): wider on contention, narrower when
+/// its lanes went unused or quiet.
+static WIDENED: AtomicUsize = AtomicUsize::new(0);
+static NARROWED: AtomicUsize = AtomicUsize::new(0);
 
 const ACCOUNT: &str = "acme";
 const JWT: &str = "simulator-secret-0123456789";
@@ -117,6 +121,8 @@ const STEPS: usize = 40;
 const ENTITIES: [&str; 3] = ["user:ann", "proj-x", "key-9"];
 /// How often a step runs operations at once.
 const CONCURRENT_PERCENT: u64 = 20;
+/// How often a step is a crowd of debits from every process at once.
+const CROWD_PERCENT: u64 = 4;
 
 
 // ---- interleavings: yield points and a seeded executor ---------------------------------------
@@ -167,11 +173,14 @@ type Running<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 async fn interleave<'a, T>(rng: &mut Rng, mut ops: Vec<Running<'a, T>>) -> Vec<T> {
     let n = ops.len();
     let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    // In the order they finished: what an operation answered is checked after those that
+    // answered before it (a key refused and then applied by a retry racing it is no replay).
+    let mut finished: Vec<usize> = Vec::with_capacity(n);
     let mut last = usize::MAX;
     loop {
         let live: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
         if live.is_empty() {
-            return out.into_iter().flatten().collect();
+            return finished.into_iter().filter_map(|i| out[i].take()).collect();
         }
         let i = live[rng.below(live.len() as u64) as usize];
         if i != last && last != usize::MAX && out[last].is_none() {
@@ -190,6 +199,7 @@ async fn interleave<'a, T>(rng: &mut Rng, mut ops: Vec<Running<'a, T>>) -> Vec<T
             match polled {
                 Poll::Ready(v) => {
                     out[i] = Some(v);
+                    finished.push(i);
                     break;
                 }
                 Poll::Pending if yielded => break,
@@ -863,7 +873,8 @@ enum Op {
     BalanceLow { proc: usize },
     Sweep { proc: usize, lease: i64 },
     Expiry { proc: usize },
-    Lanes { proc: usize, k: u32 },
+    /// An operator's override: a fixed count, or bounds the account spreads itself within.
+    Lanes { proc: usize, k: u32, automatic: bool },
     Purchase { proc: usize, key: String, amount: i64 },
     /// A Stripe event to the `webhook` function.
     Stripe { proc: usize, event: Value },
@@ -930,6 +941,9 @@ struct Schedule {
     verified: Cell<usize>,
     max_attempts: u32,
     trace: Vec<String>,
+    /// The account's lane count after the last step, and whether an operator set it since.
+    lanes_seen: u32,
+    operator_lanes: Cell<bool>,
 }
 
 /// The failure of a schedule: its seed, what broke, and the steps so far.
@@ -1033,6 +1047,8 @@ impl Schedule {
             verified: Cell::new(0),
             max_attempts,
             trace: vec![format!("card {card:?}, monthly_max {monthly_max}")],
+            lanes_seen: 1,
+            operator_lanes: Cell::new(false),
         };
         s.setup().await;
         s
@@ -1326,7 +1342,7 @@ impl Schedule {
             48..=54 => Op::BalanceLow { proc },
             55..=56 => Op::Sweep { proc, lease: if self.rng.chance(50) { 0 } else { topup::recharge::LEASE_MS } },
             57..=59 => Op::Expiry { proc },
-            60..=61 => Op::Lanes { proc, k: self.rng.range(1, 4) as u32 },
+            60..=61 => Op::Lanes { proc, k: self.rng.range(1, 4) as u32, automatic: self.rng.chance(50) },
             62..=65 => {
                 if !self.purchases.is_empty() && self.rng.chance(25) {
                     let i = self.rng.below(self.purchases.len() as u64) as usize;
@@ -1405,7 +1421,7 @@ impl Schedule {
                     .as_array()
                     .map(|r| r.iter().filter_map(|x| x["status"].as_u64()).collect())
                     .unwrap_or_default();
-                Outcome::line(format!("batch of {} → {status} {statuses:?} {}", events.len(), code(&answer)))
+                Outcome::line(format!("batch of {} {:?} → {status} {statuses:?} {}", events.len(), events.iter().map(|e| e["idempotency_key"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>(), code(&answer)))
             }
             Op::Hold { proc, qty, key, entity } => {
                 let r = self.procs[*proc].reserve_as(ACCOUNT, "api_calls", *qty, 600, &ids(key), entity.as_deref()).await;
@@ -1460,10 +1476,18 @@ impl Schedule {
                 let r = self.procs[*proc].expire_grants(self.clock_now()).await;
                 Outcome::line(format!("expiry run → {}", outcome(&r.map(|_| ()))))
             }
-            Op::Lanes { proc, k } => {
-                // An operator spreads the account over lanes, or takes them away (1: none).
-                let r = self.procs[*proc].set_lanes(ACCOUNT, *k).await;
-                Outcome::line(format!("lanes {k} → {}", outcome(&r.map(|_| ()))))
+            Op::Lanes { proc, k, automatic } => {
+                // An operator fixes the account's lanes (1: none), or lets it spread itself
+                // within 1..=max.
+                self.operator_lanes.set(true);
+                if *automatic {
+                    let max = (*k).max(2) * 2;
+                    let r = self.procs[*proc].set_lane_bounds(ACCOUNT, 1, max).await;
+                    Outcome::line(format!("lanes 1..={max} → {}", outcome(&r.map(|_| ()))))
+                } else {
+                    let r = self.procs[*proc].set_lanes(ACCOUNT, *k).await;
+                    Outcome::line(format!("lanes {k} → {}", outcome(&r.map(|_| ()))))
+                }
             }
             Op::Purchase { proc, key, amount } => {
                 let body = Some(json!({"amount": amount}).to_string());
@@ -1562,6 +1586,41 @@ impl Schedule {
     async fn step(&mut self, i: usize) -> Result<(), String> {
         self.tick();
         let fault = if i > 0 { self.arm() } else { "" };
+        if i > 0 && self.rng.chance(CROWD_PERCENT) {
+            // A crowd: each of the three processes debits the account again and again, one
+            // request after another as a Lambda environment serves them, all three at once:
+            // they lose races to each other, and the account may spread itself (rules §21).
+            let mut bursts: Vec<Vec<Op>> = vec![vec![], vec![], vec![]];
+            for (p, burst) in bursts.iter_mut().enumerate() {
+                for _ in 0..self.rng.range(2, 6) {
+                    let r = self.rng.below(22);
+                    if let Some(op) = self.draw_op(r, p).await {
+                        burst.push(op);
+                    }
+                }
+            }
+            let mut order = Rng(self.rng.next());
+            let this = &*self;
+            let running: Vec<Running<'_, Vec<Outcome>>> = bursts
+                .iter()
+                .map(|burst| {
+                    Box::pin(async move {
+                        let mut outs = vec![];
+                        for op in burst {
+                            outs.push(this.run(op).await);
+                        }
+                        outs
+                    }) as Running<'_, Vec<Outcome>>
+                })
+                .collect();
+            let outs = interleave(&mut order, running).await;
+            GROUPS.fetch_add(1, Relaxed);
+            let mut lines = vec![];
+            for out in outs.into_iter().flatten() {
+                lines.push(self.after(out)?);
+            }
+            return self.finish(i, fault, format!("a crowd: {}", lines.join(" ‖ "))).await;
+        }
         if i > 0 && self.rng.chance(CONCURRENT_PERCENT) {
             // Two or three operations from different processes, at once.
             let n = if self.rng.chance(30) { 3 } else { 2 };
@@ -1826,7 +1885,18 @@ impl Schedule {
     async fn finish(&mut self, i: usize, fault: &str, line: String) -> Result<(), String> {
         self.disarm();
         self.clock.advance(1);
-        let balance = self.procs[0].account(ACCOUNT).await.map(|a| a.balance.get()).unwrap_or(-1);
+        let account = self.procs[0].account(ACCOUNT).await.ok();
+        let balance = account.as_ref().map_or(-1, |a| a.balance.get());
+        // A count the account changed by itself (rules §21), not an operator's.
+        let k = account.as_ref().map_or(1, |a| topup::lanes::spread::count(a.spread.lanes.as_ref()));
+        if !self.operator_lanes.replace(false) {
+            if k > self.lanes_seen {
+                WIDENED.fetch_add(1, Relaxed);
+            } else if k < self.lanes_seen {
+                NARROWED.fetch_add(1, Relaxed);
+            }
+        }
+        self.lanes_seen = k;
         self.trace.push(format!("{i}: [{fault}] {line} · balance {balance}"));
         Ok(())
     }
@@ -2392,7 +2462,8 @@ fn schedules_keep_every_invariant() {
         "simulator: {} schedules of {STEPS} steps, {} failed; reached: {} recharges credited, {} cancelled after failing, \
          {} checks with a recharge kept while processing, {} with a lane holding credits, {} disputes that took credits, \
          {} purchases credited, {} entity refusals, {} checks with an entity at 80 % of its limit or more, {} webhook POSTs, \
-         {} follow-ups handled, {} steps with operations at once, {} switches between them, {} commits that lost a race",
+         {} follow-ups handled, {} steps with operations at once, {} switches between them, {} commits that lost a race, \
+         {} lane counts widened and {} narrowed by the account itself",
         seeds.len(),
         failures.len(),
         RECHARGED.load(Relaxed),
@@ -2408,6 +2479,8 @@ fn schedules_keep_every_invariant() {
         GROUPS.load(Relaxed),
         SWITCHES.load(Relaxed),
         RACES.load(Relaxed),
+        WIDENED.load(Relaxed),
+        NARROWED.load(Relaxed),
     );
     assert!(failures.is_empty(), "{} of {} schedules failed; the first:\n{}", failures.len(), seeds.len(), failures[0]);
 }
