@@ -522,6 +522,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     // budget (then 503 with Retry-After), never a 502 for a write that would
                     // have been taken a moment later (rules §21). Not a lost race: more lanes
                     // would not make this process's own writes fit its partition.
+                    self.throttled(account_id);
                     if self.write_budget.checked_sub(started.elapsed()).is_none() {
                         break;
                     }

@@ -528,7 +528,19 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     pub(crate) fn lost_race(&self, id: &str) {
         let owner = owner_of(id);
         self.spread.lost(owner, self.now());
-        if owner != id {
+        self.move_lane(id);
+    }
+
+    /// A write on `id` was throttled by its partition (rules §21): not a lost race (more lanes
+    /// would not make this process's own writes fit), but on a lane this process moves to
+    /// another, whose partition may have room.
+    pub(crate) fn throttled(&self, id: &str) {
+        self.move_lane(id);
+    }
+
+    /// On a lane, this process's next lane: drawn from its last.
+    fn move_lane(&self, id: &str) {
+        if owner_of(id) != id {
             let h = self.home_lane.load(Ordering::Relaxed);
             let next = h.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             self.home_lane.store(next ^ (next >> 16), Ordering::Relaxed);
