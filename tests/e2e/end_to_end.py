@@ -564,9 +564,10 @@ def lanes(api, svc, checks):
     http("POST", f"{acct}/credits/adjustments", svc, {"amount": 20_000_000, "reason": "lanes grant", "idempotency_key": "lg1"})
     http("POST", f"{acct}/usage", svc, {"consumable": "api_calls", "quantity": 1_000, "idempotency_key": "l-allowance"})
     s, b = http("PUT", f"{acct}/lanes", svc, {"lanes": 4})
-    checks.check("PUT lanes → 200 {lanes: 4, floor: $5}", s == 200 and b == {"lanes": 4, "floor": 5_000_000}, f"{s} {b}")
-    s, bad = http("PUT", f"{acct}/lanes", svc, {"lanes": 17})
-    checks.check("PUT lanes 17 → 422 invalid_lanes", s == 422 and (bad or {}).get("error", {}).get("code") == "invalid_lanes",
+    checks.check("PUT lanes → 200 {lanes: 4, min: 4, max: 4, automatic: false, floor: $5}",
+                 s == 200 and b == {"lanes": 4, "min": 4, "max": 4, "automatic": False, "floor": 5_000_000}, f"{s} {b}")
+    s, bad = http("PUT", f"{acct}/lanes", svc, {"lanes": 65})
+    checks.check("PUT lanes 65 → 422 invalid_lanes", s == 422 and (bad or {}).get("error", {}).get("code") == "invalid_lanes",
                  f"{s} {bad}")
     events = [{"consumable": "api_calls", "quantity": 10, "idempotency_key": f"le{i}"} for i in range(60)]
     statuses = []
@@ -598,6 +599,14 @@ def lanes(api, svc, checks):
     checks.check("lanes 1 → every lane's credits home, the whole balance unchanged",
                  s == 200 and first.get("balance_after") == want and (v or {}).get("balance") == want,
                  f"{s} {b} {page} {v}")
+    # Bounds instead of a count (rules §21): the account spreads itself within them.
+    s, b = http("PUT", f"{acct}/lanes", svc, {"min": 1, "max": 8})
+    checks.check("PUT lanes {min: 1, max: 8} → 200, automatic within the bounds",
+                 s == 200 and (b or {}).get("automatic") is True and (b or {}).get("min") == 1 and (b or {}).get("max") == 8,
+                 f"{s} {b}")
+    s, bad = http("PUT", f"{acct}/lanes", svc, {"lanes": None, "min": 1, "max": 1})
+    checks.check("PUT lanes {lanes: null, …} → 400 invalid_request, nothing changed",
+                 s == 400 and (bad or {}).get("error", {}).get("code") == "invalid_request", f"{s} {bad}")
 
 
 def entities(api: str, svc: str, checks: Checks, stack_api, secret: str, moto: str) -> None:

@@ -691,6 +691,10 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             body.reason()?;
             let max_lanes = topup::lanes::MAX_LANES;
             let count = |name: &str| -> Result<Option<u32>, ApiError> {
+                // A field given as null is not a field left out: the counts are integers.
+                if body.0.get(name).is_some_and(serde_json::Value::is_null) {
+                    return Err(ApiError::invalid(format!("`{name}` must be an integer.")));
+                }
                 match body.opt_i64(name)? {
                     None => Ok(None),
                     Some(n) => u32::try_from(n).map(Some).map_err(|_| {
