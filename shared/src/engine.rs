@@ -475,6 +475,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             };
             match written {
                 Ok(()) => {
+                    self.wrote(account_id, !fresh);
                     self.remember(&next);
                     for l in &lanes_after {
                         self.remember(l);
@@ -501,6 +502,7 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     if fresh {
                         self.lost_race(account_id);
                     }
+                    self.overtaken(account_id);
                     self.remember(&a);
                     current = *a;
                     fresh = true;
@@ -509,11 +511,13 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                     if fresh {
                         self.lost_race(account_id);
                     }
+                    self.overtaken(account_id);
                     current = self.load(account_id).await?;
                     fresh = true;
                 }
                 Err(CommitError::Conflict) => {
                     self.lost_race(account_id);
+                    self.overtaken(account_id);
                     current = self.load(account_id).await?;
                     fresh = true;
                 }

@@ -275,7 +275,12 @@ fn plan_lease(
     let spare = (account.balance.get() - floor(profile, account) - 1)
         .min(account.available(now).get())
         .min(crate::money::total(first.iter().map(|g| g.remaining.get())));
-    let amount = want.min(spare);
+    // A fair share: a lane takes at most what the account could give every lane alike. Near
+    // empty, what is left then stays on the account (decided there, one debit at a time)
+    // instead of going whole to the first lane that asks and being recalled from it by the
+    // next, lease after recall, 64 lanes at a time.
+    let share = spare / i64::from(lanes.k.max(1));
+    let amount = want.min(share);
     if amount < need.max(1) {
         return None;
     }
@@ -535,7 +540,24 @@ impl<S: Store, B: EventBus> Credits<S, B> {
     /// would not make this process's own writes fit), but on a lane this process moves to
     /// another, whose partition may have room.
     pub(crate) fn throttled(&self, id: &str) {
-        self.move_lane(id);
+        // Alone on its lane, a process moving would only land beside another (a batch of
+        // 500 alone fills its partition): it waits where it is.
+        if !self.spread.alone_on(id) {
+            self.move_lane(id);
+        }
+    }
+
+    /// A write on `id` committed; `cached`: planned on this process's cached state, which
+    /// nobody else had written since (the process has its lane to itself).
+    pub(crate) fn wrote(&self, id: &str, cached: bool) {
+        if owner_of(id) != id {
+            self.spread.wrote(id, cached);
+        }
+    }
+
+    /// A write on `id` found another process's write since this process's last.
+    pub(crate) fn overtaken(&self, id: &str) {
+        self.spread.shared(id);
     }
 
     /// On a lane, this process's next lane: drawn from its last.

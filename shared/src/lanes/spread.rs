@@ -114,6 +114,9 @@ pub fn lease_window_ms(k: u32) -> i64 {
 #[derive(Debug, Default)]
 pub struct Contention {
     seen: Mutex<HashMap<String, Window>>,
+    /// The lane this process last wrote on a state it had cached: nobody else had written it
+    /// in between, so this process has it to itself (until a stale write says otherwise).
+    alone_on: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -145,6 +148,30 @@ impl Contention {
     pub fn contended(&self, owner: &str, now: i64) -> bool {
         let Ok(seen) = self.seen.lock() else { return false };
         seen.get(owner).is_some_and(|w| now.saturating_sub(w.start) < WINDOW_MS && w.lost >= WIDEN_LOST)
+    }
+
+    /// A write on lane `id` committed; `cached`: on the state this process had cached, so
+    /// nobody else wrote the lane since this process's last write.
+    pub fn wrote(&self, id: &str, cached: bool) {
+        if let Ok(mut alone) = self.alone_on.lock() {
+            if cached {
+                *alone = Some(id.to_string());
+            }
+        }
+    }
+
+    /// Another process wrote lane `id` since this one last did.
+    pub fn shared(&self, id: &str) {
+        if let Ok(mut alone) = self.alone_on.lock() {
+            if alone.as_deref() == Some(id) {
+                *alone = None;
+            }
+        }
+    }
+
+    /// Whether this process has lane `id` to itself, as far as it saw.
+    pub fn alone_on(&self, id: &str) -> bool {
+        self.alone_on.lock().is_ok_and(|a| a.as_deref() == Some(id))
     }
 
     /// The account was widened (or found wide enough): start counting again.
