@@ -375,6 +375,17 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         &self,
         account_id: &str,
         claim: Option<&Claim>,
+        plan: impl FnMut(&Account, i64) -> Result<Plan<T>, ApiError>,
+    ) -> Result<Applied<T>, ApiError> {
+        // On the heap: every write of every path awaits this loop, and a caller that holds it
+        // inline carries all its states (store calls, recalls, backoffs) in its own future.
+        Box::pin(self.plan_and_commit(account_id, claim, plan)).await
+    }
+
+    async fn plan_and_commit<T: Serialize + DeserializeOwned>(
+        &self,
+        account_id: &str,
+        claim: Option<&Claim>,
         mut plan: impl FnMut(&Account, i64) -> Result<Plan<T>, ApiError>,
     ) -> Result<Applied<T>, ApiError> {
         let started = std::time::Instant::now();
