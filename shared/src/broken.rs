@@ -24,6 +24,9 @@ pub enum Bug {
     /// An entity's monthly limit is never checked: a debit or hold naming it passes whatever
     /// the month has spent.
     IgnoreEntityLimit,
+    /// A settlement beyond its hold forgets its entity's limit and draws what the account can
+    /// pay.
+    SettlePastEntityLimit,
     /// Webhooks out: an attempt whose claim found the delivery taken (another runner has it,
     /// or a redelivered bus event finds it made) POSTs anyway.
     DeliverTwice,

@@ -55,8 +55,11 @@ impl<S: Store, B: EventBus> Credits<S, B> {
         if let Some(name) = entity {
             crate::entities::check_entity(name)?;
         }
-        check_quantity(quantity, false)
-            .map_err(|_| ApiError::invalid("`quantity` must be a positive whole number."))?;
+        if quantity < 1 {
+            return Err(ApiError::invalid("`quantity` must be a positive whole number."));
+        }
+        // Over its documented maximum: 422 `invalid_quantity`, as the debit answers (rules §16).
+        check_quantity(quantity, false)?;
         // Fresh, never the cache: a check that read an old state could allow what the debit
         // would refuse. A failed read is "cannot decide".
         let account = match self.store.load_account(id).await {
@@ -209,10 +212,14 @@ mod tests {
         let c = memory_credits("usd-overage");
         c.upsert_account("a", "free", vec![]).await.unwrap();
         let before = c.store.load_account("a").await.unwrap();
-        // Unknown accounts are 404, malformed quantities 400: never an answer.
+        // Unknown accounts are 404, malformed quantities 400, one past the maximum 422: never
+        // an answer.
         assert_eq!(c.check("nobody", "api_calls", 1).await.unwrap_err().code(), "account_not_found");
-        for q in [0, -1, i64::MAX] {
+        for q in [0, -1] {
             assert_eq!(c.check("a", "api_calls", q).await.unwrap_err().code(), "invalid_request");
+        }
+        for q in [crate::ledger::MAX_QUANTITY + 1, i64::MAX] {
+            assert_eq!(c.check("a", "api_calls", q).await.unwrap_err().code(), "invalid_quantity");
         }
         // Nothing was written by any check.
         c.check("a", "api_calls", 5).await.unwrap();

@@ -200,6 +200,14 @@ impl Entity {
         self.crossed(now)
     }
 
+    /// What the limit leaves for hold `hold_id`'s settlement in all: the month's room with the
+    /// hold's own reservation released. `None` without a limit.
+    pub fn room_for_settle(&self, hold_id: &str, now: i64) -> Option<i64> {
+        let mut e = self.at(now);
+        e.holds.remove(hold_id);
+        e.remaining(now)
+    }
+
     /// Releases hold `hold_id`'s reservation and counts what its settlement drew.
     pub fn settle(&mut self, hold_id: &str, drawn: i64, now: i64) -> Vec<u8> {
         self.holds.remove(hold_id);
@@ -405,8 +413,12 @@ mod tests {
         assert_eq!(h.spent_this_month(now), 6 * C);
         assert!(h.room_for(5 * C, now).is_err());
         assert!(h.room_for(5 * C, now + 1_000).is_ok(), "an expired hold reserves nothing");
+        assert_eq!(h.room_for_settle("h1", now), Some(10 * C), "the hold's own reservation is its to draw");
+        h.spend(3 * C, now);
+        assert_eq!(h.room_for_settle("h1", now), Some(7 * C));
+        assert_eq!(h.room_for_settle("h1", now + 1_000), Some(7 * C));
         h.settle("h1", 2 * C, now);
-        assert_eq!((h.spent_this_month(now), h.remaining(now)), (2 * C, Some(8 * C)));
+        assert_eq!((h.spent_this_month(now), h.remaining(now)), (5 * C, Some(5 * C)));
         // A new month starts from nothing.
         let next_month = now + 40 * 86_400_000;
         assert_eq!(e.at(next_month).spent, 0);

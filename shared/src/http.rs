@@ -137,16 +137,18 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
 
 /// The body as a JSON object whose fields are all in `allowed`; 415 for another content
-/// type, 400 naming the problem otherwise.
+/// type (a body sent with none is read as JSON), 400 naming the problem otherwise.
 pub fn json_object(req: &Request, allowed: &[&str]) -> Result<Fields, ApiError> {
     json_object_sized(req, allowed, MAX_BODY_BYTES)
 }
 
 /// `json_object` for a body of up to `max_bytes`.
 pub fn json_object_sized(req: &Request, allowed: &[&str], max_bytes: usize) -> Result<Fields, ApiError> {
-    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if media != "application/json" {
+    // No content type at all is taken as JSON (what `curl -d` and many clients send without
+    // one); a type that says something else is refused.
+    let ct = req.headers().get("content-type").map(|v| v.to_str().unwrap_or("?"));
+    let media = ct.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    if media.is_some_and(|m| m != "application/json") {
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes: &[u8] = match req.body() {

@@ -336,12 +336,15 @@ pub struct Settlement {
 }
 
 /// Settles `hold` (already removed from `next.holds`) for `quantity` actual units, applying
-/// usage and balance to `next`. Use beyond the hold draws what remains, never below zero.
+/// usage and balance to `next`. Use beyond the hold draws what remains, never below zero, and
+/// never more than `credit_cap` in all (the room its entity's budget leaves, rules §17): what
+/// neither covers is `unbilled`.
 pub fn settle(
     profile: &Profile,
     next: &mut Account,
     hold: &Hold,
     quantity: i64,
+    credit_cap: Option<Micros>,
     now: i64,
 ) -> Result<Settlement, ApiError> {
     check_quantity(quantity, true)?;
@@ -363,7 +366,11 @@ pub fn settle(
         (pc.included - next.used(&hold.consumable, &month) - next.held_allowance(&hold.consumable, &month, now)).max(0);
     let extra_allowance = extra.min(remaining);
     let extra_credit_units = extra - extra_allowance;
-    let affordable = pc.rate.units_affordable(next.available(now)).min(extra_credit_units);
+    let mut payable = next.available(now);
+    if let Some(cap) = credit_cap {
+        payable = payable.min(Micros::new(cap.get().saturating_sub(hold_cost.get()).max(0)));
+    }
+    let affordable = pc.rate.units_affordable(payable).min(extra_credit_units);
     let extra_cost = pc.rate.cost(affordable).unwrap_or(Micros::ZERO);
     *next.usage.entry(hold.consumable.clone()).or_insert(0) += extra_allowance;
     next.take_credits(extra_cost, Burn::Order, now);
@@ -483,7 +490,7 @@ mod tests {
 
         let mut next = a.next(NOW + 1000);
         let hold = next.holds.remove("h1").unwrap();
-        let s = settle(&p, &mut next, &hold, 12, NOW + 1000).unwrap();
+        let s = settle(&p, &mut next, &hold, 12, None, NOW + 1000).unwrap();
         assert_eq!(s, Settlement { from_hold: 12, from_allowance: 5, from_credits: Micros::new(7 * C), unbilled: 0 });
         assert_eq!(next.balance, Micros::new(43 * C));
         assert_eq!(next.used("voice_minutes", "2026-11"), 30);
@@ -498,9 +505,29 @@ mod tests {
         a.holds.insert("h".into(), h);
         let mut next = a.next(NOW);
         let hold = next.holds.remove("h").unwrap();
-        let s = settle(&p, &mut next, &hold, 10, NOW).unwrap();
+        let s = settle(&p, &mut next, &hold, 10, None, NOW).unwrap();
         assert_eq!((s.from_hold, s.from_credits, s.unbilled), (2, Micros::new(3 * C), 7));
         assert_eq!(next.balance, Micros::ZERO);
+    }
+
+    #[test]
+    fn use_beyond_the_hold_stops_at_the_credit_cap() {
+        let p = Profile::load("voice-minutes").unwrap();
+        let mut a = account(&p, "free", 50 * C);
+        a.usage.insert("voice_minutes".into(), 30);
+        let h = reserve(&p, &a, "voice_minutes", 2, NOW, 900_000).unwrap();
+        a.holds.insert("h".into(), h);
+        let mut next = a.next(NOW);
+        let hold = next.holds.remove("h").unwrap();
+        // 5 credits in all: the 2 the hold reserved and 3 more; 5 of the 10 minutes unbilled.
+        let s = settle(&p, &mut next, &hold, 10, Some(Micros::new(5 * C)), NOW).unwrap();
+        assert_eq!((s.from_hold, s.from_credits, s.unbilled), (2, Micros::new(5 * C), 5));
+        assert_eq!(next.balance, Micros::new(45 * C));
+        // A cap below what the hold reserved takes nothing beyond it, and never less than it.
+        let mut next = a.next(NOW);
+        let hold = next.holds.remove("h").unwrap();
+        let s = settle(&p, &mut next, &hold, 10, Some(Micros::new(C)), NOW).unwrap();
+        assert_eq!((s.from_hold, s.from_credits, s.unbilled), (2, Micros::new(2 * C), 8));
     }
 
     #[test]

@@ -333,7 +333,16 @@ impl<S: Store, B: EventBus> Credits<S, B> {
                 }
                 let mut next = a.next(now);
                 next.holds.remove(hold_id);
-                let s = ledger::settle(profile, &mut next, &hold, quantity, now)?;
+                // Use beyond the hold stops at what its entity's budget leaves (rules §17).
+                let cap = match (entity, &hold.entity) {
+                    (Some(stored), Some(name))
+                        if &stored.entity == name && !crate::broken::on(crate::broken::Bug::SettlePastEntityLimit) =>
+                    {
+                        stored.room_for_settle(hold_id, now).map(Micros::new)
+                    }
+                    _ => None,
+                };
+                let s = ledger::settle(profile, &mut next, &hold, quantity, cap, now)?;
                 // The entity the hold reserved for (if its record is the one read) counts what
                 // the settlement drew, and no longer what the hold reserved.
                 let spend = match (entity, &hold.entity) {

@@ -21,6 +21,12 @@ async fn every_bad_request_is_refused_with_its_code_and_changes_nothing() {
             400,
             "invalid_request",
         ),
+        (
+            "malformed json with no content type",
+            request("POST", USAGE, Some(&svc), None, Some("{\"consumable\":".into())),
+            400,
+            "invalid_request",
+        ),
         ("not an object", request("POST", USAGE, Some(&svc), json_ct, Some("[1,2]".into())), 400, "invalid_request"),
         ("empty body", request("POST", USAGE, Some(&svc), json_ct, None), 400, "invalid_request"),
         (

@@ -39,6 +39,11 @@ async fn the_check_answers_without_writing_and_refuses_malformed_requests() {
         let (s, b) = check(&w, &service(), q).await;
         assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{q}: {b}");
     }
+    // Over the documented maximum: 422 at the edge, as the debit answers (rules §16).
+    let (s, b) = check(&w, &service(), "consumable=api_calls&quantity=1000000000001").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_quantity")), "{b}");
+    let (s, _) = check(&w, &service(), "consumable=api_calls&quantity=1000000000000").await;
+    assert_eq!(s, 200, "the maximum itself is decided");
     let (s, _) =
         w.api(get("/v1/accounts/other/credits/check?consumable=api_calls&quantity=1", &person("owner", "acme"))).await;
     assert_eq!(s, 403);

@@ -115,6 +115,31 @@ async fn a_batch_and_a_hold_count_against_the_entity() {
     assert!(report.differences.is_empty(), "{:?}", report.differences);
 }
 
+/// A call that runs past its hold bills what remains of its entity's budget, and no more: the
+/// rest is unbilled, as when the balance runs out (rules §6, §17).
+#[tokio::test]
+async fn a_settle_beyond_its_hold_stops_at_the_entity_limit() {
+    let w = World::new("usd-overage").await;
+    funded(&w).await;
+    let (s, _) = w.api(put("/v1/accounts/acme/entities/k2", &service(), json!({"monthly_limit": 5 * C}))).await;
+    assert_eq!(s, 200);
+    let hold = json!({"consumable": "api_calls", "quantity": 1_000, "idempotency_key": "h2", "entity": "k2"});
+    let (s, h) = w.debit(post("/v1/accounts/acme/usage/holds", &service(), hold)).await;
+    assert_eq!(s, 201, "{h}");
+    let settle = format!("/v1/accounts/acme/usage/holds/{}/settle", h["hold_id"].as_str().unwrap_or_default());
+    let (s, b) = w.debit(post(&settle, &service(), json!({"quantity": 9_000}))).await;
+    assert_eq!(s, 200, "{b}");
+    // 1,000 from the hold, 4,000 more that the budget leaves, 4,000 unbilled.
+    assert_eq!(
+        (b["from_hold"].as_i64(), b["from_credits"].as_i64(), b["unbilled"].as_i64(), b["balance"].as_i64()),
+        (Some(1_000), Some(5 * C), Some(4_000), Some(95 * C)),
+        "{b}"
+    );
+    let (_, v) = w.api(get("/v1/accounts/acme/entities/k2", &service())).await;
+    assert_eq!((v["spent_this_month"].as_i64(), v["remaining_this_month"].as_i64()), (Some(5 * C), Some(0)), "{v}");
+    w.assert_invariants("acme").await;
+}
+
 /// Debits of one limited entity from several instances at once, against DynamoDB's semantics:
 /// the month never passes the limit, and every refusal is a real one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

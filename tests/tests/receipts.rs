@@ -216,6 +216,13 @@ async fn an_auto_recharge_is_invoiced_and_paid_by_its_own_payment() {
         (Some(1000), Some(10 * C), Some(1000))
     );
     let url = item["receipt_url"].as_str().expect("receipt");
+    // Each id the list gives reads on its own, the recharge's too.
+    let rid = item["purchase_id"].as_str().unwrap_or_default();
+    let (s, one) = w.buy(get(&format!("{}/{rid}", purchases("acme")), &person("owner", "acme"))).await;
+    assert_eq!(s, 200, "{one}");
+    assert_eq!(&one, item, "the recharge reads as the list shows it");
+    let (s, b) = w.buy(get(&format!("{}/rch_nosuchrecharge", purchases("acme")), &person("owner", "acme"))).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("purchase_not_found")), "{b}");
     let id = url.rsplit('/').next().expect("invoice id");
     let inv = invoice(id).await;
     assert_eq!(
@@ -333,6 +340,18 @@ async fn the_list_pages_newest_first_with_a_cursor() {
     for token in [person("editor", "acme"), person("owner", "other")] {
         let (s, b) = w.buy(get(&purchases("acme"), &token)).await;
         assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")), "{b}");
+    }
+    // Staff read every account's purchases and each one's status (rules §19), and buy nothing.
+    let first = opened[0].as_str().unwrap_or_default().to_string();
+    for role in ["support", "finance"] {
+        let (s, b) = w.buy(get(&purchases("acme"), &staff(role))).await;
+        assert_eq!((s, b["purchases"].as_array().map(Vec::len)), (200, Some(5)), "{role}: {b}");
+        let (s, b) = w.buy(get(&format!("{}/{first}", purchases("acme")), &staff(role))).await;
+        assert_eq!((s, b["purchase_id"].as_str()), (200, Some(first.as_str())), "{role}: {b}");
+        let mut req = post(&purchases("acme"), &staff(role), json!({"amount": 500}));
+        req.headers_mut().insert("idempotency-key", lambda_http::http::HeaderValue::from_static("staff-buys"));
+        let (s, b) = w.buy(req).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")), "{role}: {b}");
     }
 }
 

@@ -671,7 +671,10 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             // Fails closed: whatever is not the caller's mistake is 503, never an answer.
             let entity = q.first("entity").map(str::to_string);
             let answer = credits.check_as(id, &consumable, quantity, entity.as_deref()).await.map_err(|e| match e {
-                ApiError::InvalidRequest(_) | ApiError::NotFound(..) | ApiError::Rule("invalid_entity", _) => e,
+                ApiError::InvalidRequest(_)
+                | ApiError::NotFound(..)
+                | ApiError::Rule("invalid_entity", _)
+                | ApiError::RequestRule("invalid_quantity", _) => e,
                 _ => ApiError::Undecided,
             })?;
             Reply::ok(&answer)

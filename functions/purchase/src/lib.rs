@@ -128,6 +128,10 @@ async fn route_request<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
             (Err(ApiError::Forbidden), Some(_)) => who.may(Power::Refund)?,
             (result, _) => result?,
         },
+        // Staff read every account (rules §19): its purchases and receipts too.
+        Route::Purchases { .. } | Route::PurchaseStatus { .. } if method == "GET" && who.staff().is_some() => {
+            who.authorize(&config.profile, Access::View, account_id)?
+        }
         _ => who.authorize(&config.profile, Access::Billing, account_id)?,
     }
     match route {
@@ -168,6 +172,10 @@ async fn route_request<S: Store + ReceiptStore, B: EventBus, P: Purchases>(
         }
         Route::PurchaseStatus { purchase, .. } => {
             check_id("purchase_id", purchase)?;
+            // The list names auto-recharges too (rules §20): each id it gives reads here.
+            if purchase.starts_with("rch_") {
+                return Reply::ok(&credits.recharge_receipt(account_id, purchase).await?);
+            }
             Reply::ok(&credits.purchase_receipt(account_id, &PurchaseId::new(purchase.as_str())).await?)
         }
         Route::CardSetup { .. } => {

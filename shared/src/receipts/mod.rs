@@ -598,6 +598,23 @@ impl<S: Store + ReceiptStore, B: EventBus> Credits<S, B> {
         Ok(PurchaseReceiptView { status, receipt: self.receipt_fields(row.as_ref(), record.charge.get()) })
     }
 
+    /// `GET …/credits/purchases/{id}` for an auto-recharge's id (`rch_…`), as the list shows
+    /// it: one is listed once it is credited and invoiced, and is 404 until then.
+    pub async fn recharge_receipt(&self, id: &str, recharge_id: &str) -> Result<PurchaseListItem, ApiError> {
+        let missing = || ApiError::NotFound("purchase_not_found", "No purchase with this id exists.".into());
+        let record = self.store.load_recharge(id, recharge_id).await.map_err(upstream)?.ok_or_else(missing)?;
+        let row = self.store.receipt(id, &recharge_row(&record).key()).await.map_err(upstream)?.ok_or_else(missing)?;
+        Ok(PurchaseListItem {
+            purchase_id: row.id.clone(),
+            kind: row.kind,
+            status: PurchaseStatus::Succeeded,
+            charge: Charge { amount: row.charge, currency: row.currency.clone() },
+            credits: row.credits,
+            created_at: clock::rfc3339(row.created_at),
+            receipt: self.receipt_fields(Some(&row), row.charge),
+        })
+    }
+
     /// A purchase's receipt, when its invoice is recorded (the purchase-succeeded email).
     pub async fn purchase_receipt_url(&self, id: &str, purchase_id: &str) -> Result<Option<String>, ApiError> {
         purchase_receipt_url(&self.store, id, purchase_id).await.map_err(upstream)
