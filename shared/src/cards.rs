@@ -146,7 +146,15 @@ impl<S: Store, B: EventBus> Credits<S, B> {
             let mut next = a.next(now);
             next.payment_method = None;
             next.auto_recharge.enabled = false;
-            Change::quiet(next, crate::cause::Cause::CardRemoved, Some(card.id.clone())).write()
+            // A setting like the others (rules §19): recorded when the service or staff remove it.
+            let state = |card: Option<&str>, on: bool| serde_json::json!({"payment_method": card, "auto_recharge_enabled": on});
+            let audit = crate::audit::AuditChange::new(
+                "payment_method.remove",
+                format!("account:{id}"),
+                Some(state(Some(&card.id), a.auto_recharge.enabled)),
+                Some(state(None, false)),
+            );
+            Change::quiet(next, crate::cause::Cause::CardRemoved, Some(card.id.clone())).with_audit(audit).write()
         })
         .await?
         .done()

@@ -246,11 +246,38 @@ async fn the_audit_log_pages_newest_first_with_its_filters() {
     let other = if from == a { &b } else { &a };
     let (s, body) = audit(&w, &fin, &format!("?account_id={other}&cursor={cursor}")).await;
     assert_eq!(s, 400, "{body}");
+    // `actor` takes a role as well as a `sub`.
+    let (_, by_role) = audit(&w, &fin, &format!("?account_id={a}&actor=support")).await;
+    let list = by_role["records"].as_array().expect("records");
+    assert_eq!(list.len(), 2, "{by_role}");
+    assert!(list.iter().all(|r| r["actor"]["role"] == "support"));
     // What it refuses.
     for q in ["?cursor=nope", "?cursor=", "?actor=", "?account_id=a%20b", "?action=DROP%20TABLE", "?limit=0"] {
         let (s, body) = audit(&w, &fin, q).await;
         assert_eq!(s, 400, "{q}: {body}");
     }
+}
+
+/// The service removing an account's card is a change of its settings: recorded once, with
+/// what it was and became; removing it again records nothing (rules §19).
+#[tokio::test]
+async fn removing_the_card_is_recorded() {
+    let w = World::new("usd-overage").await;
+    let id = unique("aud-card");
+    w.account(&id, "free").await;
+    w.save_stripe_card(&id, "4242424242424242").await;
+    let card = w.credits.account(&id).await.expect("account").payment_method.expect("a card").id;
+    let remove = || request("DELETE", &format!("/v1/accounts/{id}/payment-method"), Some(&service()), None, None);
+    for _ in 0..2 {
+        let (s, b) = w.buy(remove()).await;
+        assert!(s == 200 || s == 204, "{s} {b}");
+    }
+    let (s, page) = audit(&w, &staff("finance"), &format!("?account_id={id}&action=payment_method.remove")).await;
+    assert_eq!(s, 200, "{page}");
+    let list = page["records"].as_array().expect("records");
+    assert_eq!(list.len(), 1, "{page}");
+    assert_eq!(list[0]["before"]["payment_method"], card.as_str());
+    assert_eq!((list[0]["after"]["payment_method"].clone(), list[0]["actor"]["role"].as_str()), (Value::Null, Some("service")));
 }
 
 /// A record edited in the table: the verify command names it (and the chains verify before).

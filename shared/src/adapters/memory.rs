@@ -405,7 +405,7 @@ impl AuditLog for MemoryStore {
     ) -> Result<AuditPage, StoreError> {
         let m = self.lock()?;
         let wanted = |r: &AuditRecord| {
-            query.actor.as_ref().is_none_or(|a| *a == r.actor.sub)
+            query.actor.as_ref().is_none_or(|a| *a == r.actor.sub || *a == r.actor.role)
                 && query.action.as_ref().is_none_or(|a| *a == r.action)
         };
         let mut matching: Vec<&AuditRecord> = match &query.account_id {

@@ -269,7 +269,7 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
     pub account_id: Option<String>,
-    /// The actor's `sub`.
+    /// The actor's `sub`, or its role.
     pub actor: Option<String>,
     pub action: Option<String>,
 }

@@ -183,6 +183,9 @@ async fn pages_are_newest_first_filtered_and_resume_from_their_cursor() {
     let bob = AuditQuery { actor: Some("bob".into()), ..AuditQuery::default() };
     let only = store.audit_page(&bob, 10, None).await.unwrap();
     assert_eq!(only.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [6, 4, 2]);
+    let support = AuditQuery { actor: Some("support".into()), ..AuditQuery::default() };
+    let by_role = store.audit_page(&support, 10, None).await.unwrap();
+    assert_eq!(by_role.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 5, 3, 1], "a role names its actors");
     let none = AuditQuery { action: Some("grant.void".into()), ..AuditQuery::default() };
     assert!(store.audit_page(&none, 10, None).await.unwrap().records.is_empty());
     assert_eq!(Position::from_cursor("not-a-cursor"), None);

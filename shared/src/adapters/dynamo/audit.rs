@@ -160,11 +160,13 @@ impl AuditLog for DynamoStore {
                     .expression_attribute_values(":pk", s(INDEX_KEY)),
             };
             let mut filters = Vec::new();
+            // `actor` names a person or client (`sub`) or a role (`support`, `service`, …).
             if let Some(sub) = &query.actor {
-                filters.push("#actor.#sub = :sub");
+                filters.push("(#actor.#sub = :sub OR #actor.#role = :sub)");
                 q = q
                     .expression_attribute_names("#actor", "actor")
                     .expression_attribute_names("#sub", "sub")
+                    .expression_attribute_names("#role", "role")
                     .expression_attribute_values(":sub", s(sub.clone()));
             }
             if let Some(action) = &query.action {
