@@ -39,6 +39,11 @@ async fn an_entity_is_set_spent_refused_past_its_limit_listed_and_filtered() {
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_entity")), "{b}");
     let (s, b) = w.api(put(path, &service(), json!({"monthly_limit": -1}))).await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_monthly_limit")), "{b}");
+    // A wrong type, or a number past 64 bits, is a malformed body.
+    for bad in [json!("100"), json!(1.5), json!(true), json!(1e20)] {
+        let (s, b) = w.api(put(path, &service(), json!({"monthly_limit": bad}))).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {b}");
+    }
 
     let (s, b) = w.debit(usage("user:bob@acme.example", 4_000, "b1")).await;
     assert_eq!((s, b["from_credits"].as_i64()), (200, Some(4 * C)), "{b}");

@@ -639,8 +639,10 @@ async fn route_request<S: Store + topup::receipts::ReceiptStore, B: EventBus>(
             let monthly_limit = match body.0.get("monthly_limit") {
                 None => None,
                 Some(serde_json::Value::Null) => Some(None),
+                // A wrong type (or a number past 64 bits) is a malformed body: 400 (rules §11);
+                // a whole number out of range is the rule's 422, decided by `set_entity`.
                 Some(v) => Some(Some(v.as_i64().ok_or_else(|| {
-                    ApiError::rule("invalid_monthly_limit", "`monthly_limit` must be a whole number of micro-credits, or null.")
+                    ApiError::invalid("`monthly_limit` must be a whole number of micro-credits, or null.")
                 })?)),
             };
             let name = body.opt_str("name")?.map(str::to_string);
